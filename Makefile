@@ -1,0 +1,75 @@
+# Kameng: `make run` serves the demo on SQLite with jobs inline; `make test` runs the whole suite on real
+# PostgreSQL and Redis (started here when they are down). Both set up everything they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 5000
+DEMO_PASSWORD ?= kameng123
+PG_URL ?= postgresql://postgres@127.0.0.1:5432
+TEST_DATABASE_URL ?= $(PG_URL)/kameng_test
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+export FLASK_APP := run
+
+.PHONY: run test install install-dev services browser migrate demo lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: requirements.txt $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: requirements-dev.txt requirements.txt $(VENV)/.installed
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+migrate: install
+	FAB_CREATE_DB=False $(BIN)/flask db upgrade
+
+demo: migrate
+	$(BIN)/flask kameng demo --password "$(DEMO_PASSWORD)"
+
+run: demo
+	@echo ""
+	@echo "Kameng is at http://127.0.0.1:$(PORT)/  (SQLite: instance/kameng.db, jobs run inline)"
+	@echo "Logins (password $(DEMO_PASSWORD)): admin, manager, support, agent1 (总代), agent2 (区域代理), agent3 (普通代理), member1 (会员)"
+	@echo ""
+	$(BIN)/flask run --host 127.0.0.1 --port $(PORT) --no-debugger --no-reload
+
+# PostgreSQL and Redis: this machine starts them before a session; CI may find them down.
+services:
+	@pg_isready -h 127.0.0.1 -p 5432 -q || { \
+	  command -v pg_ctlcluster >/dev/null || { apt-get update -qq && apt-get install -y -qq postgresql; }; \
+	  pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start; \
+	  for i in $$(seq 30); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 1; done; }
+	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || { \
+	  command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }; \
+	  mkdir -p /var/lib/redis /var/log/redis; \
+	  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+	    --dir /var/lib/redis --logfile /var/log/redis/ci.log; \
+	  for i in $$(seq 30); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 1; done; }
+	@pg_isready -h 127.0.0.1 -p 5432
+	@redis-cli -h 127.0.0.1 -p 6379 ping
+
+# Debian's Chromium for Playwright (its own browser download does not work here) and a CJK font.
+browser:
+	@{ [ -x /usr/bin/chromium ] && fc-list 2>/dev/null | grep -qi "noto sans cjk"; } || { \
+	  apt-get update -qq && apt-get install -y -qq chromium fonts-noto-cjk; }
+
+test: install-dev services browser
+	KAMENG_TEST_DATABASE_URL="$(TEST_DATABASE_URL)" KAMENG_TEST_REDIS_URL="$(TEST_REDIS_URL)" \
+	  $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install-dev
+	$(BIN)/ruff check .
+
+bench: install-dev services
+	DATABASE_URL="$(PG_URL)/kameng_bench" REDIS_URL="redis://127.0.0.1:6379/14" $(BIN)/python bench/orders.py
+
+clean:
+	rm -rf $(VENV) instance/kameng.db

@@ -1,0 +1,47 @@
+"""create_app(): wires extensions, FAB, views, CLI and error handlers together; no rules live here."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from config import Config, check_production
+
+
+def create_app(overrides: dict | None = None) -> Flask:
+    app = Flask(__name__, instance_relative_config=False)
+    app.config.from_object(Config)
+    if overrides:
+        app.config.update(overrides)
+    check_production(app.config)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("flask_appbuilder").setLevel(logging.WARNING)
+
+    from app import models  # noqa: F401  (every table registered before FAB and Alembic look)
+    from app.extensions import csrf, db, migrate
+
+    db.init_app(app)
+    csrf.init_app(app)
+    migrate.init_app(app, db, directory=str(app.root_path + "/../migrations"))
+
+    if app.config.get("TRUSTED_PROXIES"):
+        from werkzeug.middleware.proxy_fix import ProxyFix
+        n = int(app.config["TRUSTED_PROXIES"])
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)
+
+    from flask_appbuilder import AppBuilder
+
+    from app.roles import ROLES
+
+    app.config.setdefault("FAB_ROLES", ROLES)
+    with app.app_context():
+        appbuilder = AppBuilder(update_perms=app.config.get("FAB_UPDATE_PERMS", True))
+        appbuilder.init_app(app, db.session)
+        from app.views import register_views
+        register_views(appbuilder)
+        from app.portal.filters import register_template_helpers
+        register_template_helpers(app)
+
+    from app.cli import kameng_cli
+    app.cli.add_command(kameng_cli)
+    return app

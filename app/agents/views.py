@@ -1,0 +1,162 @@
+"""Admin screens for tiers and agents, and the wallet adjustment form."""
+from __future__ import annotations
+
+from flask import flash, g, redirect, request
+from flask_appbuilder import ModelView, SimpleFormView
+from flask_appbuilder.fields import QuerySelectField
+from flask_appbuilder.fieldwidgets import Select2Widget
+from flask_appbuilder.forms import DynamicForm
+from flask_appbuilder.models.sqla.interface import SQLAInterface
+from flask_babel import lazy_gettext as _
+from wtforms import StringField
+from wtforms.validators import DataRequired, Length
+
+from app.agents import service
+from app.agents.models import Agent, Tier
+from app.auditing import AuditedViewMixin
+from app.errors import KamengError
+from app.extensions import db
+from app.forms import PercentField, YuanField
+from app.ledger import service as ledger
+from app.money import format_fen
+
+TIER_COLUMNS = ["name", "rank", "discount_bp", "may_recruit", "may_withdraw", "min_withdrawal", "withdrawal_fee_bp",
+                "direct_commission_bp", "indirect_commission_bp", "daily_limit", "settle_days"]
+TIER_LABELS = {
+    "name": _("名称"), "rank": _("级别（越大越高）"), "discount_bp": _("拿货折扣 %"), "may_recruit": _("可发展下级"),
+    "may_withdraw": _("可提现"), "min_withdrawal": _("最低提现（元）"), "withdrawal_fee_bp": _("提现手续费 %"),
+    "direct_commission_bp": _("直推佣金 %"), "indirect_commission_bp": _("间推佣金 %"),
+    "daily_limit": _("每日采购限额（元，0 为不限）"), "settle_days": _("结算天数 T+N"),
+    "discount_display": _("拿货折扣"), "daily_limit_display": _("每日限额"),
+}
+
+
+def _tier_fields() -> dict:
+    return {
+        "discount_bp": PercentField(TIER_LABELS["discount_bp"], min_bp=1, max_bp=20000,
+                                    description="代理价 = 面值 × 折扣，例如 95 表示 95 折"),
+        "withdrawal_fee_bp": PercentField(TIER_LABELS["withdrawal_fee_bp"]),
+        "direct_commission_bp": PercentField(TIER_LABELS["direct_commission_bp"], max_bp=5000),
+        "indirect_commission_bp": PercentField(TIER_LABELS["indirect_commission_bp"], max_bp=5000),
+        "min_withdrawal": YuanField(TIER_LABELS["min_withdrawal"]),
+        "daily_limit": YuanField(TIER_LABELS["daily_limit"]),
+    }
+
+
+class TierView(AuditedViewMixin, ModelView):
+    datamodel = SQLAInterface(Tier)
+    route_base = "/tiers"
+    audit_target = "tier"
+    audit_columns = TIER_COLUMNS
+    list_title = _("代理等级")
+    show_title = add_title = edit_title = _("代理等级")
+    list_columns = ["name", "rank", "discount_display", "may_recruit", "may_withdraw", "daily_limit_display"]
+    add_columns = edit_columns = TIER_COLUMNS
+    show_columns = TIER_COLUMNS
+    label_columns = TIER_LABELS
+    order_columns = ["name", "rank"]
+    base_order = ("rank", "desc")
+    add_form_extra_fields = _tier_fields()
+    edit_form_extra_fields = _tier_fields()
+
+    def pre_add(self, item):
+        _check_tier(item)
+        super().pre_add(item)
+
+    def pre_update(self, item):
+        _check_tier(item)
+        super().pre_update(item)
+
+
+def _check_tier(item: Tier) -> None:
+    required = {"discount_bp": item.discount_bp, "min_withdrawal": item.min_withdrawal,
+                "withdrawal_fee_bp": item.withdrawal_fee_bp, "daily_limit": item.daily_limit,
+                "direct_commission_bp": item.direct_commission_bp,
+                "indirect_commission_bp": item.indirect_commission_bp}
+    missing = [str(TIER_LABELS[k]) for k, v in required.items() if v is None]
+    if missing:
+        raise ValueError("请填写：" + "、".join(missing))
+    if item.settle_days is None or not 0 <= item.settle_days <= 90:
+        raise ValueError("结算天数必须在 0 到 90 之间")
+    if item.rank is None:
+        item.rank = 0
+
+
+AGENT_LABELS = {"name": _("代理名称"), "user": _("登录账号"), "parent": _("上级"), "tier": _("等级"),
+                "path": _("路径"), "depth": _("层级"), "active": _("启用"), "phone": _("手机号"),
+                "created_at": _("注册时间"), "wallet_display": _("余额")}
+
+
+class AgentView(ModelView):
+    datamodel = SQLAInterface(Agent)
+    route_base = "/agents"
+    list_title = show_title = add_title = edit_title = _("代理")
+    list_columns = ["name", "user", "tier", "parent", "depth", "wallet_display", "active", "created_at"]
+    show_columns = ["name", "user", "tier", "parent", "path", "depth", "phone", "wallet_display", "active",
+                    "created_at"]
+    add_columns = ["name", "user", "tier", "parent", "phone", "active"]
+    edit_columns = ["name", "user", "tier", "parent", "phone", "active"]
+    search_columns = ["name", "tier", "parent", "active", "created_at", "phone"]
+    label_columns = AGENT_LABELS
+    base_order = ("id", "asc")
+
+    def pre_add(self, item: Agent):
+        if item.tier is None:
+            raise ValueError("请选择等级")
+        parent = item.parent
+        item.parent = None
+        item.path = "/"
+        item.depth = 0 if parent is None else parent.depth + 1
+        item.parent_id = parent.id if parent else None
+        db.session.add(item)
+        db.session.flush()
+        item.path = f"{parent.path if parent else '/'}{item.id}/"
+        ledger.open_agent_accounts(item.id)
+        from app.audit import service as audit
+        audit.record("agent.create", "agent", item.id, None, {"name": item.name, "path": item.path})
+
+    def pre_update(self, item: Agent):
+        from sqlalchemy import inspect
+        hist = inspect(item).attrs["parent"].history
+        if hist.has_changes():
+            new_parent = item.parent
+            old_parent = hist.deleted[0] if hist.deleted else None
+            item.parent = old_parent  # move through the service, which rewrites the subtree's paths
+            service.set_parent(item, new_parent.id if new_parent else None)
+            item.parent = new_parent
+
+
+def _all_agents():
+    return db.session.query(Agent).order_by(Agent.id)
+
+
+class WalletAdjustForm(DynamicForm):
+    agent = QuerySelectField(_("代理"), query_func=_all_agents, get_pk_func=lambda a: a.id,
+                             get_label=lambda a: f"{a.name} (#{a.id})",
+                             widget=Select2Widget(), validators=[DataRequired()])
+    amount = YuanField(_("金额（元，正数加款，负数扣款）"), allow_negative=True, validators=[DataRequired()])
+    reason = StringField(_("原因"), validators=[DataRequired(), Length(max=255)])
+
+
+class WalletAdjustView(SimpleFormView):
+    """Admin credit or debit of an agent's wallet: a journal and an audit entry through the agents service."""
+    route_base = "/wallet-adjust"
+    form = WalletAdjustForm
+    form_title = _("余额调整（加款 / 扣款）")
+
+    def form_get(self, form):
+        agent_id = request.args.get("agent_id", "")
+        if agent_id.isdigit():
+            form.agent.data = db.session.get(Agent, int(agent_id))
+
+    def form_post(self, form):
+        agent = form.agent.data
+        try:
+            service.adjust_wallet(agent.id, form.amount.data, form.reason.data, actor_id=g.user.id)
+        except KamengError as exc:
+            flash(exc.message, "danger")
+            return redirect(request.url)
+        balance = ledger.agent_balances(agent.id)["wallet"]
+        flash(f"{agent.name}：{service.describe_adjustment(form.amount.data)} 成功，当前余额 {format_fen(balance)}",
+              "success")
+        return redirect(request.url)

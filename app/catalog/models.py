@@ -1,0 +1,195 @@
+"""Catalog: categories, suppliers, products, tier prices, price rules, card stock and its imports."""
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import relationship
+
+from app.clock import utcnow
+from app.extensions import db
+from app.money import format_fen
+
+PRODUCT_KINDS = {"card": "卡密", "direct": "直充", "manual": "人工"}
+
+
+class Category(db.Model):
+    __tablename__ = "category"
+    id = Column(Integer, primary_key=True)
+    name = Column(String(64), unique=True, nullable=False)
+    sort_order = Column(Integer, nullable=False, default=0)
+    active = Column(Boolean, nullable=False, default=True)
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class Supplier(db.Model):
+    __tablename__ = "supplier"
+    id = Column(Integer, primary_key=True)
+    name = Column(String(64), unique=True, nullable=False)
+    is_platform_own = Column(Boolean, nullable=False, default=False)
+    service_fee_bp = Column(Integer, nullable=False, default=0)  # platform's fee on the supplier's cost
+    active = Column(Boolean, nullable=False, default=True)
+    contact = Column(String(128))
+
+    __table_args__ = (CheckConstraint("service_fee_bp >= 0 AND service_fee_bp <= 10000", name="ck_supplier_fee"),)
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class Product(db.Model):
+    __tablename__ = "product"
+    id = Column(Integer, primary_key=True)
+    name = Column(String(128), nullable=False)
+    category_id = Column(Integer, ForeignKey("category.id"), nullable=False, index=True)
+    supplier_id = Column(Integer, ForeignKey("supplier.id"), nullable=False, index=True)
+    kind = Column(String(16), nullable=False, default="card")
+    face_price = Column(BigInteger, nullable=False)  # fen
+    cost = Column(BigInteger, nullable=False, default=0)  # fen per unit, owed to the supplier
+    max_per_order = Column(Integer, nullable=False, default=10)
+    low_stock_threshold = Column(Integer, nullable=False, default=10)
+    active = Column(Boolean, nullable=False, default=True)
+    description = Column(Text)
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+
+    category = relationship("Category")
+    supplier = relationship("Supplier")
+
+    __table_args__ = (
+        CheckConstraint("kind IN ('card', 'direct', 'manual')", name="ck_product_kind"),
+        CheckConstraint("face_price > 0 AND cost >= 0", name="ck_product_prices"),
+        CheckConstraint("max_per_order >= 1 AND max_per_order <= 1000", name="ck_product_max_qty"),
+        CheckConstraint("low_stock_threshold >= 0", name="ck_product_threshold"),
+    )
+
+    def __repr__(self) -> str:
+        return self.name
+
+    def kind_display(self) -> str:
+        return PRODUCT_KINDS.get(self.kind, self.kind)
+
+    def face_display(self) -> str:
+        return format_fen(self.face_price)
+
+    def cost_display(self) -> str:
+        return format_fen(self.cost)
+
+
+class TierPrice(db.Model):
+    """A fixed price for one tier on one product, overriding the tier's discount."""
+    __tablename__ = "tier_price"
+    id = Column(Integer, primary_key=True)
+    product_id = Column(Integer, ForeignKey("product.id"), nullable=False)
+    tier_id = Column(Integer, ForeignKey("tier.id"), nullable=False)
+    price = Column(BigInteger, nullable=False)
+
+    product = relationship("Product")
+    tier = relationship("Tier")
+
+    __table_args__ = (
+        UniqueConstraint("product_id", "tier_id", name="uq_tier_price_product_tier"),
+        CheckConstraint("price > 0", name="ck_tier_price_positive"),
+    )
+
+    def price_display(self) -> str:
+        return format_fen(self.price)
+
+
+class PriceRule(db.Model):
+    """A time-bounded rate (e.g. a holiday discount) on a product, for one tier or for all."""
+    __tablename__ = "price_rule"
+    id = Column(Integer, primary_key=True)
+    name = Column(String(64), nullable=False)
+    product_id = Column(Integer, ForeignKey("product.id"), nullable=False, index=True)
+    tier_id = Column(Integer, ForeignKey("tier.id"))  # NULL: every tier
+    rate_bp = Column(Integer, nullable=False)  # applied on top of the tier price: 9000 = a further 10% off
+    starts_at = Column(DateTime, nullable=False)
+    ends_at = Column(DateTime, nullable=False)
+    active = Column(Boolean, nullable=False, default=True)
+
+    product = relationship("Product")
+    tier = relationship("Tier")
+
+    __table_args__ = (
+        CheckConstraint("rate_bp > 0 AND rate_bp <= 10000", name="ck_price_rule_rate"),
+        CheckConstraint("ends_at > starts_at", name="ck_price_rule_window"),
+    )
+
+
+class CardImport(db.Model):
+    """One import batch of card secrets, with its report and progress."""
+    __tablename__ = "card_import"
+    id = Column(Integer, primary_key=True)
+    product_id = Column(Integer, ForeignKey("product.id"), nullable=False, index=True)
+    source = Column(String(16), nullable=False, default="paste")  # paste, file, cli
+    filename = Column(String(255))
+    status = Column(String(16), nullable=False, default="queued")  # queued, running, done, failed
+    total_lines = Column(Integer, nullable=False, default=0)
+    processed = Column(Integer, nullable=False, default=0)
+    added = Column(Integer, nullable=False, default=0)
+    duplicates = Column(Integer, nullable=False, default=0)
+    rejected = Column(Integer, nullable=False, default=0)
+    report = Column(Text)  # JSON: duplicate and rejected line numbers with reasons
+    error = Column(String(255))
+    payload_enc = Column(Text)  # the uploaded lines, encrypted, until the import has run
+    job_id = Column(String(64))
+    created_by_id = Column(Integer, ForeignKey("ab_user.id"))
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+    finished_at = Column(DateTime)
+
+    product = relationship("Product")
+    created_by = relationship("User", foreign_keys=[created_by_id])
+
+    def progress_display(self) -> str:
+        if not self.total_lines:
+            return "-"
+        return f"{self.processed}/{self.total_lines} ({100 * self.processed // self.total_lines}%)"
+
+
+class CardSecret(db.Model):
+    __tablename__ = "card_secret"
+    id = Column(Integer, primary_key=True)
+    product_id = Column(Integer, ForeignKey("product.id"), nullable=False)
+    secret_enc = Column(Text, nullable=False)  # Fernet token; never the plain secret
+    secret_hash = Column(String(64), nullable=False)  # keyed hash, for dedupe
+    masked = Column(String(64), nullable=False)
+    status = Column(String(16), nullable=False, default="available")  # available, sold, void
+    order_id = Column(Integer, ForeignKey("orders.id"), index=True)
+    batch_id = Column(Integer, ForeignKey("card_import.id"), index=True)
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+    sold_at = Column(DateTime)
+
+    product = relationship("Product")
+    order = relationship("Order", foreign_keys=[order_id], back_populates="card_secrets")
+    batch = relationship("CardImport")
+
+    __table_args__ = (
+        UniqueConstraint("product_id", "secret_hash", name="uq_card_secret_product_hash"),
+        CheckConstraint("status IN ('available', 'sold', 'void')", name="ck_card_secret_status"),
+        Index("ix_card_secret_product_status", "product_id", "status", "id"),
+    )
+
+
+class StockAlert(db.Model):
+    """A restock alert (补货提醒) raised by the low-stock scan."""
+    __tablename__ = "stock_alert"
+    id = Column(Integer, primary_key=True)
+    product_id = Column(Integer, ForeignKey("product.id"), nullable=False, index=True)
+    available = Column(Integer, nullable=False)
+    threshold = Column(Integer, nullable=False)
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+    resolved_at = Column(DateTime)
+
+    product = relationship("Product")

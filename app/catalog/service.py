@@ -1,0 +1,54 @@
+"""Catalog rules: suppliers with their payable account, and the one pricing function."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import or_, select
+
+from app.agents.models import Tier
+from app.catalog.models import PriceRule, Product, Supplier, TierPrice
+from app.clock import utcnow
+from app.extensions import db
+from app.ledger import service as ledger
+from app.money import apply_rate
+
+
+def create_supplier(name: str, service_fee_bp: int = 0, is_platform_own: bool = False) -> Supplier:
+    supplier = Supplier(name=name, service_fee_bp=service_fee_bp, is_platform_own=is_platform_own)
+    db.session.add(supplier)
+    db.session.flush()
+    ledger.open_supplier_account(supplier.id)
+    db.session.flush()
+    return supplier
+
+
+def platform_supplier() -> Supplier:
+    supplier = db.session.scalar(select(Supplier).where(Supplier.is_platform_own.is_(True)).order_by(Supplier.id))
+    if supplier is None:
+        supplier = create_supplier("平台自营", 0, is_platform_own=True)
+    return supplier
+
+
+def price_for(tier: Tier | None, product: Product, at: datetime | None = None) -> int:
+    """An agent's unit price for a product now, in fen. With no tier: the public (face) price.
+
+    Base: the tier's fixed price for the product if set, else face price × tier discount.
+    Then the lowest active time-bounded rule for this tier (or for all tiers) applies. Floored once.
+    """
+    at = at or utcnow()
+    rate_filters = [PriceRule.product_id == product.id, PriceRule.active.is_(True),
+                    PriceRule.starts_at <= at, PriceRule.ends_at > at]
+    if tier is None:
+        rate_filters.append(PriceRule.tier_id.is_(None))
+    else:
+        rate_filters.append(or_(PriceRule.tier_id.is_(None), PriceRule.tier_id == tier.id))
+    rule_rates = list(db.session.scalars(select(PriceRule.rate_bp).where(*rate_filters)))
+    rule_rate = min(rule_rates) if rule_rates else 10000
+
+    if tier is None:
+        return apply_rate(product.face_price, rule_rate)
+    override = db.session.scalar(select(TierPrice.price).where(TierPrice.product_id == product.id,
+                                                              TierPrice.tier_id == tier.id))
+    if override is not None:
+        return apply_rate(override, rule_rate)
+    return apply_rate(product.face_price, tier.discount_bp, rule_rate)

@@ -1,0 +1,108 @@
+"""`flask kameng ...`: one group per concern; commands translate arguments and call services."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from flask.cli import AppGroup
+
+from app.errors import KamengError
+
+kameng_cli = AppGroup("kameng", help="卡盟 Kameng commands.")
+
+
+def fail(message: str, code: int = 2) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+@kameng_cli.command("ledger-check")
+def ledger_check() -> None:
+    """Verify every ledger invariant; exit 1 naming each one that broke."""
+    from app.ledger.invariants import check_ledger
+
+    problems = check_ledger()
+    if problems:
+        for line in problems:
+            click.echo(f"FAIL {line}", err=True)
+        sys.exit(1)
+    click.echo("ledger ok: all invariants hold")
+
+
+card_cli = AppGroup("card", help="Card secret (卡密) stock.")
+kameng_cli.add_command(card_cli)
+
+
+@card_cli.command("import")
+@click.option("--product", "product_id", required=True, type=int, help="Product id (a card product).")
+@click.option("--dry-run", is_flag=True, help="Only print the report; import nothing.")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def card_import(product_id: int, dry_run: bool, file: Path) -> None:
+    """Import card secrets from FILE (TXT one per line, or CSV) and print the report."""
+    from app.catalog import cards
+
+    if not file.exists():
+        fail(f"file not found: {file}")
+    try:
+        text = cards.decode_upload(file.read_bytes())
+        if dry_run:
+            report = cards.preview(product_id, text, file.name)
+        else:
+            batch = cards.create_import(product_id, text, file.name, "cli")
+            report = cards.run_import(batch.id)
+    except KamengError as exc:
+        fail(exc.message)
+    _print_report(report)
+
+
+def _print_report(report: dict) -> None:
+    click.echo(f"lines: {report['total_lines']}  added: {report['added']}  "
+               f"duplicates: {report['duplicates']}  rejected: {report['rejected']}")
+    for line, reason in report.get("duplicate_lines", [])[:50]:
+        click.echo(f"  duplicate line {line}: {reason}")
+    for line, reason in report.get("rejected_lines", [])[:50]:
+        click.echo(f"  rejected line {line}: {reason}")
+
+
+@kameng_cli.command("worker")
+@click.option("--queues", default="high,default,low", show_default=True, help="Comma-separated queue names.")
+@click.option("--burst", is_flag=True, help="Exit when the queues are empty.")
+@click.option("--no-cron", is_flag=True, help="Do not run the periodic jobs in this worker.")
+def worker(queues: str, burst: bool, no_cron: bool) -> None:
+    """Run an RQ worker (with RQ's scheduler and the periodic jobs) inside the app."""
+    from workers.queues import QUEUES
+    from workers.runner import run_worker
+
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    unknown = [q for q in names if q not in QUEUES]
+    if unknown:
+        fail(f"unknown queue(s): {', '.join(unknown)}; known: {', '.join(QUEUES)}")
+    try:
+        run_worker(names, burst=burst, with_cron=not no_cron)
+    except RuntimeError as exc:
+        fail(str(exc))
+
+
+@kameng_cli.command("scan-low-stock")
+def scan_low_stock() -> None:
+    """Run the low-stock scan now and print what it raised."""
+    from app.catalog import cards
+
+    click.echo(json.dumps(cards.scan_low_stock(), ensure_ascii=False))
+
+
+@kameng_cli.command("demo")
+@click.option("--password", default=None, help="Password for every demo login (default: random, printed).")
+def demo(password: str | None) -> None:
+    """Load demo users, agents, tiers, categories, products and card secrets; print the logins."""
+    from app.demo import load_demo
+
+    try:
+        logins = load_demo(password)
+    except KamengError as exc:
+        fail(exc.message)
+    click.echo("Demo data loaded. Logins:")
+    for username, pwd, role in logins:
+        click.echo(f"  {username:<10} {pwd:<20} {role}")

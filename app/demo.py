@@ -1,0 +1,116 @@
+"""Demo data: staff logins, the agent tree 总代 → 区域代理 → 普通代理 → 会员, products and card stock."""
+from __future__ import annotations
+
+import secrets as pyrandom
+
+from flask import current_app
+from sqlalchemy import select
+
+from app.agents import service as agents
+from app.agents.models import Agent, Tier
+from app.catalog import cards
+from app.catalog import service as catalog
+from app.catalog.models import Category, Product
+from app.errors import KamengError
+from app.extensions import db
+from app.ledger import service as ledger
+
+TIERS = [
+    # name, rank, discount_bp, may_recruit, may_withdraw, direct bp, indirect bp, daily limit fen, settle days
+    ("总代", 40, 9000, True, True, 300, 100, 0, 1),
+    ("区域代理", 30, 9300, True, True, 200, 50, 0, 1),
+    ("普通代理", 20, 9600, False, True, 0, 0, 5_000_000, 7),
+    ("会员", 10, 9900, False, False, 0, 0, 1_000_000, 7),
+]
+CATEGORIES = ["游戏点卡", "话费充值", "视频会员"]
+PRODUCTS = [
+    # name, category, kind, face fen, cost fen, secrets
+    ("腾讯Q币 100元卡", "游戏点卡", "card", 10000, 8800, 60),
+    ("网易一卡通 50元", "游戏点卡", "card", 5000, 4400, 60),
+    ("爱奇艺黄金会员月卡", "视频会员", "card", 2500, 1800, 60),
+    ("王者荣耀 点券直充 60元", "游戏点卡", "direct", 6000, 5400, 0),
+    ("中国移动话费 100元 直充", "话费充值", "direct", 10000, 9700, 0),
+    ("腾讯视频VIP年卡（人工发货）", "视频会员", "manual", 17800, 15000, 0),
+]
+STAFF = [("admin", "Admin"), ("manager", "Manager"), ("support", "Support")]
+AGENTS = [("agent1", "总代", None), ("agent2", "区域代理", "agent1"), ("agent3", "普通代理", "agent2"),
+          ("member1", "会员", "agent3")]
+START_BALANCE = 2_000_000  # ¥20,000
+
+
+def _user(username: str, role_name: str, password: str):
+    sm = current_app.appbuilder.sm
+    user = sm.find_user(username=username)
+    role = sm.find_role(role_name)
+    if role is None:
+        raise KamengError(f"role {role_name} is missing: start the app once with FAB_CREATE_DB=True")
+    if user is None:
+        user = sm.add_user(username, username, "demo", f"{username}@kameng.local", role, password)
+        if not user:
+            raise KamengError(f"could not create user {username}")
+    else:
+        sm.reset_password(user.id, password)
+    return user
+
+
+def load_demo(password: str | None = None) -> list[tuple[str, str, str]]:
+    """Idempotent: running it again resets passwords and tops nothing up twice."""
+    password = password or pyrandom.token_urlsafe(9)
+    if len(password) < 6:
+        raise KamengError("password must be at least 6 characters")
+    current_app.appbuilder.sm.create_db()  # built-in roles
+    ledger.ensure_platform_accounts()
+    logins = []
+    for username, role in STAFF:
+        _user(username, role, password)
+        logins.append((username, password, role))
+
+    tiers = {}
+    for name, rank, disc, recruit, withdraw, direct, indirect, limit, settle in TIERS:
+        tier = db.session.scalar(select(Tier).where(Tier.name == name))
+        if tier is None:
+            tier = Tier(name=name, rank=rank, discount_bp=disc, may_recruit=recruit, may_withdraw=withdraw,
+                        min_withdrawal=10000, withdrawal_fee_bp=60, direct_commission_bp=direct,
+                        indirect_commission_bp=indirect, daily_limit=limit, settle_days=settle)
+            db.session.add(tier)
+            db.session.flush()
+        tiers[name] = tier
+
+    by_name: dict[str, Agent] = {}
+    for username, tier_name, parent in AGENTS:
+        user = _user(username, "Agent", password)
+        agent = db.session.scalar(select(Agent).where(Agent.user_id == user.id))
+        if agent is None:
+            agent = agents.create_agent(username, tiers[tier_name].id,
+                                        by_name[parent].id if parent else None, user_id=user.id)
+            ledger.post_journal(f"demo:topup:{agent.id}", "adjustment", [
+                ledger.Line(ledger.agent_account_code(agent.id, "wallet"), START_BALANCE),
+                ledger.Line("platform:adjustments", -START_BALANCE)], memo="演示数据初始余额")
+        by_name[username] = agent
+        logins.append((username, password, f"Agent · {tier_name}"))
+
+    supplier = catalog.platform_supplier()
+    categories = {}
+    for order, name in enumerate(CATEGORIES):
+        cat = db.session.scalar(select(Category).where(Category.name == name))
+        if cat is None:
+            cat = Category(name=name, sort_order=order)
+            db.session.add(cat)
+            db.session.flush()
+        categories[name] = cat
+    db.session.commit()
+
+    for name, cat, kind, face, cost, count in PRODUCTS:
+        product = db.session.scalar(select(Product).where(Product.name == name))
+        if product is None:
+            product = Product(name=name, category_id=categories[cat].id, supplier_id=supplier.id, kind=kind,
+                              face_price=face, cost=cost, max_per_order=10, low_stock_threshold=10)
+            db.session.add(product)
+            db.session.commit()
+        if count and cards.available_counts([product.id]).get(product.id, 0) < count:
+            lines = "\n".join(f"DEMO{product.id:02d}-{pyrandom.token_hex(6).upper()} "
+                              f"{pyrandom.randbelow(10 ** 8):08d}" for _ in range(count))
+            batch = cards.create_import(product.id, lines, None, "demo")
+            cards.run_import(batch.id)
+    db.session.commit()
+    return logins

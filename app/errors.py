@@ -1,0 +1,37 @@
+"""One root exception with a stable code, shown the same way by forms, the Open API and the CLI."""
+from __future__ import annotations
+
+
+class KamengError(Exception):
+    code = "error"
+    status = 400
+
+    def __init__(self, message: str, code: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+        if status:
+            self.status = status
+
+    def to_dict(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class ValidationError(KamengError):
+    code = "invalid_request"
+
+
+class NotFound(KamengError):
+    code = "not_found"
+    status = 404
+
+
+class Forbidden(KamengError):
+    code = "forbidden"
+    status = 403
+
+
+class Conflict(KamengError):
+    code = "conflict"
+    status = 409

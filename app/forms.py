@@ -1,0 +1,76 @@
+"""Form fields that let operators type yuan and percentages while the database keeps fen and basis points."""
+from __future__ import annotations
+
+from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+from wtforms import Field
+from wtforms.validators import ValidationError
+
+from app.money import format_fen, parse_yuan
+
+
+class YuanField(Field):
+    """Shows fen as '12.50'; parses '12.5', '¥12.50', '12元' back to fen (an int)."""
+
+    widget = BS3TextFieldWidget()
+
+    def __init__(self, label=None, validators=None, min_fen: int | None = 0, max_fen: int | None = None,
+                 allow_negative: bool = False, **kwargs):
+        super().__init__(label, validators, **kwargs)
+        self.min_fen = None if allow_negative else min_fen
+        self.max_fen = max_fen
+
+    def _value(self) -> str:
+        if self.raw_data:
+            return self.raw_data[0]
+        return format_fen(self.data, symbol=False).replace(",", "") if self.data is not None else ""
+
+    def process_formdata(self, valuelist):
+        if not valuelist or valuelist[0].strip() == "":
+            self.data = None
+            return
+        try:
+            self.data = parse_yuan(valuelist[0])
+        except ValueError as exc:
+            self.data = None
+            raise ValueError(str(exc)) from None
+
+    def pre_validate(self, form):
+        if self.data is None:
+            return
+        if self.min_fen is not None and self.data < self.min_fen:
+            raise ValidationError(f"金额不能小于 {format_fen(self.min_fen)}")
+        if self.max_fen is not None and self.data > self.max_fen:
+            raise ValidationError(f"金额不能大于 {format_fen(self.max_fen)}")
+
+
+class PercentField(Field):
+    """Shows basis points as '95.00' (percent); parses '95' or '95.5%' back to basis points (an int)."""
+
+    widget = BS3TextFieldWidget()
+
+    def __init__(self, label=None, validators=None, min_bp: int = 0, max_bp: int = 10000, **kwargs):
+        super().__init__(label, validators, **kwargs)
+        self.min_bp, self.max_bp = min_bp, max_bp
+
+    def _value(self) -> str:
+        if self.raw_data:
+            return self.raw_data[0]
+        return f"{self.data / 100:.2f}" if self.data is not None else ""
+
+    def process_formdata(self, valuelist):
+        if not valuelist or valuelist[0].strip() == "":
+            self.data = None
+            return
+        raw = valuelist[0].strip().rstrip("%").strip()
+        try:
+            whole, _, frac = raw.partition(".")
+            if not whole.isdigit() or (frac and (not frac.isdigit() or len(frac) > 2)):
+                raise ValueError
+            self.data = int(whole) * 100 + int((frac or "0").ljust(2, "0"))
+        except ValueError:
+            self.data = None
+            raise ValueError(f"百分比格式不正确: {valuelist[0]!r}（例如 95 或 95.5）") from None
+
+    def pre_validate(self, form):
+        if self.data is not None and not (self.min_bp <= self.data <= self.max_bp):
+            raise ValidationError(f"必须在 {self.min_bp / 100:.2f}% 到 {self.max_bp / 100:.2f}% 之间")

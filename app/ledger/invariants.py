@@ -1,0 +1,53 @@
+"""The ledger invariants of DESIGN.md, as one read-only check (`flask kameng ledger-check`, and tests)."""
+from __future__ import annotations
+
+from sqlalchemy import text
+
+from app.extensions import db
+
+# Each check is (name, SQL returning offending rows, how to describe a row).
+_CHECKS: list[tuple[str, str]] = [
+    ("postings do not sum to zero",
+     "SELECT COALESCE(SUM(amount), 0) AS total FROM ledger_posting HAVING COALESCE(SUM(amount), 0) <> 0"),
+    ("journal does not balance",
+     "SELECT journal_id, SUM(amount) AS total FROM ledger_posting GROUP BY journal_id HAVING SUM(amount) <> 0"),
+    ("journal has fewer than two postings",
+     "SELECT j.id, j.idempotency_key FROM ledger_journal j LEFT JOIN ledger_posting p ON p.journal_id = j.id "
+     "GROUP BY j.id, j.idempotency_key HAVING COUNT(p.id) < 2"),
+    ("cached balance differs from its postings",
+     "SELECT a.code, a.balance, COALESCE(SUM(p.amount), 0) AS postings FROM ledger_account a "
+     "LEFT JOIN ledger_posting p ON p.account_id = a.id WHERE a.cached = :true "
+     "GROUP BY a.id, a.code, a.balance HAVING a.balance <> COALESCE(SUM(p.amount), 0)"),
+    ("cached account is negative",
+     "SELECT code, balance FROM ledger_account WHERE cached = :true AND balance < 0"),
+    ("delivered order without exactly one sale journal",
+     "SELECT o.order_no, COUNT(j.id) AS sale_journals FROM orders o "
+     "LEFT JOIN ledger_journal j ON j.order_id = o.id AND j.kind = 'sale' "
+     "WHERE o.status = 'delivered' GROUP BY o.id, o.order_no HAVING COUNT(j.id) <> 1"),
+    ("order has a sale journal but was never paid",
+     "SELECT o.order_no, o.status FROM orders o JOIN ledger_journal j ON j.order_id = o.id AND j.kind = 'sale' "
+     "WHERE o.status IN ('pending_payment', 'closed')"),
+    ("delivered card order without its card secrets",
+     "SELECT o.order_no, o.quantity, COUNT(c.id) AS secrets FROM orders o "
+     "JOIN product p ON p.id = o.product_id AND p.kind = 'card' "
+     "LEFT JOIN card_secret c ON c.order_id = o.id "
+     "WHERE o.status = 'delivered' GROUP BY o.id, o.order_no, o.quantity HAVING COUNT(c.id) <> o.quantity"),
+    ("card secret sold without an order, or assigned while available",
+     "SELECT id, status, order_id FROM card_secret WHERE (status = 'sold' AND order_id IS NULL) "
+     "OR (status = 'available' AND order_id IS NOT NULL)"),
+    ("same card secret stored twice for a product (would sell to two orders)",
+     "SELECT product_id, secret_hash, COUNT(*) AS n FROM card_secret GROUP BY product_id, secret_hash "
+     "HAVING COUNT(*) > 1"),
+]
+
+
+def check_ledger(limit: int = 20) -> list[str]:
+    """Return one line per broken invariant (empty when all hold)."""
+    problems: list[str] = []
+    for name, sql in _CHECKS:
+        rows = db.session.execute(text(sql), {"true": True}).mappings().all()
+        for row in rows[:limit]:
+            problems.append(f"{name}: {dict(row)}")
+        if len(rows) > limit:
+            problems.append(f"{name}: … and {len(rows) - limit} more")
+    return problems

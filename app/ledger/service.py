@@ -1,0 +1,167 @@
+"""The only code that moves money: post a balanced journal, idempotently, under row locks.
+
+Accounts with a cached balance (agents' wallet, pending, frozen) are locked in ascending id order and updated
+in the same transaction as their postings; shared platform and supplier accounts are never locked per order,
+their balance is the sum of their postings.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from app.clock import utcnow
+from app.extensions import db
+from app.ledger.errors import IdempotencyConflict, InsufficientBalance, UnbalancedJournal
+from app.ledger.models import Account, Journal, Posting
+
+# Accounts that agents own; created with the agent. Only these keep a cached, non-negative balance.
+AGENT_CACHED_KINDS = ("wallet", "pending", "frozen")
+PLATFORM_ACCOUNTS = {
+    "platform:revenue": "revenue",
+    "platform:fees": "fees",
+    "platform:commission_expense": "commission_expense",
+    "platform:payouts": "payouts",
+    "platform:adjustments": "adjustments",
+}
+
+
+@dataclass(frozen=True)
+class Line:
+    account_code: str
+    amount: int  # fen; + credits, - debits
+
+
+def agent_account_code(agent_id: int, kind: str) -> str:
+    return f"agent:{agent_id}:{kind}"
+
+
+def supplier_account_code(supplier_id: int) -> str:
+    return f"supplier:{supplier_id}:payable"
+
+
+def open_agent_accounts(agent_id: int) -> None:
+    for kind in AGENT_CACHED_KINDS:
+        db.session.add(Account(code=agent_account_code(agent_id, kind), kind=kind, agent_id=agent_id,
+                               cached=True, balance=0))
+
+
+def open_supplier_account(supplier_id: int) -> None:
+    db.session.add(Account(code=supplier_account_code(supplier_id), kind="payable", supplier_id=supplier_id,
+                           cached=False, balance=0))
+
+
+def ensure_platform_accounts() -> None:
+    existing = set(db.session.scalars(select(Account.code).where(Account.code.like("platform:%"))))
+    for code, kind in PLATFORM_ACCOUNTS.items():
+        if code not in existing:
+            db.session.add(Account(code=code, kind=kind, cached=False, balance=0))
+    db.session.flush()
+
+
+def _content_hash(kind: str, lines: list[Line]) -> str:
+    canonical = json.dumps([kind, sorted((ln.account_code, ln.amount) for ln in lines)], separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _merge(lines: list[Line]) -> list[Line]:
+    totals: dict[str, int] = {}
+    for ln in lines:
+        totals[ln.account_code] = totals.get(ln.account_code, 0) + int(ln.amount)
+    return [Line(code, amount) for code, amount in totals.items() if amount != 0]
+
+
+def _existing(key: str, content_hash: str) -> Journal | None:
+    journal = db.session.scalar(select(Journal).where(Journal.idempotency_key == key))
+    if journal is not None and journal.content_hash != content_hash:
+        raise IdempotencyConflict(f"journal {key} was already posted with different content")
+    return journal
+
+
+def lock_accounts(codes: list[str]) -> dict[str, tuple[int, bool, int]]:
+    """Look up accounts by code; lock the cached ones in ascending id order. Returns code -> (id, cached, balance)."""
+    rows = db.session.execute(select(Account.id, Account.code, Account.cached).where(Account.code.in_(codes))).all()
+    found = {row.code: (row.id, row.cached) for row in rows}
+    missing = set(codes) - set(found)
+    if missing:
+        raise UnbalancedJournal(f"unknown ledger accounts: {', '.join(sorted(missing))}")
+    cached_ids = sorted(acc_id for acc_id, cached in found.values() if cached)
+    balances: dict[int, int] = {}
+    if cached_ids:
+        locked = db.session.execute(
+            select(Account.id, Account.balance).where(Account.id.in_(cached_ids)).order_by(Account.id)
+            .with_for_update()
+        ).all()
+        balances = {row.id: row.balance for row in locked}
+    return {code: (acc_id, cached, balances.get(acc_id, 0)) for code, (acc_id, cached) in found.items()}
+
+
+def post_journal(key: str, kind: str, lines: list[Line], memo: str | None = None, order_id: int | None = None,
+                 actor_id: int | None = None, locked: dict | None = None) -> int:
+    """Post a balanced journal once per idempotency key. Does not commit: the caller's transaction owns it.
+
+    Returns the journal id. Posting the same key with the same content again returns the first journal's id;
+    with different content it raises IdempotencyConflict. A cached account that would go negative raises
+    InsufficientBalance and nothing is written.
+    """
+    lines = _merge(lines)
+    if len(lines) < 2 or sum(ln.amount for ln in lines) != 0:
+        raise UnbalancedJournal(f"journal {key} does not balance: {lines}")
+    content_hash = _content_hash(kind, lines)
+    previous = _existing(key, content_hash)
+    if previous is not None:
+        return previous.id
+
+    accounts = locked if locked is not None else lock_accounts([ln.account_code for ln in lines])
+    for ln in lines:
+        acc_id, cached, balance = accounts[ln.account_code]
+        if cached and balance + ln.amount < 0:
+            raise InsufficientBalance("余额不足 (insufficient balance)")
+
+    try:
+        with db.session.begin_nested():
+            journal_id = db.session.execute(
+                insert(Journal).values(idempotency_key=key, kind=kind, content_hash=content_hash, memo=memo,
+                                       order_id=order_id, actor_id=actor_id, created_at=utcnow())
+                .returning(Journal.id)
+            ).scalar_one()
+    except IntegrityError:
+        # Someone posted the same key concurrently and committed first: same content returns theirs.
+        previous = _existing(key, content_hash)
+        if previous is None:
+            raise
+        return previous.id
+
+    now = utcnow()
+    db.session.execute(insert(Posting), [
+        {"journal_id": journal_id, "account_id": accounts[ln.account_code][0], "amount": ln.amount,
+         "created_at": now} for ln in lines
+    ])
+    for ln in lines:
+        acc_id, cached, _ = accounts[ln.account_code]
+        if cached:
+            db.session.execute(update(Account).where(Account.id == acc_id)
+                               .values(balance=Account.balance + ln.amount))
+    return journal_id
+
+
+def balance_of(code: str) -> int:
+    """Balance of an account: the cache where kept, else the sum of its postings."""
+    account = db.session.scalar(select(Account).where(Account.code == code))
+    if account is None:
+        return 0
+    if account.cached:
+        return account.balance
+    return db.session.scalar(select(func.coalesce(func.sum(Posting.amount), 0))
+                             .where(Posting.account_id == account.id))
+
+
+def agent_balances(agent_id: int) -> dict[str, int]:
+    rows = db.session.execute(select(Account.kind, Account.balance).where(Account.agent_id == agent_id,
+                                                                          Account.cached.is_(True))).all()
+    result = {kind: 0 for kind in AGENT_CACHED_KINDS}
+    result.update({row.kind: row.balance for row in rows})
+    return result

@@ -1,0 +1,17 @@
+"""Import every domain's tables, so metadata is complete wherever the app starts (web, CLI, Alembic, tests)."""
+from flask_appbuilder.security.sqla.models import User  # noqa: F401  (ab_user, for relationships)
+
+from app.agents.models import Agent, Tier  # noqa: F401
+from app.audit.models import AuditEntry  # noqa: F401
+from app.catalog.models import (  # noqa: F401
+    CardImport,
+    CardSecret,
+    Category,
+    PriceRule,
+    Product,
+    StockAlert,
+    Supplier,
+    TierPrice,
+)
+from app.ledger.models import Account, Journal, Posting  # noqa: F401
+from app.orders.models import Order  # noqa: F401

@@ -1,0 +1,71 @@
+"""Orders: prices and the upline chain snapshotted at purchase; status moved only by orders.service.transition."""
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy.orm import relationship
+
+from app.clock import utcnow
+from app.extensions import db
+from app.money import format_fen
+
+ORDER_STATUSES = {
+    "pending_payment": "待支付",
+    "paid": "已支付",
+    "delivering": "发货中",
+    "delivered": "已到账",
+    "failed": "失败",
+    "refunded": "已退款",
+    "closed": "已关闭",
+    "disputed": "维权中",
+}
+
+
+class Order(db.Model):
+    __tablename__ = "orders"
+    id = Column(Integer, primary_key=True)
+    order_no = Column(String(32), unique=True, nullable=False)
+    agent_id = Column(Integer, ForeignKey("agent.id"))  # the buying agent; NULL for storefront guests
+    product_id = Column(Integer, ForeignKey("product.id"), nullable=False, index=True)
+    supplier_id = Column(Integer, ForeignKey("supplier.id"), nullable=False)
+    tier_id = Column(Integer, ForeignKey("tier.id"))
+    quantity = Column(Integer, nullable=False)
+    face_price = Column(BigInteger, nullable=False)  # unit face price at purchase
+    unit_price = Column(BigInteger, nullable=False)  # unit price charged
+    amount = Column(BigInteger, nullable=False)  # total charged, fen
+    cost_total = Column(BigInteger, nullable=False)  # owed to the supplier before its fee
+    service_fee = Column(BigInteger, nullable=False, default=0)
+    upline_path = Column(String(512))  # the buyer's path at purchase: commissions follow this, not today's tree
+    status = Column(String(24), nullable=False, default="pending_payment")
+    channel = Column(String(24), nullable=False, default="wallet")
+    out_trade_no = Column(String(64))
+    account = Column(String(128))  # direct top-up target
+    contact = Column(String(128))
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+    paid_at = Column(DateTime)
+    delivered_at = Column(DateTime)
+    updated_at = Column(DateTime, nullable=False, default=utcnow)
+
+    agent = relationship("Agent", foreign_keys=[agent_id])
+    product = relationship("Product")
+    supplier = relationship("Supplier")
+    tier = relationship("Tier")
+    card_secrets = relationship("CardSecret", foreign_keys="CardSecret.order_id", back_populates="order")
+
+    __table_args__ = (
+        UniqueConstraint("agent_id", "out_trade_no", name="uq_orders_agent_out_trade_no"),
+        Index("ix_orders_agent_created", "agent_id", "created_at"),
+        Index("ix_orders_status_created", "status", "created_at"),
+        Index("ix_orders_created", "created_at"),
+    )
+
+    def __repr__(self) -> str:
+        return self.order_no
+
+    def status_display(self) -> str:
+        return ORDER_STATUSES.get(self.status, self.status)
+
+    def amount_display(self) -> str:
+        return format_fen(self.amount)
+
+    def unit_price_display(self) -> str:
+        return format_fen(self.unit_price)

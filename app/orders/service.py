@@ -1,0 +1,154 @@
+"""Order rules: the state machine, and placing + paying + delivering a wallet order in one transaction."""
+from __future__ import annotations
+
+import secrets as pyrandom
+
+from sqlalchemy import func, select, update
+
+from app.agents.errors import AgentInactive
+from app.agents.models import Agent
+from app.catalog import cards
+from app.catalog.errors import ProductUnavailable
+from app.catalog.models import Product, Supplier
+from app.catalog.service import price_for
+from app.clock import business_day_start, utcnow
+from app.errors import NotFound
+from app.extensions import db
+from app.ledger import service as ledger
+from app.ledger.errors import InsufficientBalance
+from app.ledger.service import Line, agent_account_code, supplier_account_code
+from app.money import apply_rate, format_fen
+from app.orders.errors import DailyLimitExceeded, InvalidQuantity, InvalidTransition, UnsupportedProductKind
+from app.orders.models import Order
+
+# The only allowed moves. Card orders paid from the wallet go paid -> delivered in one transaction.
+TRANSITIONS: dict[str, set[str]] = {
+    "pending_payment": {"paid", "closed"},
+    "paid": {"delivering", "delivered", "failed", "refunded"},
+    "delivering": {"delivered", "failed", "refunded"},
+    "delivered": {"refunded", "disputed"},
+    "disputed": {"delivered", "refunded"},
+    "failed": {"refunded"},
+    "refunded": set(),
+    "closed": set(),
+}
+# Statuses whose amount counts toward a tier's daily purchase limit.
+COUNTED_STATUSES = ("paid", "delivering", "delivered", "disputed")
+
+
+def transition(order_id: int, to_status: str) -> None:
+    """Move an order to `to_status` with a guarded UPDATE on its current status. The one place status changes."""
+    current = db.session.scalar(select(Order.status).where(Order.id == order_id))
+    if current is None:
+        raise NotFound(f"订单不存在 (unknown order {order_id})")
+    if to_status not in TRANSITIONS.get(current, set()):
+        raise InvalidTransition(f"订单状态不能从 {current} 变为 {to_status}")
+    now = utcnow()
+    values: dict = {"status": to_status, "updated_at": now}
+    if to_status == "paid":
+        values["paid_at"] = now
+    elif to_status == "delivered":
+        values["delivered_at"] = now
+    result = db.session.execute(update(Order).where(Order.id == order_id, Order.status == current).values(**values))
+    if result.rowcount != 1:
+        raise InvalidTransition(f"订单状态已被其他操作改变 (order {order_id} changed concurrently)")
+
+
+def new_order_no() -> str:
+    """Date prefix for humans, 12 random digits so numbers are neither sequential nor guessable."""
+    return utcnow().strftime("%y%m%d") + f"{pyrandom.randbelow(10 ** 12):012d}"
+
+
+def _validate_quantity(quantity: object, product: Product) -> int:
+    if isinstance(quantity, int) and not isinstance(quantity, bool):
+        qty = quantity
+    elif isinstance(quantity, str) and quantity.strip().isdigit():
+        qty = int(quantity.strip())
+    else:
+        raise InvalidQuantity("数量必须是正整数 (quantity must be a positive integer)")
+    if qty < 1:
+        raise InvalidQuantity("数量至少为 1 (quantity must be at least 1)")
+    if qty > product.max_per_order:
+        raise InvalidQuantity(f"单笔最多购买 {product.max_per_order} 件 (at most {product.max_per_order} per order)")
+    return qty
+
+
+def _load_product(product_id: object) -> Product:
+    try:
+        pid = int(product_id)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ProductUnavailable("商品不存在 (unknown product)") from None
+    product = db.session.get(Product, pid)
+    if product is None or not product.active:
+        raise ProductUnavailable("商品不存在或已下架 (product not found or not on sale)")
+    return product
+
+
+def _check_daily_limit(agent: Agent, amount: int) -> None:
+    limit = agent.tier.daily_limit
+    if not limit:
+        return
+    spent = db.session.scalar(select(func.coalesce(func.sum(Order.amount), 0)).where(
+        Order.agent_id == agent.id, Order.status.in_(COUNTED_STATUSES),
+        Order.created_at >= business_day_start()))
+    if spent + amount > limit:
+        raise DailyLimitExceeded(f"超出今日采购限额 {format_fen(limit)}（今日已采购 {format_fen(spent)}）"
+                                 f" (daily purchase limit exceeded)")
+
+
+def place_wallet_order(agent_id: int, product_id: object, quantity: object, out_trade_no: str | None = None,
+                       account: str | None = None) -> Order:
+    """Validate, price on the server, charge the wallet, allocate card secrets and deliver; one transaction.
+
+    Commits on success. On any refusal (stock, balance, limit, input) rolls back: nothing is charged or sold.
+    """
+    try:
+        order = _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account)
+        db.session.commit()
+        return order
+    except Exception:
+        db.session.rollback()
+        raise
+
+
+def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account) -> Order:
+    product = _load_product(product_id)
+    if product.kind != "card":
+        raise UnsupportedProductKind(f"「{product.name}」为{product.kind_display()}商品，暂不支持钱包直接下单"
+                                     " (only card products can be bought from the wallet for now)")
+    qty = _validate_quantity(quantity, product)
+    agent = db.session.get(Agent, agent_id)
+    if agent is None or not agent.active:
+        raise AgentInactive("代理不存在或已停用 (agent not found or disabled)")
+    supplier = db.session.get(Supplier, product.supplier_id)
+
+    wallet = agent_account_code(agent.id, "wallet")
+    payable = supplier_account_code(supplier.id)
+    # Lock the buyer's own wallet row first (the only row locked per order), then check limits under it.
+    accounts = ledger.lock_accounts([wallet, payable, "platform:fees", "platform:revenue"])
+    unit_price = price_for(agent.tier, product)
+    amount = unit_price * qty
+    _check_daily_limit(agent, amount)
+    if accounts[wallet][2] < amount:
+        raise InsufficientBalance(f"余额不足：需要 {format_fen(amount)}，可用 {format_fen(accounts[wallet][2])}"
+                                  " (insufficient balance)")
+
+    cost_total = product.cost * qty
+    fee = apply_rate(cost_total, supplier.service_fee_bp)
+    order = Order(order_no=new_order_no(), agent_id=agent.id, product_id=product.id, supplier_id=supplier.id,
+                  tier_id=agent.tier_id, quantity=qty, face_price=product.face_price, unit_price=unit_price,
+                  amount=amount, cost_total=cost_total, service_fee=fee, upline_path=agent.path,
+                  status="pending_payment", channel="wallet", out_trade_no=out_trade_no, account=account)
+    db.session.add(order)
+    db.session.flush()
+    transition(order.id, "paid")
+    cards.allocate(order.id, product.id, qty)
+    ledger.post_journal(f"order:{order.order_no}:sale", "sale", [
+        Line(wallet, -amount),
+        Line(payable, cost_total - fee),
+        Line("platform:fees", fee),
+        Line("platform:revenue", amount - cost_total),
+    ], memo=f"{product.name} × {qty}", order_id=order.id, locked=accounts)
+    transition(order.id, "delivered")
+    db.session.refresh(order)
+    return order

@@ -1,0 +1,70 @@
+"""Read models for the agent portal: what an agent may see, always through app.scope."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+
+from app.agents.models import Agent
+from app.catalog import cards
+from app.catalog.models import Category, Product
+from app.catalog.service import price_for
+from app.errors import Forbidden, NotFound
+from app.extensions import db
+from app.ledger.service import agent_balances
+from app.orders.models import Order
+from app.scope import downline_ids
+
+
+@dataclass(frozen=True)
+class ProductOffer:
+    id: int
+    name: str
+    category: str
+    kind: str
+    face_price: int
+    my_price: int
+    in_stock: bool
+    available: int | None
+    max_per_order: int
+
+
+def offers_for(agent: Agent) -> list[ProductOffer]:
+    products = db.session.execute(
+        select(Product, Category.name).join(Category, Category.id == Product.category_id)
+        .where(Product.active.is_(True), Category.active.is_(True)).order_by(Category.sort_order, Product.id)
+    ).all()
+    counts = cards.available_counts([p.id for p, _ in products if p.kind == "card"])
+    offers = []
+    for product, category in products:
+        available = counts.get(product.id, 0) if product.kind == "card" else None
+        offers.append(ProductOffer(product.id, product.name, category, product.kind, product.face_price,
+                                   price_for(agent.tier, product), available is None or available > 0,
+                                   available, product.max_per_order))
+    return offers
+
+
+def summary(agent: Agent) -> dict:
+    balances = agent_balances(agent.id)
+    team = db.session.scalar(select(func.count()).select_from(downline_ids(agent).subquery())) - 1
+    orders = db.session.scalar(select(func.count()).where(Order.agent_id == agent.id))
+    return {"balances": balances, "team_size": team, "order_count": orders}
+
+
+def order_for_viewer(agent: Agent, order_no: str) -> tuple[Order, bool]:
+    """An order in the viewer's scope, and whether the viewer owns it (only owners see card secrets)."""
+    order = db.session.scalar(select(Order).where(Order.order_no == order_no))
+    if order is None or order.agent_id is None:
+        raise NotFound("订单不存在 (order not found)")
+    target = db.session.get(Agent, order.agent_id)
+    if not target.path.startswith(agent.path):
+        raise NotFound("订单不存在 (order not found)")  # never confirm that another branch's order exists
+    return order, order.agent_id == agent.id
+
+
+def secrets_for_owner(agent: Agent, order: Order) -> list[str]:
+    if order.agent_id != agent.id:
+        raise Forbidden("只有下单人可以查看卡密")
+    if order.status not in ("delivered", "disputed"):
+        return []
+    return cards.reveal(order.id)

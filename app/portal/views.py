@@ -1,0 +1,170 @@
+"""The agent portal (代理中心): balance, products at my price, buy, my orders and secrets, downline, statement.
+
+Every screen is scoped by app.scope: list/show/edit through base_filters, search dropdowns through
+search_form_query_rel_fields, actions and custom pages by re-checking in_scope().
+"""
+from __future__ import annotations
+
+from flask import abort, flash, redirect, request, url_for
+from flask_appbuilder import BaseView, IndexView, ModelView, expose, has_access
+from flask_appbuilder.actions import action
+from flask_appbuilder.models.sqla.filters import FilterInFunction
+from flask_appbuilder.models.sqla.interface import SQLAInterface
+from flask_babel import lazy_gettext as _
+from sqlalchemy import select
+
+from app.agents.models import Agent
+from app.errors import KamengError
+from app.extensions import db
+from app.ledger.models import Account, Posting
+from app.money import format_fen
+from app.orders import service as orders
+from app.orders.models import Order
+from app.orders.views import ORDER_LABELS
+from app.portal import service as portal
+from app.scope import current_agent, in_scope, is_staff, own_agent_ids, visible_agent_ids
+
+
+def own_account_ids():
+    return select(Account.id).where(Account.agent_id.in_(own_agent_ids() or [-1]))
+
+
+def _require_agent():
+    agent = current_agent()
+    if agent is None:
+        abort(403)
+    return agent
+
+
+class HomeView(IndexView):
+    """Landing page: agents see their wallet and shortcuts; staff see the admin shortcuts."""
+    index_template = "kameng/home.html"
+
+    @expose("/")
+    def index(self):
+        agent = current_agent()
+        context = {"agent": agent, "staff": is_staff()}
+        if agent is not None:
+            context["summary"] = portal.summary(agent)
+        return self.render_template(self.index_template, appbuilder=self.appbuilder, **context)
+
+
+class PortalView(BaseView):
+    """Pages of the portal that are not plain lists: buy, and one order with its card secrets."""
+    route_base = "/portal"
+    default_view = "buy"
+
+    @expose("/buy", methods=["GET"])
+    @has_access
+    def buy(self):
+        agent = _require_agent()
+        return self.render_template("kameng/buy.html", agent=agent, offers=portal.offers_for(agent),
+                                    summary=portal.summary(agent),
+                                    selected=request.args.get("product_id", type=int))
+
+    @expose("/buy", methods=["POST"])
+    @has_access
+    def buy_post(self):
+        agent = _require_agent()
+        try:
+            order = orders.place_wallet_order(agent.id, request.form.get("product_id"),
+                                              request.form.get("quantity", "1"))
+        except KamengError as exc:
+            flash(exc.message, "danger")
+            return redirect(url_for("PortalView.buy", product_id=request.form.get("product_id", type=int)))
+        flash(f"购买成功：订单 {order.order_no}，扣款 {format_fen(order.amount)}", "success")
+        return redirect(url_for("PortalView.order", order_no=order.order_no))
+
+    @expose("/orders/<order_no>")
+    @has_access
+    def order(self, order_no):
+        agent = _require_agent()
+        try:
+            order, owner = portal.order_for_viewer(agent, order_no)
+        except KamengError:
+            abort(404)
+        secrets = portal.secrets_for_owner(agent, order) if owner else []
+        return self.render_template("kameng/order.html", order=order, owner=owner, secrets=secrets)
+
+
+class MyOrderView(ModelView):
+    datamodel = SQLAInterface(Order)
+    route_base = "/portal/my-orders"
+    base_permissions = ["can_list", "can_show"]
+    base_filters = [["agent_id", FilterInFunction, visible_agent_ids]]
+    search_form_query_rel_fields = {"agent": [["id", FilterInFunction, visible_agent_ids]]}
+    list_title = show_title = _("我的订单")
+    list_columns = ["order_no", "agent", "product", "quantity", "amount_display", "status_display", "created_at"]
+    show_columns = ["order_no", "agent", "product", "quantity", "unit_price_display", "amount_display",
+                    "status_display", "out_trade_no", "created_at", "delivered_at"]
+    search_columns = ["order_no", "agent", "status", "created_at"]
+    label_columns = ORDER_LABELS
+    base_order = ("id", "desc")
+    formatters_columns = {"order_no": lambda no: _order_link(no)}
+
+
+def _order_link(order_no: str):
+    from markupsafe import Markup, escape
+    return Markup(f'<a href="/portal/orders/{escape(order_no)}">{escape(order_no)}</a>')
+
+
+class MyDownlineView(ModelView):
+    datamodel = SQLAInterface(Agent)
+    route_base = "/portal/my-team"
+    base_permissions = ["can_list", "can_show", "can_edit", "disable"]
+    base_filters = [["id", FilterInFunction, visible_agent_ids]]
+    search_form_query_rel_fields = {"parent": [["id", FilterInFunction, visible_agent_ids]]}
+    list_title = show_title = edit_title = _("我的团队")
+    list_columns = ["name", "tier", "parent", "depth", "active", "created_at"]
+    show_columns = ["name", "tier", "parent", "depth", "phone", "active", "created_at"]
+    edit_columns = ["name", "phone"]
+    search_columns = ["name", "parent", "active", "created_at"]
+    label_columns = {"name": _("代理名称"), "tier": _("等级"), "parent": _("上级"), "depth": _("层级"),
+                     "phone": _("手机号"), "active": _("启用"), "created_at": _("注册时间")}
+    base_order = ("path", "asc")
+
+    def pre_update(self, item):
+        agent = _require_agent()
+        if not in_scope(item.id, agent):
+            abort(404)
+
+    @action("disable", _("停用"), _("确定停用所选下级代理？"), "fa-ban")
+    def disable(self, items):
+        agent = _require_agent()
+        items = items if isinstance(items, list) else [items]
+        changed = 0
+        for item in items:
+            # Actions load rows by pk without base filters: re-check the scope for each one.
+            if item.id == agent.id or not in_scope(item.id, agent):
+                continue
+            item.active = False
+            changed += 1
+        db.session.commit()
+        flash(f"已停用 {changed} 个下级代理", "info")
+        return redirect(url_for("MyDownlineView.list"))
+
+
+class MyStatementView(ModelView):
+    """My ledger statement: postings on my own accounts only."""
+    datamodel = SQLAInterface(Posting)
+    route_base = "/portal/my-statement"
+    base_permissions = ["can_list"]
+    base_filters = [["account_id", FilterInFunction, own_account_ids]]
+    search_form_query_rel_fields = {"account": [["id", FilterInFunction, own_account_ids]]}
+    list_title = _("我的账单")
+    list_columns = ["created_at", "account", "journal", "amount"]
+    search_columns = ["account", "created_at"]
+    label_columns = {"created_at": _("时间"), "account": _("账户"), "journal": _("凭证"), "amount": _("金额")}
+    formatters_columns = {"amount": format_fen}
+    base_order = ("id", "desc")
+
+
+def register(appbuilder, category: str) -> None:
+    appbuilder.add_view(PortalView, "采购商品", href="/portal/buy", icon="fa-shopping-bag", category=category,
+                        category_icon="fa-user")
+    appbuilder.add_view(MyOrderView, "我的订单", icon="fa-list", category=category)
+    appbuilder.add_view(MyDownlineView, "我的团队", icon="fa-sitemap", category=category)
+    appbuilder.add_view(MyStatementView, "我的账单", icon="fa-book", category=category)
+
+
+__all__ = ["HomeView", "register", "select"]

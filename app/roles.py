@@ -1,0 +1,31 @@
+"""FAB_ROLES: the built-in roles besides Admin. Patterns are anchored (FAB matches with re.match)."""
+from __future__ import annotations
+
+READ = "^(can_list|can_show)$"
+_ADMIN_READ_VIEWS = ("OrderView|AgentView|TierView|CategoryView|ProductView|TierPriceView|PriceRuleView|"
+                     "SupplierView|CardSecretView|CardImportView|StockAlertView|AccountView|JournalView|"
+                     "PostingView|AuditView")
+
+ROLES = {
+    # Managers read everything and work review queues (later issues add the queues).
+    "Manager": [
+        [f"^({_ADMIN_READ_VIEWS})$", READ],
+        ["^(订单|代理管理|商品管理|卡密库存|财务账本|系统|订单查询|代理列表|代理等级|商品分类|商品|等级价格|限时价格|"
+         "上游供应商|卡密列表|导入批次|补货提醒|账户|凭证|分录|审计日志)$", "^menu_access$"],
+    ],
+    # Support (客服) finds any order and agent fast; sees card secrets masked only.
+    "Support": [
+        ["^(OrderView|AgentView|CardSecretView|StockAlertView|ProductView)$", READ],
+        ["^(订单|代理管理|商品管理|卡密库存|订单查询|代理列表|商品|卡密列表|补货提醒)$", "^menu_access$"],
+    ],
+    # Agents see only the portal, scoped to themselves and their downline.
+    "Agent": [
+        ["^PortalView$", "^can_(buy|buy_post|order)$"],
+        ["^MyOrderView$", READ],
+        ["^MyDownlineView$", "^(can_list|can_show|can_edit|disable)$"],
+        ["^MyStatementView$", "^can_list$"],
+        ["^(代理中心|采购商品|我的订单|我的团队|我的账单)$", "^menu_access$"],
+        ["^UserDBModelView$", "^(can_userinfo|userinfoedit|resetmypassword)$"],
+        ["^(ResetMyPasswordView)$", "^(can_this_form_get|can_this_form_post)$"],
+    ],
+}

@@ -1,0 +1,69 @@
+"""The one scope function: an agent sees itself and its downline; staff see everything.
+
+Every portal screen (FAB base_filters), action, dropdown, API handler, dashboard and export filters through
+`visible_agent_ids()` / `in_scope()`. The downline is one indexed prefix query on the materialized path.
+"""
+from __future__ import annotations
+
+from flask import g, has_request_context
+from sqlalchemy import Select, select
+
+from app.agents.models import Agent
+from app.extensions import db
+
+STAFF_ROLES = {"Admin", "Manager", "Support"}
+
+
+def _user():
+    if not has_request_context():
+        return None
+    user = getattr(g, "user", None)
+    return user if user is not None and getattr(user, "is_authenticated", False) else None
+
+
+def is_staff(user=None) -> bool:
+    user = user or _user()
+    return bool(user) and any(role.name in STAFF_ROLES for role in user.roles)
+
+
+def agent_of(user) -> Agent | None:
+    if user is None:
+        return None
+    return db.session.scalar(select(Agent).where(Agent.user_id == user.id))
+
+
+def current_agent() -> Agent | None:
+    """The agent of the logged-in user (cached per request)."""
+    if not has_request_context():
+        return None
+    if "kameng_agent" not in g.__dict__:
+        g.kameng_agent = agent_of(_user())
+    return g.kameng_agent
+
+
+def downline_ids(agent: Agent) -> Select:
+    """Ids of the agent and everyone below it, as a subquery (no list materialized for big trees)."""
+    return select(Agent.id).where(Agent.path.like(agent.path + "%"))
+
+
+def visible_agent_ids() -> Select:
+    """For FAB base_filters (FilterInFunction): the current agent's subtree; nothing for anyone else."""
+    agent = current_agent()
+    if agent is None:
+        return select(Agent.id).where(Agent.id.is_(None))
+    return downline_ids(agent)
+
+
+def own_agent_ids() -> list[int]:
+    """Just the current agent (for rows an agent may see only for itself, e.g. card secrets and its ledger)."""
+    agent = current_agent()
+    return [agent.id] if agent is not None else []
+
+
+def in_scope(agent_id: int | None, viewer: Agent | None = None) -> bool:
+    """Re-check for actions and handlers that load rows by id."""
+    viewer = viewer if viewer is not None else current_agent()
+    if viewer is None or agent_id is None:
+        return False
+    target = db.session.get(Agent, agent_id)
+    return target is not None and target.path.startswith(viewer.path)

