@@ -40,6 +40,8 @@ class Order(db.Model):
     out_trade_no = Column(String(64))
     account = Column(String(128))  # direct top-up target
     contact = Column(String(128))
+    notify_url = Column(String(512))  # Open API: where state changes are POSTed (signed)
+    request_hash = Column(String(64))  # Open API: hash of the creating request, for idempotency per out_trade_no
     created_at = Column(DateTime, nullable=False, default=utcnow)
     paid_at = Column(DateTime)
     delivered_at = Column(DateTime)

@@ -1,0 +1,129 @@
+"""Write messages in the caller's transaction; dispatch them after commit; a sweeper re-dispatches what Redis missed.
+
+Handlers are registered per topic and must be idempotent: delivery is at least once.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+from typing import Callable
+
+from flask import g, has_app_context
+from sqlalchemy import event, or_, select, update
+
+from app.clock import utcnow
+from app.extensions import db
+from app.outbox.models import OutboxMessage
+
+log = logging.getLogger(__name__)
+HANDLERS: dict[str, Callable[[OutboxMessage], None]] = {}
+# A message handed to RQ that has not finished after this long is dispatched again by the sweeper.
+REDISPATCH_AFTER = timedelta(minutes=2)
+_PENDING_KEY = "kameng_outbox_pending"
+
+
+def handler(topic: str):
+    def register(func: Callable[[OutboxMessage], None]):
+        HANDLERS[topic] = func
+        return func
+    return register
+
+
+def write(topic: str, key: str, payload: dict) -> None:
+    """Add a message to the current transaction (a repeated key is ignored: one message per event)."""
+    if db.session.scalar(select(OutboxMessage.id).where(OutboxMessage.key == key)) is not None:
+        return
+    message = OutboxMessage(topic=topic, key=key, payload=json.dumps(payload, ensure_ascii=False, default=str),
+                            status="pending", next_attempt_at=utcnow())
+    db.session.add(message)
+    db.session.flush()
+    db.session.info.setdefault(_PENDING_KEY, []).append(message.id)
+
+
+def dispatch(message_ids: list[int]) -> None:
+    """Hand messages to RQ (queue high), or run them now when there is no Redis."""
+    from workers.jobs import run_outbox_message
+    from workers.queues import enqueue, redis_connection
+
+    for message_id in message_ids:
+        db.session.execute(update(OutboxMessage).where(OutboxMessage.id == message_id)
+                           .values(dispatched_at=utcnow()))
+        db.session.commit()
+        if redis_connection() is None:
+            run_outbox_message(message_id)
+            continue
+        try:
+            attempts = db.session.scalar(select(OutboxMessage.attempts).where(OutboxMessage.id == message_id))
+            enqueue(run_outbox_message, message_id, job_id=f"outbox-{message_id}-{attempts}", queue="high")
+        except Exception as exc:  # Redis down: the sweeper will dispatch it later; nothing is lost
+            log.warning("outbox %s not dispatched (%s); the sweeper will retry", message_id, exc)
+
+
+def run(message_id: int) -> None:
+    """Run one message's handler once. The handler decides done / retry / failed through finish()/retry_later()."""
+    message = db.session.get(OutboxMessage, message_id)
+    if message is None or message.status != "pending" or message.next_attempt_at > utcnow():
+        return
+    func = HANDLERS.get(message.topic)
+    if func is None:
+        finish(message, "failed", f"no handler for topic {message.topic}")
+        return
+    func(message)
+
+
+def finish(message: OutboxMessage, status: str, error: str | None = None) -> None:
+    message.status = status
+    message.last_error = (error or None) and error[:255]
+    message.finished_at = utcnow()
+    db.session.commit()
+
+
+def retry_later(message: OutboxMessage, delay: timedelta, error: str) -> None:
+    message.next_attempt_at = utcnow() + delay
+    message.last_error = error[:255]
+    message.dispatched_at = None
+    db.session.commit()
+
+
+def sweep(limit: int = 500) -> int:
+    """Dispatch pending messages that are due and were never dispatched, or were dispatched long ago."""
+    now = utcnow()
+    ids = list(db.session.scalars(
+        select(OutboxMessage.id).where(
+            OutboxMessage.status == "pending", OutboxMessage.next_attempt_at <= now,
+            or_(OutboxMessage.dispatched_at.is_(None), OutboxMessage.dispatched_at < now - REDISPATCH_AFTER))
+        .order_by(OutboxMessage.id).limit(limit)))
+    if ids:
+        dispatch(ids)
+    return len(ids)
+
+
+def _after_commit(session) -> None:
+    ids = session.info.pop(_PENDING_KEY, None)
+    if ids and has_app_context():
+        # No SQL may run inside after_commit; dispatch when the request or job finishes (dispatch_due).
+        g.setdefault("kameng_outbox_due", []).extend(ids)
+
+
+def _after_rollback(session, previous_transaction) -> None:
+    session.info.pop(_PENDING_KEY, None)
+
+
+def dispatch_due() -> None:
+    """Dispatch what this request's or job's committed transactions wrote. Safe to call any time."""
+    if not has_app_context():
+        return
+    due = g.pop("kameng_outbox_due", None)
+    if due:
+        try:
+            dispatch(due)
+        except Exception:  # never fail the request that already committed; the sweeper retries
+            db.session.rollback()
+            log.exception("outbox dispatch failed; the sweeper will retry %s", due)
+
+
+def init_app(app) -> None:
+    event.listen(db.session, "after_commit", _after_commit)
+    event.listen(db.session, "after_soft_rollback", _after_rollback)
+    app.teardown_request(lambda exc: dispatch_due())
