@@ -42,6 +42,7 @@ class Order(db.Model):
     contact = Column(String(128))
     notify_url = Column(String(512))  # Open API: where state changes are POSTed (signed)
     request_hash = Column(String(64))  # Open API: hash of the creating request, for idempotency per out_trade_no
+    api_key_id = Column(Integer, ForeignKey("api_key.id", name="fk_orders_api_key_id_api_key"))  # signs callbacks
     created_at = Column(DateTime, nullable=False, default=utcnow)
     paid_at = Column(DateTime)
     delivered_at = Column(DateTime)

@@ -20,6 +20,7 @@ from app.ledger.service import Line, agent_account_code, supplier_account_code
 from app.money import apply_rate, format_fen
 from app.orders.errors import DailyLimitExceeded, InvalidQuantity, InvalidTransition, UnsupportedProductKind
 from app.orders.models import Order
+from app.outbox import service as outbox
 
 # The only allowed moves. Card orders paid from the wallet go paid -> delivered in one transaction.
 TRANSITIONS: dict[str, set[str]] = {
@@ -32,6 +33,8 @@ TRANSITIONS: dict[str, set[str]] = {
     "refunded": set(),
     "closed": set(),
 }
+# States a reseller acts on: these are POSTed to the order's notify_url.
+NOTIFIED_STATUSES = ("delivered", "failed", "refunded", "closed", "disputed")
 # Statuses whose amount counts toward a tier's daily purchase limit.
 COUNTED_STATUSES = ("paid", "delivering", "delivered", "disputed")
 
@@ -49,9 +52,14 @@ def transition(order_id: int, to_status: str) -> None:
         values["paid_at"] = now
     elif to_status == "delivered":
         values["delivered_at"] = now
-    result = db.session.execute(update(Order).where(Order.id == order_id, Order.status == current).values(**values))
-    if result.rowcount != 1:
+    row = db.session.execute(update(Order).where(Order.id == order_id, Order.status == current).values(**values)
+                             .returning(Order.order_no, Order.notify_url)).first()
+    if row is None:
         raise InvalidTransition(f"订单状态已被其他操作改变 (order {order_id} changed concurrently)")
+    if to_status in NOTIFIED_STATUSES and row.notify_url:
+        # The order's new state is POSTed to notify_url after this transaction commits (outbox).
+        outbox.write("order_callback", f"order:{row.order_no}:notify:{to_status}",
+                     {"order_id": order_id, "status": to_status})
 
 
 def new_order_no() -> str:
@@ -97,13 +105,15 @@ def _check_daily_limit(agent: Agent, amount: int) -> None:
 
 
 def place_wallet_order(agent_id: int, product_id: object, quantity: object, out_trade_no: str | None = None,
-                       account: str | None = None) -> Order:
+                       account: str | None = None, notify_url: str | None = None,
+                       request_hash: str | None = None, api_key_id: int | None = None) -> Order:
     """Validate, price on the server, charge the wallet, allocate card secrets and deliver; one transaction.
 
     Commits on success. On any refusal (stock, balance, limit, input) rolls back: nothing is charged or sold.
     """
     try:
-        order = _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account)
+        order = _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, notify_url,
+                                    request_hash, api_key_id)
         db.session.commit()
         return order
     except Exception:
@@ -111,7 +121,8 @@ def place_wallet_order(agent_id: int, product_id: object, quantity: object, out_
         raise
 
 
-def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account) -> Order:
+def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, notify_url, request_hash,
+                        api_key_id) -> Order:
     product = _load_product(product_id)
     if product.kind != "card":
         raise UnsupportedProductKind(f"「{product.name}」为{product.kind_display()}商品，暂不支持钱包直接下单"
@@ -138,7 +149,8 @@ def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account) -
     order = Order(order_no=new_order_no(), agent_id=agent.id, product_id=product.id, supplier_id=supplier.id,
                   tier_id=agent.tier_id, quantity=qty, face_price=product.face_price, unit_price=unit_price,
                   amount=amount, cost_total=cost_total, service_fee=fee, upline_path=agent.path,
-                  status="pending_payment", channel="wallet", out_trade_no=out_trade_no, account=account)
+                  status="pending_payment", channel="wallet", out_trade_no=out_trade_no, account=account,
+                  notify_url=notify_url, request_hash=request_hash, api_key_id=api_key_id)
     db.session.add(order)
     db.session.flush()
     transition(order.id, "paid")
