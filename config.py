@@ -98,6 +98,12 @@ class Config:
     BUSINESS_TIMEZONE = env_str("BUSINESS_TIMEZONE", "Asia/Shanghai")
     LOW_STOCK_SCAN_SECONDS = env_int("LOW_STOCK_SCAN_SECONDS", 300)
     TRUSTED_PROXIES = env_int("TRUSTED_PROXIES", 0)
+    RATELIMIT_HEADERS_ENABLED = True
+    OPENAPI_RATE_LIMIT = env_str("OPENAPI_RATE_LIMIT", "1200 per minute")
+    # Callbacks to loopback/private addresses are refused in production (SSRF); allowed elsewhere for local tests.
+    OPENAPI_CALLBACK_ALLOW_PRIVATE = env_bool("OPENAPI_CALLBACK_ALLOW_PRIVATE", KAMENG_ENV != "production")
+    OUTBOX_SWEEP_SECONDS = env_int("OUTBOX_SWEEP_SECONDS", 15)
+    NONCE_PURGE_SECONDS = env_int("NONCE_PURGE_SECONDS", 600)
 
 
 def check_production(config: dict) -> None:

@@ -39,8 +39,17 @@ def create_app(overrides: dict | None = None) -> Flask:
         appbuilder.init_app(app, db.session)
         from app.views import register_views
         register_views(appbuilder)
+        from app.openapi.views import register as register_openapi_views
+        register_openapi_views(appbuilder)
         from app.portal.filters import register_template_helpers
         register_template_helpers(app)
+
+    from app.openapi import api as openapi_api
+    from app.openapi import callbacks  # noqa: F401  (registers the outbox handler)
+    from app.outbox import service as outbox
+
+    outbox.init_app(app)
+    openapi_api.register(app)
 
     from app.cli import kameng_cli
     app.cli.add_command(kameng_cli)

@@ -93,6 +93,57 @@ def scan_low_stock() -> None:
     click.echo(json.dumps(cards.scan_low_stock(), ensure_ascii=False))
 
 
+api_key_cli = AppGroup("api-key", help="Open API keys.")
+kameng_cli.add_command(api_key_cli)
+
+
+@api_key_cli.command("create")
+@click.option("--agent", "username", required=True, help="The agent's login name.")
+@click.option("--name", default="cli", help="A label for the key.")
+@click.option("--allow-ip", default="", help="Comma-separated addresses or networks allowed to use the key.")
+def api_key_create(username: str, name: str, allow_ip: str) -> None:
+    """Create an API key; prints {"app_key": ..., "app_secret": ...} as one line of JSON (shown only once)."""
+    from flask import current_app
+
+    from app.openapi import service as openapi
+    from app.scope import agent_of
+
+    user = current_app.appbuilder.sm.find_user(username=username)
+    agent = agent_of(user) if user else None
+    if agent is None:
+        fail(f"no agent with login {username!r}")
+    try:
+        key, secret = openapi.create_key(agent.id, name, allow_ip)
+    except KamengError as exc:
+        fail(exc.message)
+    click.echo(json.dumps({"app_key": key.app_key, "app_secret": secret}))
+
+
+@api_key_cli.command("revoke")
+@click.argument("app_key")
+def api_key_revoke(app_key: str) -> None:
+    """Revoke an API key by its app key."""
+    from sqlalchemy import select
+
+    from app.extensions import db
+    from app.openapi import service as openapi
+    from app.openapi.models import ApiKey
+
+    key_id = db.session.scalar(select(ApiKey.id).where(ApiKey.app_key == app_key))
+    if key_id is None:
+        fail(f"no API key {app_key!r}")
+    openapi.revoke_key(key_id)
+    click.echo(f"revoked {app_key}")
+
+
+@kameng_cli.command("outbox-sweep")
+def outbox_sweep() -> None:
+    """Dispatch due outbox messages now (callback retries, anything Redis missed)."""
+    from app.outbox import service as outbox
+
+    click.echo(f"dispatched {outbox.sweep()} message(s)")
+
+
 @kameng_cli.command("demo")
 @click.option("--password", default=None, help="Password for every demo login (default: random, printed).")
 def demo(password: str | None) -> None:

@@ -4,14 +4,14 @@ from __future__ import annotations
 READ = "^(can_list|can_show)$"
 _ADMIN_READ_VIEWS = ("OrderView|AgentView|TierView|CategoryView|ProductView|TierPriceView|PriceRuleView|"
                      "SupplierView|CardSecretView|CardImportView|StockAlertView|AccountView|JournalView|"
-                     "PostingView|AuditView")
+                     "PostingView|AuditView|ApiKeyAdminView|CallbackAttemptAdminView")
 
 ROLES = {
     # Managers read everything and work review queues (later issues add the queues).
     "Manager": [
         [f"^({_ADMIN_READ_VIEWS})$", READ],
         ["^(订单|代理管理|商品管理|卡密库存|财务账本|系统|订单查询|代理列表|代理等级|商品分类|商品|等级价格|限时价格|"
-         "上游供应商|卡密列表|导入批次|补货提醒|账户|凭证|分录|审计日志)$", "^menu_access$"],
+         "上游供应商|卡密列表|导入批次|补货提醒|账户|凭证|分录|审计日志|API 密钥管理|回调记录)$", "^menu_access$"],
     ],
     # Support (客服) finds any order and agent fast; sees card secrets masked only.
     "Support": [
@@ -24,7 +24,9 @@ ROLES = {
         ["^MyOrderView$", READ],
         ["^MyDownlineView$", "^(can_list|can_show|can_edit|disable)$"],
         ["^MyStatementView$", "^can_list$"],
-        ["^(代理中心|采购商品|我的订单|我的团队|我的账单)$", "^menu_access$"],
+        ["^MyApiKeysView$", "^can_(index|create|revoke)$"],
+        ["^MyCallbackAttemptView$", READ],
+        ["^(代理中心|采购商品|我的订单|我的团队|我的账单|API 密钥|我的回调记录|开放接口文档)$", "^menu_access$"],
         ["^UserDBModelView$", "^(can_userinfo|userinfoedit|resetmypassword)$"],
         ["^(ResetMyPasswordView)$", "^(can_this_form_get|can_this_form_post)$"],
     ],

@@ -13,3 +13,24 @@ def import_cards(import_id: int) -> dict:
 def scan_low_stock() -> dict:
     """Scheduled: raise and resolve restock alerts (补货提醒)."""
     return cards.scan_low_stock()
+
+
+def run_outbox_message(message_id: int) -> None:
+    """One outbox message (an order callback, ...): its handler records the attempt and any retry."""
+    from app.outbox import service as outbox
+
+    outbox.run(message_id)
+
+
+def sweep_outbox() -> int:
+    """Scheduled: dispatch due retries and anything Redis missed."""
+    from app.outbox import service as outbox
+
+    return outbox.sweep()
+
+
+def purge_nonces() -> int:
+    """Scheduled: forget Open API nonces older than the replay window (database store only)."""
+    from app.openapi.service import purge_nonces as purge
+
+    return purge()

@@ -18,7 +18,10 @@ class AppWorker(SimpleWorker):
     def perform_job(self, job, queue, *args, **kwargs):
         with self.flask_app.app_context():
             try:
-                return super().perform_job(job, queue, *args, **kwargs)
+                result = super().perform_job(job, queue, *args, **kwargs)
+                from app.outbox.service import dispatch_due
+                dispatch_due()  # what the job committed to the outbox leaves now
+                return result
             finally:
                 from app.extensions import db
                 db.session.remove()

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Callable
 
 from flask import g, has_app_context
 from sqlalchemy import event, or_, select, update

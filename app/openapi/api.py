@@ -1,0 +1,116 @@
+"""The Open API blueprint (/open/v1): parse, authenticate, call a service, render JSON. No rules here."""
+from __future__ import annotations
+
+import json
+
+from flask import Blueprint, Flask, g, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
+
+from app.errors import KamengError, ValidationError
+from app.extensions import csrf
+from app.ledger.service import agent_balances
+from app.openapi import service
+from app.openapi.spec import build_spec
+
+bp = Blueprint("openapi", __name__, url_prefix="/open/v1")
+PUBLIC_ENDPOINTS = {"openapi.spec", "openapi.docs"}
+
+
+def error(code: str, message: str, status: int):
+    response = jsonify({"error": {"code": code, "message": message}})
+    response.status_code = status
+    return response
+
+
+@bp.before_request
+def authenticate():
+    if request.endpoint in PUBLIC_ENDPOINTS:
+        return None
+    body = request.get_data(cache=True)
+    g.api_key = service.authenticate(request.method, request.path, request.headers, body, request.remote_addr)
+    g.api_agent = service.caller_agent(g.api_key)
+    return None
+
+
+@bp.errorhandler(KamengError)
+def domain_error(exc: KamengError):
+    return error(exc.code, exc.message, exc.status if 400 <= exc.status < 500 else 400)
+
+
+@bp.errorhandler(HTTPException)
+def http_error(exc: HTTPException):
+    codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 429: "rate_limited"}
+    response = error(codes.get(exc.code, "http_error"), exc.description or exc.name, exc.code or 400)
+    if exc.code == 429 and getattr(exc, "retry_after", None):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+def _json_body():
+    raw = request.get_data(cache=True)
+    try:
+        return json.loads(raw.decode("utf-8") or "null")
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValidationError("request body must be valid UTF-8 JSON") from None
+
+
+@bp.get("/openapi.json")
+def spec():
+    return jsonify(build_spec())
+
+
+@bp.get("/docs")
+def docs():
+    return render_template("kameng/openapi_docs.html", spec=build_spec())
+
+
+@bp.get("/products")
+def products():
+    return jsonify({"products": service.products_for(g.api_agent)})
+
+
+@bp.get("/balance")
+def balance():
+    balances = agent_balances(g.api_agent.id)
+    return jsonify({"balance": balances["wallet"], "pending": balances["pending"], "frozen": balances["frozen"]})
+
+
+@bp.post("/orders")
+def create_order():
+    order, created = service.create_order(g.api_key, _json_body())
+    response = jsonify(service.order_json(order))
+    response.status_code = 201 if created else 200
+    return response
+
+
+@bp.get("/orders/<order_no>")
+def get_order(order_no: str):
+    return jsonify(service.order_json(service.find_order(g.api_agent.id, order_no=order_no)))
+
+
+@bp.get("/orders")
+def find_order():
+    out_trade_no = request.args.get("out_trade_no", "")
+    return jsonify(service.order_json(service.find_order(g.api_agent.id, out_trade_no=out_trade_no or None)))
+
+
+def register(app: Flask) -> None:
+    """Mount the API: CSRF off (requests are signed), a rate limit per app key on FAB's Flask-Limiter."""
+    csrf.exempt(bp)
+    limiter = app.appbuilder.sm.limiter
+    limiter.limit(app.config["OPENAPI_RATE_LIMIT"], key_func=_rate_key,
+                  exempt_when=lambda: request.endpoint in PUBLIC_ENDPOINTS)(bp)
+    app.register_blueprint(bp)
+    app.register_error_handler(404, _json_not_found)
+    app.register_error_handler(405, _json_not_found)
+
+
+def _json_not_found(exc: HTTPException):
+    """Unrouted paths under /open/ answer in the API's error format; elsewhere Flask's page."""
+    if request.path.startswith("/open/"):
+        return http_error(exc)
+    return exc
+
+
+def _rate_key() -> str:
+    return "openapi:" + (request.headers.get("X-App-Key", "")[:40] or (request.remote_addr or "-"))

@@ -1,0 +1,295 @@
+"""Open API rules: API keys, request authentication, idempotent order creation, order representation."""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+import secrets
+import time
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+from flask import current_app
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+
+from app import crypto
+from app.agents.models import Agent
+from app.catalog import cards
+from app.catalog.models import Product
+from app.clock import utcnow
+from app.errors import Forbidden, KamengError, NotFound, ValidationError
+from app.extensions import db
+from app.openapi import signing
+from app.openapi.errors import OutTradeNoConflict, Unauthorized
+from app.openapi.models import ApiKey, ApiNonce
+from app.orders import service as orders
+from app.orders.models import Order
+
+OUT_TRADE_NO = re.compile(r"^[A-Za-z0-9_\-.:]{1,64}$")
+NONCE = re.compile(r"^[\x21-\x7e]{16,64}$")  # printable ASCII, no spaces
+MAX_KEYS_PER_AGENT = 20
+
+
+# --- keys ---------------------------------------------------------------------------------------------------
+
+def parse_allowlist(text: str | None) -> str | None:
+    """'1.2.3.4, 10.0.0.0/8' -> normalized; raises ValidationError naming a bad entry."""
+    entries = [e.strip() for e in re.split(r"[,\s]+", text or "") if e.strip()]
+    normalized = []
+    for entry in entries:
+        try:
+            normalized.append(str(ipaddress.ip_network(entry, strict=False)))
+        except ValueError:
+            raise ValidationError(f"IP 白名单格式不正确: {entry!r} (invalid IP address or network)") from None
+    return ",".join(normalized) or None
+
+
+def create_key(agent_id: int, name: str = "", ip_allowlist: str | None = None) -> tuple[ApiKey, str]:
+    """Create a key; returns it with its plain secret, which is never shown again. Commits."""
+    agent = db.session.get(Agent, agent_id)
+    if agent is None or not agent.active:
+        raise NotFound("代理不存在或已停用 (agent not found or disabled)")
+    name = (name or "").strip()[:64]
+    allowlist = parse_allowlist(ip_allowlist)
+    active = db.session.scalar(select(db.func.count()).where(ApiKey.agent_id == agent_id, ApiKey.active.is_(True)))
+    if active >= MAX_KEYS_PER_AGENT:
+        raise ValidationError(f"最多 {MAX_KEYS_PER_AGENT} 个有效密钥，请先吊销不用的密钥")
+    secret = secrets.token_hex(32)
+    key = ApiKey(agent_id=agent_id, name=name, app_key="ak" + secrets.token_hex(15),
+                 secret_enc=crypto.encrypt(secret), secret_hint=secret[-4:], ip_allowlist=allowlist, active=True)
+    db.session.add(key)
+    db.session.commit()
+    return key, secret
+
+
+def revoke_key(key_id: int, agent_id: int | None = None) -> ApiKey:
+    """Revoke a key. With agent_id, only that agent's own key (agents revoke their own; admins any). Commits."""
+    key = db.session.get(ApiKey, key_id)
+    if key is None or (agent_id is not None and key.agent_id != agent_id):
+        raise NotFound("密钥不存在 (key not found)")
+    if key.active:
+        key.active = False
+        key.revoked_at = utcnow()
+        db.session.commit()
+    return key
+
+
+def key_secret(key: ApiKey) -> str:
+    return crypto.decrypt(key.secret_enc)
+
+
+# --- authentication -----------------------------------------------------------------------------------------
+
+def authenticate(method: str, path: str, headers, body: bytes, remote_addr: str | None) -> ApiKey:
+    """Verify a signed request; any failure is Unauthorized (401). Checks are ordered so that an unsigned
+    request cannot burn a legitimate caller's nonce."""
+    app_key = headers.get("X-App-Key", "")
+    timestamp = headers.get("X-Timestamp", "")
+    nonce = headers.get("X-Nonce", "")
+    signature = headers.get("X-Signature", "")
+    if not (app_key and timestamp and nonce and signature):
+        raise Unauthorized("missing X-App-Key, X-Timestamp, X-Nonce or X-Signature")
+    if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > signing.MAX_SKEW_SECONDS:
+        raise Unauthorized("X-Timestamp is not within 300 seconds of the server's clock")
+    if not NONCE.match(nonce):
+        raise Unauthorized("X-Nonce must be 16 to 64 printable characters")
+    key = db.session.scalar(select(ApiKey).where(ApiKey.app_key == app_key[:40]))
+    if key is None or not key.active:
+        raise Unauthorized("unknown or revoked app key")
+    if not _address_allowed(key, remote_addr):
+        raise Unauthorized("caller address is not in this key's IP allow-list")
+    expected = signing.sign(key_secret(key), method, path, timestamp, nonce, body)
+    if not signing.signature_matches(expected, signature):
+        raise Unauthorized("bad signature")
+    if not _remember_nonce(key.app_key, nonce):
+        raise Unauthorized("nonce already used")
+    _touch(key)
+    return key
+
+
+def _address_allowed(key: ApiKey, remote_addr: str | None) -> bool:
+    if not key.ip_allowlist:
+        return True
+    try:
+        address = ipaddress.ip_address(remote_addr or "")
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(net) for net in key.ip_allowlist.split(","))
+
+
+def _remember_nonce(app_key: str, nonce: str) -> bool:
+    """True the first time a nonce is seen for a key inside the window (Redis when configured, else the DB)."""
+    ttl = 2 * signing.MAX_SKEW_SECONDS
+    from workers.queues import redis_connection
+
+    connection = redis_connection()
+    if connection is not None:
+        digest = hashlib.sha256(nonce.encode()).hexdigest()
+        return bool(connection.set(f"kameng:nonce:{app_key}:{digest}", 1, nx=True, ex=ttl))
+    try:
+        with db.session.begin_nested():
+            db.session.add(ApiNonce(app_key=app_key, nonce=nonce))
+        db.session.commit()
+        return True
+    except IntegrityError:
+        db.session.rollback()
+        return False
+
+
+def purge_nonces() -> int:
+    """Scheduled: nonces older than the window can no longer be replayed (the timestamp check refuses them)."""
+    cutoff = utcnow() - timedelta(seconds=2 * signing.MAX_SKEW_SECONDS)
+    result = db.session.execute(delete(ApiNonce).where(ApiNonce.created_at < cutoff))
+    db.session.commit()
+    return result.rowcount or 0
+
+
+def _touch(key: ApiKey) -> None:
+    now = utcnow()
+    if key.last_used_at is None or now - key.last_used_at > timedelta(seconds=60):
+        db.session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
+        db.session.commit()
+
+
+# --- orders -------------------------------------------------------------------------------------------------
+
+def _require_json_object(payload) -> dict:
+    if not isinstance(payload, dict):
+        raise ValidationError("request body must be a JSON object")
+    return payload
+
+
+def _clean_order_request(payload) -> dict:
+    data = _require_json_object(payload)
+    unknown = set(data) - {"out_trade_no", "product_id", "quantity", "account", "notify_url"}
+    if unknown:
+        raise ValidationError(f"unknown field(s): {', '.join(sorted(unknown))}")
+    out_trade_no = data.get("out_trade_no")
+    if not isinstance(out_trade_no, str) or not OUT_TRADE_NO.match(out_trade_no):
+        raise ValidationError("out_trade_no is required: 1-64 characters of A-Z a-z 0-9 _ - . :")
+    product_id = data.get("product_id")
+    if isinstance(product_id, bool) or not isinstance(product_id, int):
+        raise ValidationError("product_id must be an integer")
+    quantity = data.get("quantity")
+    if isinstance(quantity, bool) or not isinstance(quantity, int):
+        raise ValidationError("quantity must be an integer")
+    account = data.get("account")
+    if account is not None and (not isinstance(account, str) or not 1 <= len(account.strip()) <= 128):
+        raise ValidationError("account must be a string of 1-128 characters")
+    notify_url = data.get("notify_url")
+    if notify_url is not None:
+        notify_url = validate_notify_url(notify_url)
+    return {"out_trade_no": out_trade_no, "product_id": product_id, "quantity": quantity,
+            "account": account.strip() if account else None, "notify_url": notify_url}
+
+
+def validate_notify_url(url) -> str:
+    if not isinstance(url, str) or len(url) > 512:
+        raise ValidationError("notify_url must be an http(s) URL of at most 512 characters")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError("notify_url must be an http(s) URL")
+    return url
+
+
+def request_hash(cleaned: dict) -> str:
+    return hashlib.sha256(json.dumps(cleaned, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def create_order(key: ApiKey, payload) -> tuple[Order, bool]:
+    """Place a wallet-paid order, idempotent per (agent, out_trade_no). Returns (order, created)."""
+    cleaned = _clean_order_request(payload)
+    digest = request_hash(cleaned)
+    existing = _existing(key.agent_id, cleaned["out_trade_no"], digest)
+    if existing is not None:
+        return existing, False
+    product = db.session.get(Product, cleaned["product_id"])
+    if product is not None and product.kind == "direct" and not cleaned["account"]:
+        raise ValidationError("account is required for direct top-up products")
+    try:
+        order = orders.place_wallet_order(key.agent_id, cleaned["product_id"], cleaned["quantity"],
+                                          out_trade_no=cleaned["out_trade_no"], account=cleaned["account"],
+                                          notify_url=cleaned["notify_url"], request_hash=digest,
+                                          api_key_id=key.id)
+    except IntegrityError:
+        # The same out_trade_no committed concurrently: answer as a replay (or a conflict if it differs).
+        existing = _existing(key.agent_id, cleaned["out_trade_no"], digest)
+        if existing is None:
+            raise
+        return existing, False
+    return order, True
+
+
+def _existing(agent_id: int, out_trade_no: str, digest: str) -> Order | None:
+    order = db.session.scalar(select(Order).where(Order.agent_id == agent_id, Order.out_trade_no == out_trade_no))
+    if order is not None and order.request_hash != digest:
+        raise OutTradeNoConflict("out_trade_no was already used with a different request body")
+    return order
+
+
+def find_order(agent_id: int, order_no: str | None = None, out_trade_no: str | None = None) -> Order:
+    """Only the caller's own orders; another agent's order is answered exactly like a missing one."""
+    query = select(Order).where(Order.agent_id == agent_id)
+    if order_no is not None:
+        query = query.where(Order.order_no == order_no)
+    elif out_trade_no:
+        query = query.where(Order.out_trade_no == out_trade_no)
+    else:
+        raise ValidationError("give order_no in the path or out_trade_no in the query string")
+    order = db.session.scalar(query)
+    if order is None:
+        raise NotFound("order not found")
+    return order
+
+
+def order_json(order: Order, with_secrets: bool = True) -> dict:
+    data = {
+        "order_no": order.order_no, "out_trade_no": order.out_trade_no, "product_id": order.product_id,
+        "product_name": order.product.name, "kind": order.product.kind, "quantity": order.quantity,
+        "unit_price": order.unit_price, "amount": order.amount, "currency": "CNY", "status": order.status,
+        "account": order.account, "created_at": _iso(order.created_at), "paid_at": _iso(order.paid_at),
+        "delivered_at": _iso(order.delivered_at),
+    }
+    if with_secrets and order.product.kind == "card":
+        data["card_secrets"] = cards.reveal(order.id) if order.status in ("delivered", "disputed") else []
+    return data
+
+
+def _iso(value) -> str | None:
+    return value.replace(microsecond=0).isoformat() + "Z" if value else None
+
+
+def products_for(agent: Agent) -> list[dict]:
+    from app.portal.service import offers_for
+
+    return [{"id": o.id, "name": o.name, "category": o.category, "kind": o.kind, "face_price": o.face_price,
+             "price": o.my_price, "in_stock": o.in_stock, "max_per_order": o.max_per_order}
+            for o in offers_for(agent)]
+
+
+def caller_agent(key: ApiKey) -> Agent:
+    agent = db.session.get(Agent, key.agent_id)
+    if agent is None or not agent.active:
+        raise Forbidden("agent disabled")
+    return agent
+
+
+def callbacks_allowed_to(host: str) -> bool:
+    """In production, never POST to loopback or private addresses (SSRF)."""
+    if current_app.config.get("OPENAPI_CALLBACK_ALLOW_PRIVATE"):
+        return True
+    import socket
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if address.is_private or address.is_loopback or address.is_link_local or address.is_reserved:
+            return False
+    return True
+
+
+__all__ = ["KamengError"]
