@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app.clock import utcnow
 from app.extensions import db
-from app.ledger.errors import IdempotencyConflict, InsufficientBalance, UnbalancedJournal
+from app.ledger.errors import IdempotencyConflict, InsufficientBalance, LedgerError, UnbalancedJournal
 from app.ledger.models import Account, Journal, Posting
 
 # Accounts that agents own; created with the agent. Only these keep a cached, non-negative balance.
@@ -70,7 +70,10 @@ def _content_hash(kind: str, lines: list[Line]) -> str:
 def _merge(lines: list[Line]) -> list[Line]:
     totals: dict[str, int] = {}
     for ln in lines:
-        totals[ln.account_code] = totals.get(ln.account_code, 0) + int(ln.amount)
+        # Integer fen only: int() would silently post 100.7 as 100, and take "100" or True as money.
+        if not isinstance(ln.amount, int) or isinstance(ln.amount, bool):
+            raise LedgerError(f"amounts are integer fen, got {ln.amount!r} for {ln.account_code}")
+        totals[ln.account_code] = totals.get(ln.account_code, 0) + ln.amount
     return [Line(code, amount) for code, amount in totals.items() if amount != 0]
 
 

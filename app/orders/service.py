@@ -70,7 +70,7 @@ def new_order_no() -> str:
 def _validate_quantity(quantity: object, product: Product) -> int:
     if isinstance(quantity, int) and not isinstance(quantity, bool):
         qty = quantity
-    elif isinstance(quantity, str) and quantity.strip().isdigit():
+    elif isinstance(quantity, str) and quantity.strip().isdecimal():  # isdigit() admits '²', which int() refuses
         qty = int(quantity.strip())
     else:
         raise InvalidQuantity("数量必须是正整数 (quantity must be a positive integer)")
@@ -82,10 +82,15 @@ def _validate_quantity(quantity: object, product: Product) -> int:
 
 
 def _load_product(product_id: object) -> Product:
+    # Only an int or a digit string names a product: int(1.5) or int(True) would silently pick product 1.
+    if isinstance(product_id, bool) or not isinstance(product_id, int | str):
+        raise ProductUnavailable("商品不存在 (unknown product)")
     try:
-        pid = int(product_id)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        pid = int(product_id)
+    except ValueError:
         raise ProductUnavailable("商品不存在 (unknown product)") from None
+    if not 0 < pid < 2 ** 31:  # beyond the id column's range: SQLite overflows, PostgreSQL compares as numeric
+        raise ProductUnavailable("商品不存在 (unknown product)")
     product = db.session.get(Product, pid)
     if product is None or not product.active:
         raise ProductUnavailable("商品不存在或已下架 (product not found or not on sale)")
