@@ -124,6 +124,7 @@ def dispatch_due() -> None:
 
 
 def init_app(app) -> None:
-    event.listen(db.session, "after_commit", _after_commit)
-    event.listen(db.session, "after_soft_rollback", _after_rollback)
+    if not event.contains(db.session, "after_commit", _after_commit):  # one session for every app (tests make many)
+        event.listen(db.session, "after_commit", _after_commit)
+        event.listen(db.session, "after_soft_rollback", _after_rollback)
     app.teardown_request(lambda exc: dispatch_due())
