@@ -19,7 +19,13 @@ from cryptography.hazmat.primitives.asymmetric import padding
 
 from app.money import format_fen, parse_yuan
 from app.payments.channels.base import (
-    BadNotification, ChannelError, Notification, NotificationAnswer, PaymentRequest, PaymentStart, StatementLine,
+    BadNotification,
+    ChannelError,
+    Notification,
+    NotificationAnswer,
+    PaymentRequest,
+    PaymentStart,
+    StatementLine,
 )
 
 DEFAULT_GATEWAY = "https://openapi.alipay.com/gateway.do"

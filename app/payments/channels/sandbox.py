@@ -8,7 +8,13 @@ import io
 import time
 
 from app.payments.channels.base import (
-    BadNotification, ChannelError, Notification, NotificationAnswer, PaymentRequest, PaymentStart, StatementLine,
+    BadNotification,
+    ChannelError,
+    Notification,
+    NotificationAnswer,
+    PaymentRequest,
+    PaymentStart,
+    StatementLine,
 )
 
 FIELDS = ("order_no", "trade_no", "amount", "currency", "status", "ts", "nonce")

@@ -17,7 +17,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from app.money import parse_yuan
 from app.payments.channels.base import (
-    BadNotification, ChannelError, Notification, NotificationAnswer, PaymentRequest, PaymentStart, StatementLine,
+    BadNotification,
+    ChannelError,
+    Notification,
+    NotificationAnswer,
+    PaymentRequest,
+    PaymentStart,
+    StatementLine,
 )
 
 DEFAULT_API = "https://api.mch.weixin.qq.com"
@@ -41,8 +47,9 @@ def rsa_verify(public_key_pem: str, message: str, signature: str) -> bool:
 
 def decrypt_resource(api_v3_key: str, resource: dict) -> dict:
     try:
-        plain = AESGCM(api_v3_key.encode()).decrypt(resource["nonce"].encode(), base64.b64decode(resource["ciphertext"]),
-                                                    (resource.get("associated_data") or "").encode())
+        ciphertext = base64.b64decode(resource["ciphertext"])
+        associated = (resource.get("associated_data") or "").encode()
+        plain = AESGCM(api_v3_key.encode()).decrypt(resource["nonce"].encode(), ciphertext, associated)
         return json.loads(plain)
     except (InvalidTag, KeyError, ValueError, TypeError, AttributeError):
         raise BadNotification("resource does not decrypt with the APIv3 key") from None
@@ -151,7 +158,8 @@ class WechatPayChannel:
             i_trade, i_order, i_state = header.index("微信订单号"), header.index("商户订单号"), header.index("交易状态")
             i_amount = header.index("应结订单金额")
         except ValueError:
-            raise ChannelError("not a WeChat Pay trade bill: missing 微信订单号/商户订单号/交易状态/应结订单金额") from None
+            raise ChannelError("not a WeChat Pay trade bill: missing 微信订单号/商户订单号/交易状态/应结订单金额") \
+                from None
         i_refund = header.index("退款金额") if "退款金额" in header else None
         lines = []
         for row in rows[1:]:
