@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
-from wtforms import Field
-from wtforms.validators import ValidationError
+from wtforms import BooleanField, Field
+from wtforms.validators import NumberRange, ValidationError
 
 from app.money import format_fen, parse_yuan
+
+
+def _plain(text: str) -> str:
+    """FAB renders field errors through gettext with %-formatting (`{{ _(error) }}`): a bare '%' in an error
+    (or in the user's input echoed by it) raises ValueError and answers 500. Show a full-width '％' instead."""
+    return text.replace("%", "％")
 
 
 class YuanField(Field):
@@ -30,9 +36,9 @@ class YuanField(Field):
             return
         try:
             self.data = parse_yuan(valuelist[0])
-        except ValueError as exc:
+        except ValueError:
             self.data = None
-            raise ValueError(str(exc)) from None
+            raise ValueError(_plain(f"金额格式不正确: {valuelist[0][:32]!r}（例如 12.50）")) from None
 
     def pre_validate(self, form):
         if self.data is None:
@@ -69,8 +75,19 @@ class PercentField(Field):
             self.data = int(whole) * 100 + int((frac or "0").ljust(2, "0"))
         except ValueError:
             self.data = None
-            raise ValueError(f"百分比格式不正确: {valuelist[0]!r}（例如 95 或 95.5）") from None
+            raise ValueError(_plain(f"百分比格式不正确: {valuelist[0][:32]!r}（例如 95 或 95.5）")) from None
 
     def pre_validate(self, form):
         if self.data is not None and not (self.min_bp <= self.data <= self.max_bp):
-            raise ValidationError(f"必须在 {self.min_bp / 100:.2f}% 到 {self.max_bp / 100:.2f}% 之间")
+            raise ValidationError(_plain(f"必须在 {self.min_bp / 100:.2f}% 到 {self.max_bp / 100:.2f}% 之间"))
+
+
+def checkbox(label, default: bool = False) -> BooleanField:
+    """FAB makes a NOT NULL boolean column `InputRequired`, so an unchecked box (no input) fails validation and a
+    product, agent or tier can never be switched off through its form. Use this field instead."""
+    return BooleanField(label, default=default)
+
+
+def int_range(low: int, high: int) -> NumberRange:
+    """Bounds for integer columns, so an out-of-range number is a form error rather than a database error."""
+    return NumberRange(min=low, max=high, message=f"必须在 {low} 到 {high} 之间")

@@ -28,6 +28,6 @@ ROLES = {
         ["^MyCallbackAttemptView$", READ],
         ["^(代理中心|采购商品|我的订单|我的团队|我的账单|API 密钥|我的回调记录|开放接口文档)$", "^menu_access$"],
         ["^UserDBModelView$", "^(can_userinfo|userinfoedit|resetmypassword)$"],
-        ["^(ResetMyPasswordView)$", "^(can_this_form_get|can_this_form_post)$"],
+        ["^(ResetMyPasswordView|UserInfoEditView)$", "^(can_this_form_get|can_this_form_post)$"],
     ],
 }

@@ -5,7 +5,7 @@ Every portal screen (FAB base_filters), action, dropdown, API handler, dashboard
 """
 from __future__ import annotations
 
-from flask import g, has_request_context
+from flask import g, has_request_context, request
 from sqlalchemy import Select, select
 
 from app.agents.models import Agent
@@ -33,12 +33,20 @@ def agent_of(user) -> Agent | None:
 
 
 def current_agent() -> Agent | None:
-    """The agent of the logged-in user (cached per request)."""
+    """The agent of the logged-in user (cached per request and user).
+
+    `g` belongs to the app context, which outlives one request when a caller (a test, a CLI command) pushed the
+    context itself: the cache is keyed by the user, so a new login never sees the previous user's agent.
+    """
     if not has_request_context():
         return None
-    if "kameng_agent" not in g.__dict__:
-        g.kameng_agent = agent_of(_user())
-    return g.kameng_agent
+    user = _user()
+    key = (request._get_current_object(), getattr(user, "id", None))
+    cached = g.__dict__.get("kameng_agent")
+    if cached is None or cached[0] != key:
+        cached = (key, agent_of(user))
+        g.kameng_agent = cached
+    return cached[1]
 
 
 def downline_ids(agent: Agent) -> Select:

@@ -1,7 +1,11 @@
 """Every FAB screen registered in one place, with its menu category (zh_CN names)."""
 from __future__ import annotations
 
+import re
+
+from flask import abort, current_app, request
 from flask_appbuilder import AppBuilder
+from sqlalchemy import BigInteger, Integer, SmallInteger
 
 from app.agents.views import AgentView, TierView, WalletAdjustView
 from app.audit.views import AuditView
@@ -56,3 +60,94 @@ def register_views(appbuilder: AppBuilder) -> None:
     add(AuditView, "审计日志", icon="fa-shield", category=SYSTEM, category_icon="fa-cog")
 
     portal.register(appbuilder, PORTAL)
+    install_request_guards(appbuilder)
+
+
+# ------------------------------------------------------------------------------------------------ request guards
+# FAB 5 turns some malformed requests into 500s on every ModelView (ours and its own security views):
+#   /x/action/<unknown>/1 and action_post with an unknown action: AttributeError on None.func
+#   /x/show/99999999999999999999: the database raises "integer out of range"
+#   ?page_X=-1, ?psize_X=-5, ?page_X=abc: negative OFFSET/LIMIT or int("abc")
+#   ?_oc_X=<not a column>: SQLAlchemy cannot compile the ORDER BY
+#   /x/download/<file>: no UPLOAD_FOLDER (no screen here has file columns)
+#   /portal/api-keys/revoke/99999999999 (any <int:..._id> route): "integer out of range" again
+# One before_request hook answers those with 404/400 before FAB sees them.
+
+_INT_LIMITS = {SmallInteger: 2**15 - 1, BigInteger: 2**63 - 1, Integer: 2**31 - 1}
+MAX_PAGE_SIZE = 1000
+MAX_PAGE = 1_000_000
+_DIGITS = re.compile(r"^[0-9]{1,19}$")
+
+
+def _int_pk_limit(view) -> int | None:
+    """The largest valid primary key of the view's model, when it is a single integer column."""
+    datamodel = getattr(view, "datamodel", None)
+    model = getattr(datamodel, "obj", None)
+    if model is None:
+        return None
+    pk_columns = model.__mapper__.primary_key
+    if len(pk_columns) != 1:
+        return None
+    for type_, limit in _INT_LIMITS.items():  # SmallInteger and BigInteger subclass Integer: most specific first
+        if isinstance(pk_columns[0].type, type_):
+            return limit
+    return None
+
+
+def _valid_pk(view, value: str) -> bool:
+    limit = _int_pk_limit(view)
+    if limit is None:
+        return True
+    return bool(_DIGITS.match(value or "")) and int(value) <= limit
+
+
+def _check_list_args(views_by_class: dict) -> None:
+    for arg, value in request.args.items(multi=True):
+        if arg.startswith(("page_", "psize_")):
+            if not _DIGITS.match(value):
+                abort(400)
+            number = int(value)
+            if arg.startswith("psize_") and number > MAX_PAGE_SIZE or number > MAX_PAGE:
+                abort(400)
+        elif arg.startswith("_oc_"):
+            target = views_by_class.get(arg[len("_oc_"):])
+            if target is not None and value not in (getattr(target, "order_columns", None) or []):
+                abort(400)
+
+
+def install_request_guards(appbuilder: AppBuilder) -> None:
+    app = current_app._get_current_object()  # register_views runs inside create_app's app context
+    cache: dict[str, dict] = {}
+
+    def views() -> dict:
+        if not cache:
+            cache["by_blueprint"] = {v.blueprint.name: v for v in appbuilder.baseviews
+                                     if getattr(v, "blueprint", None) is not None}
+            cache["by_class"] = {type(v).__name__: v for v in appbuilder.baseviews}
+        return cache
+
+    @app.before_request
+    def _guard_fab_views():
+        for name, value in (request.view_args or {}).items():
+            # <int:key_id> routes: an id beyond INTEGER makes the database raise instead of finding nothing
+            if isinstance(value, int) and (name == "id" or name.endswith("_id")) and value > _INT_LIMITS[Integer]:
+                abort(404)
+        view = views()["by_blueprint"].get(request.blueprint or "")
+        if view is None or not hasattr(view, "datamodel"):
+            return None
+        endpoint = (request.endpoint or "").rsplit(".", 1)[-1]
+        args = request.view_args or {}
+        if endpoint == "download":
+            abort(404)
+        if "pk" in args and not _valid_pk(view, args["pk"]):
+            abort(404)
+        actions = getattr(view, "actions", {}) or {}
+        if endpoint == "action" and args.get("name") not in actions:
+            abort(404)
+        if endpoint == "action_post":
+            if request.form.get("action") not in actions:
+                abort(404)
+            if not all(_valid_pk(view, pk) for pk in request.form.getlist("rowid")):
+                abort(404)
+        _check_list_args(views()["by_class"])
+        return None

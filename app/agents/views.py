@@ -8,15 +8,16 @@ from flask_appbuilder.fieldwidgets import Select2Widget
 from flask_appbuilder.forms import DynamicForm
 from flask_appbuilder.models.sqla.interface import SQLAInterface
 from flask_babel import lazy_gettext as _
+from sqlalchemy import select
 from wtforms import StringField
-from wtforms.validators import DataRequired, Length
+from wtforms.validators import DataRequired, InputRequired, Length, ValidationError
 
 from app.agents import service
 from app.agents.models import Agent, Tier
-from app.auditing import AuditedViewMixin
+from app.auditing import AuditedViewMixin, flush_or_refuse
 from app.errors import KamengError
 from app.extensions import db
-from app.forms import PercentField, YuanField
+from app.forms import PercentField, YuanField, checkbox, int_range
 from app.ledger import service as ledger
 from app.money import format_fen
 
@@ -40,6 +41,8 @@ def _tier_fields() -> dict:
         "indirect_commission_bp": PercentField(TIER_LABELS["indirect_commission_bp"], max_bp=5000),
         "min_withdrawal": YuanField(TIER_LABELS["min_withdrawal"]),
         "daily_limit": YuanField(TIER_LABELS["daily_limit"]),
+        "may_recruit": checkbox(TIER_LABELS["may_recruit"]),
+        "may_withdraw": checkbox(TIER_LABELS["may_withdraw"]),
     }
 
 
@@ -58,6 +61,7 @@ class TierView(AuditedViewMixin, ModelView):
     base_order = ("rank", "desc")
     add_form_extra_fields = _tier_fields()
     edit_form_extra_fields = _tier_fields()
+    validators_columns = {"rank": [int_range(0, 1_000_000)], "settle_days": [int_range(0, 90)]}
 
     def pre_add(self, item):
         _check_tier(item)
@@ -87,9 +91,27 @@ AGENT_LABELS = {"name": _("代理名称"), "user": _("登录账号"), "parent": 
                 "created_at": _("注册时间"), "wallet_display": _("余额")}
 
 
-class AgentView(ModelView):
+def _agent_fields() -> dict:
+    return {"active": checkbox(AGENT_LABELS["active"], default=True)}
+
+
+def _check_login_free(item: Agent) -> None:
+    """A login belongs to at most one agent (agent.user_id is unique): say so instead of a database error."""
+    if item.user is None:
+        return
+    taken = db.session.scalar(select(Agent.id).where(Agent.user_id == item.user.id, Agent.id != (item.id or 0)))
+    if taken:
+        raise ValueError(f"登录账号 {item.user.username} 已绑定其他代理")
+
+
+class AgentView(AuditedViewMixin, ModelView):
     datamodel = SQLAInterface(Agent)
     route_base = "/agents"
+    audit_target = "agent"
+    # parent moves are audited by the service as agent.move (with the old and new path)
+    audit_columns = ["name", "tier_id", "user_id", "phone", "active"]
+    # an agent always has ledger accounts (and history): switch it off, never delete it
+    base_permissions = ["can_list", "can_show", "can_add", "can_edit"]
     list_title = show_title = add_title = edit_title = _("代理")
     list_columns = ["name", "user", "tier", "parent", "depth", "wallet_display", "active", "created_at"]
     show_columns = ["name", "user", "tier", "parent", "path", "depth", "phone", "wallet_display", "active",
@@ -99,42 +121,60 @@ class AgentView(ModelView):
     search_columns = ["name", "tier", "parent", "active", "created_at", "phone"]
     label_columns = AGENT_LABELS
     base_order = ("id", "asc")
+    add_form_extra_fields = _agent_fields()
+    edit_form_extra_fields = _agent_fields()
 
     def pre_add(self, item: Agent):
-        if item.tier is None:
-            raise ValueError("请选择等级")
-        parent = item.parent
-        item.parent = None
+        # Not AuditedViewMixin.pre_add: the path needs the id, and the entry records the path.
+        with db.session.no_autoflush:
+            if item.tier is None:
+                raise ValueError("请选择等级")
+            _check_login_free(item)
+        parent = item.parent  # keep the relationship: setting it to None would null parent_id at the flush
         item.path = "/"
         item.depth = 0 if parent is None else parent.depth + 1
-        item.parent_id = parent.id if parent else None
         db.session.add(item)
-        db.session.flush()
+        flush_or_refuse()
         item.path = f"{parent.path if parent else '/'}{item.id}/"
         ledger.open_agent_accounts(item.id)
         from app.audit import service as audit
         audit.record("agent.create", "agent", item.id, None, {"name": item.name, "path": item.path})
 
     def pre_update(self, item: Agent):
-        from sqlalchemy import inspect
-        hist = inspect(item).attrs["parent"].history
-        if hist.has_changes():
+        # Read the parent change before anything queries: an autoflush would write the new parent_id without
+        # rewriting the subtree's paths.
+        with db.session.no_autoflush:
             new_parent = item.parent
-            old_parent = hist.deleted[0] if hist.deleted else None
-            item.parent = old_parent  # move through the service, which rewrites the subtree's paths
-            service.set_parent(item, new_parent.id if new_parent else None)
+            new_parent_id = new_parent.id if new_parent else None
+            old_parent_id = item.parent_id  # the foreign key still holds the old parent until the flush
+            if new_parent_id != old_parent_id:
+                item.parent = db.session.get(Agent, old_parent_id) if old_parent_id else None
+            _check_login_free(item)
+        if new_parent_id != old_parent_id:
+            try:
+                service.set_parent(item, new_parent_id)  # rewrites the subtree's paths, audits agent.move
+            except KamengError as exc:
+                raise ValueError(exc.message) from None
             item.parent = new_parent
+        super().pre_update(item)
 
 
 def _all_agents():
     return db.session.query(Agent).order_by(Agent.id)
 
 
+def _nonzero(form, field):
+    if field.data == 0:
+        raise ValidationError("调整金额不能为 0")
+
+
 class WalletAdjustForm(DynamicForm):
     agent = QuerySelectField(_("代理"), query_func=_all_agents, get_pk_func=lambda a: a.id,
                              get_label=lambda a: f"{a.name} (#{a.id})",
                              widget=Select2Widget(), validators=[DataRequired()])
-    amount = YuanField(_("金额（元，正数加款，负数扣款）"), allow_negative=True, validators=[DataRequired()])
+    # InputRequired, not DataRequired: DataRequired would replace "abc is not an amount" by "required"
+    amount = YuanField(_("金额（元，正数加款，负数扣款）"), allow_negative=True,
+                       validators=[InputRequired(), _nonzero])
     reason = StringField(_("原因"), validators=[DataRequired(), Length(max=255)])
 
 

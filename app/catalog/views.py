@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
+import re
 
-from flask import flash, g, redirect, request, url_for
+from flask import current_app, flash, g, redirect, request, url_for
 from flask_appbuilder import BaseView, ModelView, expose, has_access
 from flask_appbuilder.models.sqla.interface import SQLAInterface
 from flask_babel import lazy_gettext as _
@@ -24,7 +25,7 @@ from app.catalog.models import (
 )
 from app.errors import KamengError
 from app.extensions import db
-from app.forms import PercentField, YuanField
+from app.forms import PercentField, YuanField, checkbox, int_range
 from app.ledger import service as ledger
 from workers import jobs
 from workers.queues import enqueue
@@ -39,6 +40,9 @@ class CategoryView(AuditedViewMixin, ModelView):
     list_columns = add_columns = edit_columns = show_columns = ["name", "sort_order", "active"]
     label_columns = {"name": _("名称"), "sort_order": _("排序"), "active": _("启用")}
     base_order = ("sort_order", "asc")
+    add_form_extra_fields = {"active": checkbox(_("启用"), default=True)}
+    edit_form_extra_fields = {"active": checkbox(_("启用"), default=True)}
+    validators_columns = {"sort_order": [int_range(-1_000_000, 1_000_000)]}
 
 
 class SupplierView(AuditedViewMixin, ModelView):
@@ -51,8 +55,10 @@ class SupplierView(AuditedViewMixin, ModelView):
     add_columns = edit_columns = show_columns = ["name", "service_fee_bp", "active", "contact"]
     label_columns = {"name": _("名称"), "is_platform_own": _("平台自营"), "service_fee_bp": _("服务费率 %"),
                      "active": _("启用"), "contact": _("联系方式")}
-    add_form_extra_fields = {"service_fee_bp": PercentField(_("服务费率 %"))}
-    edit_form_extra_fields = {"service_fee_bp": PercentField(_("服务费率 %"))}
+    add_form_extra_fields = {"service_fee_bp": PercentField(_("服务费率 %")),
+                             "active": checkbox(_("启用"), default=True)}
+    edit_form_extra_fields = {"service_fee_bp": PercentField(_("服务费率 %")),
+                              "active": checkbox(_("启用"), default=True)}
 
     def pre_add(self, item):
         if item.service_fee_bp is None:
@@ -73,11 +79,15 @@ PRODUCT_COLUMNS = ["name", "category", "supplier", "kind", "face_price", "cost",
 
 def _product_fields() -> dict:
     from wtforms import SelectField
+    from wtforms.validators import InputRequired
     return {
-        "face_price": YuanField(PRODUCT_LABELS["face_price"], min_fen=1),
-        "cost": YuanField(PRODUCT_LABELS["cost"]),
+        # InputRequired, not DataRequired: a cost of "0" is an answer, an empty box is not
+        "face_price": YuanField(PRODUCT_LABELS["face_price"], min_fen=1, validators=[InputRequired()]),
+        "cost": YuanField(PRODUCT_LABELS["cost"], validators=[InputRequired()],
+                          description="每件应付供应商的成本，平台自营可填 0"),
         "kind": SelectField(PRODUCT_LABELS["kind"], choices=[("card", "卡密"), ("direct", "直充"),
                                                               ("manual", "人工")]),
+        "active": checkbox(PRODUCT_LABELS["active"], default=True),
     }
 
 
@@ -96,6 +106,7 @@ class ProductView(AuditedViewMixin, ModelView):
     label_columns = PRODUCT_LABELS
     add_form_extra_fields = _product_fields()
     edit_form_extra_fields = _product_fields()
+    validators_columns = {"max_per_order": [int_range(1, 1000)], "low_stock_threshold": [int_range(0, 1_000_000)]}
 
     def pre_add(self, item):
         _check_product(item)
@@ -110,7 +121,7 @@ def _check_product(item: Product) -> None:
     if item.face_price is None:
         raise ValueError("请填写面值")
     if item.cost is None:
-        item.cost = 0
+        raise ValueError("请填写成本（平台自营可填 0）")
     if item.max_per_order is None or not 1 <= item.max_per_order <= 1000:
         raise ValueError("单笔最多购买数量必须在 1 到 1000 之间")
     if item.low_stock_threshold is None or item.low_stock_threshold < 0:
@@ -143,9 +154,10 @@ class TierPriceView(AuditedViewMixin, ModelView):
 def _check_tier_price(item: TierPrice) -> None:
     if item.product is None or item.tier is None or item.price is None:
         raise ValueError("请选择商品、等级并填写价格")
-    clash = db.session.scalar(select(TierPrice.id).where(TierPrice.product_id == item.product.id,
-                                                         TierPrice.tier_id == item.tier.id,
-                                                         TierPrice.id != (item.id or 0)))
+    with db.session.no_autoflush:  # an autoflush would hit the unique constraint before this check could answer
+        clash = db.session.scalar(select(TierPrice.id).where(TierPrice.product_id == item.product.id,
+                                                             TierPrice.tier_id == item.tier.id,
+                                                             TierPrice.id != (item.id or 0)))
     if clash:
         raise ValueError("该商品已有这个等级的价格，请直接编辑")
 
@@ -163,8 +175,10 @@ class PriceRuleView(AuditedViewMixin, ModelView):
                      "rate_bp": _("折上折 %"), "starts_at": _("开始（UTC）"), "ends_at": _("结束（UTC）"),
                      "active": _("启用")}
     description_columns = {"rate_bp": _("在等级价基础上再乘以该比例，例如 90 表示再打九折")}
-    add_form_extra_fields = {"rate_bp": PercentField(_("折上折 %"), min_bp=1)}
-    edit_form_extra_fields = {"rate_bp": PercentField(_("折上折 %"), min_bp=1)}
+    add_form_extra_fields = {"rate_bp": PercentField(_("折上折 %"), min_bp=1),
+                             "active": checkbox(_("启用"), default=True)}
+    edit_form_extra_fields = {"rate_bp": PercentField(_("折上折 %"), min_bp=1),
+                              "active": checkbox(_("启用"), default=True)}
 
     def pre_add(self, item):
         _check_rule(item)
@@ -224,6 +238,13 @@ class CardImportView(ModelView):
     base_order = ("id", "desc")
 
 
+def _small_int(value) -> int | None:
+    """An id from a form or query string: ASCII digits within INTEGER's range, else unknown ('²'.isdigit() is True,
+    but int('²') raises; an id past INTEGER makes the database raise)."""
+    value = (value or "").strip()
+    return int(value) if re.fullmatch(r"[0-9]{1,9}", value) else None
+
+
 class CardImportFormView(BaseView):
     """Paste or upload card secrets: preview with a dedupe report, then import (a job above the threshold)."""
     route_base = "/card-import"
@@ -233,12 +254,11 @@ class CardImportFormView(BaseView):
         return db.session.scalars(select(Product).where(Product.kind == "card").order_by(Product.id)).all()
 
     def _read_input(self) -> tuple[int | None, str, str | None, str]:
-        product_id = request.form.get("product_id", "")
+        product_id = _small_int(request.form.get("product_id"))
         upload = request.files.get("file")
         if upload is not None and upload.filename:
-            return (int(product_id) if product_id.isdigit() else None,
-                    cards.decode_upload(upload.read()), upload.filename, "file")
-        return int(product_id) if product_id.isdigit() else None, request.form.get("text", ""), None, "paste"
+            return product_id, cards.decode_upload(upload.read()), upload.filename[:255], "file"
+        return product_id, request.form.get("text", ""), None, "paste"
 
     def _render(self, **context):
         return self.render_template("kameng/card_import.html", products=self._products(), **context)
@@ -246,7 +266,7 @@ class CardImportFormView(BaseView):
     @expose("/", methods=["GET"])
     @has_access
     def form(self):
-        return self._render(report=None, text="", product_id=request.args.get("product_id", type=int))
+        return self._render(report=None, text="", product_id=_small_int(request.args.get("product_id")))
 
     @expose("/", methods=["POST"])
     @has_access
@@ -255,6 +275,8 @@ class CardImportFormView(BaseView):
             product_id, text, filename, source = self._read_input()
             if product_id is None:
                 raise KamengError("请选择商品 (choose a product)")
+            if not text.strip():
+                raise KamengError("没有可导入的卡密：请粘贴卡密或上传文件 (nothing to import)")
             if request.form.get("confirm") != "1":
                 report = cards.preview(product_id, text, filename)
                 return self._render(report=report, text=text, product_id=product_id, filename=filename)
@@ -262,8 +284,8 @@ class CardImportFormView(BaseView):
         except KamengError as exc:
             flash(exc.message, "danger")
             return self._render(report=None, text=request.form.get("text", ""),
-                                product_id=request.form.get("product_id", type=int))
-        if batch.total_lines > self.appbuilder.get_app.config["CARD_IMPORT_JOB_THRESHOLD"]:
+                                product_id=_small_int(request.form.get("product_id")))
+        if batch.total_lines > current_app.config["CARD_IMPORT_JOB_THRESHOLD"]:
             batch.job_id = f"card-import-{batch.id}"
             db.session.commit()
             enqueue(jobs.import_cards, batch.id, job_id=batch.job_id, queue="low")

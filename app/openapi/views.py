@@ -87,8 +87,8 @@ class ApiKeyAdminView(ModelView):
 
     @action("revoke", _("吊销"), _("确定吊销所选密钥？"), "fa-ban")
     def revoke(self, items):
-        items = items if isinstance(items, list) else [items]
-        for item in items:
+        items = [item for item in (items if isinstance(items, list) else [items]) if item is not None]
+        for item in items:  # an unknown pk loads None
             service.revoke_key(item.id)
         flash(f"已吊销 {len(items)} 个密钥", "info")
         return redirect(url_for("ApiKeyAdminView.list"))

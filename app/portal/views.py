@@ -124,9 +124,9 @@ class MyDownlineView(ModelView):
     base_order = ("path", "asc")
 
     def pre_update(self, item):
-        agent = _require_agent()
-        if not in_scope(item.id, agent):
-            abort(404)
+        # edit loads through base_filters already; this is the belt to those braces (FAB flashes what we raise)
+        if not in_scope(item.id, _require_agent()):
+            raise ValueError("只能修改自己团队中的代理")
 
     @action("disable", _("停用"), _("确定停用所选下级代理？"), "fa-ban")
     def disable(self, items):
@@ -134,8 +134,8 @@ class MyDownlineView(ModelView):
         items = items if isinstance(items, list) else [items]
         changed = 0
         for item in items:
-            # Actions load rows by pk without base filters: re-check the scope for each one.
-            if item.id == agent.id or not in_scope(item.id, agent):
+            # Actions load rows by pk without base filters (an unknown pk loads None): re-check the scope for each.
+            if item is None or item.id == agent.id or not in_scope(item.id, agent):
                 continue
             item.active = False
             changed += 1
