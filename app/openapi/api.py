@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, g, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
@@ -27,7 +28,8 @@ def authenticate():
     if request.endpoint in PUBLIC_ENDPOINTS:
         return None
     body = request.get_data(cache=True)
-    g.api_key = service.authenticate(request.method, request.path, request.headers, body, request.remote_addr)
+    g.api_key = service.authenticate(request.method, request.path, request.headers, body, request.remote_addr,
+                                     raw_path=_raw_path())
     g.api_agent = service.caller_agent(g.api_key)
     return None
 
@@ -46,11 +48,23 @@ def http_error(exc: HTTPException):
     return response
 
 
+def _raw_path() -> str | None:
+    """The path as the client sent it on the request line (percent-encoded), when the server passes it on."""
+    raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
+    if not raw:
+        return None
+    try:
+        return urlsplit(raw).path or None
+    except ValueError:
+        return None
+
+
 def _json_body():
     raw = request.get_data(cache=True)
     try:
         return json.loads(raw.decode("utf-8") or "null")
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    # ValueError also covers integer literals past Python's digit limit; RecursionError, absurd nesting.
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise ValidationError("request body must be valid UTF-8 JSON") from None
 
 
@@ -98,8 +112,9 @@ def register(app: Flask) -> None:
     """Mount the API: CSRF off (requests are signed), a rate limit per app key on FAB's Flask-Limiter."""
     csrf.exempt(bp)
     limiter = app.appbuilder.sm.limiter
-    limiter.limit(app.config["OPENAPI_RATE_LIMIT"], key_func=_rate_key,
-                  exempt_when=lambda: request.endpoint in PUBLIC_ENDPOINTS)(bp)
+    # One budget per key across every endpoint (a plain `limit` on a blueprint counts each route separately).
+    limiter.shared_limit(app.config["OPENAPI_RATE_LIMIT"], scope="openapi", key_func=_rate_key,
+                         exempt_when=lambda: request.endpoint in PUBLIC_ENDPOINTS)(bp)
     app.register_blueprint(bp)
     app.register_error_handler(404, _json_not_found)
     app.register_error_handler(405, _json_not_found)

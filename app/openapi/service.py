@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import logging
 import re
 import secrets
 import time
@@ -11,6 +12,7 @@ from datetime import timedelta
 from urllib.parse import urlsplit
 
 from flask import current_app
+from redis.exceptions import RedisError
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -27,9 +29,13 @@ from app.openapi.models import ApiKey, ApiNonce
 from app.orders import service as orders
 from app.orders.models import Order
 
-OUT_TRADE_NO = re.compile(r"^[A-Za-z0-9_\-.:]{1,64}$")
-NONCE = re.compile(r"^[\x21-\x7e]{16,64}$")  # printable ASCII, no spaces
+OUT_TRADE_NO = re.compile(r"[A-Za-z0-9_\-.:]{1,64}")  # always fullmatch: "$" would admit a trailing newline
+NONCE = re.compile(r"[\x21-\x7e]{16,64}")  # printable ASCII, no spaces
+TIMESTAMP = re.compile(r"[0-9]{1,12}")  # ASCII digits only: str.isdigit() admits '²', which int() refuses
+ORDER_NO = re.compile(r"[A-Za-z0-9]{1,32}")
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 MAX_KEYS_PER_AGENT = 20
+log = logging.getLogger(__name__)
 
 
 # --- keys ---------------------------------------------------------------------------------------------------
@@ -82,26 +88,32 @@ def key_secret(key: ApiKey) -> str:
 
 # --- authentication -----------------------------------------------------------------------------------------
 
-def authenticate(method: str, path: str, headers, body: bytes, remote_addr: str | None) -> ApiKey:
+def authenticate(method: str, path: str, headers, body: bytes, remote_addr: str | None,
+                 raw_path: str | None = None) -> ApiKey:
     """Verify a signed request; any failure is Unauthorized (401). Checks are ordered so that an unsigned
-    request cannot burn a legitimate caller's nonce."""
+    request cannot burn a legitimate caller's nonce.
+
+    PATH is accepted as the client sent it on the request line (`raw_path`, percent-encoded) or decoded (`path`):
+    clients sign one or the other, and both name the same resource."""
     app_key = headers.get("X-App-Key", "")
     timestamp = headers.get("X-Timestamp", "")
     nonce = headers.get("X-Nonce", "")
     signature = headers.get("X-Signature", "")
     if not (app_key and timestamp and nonce and signature):
         raise Unauthorized("missing X-App-Key, X-Timestamp, X-Nonce or X-Signature")
-    if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > signing.MAX_SKEW_SECONDS:
+    if not TIMESTAMP.fullmatch(timestamp) or abs(time.time() - int(timestamp)) > signing.MAX_SKEW_SECONDS:
         raise Unauthorized("X-Timestamp is not within 300 seconds of the server's clock")
-    if not NONCE.match(nonce):
+    if not NONCE.fullmatch(nonce):
         raise Unauthorized("X-Nonce must be 16 to 64 printable characters")
     key = db.session.scalar(select(ApiKey).where(ApiKey.app_key == app_key[:40]))
     if key is None or not key.active:
         raise Unauthorized("unknown or revoked app key")
     if not _address_allowed(key, remote_addr):
         raise Unauthorized("caller address is not in this key's IP allow-list")
-    expected = signing.sign(key_secret(key), method, path, timestamp, nonce, body)
-    if not signing.signature_matches(expected, signature):
+    secret = key_secret(key)
+    paths = [path] + ([raw_path] if raw_path and raw_path != path else [])
+    if not any(signing.signature_matches(signing.sign(secret, method, p, timestamp, nonce, body), signature)
+               for p in paths):
         raise Unauthorized("bad signature")
     if not _remember_nonce(key.app_key, nonce):
         raise Unauthorized("nonce already used")
@@ -127,7 +139,10 @@ def _remember_nonce(app_key: str, nonce: str) -> bool:
     connection = redis_connection()
     if connection is not None:
         digest = hashlib.sha256(nonce.encode()).hexdigest()
-        return bool(connection.set(f"kameng:nonce:{app_key}:{digest}", 1, nx=True, ex=ttl))
+        try:
+            return bool(connection.set(f"kameng:nonce:{app_key}:{digest}", 1, nx=True, ex=ttl))
+        except RedisError as exc:  # Redis down: fall back to the database store rather than refuse every call
+            log.warning("nonce store in Redis unavailable (%s); using the database", exc)
     try:
         with db.session.begin_nested():
             db.session.add(ApiNonce(app_key=app_key, nonce=nonce))
@@ -167,7 +182,7 @@ def _clean_order_request(payload) -> dict:
     if unknown:
         raise ValidationError(f"unknown field(s): {', '.join(sorted(unknown))}")
     out_trade_no = data.get("out_trade_no")
-    if not isinstance(out_trade_no, str) or not OUT_TRADE_NO.match(out_trade_no):
+    if not isinstance(out_trade_no, str) or not OUT_TRADE_NO.fullmatch(out_trade_no):
         raise ValidationError("out_trade_no is required: 1-64 characters of A-Z a-z 0-9 _ - . :")
     product_id = data.get("product_id")
     if isinstance(product_id, bool) or not isinstance(product_id, int):
@@ -176,8 +191,9 @@ def _clean_order_request(payload) -> dict:
     if isinstance(quantity, bool) or not isinstance(quantity, int):
         raise ValidationError("quantity must be an integer")
     account = data.get("account")
-    if account is not None and (not isinstance(account, str) or not 1 <= len(account.strip()) <= 128):
-        raise ValidationError("account must be a string of 1-128 characters")
+    if account is not None and (not isinstance(account, str) or not 1 <= len(account.strip()) <= 128
+                                or CONTROL_CHARS.search(account)):
+        raise ValidationError("account must be a string of 1-128 characters without control characters")
     notify_url = data.get("notify_url")
     if notify_url is not None:
         notify_url = validate_notify_url(notify_url)
@@ -186,10 +202,14 @@ def _clean_order_request(payload) -> dict:
 
 
 def validate_notify_url(url) -> str:
-    if not isinstance(url, str) or len(url) > 512:
+    if not isinstance(url, str) or len(url) > 512 or CONTROL_CHARS.search(url):
         raise ValidationError("notify_url must be an http(s) URL of at most 512 characters")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError:  # e.g. "http://[::1"
+        raise ValidationError("notify_url must be an http(s) URL") from None
+    if parts.scheme not in ("http", "https") or not hostname:
         raise ValidationError("notify_url must be an http(s) URL")
     return url
 
@@ -205,7 +225,7 @@ def create_order(key: ApiKey, payload) -> tuple[Order, bool]:
     existing = _existing(key.agent_id, cleaned["out_trade_no"], digest)
     if existing is not None:
         return existing, False
-    product = db.session.get(Product, cleaned["product_id"])
+    product = db.session.get(Product, cleaned["product_id"]) if 0 < cleaned["product_id"] < 2 ** 31 else None
     if product is not None and product.kind == "direct" and not cleaned["account"]:
         raise ValidationError("account is required for direct top-up products")
     try:
@@ -233,12 +253,15 @@ def find_order(agent_id: int, order_no: str | None = None, out_trade_no: str | N
     """Only the caller's own orders; another agent's order is answered exactly like a missing one."""
     query = select(Order).where(Order.agent_id == agent_id)
     if order_no is not None:
+        valid = ORDER_NO.fullmatch(order_no)
         query = query.where(Order.order_no == order_no)
     elif out_trade_no:
+        valid = OUT_TRADE_NO.fullmatch(out_trade_no)
         query = query.where(Order.out_trade_no == out_trade_no)
     else:
         raise ValidationError("give order_no in the path or out_trade_no in the query string")
-    order = db.session.scalar(query)
+    # A value no order can have (NUL bytes, overlong, odd characters) is simply not found; never sent to SQL.
+    order = db.session.scalar(query) if valid else None
     if order is None:
         raise NotFound("order not found")
     return order

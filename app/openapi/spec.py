@@ -51,7 +51,7 @@ ORDER_REQUEST = {"type": "object", "required": ["out_trade_no", "product_id", "q
                  "additionalProperties": False, "properties": {
                      "out_trade_no": {"type": "string", "pattern": "^[A-Za-z0-9_\\-.:]{1,64}$",
                                       "description": "your order number; idempotency key per agent"},
-                     "product_id": {"type": "integer"},
+                     "product_id": {"type": "integer", "minimum": 1},
                      "quantity": {"type": "integer", "minimum": 1},
                      "account": {"type": "string", "minLength": 1, "maxLength": 128,
                                  "description": "top-up target (required for direct products)"},

@@ -58,6 +58,11 @@ def dispatch(message_ids: list[int]) -> None:
             enqueue(run_outbox_message, message_id, job_id=f"outbox-{message_id}-{attempts}", queue="high")
         except Exception as exc:  # Redis down: the sweeper will dispatch it later; nothing is lost
             log.warning("outbox %s not dispatched (%s); the sweeper will retry", message_id, exc)
+            # Not handed over after all: due again at the next sweep, not only after REDISPATCH_AFTER.
+            db.session.rollback()
+            db.session.execute(update(OutboxMessage).where(OutboxMessage.id == message_id)
+                               .values(dispatched_at=None))
+            db.session.commit()
 
 
 def run(message_id: int) -> None:

@@ -1,0 +1,422 @@
+"""Signed Open API purchases per second over real HTTP: gunicorn (sync workers) serving run:app on PostgreSQL.
+
+    DATABASE_URL=postgresql://postgres@127.0.0.1:5432/kameng_bench_openapi .venv/bin/python bench/openapi.py
+
+It DROPS and recreates the bench database (its name must contain "bench"), migrates it with Alembic
+(FAB_CREATE_DB=False), starts FAB once so the roles exist, then builds one agent per client thread (each with a
+big wallet and its own API key from app.openapi.service.create_key) and card products whose stock is imported
+through app.catalog.cards (create_import / run_import) and topped up before each level.
+
+REDIS_URL is read like the app reads it: when set, the served app keeps nonces (and rate-limit counters) in
+Redis; otherwise nonces go to the api_nonce table. The per-key rate limit is raised so it is not what we measure.
+
+Each client thread is one reseller: app/openapi/client.py with its own requests.Session, signing every
+POST /open/v1/orders (a fresh out_trade_no each time). A 201 is a success; anything else is counted by
+status and error code. For each concurrency it prints orders/s and p50/p99 latency in ms; then the ledger
+check, and LAST the headline line: "headline: openapi http c=N X orders/s".
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+# Before anything imports config: it reads DATABASE_URL once.
+os.environ.setdefault("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/kameng_bench_openapi")
+
+FACE_PRICE = 1000  # ¥10.00
+COST = 800
+DISCOUNT_BP = 9500
+UNIT_PRICE = FACE_PRICE * DISCOUNT_BP // 10000
+START_BALANCE = 10 ** 12  # fen: never the limiting factor
+WARMUP_SECONDS = 1.0
+RATE_CAP = 1500  # orders/s upper bound used to size stock before each level
+
+
+@dataclass
+class Reseller:
+    agent_id: int
+    app_key: str
+    secret: str
+    product_id: int
+
+
+@dataclass
+class Result:
+    concurrency: int
+    ok: int = 0
+    elapsed: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    errors: Counter = field(default_factory=Counter)
+
+    @property
+    def rate(self) -> float:
+        return self.ok / self.elapsed if self.elapsed else 0.0
+
+    def line(self) -> str:
+        lat = sorted(self.latencies)
+        errors = ", ".join(f"{k}={v}" for k, v in self.errors.most_common()) or "0"
+        return (f"openapi c={self.concurrency:<3} {self.rate:8.1f} orders/s   p50 {percentile(lat, 50) * 1000:7.2f} ms"
+                f"   p99 {percentile(lat, 99) * 1000:7.2f} ms   (n={self.ok}, {self.elapsed:.1f} s, errors: {errors})")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Database, app, small helpers (self-contained: this file depends on nothing else under bench/)
+
+
+def database_url() -> str:
+    return os.environ["DATABASE_URL"]
+
+
+def sqlalchemy_url(url: str) -> str:
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def recreate_database(url: str) -> None:
+    """DROP and CREATE the bench database (never anything else: the name must mention 'bench')."""
+    import psycopg
+
+    base, name = url.rsplit("/", 1)
+    name = name.split("?", 1)[0]
+    if "bench" not in name:
+        raise SystemExit(f"refusing to drop database {name!r}: the bench database name must contain 'bench'")
+    with psycopg.connect(base + "/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def migrate(url: str) -> None:
+    """The production way: Alembic with FAB's create_all off."""
+    from flask_migrate import upgrade
+
+    from app import create_app
+
+    app = create_app({"SQLALCHEMY_DATABASE_URI": sqlalchemy_url(url), "FAB_CREATE_DB": False,
+                      "FAB_UPDATE_PERMS": False})
+    with app.app_context():
+        upgrade(directory=str(ROOT / "migrations"))
+        from app.extensions import db
+        db.engine.dispose()
+
+
+def make_app(url: str):
+    from app import create_app
+
+    return create_app({"SQLALCHEMY_DATABASE_URI": sqlalchemy_url(url)})
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list (q in 0..100)."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, min(len(sorted_values), math.ceil(q / 100 * len(sorted_values))))
+    return sorted_values[rank - 1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data
+
+
+def build_data(app, resellers: int, products: int) -> list[Reseller]:
+    from app.agents import service as agents
+    from app.agents.models import Tier
+    from app.catalog import service as catalog
+    from app.catalog.models import Category, Product
+    from app.extensions import db
+    from app.ledger import service as ledger
+    from app.openapi.service import create_key
+
+    app.appbuilder.sm.create_db()  # FAB's built-in roles and FAB_ROLES
+    ledger.ensure_platform_accounts()
+    tier = Tier(name="bench-api-总代", rank=40, discount_bp=DISCOUNT_BP, may_recruit=True, may_withdraw=True,
+                min_withdrawal=10000, withdrawal_fee_bp=0, direct_commission_bp=0, indirect_commission_bp=0,
+                daily_limit=0, settle_days=1)
+    category = Category(name="bench-api-游戏点卡")
+    db.session.add_all([tier, category])
+    db.session.flush()
+    supplier = catalog.platform_supplier()
+    product_ids = []
+    for i in range(products):
+        product = Product(name=f"bench api 点卡 {i + 1} 号 10元", category_id=category.id, supplier_id=supplier.id,
+                          kind="card", face_price=FACE_PRICE, cost=COST, max_per_order=10, low_stock_threshold=1)
+        db.session.add(product)
+        db.session.flush()
+        product_ids.append(product.id)
+    db.session.commit()
+
+    result = []
+    for i in range(resellers):
+        agent = agents.create_agent(f"api-bench{i + 1:02d}", tier.id, None)
+        ledger.post_journal(f"bench:fund:{agent.id}", "adjustment", [
+            ledger.Line(ledger.agent_account_code(agent.id, "wallet"), START_BALANCE),
+            ledger.Line("platform:adjustments", -START_BALANCE)], memo="bench funding")
+        db.session.commit()
+        key, secret = create_key(agent.id, "bench")
+        result.append(Reseller(agent.id, key.app_key, secret, product_ids[i % len(product_ids)]))
+    return result
+
+
+_import_seq = 0
+
+
+def ensure_stock(product_ids: list[int], at_least: int) -> None:
+    """Top each product up to `at_least` available secrets through the real import path."""
+    global _import_seq
+    from app.catalog import cards
+
+    counts = cards.available_counts(product_ids)
+    for pid in product_ids:
+        missing = at_least - counts.get(pid, 0)
+        if missing <= 0:
+            continue
+        _import_seq += 1
+        lines = "\n".join(f"APIB{pid:03d}-{_import_seq:03d}-{n:08d}" for n in range(missing))
+        batch = cards.create_import(pid, lines, None, "cli")
+        report = cards.run_import(batch.id)
+        assert report["added"] == missing, report
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The server
+
+
+class Gunicorn:
+    def __init__(self, workers: int, log_path: Path):
+        self.port = free_port()
+        self.log_path = log_path
+        env = dict(os.environ)
+        env.update({
+            "FAB_CREATE_DB": "False",  # the schema and roles exist; workers only start up
+            "OPENAPI_RATE_LIMIT": "100000000 per minute",  # the per-key limit is not what we measure
+            "PYTHONUNBUFFERED": "1",
+        })
+        self.log = open(log_path, "w")  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "gunicorn"), "--workers", str(workers), "--worker-class", "sync",
+             "--bind", f"127.0.0.1:{self.port}", "--log-level", "warning", "--timeout", "60",
+             "--backlog", "2048", "run:app"],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        import requests
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"gunicorn exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                if requests.get(self.base_url + "/open/v1/openapi.json", timeout=5).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise SystemExit(f"gunicorn did not answer within {timeout} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # the master stops its own workers
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Load: each thread is one reseller with its own key and session; shared start; runs for a duration.
+
+
+def drive(base_url: str, resellers: list[Reseller], duration: float) -> Result:
+    import requests
+
+    from app.openapi.client import OpenApiClient
+
+    concurrency = len(resellers)
+    result = Result(concurrency)
+    lock = threading.Lock()
+    ready = threading.Barrier(concurrency + 1)
+    go = threading.Event()
+    state = {"deadline": 0.0, "last": 0.0}
+    run_id = uuid.uuid4().hex[:8]
+
+    def worker(i: int) -> None:
+        reseller = resellers[i]
+        client = OpenApiClient(base_url, reseller.app_key, reseller.secret, timeout=60, session=requests.Session())
+        latencies: list[float] = []
+        errors: Counter = Counter()
+        ok = 0
+        seq = 0
+
+        def call() -> bool | str:
+            nonlocal seq
+            seq += 1
+            try:
+                r = client.create_order(f"b{run_id}-{i}-{seq}", reseller.product_id)
+            except requests.RequestException as exc:
+                return f"net:{type(exc).__name__}"
+            if r.status_code == 201:
+                return True
+            try:
+                code = r.json()["error"]["code"]
+            except (ValueError, KeyError, TypeError):
+                code = "?"
+            return f"http {r.status_code} {code}"
+
+        try:
+            warm_until = time.perf_counter() + WARMUP_SECONDS
+            while time.perf_counter() < warm_until:
+                outcome = call()
+                if outcome is not True:
+                    errors[f"warm-up {outcome}"] += 1
+            ready.wait()
+            go.wait()
+            while time.perf_counter() < state["deadline"]:
+                t = time.perf_counter()
+                outcome = call()
+                if outcome is True:
+                    latencies.append(time.perf_counter() - t)
+                    ok += 1
+                else:
+                    errors[outcome] += 1
+        except threading.BrokenBarrierError:
+            return
+        except BaseException as exc:  # a crash in a worker is reported, never silently dropped
+            errors[f"crash:{type(exc).__name__}:{exc}"[:120]] += 1
+            ready.abort()
+        finally:
+            end = time.perf_counter()
+            client.session.close()
+            with lock:
+                result.ok += ok
+                result.latencies.extend(latencies)
+                result.errors.update(errors)
+                state["last"] = max(state["last"], end)
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    try:
+        ready.wait()
+    except threading.BrokenBarrierError:
+        for t in threads:
+            t.join()
+        raise SystemExit(f"c={concurrency}: a client failed during warm-up: {dict(result.errors)}") from None
+    t0 = time.perf_counter()
+    state["deadline"] = t0 + duration
+    go.set()
+    for t in threads:
+        t.join()
+    result.elapsed = state["last"] - t0
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per concurrency level (default 8)")
+    parser.add_argument("--concurrency", default="1,8,32", help="comma-separated levels (default 1,8,32)")
+    parser.add_argument("--products", type=int, default=4, help="card products the resellers spread over")
+    parser.add_argument("--workers", type=int, default=4, help="gunicorn sync workers (default 4)")
+    args = parser.parse_args(argv)
+    levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
+    if not levels or any(c < 1 for c in levels) or args.duration <= 0:
+        parser.error("bad --concurrency or --duration")
+
+    url = database_url()
+    t_setup = time.perf_counter()
+    redis = os.environ.get("REDIS_URL")
+    print(f"bench database: {url.rsplit('@', 1)[-1]} (recreated); nonces in "
+          f"{'Redis ' + redis.rsplit('@', 1)[-1] if redis else 'PostgreSQL (REDIS_URL unset)'}", flush=True)
+    recreate_database(url)
+    migrate(url)
+    app = make_app(url)
+    from app.extensions import db
+
+    with app.app_context():
+        resellers = build_data(app, max(levels), args.products)
+        product_ids = sorted({r.product_id for r in resellers})
+        db.session.remove()
+    print(f"setup: {len(resellers)} agents with API keys, {len(product_ids)} card products, "
+          f"{time.perf_counter() - t_setup:.1f} s", flush=True)
+
+    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"kameng-bench-openapi-{os.getpid()}.log"
+    server = Gunicorn(args.workers, log_path)
+    results: list[Result] = []
+    try:
+        server.wait_ready()
+        print(f"gunicorn: {args.workers} sync workers on {server.base_url} (log {log_path})", flush=True)
+        for c in levels:
+            with app.app_context():
+                t = time.perf_counter()
+                need = int(RATE_CAP * (args.duration + WARMUP_SECONDS) / len(product_ids) * 1.2) + c
+                ensure_stock(product_ids, need)
+                db.session.remove()
+                stock_s = time.perf_counter() - t
+            res = drive(server.base_url, resellers[:c], args.duration)
+            results.append(res)
+            print(res.line() + (f"   [stock top-up {stock_s:.1f} s]" if stock_s > 0.5 else ""), flush=True)
+    finally:
+        server.stop()
+
+    with app.app_context():
+        from sqlalchemy import func, select
+
+        from app.ledger.invariants import check_ledger
+        from app.ledger.service import agent_balances
+        from app.orders.models import Order
+
+        problems = check_ledger()
+        orders, amount = db.session.execute(
+            select(func.count(), func.coalesce(func.sum(Order.amount), 0)).where(Order.status == "delivered")).one()
+        spent = sum(START_BALANCE - agent_balances(r.agent_id)["wallet"] for r in resellers)
+        if orders and amount != orders * UNIT_PRICE:
+            problems.append(f"delivered orders total {amount} fen, expected {orders} x {UNIT_PRICE}")
+        if spent != amount:
+            problems.append(f"wallets fell by {spent} fen but delivered orders total {amount} fen")
+        db.session.remove()
+    if problems:
+        print("ledger check: FAILED", flush=True)
+        for line in problems:
+            print(f"  {line}", flush=True)
+    else:
+        print(f"ledger check: ok ({orders} delivered orders, wallets down exactly {amount} fen)", flush=True)
+
+    best = max(results, key=lambda r: r.rate)
+    print(f"headline: openapi http c={best.concurrency} {best.rate:.0f} orders/s "
+          f"(p50 {percentile(sorted(best.latencies), 50) * 1000:.1f} ms, "
+          f"p99 {percentile(sorted(best.latencies), 99) * 1000:.1f} ms, gunicorn {args.workers} sync workers)",
+          flush=True)
+    return 1 if problems or any(r.errors for r in results) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
