@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm.util import identity_key
 
 from app import crypto
 from app.catalog.errors import ImportRejected, OutOfStock, ProductUnavailable
@@ -216,11 +217,21 @@ def allocate(order_id: int, product_id: int, quantity: int) -> list[int]:
     pick = (select(CardSecret.id).where(CardSecret.product_id == product_id, CardSecret.status == "available")
             .order_by(CardSecret.id).limit(quantity))
     if db.engine.dialect.name == "postgresql":
-        ids = list(db.session.scalars(pick.with_for_update(skip_locked=True)))
+        db.session.flush()  # the order row and anything pending first, as the ORM's autoflush would
+        # One round trip, all or nothing: the CTE locks up to `quantity` free secrets (skipping rows other buyers
+        # hold); the UPDATE sells them only if it got them all, else changes nothing and returns no row.
+        picked = pick.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
+        table = CardSecret.__table__
+        ids = sorted(db.session.connection().scalars(
+            update(table).where(table.c.id.in_(select(picked.c.id)),
+                                select(func.count()).select_from(picked).scalar_subquery() == quantity)
+            .values(status="sold", order_id=order_id, sold_at=now).returning(table.c.id)))
         if len(ids) < quantity:
             raise OutOfStock("库存不足 (out of stock)")
-        db.session.execute(update(CardSecret).where(CardSecret.id.in_(ids))
-                           .values(status="sold", order_id=order_id, sold_at=now))
+        for secret_id in ids:  # a CardSecret object already loaded in this session rereads its new state
+            loaded = db.session.identity_map.get(identity_key(CardSecret, secret_id))
+            if loaded is not None:
+                db.session.expire(loaded, ["status", "order_id", "sold_at"])
         return ids
     ids = list(db.session.scalars(pick))
     if len(ids) < quantity:

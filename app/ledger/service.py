@@ -11,7 +11,8 @@ import json
 from dataclasses import dataclass
 
 from sqlalchemy import func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm.util import identity_key
 
 from app.clock import utcnow
 from app.extensions import db
@@ -77,8 +78,15 @@ def _merge(lines: list[Line]) -> list[Line]:
     return [Line(code, amount) for code, amount in totals.items() if amount != 0]
 
 
-def _existing(key: str, content_hash: str) -> Journal | None:
-    journal = db.session.scalar(select(Journal).where(Journal.idempotency_key == key))
+def _insert(table):
+    """INSERT with ON CONFLICT support for the dialect in use (PostgreSQL in production, SQLite by default)."""
+    return (postgresql.insert if db.engine.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+def _existing(key: str, content_hash: str):
+    """The journal already posted under `key` as a row (id, content_hash), or None."""
+    journal = db.session.connection().execute(
+        select(Journal.id, Journal.content_hash).where(Journal.idempotency_key == key)).first()
     if journal is not None and journal.content_hash != content_hash:
         raise IdempotencyConflict(f"journal {key} was already posted with different content")
     return journal
@@ -86,7 +94,9 @@ def _existing(key: str, content_hash: str) -> Journal | None:
 
 def lock_accounts(codes: list[str]) -> dict[str, tuple[int, bool, int]]:
     """Look up accounts by code; lock the cached ones in ascending id order. Returns code -> (id, cached, balance)."""
-    rows = db.session.execute(select(Account.id, Account.code, Account.cached).where(Account.code.in_(codes))).all()
+    db.session.flush()  # accounts added in this session but not yet flushed must be found (Core skips autoflush)
+    conn = db.session.connection()
+    rows = conn.execute(select(Account.id, Account.code, Account.cached).where(Account.code.in_(codes))).all()
     found = {row.code: (row.id, row.cached) for row in rows}
     missing = set(codes) - set(found)
     if missing:
@@ -94,7 +104,7 @@ def lock_accounts(codes: list[str]) -> dict[str, tuple[int, bool, int]]:
     cached_ids = sorted(acc_id for acc_id, cached in found.values() if cached)
     balances: dict[int, int] = {}
     if cached_ids:
-        locked = db.session.execute(
+        locked = conn.execute(
             select(Account.id, Account.balance).where(Account.id.in_(cached_ids)).order_by(Account.id)
             .with_for_update()
         ).all()
@@ -114,40 +124,44 @@ def post_journal(key: str, kind: str, lines: list[Line], memo: str | None = None
     if len(lines) < 2 or sum(ln.amount for ln in lines) != 0:
         raise UnbalancedJournal(f"journal {key} does not balance: {lines}")
     content_hash = _content_hash(kind, lines)
-    previous = _existing(key, content_hash)
-    if previous is not None:
-        return previous.id
-
+    db.session.flush()  # what the caller added (its order, accounts) is visible to the Core statements below
     accounts = locked if locked is not None else lock_accounts([ln.account_code for ln in lines])
     for ln in lines:
         acc_id, cached, balance = accounts[ln.account_code]
         if cached and balance + ln.amount < 0:
+            previous = _existing(key, content_hash)  # posted before, when the balance was there: the same answer
+            if previous is not None:
+                return previous.id
             raise InsufficientBalance("余额不足 (insufficient balance)")
 
-    try:
-        with db.session.begin_nested():
-            journal_id = db.session.execute(
-                insert(Journal).values(idempotency_key=key, kind=kind, content_hash=content_hash, memo=memo,
-                                       order_id=order_id, actor_id=actor_id, created_at=utcnow())
-                .returning(Journal.id)
-            ).scalar_one()
-    except IntegrityError:
-        # Someone posted the same key concurrently and committed first: same content returns theirs.
+    # The key is unique. ON CONFLICT DO NOTHING inserts nothing when it was posted before, or concurrently by a
+    # transaction that committed first (PostgreSQL waits for it): then the same content returns that journal
+    # and different content is an IdempotencyConflict. No savepoint, no read before the insert.
+    conn = db.session.connection()
+    journal_id = conn.execute(
+        _insert(Journal).values(idempotency_key=key, kind=kind, content_hash=content_hash, memo=memo,
+                                order_id=order_id, actor_id=actor_id, created_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(Journal.id)
+    ).scalar()
+    if journal_id is None:
         previous = _existing(key, content_hash)
         if previous is None:
-            raise
+            raise IdempotencyConflict(f"journal {key}: the key is taken but its journal cannot be read")
         return previous.id
 
     now = utcnow()
-    db.session.execute(insert(Posting), [
+    conn.execute(insert(Posting.__table__), [
         {"journal_id": journal_id, "account_id": accounts[ln.account_code][0], "amount": ln.amount,
          "created_at": now} for ln in lines
     ])
+    table = Account.__table__
     for ln in lines:
         acc_id, cached, _ = accounts[ln.account_code]
         if cached:
-            db.session.execute(update(Account).where(Account.id == acc_id)
-                               .values(balance=Account.balance + ln.amount))
+            conn.execute(update(table).where(table.c.id == acc_id).values(balance=table.c.balance + ln.amount))
+            loaded = db.session.identity_map.get(identity_key(Account, acc_id))
+            if loaded is not None:
+                db.session.expire(loaded, ["balance"])  # an Account object already loaded rereads its balance
     return journal_id
 
 

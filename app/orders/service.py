@@ -4,12 +4,14 @@ from __future__ import annotations
 import secrets as pyrandom
 
 from sqlalchemy import func, select, update
+from sqlalchemy.orm import joinedload
+from sqlalchemy.orm.util import identity_key
 
 from app.agents.errors import AgentInactive
 from app.agents.models import Agent
 from app.catalog import cards
 from app.catalog.errors import ProductUnavailable
-from app.catalog.models import Product, Supplier
+from app.catalog.models import Product
 from app.catalog.service import price_for
 from app.clock import business_day_start, utcnow
 from app.errors import NotFound
@@ -39,9 +41,14 @@ NOTIFIED_STATUSES = ("delivered", "failed", "refunded", "closed", "disputed")
 COUNTED_STATUSES = ("paid", "delivering", "delivered", "disputed")
 
 
-def transition(order_id: int, to_status: str) -> None:
-    """Move an order to `to_status` with a guarded UPDATE on its current status. The one place status changes."""
-    current = db.session.scalar(select(Order.status).where(Order.id == order_id))
+def transition(order_id: int, to_status: str, current: str | None = None) -> None:
+    """Move an order to `to_status` with a guarded UPDATE on its current status. The one place status changes.
+
+    `current`: the status the caller knows the order is in (the one it wrote itself in this transaction); it
+    saves a read. The UPDATE is guarded on it all the same: an order in any other status is refused.
+    """
+    if current is None:
+        current = db.session.scalar(select(Order.status).where(Order.id == order_id))
     if current is None:
         raise NotFound(f"订单不存在 (unknown order {order_id})")
     if to_status not in TRANSITIONS.get(current, set()):
@@ -52,8 +59,14 @@ def transition(order_id: int, to_status: str) -> None:
         values["paid_at"] = now
     elif to_status == "delivered":
         values["delivered_at"] = now
-    row = db.session.execute(update(Order).where(Order.id == order_id, Order.status == current).values(**values)
-                             .returning(Order.order_no, Order.notify_url)).first()
+    db.session.flush()  # pending changes first, as the ORM would (a Core statement does not autoflush)
+    orders = Order.__table__
+    row = db.session.connection().execute(
+        update(orders).where(orders.c.id == order_id, orders.c.status == current).values(**values)
+        .returning(orders.c.order_no, orders.c.notify_url)).first()
+    loaded = db.session.identity_map.get(identity_key(Order, order_id))
+    if loaded is not None:
+        db.session.expire(loaded, list(values))  # an Order object already loaded rereads what changed
     if row is None:
         raise InvalidTransition(f"订单状态已被其他操作改变 (order {order_id} changed concurrently)")
     if to_status in NOTIFIED_STATUSES and row.notify_url:
@@ -91,7 +104,7 @@ def _load_product(product_id: object) -> Product:
         raise ProductUnavailable("商品不存在 (unknown product)") from None
     if not 0 < pid < 2 ** 31:  # beyond the id column's range: SQLite overflows, PostgreSQL compares as numeric
         raise ProductUnavailable("商品不存在 (unknown product)")
-    product = db.session.get(Product, pid)
+    product = db.session.get(Product, pid, options=[joinedload(Product.supplier)])
     if product is None or not product.active:
         raise ProductUnavailable("商品不存在或已下架 (product not found or not on sale)")
     return product
@@ -133,10 +146,10 @@ def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, n
         raise UnsupportedProductKind(f"「{product.name}」为{product.kind_display()}商品，暂不支持钱包直接下单"
                                      " (only card products can be bought from the wallet for now)")
     qty = _validate_quantity(quantity, product)
-    agent = db.session.get(Agent, agent_id)
+    agent = db.session.get(Agent, agent_id, options=[joinedload(Agent.tier)])
     if agent is None or not agent.active:
         raise AgentInactive("代理不存在或已停用 (agent not found or disabled)")
-    supplier = db.session.get(Supplier, product.supplier_id)
+    supplier = product.supplier
 
     wallet = agent_account_code(agent.id, "wallet")
     payable = supplier_account_code(supplier.id)
@@ -158,7 +171,7 @@ def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, n
                   notify_url=notify_url, request_hash=request_hash, api_key_id=api_key_id)
     db.session.add(order)
     db.session.flush()
-    transition(order.id, "paid")
+    transition(order.id, "paid", current="pending_payment")
     cards.allocate(order.id, product.id, qty)
     ledger.post_journal(f"order:{order.order_no}:sale", "sale", [
         Line(wallet, -amount),
@@ -166,6 +179,5 @@ def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, n
         Line("platform:fees", fee),
         Line("platform:revenue", amount - cost_total),
     ], memo=f"{product.name} × {qty}", order_id=order.id, locked=accounts)
-    transition(order.id, "delivered")
-    db.session.refresh(order)
-    return order
+    transition(order.id, "delivered", current="paid")
+    return order  # committed by the caller, which expires it: its first use reloads the delivered row
