@@ -69,7 +69,7 @@ lint: install-dev
 	$(BIN)/ruff check .
 
 bench: install-dev services
-	DATABASE_URL="$(PG_URL)/kameng_bench" REDIS_URL="redis://127.0.0.1:6379/14" $(BIN)/python bench/orders.py
+	DATABASE_URL="$(PG_URL)/kameng_bench" REDIS_URL="redis://127.0.0.1:6379/14" $(BIN)/python bench/orders.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) instance/kameng.db

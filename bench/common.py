@@ -1,0 +1,84 @@
+"""Shared bench helpers: a fresh migrated PostgreSQL database, the bench app, latency statistics, a free port.
+
+Import this module before anything from `app` or `config`: those read DATABASE_URL / REDIS_URL once at import,
+so the defaults below must be in the environment first.
+"""
+from __future__ import annotations
+
+import math
+import os
+import socket
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/kameng_bench"
+os.environ.setdefault("DATABASE_URL", DEFAULT_DATABASE_URL)
+
+
+def database_url() -> str:
+    """DATABASE_URL as given (postgresql://...), for psycopg and for the gunicorn child."""
+    return os.environ["DATABASE_URL"]
+
+
+def sqlalchemy_url(url: str) -> str:
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def recreate_database(url: str) -> None:
+    """DROP and CREATE the bench database (never anything else: the name must mention 'bench')."""
+    import psycopg
+
+    base, name = url.rsplit("/", 1)
+    name = name.split("?", 1)[0]
+    if "bench" not in name:
+        raise SystemExit(f"refusing to drop database {name!r}: the bench database name must contain 'bench'")
+    with psycopg.connect(base + "/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def migrate(url: str) -> None:
+    """The production way: Alembic with FAB's create_all off."""
+    from flask_migrate import upgrade
+
+    from app import create_app
+
+    app = create_app({"SQLALCHEMY_DATABASE_URI": sqlalchemy_url(url), "FAB_CREATE_DB": False,
+                      "FAB_UPDATE_PERMS": False})
+    with app.app_context():
+        upgrade(directory=str(ROOT / "migrations"))
+        from app.extensions import db
+        db.engine.dispose()
+
+
+def make_app(url: str, pool_size: int = 5, **overrides):
+    """The real app, with a pool big enough for `pool_size` threads (the default pool holds 5 + 10 overflow)."""
+    from app import create_app
+    from config import Config
+
+    engine_options = dict(Config.SQLALCHEMY_ENGINE_OPTIONS)
+    engine_options.update(pool_size=max(5, pool_size), max_overflow=10)
+    config = {"SQLALCHEMY_DATABASE_URI": sqlalchemy_url(url), "SQLALCHEMY_ENGINE_OPTIONS": engine_options}
+    config.update(overrides)
+    return create_app(config)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list (q in 0..100)."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, min(len(sorted_values), math.ceil(q / 100 * len(sorted_values))))
+    return sorted_values[rank - 1]
