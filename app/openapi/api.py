@@ -128,4 +128,6 @@ def _json_not_found(exc: HTTPException):
 
 
 def _rate_key() -> str:
-    return "openapi:" + (request.headers.get("X-App-Key", "")[:40] or (request.remote_addr or "-"))
+    """Per app key and caller address: the limit runs before authentication, so a stranger who learns an app
+    key (it travels in clear headers) exhausts only their own address's budget, not the reseller's."""
+    return f"openapi:{request.headers.get('X-App-Key', '')[:40]}:{request.remote_addr or '-'}"
