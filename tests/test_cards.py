@@ -462,3 +462,16 @@ def test_scheduled_low_stock_scan_runs_through_the_worker(app, db, f, redis_url)
         assert alert.resolved_at is not None
         failed = Queue("low", connection=Redis.from_url(redis_url)).failed_job_registry.get_job_ids()
         assert not [j for j in failed if "scan" in j], failed
+
+
+def test_tab_separated_txt_line_keeps_card_number_and_password(app):
+    parsed = cards.parse_lines("CARD-0001\tPW-9999\nCARD-0002 PW-8888\n", "cards.txt")
+    assert [s for _, s in parsed.secrets] == ["CARD-0001 PW-9999", "CARD-0002 PW-8888"]
+    assert parsed.rejected == []
+
+
+def test_csv_first_row_is_a_header_only_when_every_cell_is_a_column_name(app):
+    data_first = cards.parse_lines("SPIN-0001,CARD-PW-1\nSPIN-0002,CARD-PW-2\n", "cards.csv")
+    assert [s for _, s in data_first.secrets] == ["SPIN-0001 CARD-PW-1", "SPIN-0002 CARD-PW-2"]
+    with_header = cards.parse_lines("卡号,密码\nSPIN-0001,CARD-PW-1\n", "cards.csv")
+    assert [s for _, s in with_header.secrets] == ["SPIN-0001 CARD-PW-1"]

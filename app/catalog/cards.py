@@ -22,7 +22,9 @@ MAX_SECRET_LEN = 256
 MIN_SECRET_LEN = 4
 MAX_IMPORT_BYTES = 20 * 1024 * 1024
 CHUNK = 1000
-_HEADER_WORDS = ("卡号", "密码", "卡密", "card", "secret", "password", "pin")
+# A CSV's first row is a header only when every cell is a column name (a secret like "SPIN-001" is not).
+_HEADER_WORDS = {"卡号", "密码", "卡密", "账号", "序号", "card", "card_no", "cardno", "card no", "card number",
+                 "secret", "password", "pwd", "pin", "no", "number"}
 
 
 @dataclass
@@ -59,11 +61,12 @@ def _check_secret(secret: str) -> str | None:
 
 def _rows(text: str, is_csv: bool) -> list[tuple[int, str]]:
     if not is_csv:
-        return [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1)]
+        # Exports often separate card number and password with a tab: keep both, with a space.
+        return [(n, line.replace("\t", " ").strip()) for n, line in enumerate(text.splitlines(), start=1)]
     rows = []
     for n, cells in enumerate(csv.reader(io.StringIO(text)), start=1):
         values = [c.strip() for c in cells if c.strip()]
-        if n == 1 and values and any(w in " ".join(values).lower() for w in _HEADER_WORDS):
+        if n == 1 and values and all(v.lower() in _HEADER_WORDS for v in values):
             continue  # a header row
         rows.append((n, " ".join(values)))  # card number and password kept together
     return rows
