@@ -105,6 +105,14 @@ class Config:
     OUTBOX_SWEEP_SECONDS = env_int("OUTBOX_SWEEP_SECONDS", 15)
     NONCE_PURGE_SECONDS = env_int("NONCE_PURGE_SECONDS", 600)
 
+    # Payments and the storefront
+    ORDER_EXPIRE_MINUTES = env_int("ORDER_EXPIRE_MINUTES", 15)  # unpaid storefront orders close after this
+    ORDER_EXPIRY_SCAN_SECONDS = env_int("ORDER_EXPIRY_SCAN_SECONDS", 60)
+    LOOKUP_LINK_SECONDS = env_int("LOOKUP_LINK_SECONDS", 7 * 24 * 3600)  # signed order links expire
+    SHOP_LOOKUP_RATE_LIMIT = env_str("SHOP_LOOKUP_RATE_LIMIT", "10 per minute")
+    SHOP_ORDER_RATE_LIMIT = env_str("SHOP_ORDER_RATE_LIMIT", "30 per minute")
+    PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL")  # how channels reach /pay/notify; default: the request's host
+
 
 def check_production(config: dict) -> None:
     """Refuse to run in production with development keys or none."""

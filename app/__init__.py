@@ -50,6 +50,9 @@ def create_app(overrides: dict | None = None) -> Flask:
 
     outbox.init_app(app)
     openapi_api.register(app)
+    from app.shop import api as shop_api
+
+    shop_api.register(app)
 
     from app.cli import kameng_cli
     app.cli.add_command(kameng_cli)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 from pathlib import Path
 
@@ -146,14 +147,21 @@ def outbox_sweep() -> None:
 
 @kameng_cli.command("demo")
 @click.option("--password", default=None, help="Password for every demo login (default: random, printed).")
-def demo(password: str | None) -> None:
+@click.option("--sandbox-key", default=None, help="Key of the sandbox payment channel (default: random, printed).")
+def demo(password: str | None, sandbox_key: str | None) -> None:
     """Load demo users, agents, tiers, categories, products and card secrets; print the logins."""
     from app.demo import load_demo
+    from app.payments import service as payments
 
     try:
         logins = load_demo(password)
+        key = sandbox_key or secrets.token_hex(16)
+        if len(key) < 8:
+            fail("--sandbox-key must be at least 8 characters")
+        payments.save_channel("sandbox", True, {"key": key})
     except KamengError as exc:
         fail(exc.message)
+    click.echo(f"Sandbox payment channel enabled; key: {key}")
     click.echo("Demo data loaded. Logins:")
     for username, pwd, role in logins:
         click.echo(f"  {username:<10} {pwd:<20} {role}")

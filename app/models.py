@@ -17,3 +17,11 @@ from app.ledger.models import Account, Journal, Posting  # noqa: F401
 from app.openapi.models import ApiKey, ApiNonce, CallbackAttempt  # noqa: F401
 from app.orders.models import Order  # noqa: F401
 from app.outbox.models import OutboxMessage  # noqa: F401
+from app.payments.models import (  # noqa: F401
+    OrderCheckout,
+    Payment,
+    PaymentChannel,
+    PaymentNotification,
+    Refund,
+    WalletTopUp,
+)

@@ -34,3 +34,10 @@ def purge_nonces() -> int:
     from app.openapi.service import purge_nonces as purge
 
     return purge()
+
+
+def expire_unpaid_orders() -> int:
+    """Scheduled: close storefront orders that stayed unpaid past ORDER_EXPIRE_MINUTES."""
+    from app.payments.service import expire_unpaid
+
+    return expire_unpaid()

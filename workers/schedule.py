@@ -21,6 +21,7 @@ PERIODIC = [
     Periodic("low-stock-scan", jobs.scan_low_stock, "low", "LOW_STOCK_SCAN_SECONDS"),
     Periodic("outbox-sweep", jobs.sweep_outbox, "high", "OUTBOX_SWEEP_SECONDS"),
     Periodic("nonce-purge", jobs.purge_nonces, "low", "NONCE_PURGE_SECONDS"),
+    Periodic("order-expiry", jobs.expire_unpaid_orders, "default", "ORDER_EXPIRY_SCAN_SECONDS"),
 ]
 
 

@@ -246,6 +246,13 @@ def allocate(order_id: int, product_id: int, quantity: int) -> list[int]:
     return ids
 
 
+def void_order_secrets(order_id: int) -> int:
+    """A refunded order's secrets were shown to the buyer: keep them with the order, never sell them again."""
+    result = db.session.execute(update(CardSecret).where(CardSecret.order_id == order_id, CardSecret.status == "sold")
+                                .values(status="void"))
+    return result.rowcount or 0
+
+
 def reveal(order_id: int) -> list[str]:
     """The plain secrets of an order. Callers must have checked that the viewer owns the order."""
     tokens = db.session.scalars(select(CardSecret.secret_enc).where(CardSecret.order_id == order_id)

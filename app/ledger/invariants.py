@@ -24,6 +24,12 @@ _CHECKS: list[tuple[str, str]] = [
      "SELECT o.order_no, COUNT(j.id) AS sale_journals FROM orders o "
      "LEFT JOIN ledger_journal j ON j.order_id = o.id AND j.kind = 'sale' "
      "WHERE o.status = 'delivered' GROUP BY o.id, o.order_no HAVING COUNT(j.id) <> 1"),
+    ("refunded order whose sale is not reversed",
+     "SELECT o.order_no, SUM(CASE WHEN j.kind = 'sale' THEN 1 ELSE 0 END) AS sales, "
+     "SUM(CASE WHEN j.kind = 'sale_reversal' THEN 1 ELSE 0 END) AS reversals FROM orders o "
+     "JOIN ledger_journal j ON j.order_id = o.id WHERE o.status = 'refunded' GROUP BY o.id, o.order_no "
+     "HAVING SUM(CASE WHEN j.kind = 'sale' THEN 1 ELSE 0 END) <> "
+     "SUM(CASE WHEN j.kind = 'sale_reversal' THEN 1 ELSE 0 END)"),
     ("order has a sale journal but was never paid",
      "SELECT o.order_no, o.status FROM orders o JOIN ledger_journal j ON j.order_id = o.id AND j.kind = 'sale' "
      "WHERE o.status IN ('pending_payment', 'closed')"),

@@ -27,6 +27,10 @@ PLATFORM_ACCOUNTS = {
     "platform:commission_expense": "commission_expense",
     "platform:payouts": "payouts",
     "platform:adjustments": "adjustments",
+    "platform:buyer_funds": "buyer_funds",  # paid for an order, not yet earned or refunded
+    "platform:clearing:sandbox": "clearing",
+    "platform:clearing:alipay": "clearing",
+    "platform:clearing:wechatpay": "clearing",
 }
 
 

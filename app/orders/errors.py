@@ -17,3 +17,7 @@ class UnsupportedProductKind(KamengError):
 
 class InvalidTransition(Conflict):
     code = "invalid_transition"
+
+
+class InvalidContact(ValidationError):
+    code = "invalid_contact"

@@ -18,9 +18,16 @@ from app.errors import NotFound
 from app.extensions import db
 from app.ledger import service as ledger
 from app.ledger.errors import InsufficientBalance
+from app.ledger.models import Journal
 from app.ledger.service import Line, agent_account_code, supplier_account_code
 from app.money import apply_rate, format_fen
-from app.orders.errors import DailyLimitExceeded, InvalidQuantity, InvalidTransition, UnsupportedProductKind
+from app.orders.errors import (
+    DailyLimitExceeded,
+    InvalidContact,
+    InvalidQuantity,
+    InvalidTransition,
+    UnsupportedProductKind,
+)
 from app.orders.models import Order
 from app.outbox import service as outbox
 
@@ -33,7 +40,7 @@ TRANSITIONS: dict[str, set[str]] = {
     "disputed": {"delivered", "refunded"},
     "failed": {"refunded"},
     "refunded": set(),
-    "closed": set(),
+    "closed": {"refunded"},  # a late payment for an expired order is recorded, then refunded at once
 }
 # States a reseller acts on: these are POSTed to the order's notify_url.
 NOTIFIED_STATUSES = ("delivered", "failed", "refunded", "closed", "disputed")
@@ -173,11 +180,64 @@ def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, n
     db.session.flush()
     transition(order.id, "paid", current="pending_payment")
     cards.allocate(order.id, product.id, qty)
-    ledger.post_journal(f"order:{order.order_no}:sale", "sale", [
-        Line(wallet, -amount),
-        Line(payable, cost_total - fee),
-        Line("platform:fees", fee),
-        Line("platform:revenue", amount - cost_total),
-    ], memo=f"{product.name} × {qty}", order_id=order.id, locked=accounts)
+    ledger.post_journal(f"order:{order.order_no}:sale", "sale", sale_lines(order, wallet),
+                        memo=f"{product.name} × {qty}", order_id=order.id, locked=accounts)
     transition(order.id, "delivered", current="paid")
     return order  # committed by the caller, which expires it: its first use reloads the delivered row
+
+
+def sale_lines(order: Order, funding_account: str) -> list[Line]:
+    """The sale journal: the buyer's money to the supplier (cost less its fee), the platform's fee and margin."""
+    return [
+        Line(funding_account, -order.amount),
+        Line(supplier_account_code(order.supplier_id), order.cost_total - order.service_fee),
+        Line("platform:fees", order.service_fee),
+        Line("platform:revenue", order.amount - order.cost_total),
+    ]
+
+
+def place_guest_order(product_id: object, quantity: object, contact: object, channel: str) -> Order:
+    """A storefront order at the public price, unpaid. Flushes; the caller adds the checkout and commits.
+
+    No stock is reserved: secrets are allocated when the payment arrives (a paid order without stock is refunded).
+    """
+    product = _load_product(product_id)
+    if product.kind != "card":
+        raise UnsupportedProductKind(f"「{product.name}」为{product.kind_display()}商品，暂不支持在线购买"
+                                     " (only card products can be bought on the storefront for now)")
+    qty = _validate_quantity(quantity, product)
+    if not isinstance(contact, str) or not 3 <= len(contact.strip()) <= 128 or any(ord(c) < 32 for c in contact):
+        raise InvalidContact("请填写联系方式（手机号、QQ 或邮箱，3-128 个字符）(contact is required)")
+    unit_price = price_for(None, product)
+    cost_total = product.cost * qty
+    order = Order(order_no=new_order_no(), agent_id=None, product_id=product.id, supplier_id=product.supplier_id,
+                  quantity=qty, face_price=product.face_price, unit_price=unit_price, amount=unit_price * qty,
+                  cost_total=cost_total, service_fee=apply_rate(cost_total, product.supplier.service_fee_bp),
+                  status="pending_payment", channel=channel, contact=contact.strip())
+    db.session.add(order)
+    db.session.flush()
+    return order
+
+
+def deliver_paid(order_id: int, funding_account: str) -> None:
+    """Deliver a paid card order inside the caller's transaction: allocate secrets, book the sale, mark delivered.
+
+    Raises OutOfStock (the caller refunds) when the stock ran out between checkout and payment.
+    """
+    order = db.session.get(Order, order_id)
+    cards.allocate(order.id, order.product_id, order.quantity)
+    ledger.post_journal(f"order:{order.order_no}:sale", "sale", sale_lines(order, funding_account),
+                        memo=f"{order.product.name} × {order.quantity}", order_id=order.id)
+    transition(order.id, "delivered")
+
+
+def reverse_sale(order_id: int, refund_to: str) -> None:
+    """Undo a delivered order's sale journal exactly (for a refund); its card secrets are voided, never resold."""
+    order = db.session.get(Order, order_id)
+    sale = db.session.scalar(select(func.count()).select_from(Journal).where(
+        Journal.order_id == order.id, Journal.kind == "sale"))
+    if sale:
+        lines = [Line(ln.account_code, -ln.amount) for ln in sale_lines(order, refund_to)]
+        ledger.post_journal(f"order:{order.order_no}:sale-reversal", "sale_reversal", lines,
+                            memo=f"退款 {order.order_no}", order_id=order.id)
+    cards.void_order_secrets(order.id)

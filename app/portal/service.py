@@ -68,3 +68,14 @@ def secrets_for_owner(agent: Agent, order: Order) -> list[str]:
     if order.status not in ("delivered", "disputed"):
         return []
     return cards.reveal(order.id)
+
+
+def public_offers() -> list[dict]:
+    """The storefront catalogue: public (face) price after time-bounded rules for everyone; stock yes or no."""
+    products = db.session.execute(
+        select(Product, Category.name).join(Category, Category.id == Product.category_id)
+        .where(Product.active.is_(True), Category.active.is_(True), Product.kind == "card")
+        .order_by(Category.sort_order, Product.id)).all()
+    counts = cards.available_counts([p.id for p, _ in products])
+    return [{"id": p.id, "name": p.name, "category": category, "kind": p.kind, "price": price_for(None, p),
+             "in_stock": counts.get(p.id, 0) > 0} for p, category in products]

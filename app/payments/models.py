@@ -1,0 +1,103 @@
+"""Payments: channel settings, payments received (unique per channel trade_no), notifications seen, refunds,
+wallet top-ups (充值)."""
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Boolean, Column, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import relationship
+
+from app.clock import utcnow
+from app.extensions import db
+from app.money import format_fen
+
+CHANNEL_NAMES = {"sandbox": "沙箱支付", "alipay": "支付宝", "wechatpay": "微信支付", "wallet": "钱包余额"}
+
+
+class PaymentChannel(db.Model):
+    __tablename__ = "payment_channel"
+    id = Column(Integer, primary_key=True)
+    code = Column(String(16), unique=True, nullable=False)  # sandbox, alipay, wechatpay
+    name = Column(String(32), nullable=False)
+    enabled = Column(Boolean, nullable=False, default=False)
+    settings_enc = Column(Text)  # encrypted JSON: keys, app ids; an empty key refuses every notification
+    updated_at = Column(DateTime, nullable=False, default=utcnow)
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class Payment(db.Model):
+    __tablename__ = "payment"
+    id = Column(Integer, primary_key=True)
+    channel = Column(String(16), nullable=False)
+    trade_no = Column(String(64), nullable=False)
+    order_id = Column(Integer, ForeignKey("orders.id"), index=True)
+    topup_id = Column(Integer, ForeignKey("wallet_topup.id"), index=True)
+    amount = Column(BigInteger, nullable=False)
+    currency = Column(String(3), nullable=False, default="CNY")
+    status = Column(String(16), nullable=False, default="paid")  # paid, refunded
+    confirmed_by_id = Column(Integer, ForeignKey("ab_user.id"))  # manual confirmation by an admin
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+
+    order = relationship("Order")
+    topup = relationship("WalletTopUp")
+    confirmed_by = relationship("User", foreign_keys=[confirmed_by_id])
+
+    __table_args__ = (UniqueConstraint("channel", "trade_no", name="uq_payment_channel_trade_no"),)
+
+    def amount_display(self) -> str:
+        return format_fen(self.amount)
+
+
+class PaymentNotification(db.Model):
+    """Every notification received, with what was done: support and alerts read this."""
+    __tablename__ = "payment_notification"
+    id = Column(Integer, primary_key=True)
+    channel = Column(String(16), nullable=False)
+    order_no = Column(String(40))
+    trade_no = Column(String(64))
+    amount = Column(BigInteger)
+    outcome = Column(String(24), nullable=False, index=True)  # accepted, duplicate, rejected, amount_mismatch ...
+    detail = Column(String(255))
+    remote_addr = Column(String(64))
+    created_at = Column(DateTime, nullable=False, default=utcnow, index=True)
+
+
+class WalletTopUp(db.Model):
+    __tablename__ = "wallet_topup"
+    id = Column(Integer, primary_key=True)
+    topup_no = Column(String(32), unique=True, nullable=False)
+    agent_id = Column(Integer, ForeignKey("agent.id"), nullable=False, index=True)
+    amount = Column(BigInteger, nullable=False)
+    channel = Column(String(16), nullable=False)
+    status = Column(String(16), nullable=False, default="pending_payment")  # pending_payment, paid, closed
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+    paid_at = Column(DateTime)
+
+    agent = relationship("Agent")
+
+
+class Refund(db.Model):
+    __tablename__ = "refund"
+    id = Column(Integer, primary_key=True)
+    order_id = Column(Integer, ForeignKey("orders.id"), nullable=False, unique=True)  # full refunds: one per order
+    amount = Column(BigInteger, nullable=False)
+    destination = Column(String(16), nullable=False)  # channel code, or wallet
+    reason = Column(String(255), nullable=False)
+    status = Column(String(16), nullable=False, default="succeeded")
+    actor_id = Column(Integer, ForeignKey("ab_user.id"))
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+
+    order = relationship("Order")
+    actor = relationship("User", foreign_keys=[actor_id])
+
+    __table_args__ = (Index("ix_refund_created", "created_at"),)
+
+
+class OrderCheckout(db.Model):
+    """What a buyer without an account gave at checkout: the order password (hashed) and when it expires unpaid."""
+    __tablename__ = "order_checkout"
+    order_id = Column(Integer, ForeignKey("orders.id"), primary_key=True)
+    query_password_hash = Column(String(255), nullable=False)
+    expires_at = Column(DateTime, nullable=False, index=True)
+
+    order = relationship("Order")

@@ -1,0 +1,181 @@
+"""Storefront for buyers without an account: JSON API (/shop/api), pages (/shop), payment notifications
+(/pay/notify/<channel>) and the sandbox cashier. Handlers parse, call app.payments.service, render."""
+from __future__ import annotations
+
+import json
+import secrets
+import time
+
+from flask import Blueprint, Flask, abort, current_app, jsonify, redirect, render_template, request
+from werkzeug.exceptions import HTTPException
+
+from app.catalog.service import price_for
+from app.errors import KamengError, NotFound, ValidationError
+from app.extensions import csrf, db
+from app.orders.models import Order
+from app.payments import service as payments
+from app.payments.channels import sandbox
+from app.payments.models import CHANNEL_NAMES
+from app.portal.service import public_offers
+
+shop = Blueprint("shop", __name__)
+STATUS_TEXT = {"pending_payment": "待支付", "paid": "已支付", "delivering": "发货中", "delivered": "已到账",
+               "refunded": "已退款", "closed": "已关闭", "failed": "发货失败，退款中", "disputed": "处理中"}
+
+
+def _base_url() -> str:
+    return (current_app.config.get("PUBLIC_BASE_URL") or request.host_url).rstrip("/")
+
+
+def _error(exc: KamengError):
+    response = jsonify(exc.to_dict())
+    response.status_code = exc.status if 400 <= exc.status < 500 else 400
+    return response
+
+
+def _json() -> dict:
+    try:
+        data = json.loads(request.get_data(cache=True).decode("utf-8") or "null")
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ValidationError("request body must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise ValidationError("request body must be a JSON object")
+    return data
+
+
+def order_view(order: Order, with_secrets: bool) -> dict:
+    from app.catalog import cards
+
+    data = {"order_no": order.order_no, "status": order.status, "status_text": STATUS_TEXT.get(order.status),
+            "product_name": order.product.name, "quantity": order.quantity, "amount": order.amount,
+            "created_at": order.created_at.replace(microsecond=0).isoformat() + "Z"}
+    if with_secrets:
+        data["card_secrets"] = cards.reveal(order.id) if order.status == "delivered" else []
+    return data
+
+
+# --- JSON API ----------------------------------------------------------------------------------------------
+
+@shop.get("/shop/api/products")
+def api_products():
+    return jsonify({"products": public_offers()})
+
+
+@shop.post("/shop/api/orders")
+def api_create_order():
+    try:
+        data = _json()
+        order, pay_url = payments.checkout(data.get("product_id"), data.get("quantity"), data.get("contact"),
+                                           data.get("query_password"), data.get("channel"), _base_url())
+    except KamengError as exc:
+        return _error(exc)
+    response = jsonify({"order_no": order.order_no, "amount": order.amount, "pay_url": pay_url})
+    response.status_code = 201
+    return response
+
+
+@shop.post("/shop/api/lookup")
+def api_lookup():
+    try:
+        data = _json()
+        order = payments.lookup(data.get("order_no"), data.get("query_password"))
+    except KamengError as exc:
+        return _error(NotFound("订单不存在或密码错误 (order not found)") if exc.status == 404 else exc)
+    return jsonify(order_view(order, with_secrets=True))
+
+
+# --- notifications and the sandbox cashier -----------------------------------------------------------------
+
+@shop.post("/pay/notify/<channel>")
+def notify(channel: str):
+    if channel not in payments.CHANNEL_CODES:
+        abort(404)
+    answer = payments.handle_notification(channel, request.headers, request.form.to_dict(),
+                                          request.get_data(cache=True), request.remote_addr)
+    return current_app.response_class(answer.body, status=answer.status, content_type=answer.content_type)
+
+
+@shop.route("/pay/sandbox/cashier/<order_no>", methods=["GET", "POST"])
+def sandbox_cashier(order_no: str):
+    """The sandbox's cashier: pays or fails on a click by sending itself a signed notification."""
+    order = db.session.query(Order).filter_by(order_no=order_no[:40], channel="sandbox").first()
+    if order is None:
+        abort(404)
+    if request.method == "POST":
+        key = payments.channel_settings("sandbox").get("key", "")
+        fields = {"order_no": order.order_no, "trade_no": "SBX" + secrets.token_hex(10), "amount": str(order.amount),
+                  "currency": "CNY", "status": "SUCCESS" if request.form.get("result") == "pay" else "FAILED",
+                  "ts": str(int(time.time())), "nonce": secrets.token_hex(8)}
+        fields["sign"] = sandbox.sign(key, fields)
+        payments.handle_notification("sandbox", {}, fields, b"", request.remote_addr)
+        return redirect(payments.lookup_path(order.order_no))
+    return render_template("kameng/shop/cashier.html", order=order, status_text=STATUS_TEXT)
+
+
+# --- pages -------------------------------------------------------------------------------------------------
+
+@shop.get("/shop/")
+def shop_index():
+    return render_template("kameng/shop/index.html", offers=public_offers())
+
+
+@shop.route("/shop/buy/<int:product_id>", methods=["GET", "POST"])
+def shop_buy(product_id: int):
+    from app.catalog.models import Product
+
+    product = db.session.get(Product, product_id) if product_id < 2 ** 31 else None
+    if product is None or not product.active:
+        abort(404)
+    channels = payments.enabled_channels()
+    error = None
+    if request.method == "POST":
+        try:
+            order, pay_url = payments.checkout(product.id, request.form.get("quantity", "1"),
+                                               request.form.get("contact"), request.form.get("query_password"),
+                                               request.form.get("channel"), _base_url())
+            return redirect(pay_url)
+        except KamengError as exc:
+            error = exc.message
+    return render_template("kameng/shop/buy.html", product=product, price=price_for(None, product),
+                           channels=[(c, CHANNEL_NAMES.get(c, c)) for c in channels], error=error,
+                           form=request.form), (400 if error else 200)
+
+
+@shop.route("/shop/lookup", methods=["GET", "POST"])
+def shop_lookup():
+    order, error = None, None
+    if request.method == "POST":
+        try:
+            order = payments.lookup(request.form.get("order_no"), request.form.get("query_password"))
+        except KamengError:
+            error = "订单不存在或密码错误"
+    return render_template("kameng/shop/lookup.html", order=order and order_view(order, True), error=error,
+                           form=request.form), (404 if error else 200)
+
+
+@shop.get("/shop/order/<token>")
+def shop_order(token: str):
+    try:
+        order = payments.order_from_token(token)
+    except KamengError:
+        abort(404)
+    return render_template("kameng/shop/order.html", order=order_view(order, True), token=token)
+
+
+@shop.errorhandler(HTTPException)
+def shop_http_error(exc: HTTPException):
+    if request.path.startswith("/shop/api/") or request.path.startswith("/pay/notify/"):
+        return _error(KamengError(exc.description or exc.name, code="http_error", status=exc.code or 400))
+    return exc
+
+
+def register(app: Flask) -> None:
+    """CSRF off for the JSON API and notifications (no cookies involved); lookups and checkouts rate-limited."""
+    limiter = app.appbuilder.sm.limiter
+    csrf.exempt(api_create_order)
+    csrf.exempt(api_lookup)
+    csrf.exempt(notify)
+    limiter.limit(app.config["SHOP_LOOKUP_RATE_LIMIT"], methods=["POST"])(api_lookup)
+    limiter.limit(app.config["SHOP_LOOKUP_RATE_LIMIT"], methods=["POST"])(shop_lookup)
+    limiter.limit(app.config["SHOP_ORDER_RATE_LIMIT"], methods=["POST"])(api_create_order)
+    app.register_blueprint(shop)
