@@ -4,19 +4,24 @@ from __future__ import annotations
 READ = "^(can_list|can_show)$"
 _ADMIN_READ_VIEWS = ("OrderView|AgentView|TierView|CategoryView|ProductView|TierPriceView|PriceRuleView|"
                      "SupplierView|CardSecretView|CardImportView|StockAlertView|AccountView|JournalView|"
-                     "PostingView|AuditView|ApiKeyAdminView|CallbackAttemptAdminView")
+                     "PostingView|AuditView|ApiKeyAdminView|CallbackAttemptAdminView|PaymentView|PaymentNotificationView|"
+                     "RefundView")
 
 ROLES = {
     # Managers read everything and work review queues (later issues add the queues).
     "Manager": [
         [f"^({_ADMIN_READ_VIEWS})$", READ],
         ["^(订单|代理管理|商品管理|卡密库存|财务账本|系统|订单查询|代理列表|代理等级|商品分类|商品|等级价格|限时价格|"
-         "上游供应商|卡密列表|导入批次|补货提醒|账户|凭证|分录|审计日志|API 密钥管理|回调记录)$", "^menu_access$"],
+         "上游供应商|卡密列表|导入批次|补货提醒|账户|凭证|分录|审计日志|API 密钥管理|回调记录|支付|收款记录|支付通知|"
+         "退款记录)$", "^menu_access$"],
     ],
     # Support (客服) finds any order and agent fast; sees card secrets masked only.
     "Support": [
-        ["^(OrderView|AgentView|CardSecretView|StockAlertView|ProductView)$", READ],
-        ["^(订单|代理管理|商品管理|卡密库存|订单查询|代理列表|商品|卡密列表|补货提醒)$", "^menu_access$"],
+        ["^(OrderView|AgentView|CardSecretView|StockAlertView|ProductView|PaymentView|PaymentNotificationView|"
+         "RefundView)$", READ],
+        ["^RefundFormView$", "^can_form$"],
+        ["^(订单|代理管理|商品管理|卡密库存|订单查询|代理列表|商品|卡密列表|补货提醒|支付|收款记录|支付通知|退款记录)$",
+         "^menu_access$"],
     ],
     # Agents see only the portal, scoped to themselves and their downline.
     "Agent": [

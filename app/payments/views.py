@@ -1,0 +1,190 @@
+"""Admin and support screens for payments: channel keys, payments, notifications (alerts), refunds, manual
+confirmation. Handlers translate forms into app.payments.service calls."""
+from __future__ import annotations
+
+from flask import abort, flash, g, redirect, request, url_for
+from flask_appbuilder import BaseView, ModelView, expose, has_access
+from flask_appbuilder.models.sqla.interface import SQLAInterface
+from flask_babel import lazy_gettext as _
+from sqlalchemy import select
+
+from app.errors import KamengError
+from app.extensions import db
+from app.money import format_fen
+from app.orders.models import Order
+from app.payments import service
+from app.payments.models import CHANNEL_NAMES, Payment, PaymentChannel, PaymentNotification, Refund
+
+# Per channel: (setting, label, secret?, multiline?)
+CHANNEL_FIELDS = {
+    "sandbox": [("key", "签名密钥 (HMAC key)", True, False)],
+    "alipay": [("app_id", "APPID", False, False), ("private_key", "应用私钥 (PEM)", True, True),
+               ("alipay_public_key", "支付宝公钥 (PEM)", False, True),
+               ("gateway", "网关地址（留空为正式环境）", False, False)],
+    "wechatpay": [("appid", "AppID", False, False), ("mchid", "商户号 mchid", False, False),
+                  ("serial_no", "商户证书序列号", False, False), ("private_key", "商户私钥 (PEM)", True, True),
+                  ("api_v3_key", "APIv3 密钥（32 位）", True, False),
+                  ("platform_keys", "平台公钥：每行 序列号=PEM 文件内容 的 JSON，如 {\"SERIAL\": \"-----BEGIN ...\"}",
+                   False, True),
+                  ("api_base", "接口地址（留空为正式环境）", False, False)],
+}
+
+
+class PaymentChannelView(BaseView):
+    """Keys and settings per channel, stored encrypted. Secrets are never shown again; blank keeps the old one."""
+    route_base = "/payment-channels"
+    default_view = "index"
+
+    @expose("/")
+    @has_access
+    def index(self):
+        rows = {c: service.channel_row(c) for c in service.CHANNEL_CODES}
+        db.session.commit()
+        return self.render_template("kameng/payment_channels.html", rows=rows, names=CHANNEL_NAMES)
+
+    @expose("/<code>", methods=["GET", "POST"])
+    @has_access
+    def edit(self, code: str):
+        if code not in CHANNEL_FIELDS:
+            abort(404)
+        current = service.channel_settings(code)
+        if request.method == "POST":
+            settings = dict(current)
+            try:
+                for name, _label, secret, _multi in CHANNEL_FIELDS[code]:
+                    value = (request.form.get(name) or "").strip()
+                    if secret and not value:
+                        continue  # blank: keep the stored secret
+                    settings[name] = _parse_setting(name, value)
+                service.save_channel(code, request.form.get("enabled") == "y", settings, actor_id=g.user.id)
+            except KamengError as exc:
+                flash(exc.message, "danger")
+            else:
+                flash(f"{CHANNEL_NAMES[code]} 设置已保存", "success")
+                return redirect(url_for("PaymentChannelView.index"))
+        row = service.channel_row(code)
+        db.session.commit()
+        return self.render_template("kameng/payment_channel_edit.html", code=code, name=CHANNEL_NAMES[code],
+                                    row=row, fields=CHANNEL_FIELDS[code], current=current)
+
+
+def _parse_setting(name: str, value: str):
+    import json
+
+    from app.errors import ValidationError
+
+    if name == "platform_keys":
+        try:
+            keys = json.loads(value or "{}")
+        except ValueError:
+            raise ValidationError("平台公钥须为 JSON 对象：{\"序列号\": \"PEM\"}") from None
+        if not isinstance(keys, dict) or not all(isinstance(v, str) for v in keys.values()):
+            raise ValidationError("平台公钥须为 JSON 对象：{\"序列号\": \"PEM\"}")
+        return keys
+    if name == "api_v3_key" and value and len(value) != 32:
+        raise ValidationError("APIv3 密钥必须是 32 个字符")
+    if name == "key" and value and len(value) < 8:
+        raise ValidationError("签名密钥至少 8 个字符")
+    return value
+
+
+class RefundFormView(BaseView):
+    """Support refunds an order in full, with a reason, to where the money came from."""
+    route_base = "/order-refund"
+    default_view = "form"
+
+    @expose("/<order_no>", methods=["GET", "POST"])
+    @has_access
+    def form(self, order_no: str):
+        order = db.session.scalar(select(Order).where(Order.order_no == order_no[:40]))
+        if order is None:
+            abort(404)
+        if request.method == "POST":
+            try:
+                refund = service.refund_order(order.id, request.form.get("reason", ""), g.user.id)
+            except KamengError as exc:
+                flash(exc.message, "danger")
+            else:
+                where = CHANNEL_NAMES.get(refund.destination, refund.destination)
+                flash(f"已退款 {format_fen(refund.amount)} 至 {where}", "success")
+                return redirect(url_for("OrderView.show", pk=order.id))
+        return self.render_template("kameng/order_refund.html", order=order)
+
+
+class ManualConfirmView(BaseView):
+    """An admin confirms a payment seen in the channel's back office (same path as a notification; audited)."""
+    route_base = "/payment-confirm"
+    default_view = "form"
+
+    @expose("/", methods=["GET", "POST"])
+    @has_access
+    def form(self):
+        if request.method == "POST":
+            try:
+                outcome = service.confirm_manually(request.form.get("order_no", ""), request.form.get("trade_no", ""),
+                                                   g.user.id)
+            except KamengError as exc:
+                flash(exc.message, "danger")
+            else:
+                level = "success" if outcome == "accepted" else "warning"
+                flash(f"处理结果：{outcome}", level)
+        return self.render_template("kameng/payment_confirm.html", form=request.form)
+
+
+class PaymentView(ModelView):
+    datamodel = SQLAInterface(Payment)
+    route_base = "/payments"
+    base_permissions = ["can_list", "can_show"]
+    list_title = show_title = _("收款记录")
+    list_columns = ["created_at", "channel", "trade_no", "order", "amount", "status", "confirmed_by"]
+    show_columns = list_columns + ["currency"]
+    search_columns = ["channel", "trade_no", "order", "status", "created_at"]
+    label_columns = {"created_at": _("时间"), "channel": _("渠道"), "trade_no": _("渠道交易号"), "order": _("订单"),
+                     "amount": _("金额"), "status": _("状态"), "confirmed_by": _("人工确认人"), "currency": _("币种")}
+    formatters_columns = {"amount": format_fen}
+    base_order = ("id", "desc")
+
+
+class PaymentNotificationView(ModelView):
+    """Every notification and what became of it; amount_mismatch and rejected rows are the alerts."""
+    datamodel = SQLAInterface(PaymentNotification)
+    route_base = "/payment-notifications"
+    base_permissions = ["can_list", "can_show"]
+    list_title = show_title = _("支付通知 / 告警")
+    list_columns = ["created_at", "channel", "order_no", "trade_no", "amount", "outcome", "detail", "remote_addr"]
+    show_columns = list_columns
+    search_columns = ["channel", "order_no", "trade_no", "outcome", "created_at"]
+    label_columns = {"created_at": _("时间"), "channel": _("渠道"), "order_no": _("订单号"),
+                     "trade_no": _("渠道交易号"), "amount": _("金额"), "outcome": _("结果"), "detail": _("说明"),
+                     "remote_addr": _("来源地址")}
+    formatters_columns = {"amount": format_fen}
+    base_order = ("id", "desc")
+
+
+class RefundView(ModelView):
+    datamodel = SQLAInterface(Refund)
+    route_base = "/refunds"
+    base_permissions = ["can_list", "can_show"]
+    list_title = show_title = _("退款记录")
+    list_columns = ["created_at", "order", "amount", "destination", "reason", "actor", "status"]
+    show_columns = list_columns
+    search_columns = ["order", "destination", "created_at"]
+    label_columns = {"created_at": _("时间"), "order": _("订单"), "amount": _("金额"), "destination": _("退回至"),
+                     "reason": _("原因"), "actor": _("操作人"), "status": _("状态")}
+    formatters_columns = {"amount": format_fen}
+    base_order = ("id", "desc")
+
+
+def register(appbuilder) -> None:
+    category = "支付"
+    appbuilder.add_view(PaymentView, "收款记录", icon="fa-credit-card", category=category, category_icon="fa-money")
+    appbuilder.add_view(PaymentNotificationView, "支付通知", icon="fa-bell", category=category)
+    appbuilder.add_view(RefundView, "退款记录", icon="fa-undo", category=category)
+    appbuilder.add_view(ManualConfirmView, "人工确认收款", href="/payment-confirm/", icon="fa-check", category=category)
+    appbuilder.add_view(PaymentChannelView, "支付渠道设置", href="/payment-channels/", icon="fa-cog",
+                        category=category)
+    appbuilder.add_view_no_menu(RefundFormView)
+    appbuilder.add_link("商城首页", href="/shop/", icon="fa-shopping-cart", category=category)
+
+
+__all__ = ["PaymentChannel"]
