@@ -29,7 +29,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 migrate: install
-	FAB_CREATE_DB=False $(BIN)/flask db upgrade
+	FAB_CREATE_DB=False FAB_UPDATE_PERMS=False $(BIN)/flask db upgrade
 
 demo: migrate
 	$(BIN)/flask kameng demo --password "$(DEMO_PASSWORD)"

@@ -71,7 +71,7 @@ class Config:
     # Alembic owns the schema: `flask db upgrade` runs with FAB_CREATE_DB=False (see Makefile); at normal start
     # FAB only creates its built-in roles, because the tables already exist.
     FAB_CREATE_DB = env_bool("FAB_CREATE_DB", True)
-    FAB_UPDATE_PERMS = True
+    FAB_UPDATE_PERMS = env_bool("FAB_UPDATE_PERMS", True)  # off while migrating an empty database
     FAB_ADD_SECURITY_API = False
     FAB_API_SWAGGER_UI = False
     FAB_SECURITY_MANAGER_CLASS = "app.security.KamengSecurityManager"

@@ -18,10 +18,15 @@ from app.openapi.models import ApiKey, ApiNonce, CallbackAttempt  # noqa: F401
 from app.orders.models import Order  # noqa: F401
 from app.outbox.models import OutboxMessage  # noqa: F401
 from app.payments.models import (  # noqa: F401
+    Coupon,
+    CouponRedemption,
+    Dispute,
     OrderCheckout,
     Payment,
     PaymentChannel,
     PaymentNotification,
+    ReconciliationDifference,
     Refund,
+    StatementImport,
     WalletTopUp,
 )

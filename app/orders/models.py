@@ -31,7 +31,9 @@ class Order(db.Model):
     quantity = Column(Integer, nullable=False)
     face_price = Column(BigInteger, nullable=False)  # unit face price at purchase
     unit_price = Column(BigInteger, nullable=False)  # unit price charged
-    amount = Column(BigInteger, nullable=False)  # total charged, fen
+    amount = Column(BigInteger, nullable=False)  # total charged, fen (after any coupon discount)
+    discount = Column(BigInteger, nullable=False, default=0, server_default="0")  # coupon discount, fen
+    coupon_id = Column(Integer, ForeignKey("coupon.id", name="fk_orders_coupon_id_coupon"))
     cost_total = Column(BigInteger, nullable=False)  # owed to the supplier before its fee
     service_fee = Column(BigInteger, nullable=False, default=0)
     upline_path = Column(String(512))  # the buyer's path at purchase: commissions follow this, not today's tree

@@ -101,3 +101,91 @@ class OrderCheckout(db.Model):
     expires_at = Column(DateTime, nullable=False, index=True)
 
     order = relationship("Order")
+
+
+class Coupon(db.Model):
+    """A coupon usable at checkout (storefront or portal), or issued as compensation when a dispute is resolved."""
+    __tablename__ = "coupon"
+    id = Column(Integer, primary_key=True)
+    code = Column(String(32), unique=True, nullable=False)
+    name = Column(String(64), nullable=False)
+    kind = Column(String(8), nullable=False)  # fixed (value in fen) or percent (value in basis points off)
+    value = Column(BigInteger, nullable=False)
+    min_spend = Column(BigInteger, nullable=False, default=0)  # fen, before the discount
+    starts_at = Column(DateTime, nullable=False)
+    ends_at = Column(DateTime, nullable=False)
+    per_user_limit = Column(Integer, nullable=False, default=1)  # per contact (storefront) or agent
+    total_limit = Column(Integer)  # NULL: unlimited
+    used_count = Column(Integer, nullable=False, default=0)
+    active = Column(Boolean, nullable=False, default=True)
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+
+    def __repr__(self) -> str:
+        return self.code
+
+
+class CouponRedemption(db.Model):
+    __tablename__ = "coupon_redemption"
+    id = Column(Integer, primary_key=True)
+    coupon_id = Column(Integer, ForeignKey("coupon.id"), nullable=False)
+    order_id = Column(Integer, ForeignKey("orders.id"), nullable=False, unique=True)
+    redeemer = Column(String(160), nullable=False)  # "contact:<contact>" or "agent:<id>"
+    discount = Column(BigInteger, nullable=False)
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+
+    coupon = relationship("Coupon")
+    order = relationship("Order")
+
+    __table_args__ = (Index("ix_coupon_redemption_coupon_redeemer", "coupon_id", "redeemer"),)
+
+
+class Dispute(db.Model):
+    """退款仲裁 / 维权: a buyer's or agent's "not received" complaint, handled by support."""
+    __tablename__ = "dispute"
+    id = Column(Integer, primary_key=True)
+    order_id = Column(Integer, ForeignKey("orders.id"), nullable=False, index=True)
+    opened_by_id = Column(Integer, ForeignKey("ab_user.id"))  # an agent's user; NULL for a storefront buyer
+    contact = Column(String(128))
+    reason = Column(String(500), nullable=False)
+    status = Column(String(16), nullable=False, default="open")  # open, refunded, rejected
+    resolution = Column(String(500))
+    resolved_by_id = Column(Integer, ForeignKey("ab_user.id"))
+    opened_at = Column(DateTime, nullable=False, default=utcnow, index=True)
+    resolved_at = Column(DateTime)
+    compensation_coupon_id = Column(Integer, ForeignKey("coupon.id"))
+
+    order = relationship("Order")
+    opened_by = relationship("User", foreign_keys=[opened_by_id])
+    resolved_by = relationship("User", foreign_keys=[resolved_by_id])
+    compensation_coupon = relationship("Coupon", foreign_keys=[compensation_coupon_id])
+
+
+class StatementImport(db.Model):
+    """对账: one channel statement imported and matched against our payments."""
+    __tablename__ = "statement_import"
+    id = Column(Integer, primary_key=True)
+    channel = Column(String(16), nullable=False)
+    filename = Column(String(255))
+    source = Column(String(16), nullable=False, default="upload")  # upload, scheduled
+    lines = Column(Integer, nullable=False, default=0)
+    matched = Column(Integer, nullable=False, default=0)
+    differences = Column(Integer, nullable=False, default=0)
+    period_start = Column(DateTime)
+    period_end = Column(DateTime)
+    imported_by_id = Column(Integer, ForeignKey("ab_user.id"))
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+
+    imported_by = relationship("User", foreign_keys=[imported_by_id])
+
+
+class ReconciliationDifference(db.Model):
+    __tablename__ = "reconciliation_difference"
+    id = Column(Integer, primary_key=True)
+    import_id = Column(Integer, ForeignKey("statement_import.id"), nullable=False, index=True)
+    kind = Column(String(24), nullable=False)  # missing_here, missing_there, amount_differs
+    trade_no = Column(String(64))
+    order_no = Column(String(40))
+    statement_amount = Column(BigInteger)
+    our_amount = Column(BigInteger)
+
+    statement = relationship("StatementImport")
