@@ -18,10 +18,8 @@ check, and LAST the headline line: "headline: openapi http c=N X orders/s".
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,11 +29,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-# Before anything imports config: it reads DATABASE_URL once.
+# Before anything imports config (it reads DATABASE_URL once), and before bench/common sets its default.
 os.environ.setdefault("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/kameng_bench_openapi")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    ROOT,
+    database_url,
+    ensure_stock,
+    free_port,
+    make_app,
+    migrate,
+    percentile,
+    recreate_database,
+)
 
 FACE_PRICE = 1000  # ¥10.00
 COST = 800
@@ -71,68 +77,6 @@ class Result:
         errors = ", ".join(f"{k}={v}" for k, v in self.errors.most_common()) or "0"
         return (f"openapi c={self.concurrency:<3} {self.rate:8.1f} orders/s   p50 {percentile(lat, 50) * 1000:7.2f} ms"
                 f"   p99 {percentile(lat, 99) * 1000:7.2f} ms   (n={self.ok}, {self.elapsed:.1f} s, errors: {errors})")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Database, app, small helpers (self-contained: this file depends on nothing else under bench/)
-
-
-def database_url() -> str:
-    return os.environ["DATABASE_URL"]
-
-
-def sqlalchemy_url(url: str) -> str:
-    for prefix in ("postgres://", "postgresql://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
-    return url
-
-
-def recreate_database(url: str) -> None:
-    """DROP and CREATE the bench database (never anything else: the name must mention 'bench')."""
-    import psycopg
-
-    base, name = url.rsplit("/", 1)
-    name = name.split("?", 1)[0]
-    if "bench" not in name:
-        raise SystemExit(f"refusing to drop database {name!r}: the bench database name must contain 'bench'")
-    with psycopg.connect(base + "/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-
-def migrate(url: str) -> None:
-    """The production way: Alembic with FAB's create_all off."""
-    from flask_migrate import upgrade
-
-    from app import create_app
-
-    app = create_app({"SQLALCHEMY_DATABASE_URI": sqlalchemy_url(url), "FAB_CREATE_DB": False,
-                      "FAB_UPDATE_PERMS": False})
-    with app.app_context():
-        upgrade(directory=str(ROOT / "migrations"))
-        from app.extensions import db
-        db.engine.dispose()
-
-
-def make_app(url: str):
-    from app import create_app
-
-    return create_app({"SQLALCHEMY_DATABASE_URI": sqlalchemy_url(url)})
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of an already sorted list (q in 0..100)."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, min(len(sorted_values), math.ceil(q / 100 * len(sorted_values))))
-    return sorted_values[rank - 1]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -178,24 +122,6 @@ def build_data(app, resellers: int, products: int) -> list[Reseller]:
     return result
 
 
-_import_seq = 0
-
-
-def ensure_stock(product_ids: list[int], at_least: int) -> None:
-    """Top each product up to `at_least` available secrets through the real import path."""
-    global _import_seq
-    from app.catalog import cards
-
-    counts = cards.available_counts(product_ids)
-    for pid in product_ids:
-        missing = at_least - counts.get(pid, 0)
-        if missing <= 0:
-            continue
-        _import_seq += 1
-        lines = "\n".join(f"APIB{pid:03d}-{_import_seq:03d}-{n:08d}" for n in range(missing))
-        batch = cards.create_import(pid, lines, None, "cli")
-        report = cards.run_import(batch.id)
-        assert report["added"] == missing, report
 
 
 # ---------------------------------------------------------------------------------------------------------------

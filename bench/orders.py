@@ -27,14 +27,22 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, database_url, free_port, make_app, migrate, percentile, recreate_database  # noqa: E402
+from common import (  # noqa: E402
+    ROOT,
+    database_url,
+    ensure_stock,
+    free_port,
+    make_app,
+    migrate,
+    percentile,
+    recreate_database,
+)
 
 PASSWORD = "bench-pass-123"
 USER_AGENT = "kameng-bench/1"
@@ -121,22 +129,6 @@ def build_data(app, buyers: int, products: int) -> list[Buyer]:
         db.session.commit()
         result.append(Buyer(agent.id, username, product_ids[i % len(product_ids)]))
     return result
-
-
-def ensure_stock(product_ids: list[int], at_least: int) -> None:
-    """Top each product up to `at_least` available secrets through the real import path (large batches)."""
-    from app.catalog import cards
-
-    counts = cards.available_counts(product_ids)
-    for pid in product_ids:
-        missing = at_least - counts.get(pid, 0)
-        if missing <= 0:
-            continue
-        tag = uuid.uuid4().hex[:8]  # unique across runs and processes: each import adds exactly `missing`
-        lines = "\n".join(f"BENCH{pid:03d}-{tag}-{n:08d}" for n in range(missing))
-        batch = cards.create_import(pid, lines, None, "cli")
-        report = cards.run_import(batch.id)
-        assert report["added"] == missing, report
 
 
 # ---------------------------------------------------------------------------------------------------------------
