@@ -6,6 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 5000
 DEMO_PASSWORD ?= kameng123
+SANDBOX_KEY ?= kameng-sandbox-demo-key
 PG_URL ?= postgresql://postgres@127.0.0.1:5432
 TEST_DATABASE_URL ?= $(PG_URL)/kameng_test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
@@ -32,12 +33,13 @@ migrate: install
 	FAB_CREATE_DB=False FAB_UPDATE_PERMS=False $(BIN)/flask db upgrade
 
 demo: migrate
-	$(BIN)/flask kameng demo --password "$(DEMO_PASSWORD)"
+	$(BIN)/flask kameng demo --password "$(DEMO_PASSWORD)" --sandbox-key "$(SANDBOX_KEY)"
 
 run: demo
 	@echo ""
 	@echo "Kameng is at http://127.0.0.1:$(PORT)/  (SQLite: instance/kameng.db, jobs run inline)"
 	@echo "Logins (password $(DEMO_PASSWORD)): admin, manager, support, agent1 (总代), agent2 (区域代理), agent3 (普通代理), member1 (会员)"
+	@echo "Storefront: http://127.0.0.1:$(PORT)/shop/  (sandbox payment channel key: $(SANDBOX_KEY))"
 	@echo ""
 	$(BIN)/flask run --host 127.0.0.1 --port $(PORT) --no-debugger --no-reload
 
@@ -73,3 +75,9 @@ bench: install-dev services
 
 clean:
 	rm -rf $(VENV) instance/kameng.db
+
+# The English catalog (app/translations/en): extract (babel.cfg), add FAB menu names collected at runtime, fill the
+# English from tools/translations_en.py and compile the .mo; fails while any msgid has no English.
+.PHONY: translations
+translations: install
+	$(BIN)/python tools/translations.py

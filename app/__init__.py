@@ -16,6 +16,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     check_production(app.config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("flask_appbuilder").setLevel(logging.WARNING)
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
     from app import models  # noqa: F401  (every table registered before FAB and Alembic look)
     from app.extensions import csrf, db, migrate
