@@ -177,6 +177,7 @@ def _settle(order: Order, payment: Payment) -> str:
         _refund_payment(payment, "订单已关闭或已支付，自动退款 (late or second payment)")
         if order.status == "closed":
             orders.transition(order.id, "refunded")
+            _record_refund(order, payment.channel, "订单已关闭，自动退款 (late payment)", None)
             return "late_refunded"
         return "double_paid_refunded"
     orders.transition(order.id, "paid")
@@ -205,6 +206,8 @@ def _record_refund(order: Order, destination: str, reason: str, actor_id: int | 
 
 
 def _log(code, order_no, trade_no, amount, outcome, detail, remote_addr) -> str:
+    if amount is not None and not -2 ** 63 <= amount < 2 ** 63:  # a signed but absurd amount: not storable
+        amount = None
     db.session.add(PaymentNotification(channel=code, order_no=(order_no or "")[:40] or None,
                                        trade_no=(trade_no or "")[:64] or None, amount=amount, outcome=outcome,
                                        detail=(detail or None) and detail[:255], remote_addr=remote_addr))

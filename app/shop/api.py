@@ -175,7 +175,10 @@ def register(app: Flask) -> None:
     csrf.exempt(api_create_order)
     csrf.exempt(api_lookup)
     csrf.exempt(notify)
-    limiter.limit(app.config["SHOP_LOOKUP_RATE_LIMIT"], methods=["POST"])(api_lookup)
-    limiter.limit(app.config["SHOP_LOOKUP_RATE_LIMIT"], methods=["POST"])(shop_lookup)
-    limiter.limit(app.config["SHOP_ORDER_RATE_LIMIT"], methods=["POST"])(api_create_order)
+    limited = [limiter.limit(app.config["SHOP_LOOKUP_RATE_LIMIT"], methods=["POST"])(api_lookup),
+               limiter.limit(app.config["SHOP_LOOKUP_RATE_LIMIT"], methods=["POST"])(shop_lookup),
+               limiter.limit(app.config["SHOP_ORDER_RATE_LIMIT"], methods=["POST"])(api_create_order)]
     app.register_blueprint(shop)
+    # Flask-Limiter 4 enforces a decorated limit only inside the wrapper it returns: route the wrappers.
+    for view in limited:
+        app.view_functions[f"shop.{view.__name__}"] = view

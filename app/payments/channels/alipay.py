@@ -94,7 +94,8 @@ class AlipayChannel:
         except ValueError:
             raise BadNotification("total_amount is not an amount") from None
         return Notification(order_no=form["out_trade_no"], trade_no=form["trade_no"], amount=amount,
-                            currency="CNY", succeeded=form["trade_status"] in PAID_STATES, raw=dict(form))
+                            currency=form.get("trans_currency") or "CNY",  # cross-border: the priced currency
+                            succeeded=form["trade_status"] in PAID_STATES, raw=dict(form))
 
     def success_answer(self) -> NotificationAnswer:
         return NotificationAnswer("success")

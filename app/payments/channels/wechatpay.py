@@ -50,9 +50,12 @@ def decrypt_resource(api_v3_key: str, resource: dict) -> dict:
         ciphertext = base64.b64decode(resource["ciphertext"])
         associated = (resource.get("associated_data") or "").encode()
         plain = AESGCM(api_v3_key.encode()).decrypt(resource["nonce"].encode(), ciphertext, associated)
-        return json.loads(plain)
+        tx = json.loads(plain)
     except (InvalidTag, KeyError, ValueError, TypeError, AttributeError):
         raise BadNotification("resource does not decrypt with the APIv3 key") from None
+    if not isinstance(tx, dict):
+        raise BadNotification("resource is not a transaction object")
+    return tx
 
 
 def authorization(mchid: str, serial_no: str, private_key_pem: str, method: str, path: str, body: str) -> str:
@@ -133,7 +136,8 @@ class WechatPayChannel:
         if tx.get("mchid") != self.mchid or (self.appid and tx.get("appid") != self.appid):
             raise BadNotification("notification for another merchant")
         amount = tx.get("amount") or {}
-        if not isinstance(amount.get("total"), int) or not tx.get("out_trade_no") or not tx.get("transaction_id"):
+        if not isinstance(amount, dict) or not isinstance(amount.get("total"), int) or not tx.get("out_trade_no") \
+                or not tx.get("transaction_id"):
             raise BadNotification("transaction lacks out_trade_no, transaction_id or amount.total")
         return Notification(order_no=tx["out_trade_no"], trade_no=tx["transaction_id"], amount=amount["total"],
                             currency=amount.get("currency", "CNY"), succeeded=tx.get("trade_state") == "SUCCESS",
