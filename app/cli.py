@@ -145,6 +145,26 @@ def outbox_sweep() -> None:
     click.echo(f"dispatched {outbox.sweep()} message(s)")
 
 
+@kameng_cli.command("reconcile")
+@click.option("--channel", required=True, type=click.Choice(["sandbox", "alipay", "wechatpay"]))
+@click.option("--day", default=None, help="The statement's day (YYYY-MM-DD, China time); default: from the payments.")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def reconcile(channel: str, day: str | None, file: Path) -> None:
+    """Import a channel statement, match it against our payments and print the differences as JSON."""
+    from app.payments import reconciliation
+
+    try:
+        content = file.read_bytes()
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc.strerror}")
+    try:
+        row = reconciliation.import_statement(channel, content, filename=file.name,
+                                              day=reconciliation.parse_day(day))
+    except KamengError as exc:
+        fail(exc.message)
+    click.echo(json.dumps(reconciliation.summary(row), ensure_ascii=False))
+
+
 @kameng_cli.command("demo")
 @click.option("--password", default=None, help="Password for every demo login (default: random, printed).")
 @click.option("--sandbox-key", default=None, help="Key of the sandbox payment channel (default: random, printed).")

@@ -13,7 +13,9 @@ ROLES = {
         [f"^({_ADMIN_READ_VIEWS})$", READ],
         ["^(订单|代理管理|商品管理|卡密库存|财务账本|系统|订单查询|代理列表|代理等级|商品分类|商品|等级价格|限时价格|"
          "上游供应商|卡密列表|导入批次|补货提醒|账户|凭证|分录|审计日志|API 密钥管理|回调记录|支付|收款记录|支付通知|"
-         "退款记录)$", "^menu_access$"],
+         "退款记录|充值记录|对账)$", "^menu_access$"],
+        ["^WalletTopUpView$", READ],
+        ["^ReconciliationView$", "^can_(index|show)$"],
     ],
     # Support (客服) finds any order and agent fast; sees card secrets masked only.
     "Support": [
@@ -25,13 +27,13 @@ ROLES = {
     ],
     # Agents see only the portal, scoped to themselves and their downline.
     "Agent": [
-        ["^PortalView$", "^can_(buy|buy_post|order)$"],
+        ["^PortalView$", "^can_(buy|buy_post|order|topup|topup_post)$"],
         ["^MyOrderView$", READ],
         ["^MyDownlineView$", "^(can_list|can_show|can_edit|disable)$"],
         ["^MyStatementView$", "^can_list$"],
         ["^MyApiKeysView$", "^can_(index|create|revoke)$"],
         ["^MyCallbackAttemptView$", READ],
-        ["^(代理中心|采购商品|我的订单|我的团队|我的账单|API 密钥|我的回调记录|开放接口文档)$", "^menu_access$"],
+        ["^(代理中心|采购商品|充值|我的订单|我的团队|我的账单|API 密钥|我的回调记录|开放接口文档)$", "^menu_access$"],
         ["^UserDBModelView$", "^(can_userinfo|userinfoedit|resetmypassword)$"],
         ["^(ResetMyPasswordView|UserInfoEditView)$", "^(can_this_form_get|can_this_form_post)$"],
     ],

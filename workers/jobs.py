@@ -41,3 +41,18 @@ def expire_unpaid_orders() -> int:
     from app.payments.service import expire_unpaid
 
     return expire_unpaid()
+
+
+def expire_unpaid_topups() -> int:
+    """Scheduled: close wallet top-ups that stayed unpaid past ORDER_EXPIRE_MINUTES."""
+    from app.payments.topups import expire_unpaid
+
+    return expire_unpaid()
+
+
+def reconcile_sandbox_daily(day: str | None = None) -> dict:
+    """Scheduled daily: reconcile the sandbox channel's verified notifications of a China day (default yesterday)
+    against our payments (app.payments.reconciliation explains why the sandbox's statement is that log)."""
+    from app.payments import reconciliation
+
+    return reconciliation.run_sandbox_daily(reconciliation.parse_day(day))

@@ -14,7 +14,8 @@ class Periodic:
     name: str
     func: Callable
     queue: str
-    interval_setting: str
+    interval_setting: str | None = None
+    cron: str | None = None  # a cron expression instead of an interval (daily jobs)
 
 
 PERIODIC = [
@@ -22,6 +23,9 @@ PERIODIC = [
     Periodic("outbox-sweep", jobs.sweep_outbox, "high", "OUTBOX_SWEEP_SECONDS"),
     Periodic("nonce-purge", jobs.purge_nonces, "low", "NONCE_PURGE_SECONDS"),
     Periodic("order-expiry", jobs.expire_unpaid_orders, "default", "ORDER_EXPIRY_SCAN_SECONDS"),
+    Periodic("topup-expiry", jobs.expire_unpaid_topups, "default", "ORDER_EXPIRY_SCAN_SECONDS"),
+    # Daily: yesterday (China time) is complete whenever it runs; re-running a day replaces its result.
+    Periodic("sandbox-reconcile", jobs.reconcile_sandbox_daily, "low", cron="30 1 * * *"),
 ]
 
 
@@ -31,5 +35,8 @@ def build_cron(app: Flask, connection):
 
     cron = CronScheduler(connection=connection, name=f"kameng-cron-{id(app)}")
     for item in PERIODIC:
-        cron.register(item.func, item.queue, interval=int(app.config[item.interval_setting]), name=item.name)
+        if item.cron:
+            cron.register(item.func, item.queue, cron=item.cron, name=item.name)
+        else:
+            cron.register(item.func, item.queue, interval=int(app.config[item.interval_setting]), name=item.name)
     return cron

@@ -140,6 +140,10 @@ def handle_notification(code: str, headers, form: dict, body: bytes, remote_addr
 def apply_payment(code: str, note: Notification, remote_addr: str | None = None,
                   confirmed_by: int | None = None) -> str:
     """Record a verified payment and move its order; commits. Returns the outcome written to the log."""
+    from app.payments import topups
+
+    if topups.is_topup_no(note.order_no):  # "T…": a wallet top-up, never an order number
+        return topups.apply_topup_payment(code, note, remote_addr, confirmed_by)
     if not note.succeeded:
         return _log(code, note.order_no, note.trade_no, note.amount, "not_paid", "status is not success", remote_addr)
     order = db.session.scalar(select(Order).where(Order.order_no == note.order_no).with_for_update())

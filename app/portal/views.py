@@ -87,6 +87,38 @@ class PortalView(BaseView):
         return self.render_template("kameng/order.html", order=order, owner=owner, secrets=secrets)
 
 
+    @expose("/topup", methods=["GET"])
+    @has_access
+    def topup(self):
+        from app.payments import service as payments
+        from app.payments import topups
+        from app.payments.models import CHANNEL_NAMES
+
+        agent = _require_agent()
+        return self.render_template("kameng/topup.html", agent=agent, summary=portal.summary(agent),
+                                    topups=topups.topups_of(agent.id), status_text=topups.STATUS_TEXT,
+                                    channels=[(c, CHANNEL_NAMES.get(c, c)) for c in payments.enabled_channels()],
+                                    names=CHANNEL_NAMES, limits=(topups.MIN_TOPUP, topups.MAX_TOPUP))
+
+    @expose("/topup", methods=["POST"])
+    @has_access
+    def topup_post(self):
+        from flask import current_app
+
+        from app.payments import topups
+
+        agent = _require_agent()
+        base = (current_app.config.get("PUBLIC_BASE_URL") or request.host_url).rstrip("/")
+        try:
+            topup, pay_url = topups.start_topup(agent.id, request.form.get("amount"), request.form.get("channel"),
+                                                base)
+        except KamengError as exc:
+            db.session.rollback()
+            flash(exc.message, "danger")
+            return redirect(url_for("PortalView.topup"))
+        return redirect(pay_url)
+
+
 class MyOrderView(ModelView):
     datamodel = SQLAInterface(Order)
     route_base = "/portal/my-orders"
@@ -162,6 +194,7 @@ class MyStatementView(ModelView):
 def register(appbuilder, category: str) -> None:
     appbuilder.add_view(PortalView, "采购商品", href="/portal/buy", icon="fa-shopping-bag", category=category,
                         category_icon="fa-user")
+    appbuilder.add_link("充值", href="/portal/topup", icon="fa-plus-circle", category=category)
     appbuilder.add_view(MyOrderView, "我的订单", icon="fa-list", category=category)
     appbuilder.add_view(MyDownlineView, "我的团队", icon="fa-sitemap", category=category)
     appbuilder.add_view(MyStatementView, "我的账单", icon="fa-book", category=category)

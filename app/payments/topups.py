@@ -1,0 +1,151 @@
+"""Wallet top-ups (充值): an agent pays through a channel and the verified notification credits its wallet once.
+
+A top-up number is "T" + yymmdd + 12 random digits; order numbers are digits only, so the two never collide and
+`/pay/notify/<channel>` (same endpoint, same verification) routes a notification by its number's first letter
+(app.payments.service.apply_payment calls apply_topup_payment here).
+
+The credit is the journal `pay:<channel>:<trade_no>` (platform:clearing:<channel> −A, agent:<id>:wallet +A)
+with a Payment row (topup_id) under the unique (channel, trade_no): a duplicate notification changes nothing.
+A payment arriving after the top-up closed unpaid is still credited (the money is the agent's and nothing was
+reserved); a second, different payment for a top-up already paid is refunded through its channel.
+"""
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+
+from flask import current_app
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from app.clock import utcnow
+from app.errors import Conflict, ValidationError
+from app.extensions import db
+from app.ledger import service as ledger
+from app.ledger.service import Line
+from app.money import format_fen, parse_yuan
+from app.payments.channels.base import Notification, PaymentRequest
+from app.payments.models import Payment, WalletTopUp
+
+MIN_TOPUP = 100  # ¥1.00
+MAX_TOPUP = 5_000_000  # ¥50,000.00
+PREFIX = "T"
+STATUS_TEXT = {"pending_payment": "待支付", "paid": "已到账", "closed": "已关闭"}
+
+
+def is_topup_no(number) -> bool:
+    return isinstance(number, str) and number.startswith(PREFIX)
+
+
+def new_topup_no() -> str:
+    return PREFIX + utcnow().strftime("%y%m%d") + f"{secrets.randbelow(10 ** 12):012d}"
+
+
+def parse_amount(text) -> int:
+    """A form's amount in yuan ('100', '¥12.50', '12元') -> fen, within [¥1, ¥50,000]."""
+    if not isinstance(text, str):
+        raise ValidationError("请填写充值金额 (amount is required)")
+    try:
+        fen = parse_yuan(text.strip())
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
+    if not MIN_TOPUP <= fen <= MAX_TOPUP:
+        raise ValidationError(f"充值金额须在 {format_fen(MIN_TOPUP)} 至 {format_fen(MAX_TOPUP)} 之间")
+    return fen
+
+
+def start_topup(agent_id: int, amount_text, channel, base_url: str) -> tuple[WalletTopUp, str]:
+    """Create the top-up (unpaid) and start its payment; returns it and where the agent pays."""
+    from app.payments import service
+
+    amount = parse_amount(amount_text)
+    if channel not in service.enabled_channels():
+        raise ValidationError(f"支付方式不可用 (payment channel {channel!r} is not available)")
+    gateway = service.get_channel(channel)
+    if channel == "sandbox":
+        gateway.cashier_base = "/pay/sandbox/cashier/topup"
+    topup = WalletTopUp(topup_no=new_topup_no(), agent_id=agent_id, amount=amount, channel=channel,
+                        status="pending_payment")
+    db.session.add(topup)
+    db.session.commit()
+    start = gateway.create_payment(PaymentRequest(
+        order_no=topup.topup_no, amount=amount, subject=f"钱包充值 {format_fen(amount)}",
+        notify_url=f"{base_url}/pay/notify/{channel}", return_url=f"{base_url}/portal/topup"))
+    pay_url = start.pay_url if "://" in start.pay_url else base_url + start.pay_url
+    return topup, pay_url
+
+
+def apply_topup_payment(code: str, note: Notification, remote_addr: str | None = None,
+                        confirmed_by: int | None = None) -> str:
+    """Credit a verified top-up payment once; commits. Returns the outcome written to the notification log."""
+    from app.payments.service import BUYER_FUNDS, _log, _refund_payment, clearing_account
+
+    def log(outcome: str, detail: str | None = None) -> str:
+        return _log(code, note.order_no, note.trade_no, note.amount, outcome, detail, remote_addr)
+
+    if not note.succeeded:
+        return log("not_paid", "status is not success")
+    topup = db.session.scalar(select(WalletTopUp).where(WalletTopUp.topup_no == note.order_no).with_for_update())
+    if topup is None:
+        db.session.rollback()
+        return log("unknown_order", "no such top-up")
+    if topup.channel != code or note.currency != "CNY" or note.amount != topup.amount:
+        db.session.rollback()
+        return log("amount_mismatch", f"top-up {topup.channel}/{topup.amount} CNY, "
+                                      f"notification {code}/{note.amount} {note.currency}")
+    existing = db.session.scalar(select(Payment).where(Payment.channel == code, Payment.trade_no == note.trade_no))
+    if existing is not None:
+        db.session.rollback()
+        if existing.topup_id != topup.id:
+            raise Conflict("trade_no already belongs to another payment")
+        return log("duplicate")
+    try:
+        with db.session.begin_nested():
+            payment = Payment(channel=code, trade_no=note.trade_no, topup_id=topup.id, amount=note.amount,
+                              currency=note.currency, status="paid", confirmed_by_id=confirmed_by)
+            db.session.add(payment)
+    except IntegrityError:
+        db.session.rollback()
+        return log("duplicate")
+    if topup.status == "paid":
+        # A second payment for the same top-up: the wallet was credited once already; the money goes back.
+        ledger.post_journal(f"pay:{code}:{note.trade_no}", "payment",
+                            [Line(clearing_account(code), -note.amount), Line(BUYER_FUNDS, note.amount)],
+                            memo=f"{topup.topup_no} 重复支付", actor_id=confirmed_by)
+        _refund_payment(payment, "充值单已支付，自动退款 (second payment for a paid top-up)")
+        db.session.commit()
+        return log("double_paid_refunded")
+    late = topup.status == "closed"
+    wallet = ledger.agent_account_code(topup.agent_id, "wallet")
+    ledger.post_journal(f"pay:{code}:{note.trade_no}", "topup",
+                        [Line(clearing_account(code), -note.amount), Line(wallet, note.amount)],
+                        memo=f"{topup.topup_no} 钱包充值", actor_id=confirmed_by)
+    topup.status = "paid"
+    topup.paid_at = utcnow()
+    db.session.commit()
+    return log("accepted", "paid after the top-up had closed: credited" if late else None)
+
+
+def expire_unpaid(limit: int = 1000) -> int:
+    """Scheduled: close top-ups unpaid after ORDER_EXPIRE_MINUTES (a guarded update: a paid one stays paid)."""
+    cutoff = utcnow() - timedelta(minutes=int(current_app.config["ORDER_EXPIRE_MINUTES"]))
+    ids = list(db.session.scalars(select(WalletTopUp.id).where(WalletTopUp.status == "pending_payment",
+                                                               WalletTopUp.created_at < cutoff).limit(limit)))
+    if not ids:
+        return 0
+    result = db.session.execute(update(WalletTopUp).where(WalletTopUp.id.in_(ids),
+                                                          WalletTopUp.status == "pending_payment")
+                                .values(status="closed"))
+    db.session.commit()
+    return result.rowcount
+
+
+def topups_of(agent_id: int, limit: int = 50) -> list[WalletTopUp]:
+    return list(db.session.scalars(select(WalletTopUp).where(WalletTopUp.agent_id == agent_id)
+                                   .order_by(WalletTopUp.id.desc()).limit(limit)))
+
+
+def get_topup(topup_no: str) -> WalletTopUp | None:
+    if not is_topup_no(topup_no):
+        return None
+    return db.session.scalar(select(WalletTopUp).where(WalletTopUp.topup_no == topup_no[:32]))
