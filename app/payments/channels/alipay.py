@@ -6,18 +6,14 @@ answered with the plain body `success`.
 """
 from __future__ import annotations
 
-import base64
 import csv
 import io
 import json
 from datetime import datetime
 from urllib.parse import urlencode
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding
-
 from app.money import format_fen, parse_yuan
+from app.payments.channels import rsa
 from app.payments.channels.base import (
     BadNotification,
     ChannelError,
@@ -34,20 +30,6 @@ PAID_STATES = {"TRADE_SUCCESS", "TRADE_FINISHED"}
 
 def content_to_sign(params: dict, exclude: tuple[str, ...] = ("sign",)) -> str:
     return "&".join(f"{k}={params[k]}" for k in sorted(params) if k not in exclude and params[k] not in (None, ""))
-
-
-def rsa2_sign(private_key_pem: str, content: str) -> str:
-    key = serialization.load_pem_private_key(private_key_pem.encode(), password=None)
-    return base64.b64encode(key.sign(content.encode(), padding.PKCS1v15(), hashes.SHA256())).decode()
-
-
-def rsa2_verify(public_key_pem: str, content: str, signature: str) -> bool:
-    try:
-        key = serialization.load_pem_public_key(public_key_pem.encode())
-        key.verify(base64.b64decode(signature, validate=True), content.encode(), padding.PKCS1v15(), hashes.SHA256())
-        return True
-    except (InvalidSignature, ValueError, TypeError):
-        return False
 
 
 class AlipayChannel:
@@ -73,7 +55,7 @@ class AlipayChannel:
                                        "total_amount": format_fen(request.amount, symbol=False).replace(",", ""),
                                        "subject": request.subject[:256]}, ensure_ascii=False, separators=(",", ":")),
         }
-        params["sign"] = rsa2_sign(self.private_key, content_to_sign(params))
+        params["sign"] = rsa.sign(self.private_key, content_to_sign(params))
         return PaymentStart(pay_url=f"{self.gateway}?{urlencode(params)}")
 
     def verify_notification(self, headers, form: dict, body: bytes) -> Notification:
@@ -82,7 +64,7 @@ class AlipayChannel:
         signature = form.get("sign")
         if not signature or form.get("sign_type", "RSA2") != "RSA2":
             raise BadNotification("missing sign or unsupported sign_type")
-        if not rsa2_verify(self.alipay_public_key, content_to_sign(form, ("sign", "sign_type")), signature):
+        if not rsa.verify(self.alipay_public_key, content_to_sign(form, ("sign", "sign_type")), signature):
             raise BadNotification("bad signature")
         if form.get("app_id") != self.app_id:
             raise BadNotification("notification for another app_id")

@@ -10,12 +10,11 @@ import secrets
 import time
 
 import requests
-from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from app.money import parse_yuan
+from app.payments.channels import rsa
 from app.payments.channels.base import (
     BadNotification,
     ChannelError,
@@ -29,20 +28,6 @@ from app.payments.channels.base import (
 DEFAULT_API = "https://api.mch.weixin.qq.com"
 NATIVE_PATH = "/v3/pay/transactions/native"
 MAX_AGE_SECONDS = 300
-
-
-def rsa_sign(private_key_pem: str, message: str) -> str:
-    key = serialization.load_pem_private_key(private_key_pem.encode(), password=None)
-    return base64.b64encode(key.sign(message.encode(), padding.PKCS1v15(), hashes.SHA256())).decode()
-
-
-def rsa_verify(public_key_pem: str, message: str, signature: str) -> bool:
-    try:
-        key = serialization.load_pem_public_key(public_key_pem.encode())
-        key.verify(base64.b64decode(signature, validate=True), message.encode(), padding.PKCS1v15(), hashes.SHA256())
-        return True
-    except (InvalidSignature, ValueError, TypeError):
-        return False
 
 
 def decrypt_resource(api_v3_key: str, resource: dict) -> dict:
@@ -60,7 +45,7 @@ def decrypt_resource(api_v3_key: str, resource: dict) -> dict:
 
 def authorization(mchid: str, serial_no: str, private_key_pem: str, method: str, path: str, body: str) -> str:
     timestamp, nonce = str(int(time.time())), secrets.token_hex(16)
-    signature = rsa_sign(private_key_pem, f"{method}\n{path}\n{timestamp}\n{nonce}\n{body}\n")
+    signature = rsa.sign(private_key_pem, f"{method}\n{path}\n{timestamp}\n{nonce}\n{body}\n")
     return (f'WECHATPAY2-SHA256-RSA2048 mchid="{mchid}",nonce_str="{nonce}",signature="{signature}",'
             f'timestamp="{timestamp}",serial_no="{serial_no}"')
 
@@ -105,7 +90,7 @@ class WechatPayChannel:
         h = response.headers
         key = self.platform_keys.get(h.get("Wechatpay-Serial", ""))
         message = f"{h.get('Wechatpay-Timestamp', '')}\n{h.get('Wechatpay-Nonce', '')}\n{response.text}\n"
-        return bool(key) and rsa_verify(key, message, h.get("Wechatpay-Signature", ""))
+        return bool(key) and rsa.verify(key, message, h.get("Wechatpay-Signature", ""))
 
     def verify_notification(self, headers, form: dict, body: bytes) -> Notification:
         if not self._configured():
@@ -123,7 +108,7 @@ class WechatPayChannel:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
             raise BadNotification("body is not UTF-8") from None
-        if not rsa_verify(key, f"{timestamp}\n{nonce}\n{text}\n", signature):
+        if not rsa.verify(key, f"{timestamp}\n{nonce}\n{text}\n", signature):
             raise BadNotification("bad signature")
         try:
             envelope = json.loads(text)
@@ -136,7 +121,8 @@ class WechatPayChannel:
         if tx.get("mchid") != self.mchid or (self.appid and tx.get("appid") != self.appid):
             raise BadNotification("notification for another merchant")
         amount = tx.get("amount") or {}
-        if not isinstance(amount, dict) or not isinstance(amount.get("total"), int) or not tx.get("out_trade_no") \
+        if not isinstance(amount, dict) or not isinstance(amount.get("total"), int) \
+                or isinstance(amount.get("total"), bool) or not tx.get("out_trade_no") \
                 or not tx.get("transaction_id"):
             raise BadNotification("transaction lacks out_trade_no, transaction_id or amount.total")
         return Notification(order_no=tx["out_trade_no"], trade_no=tx["transaction_id"], amount=amount["total"],
