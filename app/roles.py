@@ -4,17 +4,21 @@ from __future__ import annotations
 READ = "^(can_list|can_show)$"
 _ADMIN_READ_VIEWS = ("OrderView|AgentView|TierView|CategoryView|ProductView|TierPriceView|PriceRuleView|"
                      "SupplierView|CardSecretView|CardImportView|StockAlertView|AccountView|JournalView|"
-                     "PostingView|AuditView|ApiKeyAdminView|CallbackAttemptAdminView|PaymentView|PaymentNotificationView|"
-                     "RefundView")
+                     "PostingView|AuditView")
+# FAB stores each pattern as a view-menu name (VARCHAR 250): a longer pattern fails and the role is never created.
+_ADMIN_READ_VIEWS_2 = ("ApiKeyAdminView|CallbackAttemptAdminView|PaymentView|PaymentNotificationView|"
+                       "RefundView|WalletTopUpView")
 
 ROLES = {
     # Managers read everything and work review queues (later issues add the queues).
     "Manager": [
         [f"^({_ADMIN_READ_VIEWS})$", READ],
+        [f"^({_ADMIN_READ_VIEWS_2})$", READ],
+        ["^(DisputeView|CouponView)$", READ],
+        ["^DisputeQueueView$", "^can_index$"],
         ["^(订单|代理管理|商品管理|卡密库存|财务账本|系统|订单查询|代理列表|代理等级|商品分类|商品|等级价格|限时价格|"
          "上游供应商|卡密列表|导入批次|补货提醒|账户|凭证|分录|审计日志|API 密钥管理|回调记录|支付|收款记录|支付通知|"
-         "退款记录|充值记录|对账)$", "^menu_access$"],
-        ["^WalletTopUpView$", READ],
+         "退款记录|充值记录|对账|售后|维权队列|维权记录|优惠券)$", "^menu_access$"],
         ["^ReconciliationView$", "^can_(index|show)$"],
     ],
     # Support (客服) finds any order and agent fast; sees card secrets masked only.
@@ -22,6 +26,9 @@ ROLES = {
         ["^(OrderView|AgentView|CardSecretView|StockAlertView|ProductView|PaymentView|PaymentNotificationView|"
          "RefundView)$", READ],
         ["^RefundFormView$", "^can_form$"],
+        ["^DisputeView$", READ],
+        ["^DisputeQueueView$", "^can_(index|resolve)$"],
+        ["^(售后|维权队列|维权记录)$", "^menu_access$"],
         ["^(订单|代理管理|商品管理|卡密库存|订单查询|代理列表|商品|卡密列表|补货提醒|支付|收款记录|支付通知|退款记录)$",
          "^menu_access$"],
     ],
@@ -33,6 +40,7 @@ ROLES = {
         ["^MyStatementView$", "^can_list$"],
         ["^MyApiKeysView$", "^can_(index|create|revoke)$"],
         ["^MyCallbackAttemptView$", READ],
+        ["^MyDisputeView$", "^can_file$"],
         ["^(代理中心|采购商品|充值|我的订单|我的团队|我的账单|API 密钥|我的回调记录|开放接口文档)$", "^menu_access$"],
         ["^UserDBModelView$", "^(can_userinfo|userinfoedit|resetmypassword)$"],
         ["^(ResetMyPasswordView|UserInfoEditView)$", "^(can_this_form_get|can_this_form_post)$"],

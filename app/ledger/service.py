@@ -28,6 +28,7 @@ PLATFORM_ACCOUNTS = {
     "platform:payouts": "payouts",
     "platform:adjustments": "adjustments",
     "platform:buyer_funds": "buyer_funds",  # paid for an order, not yet earned or refunded
+    "platform:disputes_held": "disputes_held",  # supplier payables frozen while an order's dispute is open
     "platform:clearing:sandbox": "clearing",
     "platform:clearing:alipay": "clearing",
     "platform:clearing:wechatpay": "clearing",

@@ -131,14 +131,16 @@ def _check_daily_limit(agent: Agent, amount: int) -> None:
 
 def place_wallet_order(agent_id: int, product_id: object, quantity: object, out_trade_no: str | None = None,
                        account: str | None = None, notify_url: str | None = None,
-                       request_hash: str | None = None, api_key_id: int | None = None) -> Order:
+                       request_hash: str | None = None, api_key_id: int | None = None,
+                       coupon: object = None) -> Order:
     """Validate, price on the server, charge the wallet, allocate card secrets and deliver; one transaction.
 
-    Commits on success. On any refusal (stock, balance, limit, input) rolls back: nothing is charged or sold.
+    Commits on success. On any refusal (stock, balance, limit, input, coupon) rolls back: nothing is charged or
+    sold. `coupon`: an optional coupon code (app.payments.coupons), redeemed as `agent:<id>`.
     """
     try:
         order = _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, notify_url,
-                                    request_hash, api_key_id)
+                                    request_hash, api_key_id, coupon)
         db.session.commit()
         return order
     except Exception:
@@ -147,7 +149,10 @@ def place_wallet_order(agent_id: int, product_id: object, quantity: object, out_
 
 
 def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, notify_url, request_hash,
-                        api_key_id) -> Order:
+                        api_key_id, coupon=None) -> Order:
+    from app.payments import coupons
+
+    coupon_code = coupons.normalize_code(coupon)
     product = _load_product(product_id)
     if product.kind != "card":
         raise UnsupportedProductKind(f"「{product.name}」为{product.kind_display()}商品，暂不支持钱包直接下单"
@@ -164,6 +169,10 @@ def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, n
     accounts = ledger.lock_accounts([wallet, payable, "platform:fees", "platform:revenue"])
     unit_price = price_for(agent.tier, product)
     amount = unit_price * qty
+    quote = None
+    if coupon_code:
+        quote = coupons.quote(coupon_code, amount, coupons.redeemer_for_agent(agent.id))
+        amount = quote.amount
     _check_daily_limit(agent, amount)
     if accounts[wallet][2] < amount:
         raise InsufficientBalance(f"余额不足：需要 {format_fen(amount)}，可用 {format_fen(accounts[wallet][2])}"
@@ -175,9 +184,12 @@ def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, n
                   tier_id=agent.tier_id, quantity=qty, face_price=product.face_price, unit_price=unit_price,
                   amount=amount, cost_total=cost_total, service_fee=fee, upline_path=agent.path,
                   status="pending_payment", channel="wallet", out_trade_no=out_trade_no, account=account,
-                  notify_url=notify_url, request_hash=request_hash, api_key_id=api_key_id)
+                  notify_url=notify_url, request_hash=request_hash, api_key_id=api_key_id,
+                  discount=quote.discount if quote else 0, coupon_id=quote.coupon.id if quote else None)
     db.session.add(order)
     db.session.flush()
+    if quote:
+        coupons.redeem(quote, order, coupons.redeemer_for_agent(agent.id))
     transition(order.id, "paid", current="pending_payment")
     cards.allocate(order.id, product.id, qty)
     ledger.post_journal(f"order:{order.order_no}:sale", "sale", sale_lines(order, wallet),
@@ -196,8 +208,10 @@ def sale_lines(order: Order, funding_account: str) -> list[Line]:
     ]
 
 
-def place_guest_order(product_id: object, quantity: object, contact: object, channel: str) -> Order:
-    """A storefront order at the public price, unpaid. Flushes; the caller adds the checkout and commits.
+def place_guest_order(product_id: object, quantity: object, contact: object, channel: str,
+                      coupon: object = None) -> Order:
+    """A storefront order at the public price (less an optional coupon, redeemed as `contact:<contact>`), unpaid.
+    Flushes; the caller adds the checkout and commits (or rolls back on a refusal: nothing is written).
 
     No stock is reserved: secrets are allocated when the payment arrives (a paid order without stock is refunded).
     """
@@ -208,14 +222,24 @@ def place_guest_order(product_id: object, quantity: object, contact: object, cha
     qty = _validate_quantity(quantity, product)
     if not isinstance(contact, str) or not 3 <= len(contact.strip()) <= 128 or any(ord(c) < 32 for c in contact):
         raise InvalidContact("请填写联系方式（手机号、QQ 或邮箱，3-128 个字符）(contact is required)")
+    from app.payments import coupons
+
+    coupon_code = coupons.normalize_code(coupon)
     unit_price = price_for(None, product)
     cost_total = product.cost * qty
+    quote = None
+    if coupon_code:
+        quote = coupons.quote(coupon_code, unit_price * qty, coupons.redeemer_for_contact(contact))
     order = Order(order_no=new_order_no(), agent_id=None, product_id=product.id, supplier_id=product.supplier_id,
-                  quantity=qty, face_price=product.face_price, unit_price=unit_price, amount=unit_price * qty,
+                  quantity=qty, face_price=product.face_price, unit_price=unit_price,
+                  amount=quote.amount if quote else unit_price * qty,
+                  discount=quote.discount if quote else 0, coupon_id=quote.coupon.id if quote else None,
                   cost_total=cost_total, service_fee=apply_rate(cost_total, product.supplier.service_fee_bp),
                   status="pending_payment", channel=channel, contact=contact.strip())
     db.session.add(order)
     db.session.flush()
+    if quote:
+        coupons.redeem(quote, order, coupons.redeemer_for_contact(contact))
     return order
 
 

@@ -123,6 +123,9 @@ class Coupon(db.Model):
     def __repr__(self) -> str:
         return self.code
 
+    def value_display(self) -> str:
+        return format_fen(self.value) if self.kind == "fixed" else f"{(self.value or 0) / 100:.2f}%"
+
 
 class CouponRedemption(db.Model):
     __tablename__ = "coupon_redemption"

@@ -25,6 +25,7 @@ from app.ledger import service as ledger
 from app.ledger.service import Line
 from app.orders import service as orders
 from app.orders.models import Order
+from app.payments import coupons
 from app.payments.channels.alipay import AlipayChannel
 from app.payments.channels.base import (
     BadNotification,
@@ -98,14 +99,20 @@ def enabled_channels() -> list[str]:
 
 # --- checkout ----------------------------------------------------------------------------------------------
 
-def checkout(product_id, quantity, contact, query_password, channel: str, base_url: str) -> tuple[Order, str]:
-    """A buyer's order at the public price, unpaid, with its payment started. Stock is not reserved."""
+def checkout(product_id, quantity, contact, query_password, channel: str, base_url: str,
+             coupon: object = None) -> tuple[Order, str]:
+    """A buyer's order at the public price (less an optional coupon), unpaid, with its payment started. Stock is
+    not reserved. A refused coupon writes nothing."""
     if not isinstance(query_password, str) or not 6 <= len(query_password) <= 64:
         raise ValidationError("查询密码须为 6-64 个字符 (query_password must be 6-64 characters)")
     if channel not in enabled_channels():
         raise ValidationError(f"支付方式不可用 (payment channel {channel!r} is not available)")
     gateway = get_channel(channel)
-    order = orders.place_guest_order(product_id, quantity, contact, channel)
+    try:
+        order = orders.place_guest_order(product_id, quantity, contact, channel, coupon=coupon)
+    except Exception:
+        db.session.rollback()
+        raise
     minutes = int(current_app.config["ORDER_EXPIRE_MINUTES"])
     db.session.add(OrderCheckout(order_id=order.id, query_password_hash=generate_password_hash(query_password),
                                  expires_at=utcnow() + timedelta(minutes=minutes)))
@@ -283,6 +290,7 @@ def expire_unpaid(limit: int = 1000) -> int:
     for order_id in ids:
         try:
             orders.transition(order_id, "closed")
+            coupons.release_for_order(order_id)  # closed unpaid: the coupon's use is given back
             db.session.commit()
             closed += 1
         except KamengError:  # paid meanwhile: the guarded update refused, which is right

@@ -185,6 +185,8 @@ def register(appbuilder) -> None:
                         category=category)
     appbuilder.add_view_no_menu(RefundFormView)
     appbuilder.add_link("商城首页", href="/shop/", icon="fa-shopping-cart", category=category)
+    from app.payments import dispute_views  # disputes (售后) and coupons
+    dispute_views.register(appbuilder)
     from app.payments import recon_views  # 对账, 充值记录, the sandbox cashier for top-ups
     recon_views.register(appbuilder)
 

@@ -68,7 +68,7 @@ class PortalView(BaseView):
         agent = _require_agent()
         try:
             order = orders.place_wallet_order(agent.id, request.form.get("product_id"),
-                                              request.form.get("quantity", "1"))
+                                              request.form.get("quantity", "1"), coupon=request.form.get("coupon"))
         except KamengError as exc:
             flash(exc.message, "danger")
             return redirect(url_for("PortalView.buy", product_id=request.form.get("product_id", type=int)))

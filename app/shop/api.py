@@ -50,7 +50,11 @@ def order_view(order: Order, with_secrets: bool) -> dict:
             "product_name": order.product.name, "quantity": order.quantity, "amount": order.amount,
             "created_at": order.created_at.replace(microsecond=0).isoformat() + "Z"}
     if with_secrets:
+        from app.payments import disputes
+
         data["card_secrets"] = cards.reveal(order.id) if order.status == "delivered" else []
+        data["discount"] = order.discount
+        data["dispute"] = disputes.public_view(disputes.for_order(order.id))  # with any compensation coupon
     return data
 
 
@@ -66,10 +70,28 @@ def api_create_order():
     try:
         data = _json()
         order, pay_url = payments.checkout(data.get("product_id"), data.get("quantity"), data.get("contact"),
-                                           data.get("query_password"), data.get("channel"), _base_url())
+                                           data.get("query_password"), data.get("channel"), _base_url(),
+                                           coupon=data.get("coupon"))
     except KamengError as exc:
         return _error(exc)
-    response = jsonify({"order_no": order.order_no, "amount": order.amount, "pay_url": pay_url})
+    response = jsonify({"order_no": order.order_no, "amount": order.amount, "discount": order.discount,
+                        "pay_url": pay_url})
+    response.status_code = 201
+    return response
+
+
+@shop.post("/shop/api/disputes")
+def api_create_dispute():
+    """A buyer files a "not received" dispute: {order_no, query_password, reason}. Wrong password: 404."""
+    from app.payments import disputes
+
+    try:
+        data = _json()
+        dispute = disputes.open_as_buyer(data.get("order_no"), data.get("query_password"), data.get("reason"))
+    except KamengError as exc:
+        return _error(NotFound("订单不存在或密码错误 (order not found)") if exc.status == 404 else exc)
+    response = jsonify({"order_no": dispute.order.order_no, "order_status": dispute.order.status,
+                        "dispute": disputes.public_view(dispute)})
     response.status_code = 201
     return response
 
@@ -132,7 +154,8 @@ def shop_buy(product_id: int):
         try:
             order, pay_url = payments.checkout(product.id, request.form.get("quantity", "1"),
                                                request.form.get("contact"), request.form.get("query_password"),
-                                               request.form.get("channel"), _base_url())
+                                               request.form.get("channel"), _base_url(),
+                                               coupon=request.form.get("coupon"))
             return redirect(pay_url)
         except KamengError as exc:
             error = exc.message
@@ -151,6 +174,28 @@ def shop_lookup():
             error = "订单不存在或密码错误"
     return render_template("kameng/shop/lookup.html", order=order and order_view(order, True), error=error,
                            form=request.form), (404 if error else 200)
+
+
+@shop.post("/shop/dispute")
+def shop_dispute():
+    """The lookup page's dispute form: order number, query password again, and the reason."""
+    from app.payments import disputes
+
+    order, error, notice = None, None, None
+    try:
+        disputes.open_as_buyer(request.form.get("order_no"), request.form.get("query_password"),
+                               request.form.get("reason"))
+        notice = "已提交维权，客服会尽快处理"
+    except KamengError as exc:
+        error = "订单不存在或密码错误" if exc.status == 404 else exc.message
+    if notice or (error and not error.startswith("订单不存在")):
+        try:
+            order = payments.lookup(request.form.get("order_no"), request.form.get("query_password"))
+        except KamengError:
+            order = None
+    status = 201 if notice else (404 if order is None else 400)
+    return render_template("kameng/shop/lookup.html", order=order and order_view(order, True), error=error,
+                           notice=notice, form=request.form), status
 
 
 @shop.get("/shop/order/<token>")
@@ -175,9 +220,12 @@ def register(app: Flask) -> None:
     csrf.exempt(api_create_order)
     csrf.exempt(api_lookup)
     csrf.exempt(notify)
-    limited = [limiter.limit(app.config["SHOP_LOOKUP_RATE_LIMIT"], methods=["POST"])(api_lookup),
-               limiter.limit(app.config["SHOP_LOOKUP_RATE_LIMIT"], methods=["POST"])(shop_lookup),
-               limiter.limit(app.config["SHOP_ORDER_RATE_LIMIT"], methods=["POST"])(api_create_order)]
+    csrf.exempt(api_create_dispute)
+    limited = [limiter.limit(app.config["SHOP_LOOKUP_RATE_LIMIT"], methods=["POST"])(api_create_dispute),
+               limiter.limit(app.config["SHOP_LOOKUP_RATE_LIMIT"], methods=["POST"])(shop_dispute)]
+    limited += [limiter.limit(app.config["SHOP_LOOKUP_RATE_LIMIT"], methods=["POST"])(api_lookup),
+                limiter.limit(app.config["SHOP_LOOKUP_RATE_LIMIT"], methods=["POST"])(shop_lookup),
+                limiter.limit(app.config["SHOP_ORDER_RATE_LIMIT"], methods=["POST"])(api_create_order)]
     app.register_blueprint(shop)
     # Flask-Limiter 4 enforces a decorated limit only inside the wrapper it returns: route the wrappers.
     for view in limited:

@@ -1,0 +1,211 @@
+"""Disputes (退款仲裁 / 维权): a buyer's or agent's "not received" complaint on a delivered order.
+
+Filing moves the order delivered → disputed and freezes what the order owes its supplier: journal
+`dispute:<order_no>:freeze` moves (cost_total − service_fee) from `supplier:<id>:payable` to
+`platform:disputes_held`. Support resolves it:
+- reject (with a reason): journal `dispute:<order_no>:release` moves it back, the order returns to delivered;
+- refund: the same release, then app.payments.service.refund_order reverses the sale and pays the buyer back.
+Either may issue a compensation coupon (fixed amount, 30 days, once, only for that buyer).
+
+One dispute per order: the freeze/release journal keys name the order, and a rejected dispute is final (the buyer
+contacts support again rather than re-opening the money freeze).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from flask import current_app, has_app_context
+from sqlalchemy import select
+
+from app.agents.models import Agent
+from app.audit import service as audit
+from app.clock import utcnow
+from app.errors import Conflict, Forbidden, NotFound, ValidationError
+from app.extensions import db
+from app.ledger import service as ledger
+from app.ledger.service import Line, supplier_account_code
+from app.money import format_fen
+from app.orders import service as orders
+from app.orders.models import Order
+from app.payments import coupons
+from app.payments import service as payments
+from app.payments.models import Coupon, Dispute
+
+HELD = "platform:disputes_held"
+DEFAULT_RESPONSE_MINUTES = 30
+STATUS_TEXT = {"open": "待处理", "refunded": "已退款", "rejected": "已驳回"}
+OUTCOMES = ("refund", "reject")
+
+
+def response_target_minutes() -> int:
+    if has_app_context():
+        return int(current_app.config.get("DISPUTE_RESPONSE_MINUTES", DEFAULT_RESPONSE_MINUTES))
+    return DEFAULT_RESPONSE_MINUTES
+
+
+def _clean_text(text: object, what: str, limit: int = 500) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise ValidationError(f"请填写{what} ({what} is required)")
+    text = text.strip()
+    if len(text) > limit or any(ord(c) < 32 and c not in "\r\n\t" for c in text):
+        raise ValidationError(f"{what}不能超过 {limit} 个字符 ({what} too long or invalid)")
+    return text
+
+
+def _frozen_amount(order: Order) -> int:
+    return order.cost_total - order.service_fee
+
+
+def _move_payable(order: Order, key_suffix: str, to_held: bool, actor_id: int | None) -> None:
+    amount = _frozen_amount(order)
+    if amount <= 0:
+        return  # nothing owed to the supplier (cost 0): nothing to freeze
+    sign = 1 if to_held else -1
+    ledger.post_journal(f"dispute:{order.order_no}:{key_suffix}", f"dispute_{key_suffix}",
+                        [Line(supplier_account_code(order.supplier_id), -sign * amount), Line(HELD, sign * amount)],
+                        memo=f"维权{'冻结' if to_held else '解冻'} {order.order_no}", order_id=order.id,
+                        actor_id=actor_id)
+    # Hook (commissions issue): commissions accrued on this order are frozen here (pending → frozen) and released
+    # or reversed on resolution, with journals `dispute:<order_no>:commission-freeze/-release`.
+
+
+# --- filing --------------------------------------------------------------------------------------------------
+
+def open_as_buyer(order_no: object, query_password: object, reason: object) -> Dispute:
+    """A storefront buyer: order number + query password. A wrong password is a 404, like an unknown order."""
+    reason = _clean_text(reason, "维权原因")
+    order = payments.lookup(order_no, query_password)
+    return _open(order.id, reason, opened_by_id=None)
+
+
+def open_as_agent(agent: Agent, order_no: object, reason: object, user_id: int | None) -> Dispute:
+    """An agent, for its own order only. Another branch's order is a 404 (never confirm it exists)."""
+    reason = _clean_text(reason, "维权原因")
+    if agent is None or not isinstance(order_no, str):
+        raise NotFound("订单不存在 (order not found)")
+    order = db.session.scalar(select(Order).where(Order.order_no == order_no.strip()[:40]))
+    if order is None or order.agent_id is None:
+        raise NotFound("订单不存在 (order not found)")
+    from app.scope import in_scope
+
+    if not in_scope(order.agent_id, agent):
+        raise NotFound("订单不存在 (order not found)")
+    if order.agent_id != agent.id:
+        raise Forbidden("只能为自己的订单发起维权 (only your own orders)")
+    return _open(order.id, reason, opened_by_id=user_id)
+
+
+def _open(order_id: int, reason: str, opened_by_id: int | None) -> Dispute:
+    try:
+        order = db.session.scalar(select(Order).where(Order.id == order_id).with_for_update())
+        if db.session.scalar(select(Dispute.id).where(Dispute.order_id == order.id)) is not None:
+            raise Conflict("该订单已有维权记录 (this order already has a dispute)", code="dispute_exists")
+        if order.status != "delivered":
+            raise Conflict(f"订单状态为 {order.status_display()}，只有已到账的订单可以维权 (only delivered orders)",
+                           code="not_disputable")
+        orders.transition(order.id, "disputed", current="delivered")
+        dispute = Dispute(order_id=order.id, opened_by_id=opened_by_id, contact=order.contact, reason=reason,
+                          status="open", opened_at=utcnow())
+        db.session.add(dispute)
+        _move_payable(order, "freeze", to_held=True, actor_id=opened_by_id)
+        db.session.flush()
+        audit.record("dispute.open", "order", order.order_no, {"status": "delivered"},
+                     {"status": "disputed", "dispute_id": dispute.id}, reason=reason[:255], actor_id=opened_by_id)
+        db.session.commit()
+    except Exception:
+        db.session.rollback()
+        raise
+    return dispute
+
+
+# --- resolving -----------------------------------------------------------------------------------------------
+
+def resolve(dispute_id: int, outcome: str, resolution: object, actor_id: int | None,
+            compensation_fen: int | None = None) -> Dispute:
+    """Support resolves an open dispute: `refund` or `reject`, with a reason; optionally a compensation coupon."""
+    if outcome not in OUTCOMES:
+        raise ValidationError("请选择处理结果：退款或驳回 (outcome must be refund or reject)")
+    resolution = _clean_text(resolution, "处理说明")
+    if compensation_fen is not None and (not isinstance(compensation_fen, int) or isinstance(compensation_fen, bool)
+                                         or compensation_fen < 0):
+        raise ValidationError("补偿金额无效 (compensation must be a positive amount)")
+    try:
+        dispute = db.session.scalar(select(Dispute).where(Dispute.id == dispute_id).with_for_update())
+        if dispute is None:
+            raise NotFound("维权记录不存在 (dispute not found)")
+        if dispute.status != "open":
+            raise Conflict("该维权已处理 (dispute already resolved)", code="dispute_resolved")
+        order = db.session.scalar(select(Order).where(Order.id == dispute.order_id).with_for_update())
+        if compensation_fen and compensation_fen > order.amount:
+            raise ValidationError(f"补偿金额不能超过订单金额 {format_fen(order.amount)}")
+        _move_payable(order, "release", to_held=False, actor_id=actor_id)
+        dispute.status = "refunded" if outcome == "refund" else "rejected"
+        dispute.resolution = resolution
+        dispute.resolved_by_id = actor_id
+        dispute.resolved_at = utcnow()
+        coupon = None
+        if compensation_fen:
+            coupon = coupons.create_coupon(None, f"维权补偿 {order.order_no}", "fixed", compensation_fen,
+                                           per_user_limit=1, total_limit=1)
+            dispute.compensation_coupon_id = coupon.id
+        audit.record("dispute.resolve", "dispute", dispute.id, {"status": "open"},
+                     {"status": dispute.status, "order_no": order.order_no,
+                      "compensation": compensation_fen or 0, "coupon": coupon.code if coupon else None},
+                     reason=resolution[:255], actor_id=actor_id)
+        if outcome == "reject":
+            orders.transition(order.id, "delivered", current="disputed")
+            db.session.commit()
+        else:
+            # refund_order locks the order, reverses the sale, pays back, audits and commits this whole transaction
+            # (the release journal and the dispute's resolution with it), or rolls it all back.
+            payments.refund_order(order.id, f"维权退款：{resolution}", actor_id)
+    except Exception:
+        db.session.rollback()
+        raise
+    return db.session.get(Dispute, dispute_id)
+
+
+# --- reading -------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class QueueRow:
+    dispute: Dispute
+    age_minutes: int
+    overdue: bool
+
+
+def age_minutes(dispute: Dispute, now: datetime | None = None) -> int:
+    end = dispute.resolved_at or now or utcnow()
+    return max(0, int((end - dispute.opened_at).total_seconds() // 60))
+
+
+def is_overdue(dispute: Dispute, now: datetime | None = None) -> bool:
+    """Open for longer than the response target (or resolved after it)."""
+    end = dispute.resolved_at or now or utcnow()
+    return end - dispute.opened_at > timedelta(minutes=response_target_minutes())
+
+
+def open_queue(now: datetime | None = None, limit: int = 500) -> list[QueueRow]:
+    """Open disputes, oldest first, with their age and whether they are past the response target."""
+    now = now or utcnow()
+    rows = db.session.scalars(select(Dispute).where(Dispute.status == "open")
+                              .order_by(Dispute.opened_at, Dispute.id).limit(limit))
+    return [QueueRow(d, age_minutes(d, now), is_overdue(d, now)) for d in rows]
+
+
+def for_order(order_id: int) -> Dispute | None:
+    return db.session.scalar(select(Dispute).where(Dispute.order_id == order_id).order_by(Dispute.id.desc()))
+
+
+def public_view(dispute: Dispute | None) -> dict | None:
+    """What a buyer sees of its dispute (storefront lookup, portal)."""
+    if dispute is None:
+        return None
+    coupon: Coupon | None = dispute.compensation_coupon
+    return {"status": dispute.status, "status_text": STATUS_TEXT.get(dispute.status, dispute.status),
+            "reason": dispute.reason, "resolution": dispute.resolution,
+            "opened_at": dispute.opened_at.replace(microsecond=0).isoformat() + "Z",
+            "compensation_coupon": None if coupon is None else {
+                "code": coupon.code, "amount": coupon.value,
+                "ends_at": coupon.ends_at.replace(microsecond=0).isoformat() + "Z"}}
