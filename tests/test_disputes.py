@@ -154,6 +154,7 @@ def test_reject_releases_the_freeze_and_restores_delivered(app, db, f, client):
     order, _ = paid_storefront_order(db, f, client)
     payable = supplier_account_code(order.supplier_id)
     after_sale = account_balances(db)
+    first_delivered_at = order.delivered_at
     d = disputes.open_as_buyer(order.order_no, PASSWORD, "not received")
     assert balance_of(payable) == after_sale[payable] - 7600
     support = staff(f, client)
@@ -165,6 +166,7 @@ def test_reject_releases_the_freeze_and_restores_delivered(app, db, f, client):
     assert r.status_code == 302
     db.session.expire_all()
     assert (d.status, d.resolved_by_id, order.status) == ("rejected", support.id, "delivered")
+    assert order.delivered_at == first_delivered_at  # settlement still counts from the first delivery
     assert account_balances(db) == {**after_sale, disputes.HELD: 0}
     assert db.session.scalar(select(Journal.id).where(
         Journal.idempotency_key == f"dispute:{order.order_no}:release")) is not None

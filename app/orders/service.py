@@ -65,7 +65,9 @@ def transition(order_id: int, to_status: str, current: str | None = None) -> Non
     if to_status == "paid":
         values["paid_at"] = now
     elif to_status == "delivered":
-        values["delivered_at"] = now
+        # A dispute rejected returns the order to delivered: it was delivered when it first was (settlement
+        # counts from then), so keep the first time.
+        values["delivered_at"] = func.coalesce(Order.delivered_at, now)
     db.session.flush()  # pending changes first, as the ORM would (a Core statement does not autoflush)
     orders = Order.__table__
     row = db.session.connection().execute(
