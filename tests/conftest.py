@@ -57,7 +57,19 @@ def make_app(url: str, **overrides):
         "SERVER_NAME": None,
     }
     config.update(overrides)
-    return create_app(config)
+    flask_app = create_app(config)
+    # Tests keep one app context open while several clients make requests in it, so Flask-Login's per-context
+    # cache (g._login_user) would hand one client's user to the next. In production each request has its own
+    # context; reproduce that here by forgetting the cached user before every request.
+    flask_app.before_request_funcs.setdefault(None, []).insert(0, _forget_cached_login)
+    return flask_app
+
+
+def _forget_cached_login() -> None:
+    from flask import g
+
+    g.pop("_login_user", None)
+    g.pop("user", None)
 
 
 @pytest.fixture(scope="session")
