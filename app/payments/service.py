@@ -160,18 +160,8 @@ def apply_payment(code: str, note: Notification, remote_addr: str | None = None,
         db.session.rollback()
         detail = f"order {order.channel}/{order.amount} CNY, notification {code}/{note.amount} {note.currency}"
         return _log(code, note.order_no, note.trade_no, note.amount, "amount_mismatch", detail, remote_addr)
-    existing = db.session.scalar(select(Payment).where(Payment.channel == code, Payment.trade_no == note.trade_no))
-    if existing is not None:
-        db.session.rollback()
-        if existing.order_id != order.id:
-            raise Conflict("trade_no already belongs to another order")
-        return _log(code, note.order_no, note.trade_no, note.amount, "duplicate", None, remote_addr)
-    try:
-        with db.session.begin_nested():
-            payment = Payment(channel=code, trade_no=note.trade_no, order_id=order.id, amount=note.amount,
-                              currency=note.currency, status="paid", confirmed_by_id=confirmed_by)
-            db.session.add(payment)
-    except IntegrityError:
+    payment = record_payment(code, note, confirmed_by, order_id=order.id)
+    if payment is None:
         db.session.rollback()
         return _log(code, note.order_no, note.trade_no, note.amount, "duplicate", None, remote_addr)
     ledger.post_journal(f"pay:{code}:{note.trade_no}", "payment",
@@ -180,6 +170,25 @@ def apply_payment(code: str, note: Notification, remote_addr: str | None = None,
     outcome = _settle(order, payment)
     db.session.commit()
     return _log(code, note.order_no, note.trade_no, note.amount, outcome, None, remote_addr)
+
+
+def record_payment(code: str, note: Notification, confirmed_by: int | None, *, order_id: int | None = None,
+                   topup_id: int | None = None) -> Payment | None:
+    """Record a payment under its unique (channel, trade_no). None when this very payment was recorded before
+    (a duplicate notification); Conflict when that trade_no belongs to something else."""
+    existing = db.session.scalar(select(Payment).where(Payment.channel == code, Payment.trade_no == note.trade_no))
+    if existing is not None:
+        if (existing.order_id, existing.topup_id) != (order_id, topup_id):
+            raise Conflict("trade_no already belongs to another payment")
+        return None
+    try:
+        with db.session.begin_nested():
+            payment = Payment(channel=code, trade_no=note.trade_no, order_id=order_id, topup_id=topup_id,
+                              amount=note.amount, currency=note.currency, status="paid", confirmed_by_id=confirmed_by)
+            db.session.add(payment)
+    except IntegrityError:  # the same notification, recorded concurrently
+        return None
+    return payment
 
 
 def _settle(order: Order, payment: Payment) -> str:

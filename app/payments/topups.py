@@ -16,16 +16,15 @@ from datetime import timedelta
 
 from flask import current_app
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 
 from app.clock import utcnow
-from app.errors import Conflict, ValidationError
+from app.errors import ValidationError
 from app.extensions import db
 from app.ledger import service as ledger
 from app.ledger.service import Line
 from app.money import format_fen, parse_yuan
 from app.payments.channels.base import Notification, PaymentRequest
-from app.payments.models import Payment, WalletTopUp
+from app.payments.models import WalletTopUp
 
 MIN_TOPUP = 100  # ¥1.00
 MAX_TOPUP = 5_000_000  # ¥50,000.00
@@ -78,7 +77,7 @@ def start_topup(agent_id: int, amount_text, channel, base_url: str) -> tuple[Wal
 def apply_topup_payment(code: str, note: Notification, remote_addr: str | None = None,
                         confirmed_by: int | None = None) -> str:
     """Credit a verified top-up payment once; commits. Returns the outcome written to the notification log."""
-    from app.payments.service import BUYER_FUNDS, _log, _refund_payment, clearing_account
+    from app.payments.service import BUYER_FUNDS, _log, _refund_payment, clearing_account, record_payment
 
     def log(outcome: str, detail: str | None = None) -> str:
         return _log(code, note.order_no, note.trade_no, note.amount, outcome, detail, remote_addr)
@@ -93,18 +92,8 @@ def apply_topup_payment(code: str, note: Notification, remote_addr: str | None =
         db.session.rollback()
         return log("amount_mismatch", f"top-up {topup.channel}/{topup.amount} CNY, "
                                       f"notification {code}/{note.amount} {note.currency}")
-    existing = db.session.scalar(select(Payment).where(Payment.channel == code, Payment.trade_no == note.trade_no))
-    if existing is not None:
-        db.session.rollback()
-        if existing.topup_id != topup.id:
-            raise Conflict("trade_no already belongs to another payment")
-        return log("duplicate")
-    try:
-        with db.session.begin_nested():
-            payment = Payment(channel=code, trade_no=note.trade_no, topup_id=topup.id, amount=note.amount,
-                              currency=note.currency, status="paid", confirmed_by_id=confirmed_by)
-            db.session.add(payment)
-    except IntegrityError:
+    payment = record_payment(code, note, confirmed_by, topup_id=topup.id)
+    if payment is None:
         db.session.rollback()
         return log("duplicate")
     if topup.status == "paid":
