@@ -14,6 +14,15 @@ from app.catalog.models import (  # noqa: F401
     TierPrice,
 )
 from app.ledger.models import Account, Journal, Posting  # noqa: F401
+from app.network.models import (  # noqa: F401
+    Commission,
+    InviteCode,
+    RealNameVerification,
+    SettlementRun,
+    TeamBonusAward,
+    TeamBonusRule,
+    Withdrawal,
+)
 from app.openapi.models import ApiKey, ApiNonce, CallbackAttempt  # noqa: F401
 from app.orders.models import Order  # noqa: F401
 from app.outbox.models import OutboxMessage  # noqa: F401
