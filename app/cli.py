@@ -185,3 +185,71 @@ def demo(password: str | None, sandbox_key: str | None) -> None:
     click.echo("Demo data loaded. Logins:")
     for username, pwd, role in logins:
         click.echo(f"  {username:<10} {pwd:<20} {role}")
+
+
+@kameng_cli.command("settle")
+@click.option("--batch-size", default=5000, show_default=True, type=int, help="Commissions per transaction.")
+def settle_commissions(batch_size: int) -> None:
+    """Settle due commissions now (pending → wallet) and print the run's report."""
+    from app.network import settlement
+
+    run = settlement.settle(trigger="cli", batch_size=batch_size)
+    for key, value in settlement.report(run).items():
+        click.echo(f"{key}: {value}")
+
+
+def _run_simulator(sim, port: int) -> None:
+    from werkzeug.serving import run_simple
+
+    run_simple("127.0.0.1", port, sim, threaded=True)
+
+
+@kameng_cli.command("idv-sim")
+@click.option("--port", default=8701, show_default=True, type=int)
+@click.option("--key", default=None, help="Signing key (default: IDV_PROVIDER_KEY).")
+def idv_sim(port: int, key: str | None) -> None:
+    """Run the three-element identity provider simulator on 127.0.0.1 (a card ending in 0 does not match)."""
+    from flask import current_app
+
+    from app.network.simulators import IdvSimulator
+
+    key = key or current_app.config.get("IDV_PROVIDER_KEY")
+    if not key:
+        fail("a signing key is required: --key or IDV_PROVIDER_KEY")
+    _run_simulator(IdvSimulator(key), port)
+
+
+@kameng_cli.command("payout-sim")
+@click.option("--port", default=8702, show_default=True, type=int)
+@click.option("--key", default=None, help="Signing key (default: PAYOUT_KEY).")
+@click.option("--slow-seconds", default=3.0, show_default=True, type=float, help="Delay for cards ending in 7.")
+def payout_sim(port: int, key: str | None, slow_seconds: float) -> None:
+    """Run the bank payout simulator on 127.0.0.1 (card ending 4 fails, ending 7 answers slowly)."""
+    from flask import current_app
+
+    from app.network.simulators import PayoutSimulator
+
+    key = key or current_app.config.get("PAYOUT_KEY")
+    if not key:
+        fail("a signing key is required: --key or PAYOUT_KEY")
+    _run_simulator(PayoutSimulator(key, slow_seconds), port)
+
+
+@kameng_cli.command("withdrawal-retry")
+@click.argument("withdrawal_no")
+def withdrawal_retry(withdrawal_no: str) -> None:
+    """Queue the payout of an approved or paying (result unknown) withdrawal again."""
+    from sqlalchemy import select
+
+    from app.extensions import db
+    from app.network import withdrawals
+    from app.network.models import Withdrawal
+
+    wid = db.session.scalar(select(Withdrawal.id).where(Withdrawal.withdrawal_no == withdrawal_no))
+    if wid is None:
+        fail(f"no withdrawal {withdrawal_no!r}")
+    try:
+        w = withdrawals.retry(wid, None)
+    except KamengError as exc:
+        fail(exc.message)
+    click.echo(f"{w.withdrawal_no}: {w.status}")

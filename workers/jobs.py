@@ -56,3 +56,17 @@ def reconcile_sandbox_daily(day: str | None = None) -> dict:
     from app.payments import reconciliation
 
     return reconciliation.run_sandbox_daily(reconciliation.parse_day(day))
+
+
+def pay_withdrawal(withdrawal_id: int) -> str:
+    """An approved withdrawal's payout (job id payout-<no>); idempotent: a re-run never pays twice."""
+    from app.network import withdrawals
+
+    return withdrawals.pay(withdrawal_id)
+
+
+def settle_commissions() -> dict:
+    """Scheduled daily: settle due commissions (pending → wallet). Idempotent: rows settle once."""
+    from app.network import settlement
+
+    return settlement.report(settlement.settle(trigger="scheduled"))

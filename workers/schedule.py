@@ -26,6 +26,7 @@ PERIODIC = [
     Periodic("topup-expiry", jobs.expire_unpaid_topups, "default", "ORDER_EXPIRY_SCAN_SECONDS"),
     # Daily: yesterday (China time) is complete whenever it runs; re-running a day replaces its result.
     Periodic("sandbox-reconcile", jobs.reconcile_sandbox_daily, "low", cron="30 1 * * *"),
+    Periodic("commission-settlement", jobs.settle_commissions, "low", cron="0 2 * * *"),
 ]
 
 

@@ -21,6 +21,7 @@ from app.ledger.errors import InsufficientBalance
 from app.ledger.models import Journal
 from app.ledger.service import Line, agent_account_code, supplier_account_code
 from app.money import apply_rate, format_fen
+from app.network import commissions
 from app.orders.errors import (
     DailyLimitExceeded,
     InvalidContact,
@@ -152,6 +153,7 @@ def place_wallet_order(agent_id: int, product_id: object, quantity: object, out_
 
 def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, notify_url, request_hash,
                         api_key_id, coupon=None) -> Order:
+    from app.network.realname import check_purchase as check_realname_for_purchase
     from app.payments import coupons
 
     coupon_code = coupons.normalize_code(coupon)
@@ -167,8 +169,13 @@ def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, n
 
     wallet = agent_account_code(agent.id, "wallet")
     payable = supplier_account_code(supplier.id)
-    # Lock the buyer's own wallet row first (the only row locked per order), then check limits under it.
-    accounts = ledger.lock_accounts([wallet, payable, "platform:fees", "platform:revenue"])
+    # Lock the buyer's wallet and its commission beneficiaries' pending accounts in one ascending-id lock (the
+    # only rows locked per order), then check limits under it.
+    plan = commissions.beneficiaries(agent.path)
+    codes = [wallet, payable, "platform:fees", "platform:revenue"]
+    if plan:
+        codes += [commissions.EXPENSE] + [b.pending_code for b in plan]
+    accounts = ledger.lock_accounts(codes)
     unit_price = price_for(agent.tier, product)
     amount = unit_price * qty
     quote = None
@@ -176,6 +183,7 @@ def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, n
         quote = coupons.quote(coupon_code, amount, coupons.redeemer_for_agent(agent.id))
         amount = quote.amount
     _check_daily_limit(agent, amount)
+    check_realname_for_purchase(agent.id, amount)  # one lookup, only above REALNAME_REQUIRED_ABOVE
     if accounts[wallet][2] < amount:
         raise InsufficientBalance(f"余额不足：需要 {format_fen(amount)}，可用 {format_fen(accounts[wallet][2])}"
                                   " (insufficient balance)")
@@ -196,6 +204,8 @@ def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, n
     cards.allocate(order.id, product.id, qty)
     ledger.post_journal(f"order:{order.order_no}:sale", "sale", sale_lines(order, wallet),
                         memo=f"{product.name} × {qty}", order_id=order.id, locked=accounts)
+    if plan:
+        commissions.accrue(order, plan, locked=accounts)
     transition(order.id, "delivered", current="paid")
     return order  # committed by the caller, which expires it: its first use reloads the delivered row
 
@@ -254,6 +264,7 @@ def deliver_paid(order_id: int, funding_account: str) -> None:
     cards.allocate(order.id, order.product_id, order.quantity)
     ledger.post_journal(f"order:{order.order_no}:sale", "sale", sale_lines(order, funding_account),
                         memo=f"{order.product.name} × {order.quantity}", order_id=order.id)
+    commissions.accrue_for_delivered(order)
     transition(order.id, "delivered")
 
 

@@ -26,6 +26,7 @@ from app.extensions import db
 from app.ledger import service as ledger
 from app.ledger.service import Line, supplier_account_code
 from app.money import format_fen
+from app.network import commissions
 from app.orders import service as orders
 from app.orders.models import Order
 from app.payments import coupons
@@ -66,8 +67,8 @@ def _move_payable(order: Order, key_suffix: str, to_held: bool, actor_id: int | 
                         [Line(supplier_account_code(order.supplier_id), -sign * amount), Line(HELD, sign * amount)],
                         memo=f"维权{'冻结' if to_held else '解冻'} {order.order_no}", order_id=order.id,
                         actor_id=actor_id)
-    # Hook (commissions issue): commissions accrued on this order are frozen here (pending → frozen) and released
-    # or reversed on resolution, with journals `dispute:<order_no>:commission-freeze/-release`.
+    # Commissions accrued on this order are frozen on filing (_open: pending → frozen), released when the dispute
+    # is rejected (resolve); a refund reverses them (refund_order).
 
 
 # --- filing --------------------------------------------------------------------------------------------------
@@ -109,6 +110,7 @@ def _open(order_id: int, reason: str, opened_by_id: int | None) -> Dispute:
                           status="open", opened_at=utcnow())
         db.session.add(dispute)
         _move_payable(order, "freeze", to_held=True, actor_id=opened_by_id)
+        commissions.freeze_for_dispute(order, opened_by_id)
         db.session.flush()
         audit.record("dispute.open", "order", order.order_no, {"status": "delivered"},
                      {"status": "disputed", "dispute_id": dispute.id}, reason=reason[:255], actor_id=opened_by_id)
@@ -154,6 +156,7 @@ def resolve(dispute_id: int, outcome: str, resolution: object, actor_id: int | N
                       "compensation": compensation_fen or 0, "coupon": coupon.code if coupon else None},
                      reason=resolution[:255], actor_id=actor_id)
         if outcome == "reject":
+            commissions.release_after_dispute(order, actor_id)
             orders.transition(order.id, "delivered", current="disputed")
             db.session.commit()
         else:

@@ -23,6 +23,7 @@ from app.errors import Conflict, KamengError, NotFound, ValidationError
 from app.extensions import db
 from app.ledger import service as ledger
 from app.ledger.service import Line
+from app.network import commissions
 from app.orders import service as orders
 from app.orders.models import Order
 from app.payments import coupons
@@ -263,6 +264,10 @@ def refund_order(order_id: int, reason: str, actor_id: int | None) -> Refund:
     if order.status not in ("paid", "delivering", "delivered", "disputed", "failed"):
         raise Conflict(f"订单状态为 {order.status_display()}，不能退款")
     try:
+        # Commissions first: their rows, then the beneficiaries' accounts with the buyer's wallet in one lock.
+        commissions.reverse_for_order(
+            order, extra_lock=[ledger.agent_account_code(order.agent_id, "wallet")] if order.agent_id else None,
+            actor_id=actor_id)
         if order.channel == "wallet":
             orders.reverse_sale(order.id, refund_to=ledger.agent_account_code(order.agent_id, "wallet"))
             destination = "wallet"

@@ -1,0 +1,221 @@
+"""Commissions: accrued on delivery (pending), frozen by a dispute, reversed on refund, settled later.
+
+Rules (DESIGN.md, "Agents, tiers, commissions"):
+- A commission is a share of the buyer's paid amount (`order.amount`), floored once (app.money.apply_rate).
+- Beneficiaries are the uplines in the order's `upline_path` snapshot, nearest first: level 1 (the parent) at
+  its tier's `direct_commission_bp`, level 2 at its tier's `indirect_commission_bp`; level 3 only when
+  COMMISSION_MAX_LEVELS = 3, also at the indirect rate. Levels are positions in the snapshot: an inactive
+  upline (or a rate of 0) gets nothing and the next one keeps its own level (no compression).
+- Accrual: one journal per order, `commission:<order_no>:accrue`: platform:commission_expense -total,
+  agent:<id>:pending +amount each. Commission rows are `pending`, settle_after = delivery + tier settle_days.
+- Dispute: filing moves the order's pending commissions to agent:<id>:frozen and marks them `frozen` (a status
+  of its own, so settlement, which takes only `pending`, skips them); a rejected dispute moves them back to
+  `pending`, a refund reverses them from frozen.
+- Reversal (refund): pending/frozen → back to commission_expense; settled → taken from the wallet as far as it
+  holds, the rest becomes a debt on agent:<id>:receivable. The receivable is a non-cached account created on
+  demand; a debt is a debit there, so `receivable_owed()` (minus the sum of its postings) is positive while the
+  agent owes. Settlement recovers it first. A wallet never goes negative.
+
+Lock order everywhere: commission rows first, then ledger accounts (ascending id, one lock_accounts call).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from flask import current_app
+from sqlalchemy import func, insert, select, update
+
+from app.agents.models import Agent, Tier
+from app.clock import utcnow
+from app.extensions import db
+from app.ledger import service as ledger
+from app.ledger.models import Account, Posting
+from app.ledger.service import Line, agent_account_code
+from app.money import apply_rate
+from app.network.models import Commission
+
+EXPENSE = "platform:commission_expense"
+STATUS_LABELS = {"pending": "待结算", "frozen": "维权冻结", "settled": "已结算", "reversed": "已冲回"}
+
+
+@dataclass(frozen=True)
+class Beneficiary:
+    level: int
+    agent_id: int
+    rate_bp: int
+    settle_days: int
+
+    @property
+    def pending_code(self) -> str:
+        return agent_account_code(self.agent_id, "pending")
+
+
+def max_levels() -> int:
+    return max(0, min(int(current_app.config.get("COMMISSION_MAX_LEVELS", 2)), 3))
+
+
+def upline_ids(upline_path: str | None) -> list[int]:
+    """Ancestors nearest first from a path snapshot that includes the buyer itself (`/1/7/42/` → [7, 1])."""
+    ids = [int(x) for x in (upline_path or "").strip("/").split("/") if x]
+    return list(reversed(ids[:-1]))
+
+
+def beneficiaries(upline_path: str | None) -> list[Beneficiary]:
+    """Who earns on an order bought along `upline_path`, with the rate each earns (0 rates left out)."""
+    levels = max_levels()
+    ids = upline_ids(upline_path)[:levels]
+    if not ids:
+        return []
+    rows = db.session.execute(
+        select(Agent.id, Agent.active, Tier.direct_commission_bp, Tier.indirect_commission_bp, Tier.settle_days)
+        .join(Tier, Tier.id == Agent.tier_id).where(Agent.id.in_(ids))).all()
+    by_id = {row.id: row for row in rows}
+    result = []
+    for level, agent_id in enumerate(ids, start=1):
+        row = by_id.get(agent_id)
+        if row is None or not row.active:
+            continue
+        rate = row.direct_commission_bp if level == 1 else row.indirect_commission_bp
+        if rate > 0:
+            result.append(Beneficiary(level, agent_id, rate, row.settle_days))
+    return result
+
+
+def accrue(order, plan: list[Beneficiary], locked: dict | None = None, delivered_at=None) -> int:
+    """Book the order's commissions (rows + one journal) in the caller's transaction. Returns the total.
+
+    `locked`: accounts already locked by the caller (the wallet purchase locks the beneficiaries' pending
+    accounts together with the buyer's wallet, in one ascending-id lock); it must include commission_expense.
+    """
+    amounts = [(b, apply_rate(order.amount, b.rate_bp)) for b in plan]
+    amounts = [(b, amt) for b, amt in amounts if amt > 0]
+    if not amounts:
+        return 0
+    now = utcnow()
+    delivered = delivered_at or now
+    db.session.connection().execute(insert(Commission.__table__), [
+        {"order_id": order.id, "agent_id": b.agent_id, "level": b.level, "rate_bp": b.rate_bp,
+         "base_amount": order.amount, "amount": amt, "status": "pending",
+         "settle_after": delivered + timedelta(days=b.settle_days), "created_at": now}
+        for b, amt in amounts])
+    total = sum(amt for _, amt in amounts)
+    lines = [Line(EXPENSE, -total)] + [Line(b.pending_code, amt) for b, amt in amounts]
+    ledger.post_journal(f"commission:{order.order_no}:accrue", "commission_accrual", lines,
+                        memo=f"佣金 {order.order_no}", order_id=order.id, locked=locked)
+    return total
+
+
+def accrue_for_delivered(order) -> int:
+    """Accrual for an order delivered outside the wallet purchase (a channel payment): locks on its own."""
+    if order.agent_id is None or not order.upline_path:
+        return 0
+    if db.session.scalar(select(Commission.id).where(Commission.order_id == order.id).limit(1)) is not None:
+        return 0
+    plan = beneficiaries(order.upline_path)
+    if not plan:
+        return 0
+    locked = ledger.lock_accounts([EXPENSE] + [b.pending_code for b in plan])
+    return accrue(order, plan, locked=locked)
+
+
+def _lock_order_commissions(order_id: int, statuses: tuple[str, ...]) -> list[Commission]:
+    return list(db.session.scalars(select(Commission).where(Commission.order_id == order_id,
+                                                            Commission.status.in_(statuses))
+                                   .order_by(Commission.id).with_for_update()))
+
+
+def ensure_receivables(agent_ids: list[int]) -> None:
+    """Open agent:<id>:receivable (non-cached) for these agents if missing; concurrent openers do not clash."""
+    if not agent_ids:
+        return
+    now = utcnow()
+    db.session.connection().execute(
+        ledger._insert(Account).values([
+            {"code": agent_account_code(a, "receivable"), "kind": "receivable", "agent_id": a, "cached": False,
+             "balance": 0, "created_at": now} for a in sorted(set(agent_ids))])
+        .on_conflict_do_nothing(index_elements=["code"]))
+
+
+def receivable_owed(agent_ids: list[int]) -> dict[int, int]:
+    """What each agent owes (positive), from its receivable postings; agents without debt are left out."""
+    if not agent_ids:
+        return {}
+    rows = db.session.connection().execute(
+        select(Account.agent_id, func.coalesce(func.sum(Posting.amount), 0))
+        .select_from(Account).join(Posting, Posting.account_id == Account.id)
+        .where(Account.kind == "receivable", Account.agent_id.in_(agent_ids))
+        .group_by(Account.agent_id)).all()
+    return {agent_id: -int(total) for agent_id, total in rows if total < 0}
+
+
+def reverse_for_order(order, extra_lock: list[str] | None = None, actor_id: int | None = None) -> int:
+    """Reverse every commission of a refunded order, in the caller's transaction. Returns the amount reversed.
+
+    `extra_lock`: other cached accounts the caller is about to post to (the buyer's wallet on a refund): they are
+    locked in the same ascending-id call, so this never waits on one lock while holding another out of order.
+    """
+    rows = _lock_order_commissions(order.id, ("pending", "frozen", "settled"))
+    if not rows:
+        if extra_lock:
+            ledger.lock_accounts(extra_lock)
+        return 0
+    settled_agents = [c.agent_id for c in rows if c.status == "settled"]
+    ensure_receivables(settled_agents)
+    codes = set(extra_lock or []) | {EXPENSE}
+    for c in rows:
+        kind = {"pending": "pending", "frozen": "frozen", "settled": "wallet"}[c.status]
+        codes.add(agent_account_code(c.agent_id, kind))
+        if c.status == "settled":
+            codes.add(agent_account_code(c.agent_id, "receivable"))
+    locked = ledger.lock_accounts(sorted(codes))
+    lines = [Line(EXPENSE, sum(c.amount for c in rows))]
+    for c in rows:
+        if c.status in ("pending", "frozen"):
+            lines.append(Line(agent_account_code(c.agent_id, c.status), -c.amount))
+        else:
+            wallet = agent_account_code(c.agent_id, "wallet")
+            take = min(locked[wallet][2], c.amount)
+            if take:
+                lines.append(Line(wallet, -take))
+            if c.amount - take:
+                lines.append(Line(agent_account_code(c.agent_id, "receivable"), -(c.amount - take)))
+    ledger.post_journal(f"commission:{order.order_no}:reverse", "commission_reversal", lines,
+                        memo=f"佣金冲回 {order.order_no}", order_id=order.id, actor_id=actor_id, locked=locked)
+    now = utcnow()
+    db.session.execute(update(Commission).where(Commission.id.in_([c.id for c in rows]))
+                       .values(status="reversed", reversed_at=now), execution_options={"synchronize_session": False})
+    for c in rows:
+        db.session.expire(c)
+    return sum(c.amount for c in rows)
+
+
+def _move_order_commissions(order, src: str, dst: str, key: str, memo: str, actor_id: int | None) -> int:
+    rows = _lock_order_commissions(order.id, (src,))
+    if not rows:
+        return 0
+    codes = sorted({agent_account_code(c.agent_id, k) for c in rows for k in ("pending", "frozen")})
+    locked = ledger.lock_accounts(codes)
+    lines = []
+    for c in rows:
+        lines += [Line(agent_account_code(c.agent_id, src), -c.amount),
+                  Line(agent_account_code(c.agent_id, dst), c.amount)]
+    ledger.post_journal(key, f"commission_{'freeze' if dst == 'frozen' else 'release'}", lines, memo=memo,
+                        order_id=order.id, actor_id=actor_id, locked=locked)
+    db.session.execute(update(Commission).where(Commission.id.in_([c.id for c in rows])).values(status=dst),
+                       execution_options={"synchronize_session": False})
+    for c in rows:
+        db.session.expire(c)
+    return sum(c.amount for c in rows)
+
+
+def freeze_for_dispute(order, actor_id: int | None = None) -> int:
+    """A dispute was filed: the order's pending commissions move to frozen (status `frozen`)."""
+    return _move_order_commissions(order, "pending", "frozen", f"dispute:{order.order_no}:commission-freeze",
+                                   f"维权冻结佣金 {order.order_no}", actor_id)
+
+
+def release_after_dispute(order, actor_id: int | None = None) -> int:
+    """A dispute was rejected: frozen commissions go back to pending (and settle when due)."""
+    return _move_order_commissions(order, "frozen", "pending", f"dispute:{order.order_no}:commission-release",
+                                   f"维权解冻佣金 {order.order_no}", actor_id)

@@ -1,0 +1,159 @@
+"""Commission settlement: due pending commissions move to the agents' wallets, in set-based batches.
+
+Each batch is one transaction:
+1. claim up to `batch_size` due rows and mark them settled with the run id in one UPDATE ... WHERE id IN
+   (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED) RETURNING agent_id, amount (PostgreSQL; SQLite has no row locks
+   and serializes writers, so the same statement without the locking clause is enough there);
+2. lock the batch's agents' pending and wallet rows in ascending id order (as every other writer does);
+3. one journal `settlement:<run_id>:<batch_no>`: per agent pending -sum, receivable +recovered (debt from
+   reversed, already-settled commissions is recovered first), wallet +rest;
+4. cached balances updated set-based (one UPDATE ... FROM unnest on PostgreSQL).
+
+Idempotent: a row is settled only by the UPDATE guarded on status = 'pending'; running twice settles once, and
+concurrent runs skip each other's locked rows (they never wait for, or double-settle, the same commission).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from datetime import datetime
+
+from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.types import BigInteger, Integer
+
+from app.audit import service as audit
+from app.clock import utcnow
+from app.extensions import db
+from app.ledger.models import Account, Journal, Posting
+from app.network.commissions import receivable_owed
+from app.network.models import Commission, SettlementRun
+
+DEFAULT_BATCH = 5000
+
+
+def _content_hash(kind: str, lines: list[tuple[str, int]]) -> str:
+    # The same canonical form as app.ledger.service._content_hash (by account code).
+    canonical = json.dumps([kind, sorted(lines)], separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _claim(conn, run_id: int, cutoff: datetime, batch_size: int, now: datetime) -> list[tuple[int, int]]:
+    table = Commission.__table__
+    due = (select(table.c.id).where(table.c.status == "pending", table.c.settle_after <= cutoff)
+           .order_by(table.c.id).limit(batch_size))
+    if conn.dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    return conn.execute(
+        update(table).where(table.c.id.in_(due.scalar_subquery()), table.c.status == "pending")
+        .values(status="settled", settlement_run_id=run_id, settled_at=now)
+        .returning(table.c.agent_id, table.c.amount)).all()
+
+
+def _settle_batch(run_id: int, batch_no: int, cutoff: datetime, batch_size: int) -> tuple[int, int, int]:
+    """One batch in the current transaction. Returns (count, amount, recovered); count 0 when nothing is due."""
+    conn = db.session.connection()
+    now = utcnow()
+    claimed = _claim(conn, run_id, cutoff, batch_size, now)
+    if not claimed:
+        return 0, 0, 0
+    per_agent: dict[int, int] = defaultdict(int)
+    for agent_id, amount in claimed:
+        per_agent[agent_id] += amount
+    agent_ids = sorted(per_agent)
+    owed = receivable_owed(agent_ids)
+    acc = Account.__table__
+    rows = conn.execute(
+        select(acc.c.id, acc.c.agent_id, acc.c.kind, acc.c.cached).where(
+            acc.c.agent_id.in_(agent_ids), acc.c.kind.in_(("pending", "wallet", "receivable")))
+        .order_by(acc.c.id)).all()
+    ids = {(r.agent_id, r.kind): r.id for r in rows}
+    # Lock the cached rows in ascending id order (the same order every writer uses).
+    conn.execute(select(acc.c.id).where(acc.c.id.in_([r.id for r in rows if r.cached])).order_by(acc.c.id)
+                 .with_for_update()).all()
+
+    deltas: dict[int, int] = defaultdict(int)
+    lines: list[tuple[str, int]] = []
+    recovered = 0
+    for agent_id in agent_ids:
+        total = per_agent[agent_id]
+        recover = min(total, owed.get(agent_id, 0))
+        recovered += recover
+        deltas[ids[(agent_id, "pending")]] -= total
+        lines.append((f"agent:{agent_id}:pending", -total))
+        if recover:
+            deltas[ids[(agent_id, "receivable")]] += recover
+            lines.append((f"agent:{agent_id}:receivable", recover))
+        if total - recover:
+            deltas[ids[(agent_id, "wallet")]] += total - recover
+            lines.append((f"agent:{agent_id}:wallet", total - recover))
+    amount = sum(per_agent.values())
+    key = f"settlement:{run_id}:{batch_no}"
+    journal_id = conn.execute(insert(Journal.__table__).values(
+        idempotency_key=key, kind="settlement", content_hash=_content_hash("settlement", lines),
+        memo=f"佣金结算 #{run_id} 批次 {batch_no}", created_at=now).returning(Journal.__table__.c.id)).scalar()
+    conn.execute(insert(Posting.__table__), [
+        {"journal_id": journal_id, "account_id": account_id, "amount": delta, "created_at": now}
+        for account_id, delta in deltas.items() if delta])
+    cached_ids = {r.id for r in rows if r.cached}
+    changes = [(account_id, delta) for account_id, delta in deltas.items() if delta and account_id in cached_ids]
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(
+            "UPDATE ledger_account a SET balance = a.balance + d.delta "
+            "FROM unnest(:ids, :deltas) AS d(id, delta) WHERE a.id = d.id").bindparams(
+            bindparam("ids", type_=ARRAY(Integer)), bindparam("deltas", type_=ARRAY(BigInteger))),
+            {"ids": [c[0] for c in changes], "deltas": [c[1] for c in changes]})
+    else:
+        conn.execute(update(acc).where(acc.c.id == bindparam("aid")).values(balance=acc.c.balance + bindparam("d")),
+                     [{"aid": a, "d": d} for a, d in changes])
+    return len(claimed), amount, recovered
+
+
+def settle(trigger: str = "manual", actor_id: int | None = None, cutoff: datetime | None = None,
+           batch_size: int = DEFAULT_BATCH) -> SettlementRun:
+    """Settle every commission due at `cutoff` (default now). Commits each batch; returns the run's report."""
+    cutoff = cutoff or utcnow()
+    run = SettlementRun(trigger=trigger, actor_id=actor_id, cutoff=cutoff, status="running", started_at=utcnow(),
+                        settled_count=0, settled_amount=0, recovered_amount=0)
+    db.session.add(run)
+    if actor_id is not None:
+        db.session.flush()
+        audit.record("settlement.run", "settlement_run", run.id, None, {"trigger": trigger,
+                                                                        "cutoff": cutoff.isoformat()},
+                     actor_id=actor_id)
+    db.session.commit()
+    run_id = run.id
+    count = amount = recovered = 0
+    batch_no = 0
+    try:
+        while True:
+            batch_no += 1
+            n, amt, rec = _settle_batch(run_id, batch_no, cutoff, batch_size)
+            if n == 0:
+                db.session.rollback()
+                break
+            count, amount, recovered = count + n, amount + amt, recovered + rec
+            db.session.execute(update(SettlementRun).where(SettlementRun.id == run_id).values(
+                settled_count=count, settled_amount=amount, recovered_amount=recovered),
+                execution_options={"synchronize_session": False})
+            db.session.commit()
+    except Exception as exc:
+        db.session.rollback()
+        db.session.execute(update(SettlementRun).where(SettlementRun.id == run_id).values(
+            status="failed", error=str(exc)[:255], finished_at=utcnow()),
+            execution_options={"synchronize_session": False})
+        db.session.commit()
+        raise
+    db.session.execute(update(SettlementRun).where(SettlementRun.id == run_id).values(
+        status="done", finished_at=utcnow()), execution_options={"synchronize_session": False})
+    db.session.commit()
+    run = db.session.get(SettlementRun, run_id)
+    db.session.refresh(run)
+    return run
+
+
+def report(run: SettlementRun) -> dict:
+    return {"run_id": run.id, "trigger": run.trigger, "status": run.status, "settled_count": run.settled_count,
+            "settled_amount": run.settled_amount, "recovered_amount": run.recovered_amount,
+            "cutoff": run.cutoff.isoformat(sep=" ", timespec="seconds")}
