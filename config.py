@@ -113,6 +113,16 @@ class Config:
     SHOP_ORDER_RATE_LIMIT = env_str("SHOP_ORDER_RATE_LIMIT", "30 per minute")
     PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL")  # how channels reach /pay/notify; default: the request's host
 
+    # Real-name verification (三要素 provider) and withdrawals (payout channel)
+    IDV_PROVIDER_URL = env_str("IDV_PROVIDER_URL")
+    IDV_PROVIDER_KEY = env_str("IDV_PROVIDER_KEY")
+    IDV_PROVIDER_TIMEOUT = env_int("IDV_PROVIDER_TIMEOUT", 10)
+    REALNAME_REQUIRED_ABOVE = env_int("REALNAME_REQUIRED_ABOVE", 0)  # fen; wallet purchases above need it; 0 = off
+    WITHDRAWAL_DAILY_LIMIT = env_int("WITHDRAWAL_DAILY_LIMIT", 5_000_000)  # fen per agent per business day; 0 = none
+    PAYOUT_URL = env_str("PAYOUT_URL")
+    PAYOUT_KEY = env_str("PAYOUT_KEY")
+    PAYOUT_TIMEOUT = env_int("PAYOUT_TIMEOUT", 10)
+
 
 def check_production(config: dict) -> None:
     """Refuse to run in production with development keys or none."""

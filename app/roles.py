@@ -20,6 +20,9 @@ ROLES = {
          "上游供应商|卡密列表|导入批次|补货提醒|账户|凭证|分录|审计日志|API 密钥管理|回调记录|支付|收款记录|支付通知|"
          "退款记录|充值记录|对账|售后|维权队列|维权记录|优惠券)$", "^menu_access$"],
         ["^ReconciliationView$", "^can_(index|show)$"],
+        ["^WithdrawalQueueView$", "^can_(index|approve|reject|retry)$"],
+        ["^(WithdrawalView|RealNameAdminView)$", READ],
+        ["^(提现审核|提现记录|实名认证记录)$", "^menu_access$"],
     ],
     # Support (客服) finds any order and agent fast; sees card secrets masked only.
     "Support": [
@@ -41,6 +44,9 @@ ROLES = {
         ["^MyApiKeysView$", "^can_(index|create|revoke)$"],
         ["^MyCallbackAttemptView$", READ],
         ["^MyDisputeView$", "^can_file$"],
+        ["^MyRealNameView$", "^can_(index|submit)$"],
+        ["^MyWithdrawalView$", "^can_(index|create)$"],
+        ["^(实名认证|我的提现)$", "^menu_access$"],
         ["^(代理中心|采购商品|充值|我的订单|我的团队|我的账单|API 密钥|我的回调记录|开放接口文档)$", "^menu_access$"],
         ["^UserDBModelView$", "^(can_userinfo|userinfoedit|resetmypassword)$"],
         ["^(ResetMyPasswordView|UserInfoEditView)$", "^(can_this_form_get|can_this_form_post)$"],

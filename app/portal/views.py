@@ -198,6 +198,8 @@ def register(appbuilder, category: str) -> None:
     appbuilder.add_view(MyOrderView, "我的订单", icon="fa-list", category=category)
     appbuilder.add_view(MyDownlineView, "我的团队", icon="fa-sitemap", category=category)
     appbuilder.add_view(MyStatementView, "我的账单", icon="fa-book", category=category)
+    from app.network.network_views import register as register_network_views
+    register_network_views(appbuilder, category)
 
 
 __all__ = ["HomeView", "register", "select"]

@@ -1,0 +1,42 @@
+"""The payout adapter: a bank transfer (代付) to the agent's card over signed HTTP.
+
+The bank side is idempotent on our request number (the withdrawal number): sending the same transfer again
+returns the first result, so a retry after a timeout asks rather than pays again.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import requests
+from flask import current_app
+
+from app.network.realname import signed_post
+
+
+@dataclass(frozen=True)
+class PayoutResult:
+    status: str  # success, failed, unknown (timeout or no answer: NOT a failure)
+    ref: str | None = None
+    reason: str | None = None
+
+
+def transfer(out_no: str, amount: int, card: str, name: str) -> PayoutResult:
+    url, key = current_app.config.get("PAYOUT_URL"), current_app.config.get("PAYOUT_KEY")
+    if not url or not key:
+        return PayoutResult("unknown", reason="打款通道未配置 (PAYOUT_URL / PAYOUT_KEY not set)")
+    try:
+        resp = signed_post(url.rstrip("/") + "/v1/transfers", key,
+                           {"out_no": out_no, "amount": amount, "card": card, "name": name},
+                           current_app.config.get("PAYOUT_TIMEOUT", 10))
+    except requests.Timeout:
+        return PayoutResult("unknown", reason="打款请求超时，结果未知 (payout timed out; result unknown)")
+    except requests.RequestException as exc:
+        return PayoutResult("unknown", reason=f"打款通道连接失败 (payout unreachable: {type(exc).__name__})")
+    try:
+        data = resp.json()
+    except ValueError:
+        data = None
+    if resp.status_code != 200 or not isinstance(data, dict) or data.get("status") not in ("success", "failed"):
+        return PayoutResult("unknown", reason=f"打款通道应答异常 (payout answered HTTP {resp.status_code})")
+    return PayoutResult(data["status"], ref=str(data.get("ref") or "")[:64] or None,
+                        reason=(data.get("reason") or None) and str(data["reason"])[:200])

@@ -1,0 +1,237 @@
+"""提现 (withdrawals): request (wallet → frozen), review (approve / reject), payout by a job through the adapter.
+
+Journals: `withdrawal:<no>:freeze` (wallet → frozen), `withdrawal:<no>:release` (frozen → wallet, on a reject or
+a failed payout), `withdrawal:<no>:paid` (frozen → platform:payouts + platform:fees). Each key posts once, and
+the status moves by guarded steps under the withdrawal's row lock: a job run twice pays once.
+"""
+from __future__ import annotations
+
+import logging
+import secrets as pyrandom
+
+from flask import current_app
+from sqlalchemy import func, select
+from sqlalchemy.orm import joinedload
+
+from app.agents.errors import AgentInactive
+from app.agents.models import Agent
+from app.audit import service as audit
+from app.clock import business_day_start, utcnow
+from app.errors import KamengError, NotFound, ValidationError
+from app.extensions import db
+from app.ledger import service as ledger
+from app.ledger.errors import InsufficientBalance
+from app.ledger.service import Line, agent_account_code
+from app.money import apply_rate, format_fen
+from app.network import payout, realname
+from app.network.models import RealNameVerification, Withdrawal
+
+log = logging.getLogger(__name__)
+STATUS_TEXT = {"pending_review": "待审核", "rejected": "已驳回", "approved": "已批准，待打款", "paying": "打款中",
+               "paid": "已打款", "failed": "打款失败，已退回"}
+# Requests that count toward the daily limit: everything not given back.
+COUNTED = ("pending_review", "approved", "paying", "paid")
+
+
+class WithdrawalRefused(KamengError):
+    code = "withdrawal_refused"
+
+
+class InvalidReview(KamengError):
+    code = "invalid_review"
+    status = 409
+
+
+def new_withdrawal_no() -> str:
+    return "W" + utcnow().strftime("%y%m%d") + f"{pyrandom.randbelow(10 ** 12):012d}"
+
+
+def _parse_amount(amount: object) -> int:
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+        raise ValidationError("提现金额必须是正的整数分 (amount must be a positive integer of fen)")
+    return amount
+
+
+def request_withdrawal(agent_id: int, amount: object) -> Withdrawal:
+    """Check every rule, then move the amount from the wallet to frozen. Commits; any refusal writes nothing."""
+    try:
+        w = _request(agent_id, amount)
+        db.session.commit()
+        return w
+    except Exception:
+        db.session.rollback()
+        raise
+
+
+def _request(agent_id: int, amount: object) -> Withdrawal:
+    amount = _parse_amount(amount)
+    agent = db.session.get(Agent, agent_id, options=[joinedload(Agent.tier)])
+    if agent is None or not agent.active:
+        raise AgentInactive("代理不存在或已停用 (agent not found or disabled)")
+    tier = agent.tier
+    if not tier.may_withdraw:
+        raise WithdrawalRefused(f"当前等级「{tier.name}」不可提现 (this tier may not withdraw)",
+                                code="tier_no_withdraw")
+    rec = db.session.scalar(select(RealNameVerification).where(RealNameVerification.agent_id == agent.id))
+    if rec is None or rec.status != "verified":
+        raise realname.RealNameRequired("请先完成实名认证再提现 (real-name verification required)")
+    if amount < tier.min_withdrawal:
+        raise WithdrawalRefused(f"最低提现金额为 {format_fen(tier.min_withdrawal)} (below the minimum withdrawal)",
+                                code="below_minimum")
+    fee = apply_rate(amount, tier.withdrawal_fee_bp)
+    net = amount - fee
+    if net <= 0:
+        raise WithdrawalRefused("扣除手续费后到账金额必须大于 0 (nothing left after the fee)", code="below_minimum")
+
+    wallet, frozen = agent_account_code(agent.id, "wallet"), agent_account_code(agent.id, "frozen")
+    # The wallet row lock serializes this agent's requests: the daily total and the balance are read under it.
+    accounts = ledger.lock_accounts([wallet, frozen])
+    limit = current_app.config.get("WITHDRAWAL_DAILY_LIMIT") or 0
+    if limit:
+        today = db.session.scalar(select(func.coalesce(func.sum(Withdrawal.amount), 0)).where(
+            Withdrawal.agent_id == agent.id, Withdrawal.status.in_(COUNTED),
+            Withdrawal.created_at >= business_day_start()))
+        if today + amount > limit:
+            raise WithdrawalRefused(f"超出每日提现限额 {format_fen(limit)}（今日已申请 {format_fen(today)}）"
+                                    " (daily withdrawal limit exceeded)", code="daily_limit")
+    if accounts[wallet][2] < amount:
+        raise InsufficientBalance(f"余额不足：申请 {format_fen(amount)}，可用 {format_fen(accounts[wallet][2])}"
+                                  " (insufficient balance)")
+    w = Withdrawal(withdrawal_no=new_withdrawal_no(), agent_id=agent.id, amount=amount, fee=fee, net_amount=net,
+                   bank_card_masked=rec.bank_card_masked, status="pending_review", created_at=utcnow())
+    db.session.add(w)
+    db.session.flush()
+    ledger.post_journal(f"withdrawal:{w.withdrawal_no}:freeze", "withdrawal_freeze",
+                        [Line(wallet, -amount), Line(frozen, amount)], memo=f"提现申请 {w.withdrawal_no}",
+                        locked=accounts)
+    return w
+
+
+def _locked(withdrawal_id: int) -> Withdrawal:
+    w = db.session.scalar(select(Withdrawal).where(Withdrawal.id == withdrawal_id).with_for_update()
+                          .execution_options(populate_existing=True))
+    if w is None:
+        raise NotFound("提现申请不存在 (unknown withdrawal)")
+    return w
+
+
+def _release(w: Withdrawal, memo: str) -> None:
+    ledger.post_journal(f"withdrawal:{w.withdrawal_no}:release", "withdrawal_release",
+                        [Line(agent_account_code(w.agent_id, "frozen"), -w.amount),
+                         Line(agent_account_code(w.agent_id, "wallet"), w.amount)], memo=memo)
+
+
+def approve(withdrawal_id: int, actor_id: int | None) -> Withdrawal:
+    """Approve a request under review; the payout job is queued after the commit."""
+    try:
+        w = _locked(withdrawal_id)
+        if w.status != "pending_review":
+            raise InvalidReview(f"该提现当前状态为「{STATUS_TEXT.get(w.status, w.status)}」，不能批准")
+        w.status, w.reviewed_by_id, w.reviewed_at = "approved", actor_id, utcnow()
+        audit.record("withdrawal.approve", "withdrawal", w.id, {"status": "pending_review"},
+                     {"status": "approved", "amount": w.amount}, actor_id=actor_id)
+        db.session.commit()
+    except Exception:
+        db.session.rollback()
+        raise
+    schedule_payout(w.id, w.withdrawal_no)
+    return w
+
+
+def reject(withdrawal_id: int, actor_id: int | None, reason: str | None) -> Withdrawal:
+    """Reject with a reason: the frozen amount goes back to the wallet."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationError("请填写驳回原因 (a reason is required)")
+    try:
+        w = _locked(withdrawal_id)
+        if w.status != "pending_review":
+            raise InvalidReview(f"该提现当前状态为「{STATUS_TEXT.get(w.status, w.status)}」，不能驳回")
+        w.status, w.reviewed_by_id, w.reviewed_at, w.review_reason = "rejected", actor_id, utcnow(), reason[:255]
+        _release(w, f"提现驳回 {w.withdrawal_no}")
+        audit.record("withdrawal.reject", "withdrawal", w.id, {"status": "pending_review"},
+                     {"status": "rejected"}, reason=reason[:255], actor_id=actor_id)
+        db.session.commit()
+        return w
+    except Exception:
+        db.session.rollback()
+        raise
+
+
+def retry(withdrawal_id: int, actor_id: int | None) -> Withdrawal:
+    """Queue the payout again for one whose result is unknown (paying after a timeout) or never ran (approved)."""
+    w = db.session.get(Withdrawal, withdrawal_id)
+    if w is None:
+        raise NotFound("提现申请不存在 (unknown withdrawal)")
+    if w.status not in ("approved", "paying"):
+        raise InvalidReview(f"该提现当前状态为「{STATUS_TEXT.get(w.status, w.status)}」，无需重试")
+    audit.record("withdrawal.retry", "withdrawal", w.id, None, {"status": w.status}, actor_id=actor_id)
+    db.session.commit()
+    schedule_payout(w.id, w.withdrawal_no)
+    return w
+
+
+def schedule_payout(withdrawal_id: int, withdrawal_no: str) -> None:
+    from workers.jobs import pay_withdrawal
+    from workers.queues import enqueue
+
+    try:
+        enqueue(pay_withdrawal, withdrawal_id, job_id=f"payout-{withdrawal_no}", queue="default")
+    except Exception:  # Redis down: the withdrawal stays approved; an admin retry queues it again
+        log.exception("payout of %s not queued; retry from the review queue", withdrawal_no)
+
+
+def pay(withdrawal_id: int) -> str:
+    """The payout job: approved → paying → paid / failed (funds back). A timeout leaves it paying (unknown).
+
+    Idempotent: only approved or paying withdrawals are sent, the bank dedupes on the withdrawal number, and the
+    result is booked under the row lock with once-only journal keys. Returns the status it left.
+    """
+    try:
+        w = _locked(withdrawal_id)
+        if w.status not in ("approved", "paying"):
+            db.session.rollback()
+            return w.status
+        w.status = "paying"
+        w.payout_ref = w.payout_ref or w.withdrawal_no
+        no, agent_id, net = w.withdrawal_no, w.agent_id, w.net_amount
+        name, card = realname.bank_card_of(agent_id)
+        db.session.commit()
+    except Exception:
+        db.session.rollback()
+        raise
+
+    result = payout.transfer(no, net, card, name)
+
+    try:
+        w = _locked(withdrawal_id)
+        if w.status != "paying":
+            db.session.rollback()
+            return w.status
+        if result.status == "success":
+            lines = [Line(agent_account_code(w.agent_id, "frozen"), -w.amount), Line("platform:payouts", w.net_amount),
+                     Line("platform:fees", w.fee)]
+            ledger.post_journal(f"withdrawal:{no}:paid", "withdrawal_paid", lines, memo=f"提现打款 {no}")
+            w.status, w.paid_at, w.failure_reason = "paid", utcnow(), None
+            w.payout_ref = result.ref or w.payout_ref
+        elif result.status == "failed":
+            _release(w, f"提现打款失败退回 {no}")
+            w.status, w.failure_reason = "failed", (result.reason or "打款失败 (payout failed)")[:255]
+        else:
+            w.failure_reason = (result.reason or "打款结果未知 (payout result unknown)")[:255]
+        db.session.commit()
+        return w.status
+    except Exception:
+        db.session.rollback()
+        raise
+
+
+def withdrawals_of(agent_id: int, limit: int = 50) -> list[Withdrawal]:
+    return list(db.session.scalars(select(Withdrawal).where(Withdrawal.agent_id == agent_id)
+                                   .order_by(Withdrawal.id.desc()).limit(limit)))
+
+
+def review_queue() -> list[Withdrawal]:
+    return list(db.session.scalars(select(Withdrawal).options(joinedload(Withdrawal.agent))
+                                   .where(Withdrawal.status.in_(("pending_review", "approved", "paying")))
+                                   .order_by(Withdrawal.id)))
