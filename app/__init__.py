@@ -56,6 +56,9 @@ def create_app(overrides: dict | None = None) -> Flask:
     from app.shop import api as shop_api
 
     shop_api.register(app)
+    from app.network.invite_views import register_public as register_invites
+
+    register_invites(app)
 
     from app.cli import kameng_cli
     app.cli.add_command(kameng_cli)

@@ -200,6 +200,9 @@ def register(appbuilder, category: str) -> None:
     appbuilder.add_view(MyStatementView, "我的账单", icon="fa-book", category=category)
     from app.network.network_views import register as register_network_views
     register_network_views(appbuilder, category)
+    from app.network.invite_views import register as register_invite_views
+
+    register_invite_views(appbuilder, category)
 
 
 __all__ = ["HomeView", "register", "select"]
