@@ -9,7 +9,6 @@ import flask_babel
 import pytest
 from babel.messages.mofile import read_mo
 from babel.messages.pofile import read_po
-from flask import g
 
 ROOT = Path(__file__).resolve().parent.parent
 PO = ROOT / "app" / "translations" / "en" / "LC_MESSAGES" / "messages.po"
@@ -20,10 +19,10 @@ _HOW = "run `make translations` after adding the English to tools/translations_e
 
 
 def fresh_request_state() -> None:
-    """Every request of a test shares the test's app context (and its g), where Flask-Babel caches the locale and
-    Flask-Login the user: forget both, so each request takes them from its own client's session as in production."""
+    """Every request of a test shares the test's app context (and its g), where Flask-Babel caches the locale:
+    forget it, so each request takes its locale from its own client's session as in production (conftest already
+    forgets Flask-Login's cached user before each request)."""
     flask_babel.refresh()
-    g.pop("_login_user", None)
 
 
 def get(client, url: str):
@@ -47,7 +46,6 @@ def menu(page: str) -> str:
 @pytest.fixture
 def admin(f, client):
     user = f.user(f.unique("admin"), role="Admin")
-    fresh_request_state()  # else /login/ sees the user another client logged in and skips the login
     f.login(client, user.username)
     return user
 
@@ -57,7 +55,6 @@ def agent_client(app, f):
     a = f.agent(balance=50000)
     f.product(name="测试点卡", secrets=2)
     c = app.test_client()
-    fresh_request_state()
     f.login(c, a.user.username)
     return c
 

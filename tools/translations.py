@@ -37,7 +37,7 @@ LOCALE = "en"
 PO = TRANSLATIONS_DIR / LOCALE / "LC_MESSAGES" / "messages.po"
 MO = PO.with_suffix(".mo")
 KEYWORDS = ["_", "lazy_gettext", "gettext", "ngettext:1,2"]
-CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff\u3000-\u303f\uff00-\uffef]")
+CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")  # Chinese ideographs
 GETTEXT = {"_", "gettext", "lazy_gettext", "ngettext", "lazy_ngettext", "pgettext", "npgettext"}
 TEMPLATE_GETTEXT = re.compile(r"""\b_\(\s*(?:"[^"]*"|'[^']*')""")
 TEMPLATE_CJK_RUN = re.compile(r"[^<>{}\"'|]*" + CJK.pattern + r"[^<>{}\"'|]*")
@@ -123,8 +123,10 @@ def _is_docstring(node: ast.AST, parents: dict) -> bool:
     return isinstance(body, list) and bool(body) and body[0] is parent
 
 
-def scan_unwrapped() -> list[str]:
-    """Chinese text in app/ source and templates that no gettext call wraps (these stay Chinese in English)."""
+def scan_unwrapped(menu_names: set[str]) -> list[str]:
+    """Chinese text in app/ source and templates that no gettext call wraps (these stay Chinese in English).
+
+    Menu and category names are left out: FAB renders them through _(), so their catalog entries translate them."""
     found: list[str] = []
     for path in sorted((ROOT / "app").rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -142,7 +144,7 @@ def scan_unwrapped() -> list[str]:
                 text = node.value
             else:
                 continue
-            if id(node) in wrapped or not CJK.search(text):
+            if id(node) in wrapped or not CJK.search(text) or text in menu_names:
                 continue
             found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {text!r}")
     for path in sorted((ROOT / "app" / "templates").rglob("*.html")):
@@ -223,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
               "the view must wrap them):")
         for line in unwrapped:
             print("  " + line)
-    unwrapped_source = scan_unwrapped()
+    menu_names = {text for text, wheres in found.items() if any(w.startswith("menu:") for w in wheres)}
+    unwrapped_source = scan_unwrapped(menu_names)
     if args.unwrapped:
         print(f"\n{len(unwrapped_source)} Chinese strings in app/ not wrapped in a gettext call (they stay Chinese):")
         for line in unwrapped_source:
