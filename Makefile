@@ -7,6 +7,9 @@ BIN := $(VENV)/bin
 PORT ?= 5000
 DEMO_PASSWORD ?= kameng123
 SANDBOX_KEY ?= kameng-sandbox-demo-key
+IDV_PORT ?= 8701
+PAYOUT_PORT ?= 8702
+SIM_KEY ?= kameng-demo-simulator-key
 PG_URL ?= postgresql://postgres@127.0.0.1:5432
 TEST_DATABASE_URL ?= $(PG_URL)/kameng_test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
@@ -41,7 +44,14 @@ run: demo
 	@echo "Logins (password $(DEMO_PASSWORD)): admin, manager, support, agent1 (总代), agent2 (区域代理), agent3 (普通代理), member1 (会员)"
 	@echo "Storefront: http://127.0.0.1:$(PORT)/shop/  (sandbox payment channel key: $(SANDBOX_KEY))"
 	@echo ""
-	$(BIN)/flask run --host 127.0.0.1 --port $(PORT) --no-debugger --no-reload
+	@echo "Simulators: identity provider on 127.0.0.1:$(IDV_PORT), payout bank on 127.0.0.1:$(PAYOUT_PORT)"
+	@echo ""
+	@export IDV_PROVIDER_URL=http://127.0.0.1:$(IDV_PORT) IDV_PROVIDER_KEY=$(SIM_KEY) \
+	        PAYOUT_URL=http://127.0.0.1:$(PAYOUT_PORT) PAYOUT_KEY=$(SIM_KEY); \
+	  $(BIN)/flask kameng idv-sim --port $(IDV_PORT) & idv=$$!; \
+	  $(BIN)/flask kameng payout-sim --port $(PAYOUT_PORT) & payout=$$!; \
+	  trap 'kill $$idv $$payout 2>/dev/null' EXIT INT TERM; \
+	  $(BIN)/flask run --host 127.0.0.1 --port $(PORT) --no-debugger --no-reload
 
 # PostgreSQL and Redis: this machine starts them before a session; CI may find them down.
 services:
