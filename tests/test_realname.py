@@ -146,3 +146,15 @@ def test_portal_page_and_admin_list_show_masked_only(app, f, monkeypatch, client
     f.login(admin, "adm_" + a.name)
     listing = admin.get("/realname-records/list/").get_data(as_text=True)
     assert "139****5678" in listing and number not in listing and "王小明" not in listing
+
+
+def test_the_published_example_id_number_is_accepted_and_its_checksum_enforced(app):
+    """GB 11643's example 11010519491231002X: a real check digit, computed independently of our helpers."""
+    from app.network.realname import check_id_number
+
+    number, facts = check_id_number("11010519491231002x")
+    assert number == "11010519491231002X"
+    assert facts.gender == "F" and facts.birth_year == 1949
+    with pytest.raises(ValidationError) as refused:
+        check_id_number("110105194912310021")
+    assert refused.value.code == "id_checksum"

@@ -82,7 +82,7 @@ def check_id_number(raw: str) -> tuple[str, IdFacts]:
     except StdnumError:
         raise ValidationError(f"身份证号中的地区码 {number[:6]} 不存在 (unknown region code in the ID number)",
                               code="id_region") from None
-    if ric.calc_check_digit(number[:17]) != number[17]:
+    if ric.calc_check_digit(number) != number[17]:  # stdnum wants the whole number (it drops the last digit)
         raise ValidationError("身份证号校验位错误 (ID number checksum is invalid)", code="id_checksum")
     gender = "M" if int(number[16]) % 2 else "F"
     return number, IdFacts(birth_date=birth, gender=gender, province=place.get("province") or "")
