@@ -94,6 +94,8 @@ class Config:
 
     # Business settings
     COMMISSION_MAX_LEVELS = min(env_int("COMMISSION_MAX_LEVELS", 2), 3)
+    # the tier screens warn when a tier's direct + indirect commission exceeds this share (bp of the paid amount)
+    COMMISSION_WARN_TOTAL_BP = env_int("COMMISSION_WARN_TOTAL_BP", 2000)
     CARD_IMPORT_JOB_THRESHOLD = env_int("CARD_IMPORT_JOB_THRESHOLD", 5000)
     BUSINESS_TIMEZONE = env_str("BUSINESS_TIMEZONE", "Asia/Shanghai")
     LOW_STOCK_SCAN_SECONDS = env_int("LOW_STOCK_SCAN_SECONDS", 300)

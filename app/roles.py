@@ -23,6 +23,8 @@ ROLES = {
         ["^WithdrawalQueueView$", "^can_(index|approve|reject|retry)$"],
         ["^(WithdrawalView|RealNameAdminView)$", READ],
         ["^(提现审核|提现记录|实名认证记录)$", "^menu_access$"],
+        ["^(SettlementRunView|CommissionView)$", READ],
+        ["^(结算记录|佣金明细)$", "^menu_access$"],
     ],
     # Support (客服) finds any order and agent fast; sees card secrets masked only.
     "Support": [
@@ -51,6 +53,8 @@ ROLES = {
         ["^TeamTreeView$", "^can_index$"],
         ["^(代理中心|采购商品|充值|我的订单|我的团队|我的账单|API 密钥|我的回调记录|开放接口文档)$", "^menu_access$"],
         ["^(邀请码|团队结构)$", "^menu_access$"],
+        ["^MyCommissionView$", READ],
+        ["^我的佣金$", "^menu_access$"],
         ["^UserDBModelView$", "^(can_userinfo|userinfoedit|resetmypassword)$"],
         ["^(ResetMyPasswordView|UserInfoEditView)$", "^(can_this_form_get|can_this_form_post)$"],
     ],

@@ -378,4 +378,60 @@ EN: dict[str, str] = {
     "业绩为已到账订单金额；本月自 %(since)s 起。":
         "Performance is GMV: the paid amounts of delivered orders; this month starts at %(since)s.",
     "团队树": "Team tree",
+    # ------------------------------------------------------------------------------------------ commission screens
+    "待结算": "Pending",
+    "维权冻结": "Frozen (dispute)",
+    "已结算": "Settled",
+    "已冲回": "Reversed",
+    "进行中": "Running",
+    "已完成": "Done",
+    "定时任务": "Scheduled job",
+    "手动": "Manual",
+    "命令行": "Command line",
+    "直接": "Direct",
+    "间接": "Indirect",
+    "三级": "Third level",
+    "佣金层级设为 %(levels)s 级：上线从下线销售中提成超过两级，可能被认定为传销。":
+        "Commission levels are set to %(levels)s: paying uplines on downline sales past two levels may count "
+        "as pyramid selling.",
+    "等级「%(tier)s」的间接佣金（%(indirect)s）高于直接佣金（%(direct)s）。":
+        "Tier “%(tier)s” pays more indirect commission (%(indirect)s) than direct commission (%(direct)s).",
+    "等级「%(tier)s」的直接与间接佣金合计 %(total)s，超过 %(limit)s。":
+        "Tier “%(tier)s” pays %(total)s in direct and indirect commission together, more than %(limit)s.",
+    "结算失败：%(error)s": "Settlement failed: %(error)s",
+    "结算完成（#%(run)s）：%(count)s 笔佣金，共 %(amount)s，其中抵扣欠款 %(recovered)s":
+        "Settlement done (#%(run)s): %(count)s commissions, %(amount)s in total, of which %(recovered)s "
+        "recovered debt",
+    "结算记录": "Settlement runs",
+    "编号": "No.",
+    "触发方式": "Trigger",
+    "截止时间": "Cutoff",
+    "结算笔数": "Commissions settled",
+    "结算金额": "Amount settled",
+    "抵扣欠款": "Debt recovered",
+    "开始时间": "Started at",
+    "佣金层级": "Commission level",
+    "比例": "Rate",
+    "订单实付": "Order paid amount",
+    "佣金金额": "Commission",
+    "可结算时间": "Settles after",
+    "产生时间": "Accrued at",
+    "结算时间": "Settled at",
+    "冲回时间": "Reversed at",
+    "结算批次": "Settlement run",
+    "佣金明细": "Commissions",
+    "我的佣金": "My commissions",
+    "确定立即结算所有到期佣金？": "Settle every due commission now?",
+    "立即结算": "Settle now",
+    "结算所有已到期的待结算佣金（操作会记入审计日志）":
+        "Settles every pending commission that is due (recorded in the audit log)",
+    "合规提示：佣金设置可能违反禁止传销的规定":
+        "Compliance warning: the commission settings may break the rules against pyramid selling",
+    "依据《禁止传销条例》，上线只应从下线的实际商品销售中提成，且不超过两级；间接佣金不应高于直接佣金。":
+        "Under China’s Regulations on Prohibition of Pyramid Selling, uplines should earn only on their "
+        "downline’s actual product sales, over at most two levels, and indirect commission should not exceed "
+        "direct commission.",
+    "本平台不提供按发展人数（拉人头）计酬，也不收取任何入门费；佣金只按已到账订单的实付金额计算。":
+        "The platform offers no pay per recruit and charges no entry fee; commissions are computed only on "
+        "the paid amounts of delivered orders.",
 }

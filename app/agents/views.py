@@ -62,6 +62,15 @@ class TierView(AuditedViewMixin, ModelView):
     add_form_extra_fields = _tier_fields()
     edit_form_extra_fields = _tier_fields()
     validators_columns = {"rank": [int_range(0, 1_000_000)], "settle_days": [int_range(0, 90)]}
+    list_template = "kameng/tier_list.html"
+    edit_template = "kameng/tier_edit.html"
+
+    def render_template(self, template, **kwargs):
+        if template in (self.list_template, self.edit_template):
+            # the compliance banner (anti-pyramid rules): levels past two, indirect > direct, a high total share
+            from app.network.commission_views import compliance_warnings
+            kwargs["compliance_warnings"] = compliance_warnings()
+        return super().render_template(template, **kwargs)
 
     def pre_add(self, item):
         _check_tier(item)

@@ -203,6 +203,8 @@ def register(appbuilder, category: str) -> None:
     from app.network.invite_views import register as register_invite_views
 
     register_invite_views(appbuilder, category)
+    from app.network.commission_views import register as register_commission_views
+    register_commission_views(appbuilder, category)
 
 
 __all__ = ["HomeView", "register", "select"]
