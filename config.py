@@ -106,6 +106,7 @@ class Config:
     OPENAPI_CALLBACK_ALLOW_PRIVATE = env_bool("OPENAPI_CALLBACK_ALLOW_PRIVATE", KAMENG_ENV != "production")
     OUTBOX_SWEEP_SECONDS = env_int("OUTBOX_SWEEP_SECONDS", 15)
     NONCE_PURGE_SECONDS = env_int("NONCE_PURGE_SECONDS", 600)
+    WITHDRAWAL_POLL_SECONDS = env_int("WITHDRAWAL_POLL_SECONDS", 60)  # paying withdrawals: ask the bank
 
     # Payments and the storefront
     ORDER_EXPIRE_MINUTES = env_int("ORDER_EXPIRE_MINUTES", 15)  # unpaid storefront orders close after this

@@ -198,6 +198,20 @@ def settle_commissions(batch_size: int) -> None:
         click.echo(f"{key}: {value}")
 
 
+@kameng_cli.command("team-bonus")
+@click.option("--month", default=None, help="Business month YYYY-MM (default: last month).")
+def team_bonus(month: str | None) -> None:
+    """Award the team bonus (团队业绩奖) of a month for every active rule; running it again awards nothing more."""
+    from app.network import team_bonus as service
+
+    try:
+        report = service.run(month)
+    except KamengError as exc:
+        fail(exc.message)
+    for key, value in report.items():
+        click.echo(f"{key}: {value}")
+
+
 def _run_simulator(sim, port: int) -> None:
     from werkzeug.serving import run_simple
 

@@ -25,6 +25,8 @@ ROLES = {
         ["^(提现审核|提现记录|实名认证记录)$", "^menu_access$"],
         ["^(SettlementRunView|CommissionView)$", READ],
         ["^(结算记录|佣金明细)$", "^menu_access$"],
+        ["^(TeamBonusRuleView|TeamBonusAwardView)$", READ],
+        ["^(团队业绩奖规则|团队业绩奖发放)$", "^menu_access$"],
     ],
     # Support (客服) finds any order and agent fast; sees card secrets masked only.
     "Support": [

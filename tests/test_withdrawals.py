@@ -70,13 +70,13 @@ def test_each_refusal_writes_nothing(app, f, setup, monkeypatch):
 
 
 def test_concurrent_requests_never_overdraw(app, setup):
-    a = setup(balance=100000)
+    agent_id = setup(balance=100000).id  # read here, not from the threads (an expired instance loads lazily)
     results, errors = [], []
 
     def worker():
         with app.app_context():
             try:
-                results.append(withdrawals.request_withdrawal(a.id, 30000).id)
+                results.append(withdrawals.request_withdrawal(agent_id, 30000).id)
             except InsufficientBalance as exc:
                 errors.append(exc)
             finally:
@@ -89,7 +89,7 @@ def test_concurrent_requests_never_overdraw(app, setup):
         t.join()
     assert len(results) == 3 and len(errors) == 7
     _db.session.rollback()
-    assert agent_balances(a.id) == {"wallet": 10000, "pending": 0, "frozen": 90000}
+    assert agent_balances(agent_id) == {"wallet": 10000, "pending": 0, "frozen": 90000}
 
 
 def test_approve_worker_pays_ledger_exact(app, setup, monkeypatch):

@@ -434,4 +434,17 @@ EN: dict[str, str] = {
     "本平台不提供按发展人数（拉人头）计酬，也不收取任何入门费；佣金只按已到账订单的实付金额计算。":
         "The platform offers no pay per recruit and charges no entry fee; commissions are computed only on "
         "the paid amounts of delivered orders.",
+    # ---------------------------------------------------------------------------------------- team bonus (团队业绩奖)
+    "团队业绩奖规则": "Team bonus rules",
+    "团队业绩奖发放": "Team bonus awards",
+    "团队业绩奖发放记录": "Team bonus awards",
+    "月团队业绩门槛（元）": "Monthly team GMV threshold (yuan)",
+    "奖励比例 %": "Bonus rate %",
+    "默认关闭；启用后每月 1 日按上月团队业绩发放到代理余额":
+        "Off by default; when on, paid to the agent's balance on the 1st of each month from last month's team GMV",
+    "月份": "Month",
+    "规则": "Rule",
+    "团队业绩": "Team GMV",
+    "奖励金额": "Bonus amount",
+    "发放时间": "Awarded at",
 }

@@ -70,3 +70,17 @@ def settle_commissions() -> dict:
     from app.network import settlement
 
     return settlement.report(settlement.settle(trigger="scheduled"))
+
+
+def award_team_bonus(month: str | None = None) -> dict:
+    """Scheduled monthly (1st): the team bonus for last month (default). Idempotent: an award is booked once."""
+    from app.network import team_bonus
+
+    return team_bonus.run(month)
+
+
+def poll_paying_withdrawals() -> dict:
+    """Scheduled: ask the bank about withdrawals left paying (a timeout); book paid / failed once (row lock)."""
+    from app.network import withdrawals
+
+    return withdrawals.poll_paying()

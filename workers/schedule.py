@@ -27,6 +27,9 @@ PERIODIC = [
     # Daily: yesterday (China time) is complete whenever it runs; re-running a day replaces its result.
     Periodic("sandbox-reconcile", jobs.reconcile_sandbox_daily, "low", cron="30 1 * * *"),
     Periodic("commission-settlement", jobs.settle_commissions, "low", cron="0 2 * * *"),
+    # Monthly, on the 1st (the cron runs in the worker's clock; 03:10 UTC is 11:10 in China, the month is closed).
+    Periodic("team-bonus", jobs.award_team_bonus, "low", cron="10 3 1 * *"),
+    Periodic("withdrawal-poll", jobs.poll_paying_withdrawals, "default", "WITHDRAWAL_POLL_SECONDS"),
 ]
 
 

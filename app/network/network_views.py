@@ -181,6 +181,8 @@ def register(appbuilder, portal_category: str) -> None:
                         category=REVIEW_CATEGORY)
     appbuilder.add_view(WithdrawalView, "提现记录", icon="fa-history", category=REVIEW_CATEGORY)
     appbuilder.add_view(RealNameAdminView, "实名认证记录", icon="fa-id-card-o", category=REVIEW_CATEGORY)
+    from app.network.team_bonus_views import register as register_team_bonus
+    register_team_bonus(appbuilder, REVIEW_CATEGORY)
 
 
 __all__ = ["register"]

@@ -1,7 +1,8 @@
 """The payout adapter: a bank transfer (代付) to the agent's card over signed HTTP.
 
 The bank side is idempotent on our request number (the withdrawal number): sending the same transfer again
-returns the first result, so a retry after a timeout asks rather than pays again.
+returns the first result, so a retry after a timeout asks rather than pays again. `query` asks for a transfer's
+status without sending it (the withdrawal poll): success, failed, or unknown (not found, processing, no answer).
 """
 from __future__ import annotations
 
@@ -38,5 +39,26 @@ def transfer(out_no: str, amount: int, card: str, name: str) -> PayoutResult:
         data = None
     if resp.status_code != 200 or not isinstance(data, dict) or data.get("status") not in ("success", "failed"):
         return PayoutResult("unknown", reason=f"打款通道应答异常 (payout answered HTTP {resp.status_code})")
+    return PayoutResult(data["status"], ref=str(data.get("ref") or "")[:64] or None,
+                        reason=(data.get("reason") or None) and str(data["reason"])[:200])
+
+
+def query(out_no: str) -> PayoutResult:
+    """The status of a transfer we sent (signed POST /v1/transfers/query {"out_no"}); never sends money."""
+    url, key = current_app.config.get("PAYOUT_URL"), current_app.config.get("PAYOUT_KEY")
+    if not url or not key:
+        return PayoutResult("unknown", reason="打款通道未配置 (PAYOUT_URL / PAYOUT_KEY not set)")
+    try:
+        resp = signed_post(url.rstrip("/") + "/v1/transfers/query", key, {"out_no": out_no},
+                           current_app.config.get("PAYOUT_TIMEOUT", 10))
+        data = resp.json()
+    except requests.RequestException as exc:
+        return PayoutResult("unknown", reason=f"打款查询失败 (payout query failed: {type(exc).__name__})")
+    except ValueError:
+        data = None
+    if resp.status_code != 200 or not isinstance(data, dict):
+        return PayoutResult("unknown", reason=f"打款查询应答异常 (payout query answered HTTP {resp.status_code})")
+    if data.get("status") not in ("success", "failed"):
+        return PayoutResult("unknown", reason=f"打款结果未知：{str(data.get('status'))[:32]} (payout result unknown)")
     return PayoutResult(data["status"], ref=str(data.get("ref") or "")[:64] or None,
                         reason=(data.get("reason") or None) and str(data["reason"])[:200])

@@ -7,6 +7,8 @@ payout channel. Both check the request signature (app.network.realname.sign) and
   Rule: a card ending in 4 fails (account frozen); a card ending in 7 answers only after `slow_seconds`
   (a timeout for the caller; the transfer itself succeeds). Idempotent per out_no: the same out_no returns the
   first result and pays once (`executed` counts real transfers).
+- Payout status: POST /v1/transfers/query {"out_no"} → {"status": "success"|"failed"|"not_found", "ref", "reason"}
+  (`queries` counts them). `bounce(out_no)` turns a sent transfer into failed (the bank returned it, 退票).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from app.network.realname import sign
 
 class _SignedJsonApp:
     path = "/"
+    extra_paths: tuple[str, ...] = ()
 
     def __init__(self, key: str):
         self.key = key
@@ -30,7 +33,7 @@ class _SignedJsonApp:
 
     def __call__(self, environ, start_response):
         request = Request(environ)
-        if request.method != "POST" or request.path != self.path:
+        if request.method != "POST" or (request.path != self.path and request.path not in self.extra_paths):
             return _json({"error": "not found"}, 404)(environ, start_response)
         body = request.get_data()
         ts, nonce = request.headers.get("X-Timestamp", ""), request.headers.get("X-Nonce", "")
@@ -43,7 +46,10 @@ class _SignedJsonApp:
             payload = json.loads(body)
         except ValueError:
             return _json({"error": "bad json"}, 400)(environ, start_response)
-        return self.handle(payload)(environ, start_response)
+        return self.route(request.path, payload)(environ, start_response)
+
+    def route(self, path: str, payload: dict) -> Response:
+        return self.handle(payload)
 
     def handle(self, payload: dict) -> Response:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -72,12 +78,34 @@ class IdvSimulator(_SignedJsonApp):
 
 class PayoutSimulator(_SignedJsonApp):
     path = "/v1/transfers"
+    extra_paths = ("/v1/transfers/query",)
 
     def __init__(self, key: str, slow_seconds: float = 3.0):
         super().__init__(key)
         self.slow_seconds = slow_seconds
         self.transfers: dict[str, dict] = {}
         self.executed = 0
+        self.queries = 0
+
+    def route(self, path: str, payload: dict) -> Response:
+        if path == "/v1/transfers/query":
+            return self.query(payload)
+        return self.handle(payload)
+
+    def query(self, payload: dict) -> Response:
+        out_no = str(payload.get("out_no", ""))
+        if not out_no:
+            return _json({"error": "missing out_no"}, 400)
+        with self.lock:
+            self.queries += 1
+            stored = self.transfers.get(out_no)
+        if stored is None:
+            return _json({"status": "not_found", "ref": None, "reason": None})
+        return _json({k: stored[k] for k in ("status", "ref", "reason")})
+
+    def bounce(self, out_no: str, reason: str = "收款行退票 (returned by the payee bank)") -> None:
+        with self.lock:
+            self.transfers[out_no].update(status="failed", reason=reason)
 
     def handle(self, payload: dict) -> Response:
         out_no, card, amount = str(payload.get("out_no", "")), str(payload.get("card", "")), payload.get("amount")

@@ -2,12 +2,15 @@
 
 Journals: `withdrawal:<no>:freeze` (wallet → frozen), `withdrawal:<no>:release` (frozen → wallet, on a reject or
 a failed payout), `withdrawal:<no>:paid` (frozen → platform:payouts + platform:fees). Each key posts once, and
-the status moves by guarded steps under the withdrawal's row lock: a job run twice pays once.
+the status moves by guarded steps under the withdrawal's row lock: a job run twice pays once. A withdrawal left
+paying (the bank did not answer in time) is resolved by the withdrawal-poll job, which asks the bank for the
+transfer's status (payout.query) and books it through the same guarded step (poll_paying).
 """
 from __future__ import annotations
 
 import logging
 import secrets as pyrandom
+from datetime import timedelta
 
 from flask import current_app
 from sqlalchemy import func, select
@@ -16,6 +19,7 @@ from sqlalchemy.orm import joinedload
 from app.agents.errors import AgentInactive
 from app.agents.models import Agent
 from app.audit import service as audit
+from app.audit.models import AuditEntry
 from app.clock import business_day_start, utcnow
 from app.errors import KamengError, NotFound, ValidationError
 from app.extensions import db
@@ -202,7 +206,11 @@ def pay(withdrawal_id: int) -> str:
         raise
 
     result = payout.transfer(no, net, card, name)
+    return _book(withdrawal_id, no, result)
 
+
+def _book(withdrawal_id: int, no: str, result: payout.PayoutResult) -> str:
+    """Book a bank answer under the row lock: only a withdrawal still paying moves; the journal keys post once."""
     try:
         w = _locked(withdrawal_id)
         if w.status != "paying":
@@ -224,6 +232,58 @@ def pay(withdrawal_id: int) -> str:
     except Exception:
         db.session.rollback()
         raise
+
+
+POLL_ACTION = "withdrawal.poll"
+
+
+def _polled_since(withdrawal_id: int, since) -> bool:
+    return db.session.scalar(select(AuditEntry.id).where(
+        AuditEntry.action == POLL_ACTION, AuditEntry.target_type == "withdrawal",
+        AuditEntry.target_id == str(withdrawal_id), AuditEntry.created_at > since).limit(1)) is not None
+
+
+def poll_one(withdrawal_id: int, now=None) -> str | None:
+    """Ask the bank about one paying withdrawal and book the answer (paid / failed) once; unknown leaves it paying.
+
+    Backoff: a withdrawal is asked at most once per WITHDRAWAL_POLL_SECONDS (at least 60 s); each ask is an audit
+    entry `withdrawal.poll`, written and committed under the row lock before the HTTP call, so two pollers never
+    ask twice and a concurrent admin retry (the payout job) and the poll serialize on the row: whichever books
+    first wins, the other sees the status is no longer paying. Returns the status left, None when skipped.
+    """
+    now = now or utcnow()
+    gap = max(60, int(current_app.config.get("WITHDRAWAL_POLL_SECONDS", 60) or 60))
+    try:
+        w = _locked(withdrawal_id)
+        if w.status != "paying" or _polled_since(w.id, now - timedelta(seconds=gap)):
+            db.session.rollback()
+            return None
+        no = w.withdrawal_no
+        entry = audit.record(POLL_ACTION, "withdrawal", w.id, None, {"status": "paying"}, actor_id=None)
+        entry.created_at = now
+        db.session.commit()
+    except Exception:
+        db.session.rollback()
+        raise
+    result = payout.query(no)
+    if result.status == "unknown":
+        log.info("withdrawal %s still unknown at the bank: %s", no, result.reason)
+    return _book(withdrawal_id, no, result)
+
+
+def poll_paying(now=None, limit: int = 500) -> dict:
+    """The withdrawal-poll job: every withdrawal left paying (oldest first), asked with backoff (see poll_one)."""
+    ids = list(db.session.scalars(select(Withdrawal.id).where(Withdrawal.status == "paying")
+                                  .order_by(Withdrawal.id).limit(limit)))
+    db.session.rollback()
+    report = {"paying": len(ids), "asked": 0, "paid": 0, "failed": 0, "unknown": 0}
+    for withdrawal_id in ids:
+        status = poll_one(withdrawal_id, now)
+        if status is None:
+            continue
+        report["asked"] += 1
+        report[{"paid": "paid", "failed": "failed"}.get(status, "unknown")] += 1
+    return report
 
 
 def withdrawals_of(agent_id: int, limit: int = 50) -> list[Withdrawal]:
