@@ -64,7 +64,7 @@ def test_timeout_then_poll_finds_it_paid_ledger_exact_paid_once(app, timed_out, 
     ctx, bank = _start(app, monkeypatch, a, w)
     try:
         report = withdrawals.poll_paying()
-        assert report == {"paying": 1, "asked": 1, "paid": 1, "failed": 0, "unknown": 0}
+        assert report == {"requeued": 0, "paying": 1, "asked": 1, "paid": 1, "failed": 0, "unknown": 0}
         w = _db.session.get(Withdrawal, w.id)
         assert w.status == "paid" and w.paid_at and w.payout_ref.startswith("PAY") and w.failure_reason is None
         assert bank.executed == 1 and bank.queries == 1
@@ -117,7 +117,8 @@ def test_unknown_is_left_paying_and_asked_at_most_once_a_minute(app, timed_out, 
         assert bank.queries == 1
         state = _state(w.id)
         assert state[0] == "paying"
-        assert withdrawals.poll_paying() == {"paying": 1, "asked": 0, "paid": 0, "failed": 0, "unknown": 0}
+        assert withdrawals.poll_paying() == {"requeued": 0, "paying": 1, "asked": 0, "paid": 0, "failed": 0,
+                                             "unknown": 0}
         assert withdrawals.poll_paying(now=utcnow() + timedelta(seconds=30))["asked"] == 0
         assert bank.queries == 1 and _state(w.id) == state
         assert withdrawals.poll_paying(now=utcnow() + timedelta(seconds=61))["unknown"] == 1
@@ -169,4 +170,25 @@ def test_poll_is_scheduled_every_minute_with_a_stable_name(app):
 
     job = {p.name: p for p in PERIODIC}["withdrawal-poll"]
     assert job.func is poll_paying_withdrawals and app.config[job.interval_setting] == 60
-    assert poll_paying_withdrawals() == {"paying": 0, "asked": 0, "paid": 0, "failed": 0, "unknown": 0}
+    assert poll_paying_withdrawals() == {"requeued": 0, "paying": 0, "asked": 0, "paid": 0, "failed": 0, "unknown": 0}
+
+
+def test_an_approval_that_never_reached_a_worker_is_queued_again_by_the_poll(app, f, monkeypatch):
+    """Redis down at approval: the withdrawal stays approved (nothing lost); the poll queues it once it is stale."""
+    monkeypatch.setitem(app.config, "WITHDRAWAL_DAILY_LIMIT", 0)
+    a = f.agent(tier_obj=f.tier(min_withdrawal=10000, withdrawal_fee_bp=100), balance=100000)
+    with idv_provider(app, monkeypatch):
+        verify(a, card_last="8")
+    w = withdrawals.request_withdrawal(a.id, 20000)
+    with payout_bank(app, monkeypatch) as bank:
+        monkeypatch.setitem(app.config, "REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens there
+        withdrawals.approve(w.id, None)
+        assert _db.session.get(Withdrawal, w.id).status == "approved" and bank.executed == 0
+        monkeypatch.setitem(app.config, "REDIS_URL", None)  # back: jobs run inline
+        assert withdrawals.poll_paying()["requeued"] == 0  # just approved: not stale yet
+        later = utcnow() + withdrawals.REQUEUE_APPROVED_AFTER + timedelta(seconds=1)
+        assert withdrawals.poll_paying(now=later)["requeued"] == 1
+        _db.session.rollback()
+        assert _db.session.get(Withdrawal, w.id).status == "paid" and bank.executed == 1
+        assert withdrawals.poll_paying(now=later)["requeued"] == 0
+    assert agent_balances(a.id) == {"wallet": 80000, "pending": 0, "frozen": 0}

@@ -271,12 +271,23 @@ def poll_one(withdrawal_id: int, now=None) -> str | None:
     return _book(withdrawal_id, no, result)
 
 
+REQUEUE_APPROVED_AFTER = timedelta(minutes=2)
+
+
 def poll_paying(now=None, limit: int = 500) -> dict:
     """The withdrawal-poll job: every withdrawal left paying (oldest first), asked with backoff (see poll_one)."""
+    now = now or utcnow()
+    # Approved but never handed to a worker (Redis was down at approval): queue the payout again. pay() is
+    # idempotent and the job id is deterministic, so a payout that is merely slow is not sent twice.
+    stranded = db.session.execute(select(Withdrawal.id, Withdrawal.withdrawal_no).where(
+        Withdrawal.status == "approved", Withdrawal.reviewed_at < now - REQUEUE_APPROVED_AFTER)
+        .order_by(Withdrawal.id).limit(limit)).all()
     ids = list(db.session.scalars(select(Withdrawal.id).where(Withdrawal.status == "paying")
                                   .order_by(Withdrawal.id).limit(limit)))
     db.session.rollback()
-    report = {"paying": len(ids), "asked": 0, "paid": 0, "failed": 0, "unknown": 0}
+    for withdrawal_id, withdrawal_no in stranded:
+        schedule_payout(withdrawal_id, withdrawal_no)
+    report = {"requeued": len(stranded), "paying": len(ids), "asked": 0, "paid": 0, "failed": 0, "unknown": 0}
     for withdrawal_id in ids:
         status = poll_one(withdrawal_id, now)
         if status is None:
