@@ -39,3 +39,4 @@ from app.payments.models import (  # noqa: F401
     StatementImport,
     WalletTopUp,
 )
+from app.settings.models import PlatformSetting  # noqa: F401

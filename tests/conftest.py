@@ -117,9 +117,11 @@ def app(request, _apps):
     flask_app = _get_app(request.param, request, _apps)
     from app.extensions import db
     from app.ledger.service import ensure_platform_accounts
+    from app.settings.service import forget_cached
 
     with flask_app.app_context():
         _clean(db)
+        forget_cached()
         flask_app.appbuilder.sm.create_db()  # built-in roles (kept across tests anyway)
         ensure_platform_accounts()
         db.session.commit()

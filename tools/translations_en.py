@@ -447,4 +447,9 @@ EN: dict[str, str] = {
     "团队业绩": "Team GMV",
     "奖励金额": "Bonus amount",
     "发放时间": "Awarded at",
+    "平台设置": "Platform settings",
+    "购买需实名认证的金额门槛（元，0 为不要求）":
+        "Real-name verification required for purchases above (yuan, 0 = never)",
+    "单笔钱包采购金额超过此数时，须先完成实名认证":
+        "A wallet purchase above this amount needs a verified real name first",
 }

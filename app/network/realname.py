@@ -191,7 +191,9 @@ def require_verified(agent_id: int, purpose: str = "提现") -> None:
 def check_purchase(agent_id: int, amount: int) -> None:
     """Wallet purchases above REALNAME_REQUIRED_ABOVE fen (0 = off) need a verified real name. One indexed
     lookup, and only above the threshold."""
-    threshold = current_app.config.get("REALNAME_REQUIRED_ABOVE") or 0
+    from app.settings import service as settings
+
+    threshold = settings.get("realname_required_above") or 0  # 平台设置, else REALNAME_REQUIRED_ABOVE
     if threshold and amount > threshold:
         require_verified(agent_id, "购买超过该金额的商品")
 

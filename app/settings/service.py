@@ -1,0 +1,58 @@
+"""Read and change platform settings. A setting not set in the form falls back to its config default.
+
+Reads are cached per process for a few seconds: the purchase path asks on every order.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+from flask import current_app
+
+from app.audit import service as audit
+from app.clock import utcnow
+from app.errors import ValidationError
+from app.extensions import db
+from app.settings.models import PlatformSetting
+
+# key -> the config name holding its default
+SETTINGS = {"realname_required_above": "REALNAME_REQUIRED_ABOVE"}
+CACHE_SECONDS = 5.0
+_UNSET = object()  # cached "no row": the config default applies, read live
+_cache: dict[tuple[int, str], tuple[float, object]] = {}
+
+
+def get(key: str):
+    if key not in SETTINGS:
+        raise KeyError(key)
+    cache_key = (id(current_app._get_current_object()), key)
+    hit = _cache.get(cache_key)
+    if hit and hit[0] > time.monotonic():
+        value = hit[1]
+    else:
+        row = db.session.get(PlatformSetting, key)
+        value = json.loads(row.value) if row else _UNSET
+        _cache[cache_key] = (time.monotonic() + CACHE_SECONDS, value)
+    return current_app.config.get(SETTINGS[key]) if value is _UNSET else value
+
+
+def forget_cached() -> None:
+    """Drop cached values (tests that empty the database between cases)."""
+    _cache.clear()
+
+
+def set_value(key: str, value, actor_id: int | None) -> None:
+    """Change a setting (commits) with an audit entry of the old and new value."""
+    if key not in SETTINGS:
+        raise ValidationError(f"unknown setting {key!r}")
+    if key == "realname_required_above" and (not isinstance(value, int) or value < 0):
+        raise ValidationError("金额不能为负 (amount must not be negative)")
+    old = get(key)
+    row = db.session.get(PlatformSetting, key)
+    if row is None:
+        row = PlatformSetting(key=key, value="null")
+        db.session.add(row)
+    row.value, row.updated_at, row.updated_by_id = json.dumps(value), utcnow(), actor_id
+    audit.record("setting.update", "setting", key, {key: old}, {key: value}, actor_id=actor_id)
+    db.session.commit()
+    _cache.pop((id(current_app._get_current_object()), key), None)

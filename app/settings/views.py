@@ -1,0 +1,41 @@
+"""平台设置: the settings admins change in a form."""
+from __future__ import annotations
+
+from flask import flash, g
+from flask_appbuilder import SimpleFormView
+from flask_appbuilder.forms import DynamicForm
+from flask_babel import lazy_gettext as _
+
+from app.errors import KamengError
+from app.forms import YuanField
+from app.money import format_fen
+from app.settings import service
+
+
+class SettingsForm(DynamicForm):
+    realname_required_above = YuanField(_("购买需实名认证的金额门槛（元，0 为不要求）"),
+                                        description=_("单笔钱包采购金额超过此数时，须先完成实名认证"))
+
+
+class PlatformSettingsView(SimpleFormView):
+    route_base = "/platform-settings"
+    form = SettingsForm
+    form_title = _("平台设置")
+
+    def form_get(self, form):
+        form.realname_required_above.data = service.get("realname_required_above") or 0
+
+    def form_post(self, form):
+        value = form.realname_required_above.data or 0
+        try:
+            service.set_value("realname_required_above", value, actor_id=g.user.id)
+        except KamengError as exc:
+            flash(exc.message, "danger")
+            return None
+        flash(f"已保存：购买超过 {format_fen(value)} 须实名认证" if value else "已保存：购买不要求实名认证", "success")
+        return None
+
+
+def register(appbuilder) -> None:
+    appbuilder.add_view(PlatformSettingsView, "平台设置", href="/platform-settings/form", icon="fa-sliders",
+                        category="系统")
