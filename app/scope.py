@@ -49,6 +49,16 @@ def current_agent() -> Agent | None:
     return cached[1]
 
 
+def require_agent() -> Agent:
+    """The current user's agent, for portal pages; anyone else gets 403."""
+    from flask import abort
+
+    agent = current_agent()
+    if agent is None:
+        abort(403)
+    return agent
+
+
 def downline_ids(agent: Agent) -> Select:
     """Ids of the agent and everyone below it, as a subquery (no list materialized for big trees)."""
     return select(Agent.id).where(Agent.path.like(agent.path + "%"))

@@ -22,16 +22,10 @@ from app.clock import utcnow
 from app.errors import KamengError, ValidationError
 from app.extensions import db
 from app.network import invites, poster, team
-from app.scope import current_agent
+from app.scope import require_agent
 
 public = Blueprint("invite", __name__)
 
-
-def _require_agent():
-    agent = current_agent()
-    if agent is None:
-        abort(403)
-    return agent
 
 
 def invite_link(code: str) -> str:
@@ -47,7 +41,7 @@ class InviteView(BaseView):
     @expose("/", methods=["GET"])
     @has_access
     def index(self):
-        agent = _require_agent()
+        agent = require_agent()
         refusal = invites.recruit_refusal(agent)
         codes = invites.codes_of(agent)
         return self.render_template("kameng/invites.html", agent=agent, refusal=refusal, codes=codes,
@@ -57,7 +51,7 @@ class InviteView(BaseView):
     @expose("/create", methods=["POST"])
     @has_access
     def create(self):
-        agent = _require_agent()
+        agent = require_agent()
         try:
             days = (request.form.get("expires_days") or "").strip()
             if days and not (days.isdigit() and 1 <= int(days) <= 3650):
@@ -75,7 +69,7 @@ class InviteView(BaseView):
     @expose("/<code>/deactivate", methods=["POST"])
     @has_access
     def deactivate(self, code):
-        agent = _require_agent()
+        agent = require_agent()
         try:
             invite = invites.deactivate(agent, code)
         except KamengError:
@@ -86,7 +80,7 @@ class InviteView(BaseView):
     @expose("/<code>/poster.png", methods=["GET"])
     @has_access
     def poster(self, code):
-        agent = _require_agent()
+        agent = require_agent()
         try:
             invite = invites.own_code(agent, code)
         except KamengError:
@@ -106,7 +100,7 @@ class TeamTreeView(BaseView):
     @expose("/", methods=["GET"])
     @has_access
     def index(self):
-        agent = _require_agent()
+        agent = require_agent()
         return self.render_template("kameng/team_tree.html", agent=agent, **team.team_view(agent))
 
 

@@ -3,7 +3,7 @@ staff list of verifications (masked only), the withdrawal review queue (approve 
 every withdrawal's status."""
 from __future__ import annotations
 
-from flask import abort, flash, g, redirect, request, url_for
+from flask import flash, g, redirect, request, url_for
 from flask_appbuilder import BaseView, ModelView, expose, has_access
 from flask_appbuilder.models.sqla.interface import SQLAInterface
 from flask_babel import lazy_gettext as _
@@ -14,16 +14,10 @@ from app.ledger.service import agent_balances
 from app.money import format_fen, parse_yuan
 from app.network import realname, withdrawals
 from app.network.models import RealNameVerification, Withdrawal
-from app.scope import current_agent
+from app.scope import require_agent
 
 REVIEW_CATEGORY = "代理管理"
 
-
-def _require_agent():
-    agent = current_agent()
-    if agent is None:
-        abort(403)
-    return agent
 
 
 class MyRealNameView(BaseView):
@@ -34,14 +28,14 @@ class MyRealNameView(BaseView):
     @expose("/", methods=["GET"])
     @has_access
     def index(self):
-        agent = _require_agent()
+        agent = require_agent()
         return self.render_template("kameng/realname.html", rec=realname.record_of(agent.id),
                                     status_text=realname.STATUS_TEXT, form={})
 
     @expose("/", methods=["POST"])
     @has_access
     def submit(self):
-        agent = _require_agent()
+        agent = require_agent()
         form = request.form
         try:
             rec = realname.submit(agent.id, form.get("name", ""), form.get("id_number", ""),
@@ -67,7 +61,7 @@ class MyWithdrawalView(BaseView):
     @expose("/", methods=["GET"])
     @has_access
     def index(self):
-        agent = _require_agent()
+        agent = require_agent()
         return self.render_template("kameng/my_withdrawals.html", agent=agent, tier=agent.tier,
                                     balances=agent_balances(agent.id), verified=realname.is_verified(agent.id),
                                     rows=withdrawals.withdrawals_of(agent.id), status_text=withdrawals.STATUS_TEXT)
@@ -75,7 +69,7 @@ class MyWithdrawalView(BaseView):
     @expose("/", methods=["POST"])
     @has_access
     def create(self):
-        agent = _require_agent()
+        agent = require_agent()
         try:
             try:
                 amount = parse_yuan(request.form.get("amount", ""))

@@ -1,7 +1,7 @@
 """Screens for API keys: agents manage their own (portal); admins see and revoke all; callback attempts."""
 from __future__ import annotations
 
-from flask import abort, flash, redirect, request, url_for
+from flask import flash, redirect, request, url_for
 from flask_appbuilder import BaseView, ModelView, expose, has_access
 from flask_appbuilder.actions import action
 from flask_appbuilder.models.sqla.filters import FilterInFunction
@@ -13,7 +13,7 @@ from app.errors import KamengError
 from app.extensions import db
 from app.openapi import service
 from app.openapi.models import ApiKey, CallbackAttempt
-from app.scope import current_agent, own_agent_ids
+from app.scope import own_agent_ids, require_agent
 
 KEY_LABELS = {"agent": _("代理"), "name": _("名称"), "app_key": _("App Key"), "secret_hint": _("密钥尾号"),
               "ip_allowlist": _("IP 白名单"), "active": _("有效"), "created_at": _("创建时间"),
@@ -29,12 +29,6 @@ class MyApiKeysView(BaseView):
     route_base = "/portal/api-keys"
     default_view = "index"
 
-    def _agent(self):
-        agent = current_agent()
-        if agent is None:
-            abort(403)
-        return agent
-
     def _render(self, agent, new_key=None, new_secret=None):
         keys = db.session.scalars(select(ApiKey).where(ApiKey.agent_id == agent.id).order_by(ApiKey.id.desc())).all()
         attempts = db.session.scalars(select(CallbackAttempt).where(CallbackAttempt.agent_id == agent.id)
@@ -45,12 +39,12 @@ class MyApiKeysView(BaseView):
     @expose("/", methods=["GET"])
     @has_access
     def index(self):
-        return self._render(self._agent())
+        return self._render(require_agent())
 
     @expose("/create", methods=["POST"])
     @has_access
     def create(self):
-        agent = self._agent()
+        agent = require_agent()
         try:
             key, secret = service.create_key(agent.id, request.form.get("name", ""),
                                              request.form.get("ip_allowlist", ""))
@@ -63,7 +57,7 @@ class MyApiKeysView(BaseView):
     @expose("/revoke/<int:key_id>", methods=["POST"])
     @has_access
     def revoke(self, key_id: int):
-        agent = self._agent()
+        agent = require_agent()
         try:
             key = service.revoke_key(key_id, agent_id=agent.id)  # only my own keys
         except KamengError as exc:

@@ -22,18 +22,12 @@ from app.orders import service as orders
 from app.orders.models import Order
 from app.orders.views import ORDER_LABELS
 from app.portal import service as portal
-from app.scope import current_agent, in_scope, is_staff, own_agent_ids, visible_agent_ids
+from app.scope import current_agent, in_scope, is_staff, own_agent_ids, require_agent, visible_agent_ids
 
 
 def own_account_ids():
     return select(Account.id).where(Account.agent_id.in_(own_agent_ids() or [-1]))
 
-
-def _require_agent():
-    agent = current_agent()
-    if agent is None:
-        abort(403)
-    return agent
 
 
 class HomeView(IndexView):
@@ -57,7 +51,7 @@ class PortalView(BaseView):
     @expose("/buy", methods=["GET"])
     @has_access
     def buy(self):
-        agent = _require_agent()
+        agent = require_agent()
         return self.render_template("kameng/buy.html", agent=agent, offers=portal.offers_for(agent),
                                     summary=portal.summary(agent),
                                     selected=request.args.get("product_id", type=int))
@@ -65,7 +59,7 @@ class PortalView(BaseView):
     @expose("/buy", methods=["POST"])
     @has_access
     def buy_post(self):
-        agent = _require_agent()
+        agent = require_agent()
         try:
             order = orders.place_wallet_order(agent.id, request.form.get("product_id"),
                                               request.form.get("quantity", "1"), coupon=request.form.get("coupon"))
@@ -78,7 +72,7 @@ class PortalView(BaseView):
     @expose("/orders/<order_no>")
     @has_access
     def order(self, order_no):
-        agent = _require_agent()
+        agent = require_agent()
         try:
             order, owner = portal.order_for_viewer(agent, order_no)
         except KamengError:
@@ -94,7 +88,7 @@ class PortalView(BaseView):
         from app.payments import topups
         from app.payments.models import CHANNEL_NAMES
 
-        agent = _require_agent()
+        agent = require_agent()
         return self.render_template("kameng/topup.html", agent=agent, summary=portal.summary(agent),
                                     topups=topups.topups_of(agent.id), status_text=topups.STATUS_TEXT,
                                     channels=[(c, CHANNEL_NAMES.get(c, c)) for c in payments.enabled_channels()],
@@ -107,7 +101,7 @@ class PortalView(BaseView):
 
         from app.payments import topups
 
-        agent = _require_agent()
+        agent = require_agent()
         base = (current_app.config.get("PUBLIC_BASE_URL") or request.host_url).rstrip("/")
         try:
             topup, pay_url = topups.start_topup(agent.id, request.form.get("amount"), request.form.get("channel"),
@@ -157,12 +151,12 @@ class MyDownlineView(ModelView):
 
     def pre_update(self, item):
         # edit loads through base_filters already; this is the belt to those braces (FAB flashes what we raise)
-        if not in_scope(item.id, _require_agent()):
+        if not in_scope(item.id, require_agent()):
             raise ValueError("只能修改自己团队中的代理")
 
     @action("disable", _("停用"), _("确定停用所选下级代理？"), "fa-ban")
     def disable(self, items):
-        agent = _require_agent()
+        agent = require_agent()
         items = items if isinstance(items, list) else [items]
         changed = 0
         for item in items:
