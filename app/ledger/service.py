@@ -10,9 +10,11 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm.util import identity_key
+from sqlalchemy.types import BigInteger, Integer
 
 from app.clock import utcnow
 from app.extensions import db
@@ -159,15 +161,29 @@ def post_journal(key: str, kind: str, lines: list[Line], memo: str | None = None
         {"journal_id": journal_id, "account_id": accounts[ln.account_code][0], "amount": ln.amount,
          "created_at": now} for ln in lines
     ])
-    table = Account.__table__
-    for ln in lines:
-        acc_id, cached, _ = accounts[ln.account_code]
-        if cached:
-            conn.execute(update(table).where(table.c.id == acc_id).values(balance=table.c.balance + ln.amount))
-            loaded = db.session.identity_map.get(identity_key(Account, acc_id))
-            if loaded is not None:
-                db.session.expire(loaded, ["balance"])  # an Account object already loaded rereads its balance
+    _apply_to_cached_balances(conn, [(accounts[ln.account_code][0], ln.amount) for ln in lines
+                                     if accounts[ln.account_code][1]])
     return journal_id
+
+
+def _apply_to_cached_balances(conn, changes: list[tuple[int, int]]) -> None:
+    """Add each posting to its account's cached balance: one statement for a whole batch on PostgreSQL (a
+    settlement journal touches thousands of accounts), one per account elsewhere. The check constraint keeps
+    cached balances non-negative either way."""
+    table = Account.__table__
+    if len(changes) > 1 and conn.dialect.name == "postgresql":
+        conn.execute(text(
+            "UPDATE ledger_account a SET balance = a.balance + d.delta "
+            "FROM unnest(:ids, :deltas) AS d(id, delta) WHERE a.id = d.id").bindparams(
+            bindparam("ids", type_=ARRAY(Integer)), bindparam("deltas", type_=ARRAY(BigInteger))),
+            {"ids": [c[0] for c in changes], "deltas": [c[1] for c in changes]})
+    else:
+        for acc_id, amount in changes:
+            conn.execute(update(table).where(table.c.id == acc_id).values(balance=table.c.balance + amount))
+    for acc_id, _ in changes:
+        loaded = db.session.identity_map.get(identity_key(Account, acc_id))
+        if loaded is not None:
+            db.session.expire(loaded, ["balance"])  # an Account object already loaded rereads its balance
 
 
 def balance_of(code: str) -> int:

@@ -7,36 +7,28 @@ Each batch is one transaction:
 2. lock the batch's agents' pending and wallet rows in ascending id order (as every other writer does);
 3. one journal `settlement:<run_id>:<batch_no>`: per agent pending -sum, receivable +recovered (debt from
    reversed, already-settled commissions is recovered first), wallet +rest;
-4. cached balances updated set-based (one UPDATE ... FROM unnest on PostgreSQL).
+4. posted through app.ledger.service.post_journal, which updates the cached balances set-based.
 
 Idempotent: a row is settled only by the UPDATE guarded on status = 'pending'; running twice settles once, and
 concurrent runs skip each other's locked rows (they never wait for, or double-settle, the same commission).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from collections import defaultdict
 from datetime import datetime
 
-from sqlalchemy import bindparam, insert, select, text, update
-from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.types import BigInteger, Integer
+from sqlalchemy import select, update
 
 from app.audit import service as audit
 from app.clock import utcnow
 from app.extensions import db
-from app.ledger.models import Account, Journal, Posting
+from app.ledger import service as ledger
+from app.ledger.models import Account
+from app.ledger.service import Line
 from app.network.commissions import receivable_owed
 from app.network.models import Commission, SettlementRun
 
 DEFAULT_BATCH = 5000
-
-
-def _content_hash(kind: str, lines: list[tuple[str, int]]) -> str:
-    # The same canonical form as app.ledger.service._content_hash (by account code).
-    canonical = json.dumps([kind, sorted(lines)], separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _claim(conn, run_id: int, cutoff: datetime, batch_size: int, now: datetime) -> list[tuple[int, int]]:
@@ -65,48 +57,29 @@ def _settle_batch(run_id: int, batch_no: int, cutoff: datetime, batch_size: int)
     owed = receivable_owed(agent_ids)
     acc = Account.__table__
     rows = conn.execute(
-        select(acc.c.id, acc.c.agent_id, acc.c.kind, acc.c.cached).where(
+        select(acc.c.id, acc.c.agent_id, acc.c.kind, acc.c.code, acc.c.cached).where(
             acc.c.agent_id.in_(agent_ids), acc.c.kind.in_(("pending", "wallet", "receivable")))
         .order_by(acc.c.id)).all()
-    ids = {(r.agent_id, r.kind): r.id for r in rows}
     # Lock the cached rows in ascending id order (the same order every writer uses).
-    conn.execute(select(acc.c.id).where(acc.c.id.in_([r.id for r in rows if r.cached])).order_by(acc.c.id)
-                 .with_for_update()).all()
+    balances = dict(conn.execute(select(acc.c.id, acc.c.balance).where(
+        acc.c.id.in_([r.id for r in rows if r.cached])).order_by(acc.c.id).with_for_update()).all())
+    locked = {r.code: (r.id, r.cached, balances.get(r.id, 0)) for r in rows}
 
-    deltas: dict[int, int] = defaultdict(int)
-    lines: list[tuple[str, int]] = []
+    lines: list[Line] = []
     recovered = 0
     for agent_id in agent_ids:
         total = per_agent[agent_id]
         recover = min(total, owed.get(agent_id, 0))
         recovered += recover
-        deltas[ids[(agent_id, "pending")]] -= total
-        lines.append((f"agent:{agent_id}:pending", -total))
+        lines.append(Line(f"agent:{agent_id}:pending", -total))
         if recover:
-            deltas[ids[(agent_id, "receivable")]] += recover
-            lines.append((f"agent:{agent_id}:receivable", recover))
+            lines.append(Line(f"agent:{agent_id}:receivable", recover))
         if total - recover:
-            deltas[ids[(agent_id, "wallet")]] += total - recover
-            lines.append((f"agent:{agent_id}:wallet", total - recover))
+            lines.append(Line(f"agent:{agent_id}:wallet", total - recover))
     amount = sum(per_agent.values())
-    key = f"settlement:{run_id}:{batch_no}"
-    journal_id = conn.execute(insert(Journal.__table__).values(
-        idempotency_key=key, kind="settlement", content_hash=_content_hash("settlement", lines),
-        memo=f"佣金结算 #{run_id} 批次 {batch_no}", created_at=now).returning(Journal.__table__.c.id)).scalar()
-    conn.execute(insert(Posting.__table__), [
-        {"journal_id": journal_id, "account_id": account_id, "amount": delta, "created_at": now}
-        for account_id, delta in deltas.items() if delta])
-    cached_ids = {r.id for r in rows if r.cached}
-    changes = [(account_id, delta) for account_id, delta in deltas.items() if delta and account_id in cached_ids]
-    if conn.dialect.name == "postgresql":
-        conn.execute(text(
-            "UPDATE ledger_account a SET balance = a.balance + d.delta "
-            "FROM unnest(:ids, :deltas) AS d(id, delta) WHERE a.id = d.id").bindparams(
-            bindparam("ids", type_=ARRAY(Integer)), bindparam("deltas", type_=ARRAY(BigInteger))),
-            {"ids": [c[0] for c in changes], "deltas": [c[1] for c in changes]})
-    else:
-        conn.execute(update(acc).where(acc.c.id == bindparam("aid")).values(balance=acc.c.balance + bindparam("d")),
-                     [{"aid": a, "d": d} for a, d in changes])
+    # The ledger posts it: balanced, once per key, cached balances updated set-based for the whole batch.
+    ledger.post_journal(f"settlement:{run_id}:{batch_no}", "settlement", lines,
+                        memo=f"佣金结算 #{run_id} 批次 {batch_no}", locked=locked)
     return len(claimed), amount, recovered
 
 
