@@ -2,6 +2,7 @@
 from flask_appbuilder.security.sqla.models import User  # noqa: F401  (ab_user, for relationships)
 
 from app.agents.models import Agent, Tier  # noqa: F401
+from app.analytics.models import AgentDaily, MoneyDaily, ProfileDaily, RollupState, SalesDaily  # noqa: F401
 from app.audit.models import AuditEntry  # noqa: F401
 from app.catalog.models import (  # noqa: F401
     CardImport,
@@ -40,3 +41,4 @@ from app.payments.models import (  # noqa: F401
     WalletTopUp,
 )
 from app.settings.models import PlatformSetting  # noqa: F401
+from app.suppliers.models import RechargeAttempt, RechargeEvent, SupplierAlert, SupplierProduct  # noqa: F401

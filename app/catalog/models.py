@@ -42,8 +42,23 @@ class Supplier(db.Model):
     service_fee_bp = Column(Integer, nullable=False, default=0)  # platform's fee on the supplier's cost
     active = Column(Boolean, nullable=False, default=True)
     contact = Column(String(128))
+    # Upstream connection (直充 / 对接): how orders reach this supplier. NULL protocol: goods come from our own
+    # stock (card secrets), nothing is submitted anywhere.
+    protocol = Column(String(16))  # simulator, kameng
+    endpoint = Column(String(255))  # base URL of the upstream API
+    app_key = Column(String(128))  # our account / app key at the upstream
+    secret_enc = Column(Text)  # our secret at the upstream, encrypted (app.crypto); never shown again
+    priority = Column(Integer, nullable=False, default=100, server_default="100")  # lower is tried first
+    timeout_seconds = Column(Integer, nullable=False, default=10, server_default="10")
+    balance = Column(BigInteger)  # our prepaid balance at the upstream, fen, as it last reported (NULL: unknown)
+    balance_synced_at = Column(DateTime)
+    low_balance_threshold = Column(BigInteger, nullable=False, default=0, server_default="0")  # alert below, fen
 
-    __table_args__ = (CheckConstraint("service_fee_bp >= 0 AND service_fee_bp <= 10000", name="ck_supplier_fee"),)
+    __table_args__ = (
+        CheckConstraint("service_fee_bp >= 0 AND service_fee_bp <= 10000", name="ck_supplier_fee"),
+        CheckConstraint("protocol IS NULL OR protocol IN ('simulator', 'kameng')", name="ck_supplier_protocol"),
+        CheckConstraint("timeout_seconds >= 1 AND timeout_seconds <= 120", name="ck_supplier_timeout"),
+    )
 
     def __repr__(self) -> str:
         return self.name

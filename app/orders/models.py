@@ -38,6 +38,9 @@ class Order(db.Model):
     service_fee = Column(BigInteger, nullable=False, default=0)
     upline_path = Column(String(512))  # the buyer's path at purchase: commissions follow this, not today's tree
     status = Column(String(24), nullable=False, default="pending_payment")
+    # Direct top-ups: where the upstream stands (submitted, processing, success, failed, unknown); set only by
+    # app.suppliers.recharge. NULL for card orders.
+    upstream_status = Column(String(16))
     channel = Column(String(24), nullable=False, default="wallet")
     out_trade_no = Column(String(64))
     account = Column(String(128))  # direct top-up target

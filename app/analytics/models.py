@@ -1,0 +1,98 @@
+"""Daily rollups the dashboards read instead of scanning raw orders.
+
+Rows are appended as deltas in the transaction that delivers (or refunds) an order, so no order ever waits on a
+shared row; a compaction job merges the deltas of one key into one row, and a rebuild job recomputes any range
+from the source tables. Readers always GROUP BY, so a key split over several rows sums to the same answer.
+
+`scope_id` is whose figures a row counts toward: 0 for the whole platform, an agent's id for that agent's branch
+(itself and its whole downline). An order is counted once at scope 0 and once for the buyer and each agent on the
+buyer's upline path snapshot, so an agent's dashboard reads `scope_id = <agent id>` and never sees another branch.
+`day` is the China business day (Asia/Shanghai) of delivery.
+"""
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, Date, Index, Integer, String
+
+from app.extensions import db
+
+PLATFORM_SCOPE = 0
+
+
+class SalesDaily(db.Model):
+    """GMV, orders, quantity, cost, fees and margin per day, product, channel, buyer tier and supplier."""
+    __tablename__ = "rollup_sales_daily"
+    id = Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    scope_id = Column(Integer, nullable=False)
+    day = Column(Date, nullable=False)
+    product_id = Column(Integer, nullable=False)
+    category_id = Column(Integer, nullable=False)
+    channel = Column(String(24), nullable=False)
+    tier_id = Column(Integer)  # the buyer's tier at purchase; NULL for storefront guests
+    supplier_id = Column(Integer, nullable=False)
+    orders = Column(Integer, nullable=False, default=0)
+    quantity = Column(Integer, nullable=False, default=0)
+    gmv = Column(BigInteger, nullable=False, default=0)  # paid amount, fen
+    cost = Column(BigInteger, nullable=False, default=0)  # owed to the supplier before its fee, fen
+    fees = Column(BigInteger, nullable=False, default=0)  # the platform's service fee from the supplier, fen
+    margin = Column(BigInteger, nullable=False, default=0)  # gmv - cost, fen
+
+    __table_args__ = (Index("ix_rollup_sales_scope_day", "scope_id", "day"),)
+
+
+class ProfileDaily(db.Model):
+    """Orders and GMV per day by one buyer dimension at a time, and by category (what each segment buys).
+
+    dimension: age_band, gender, province (real-name data; 'unknown' without it), hour (0-23, China time),
+    buyer_type (first, returning).
+    """
+    __tablename__ = "rollup_profile_daily"
+    id = Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    scope_id = Column(Integer, nullable=False)
+    day = Column(Date, nullable=False)
+    dimension = Column(String(16), nullable=False)
+    value = Column(String(16), nullable=False)
+    category_id = Column(Integer, nullable=False)
+    orders = Column(Integer, nullable=False, default=0)
+    gmv = Column(BigInteger, nullable=False, default=0)
+
+    __table_args__ = (Index("ix_rollup_profile_scope_dim_day", "scope_id", "dimension", "day"),)
+
+
+class AgentDaily(db.Model):
+    """What each buying agent bought per day: active agents, retention by cohort, top buyers."""
+    __tablename__ = "rollup_agent_daily"
+    id = Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    day = Column(Date, nullable=False)
+    agent_id = Column(Integer, nullable=False)
+    orders = Column(Integer, nullable=False, default=0)
+    gmv = Column(BigInteger, nullable=False, default=0)
+
+    __table_args__ = (
+        Index("ix_rollup_agent_day", "day", "agent_id"),
+        Index("ix_rollup_agent_agent_day", "agent_id", "day"),
+    )
+
+
+class MoneyDaily(db.Model):
+    """Money flows per day: commissions accrued / settled / reversed, withdrawals, revenue, fees, refunds.
+
+    flow: commission_accrued, commission_settled, commission_reversed, withdrawal_requested, withdrawal_paid,
+    withdrawal_fee, revenue, fees, supplier_cost, refunds. scope_id as above (an agent's branch: flows of the
+    agents in it).
+    """
+    __tablename__ = "rollup_money_daily"
+    id = Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    scope_id = Column(Integer, nullable=False)
+    day = Column(Date, nullable=False)
+    flow = Column(String(24), nullable=False)
+    amount = Column(BigInteger, nullable=False, default=0)  # fen
+    count = Column(Integer, nullable=False, default=0)
+
+    __table_args__ = (Index("ix_rollup_money_scope_day", "scope_id", "day"),)
+
+
+class RollupState(db.Model):
+    """Watermarks of the rollup jobs (e.g. the last journal id folded into rollup_money_daily)."""
+    __tablename__ = "rollup_state"
+    name = Column(String(32), primary_key=True)
+    value = Column(BigInteger, nullable=False, default=0)
