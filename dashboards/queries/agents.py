@@ -1,0 +1,191 @@
+"""Agent growth (代理增长): new agents, active agents, top recruiters, tree shape, retention by cohort month.
+
+The tree figures read the `agent` table (created_at, tier_id, parent_id, path, depth: indexed); buying activity
+reads rollup_agent_daily (one row per buying agent and day, possibly split over delta rows: always GROUP BY and
+keep only sums above zero, so a refunded-away day does not count). `scope_id` 0 is the whole platform; an agent's
+id is that agent's branch (itself and its downline, `app.scope.downline_ids`). Every function returns plain data.
+"""
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+from sqlalchemy import and_, func, select
+
+from app.agents.models import Agent, Tier
+from app.analytics.models import PLATFORM_SCOPE, AgentDaily
+from app.extensions import db
+from app.scope import downline_ids
+from dashboards.queries.periods import (
+    as_date,
+    check_range,
+    day_month,
+    local_day,
+    local_month,
+    months_between,
+    utc_bounds,
+)
+
+ACTIVE_WINDOWS = (7, 30)
+
+
+def _branch(scope_id: int) -> tuple[Agent | None, list]:
+    """The scope's root agent (None for the platform) and the WHERE clauses selecting its agents."""
+    if scope_id == PLATFORM_SCOPE:
+        return None, []
+    root = db.session.get(Agent, scope_id)
+    if root is None:  # an unknown branch holds nothing
+        return None, [Agent.id.is_(None)]
+    return root, [Agent.id.in_(downline_ids(root))]
+
+
+def _tier_names() -> dict[int, str]:
+    return dict(db.session.execute(select(Tier.id, Tier.name)).all())
+
+
+def new_agents(scope_id: int, start: date, end: date, tier_id: int | None = None) -> list[dict]:
+    """New agents per business day and tier: [{day, tier_id, tier, count}], by day then tier name."""
+    check_range(start, end)
+    root, where = _branch(scope_id)
+    lo, hi = utc_bounds(start, end)
+    day = local_day(Agent.created_at).label("day")
+    query = (select(day, Agent.tier_id, func.count().label("n"))
+             .where(Agent.created_at >= lo, Agent.created_at < hi, *where)
+             .group_by(day, Agent.tier_id))
+    if root is not None:
+        query = query.where(Agent.id != root.id)  # the branch's own root did not join the branch
+    if tier_id is not None:
+        query = query.where(Agent.tier_id == tier_id)
+    names = _tier_names()
+    rows = [{"day": as_date(d), "tier_id": t, "tier": names.get(t, str(t)), "count": int(n)}
+            for d, t, n in db.session.execute(query)]
+    rows.sort(key=lambda r: (r["day"], r["tier"]))
+    return rows
+
+
+def _active_rows(where: list, tier_id: int | None, first: date, last: date):
+    """(agent_id, day) pairs whose summed orders that day are above zero."""
+    query = (select(AgentDaily.agent_id, AgentDaily.day)
+             .where(AgentDaily.day >= first, AgentDaily.day <= last)
+             .group_by(AgentDaily.agent_id, AgentDaily.day)
+             .having(func.sum(AgentDaily.orders) > 0))
+    if where or tier_id is not None:
+        query = query.join(Agent, Agent.id == AgentDaily.agent_id).where(*where)
+        if tier_id is not None:
+            query = query.where(Agent.tier_id == tier_id)
+    return query
+
+
+def active_agents(scope_id: int, as_of: date, tier_id: int | None = None) -> dict[int, int]:
+    """Distinct agents of the scope who bought in the last 7 and 30 days up to `as_of`: {7: n, 30: n}."""
+    _, where = _branch(scope_id)
+    longest = max(ACTIVE_WINDOWS)
+    pairs = _active_rows(where, tier_id, as_of - timedelta(days=longest - 1), as_of).subquery()
+    counts = {}
+    for window in ACTIVE_WINDOWS:
+        since = as_of - timedelta(days=window - 1)
+        counts[window] = int(db.session.scalar(
+            select(func.count(func.distinct(pairs.c.agent_id))).where(pairs.c.day >= since)) or 0)
+    return counts
+
+
+def daily_active(scope_id: int, start: date, end: date, tier_id: int | None = None) -> list[dict]:
+    """Agents of the scope who bought, per day in the range: [{day, agents}], every day listed."""
+    check_range(start, end)
+    _, where = _branch(scope_id)
+    pairs = _active_rows(where, tier_id, start, end).subquery()
+    found = {as_date(d): int(n) for d, n in db.session.execute(
+        select(pairs.c.day, func.count()).group_by(pairs.c.day))}
+    out, day = [], start
+    while day <= end:
+        out.append({"day": day, "agents": found.get(day, 0)})
+        day += timedelta(days=1)
+    return out
+
+
+def top_recruiters(scope_id: int, start: date, end: date, tier_id: int | None = None,
+                   limit: int = 20) -> list[dict]:
+    """Agents of the scope with the most new direct children created in the range (children of `tier_id` only
+    when given): [{agent_id, name, tier, recruits}], most first."""
+    check_range(start, end)
+    root, where = _branch(scope_id)
+    lo, hi = utc_bounds(start, end)
+    child_count = func.count().label("recruits")
+    query = (select(Agent.parent_id, child_count)
+             .where(Agent.parent_id.is_not(None), Agent.created_at >= lo, Agent.created_at < hi, *where)
+             .group_by(Agent.parent_id).order_by(child_count.desc(), Agent.parent_id).limit(limit))
+    if root is not None:
+        query = query.where(Agent.id != root.id)  # the root's own parent is outside the branch
+    if tier_id is not None:
+        query = query.where(Agent.tier_id == tier_id)
+    counts = db.session.execute(query).all()
+    if not counts:
+        return []
+    parents = {a.id: a for a in db.session.scalars(select(Agent).where(Agent.id.in_([p for p, _ in counts])))}
+    names = _tier_names()
+    return [{"agent_id": p, "name": parents[p].name, "tier": names.get(parents[p].tier_id, ""),
+             "recruits": int(n)} for p, n in counts]
+
+
+def tree_levels(scope_id: int, as_of: date | None = None, tier_id: int | None = None) -> list[dict]:
+    """Agents per level below the scope's root (level 0 = the root itself; for the platform, the top agents),
+    counting agents that joined by the end of `as_of`: [{level, agents}], every level down to the deepest."""
+    root, where = _branch(scope_id)
+    query = select(Agent.depth, func.count()).where(*where).group_by(Agent.depth)
+    if as_of is not None:
+        query = query.where(Agent.created_at < utc_bounds(as_of, as_of)[1])
+    if tier_id is not None:
+        query = query.where(Agent.tier_id == tier_id)
+    base = root.depth if root is not None else 0
+    found = {int(depth) - base: int(n) for depth, n in db.session.execute(query)}
+    if not found:
+        return []
+    return [{"level": level, "agents": found.get(level, 0)} for level in range(max(found) + 1)]
+
+
+def tree_summary(scope_id: int, as_of: date | None = None, tier_id: int | None = None) -> dict:
+    """Size of the tree and how many levels it has below the root: {agents, depth}."""
+    levels = tree_levels(scope_id, as_of, tier_id)
+    return {"agents": sum(r["agents"] for r in levels), "depth": max((r["level"] for r in levels), default=0)}
+
+
+def retention(scope_id: int, start: date, end: date, tier_id: int | None = None) -> list[dict]:
+    """Retention by cohort month: agents of the scope who joined in each month from start's month to end (the
+    branch root excluded), and how many of them bought in that month and each following month up to end's month.
+
+    [{cohort: 'YYYY-MM', size, months: [{offset, month, active, pct}]}], offset 0 = the joining month;
+    pct is a percentage of the cohort with one decimal.
+    """
+    check_range(start, end)
+    root, where = _branch(scope_id)
+    first_day = start.replace(day=1)
+    lo, hi = utc_bounds(first_day, end)
+    cohort = local_month(Agent.created_at).label("cohort")
+    members = [Agent.created_at >= lo, Agent.created_at < hi, *where]
+    if root is not None:
+        members.append(Agent.id != root.id)
+    if tier_id is not None:
+        members.append(Agent.tier_id == tier_id)
+    sizes = dict(db.session.execute(select(cohort, func.count()).where(*members).group_by(cohort)).all())
+    if not sizes:
+        return []
+    month = day_month(AgentDaily.day).label("month")
+    bought = (select(AgentDaily.agent_id, month)
+              .join(Agent, and_(Agent.id == AgentDaily.agent_id, *members))
+              .where(AgentDaily.day >= first_day, AgentDaily.day <= end)
+              .group_by(AgentDaily.agent_id, month)
+              .having(func.sum(AgentDaily.orders) > 0)).subquery()
+    active_cohort = local_month(Agent.created_at).label("cohort")
+    active = {(c, m): int(n) for c, m, n in db.session.execute(
+        select(active_cohort, bought.c.month, func.count())
+        .join(Agent, Agent.id == bought.c.agent_id)
+        .group_by(active_cohort, bought.c.month))}
+    last_month = end.strftime("%Y-%m")
+    out = []
+    for name in sorted(sizes):
+        size = int(sizes[name])
+        months = []
+        for offset, m in enumerate(months_between(name, last_month)):
+            n = active.get((name, m), 0)
+            months.append({"offset": offset, "month": m, "active": n, "pct": round(100.0 * n / size, 1)})
+        out.append({"cohort": name, "size": size, "months": months})
+    return out

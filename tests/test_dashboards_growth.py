@@ -1,0 +1,138 @@
+"""Agent growth dashboard (代理增长): figures against hand-computed answers, scope, permissions, CSV."""
+from __future__ import annotations
+
+from datetime import date, datetime
+
+import pytest
+
+from app.analytics.models import AgentDaily
+from dashboards.queries import agents as q
+
+BOTH = pytest.mark.parametrize("app", ["postgresql", "sqlite"], indirect=True)
+
+
+def _at(a, when: datetime) -> None:
+    """Backdate an agent's creation (naive UTC)."""
+    a.created_at = when
+
+
+@pytest.fixture
+def tree(app, db, f):
+    """Two branches with known join instants (UTC; China is UTC+8) and tiers:
+
+        A (总代, 2026-01-05)            X (总代, 2026-01-10)
+        ├── B (普代, 2026-01-20)        └── Y (普代, 2026-02-03)
+        │   ├── D (普代, 2026-02-03 17:00 UTC = 2026-02-04 01:00 China)
+        │   └── E (总代, 2026-03-10)
+        └── C (普代, 2026-02-03)
+    """
+    top = f.tier("总代", rank=30)
+    low = f.tier("普代", rank=10)
+    a = f.agent("A", tier_obj=top, with_user=False)
+    b = f.agent("B", parent=a, tier_obj=low, with_user=False)
+    c = f.agent("C", parent=a, tier_obj=low, with_user=False)
+    d = f.agent("D", parent=b, tier_obj=low, with_user=False)
+    e = f.agent("E", parent=b, tier_obj=top, with_user=False)
+    x = f.agent("X", tier_obj=top, with_user=False)
+    y = f.agent("Y", parent=x, tier_obj=low, with_user=False)
+    _at(a, datetime(2026, 1, 5, 2))
+    _at(b, datetime(2026, 1, 20, 2))
+    _at(c, datetime(2026, 2, 3, 2))
+    _at(d, datetime(2026, 2, 3, 17))
+    _at(e, datetime(2026, 3, 10, 2))
+    _at(x, datetime(2026, 1, 10, 2))
+    _at(y, datetime(2026, 2, 3, 3))
+    # Buying days (rollup_agent_daily deltas). C's only order was refunded the same day: net zero, not active.
+    for agent, day, orders in [(a, date(2026, 1, 15), 1), (a, date(2026, 3, 25), 1), (a, date(2026, 3, 31), 2),
+                               (b, date(2026, 3, 5), 1), (c, date(2026, 3, 31), 1), (c, date(2026, 3, 31), -1),
+                               (d, date(2026, 2, 10), 1), (x, date(2026, 3, 30), 1), (y, date(2026, 2, 20), 1),
+                               (y, date(2026, 3, 2), 1)]:
+        db.session.add(AgentDaily(day=day, agent_id=agent.id, orders=orders, gmv=1000 * orders))
+    db.session.commit()
+    return {"A": a, "B": b, "C": c, "D": d, "E": e, "X": x, "Y": y, "top": top, "low": low}
+
+
+Q1 = (date(2026, 1, 1), date(2026, 3, 31))
+
+
+def _days(rows):
+    return [(r["day"].isoformat(), r["tier"], r["count"]) for r in rows]
+
+
+@BOTH
+def test_new_agents_per_day_by_tier(tree):
+    assert _days(q.new_agents(0, *Q1)) == [
+        ("2026-01-05", "总代", 1), ("2026-01-10", "总代", 1), ("2026-01-20", "普代", 1),
+        ("2026-02-03", "普代", 2), ("2026-02-04", "普代", 1), ("2026-03-10", "总代", 1)]
+    # The branch of A: its downline only (A itself joined nothing; X and Y are another branch).
+    assert _days(q.new_agents(tree["A"].id, *Q1)) == [
+        ("2026-01-20", "普代", 1), ("2026-02-03", "普代", 1), ("2026-02-04", "普代", 1), ("2026-03-10", "总代", 1)]
+    assert _days(q.new_agents(0, *Q1, tier_id=tree["top"].id)) == [
+        ("2026-01-05", "总代", 1), ("2026-01-10", "总代", 1), ("2026-03-10", "总代", 1)]
+    # D joined at 01:00 China time on Feb 4: not in a range ending Feb 3.
+    assert _days(q.new_agents(0, date(2026, 2, 3), date(2026, 2, 3))) == [("2026-02-03", "普代", 2)]
+    assert q.new_agents(999999, *Q1) == []
+
+
+@BOTH
+def test_active_agents_last_7_and_30_days(tree):
+    # 7 days to Mar 31 = Mar 25..31: A, X (C's day nets to zero). 30 days = Mar 2..31: A, B, X, Y.
+    assert q.active_agents(0, date(2026, 3, 31)) == {7: 2, 30: 4}
+    assert q.active_agents(tree["A"].id, date(2026, 3, 31)) == {7: 1, 30: 2}
+    assert q.active_agents(tree["X"].id, date(2026, 3, 31)) == {7: 1, 30: 2}
+    assert q.active_agents(0, date(2026, 3, 31), tier_id=tree["low"].id) == {7: 0, 30: 2}
+    assert [(r["day"].day, r["agents"]) for r in q.daily_active(0, date(2026, 3, 29), date(2026, 3, 31))] == [
+        (29, 0), (30, 1), (31, 1)]
+    assert [r["agents"] for r in q.daily_active(tree["B"].id, date(2026, 3, 29), date(2026, 3, 31))] == [0, 0, 0]
+
+
+@BOTH
+def test_top_recruiters(tree):
+    t = tree
+    assert [(r["name"], r["tier"], r["recruits"]) for r in q.top_recruiters(0, *Q1)] == [
+        ("A", "总代", 2), ("B", "普代", 2), ("X", "总代", 1)]
+    # In B's branch only B recruited; A (B's parent, another scope) never shows although B joined in the range.
+    assert [(r["agent_id"], r["recruits"]) for r in q.top_recruiters(t["B"].id, *Q1)] == [(t["B"].id, 2)]
+    assert [(r["name"], r["recruits"]) for r in q.top_recruiters(0, date(2026, 2, 1), date(2026, 2, 28))] == [
+        ("A", 1), ("B", 1), ("X", 1)]
+    assert [(r["name"], r["recruits"]) for r in q.top_recruiters(0, *Q1, tier_id=t["top"].id)] == [("B", 1)]
+    assert [r["name"] for r in q.top_recruiters(0, *Q1, limit=1)] == ["A"]
+
+
+@BOTH
+def test_tree_depth_and_size(tree):
+    levels = lambda rows: [(r["level"], r["agents"]) for r in rows]  # noqa: E731
+    assert levels(q.tree_levels(0)) == [(0, 2), (1, 3), (2, 2)]
+    assert levels(q.tree_levels(tree["A"].id)) == [(0, 1), (1, 2), (2, 2)]
+    assert levels(q.tree_levels(tree["B"].id)) == [(0, 1), (1, 2)]
+    assert levels(q.tree_levels(0, as_of=date(2026, 2, 3))) == [(0, 2), (1, 3)]  # D joined Feb 4 China time
+    assert q.tree_summary(0) == {"agents": 7, "depth": 2}
+    assert q.tree_summary(tree["X"].id) == {"agents": 2, "depth": 1}
+    assert q.tree_summary(0, as_of=date(2026, 1, 31)) == {"agents": 3, "depth": 1}
+
+
+@BOTH
+def test_retention_by_cohort_month(tree):
+    def table(rows):
+        return [(r["cohort"], r["size"], [(m["month"], m["active"], m["pct"]) for m in r["months"]]) for r in rows]
+
+    # Jan: A, B, X (A bought in Jan; A, B, X in Mar). Feb: C, D, Y (D, Y in Feb; Y in Mar; C nets zero). Mar: E.
+    assert table(q.retention(0, *Q1)) == [
+        ("2026-01", 3, [("2026-01", 1, 33.3), ("2026-02", 0, 0.0), ("2026-03", 3, 100.0)]),
+        ("2026-02", 3, [("2026-02", 2, 66.7), ("2026-03", 1, 33.3)]),
+        ("2026-03", 1, [("2026-03", 0, 0.0)])]
+    # A's branch without A: Jan: B; Feb: C, D; Mar: E.
+    assert table(q.retention(tree["A"].id, *Q1)) == [
+        ("2026-01", 1, [("2026-01", 0, 0.0), ("2026-02", 0, 0.0), ("2026-03", 1, 100.0)]),
+        ("2026-02", 2, [("2026-02", 1, 50.0), ("2026-03", 0, 0.0)]),
+        ("2026-03", 1, [("2026-03", 0, 0.0)])]
+    # A range starting mid-February still takes February's whole cohort.
+    assert [r["cohort"] for r in q.retention(0, date(2026, 2, 15), date(2026, 2, 28))] == ["2026-02"]
+
+
+@BOTH
+def test_bad_range_is_a_validation_error(app):
+    from app.errors import ValidationError
+
+    with pytest.raises(ValidationError):
+        q.new_agents(0, date(2026, 3, 1), date(2026, 2, 1))
