@@ -249,6 +249,19 @@ def payout_sim(port: int, key: str | None, slow_seconds: float) -> None:
     _run_simulator(PayoutSimulator(key, slow_seconds), port)
 
 
+@kameng_cli.command("supplier-sim")
+@click.option("--port", default=8703, show_default=True, type=int)
+@click.option("--key", required=True, help="Signing secret (the Supplier's secret).")
+@click.option("--app-key", default="kameng-demo", show_default=True, help="Our account there (the Supplier's app key).")
+@click.option("--latency-ms", default=0, show_default=True, type=int, help="Delay before every API answer.")
+@click.option("--balance", default=100_000_000, show_default=True, type=int, help="Our prepaid balance there, fen.")
+def supplier_sim(port: int, key: str, app_key: str, latency_ms: int, balance: int) -> None:
+    """Run the upstream recharge supplier simulator on 127.0.0.1 (protocol: app/suppliers/simulator.py)."""
+    from app.suppliers.simulator import SupplierSimulator
+
+    _run_simulator(SupplierSimulator(key, app_key=app_key, latency_ms=latency_ms, balance=balance), port)
+
+
 @kameng_cli.command("withdrawal-retry")
 @click.argument("withdrawal_no")
 def withdrawal_retry(withdrawal_no: str) -> None:

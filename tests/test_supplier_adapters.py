@@ -1,0 +1,350 @@
+"""Supplier adapters over real HTTP: the simulator adapter against the supplier simulator, the kameng adapter
+against a second Kameng served on 127.0.0.1."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import requests
+
+from app.openapi import signing
+from app.suppliers.adapters import SupplierNotConnected, connection_for, get_adapter
+from app.suppliers.adapters.base import (
+    FAILED,
+    NOT_FOUND,
+    PROCESSING,
+    SUBMITTED,
+    SUCCESS,
+    Connection,
+    InvalidCallback,
+    UpstreamUnreachable,
+)
+from app.suppliers.adapters.simulator import SimulatorAdapter
+from tests import supplier_sim_helpers
+from tests.openapi_helpers import Receiver
+from tests.supplier_sim_helpers import SIM_KEY, sim_supplier
+
+supplier_sim = supplier_sim_helpers.supplier_sim  # the fixture (an assignment, so ruff sees no shadowed import)
+
+PHONE = "13800138000"
+NOTIFY_PATH = "/supplier/notify/7"
+
+
+def sim_adapter(sim, timeout: float = 2.0, notify_url: str | None = None, secret: str | None = None,
+                app_key: str | None = None) -> SimulatorAdapter:
+    return SimulatorAdapter(Connection(supplier_id=7, protocol="simulator", endpoint=sim.url,
+                                       app_key=app_key or sim.app_key, secret=secret or sim.key, timeout=timeout,
+                                       notify_url=notify_url))
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver().start()
+    yield r
+    r.stop()
+
+
+# --- submit and query -----------------------------------------------------------------------------------------
+
+def test_submit_success_credits_once_and_debits_the_balance(supplier_sim):
+    adapter = sim_adapter(supplier_sim)
+    before = adapter.query_balance()
+    result = adapter.submit("K0001", "CMCC-30", PHONE, 2)
+    assert result.status == SUCCESS and result.trade_no.startswith("SIM")
+    assert adapter.query_balance() == before - 2 * 2955
+    order = supplier_sim.orders()["K0001"]
+    assert (order["credits"], order["submits"], order["amount"], order["account"]) == (1, 1, 5910, PHONE)
+    again = adapter.query("K0001")
+    assert (again.status, again.trade_no) == (SUCCESS, result.trade_no)
+
+
+def test_fail_mode_is_a_definite_failure_and_credits_nothing(supplier_sim):
+    supplier_sim.behave("CMCC-10", mode="fail")
+    adapter = sim_adapter(supplier_sim)
+    before = adapter.query_balance()
+    result = adapter.submit("K0002", "CMCC-10", PHONE, 1)
+    assert result.status == FAILED and result.message
+    assert adapter.query("K0002").status == FAILED
+    assert adapter.query_balance() == before
+    assert supplier_sim.orders()["K0002"]["credits"] == 0
+    # Another code still follows the default behaviour.
+    assert adapter.submit("K0003", "CMCC-50", PHONE, 1).status == SUCCESS
+
+
+@pytest.mark.parametrize("answer", ["processing", "submitted"])
+def test_pending_answers_processing_then_the_final_state_after_the_polls(supplier_sim, answer):
+    supplier_sim.behave("TENCENT-QB-10", mode="pending", pending_polls=2, answer=answer)
+    adapter = sim_adapter(supplier_sim)
+    assert adapter.submit("K0004", "TENCENT-QB-10", "123456789", 1).status == answer
+    assert supplier_sim.orders()["K0004"]["credits"] == 0
+    assert adapter.query("K0004").status == PROCESSING
+    assert adapter.query("K0004").status == PROCESSING
+    final = adapter.query("K0004")
+    assert final.status == SUCCESS
+    order = supplier_sim.orders()["K0004"]
+    assert (order["credits"], order["queries"]) == (1, 3)
+    assert supplier_sim.sim.products["TENCENT-QB-10"]["stock"] == 499
+
+
+def test_pending_can_end_failed(supplier_sim):
+    supplier_sim.behave(mode="pending", pending_polls=0, final="failed")
+    adapter = sim_adapter(supplier_sim)
+    assert adapter.submit("K0005", "IQIYI-MONTH", "user@example.com", 1).status == PROCESSING
+    assert adapter.query("K0005").status == FAILED
+    assert supplier_sim.orders()["K0005"]["credits"] == 0
+
+
+def test_timeout_raises_unreachable_and_a_later_query_shows_the_real_result(supplier_sim):
+    supplier_sim.behave("CMCC-10", mode="timeout", timeout_ms=1500)
+    adapter = sim_adapter(supplier_sim, timeout=0.3)
+    started = time.monotonic()
+    with pytest.raises(UpstreamUnreachable):
+        adapter.submit("K0006", "CMCC-10", PHONE, 1)
+    assert time.monotonic() - started < 1.2  # our timeout, not the upstream's sleep
+    assert adapter.query("K0006").status == SUCCESS
+    assert supplier_sim.orders()["K0006"]["credits"] == 1
+
+
+@pytest.mark.parametrize("mode", ["unknown", "garbage"])
+def test_unreadable_answers_are_unreachable_but_the_order_was_processed(supplier_sim, mode):
+    supplier_sim.behave(mode=mode)
+    adapter = sim_adapter(supplier_sim)
+    with pytest.raises(UpstreamUnreachable):
+        adapter.submit("K0007", "CMCC-10", PHONE, 1)
+    assert adapter.query("K0007").status == SUCCESS
+    assert supplier_sim.orders()["K0007"]["credits"] == 1
+
+
+def test_error_mode_refuses_without_recording(supplier_sim):
+    supplier_sim.behave(mode="error")
+    adapter = sim_adapter(supplier_sim)
+    with pytest.raises(UpstreamUnreachable, match="503"):
+        adapter.submit("K0008", "CMCC-10", PHONE, 1)
+    assert adapter.query("K0008").status == NOT_FOUND
+    assert "K0008" not in supplier_sim.orders()
+    # Once it recovers, the same order number is simply a new order.
+    supplier_sim.behave(mode="success")
+    assert adapter.submit("K0008", "CMCC-10", PHONE, 1).status == SUCCESS
+
+
+def test_resubmitting_is_idempotent(supplier_sim):
+    adapter = sim_adapter(supplier_sim)
+    first = adapter.submit("K0009", "CMCC-100", PHONE, 1)
+    balance = adapter.query_balance()
+    second = adapter.submit("K0009", "CMCC-100", PHONE, 1)
+    assert (second.status, second.trade_no) == (SUCCESS, first.trade_no)
+    assert adapter.query_balance() == balance
+    order = supplier_sim.orders()["K0009"]
+    assert (order["credits"], order["submits"]) == (1, 2)
+
+
+def test_concurrent_resubmits_credit_once(supplier_sim):
+    supplier_sim.behave(latency_ms=50)
+    adapter = sim_adapter(supplier_sim)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(adapter.submit("K0010", "CMCC-10", PHONE, 1)))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert {r.status for r in results} == {SUCCESS} and len({r.trade_no for r in results}) == 1
+    assert supplier_sim.orders()["K0010"]["credits"] == 1
+    assert supplier_sim.orders()["K0010"]["submits"] == 8
+
+
+@pytest.mark.parametrize("code, account, setup, reason", [
+    ("NO-SUCH-CODE", PHONE, None, "unknown product code"),
+    ("IQIYI-MONTH", "someone", ("IQIYI-MONTH", 0), "out of stock"),
+    ("CMCC-10", "12345", None, "not a mobile number"),
+    ("CMCC-100", PHONE, "poor", "insufficient funds"),
+])
+def test_refusals_are_definite_failures(supplier_sim, code, account, setup, reason):
+    if setup == "poor":
+        supplier_sim.set_balance(9849)
+    elif setup:
+        supplier_sim.set_stock(*setup)
+    adapter = sim_adapter(supplier_sim)
+    result = adapter.submit("K0011", code, account, 1)
+    assert result.status == FAILED and reason in result.message
+    assert supplier_sim.orders()["K0011"]["credits"] == 0
+
+
+def test_a_malformed_request_is_refused_as_failed_without_recording(supplier_sim):
+    result = sim_adapter(supplier_sim).submit("K0012", "CMCC-10", PHONE, 0)
+    assert result.status == FAILED and "400" in result.message
+    assert "K0012" not in supplier_sim.orders()
+
+
+def test_a_wrong_secret_or_app_key_is_refused(supplier_sim):
+    wrong = (sim_adapter(supplier_sim, secret="not-the-secret"), sim_adapter(supplier_sim, app_key="other"))
+    for adapter in wrong:
+        with pytest.raises(UpstreamUnreachable, match="401"):
+            adapter.submit("K0013", "CMCC-10", PHONE, 1)
+        with pytest.raises(UpstreamUnreachable, match="401"):
+            adapter.query_balance()
+    assert "K0013" not in supplier_sim.orders()
+
+
+def test_a_replayed_request_is_refused(supplier_sim):
+    body = json.dumps({"order_no": "K0014", "code": "CMCC-10", "account": PHONE, "quantity": 1}).encode()
+    headers = signing.signed_headers(supplier_sim.app_key, supplier_sim.key, "POST", "/api/recharge", body)
+    headers["Content-Type"] = "application/json"
+    first = requests.post(supplier_sim.url + "/api/recharge", data=body, headers=headers, timeout=5)
+    replay = requests.post(supplier_sim.url + "/api/recharge", data=body, headers=headers, timeout=5)
+    assert first.status_code == 200 and replay.status_code == 401
+    stale = signing.signed_headers(supplier_sim.app_key, supplier_sim.key, "GET", "/api/balance", b"",
+                                   now=int(time.time()) - 400)
+    assert requests.get(supplier_sim.url + "/api/balance", headers=stale, timeout=5).status_code == 401
+
+
+def test_an_unreachable_upstream_is_unreachable():
+    adapter = SimulatorAdapter(Connection(supplier_id=1, protocol="simulator", endpoint="http://127.0.0.1:9",
+                                          app_key="a", secret="b", timeout=1))
+    with pytest.raises(UpstreamUnreachable):
+        adapter.submit("K0015", "CMCC-10", PHONE, 1)
+    with pytest.raises(UpstreamUnreachable):
+        adapter.query("K0015")
+
+
+def test_global_latency_applies_to_every_answer(supplier_sim):
+    supplier_sim.sim.latency_ms = 400
+    with pytest.raises(UpstreamUnreachable):
+        sim_adapter(supplier_sim, timeout=0.2).query_balance()
+    assert sim_adapter(supplier_sim, timeout=2).query_balance() > 0
+
+
+# --- balance and stock ----------------------------------------------------------------------------------------
+
+def test_balance_and_stock(supplier_sim):
+    supplier_sim.set_balance(123456)
+    supplier_sim.set_stock("TENCENT-QB-10", 3, 999)
+    supplier_sim.set_stock("NEW-CODE", None, 100)
+    adapter = sim_adapter(supplier_sim)
+    assert adapter.query_balance() == 123456
+    stock = {item.code: item for item in adapter.list_stock()}
+    assert (stock["TENCENT-QB-10"].stock, stock["TENCENT-QB-10"].price) == (3, 999)
+    assert stock["CMCC-10"].stock is None and stock["CMCC-10"].price == 985 and stock["CMCC-10"].available
+    assert stock["NEW-CODE"].price == 100 and stock["IQIYI-MONTH"].name == "爱奇艺黄金会员月卡"
+    assert adapter.submit("K0016", "TENCENT-QB-10", "10001", 3).status == SUCCESS
+    assert {i.code: i.stock for i in adapter.list_stock()}["TENCENT-QB-10"] == 0
+    assert adapter.query_balance() == 123456 - 3 * 999
+    assert adapter.submit("K0017", "TENCENT-QB-10", "10001", 1).status == FAILED
+
+
+# --- callbacks ------------------------------------------------------------------------------------------------
+
+def test_callbacks_are_signed_and_parse(supplier_sim, receiver):
+    notify_url = receiver.url(NOTIFY_PATH)
+    supplier_sim.behave("CMCC-10", mode="pending", pending_polls=100, complete_after_ms=100,
+                        duplicate_callbacks=2)
+    adapter = sim_adapter(supplier_sim, notify_url=notify_url)
+    result = adapter.submit("K0020", "CMCC-10", PHONE, 1)
+    assert result.status == PROCESSING
+    calls = receiver.wait_for(3)
+    assert len(calls) == 3 and all(c["path"] == NOTIFY_PATH for c in calls)
+    assert supplier_sim.wait_callbacks("K0020", 3)["credits"] == 1
+    parsed = [adapter.parse_callback(c["headers"], c["body"]) for c in calls]
+    assert {(p.order_no, p.status, p.trade_no) for p in parsed} == {("K0020", SUCCESS, result.trade_no)}
+    assert parsed[0].answer == "success"
+    assert adapter.query("K0020").status == SUCCESS  # the upstream finished it itself
+
+
+def test_forged_and_stale_callbacks_are_refused(supplier_sim, receiver):
+    notify_url = receiver.url(NOTIFY_PATH)
+    supplier_sim.behave(mode="fail")
+    adapter = sim_adapter(supplier_sim, notify_url=notify_url)
+    adapter.submit("K0021", "CMCC-10", PHONE, 1)
+    genuine = receiver.wait_for(1)[0]
+    assert adapter.parse_callback(genuine["headers"], genuine["body"]).status == FAILED
+    forged_body = genuine["body"].replace(b'"failed"', b'"success"')
+    with pytest.raises(InvalidCallback):
+        adapter.parse_callback(genuine["headers"], forged_body)
+    # Signed with another secret, or under another app key, or for another path (another supplier's URL).
+    for secret, app_key, path in (("wrong-secret", supplier_sim.app_key, NOTIFY_PATH),
+                                  (SIM_KEY, "someone-else", NOTIFY_PATH), (SIM_KEY, supplier_sim.app_key,
+                                                                           "/supplier/notify/8")):
+        headers = signing.signed_headers(app_key, secret, "POST", path, forged_body)
+        with pytest.raises(InvalidCallback):
+            adapter.parse_callback(headers, forged_body)
+    stale = signing.signed_headers(supplier_sim.app_key, SIM_KEY, "POST", NOTIFY_PATH, forged_body,
+                                   now=int(time.time()) - 301)
+    with pytest.raises(InvalidCallback, match="stale"):
+        adapter.parse_callback(stale, forged_body)
+    with pytest.raises(InvalidCallback):
+        adapter.parse_callback({}, genuine["body"])
+    fresh = signing.signed_headers(supplier_sim.app_key, SIM_KEY, "POST", NOTIFY_PATH, b"not json")
+    with pytest.raises(InvalidCallback):
+        adapter.parse_callback(fresh, b"not json")
+    # Header names arrive in any case.
+    lower = {k.lower(): v for k, v in genuine["headers"].items()}
+    assert adapter.parse_callback(lower, genuine["body"]).order_no == "K0021"
+
+
+def test_a_late_callback_follows_a_query_that_resolved_the_order(supplier_sim, receiver):
+    supplier_sim.behave(mode="pending", pending_polls=0, callback_delay_ms=300)
+    adapter = sim_adapter(supplier_sim, notify_url=receiver.url(NOTIFY_PATH))
+    adapter.submit("K0022", "CMCC-10", PHONE, 1)
+    assert adapter.query("K0022").status == SUCCESS
+    assert receiver.requests == []  # not yet: it comes after the query told us
+    late = receiver.wait_for(1)[0]
+    assert adapter.parse_callback(late["headers"], late["body"]).status == SUCCESS
+
+
+def test_callback_all_also_reports_the_first_answer(supplier_sim, receiver):
+    supplier_sim.behave(mode="pending", callback="all", answer="submitted")
+    adapter = sim_adapter(supplier_sim, notify_url=receiver.url(NOTIFY_PATH))
+    adapter.submit("K0023", "CMCC-10", PHONE, 1)
+    first = receiver.wait_for(1)[0]
+    assert adapter.parse_callback(first["headers"], first["body"]).status == SUBMITTED
+
+
+def test_the_control_api_validates_behaviours(supplier_sim):
+    response = requests.post(supplier_sim.url + "/_sim/behaviour", json={"code": "*", "mode": "explode"},
+                             timeout=5)
+    assert response.status_code == 400
+    response = requests.post(supplier_sim.url + "/_sim/behaviour", json={"pending_pols": 1}, timeout=5)
+    assert response.status_code == 400
+    assert supplier_sim.behave(callback=False)["callback"] == "none"
+
+
+# --- the registry (Supplier rows) -----------------------------------------------------------------------------
+
+def test_get_adapter_connects_a_supplier_row(app, supplier_sim, f):
+    product = f.product(kind="direct", face_price=1000, cost=985)
+    supplier = sim_supplier(supplier_sim, mappings={product.id: ("CMCC-10", 985)}, timeout_seconds=3)
+    app.config["PUBLIC_BASE_URL"] = "https://kameng.example.com/"
+    try:
+        conn = connection_for(supplier)
+    finally:
+        app.config["PUBLIC_BASE_URL"] = None
+    assert (conn.secret, conn.timeout, conn.endpoint) == (SIM_KEY, 3.0, supplier_sim.url)
+    assert conn.notify_url == f"https://kameng.example.com/supplier/notify/{supplier.id}"
+    assert connection_for(supplier).notify_url is None  # a job without PUBLIC_BASE_URL: polling only
+    with app.test_request_context("/", base_url="http://shop.local:8000"):
+        assert connection_for(supplier).notify_url == f"http://shop.local:8000/supplier/notify/{supplier.id}"
+    adapter = get_adapter(supplier)
+    assert adapter.submit("K0030", "CMCC-10", PHONE, 1).status == SUCCESS
+
+    wrong = sim_supplier(supplier_sim, key="not-the-secret")
+    with pytest.raises(UpstreamUnreachable, match="401"):
+        get_adapter(wrong).query_balance()
+
+
+def test_get_adapter_refuses_suppliers_it_cannot_reach(app, f):
+    from app.catalog import service as catalog
+
+    own = catalog.platform_supplier()
+    with pytest.raises(SupplierNotConnected):
+        get_adapter(own)
+    own.protocol, own.endpoint, own.app_key, own.secret_enc = "kameng", "http://x", "k", None
+    with pytest.raises(SupplierNotConnected):
+        get_adapter(own)
+    own.protocol, own.secret_enc = "carrier-pigeon", "token"
+    with pytest.raises(SupplierNotConnected, match="unknown supplier protocol"):
+        connection_for(own)
+    own.protocol = "simulator"
+    with pytest.raises(SupplierNotConnected, match="decrypt"):
+        connection_for(own)
