@@ -48,6 +48,8 @@ def create_app(overrides: dict | None = None) -> Flask:
         register_settings_views(appbuilder)
         from app.portal.filters import register_template_helpers
         register_template_helpers(app)
+        from dashboards import init_dashboards
+        init_dashboards(app, appbuilder)
 
     from app.openapi import api as openapi_api
     from app.openapi import callbacks  # noqa: F401  (registers the outbox handler)

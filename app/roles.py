@@ -27,6 +27,9 @@ ROLES = {
         ["^(结算记录|佣金明细)$", "^menu_access$"],
         ["^(TeamBonusRuleView|TeamBonusAwardView)$", READ],
         ["^(团队业绩奖规则|团队业绩奖发放)$", "^menu_access$"],
+        # Dashboards (dashboards/__init__.py): each view's can_show guards its FAB page and its Dash routes.
+        ["^(GmvDashboardView|ProductsDashboardView)$", "^can_show$"],
+        ["^(数据看板|GMV 概览|商品与库存)$", "^menu_access$"],
     ],
     # Support (客服) finds any order and agent fast; sees card secrets masked only.
     "Support": [
@@ -57,6 +60,9 @@ ROLES = {
         ["^(邀请码|团队结构)$", "^menu_access$"],
         ["^MyCommissionView$", READ],
         ["^我的佣金$", "^menu_access$"],
+        # Dashboards, scoped to the agent's own branch by app.scope.dashboard_scope.
+        ["^GmvDashboardView$", "^can_show$"],
+        ["^(数据看板|GMV 概览)$", "^menu_access$"],
         ["^UserDBModelView$", "^(can_userinfo|userinfoedit|resetmypassword)$"],
         ["^(ResetMyPasswordView|UserInfoEditView)$", "^(can_this_form_get|can_this_form_post)$"],
     ],

@@ -85,3 +85,43 @@ def in_scope(agent_id: int | None, viewer: Agent | None = None) -> bool:
         return False
     target = db.session.get(Agent, agent_id)
     return target is not None and target.path.startswith(viewer.path)
+
+
+# Roles that read every branch on the dashboards (Support has no dashboard at all).
+DASHBOARD_STAFF_ROLES = {"Admin", "Manager"}
+
+
+def dashboard_scope(branch_agent_id: int | None = None) -> int:
+    """The rollup `scope_id` the viewer may read (app.analytics.models): every Dash callback calls this per request.
+
+    Admin/Manager: the platform (PLATFORM_SCOPE), or the branch they ask for. An agent: its own branch, or a branch
+    of its downline it asks for; any other branch, or anyone else, is Forbidden. The browser's branch id is only
+    a request, never trusted as a scope.
+    """
+    from app.analytics.models import PLATFORM_SCOPE
+    from app.errors import Forbidden, ValidationError
+
+    if branch_agent_id is not None:
+        try:
+            branch_agent_id = int(branch_agent_id)
+        except (TypeError, ValueError):
+            raise ValidationError("代理分支参数不正确") from None
+        if not 0 < branch_agent_id < 2**31:  # agent.id is an INTEGER column
+            raise ValidationError("代理分支参数不正确")
+    user = _user()
+    if user is None:
+        raise Forbidden("请先登录")
+    if any(role.name in DASHBOARD_STAFF_ROLES for role in user.roles):
+        if branch_agent_id is None:
+            return PLATFORM_SCOPE
+        if db.session.get(Agent, branch_agent_id) is None:
+            raise ValidationError("代理分支不存在")
+        return branch_agent_id
+    agent = current_agent()
+    if agent is None:
+        raise Forbidden("无权查看数据看板")
+    if branch_agent_id is None or branch_agent_id == agent.id:
+        return agent.id
+    if not in_scope(branch_agent_id, agent):
+        raise Forbidden("只能查看自己团队的数据")
+    return branch_agent_id

@@ -1,0 +1,157 @@
+"""The analytics dashboards (数据看板): Dash apps mounted inside the Flask app, behind FAB login and permissions.
+
+Each dashboard is one Dash app served at `/dashboards/<slug>/` and one FAB page at `/analytics/<slug>/` that shows
+the product's navigation with the Dash app embedded (an iframe sized to its content). The FAB page's view class is
+named after the dashboard (`view_name`) and its `can_show` permission guards BOTH the page and every Dash route:
+anonymous users are redirected to the login page (with `next`), logged-in users without the permission get 403.
+
+How to add a dashboard (e.g. helper G's agent growth):
+
+1. Queries in `dashboards/queries/<name>.py`: plain functions taking `scope_id: int` plus filters (`start`, `end`
+   inclusive dates, `category_id`, `tier_id`, `granularity` ...) and returning lists/dicts. Read the rollup tables
+   of app/analytics/models.py, always with GROUP BY, filtered on (scope_id, day) so the index is used.
+2. The Dash module `dashboards/<name>.py` with `build(dash_app: Dash) -> None` that sets
+   `dash_app.layout = <function>` (a function, so labels are translated per request; it must not query the
+   database) and registers callbacks with `@dash_app.callback(...)` (NEVER `dash.callback`: with several Dash
+   apps a global callback is claimed by whichever app starts first). Use dashboards/components.py: `filter_bar`,
+   `register_filters`, `Filters.from_inputs` (which calls `app.scope.dashboard_scope` and so must run inside each
+   callback, every time), `kpi_row`, `table` + `register_table_export`, `figure`, `fen`.
+3. Register it below in DASHBOARDS: `Dashboard("agents", "代理增长", "AgentGrowthDashboardView", "dashboards.agents")`.
+4. Roles in app/roles.py: `["^AgentGrowthDashboardView$", "^can_show$"]` and the menu name (`"^代理增长$"`,
+   `"^menu_access$"`) for each role that sees it (Manager; Agent where agents see it). Admin sees everything.
+   The category "数据看板" is already granted menu_access for Manager and Agent.
+5. English: add the title and every `_()` label to tools/translations_en.py and run
+   `.venv/bin/python tools/translations.py` (babel.cfg extracts dashboards/**.py too).
+6. Tests: tests/dashboards_helpers.py logs in, calls a callback end to end (`call_callback`) and builds rollup rows.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from flask import Flask, abort, current_app, jsonify, redirect, request
+from flask_appbuilder import AppBuilder, BaseView, expose, has_access
+from flask_login import current_user
+
+from app.errors import KamengError
+
+CATEGORY = "数据看板"
+CATEGORY_ICON = "fa-bar-chart"
+DASH_PREFIX = "/dashboards/"
+PAGE_PREFIX = "/analytics/"
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    slug: str  # URL part: /dashboards/<slug>/ (Dash) and /analytics/<slug>/ (FAB page)
+    title: str  # zh_CN; the menu name and page title (English in tools/translations_en.py)
+    view_name: str  # the FAB view class created for it; its permission is <view_name>.can_show
+    module: str  # a module with build(dash_app) that sets the layout and registers the callbacks
+    icon: str = "fa-area-chart"
+
+    @property
+    def dash_path(self) -> str:
+        return f"{DASH_PREFIX}{self.slug}/"
+
+    @property
+    def page_path(self) -> str:
+        return f"{PAGE_PREFIX}{self.slug}/"
+
+
+# The menu shows them in this order.
+DASHBOARDS: list[Dashboard] = [
+    Dashboard("gmv", "GMV 概览", "GmvDashboardView", "dashboards.gmv", icon="fa-line-chart"),
+]
+
+
+class DashboardView(BaseView):
+    """The FAB page of one dashboard: base template (navigation) with the Dash app embedded."""
+    default_view = "show"
+    dashboard: Dashboard
+
+    @expose("/")
+    @has_access
+    def show(self):
+        return self.render_template("kameng/dashboard.html", dashboard=self.dashboard,
+                                    src=self.dashboard.dash_path)
+
+
+def view_class(dashboard: Dashboard) -> type[DashboardView]:
+    """A BaseView subclass named after the dashboard: FAB names the permission after the class."""
+    return type(dashboard.view_name, (DashboardView,), {
+        "route_base": dashboard.page_path.rstrip("/"), "dashboard": dashboard,
+        "__doc__": f"Dashboard page: {dashboard.slug}"})
+
+
+def init_dashboards(app: Flask, appbuilder: AppBuilder) -> None:
+    """Mount every dashboard: FAB view + menu entry, Dash app, and the permission guard on its routes."""
+    from dash import Dash
+
+    for dashboard in DASHBOARDS:
+        appbuilder.add_view(view_class(dashboard), dashboard.title, icon=dashboard.icon, category=CATEGORY,
+                            category_icon=CATEGORY_ICON)
+        dash_app = Dash(f"kameng_{dashboard.slug}", server=app, url_base_pathname=dashboard.dash_path,
+                        assets_folder=str(ASSETS), title=dashboard.title, update_title=None, serve_locally=True,
+                        compress=False)
+        dash_app.index_string = INDEX_STRING
+        importlib.import_module(dashboard.module).build(dash_app)
+        _guard_routes(app, dashboard)
+    app.after_request(_csrf_cookie)
+
+
+def _guard_routes(app: Flask, dashboard: Dashboard) -> None:
+    """Wrap every view function Dash registered under the dashboard's prefix (pages, layout, callbacks, assets)."""
+    endpoints = {rule.endpoint for rule in app.url_map.iter_rules() if rule.rule.startswith(dashboard.dash_path)}
+    for endpoint in endpoints:
+        app.view_functions[endpoint] = _guarded(app.view_functions[endpoint], dashboard)
+
+
+def _guarded(view_func, dashboard: Dashboard):
+    @functools.wraps(view_func)
+    def guarded(*args, **kwargs):
+        if not current_user.is_authenticated:
+            return redirect(current_app.appbuilder.get_url_for_login_with(request.full_path.rstrip("?")))
+        if not current_app.appbuilder.sm.has_access("can_show", dashboard.view_name):
+            abort(403)
+        try:
+            return view_func(*args, **kwargs)
+        except KamengError as exc:  # e.g. dashboard_scope refusing a branch: the callback answers 4xx, not 500
+            response = jsonify(exc.to_dict())
+            response.status_code = exc.status
+            return response
+
+    return guarded
+
+
+def _csrf_cookie(response):
+    """Dash 4 sends the `_csrf_token` cookie back as X-CSRFToken on its POSTs (CSRFProtect is on app-wide)."""
+    if request.path.startswith(DASH_PREFIX) and current_app.config.get("WTF_CSRF_ENABLED", True) \
+            and response.mimetype == "text/html" and current_user.is_authenticated:
+        from flask_wtf.csrf import generate_csrf
+
+        response.set_cookie("_csrf_token", generate_csrf(), path=DASH_PREFIX, samesite="Lax",
+                            secure=current_app.config.get("SESSION_COOKIE_SECURE", False))
+    return response
+
+
+# Dash's page, in Chinese, with the product's font; the FAB page around it carries the navigation.
+INDEX_STRING = """<!DOCTYPE html>
+<html lang="zh-CN">
+<head>
+{%metas%}
+<title>{%title%}</title>
+{%favicon%}
+{%css%}
+</head>
+<body class="kameng-dashboard">
+{%app_entry%}
+<footer>
+{%config%}
+{%scripts%}
+{%renderer%}
+</footer>
+</body>
+</html>"""

@@ -1,0 +1,113 @@
+"""GMV dashboard queries: GMV, orders, AOV and margin over time, breakdowns, and the previous-period comparison.
+
+All from rollup_sales_daily (GMV = paid amount of delivered orders, refunds already netted on the delivery day).
+AOV = GMV // orders (fen, floored); margin = GMV − cost.
+"""
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+from sqlalchemy import func, select
+
+from app.agents.models import Tier
+from app.analytics.models import SalesDaily
+from app.catalog.models import Category, Product, Supplier
+from app.extensions import db
+from app.payments.models import CHANNEL_NAMES
+from dashboards.queries.periods import as_date, bucket, periods
+
+BREAKDOWNS = ("category", "product", "channel", "tier", "supplier")
+_KEY_COLUMNS = {"category": SalesDaily.category_id, "product": SalesDaily.product_id,
+                "channel": SalesDaily.channel, "tier": SalesDaily.tier_id, "supplier": SalesDaily.supplier_id}
+_MEASURES = ("orders", "quantity", "gmv", "cost", "fees", "margin")
+
+
+def _sums():
+    return [func.coalesce(func.sum(getattr(SalesDaily, m)), 0).label(m) for m in _MEASURES]
+
+
+def _where(query, scope_id: int, start: date, end: date, category_id: int | None, tier_id: int | None):
+    query = query.where(SalesDaily.scope_id == scope_id, SalesDaily.day >= start, SalesDaily.day <= end)
+    if category_id is not None:
+        query = query.where(SalesDaily.category_id == category_id)
+    if tier_id is not None:
+        query = query.where(SalesDaily.tier_id == tier_id)
+    return query
+
+
+def _figures(row) -> dict:
+    out = {m: int(getattr(row, m) or 0) for m in _MEASURES}
+    return with_ratios(out)
+
+
+def with_ratios(out: dict) -> dict:
+    """Add AOV (fen, floored) and margin rate in basis points (floored) to a dict of sums."""
+    out["aov"] = out["gmv"] // out["orders"] if out["orders"] else 0
+    out["margin_bp"] = out["margin"] * 10_000 // out["gmv"] if out["gmv"] else 0
+    return out
+
+
+def totals(scope_id: int, start: date, end: date, category_id: int | None = None,
+           tier_id: int | None = None) -> dict:
+    """GMV, orders, quantity, cost, fees, margin, AOV and margin rate over the range."""
+    row = db.session.execute(_where(select(*_sums()), scope_id, start, end, category_id, tier_id)).one()
+    return _figures(row)
+
+
+def comparison(scope_id: int, start: date, end: date, category_id: int | None = None,
+               tier_id: int | None = None) -> dict:
+    """This period and the one of equal length just before it, with each figure's change and percent."""
+    days = (end - start).days + 1
+    prev_start, prev_end = start - timedelta(days=days), start - timedelta(days=1)
+    current = totals(scope_id, start, end, category_id, tier_id)
+    previous = totals(scope_id, prev_start, prev_end, category_id, tier_id)
+    changes = {}
+    for key in ("gmv", "orders", "aov", "margin", "quantity"):
+        change = current[key] - previous[key]
+        changes[key] = {"delta": change,
+                        "pct": None if previous[key] == 0 else round(change * 100 / previous[key], 1)}
+    return {"current": current, "previous": previous, "changes": changes,
+            "previous_start": prev_start, "previous_end": prev_end}
+
+
+def series(scope_id: int, start: date, end: date, granularity: str = "day", category_id: int | None = None,
+           tier_id: int | None = None) -> list[dict]:
+    """One row per day / week (Monday) / month in the range, zeros included; daily rows bucketed in Python."""
+    query = _where(select(SalesDaily.day, *_sums()), scope_id, start, end, category_id, tier_id) \
+        .group_by(SalesDaily.day)
+    buckets = {p: dict.fromkeys(_MEASURES, 0) for p in periods(start, end, granularity)}
+    for row in db.session.execute(query):
+        target = buckets[bucket(as_date(row.day), granularity)]
+        for m in _MEASURES:
+            target[m] += int(getattr(row, m) or 0)
+    return [{"period": p, **with_ratios(values)} for p, values in buckets.items()]
+
+
+def breakdown(scope_id: int, start: date, end: date, by: str, category_id: int | None = None,
+              tier_id: int | None = None, limit: int | None = None) -> list[dict]:
+    """Figures per category / product / channel / tier / supplier, largest GMV first, with each one's share."""
+    if by not in BREAKDOWNS:
+        raise ValueError(f"unknown breakdown {by!r}")
+    key = _KEY_COLUMNS[by]
+    query = _where(select(key.label("key"), *_sums()), scope_id, start, end, category_id, tier_id) \
+        .group_by(key).order_by(func.sum(SalesDaily.gmv).desc(), key)
+    if limit:
+        query = query.limit(limit)
+    rows = [{"key": row.key, **_figures(row)} for row in db.session.execute(query)]
+    labels = _labels(by, [r["key"] for r in rows])
+    total = sum(r["gmv"] for r in rows) if not limit else totals(scope_id, start, end, category_id, tier_id)["gmv"]
+    for r in rows:
+        r["label"] = labels.get(r["key"], None if r["key"] is None else str(r["key"]))
+        r["share_bp"] = r["gmv"] * 10_000 // total if total > 0 else 0
+    return rows
+
+
+def _labels(by: str, keys: list) -> dict:
+    if by == "channel":
+        return {k: CHANNEL_NAMES.get(k, k) for k in keys}
+    model = {"category": Category, "product": Product, "tier": Tier, "supplier": Supplier}[by]
+    ids = [k for k in keys if k is not None]
+    if not ids:
+        return {}
+    # A NULL tier (storefront guests) gets no label here: the dashboard names it.
+    return {k: name for k, name in db.session.execute(select(model.id, model.name).where(model.id.in_(ids)))}
