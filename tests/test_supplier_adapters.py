@@ -9,6 +9,9 @@ import time
 import pytest
 import requests
 
+from app import crypto
+from app.catalog import service as catalog
+from app.extensions import db
 from app.openapi import signing
 from app.suppliers.adapters import SupplierNotConnected, connection_for, get_adapter
 from app.suppliers.adapters.base import (
@@ -21,9 +24,10 @@ from app.suppliers.adapters.base import (
     InvalidCallback,
     UpstreamUnreachable,
 )
+from app.suppliers.adapters.kameng import KamengAdapter
 from app.suppliers.adapters.simulator import SimulatorAdapter
-from tests import supplier_sim_helpers
-from tests.openapi_helpers import Receiver
+from tests import factories, supplier_sim_helpers
+from tests.openapi_helpers import Receiver, new_key, served
 from tests.supplier_sim_helpers import SIM_KEY, sim_supplier
 
 supplier_sim = supplier_sim_helpers.supplier_sim  # the fixture (an assignment, so ruff sees no shadowed import)
@@ -334,8 +338,6 @@ def test_get_adapter_connects_a_supplier_row(app, supplier_sim, f):
 
 
 def test_get_adapter_refuses_suppliers_it_cannot_reach(app, f):
-    from app.catalog import service as catalog
-
     own = catalog.platform_supplier()
     with pytest.raises(SupplierNotConnected):
         get_adapter(own)
@@ -348,3 +350,133 @@ def test_get_adapter_refuses_suppliers_it_cannot_reach(app, f):
     own.protocol = "simulator"
     with pytest.raises(SupplierNotConnected, match="decrypt"):
         connection_for(own)
+
+
+# --- the kameng adapter: another Kameng (served over HTTP on 127.0.0.1) is the upstream -----------------------
+# The upstream Kameng is the test app itself, served by a threaded werkzeug server: its agent, API key and
+# products live in the test database, which the app fixture empties before each test.
+
+@pytest.fixture
+def upstream(app, f):
+    agent = f.agent(balance=50_000, tier_obj=f.tier(discount_bp=9000))
+    card = f.product(face_price=10_000, cost=8_000, secrets=3)
+    key, secret = new_key(agent, name="downstream kameng")
+
+    class Upstream:
+        pass
+
+    up = Upstream()
+    up.agent, up.card, up.key, up.secret, up.f = agent, card, key, secret, f
+    with served(app) as base:
+        up.url = base
+        yield up
+
+
+def kameng_adapter(up, notify_url: str | None = None, secret: str | None = None, endpoint: str | None = None,
+                   app_key: str | None = None):
+    return KamengAdapter(Connection(supplier_id=9, protocol="kameng", endpoint=endpoint or up.url,
+                                    app_key=app_key or up.key.app_key, secret=secret or up.secret, timeout=10,
+                                    notify_url=notify_url))
+
+
+def test_kameng_submit_of_a_card_product_comes_back_with_its_secrets(app, upstream, receiver):
+    adapter = kameng_adapter(upstream, notify_url=receiver.url("/supplier/notify/9"))
+    result = adapter.submit("KM0001", str(upstream.card.id), "", 2)
+    assert result.status == SUCCESS and result.trade_no and len(result.card_secrets) == 2
+    assert len(set(result.card_secrets)) == 2
+    assert factories.wallet(upstream.agent) == 50_000 - 2 * 9_000  # paid once, at the agent's price
+    # The same order number again: the upstream answers the same order, charging nothing more.
+    again = adapter.submit("KM0001", str(upstream.card.id), "", 2)
+    assert (again.trade_no, again.card_secrets) == (result.trade_no, result.card_secrets)
+    queried = adapter.query("KM0001")
+    assert (queried.status, queried.trade_no, queried.card_secrets) == (SUCCESS, result.trade_no,
+                                                                       result.card_secrets)
+    assert factories.wallet(upstream.agent) == 32_000
+    assert adapter.query("KM-NEVER-SENT").status == NOT_FOUND
+    assert adapter.query_balance() == 32_000
+
+
+def test_kameng_resubmit_with_other_details_reports_the_existing_order(app, upstream, receiver):
+    first = kameng_adapter(upstream).submit("KM0002", str(upstream.card.id), "", 1)
+    # Later our callback address changed: the upstream holds KM0002 with another body (409) → it is still ours.
+    moved = kameng_adapter(upstream, notify_url=receiver.url("/supplier/notify/9"))
+    second = moved.submit("KM0002", str(upstream.card.id), "", 1)
+    assert (second.status, second.trade_no, second.card_secrets) == (SUCCESS, first.trade_no, first.card_secrets)
+    assert factories.wallet(upstream.agent) == 41_000
+
+
+def test_kameng_business_refusals_are_failures(app, upstream):
+    adapter = kameng_adapter(upstream)
+    poor_key, poor_secret = new_key(upstream.f.agent(balance=100, tier_obj=upstream.f.tier(discount_bp=9000)))
+    poor_adapter = kameng_adapter(upstream, app_key=poor_key.app_key, secret=poor_secret)
+    result = poor_adapter.submit("KM0003", str(upstream.card.id), "", 1)
+    assert result.status == FAILED and "insufficient_balance" in result.message
+    assert poor_adapter.query("KM0003").status == NOT_FOUND
+
+    sold_out = adapter.submit("KM0004", str(upstream.card.id), "", 4)  # 3 cards in stock
+    assert sold_out.status == FAILED and "out_of_stock" in sold_out.message
+    assert adapter.submit("KM0005", "999999", "", 1).status == FAILED  # no such product there
+    assert adapter.submit("KM0006", "CMCC-10", "", 1).status == FAILED  # a code that is no product id
+    assert factories.wallet(upstream.agent) == 50_000
+
+
+def test_kameng_refused_credentials_and_an_unreachable_upstream_are_unreachable(app, upstream):
+    with pytest.raises(UpstreamUnreachable, match="401"):
+        kameng_adapter(upstream, secret="0" * 64).submit("KM0007", str(upstream.card.id), "", 1)
+    with pytest.raises(UpstreamUnreachable, match="401"):
+        kameng_adapter(upstream, secret="0" * 64).query_balance()
+    with pytest.raises(UpstreamUnreachable):
+        kameng_adapter(upstream, endpoint="http://127.0.0.1:9").query("KM0007")
+    assert kameng_adapter(upstream).query("KM0007").status == NOT_FOUND
+
+
+def test_kameng_balance_and_stock(app, upstream):
+    empty = upstream.f.product(face_price=5_000, cost=4_000)
+    adapter = kameng_adapter(upstream, endpoint=upstream.url + "/open/v1/")
+    assert adapter.query_balance() == 50_000
+    stock = {item.code: item for item in adapter.list_stock()}
+    card = stock[str(upstream.card.id)]
+    assert (card.price, card.stock, card.available, card.extra["kind"]) == (9_000, None, True, "card")
+    assert (stock[str(empty.id)].price, stock[str(empty.id)].stock) == (4_500, 0)
+    adapter.submit("KM0008", str(upstream.card.id), "", 3)
+    assert {i.code: i.stock for i in adapter.list_stock()}[str(upstream.card.id)] == 0
+
+
+def test_kameng_callbacks_verify_and_fetch_the_card_secrets(app, upstream, receiver):
+    path = "/supplier/notify/9"
+    adapter = kameng_adapter(upstream, notify_url=receiver.url(path))
+    result = adapter.submit("KM0009", str(upstream.card.id), "", 1)
+    [callback] = receiver.wait_for(1)  # the upstream sends it from the outbox once the order is delivered
+    assert callback["path"] == path
+    parsed = adapter.parse_callback(callback["headers"], callback["body"])
+    assert (parsed.order_no, parsed.status, parsed.trade_no) == ("KM0009", SUCCESS, result.trade_no)
+    assert parsed.card_secrets == result.card_secrets  # not in the callback: fetched with a signed query
+    assert b"card_secrets" not in callback["body"]
+
+    forged = callback["body"].replace(b"KM0009", b"KM0010")
+    with pytest.raises(InvalidCallback):
+        adapter.parse_callback(callback["headers"], forged)
+    # Signed by another agent's key at the upstream, or with a stale timestamp: refused.
+    other_key, other_secret = new_key(upstream.f.agent())
+    for headers in (signing.signed_headers(other_key.app_key, other_secret, "POST", path, forged),
+                    signing.signed_headers(upstream.key.app_key, upstream.secret, "POST", path, forged,
+                                           now=int(time.time()) - 600)):
+        with pytest.raises(InvalidCallback):
+            adapter.parse_callback(headers, forged)
+    # A well-signed callback for another of the upstream's statuses maps like a query does.
+    body = json.loads(callback["body"])
+    body.update(notified_status="refunded", status="refunded")
+    raw = json.dumps(body).encode()
+    headers = signing.signed_headers(upstream.key.app_key, upstream.secret, "POST", path, raw)
+    assert adapter.parse_callback(headers, raw).status == FAILED
+
+
+def test_kameng_supplier_row_through_the_registry(app, upstream):
+    supplier = catalog.create_supplier("上游卡盟")
+    supplier.protocol, supplier.endpoint, supplier.app_key = "kameng", upstream.url, upstream.key.app_key
+    supplier.secret_enc = crypto.encrypt(upstream.secret)
+    db.session.commit()
+    adapter = get_adapter(supplier, base_url="https://us.example.com")
+    assert adapter.protocol == "kameng"
+    assert adapter.connection.notify_url == f"https://us.example.com/supplier/notify/{supplier.id}"
+    assert adapter.query_balance() == 50_000

@@ -11,10 +11,12 @@ from app import crypto
 from app.catalog.models import Supplier
 from app.errors import KamengError
 from app.suppliers.adapters.base import Connection, SupplierAdapter
+from app.suppliers.adapters.kameng import KamengAdapter
 from app.suppliers.adapters.simulator import SimulatorAdapter
 
 ADAPTERS: dict[str, type[SupplierAdapter]] = {
     SimulatorAdapter.protocol: SimulatorAdapter,
+    KamengAdapter.protocol: KamengAdapter,
 }
 
 
