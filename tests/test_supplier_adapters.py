@@ -314,6 +314,32 @@ def test_the_control_api_validates_behaviours(supplier_sim):
     assert supplier_sim.behave(callback=False)["callback"] == "none"
 
 
+def test_the_control_api_answers_only_on_loopback(supplier_sim):
+    from werkzeug.test import Client
+
+    outside = Client(supplier_sim.sim).post("/_sim/balance", json={"balance": 1},
+                                            environ_base={"REMOTE_ADDR": "10.1.2.3"})
+    assert outside.status_code == 403
+    assert supplier_sim.balance() == 100_000_000
+
+
+def test_an_order_finished_by_a_query_and_by_the_upstream_at_once_credits_once(supplier_sim):
+    supplier_sim.behave(mode="pending", pending_polls=0, complete_after_ms=30, callback=False)
+    adapter = sim_adapter(supplier_sim)
+    for n in range(5):
+        order_no = f"K004{n}"
+        adapter.submit(order_no, "CMCC-10", PHONE, 1)
+        threads = [threading.Thread(target=adapter.query, args=(order_no,)) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    time.sleep(0.1)
+    orders = supplier_sim.orders()
+    assert [orders[f"K004{n}"]["credits"] for n in range(5)] == [1] * 5
+    assert supplier_sim.balance() == 100_000_000 - 5 * 985
+
+
 # --- the registry (Supplier rows) -----------------------------------------------------------------------------
 
 def test_get_adapter_connects_a_supplier_row(app, supplier_sim, f):
