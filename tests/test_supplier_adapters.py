@@ -444,6 +444,11 @@ def test_kameng_business_refusals_are_failures(app, upstream):
     assert adapter.submit("KM0005", "999999", "", 1).status == FAILED  # no such product there
     assert adapter.submit("KM0006", "CMCC-10", "", 1).status == FAILED  # a code that is no product id
     assert factories.wallet(upstream.agent) == 50_000
+    # The upstream disabled our agent there: it refuses (403) and creates nothing.
+    upstream.agent.active = False
+    db.session.commit()
+    disabled = adapter.submit("KM0016", str(upstream.card.id), "", 1)
+    assert disabled.status == FAILED and "forbidden" in disabled.message
 
 
 def test_kameng_refused_credentials_and_an_unreachable_upstream_are_unreachable(app, upstream):

@@ -297,7 +297,7 @@ class SupplierSimulator:
             return "missing X-App-Key, X-Timestamp, X-Nonce or X-Signature"
         if not hmac.compare_digest(app_key.encode(), self.app_key.encode()):
             return "unknown app key"
-        if not ts.isascii() or not ts.isdigit() or abs(time.time() - int(ts)) > MAX_SKEW_SECONDS:
+        if not ts.isascii() or not ts.isdigit() or len(ts) > 12 or abs(time.time() - int(ts)) > MAX_SKEW_SECONDS:
             return "stale or bad X-Timestamp"
         if not NONCE.fullmatch(nonce):
             return "bad X-Nonce"

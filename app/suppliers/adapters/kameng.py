@@ -32,8 +32,10 @@ STATUS_MAP = {
     "failed": FAILED, "refunded": FAILED, "closed": FAILED,
     "paid": PROCESSING, "delivering": PROCESSING, "pending_payment": PROCESSING,
 }
-# Statuses of an error answer that say nothing definite about the order: try again later.
-UNKNOWN_OUTCOME_HTTP = {401, 403, 408, 425, 429}
+# Error answers that say nothing definite about the order: try again later (a 401 from a rotated key or a
+# skewed clock, a rate limit). Once fixed, a query finds the order or says not_found and it is resubmitted.
+# 403 is not here: the upstream disabled our agent, so it created nothing and will not.
+UNKNOWN_OUTCOME_HTTP = {401, 408, 425, 429}
 
 
 class KamengAdapter(SupplierAdapter):
