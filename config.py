@@ -107,6 +107,12 @@ class Config:
     OUTBOX_SWEEP_SECONDS = env_int("OUTBOX_SWEEP_SECONDS", 15)
     NONCE_PURGE_SECONDS = env_int("NONCE_PURGE_SECONDS", 600)
     WITHDRAWAL_POLL_SECONDS = env_int("WITHDRAWAL_POLL_SECONDS", 60)  # paying withdrawals: ask the bank
+    # Analytics rollups: money flows folded from the ledger, delta rows compacted (app/analytics/service.py).
+    ROLLUP_MONEY_SECONDS = env_int("ROLLUP_MONEY_SECONDS", 60)
+    ROLLUP_COMPACT_SECONDS = env_int("ROLLUP_COMPACT_SECONDS", 300)
+    ROLLUP_MONEY_BATCH = env_int("ROLLUP_MONEY_BATCH", 50000)  # journals per fold transaction
+    # Journals younger than this wait for the next fold (a lower id may still be committing).
+    ROLLUP_MONEY_LAG_SECONDS = env_int("ROLLUP_MONEY_LAG_SECONDS", 30)
 
     # Payments and the storefront
     ORDER_EXPIRE_MINUTES = env_int("ORDER_EXPIRE_MINUTES", 15)  # unpaid storefront orders close after this

@@ -262,6 +262,45 @@ def supplier_sim(port: int, key: str, app_key: str, latency_ms: int, balance: in
     _run_simulator(SupplierSimulator(key, app_key=app_key, latency_ms=latency_ms, balance=balance), port)
 
 
+rollups_cli = AppGroup("rollups", help="Analytics rollups (数据看板 daily tables).")
+kameng_cli.add_command(rollups_cli)
+
+
+@rollups_cli.command("rebuild")
+@click.option("--from", "start", required=True, help="First China day, YYYY-MM-DD.")
+@click.option("--to", "end", required=True, help="Last China day (inclusive), YYYY-MM-DD.")
+def rollups_rebuild(start: str, end: str) -> None:
+    """Delete and recompute every rollup of a day range from orders, real-name records and journals."""
+    from app.analytics import service as rollups
+
+    try:
+        report = rollups.rebuild(rollups.parse_day(start, "--from"), rollups.parse_day(end, "--to"))
+    except KamengError as exc:
+        fail(exc.message)
+    for key, value in report.items():
+        click.echo(f"{key}: {value}")
+
+
+@rollups_cli.command("compact")
+@click.option("--table", type=click.Choice(["sales", "profile", "agent", "money"]), default=None,
+              help="Only this table (default: all).")
+@click.option("--all", "full", is_flag=True, help="Every key, not only those touched since the last run.")
+def rollups_compact(table: str | None, full: bool) -> None:
+    """Merge delta rows of the same key into one row; prints rows removed per table."""
+    from app.analytics import service as rollups
+
+    for name, removed in rollups.compact(table, full=full).items():
+        click.echo(f"{name}: {removed} rows removed")
+
+
+@rollups_cli.command("fold-money")
+def rollups_fold_money() -> None:
+    """Fold ledger journals above the watermark into the money-flow rollup; prints how many."""
+    from app.analytics import service as rollups
+
+    click.echo(f"journals folded: {rollups.fold_money_all()}")
+
+
 @kameng_cli.command("withdrawal-retry")
 @click.argument("withdrawal_no")
 def withdrawal_retry(withdrawal_no: str) -> None:

@@ -84,3 +84,24 @@ def poll_paying_withdrawals() -> dict:
     from app.network import withdrawals
 
     return withdrawals.poll_paying()
+
+
+def fold_money_flows() -> int:
+    """Scheduled: fold new ledger journals into rollup_money_daily (watermark; running twice adds nothing)."""
+    from app.analytics import service as rollups
+
+    return rollups.fold_money_all()
+
+
+def compact_rollups() -> dict:
+    """Scheduled: merge the rollup delta rows added since the last run, key by key (sums unchanged)."""
+    from app.analytics import service as rollups
+
+    return rollups.compact()
+
+
+def rebuild_rollups(start: str, end: str) -> dict:
+    """Recompute every rollup of China days start..end (YYYY-MM-DD, inclusive); job id rollups-rebuild-<range>."""
+    from app.analytics import service as rollups
+
+    return rollups.rebuild(rollups.parse_day(start), rollups.parse_day(end))

@@ -79,6 +79,14 @@ def transition(order_id: int, to_status: str, current: str | None = None) -> Non
         db.session.expire(loaded, list(values))  # an Order object already loaded rereads what changed
     if row is None:
         raise InvalidTransition(f"订单状态已被其他操作改变 (order {order_id} changed concurrently)")
+    # Analytics rollups in the same transaction. A rejected dispute (disputed -> delivered) never stopped
+    # counting, so only a first delivery adds; a refund of a counted order subtracts on its delivery day.
+    from app.analytics import service as rollups
+
+    if to_status == "delivered" and current in ("paid", "delivering"):
+        rollups.record_delivery(order_id)
+    elif to_status == "refunded" and current in ("delivered", "disputed"):
+        rollups.record_refund(order_id)
     if to_status in NOTIFIED_STATUSES and row.notify_url:
         # The order's new state is POSTed to notify_url after this transaction commits (outbox).
         outbox.write("order_callback", f"order:{row.order_no}:notify:{to_status}",

@@ -1,0 +1,524 @@
+"""Analytics rollups: the one module that writes rollup_* tables (app/analytics/models.py explains the tables).
+
+Three writers, one answer:
+- `record_delivery` / `record_refund`, called by app.orders.service.transition inside the delivering / refunding
+  transaction, append delta rows (+ on delivery, - on refund, both on the ORIGINAL delivery day). A rejected
+  dispute (disputed -> delivered) writes nothing: the order never stopped counting.
+- `fold_money` appends money-flow deltas from ledger journals above a watermark (rollup_state
+  'money_journal_id'), advancing it in the same transaction.
+- `rebuild(start, end)` deletes a day range and recomputes it set-based (INSERT ... SELECT) from orders,
+  real-name records and journals. Incremental rows and a rebuild give the same grouped sums.
+`compact` merges the delta rows of one key into one row; readers GROUP BY, so it changes no answer.
+
+Definitions (the dashboards rely on them):
+- day: China business day (BUSINESS_TIMEZONE) of orders.delivered_at; for money flows, of the journal.
+- Counted orders: status delivered or disputed. GMV = orders.amount, cost = cost_total, fees = service_fee,
+  margin = amount - cost_total.
+- Scopes: 0 (platform) for every order; an agent-bought order also counts for every id on its upline_path
+  snapshot (the buyer included). Guest (storefront) orders count only at 0, tier NULL.
+- Profile dimensions: age_band / gender / province from the buyer's *verified* real-name record ('unknown' when
+  there is none, and for guests); hour = '00'..'23' China hour of delivered_at; buyer_type = 'first' when the
+  buyer (agent_id, or the guest's contact) had no order delivered before this one (delivered_at, then id, as
+  the tie-break; an order later refunded still counts as delivered before), else 'returning'.
+- Money flows (flow, amount fen, count), from journal kinds:
+  commission_accrued (commission_accrual: each beneficiary's pending credit), commission_settled (settlement:
+  each agent's pending debit), commission_reversed (commission_reversal: each agent's debits),
+  withdrawal_requested (withdrawal_freeze: frozen credit), withdrawal_paid (withdrawal_paid: net to
+  platform:payouts), withdrawal_fee (withdrawal_paid: platform:fees) -- scopes 0 + the agent's path;
+  revenue (platform:revenue), fees (platform:fees), supplier_cost (supplier payable) of sale and sale_reversal
+  journals (count +1 per sale, -1 per reversal), refunds (sale_reversal: the amount returned to the buyer's
+  wallet or buyer funds) -- scopes 0 + the buying agent's upline_path for agent orders.
+  Channel refunds of orders never delivered (journal kind 'refund') move no revenue and are not a flow here.
+
+Concurrency: deltas are plain INSERTs (no shared row is ever updated, so purchases never wait on each other).
+compact, fold_money and rebuild serialize on one transaction-level advisory lock (PostgreSQL); rebuild reads in
+REPEATABLE READ so a delta committed after its snapshot is neither deleted nor recounted.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
+
+from flask import current_app
+from sqlalchemy import Date, DateTime, bindparam, insert, select
+from sqlalchemy import text as _text
+
+from app.analytics.models import (
+    PLATFORM_SCOPE,
+    AgentDaily,
+    ProfileDaily,
+    RollupState,
+    SalesDaily,
+)
+from app.clock import business_tz, to_local, utcnow
+from app.errors import ValidationError
+from app.extensions import db
+
+MONEY_WATERMARK = "money_journal_id"
+ADVISORY_LOCK_KEY = 7_020_301  # any constant: compact / fold / rebuild take it for their transaction
+COUNTED_STATUSES = ("delivered", "disputed")
+DIMENSIONS = ("age_band", "gender", "province", "hour", "buyer_type")
+UNKNOWN = "unknown"
+MAX_REBUILD_DAYS = 3 * 366
+
+
+@dataclass(frozen=True)
+class RollupTable:
+    """A rollup table's merge key and summed columns (compaction and comparisons use them)."""
+    name: str
+    key: tuple[str, ...]
+    sums: tuple[str, ...]
+    nullable_key: tuple[str, ...] = ()
+
+
+TABLES = {
+    "sales": RollupTable("rollup_sales_daily",
+                         ("scope_id", "day", "product_id", "category_id", "channel", "tier_id", "supplier_id"),
+                         ("orders", "quantity", "gmv", "cost", "fees", "margin"), ("tier_id",)),
+    "profile": RollupTable("rollup_profile_daily", ("scope_id", "day", "dimension", "value", "category_id"),
+                           ("orders", "gmv")),
+    "agent": RollupTable("rollup_agent_daily", ("day", "agent_id"), ("orders", "gmv")),
+    "money": RollupTable("rollup_money_daily", ("scope_id", "day", "flow"), ("amount", "count")),
+}
+
+
+# --- shared helpers ------------------------------------------------------------------------------------------
+
+_TYPES = {"lo": DateTime(), "hi": DateTime(), "cutoff": DateTime(), "start": Date(), "end": Date()}
+
+
+def text(sql: str):
+    """A textual statement whose date/time parameters are typed (each driver then stores them as the ORM does)."""
+    stmt = _text(sql)
+    typed = [bindparam(name, type_=type_) for name, type_ in _TYPES.items() if f":{name}" in sql]
+    return stmt.bindparams(*typed) if typed else stmt
+
+
+def _dialect() -> str:
+    return db.session.get_bind().dialect.name
+
+
+def path_ids(path: str | None) -> list[int]:
+    """Agent ids on a materialized path, root first (`/1/7/42/` -> [1, 7, 42])."""
+    return [int(x) for x in (path or "").strip("/").split("/") if x]
+
+
+def order_scopes(agent_id: int | None, upline_path: str | None) -> list[int]:
+    """Where an order counts: the platform, and for an agent's order every agent on its path snapshot."""
+    if agent_id is None:
+        return [PLATFORM_SCOPE]
+    return [PLATFORM_SCOPE] + path_ids(upline_path)
+
+
+def day_bounds(start: date, end: date) -> tuple[datetime, datetime]:
+    """Naive-UTC instants bounding China business days start..end (inclusive)."""
+    tz = business_tz()
+    lo = datetime.combine(start, dtime.min, tzinfo=tz).astimezone(UTC).replace(tzinfo=None)
+    hi = datetime.combine(end + timedelta(days=1), dtime.min, tzinfo=tz).astimezone(UTC).replace(tzinfo=None)
+    return lo, hi
+
+
+def _lock() -> None:
+    """Serialize the rollup maintenance jobs (not the per-order deltas) for the rest of this transaction."""
+    if _dialect() == "postgresql":
+        db.session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
+
+
+def _get_state(name: str) -> int:
+    value = db.session.scalar(select(RollupState.value).where(RollupState.name == name))
+    return int(value or 0)
+
+
+def _set_state(name: str, value: int) -> None:
+    table = RollupState.__table__
+    if db.session.execute(table.update().where(table.c.name == name).values(value=value)).rowcount == 0:
+        db.session.execute(table.insert().values(name=name, value=value))
+
+
+# --- per-order deltas (the purchase path) ---------------------------------------------------------------------
+
+# One read gathers everything the deltas need: the order, its category, the buyer's verified real-name facts and
+# whether the buyer had an earlier delivered order (agents: the (agent_id, created_at) index; guests: contact).
+_FACTS = text("""
+SELECT o.agent_id, o.upline_path, o.product_id, p.category_id, o.channel, o.tier_id, o.supplier_id, o.quantity,
+       o.amount, o.cost_total, o.service_fee, o.delivered_at, r.age_band, r.gender, r.province,
+       CASE WHEN o.agent_id IS NOT NULL THEN EXISTS (
+              SELECT 1 FROM orders e WHERE e.agent_id = o.agent_id AND e.delivered_at IS NOT NULL AND e.id <> o.id
+                 AND (e.delivered_at < o.delivered_at OR (e.delivered_at = o.delivered_at AND e.id < o.id)))
+            ELSE EXISTS (
+              SELECT 1 FROM orders e WHERE e.agent_id IS NULL AND e.contact = o.contact
+                 AND e.delivered_at IS NOT NULL AND e.id <> o.id
+                 AND (e.delivered_at < o.delivered_at OR (e.delivered_at = o.delivered_at AND e.id < o.id)))
+       END AS repeat_buyer
+FROM orders o
+JOIN product p ON p.id = o.product_id
+LEFT JOIN real_name r ON r.agent_id = o.agent_id AND r.status = 'verified'
+WHERE o.id = :order_id
+""").columns(delivered_at=DateTime())  # typed: SQLite returns timestamps as text otherwise
+
+
+def record_delivery(order_id: int) -> None:
+    """An order was just delivered (from paid / delivering): add it to every rollup, in the caller's transaction."""
+    _record(order_id, 1)
+
+
+def record_refund(order_id: int) -> None:
+    """A delivered (or disputed) order was just refunded: subtract it on its original delivery day."""
+    _record(order_id, -1)
+
+
+def _record(order_id: int, sign: int) -> None:
+    conn = db.session.connection()
+    o = conn.execute(_FACTS, {"order_id": order_id}).first()
+    if o is None or o.delivered_at is None:
+        return
+    local = to_local(o.delivered_at)
+    day = local.date()
+    scopes = order_scopes(o.agent_id, o.upline_path)
+    amount, cost = sign * o.amount, sign * o.cost_total
+    conn.execute(insert(SalesDaily.__table__).values([
+        {"scope_id": s, "day": day, "product_id": o.product_id, "category_id": o.category_id, "channel": o.channel,
+         "tier_id": o.tier_id, "supplier_id": o.supplier_id, "orders": sign, "quantity": sign * o.quantity,
+         "gmv": amount, "cost": cost, "fees": sign * o.service_fee, "margin": amount - cost} for s in scopes]))
+    values = {"age_band": o.age_band or UNKNOWN, "gender": o.gender or UNKNOWN, "province": o.province or UNKNOWN,
+              "hour": f"{local.hour:02d}", "buyer_type": "returning" if o.repeat_buyer else "first"}
+    conn.execute(insert(ProfileDaily.__table__).values([
+        {"scope_id": s, "day": day, "dimension": dim, "value": values[dim], "category_id": o.category_id,
+         "orders": sign, "gmv": amount} for s in scopes for dim in DIMENSIONS]))
+    if o.agent_id is not None:
+        conn.execute(insert(AgentDaily.__table__).values(day=day, agent_id=o.agent_id, orders=sign, gmv=amount))
+
+
+# --- set-based SQL, PostgreSQL and SQLite -----------------------------------------------------------------------
+
+def _local_sql(column: str) -> tuple[str, str]:
+    """SQL for the China day (a date) and hour ('00'..'23') of a naive-UTC timestamp column."""
+    if _dialect() == "postgresql":
+        local = f"(({column} AT TIME ZONE 'UTC') AT TIME ZONE :tz)"
+        return f"CAST({local} AS date)", f"to_char({local}, 'HH24')"
+    # SQLite has no time zones: the zone's current offset (exact for Asia/Shanghai, which has no DST).
+    offset = f"'{_utc_offset_minutes():+d} minutes'"
+    return f"date({column}, {offset})", f"strftime('%H', {column}, {offset})"
+
+
+def _utc_offset_minutes() -> int:
+    return int(datetime.now(business_tz()).utcoffset().total_seconds() // 60)
+
+
+def _tz_params() -> dict:
+    return {"tz": current_app.config.get("BUSINESS_TIMEZONE", "Asia/Shanghai")}
+
+
+def _scoped(src: str, columns: tuple[str, ...]) -> tuple[str, str]:
+    """Expand each row of CTE `src` (which has `columns` and a `path` column) into one row per scope: 0 and every
+    agent id on its path. Returns (extra CTE text to append, or '', a FROM item aliased x with columns + scope_id).
+    """
+    if _dialect() == "postgresql":
+        return "", (f"(SELECT {', '.join('src.' + c for c in columns)}, sc.scope_id FROM {src} src "
+                    "CROSS JOIN LATERAL (SELECT 0 AS scope_id UNION ALL "
+                    "SELECT CAST(t AS integer) FROM string_to_table(trim(both '/' from coalesce(src.path, '')), '/') "
+                    "AS t WHERE t <> '') sc) x")
+    cols = ", ".join(columns)
+    # SQLite: a recursive CTE peels one id off the path per step; the seed row is scope 0.
+    cte = (f", {src}_scoped({cols}, rest, scope_id) AS ("
+           f"SELECT {cols}, CASE WHEN path IS NULL THEN '' ELSE substr(path, 2) END, 0 FROM {src} "
+           f"UNION ALL SELECT {cols}, substr(rest, instr(rest, '/') + 1), "
+           f"CAST(substr(rest, 1, instr(rest, '/') - 1) AS INTEGER) FROM {src}_scoped WHERE instr(rest, '/') > 0)")
+    return cte, f"{src}_scoped x"
+
+
+def _with(ctes: str) -> str:
+    # Written as INSERT INTO t (...) WITH ... SELECT: SQLite's driver reports a row count only for statements
+    # that begin with INSERT.
+    return ("WITH RECURSIVE " if _dialect() == "sqlite" else "WITH ") + ctes
+
+
+def _orders_src(where: str) -> str:
+    day, hour = _local_sql("o.delivered_at")
+    return (f"src AS (SELECT o.id, o.agent_id, {day} AS day, {hour} AS hour, o.product_id, p.category_id, o.channel,"
+            " o.tier_id, o.supplier_id, o.quantity, o.amount, o.cost_total, o.service_fee,"
+            " CASE WHEN o.agent_id IS NOT NULL THEN o.upline_path END AS path"
+            " FROM orders o JOIN product p ON p.id = o.product_id"
+            f" WHERE o.status IN ('delivered', 'disputed') AND {where})")
+
+
+def _sales_sql(where: str) -> str:
+    cols = ("day", "product_id", "category_id", "channel", "tier_id", "supplier_id", "quantity", "amount",
+            "cost_total", "service_fee")
+    extra, source = _scoped("src", cols)
+    return ("INSERT INTO rollup_sales_daily (scope_id, day, product_id, category_id, channel, tier_id, supplier_id,"
+            " orders, quantity, gmv, cost, fees, margin) " + _with(_orders_src(where) + extra) +
+            " SELECT x.scope_id, x.day, x.product_id, x.category_id, x.channel, x.tier_id, x.supplier_id, count(*),"
+            " sum(x.quantity), sum(x.amount), sum(x.cost_total), sum(x.service_fee), sum(x.amount - x.cost_total)"
+            f" FROM {source}"
+            " GROUP BY x.scope_id, x.day, x.product_id, x.category_id, x.channel, x.tier_id, x.supplier_id")
+
+
+def _profile_sql(where: str) -> str:
+    day, hour = _local_sql("o.delivered_at")
+    # The first delivered order of each buyer (agent, or guest contact), over all time up to the range's end.
+    firsts = ("firsts AS (SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY agent_id,"
+              " CASE WHEN agent_id IS NULL THEN contact END ORDER BY delivered_at, id) AS rn"
+              " FROM orders WHERE delivered_at IS NOT NULL AND delivered_at < :hi) f WHERE rn = 1)")
+    src = (f"src AS (SELECT {day} AS day, {hour} AS hour, p.category_id, o.amount,"
+           f" coalesce(nullif(r.age_band, ''), '{UNKNOWN}') AS age_band,"
+           f" coalesce(nullif(r.gender, ''), '{UNKNOWN}') AS gender,"
+           f" coalesce(nullif(r.province, ''), '{UNKNOWN}') AS province,"
+           " CASE WHEN f.id IS NULL THEN 'returning' ELSE 'first' END AS buyer_type,"
+           " CASE WHEN o.agent_id IS NOT NULL THEN o.upline_path END AS path"
+           " FROM orders o JOIN product p ON p.id = o.product_id"
+           " LEFT JOIN real_name r ON r.agent_id = o.agent_id AND r.status = 'verified'"
+           " LEFT JOIN firsts f ON f.id = o.id"
+           f" WHERE o.status IN ('delivered', 'disputed') AND {where})")
+    dims = "dims(dimension) AS (VALUES " + ", ".join(f"('{d}')" for d in DIMENSIONS) + ")"
+    cols = ("day", "hour", "category_id", "amount", "age_band", "gender", "province", "buyer_type")
+    extra, source = _scoped("src", cols)
+    value = "CASE d.dimension " + " ".join(f"WHEN '{d}' THEN x.{d}" for d in DIMENSIONS) + " END"
+    return ("INSERT INTO rollup_profile_daily (scope_id, day, dimension, value, category_id, orders, gmv) " +
+            _with(f"{firsts}, {src}, {dims}{extra}") +
+            f" SELECT x.scope_id, x.day, d.dimension, {value}, x.category_id, count(*), sum(x.amount)"
+            f" FROM {source} CROSS JOIN dims d"
+            f" GROUP BY x.scope_id, x.day, d.dimension, {value}, x.category_id")
+
+
+def _agent_sql(where: str) -> str:
+    day, _ = _local_sql("o.delivered_at")
+    return ("INSERT INTO rollup_agent_daily (day, agent_id, orders, gmv)"
+            f" SELECT day, agent_id, count(*), sum(amount) FROM (SELECT {day} AS day, o.agent_id, o.amount"
+            " FROM orders o WHERE o.status IN ('delivered', 'disputed') AND o.agent_id IS NOT NULL"
+            f" AND {where}) a GROUP BY day, agent_id")
+
+
+_MONEY_KINDS = ("commission_accrual", "settlement", "commission_reversal", "withdrawal_freeze", "withdrawal_paid",
+                "sale", "sale_reversal")
+
+
+def _money_sql(journal_where: str) -> str:
+    """Money-flow deltas of the journals matching `journal_where` (columns of ledger_journal j0)."""
+    day, _ = _local_sql("j0.created_at")
+    kinds = ", ".join(f"'{k}'" for k in _MONEY_KINDS)
+    sale_sign = "CASE WHEN kind = 'sale' THEN 1 ELSE -1 END"
+    ctes = (
+        f"j AS (SELECT j0.id, j0.kind, j0.order_id, {day} AS day FROM ledger_journal j0"
+        f" WHERE j0.kind IN ({kinds}) AND {journal_where}),"
+        " lines AS (SELECT j.id AS journal_id, j.kind, j.order_id, j.day, a.kind AS account_kind, a.code,"
+        " a.agent_id, p.amount FROM j JOIN ledger_posting p ON p.journal_id = j.id"
+        " JOIN ledger_account a ON a.id = p.account_id),"
+        " events AS ("
+        # Agents' flows: one event per journal and agent.
+        "SELECT day, 'commission_accrued' AS flow, agent_id, CAST(NULL AS integer) AS order_id,"
+        " sum(amount) AS amount, 1 AS cnt FROM lines"
+        " WHERE kind = 'commission_accrual' AND account_kind = 'pending' GROUP BY journal_id, day, agent_id"
+        " UNION ALL SELECT day, 'commission_settled', agent_id, NULL, -sum(amount), 1 FROM lines"
+        " WHERE kind = 'settlement' AND account_kind = 'pending' GROUP BY journal_id, day, agent_id"
+        " UNION ALL SELECT day, 'commission_reversed', agent_id, NULL, -sum(amount), 1 FROM lines"
+        " WHERE kind = 'commission_reversal' AND agent_id IS NOT NULL GROUP BY journal_id, day, agent_id"
+        " UNION ALL SELECT day, 'withdrawal_requested', agent_id, NULL, sum(amount), 1 FROM lines"
+        " WHERE kind = 'withdrawal_freeze' AND account_kind = 'frozen' GROUP BY journal_id, day, agent_id"
+        " UNION ALL SELECT day, 'withdrawal_paid', max(agent_id), NULL,"
+        " sum(CASE WHEN code = 'platform:payouts' THEN amount ELSE 0 END), 1 FROM lines"
+        " WHERE kind = 'withdrawal_paid' GROUP BY journal_id, day"
+        " UNION ALL SELECT day, 'withdrawal_fee', max(agent_id), NULL,"
+        " sum(CASE WHEN code = 'platform:fees' THEN amount ELSE 0 END), 1 FROM lines"
+        " WHERE kind = 'withdrawal_paid' GROUP BY journal_id, day"
+        " HAVING sum(CASE WHEN code = 'platform:fees' THEN amount ELSE 0 END) <> 0"
+        # Orders' flows: sales and their reversals.
+        f" UNION ALL SELECT day, 'revenue', NULL, order_id, amount, {sale_sign} FROM lines"
+        " WHERE kind IN ('sale', 'sale_reversal') AND code = 'platform:revenue'"
+        f" UNION ALL SELECT day, 'fees', NULL, order_id, amount, {sale_sign} FROM lines"
+        " WHERE kind IN ('sale', 'sale_reversal') AND code = 'platform:fees'"
+        f" UNION ALL SELECT day, 'supplier_cost', NULL, order_id, amount, {sale_sign} FROM lines"
+        " WHERE kind IN ('sale', 'sale_reversal') AND account_kind = 'payable'"
+        " UNION ALL SELECT day, 'refunds', NULL, order_id, amount, 1 FROM lines"
+        " WHERE kind = 'sale_reversal' AND amount > 0 AND (account_kind = 'wallet' OR code = 'platform:buyer_funds')"
+        "),"
+        " src AS (SELECT e.day, e.flow, e.amount, e.cnt,"
+        " CASE WHEN e.agent_id IS NOT NULL THEN ag.path WHEN o.agent_id IS NOT NULL THEN o.upline_path END AS path"
+        " FROM events e LEFT JOIN agent ag ON ag.id = e.agent_id LEFT JOIN orders o ON o.id = e.order_id)")
+    extra, source = _scoped("src", ("day", "flow", "amount", "cnt"))
+    return ("INSERT INTO rollup_money_daily (scope_id, day, flow, amount, count) " + _with(ctes + extra) +
+            f" SELECT x.scope_id, x.day, x.flow, sum(x.amount), sum(x.cnt) FROM {source}"
+            " GROUP BY x.scope_id, x.day, x.flow")
+
+
+# --- money flows ------------------------------------------------------------------------------------------------
+
+def fold_money(limit: int | None = None) -> int:
+    """Fold journals above the watermark into rollup_money_daily and advance it, in one transaction. Commits.
+
+    Takes at most `limit` journals (default ROLLUP_MONEY_BATCH; None in the config = no limit), and only those
+    older than ROLLUP_MONEY_LAG_SECONDS: a journal id is taken when its transaction inserts, so a younger journal
+    could still be followed by a lower id that commits later. Returns how many journals were folded.
+    """
+    limit = limit if limit is not None else current_app.config.get("ROLLUP_MONEY_BATCH", 50_000)
+    lag = int(current_app.config.get("ROLLUP_MONEY_LAG_SECONDS", 30))
+    try:
+        _lock()
+        mark = _get_state(MONEY_WATERMARK)
+        cutoff = utcnow() - timedelta(seconds=lag)
+        young = db.session.scalar(text(
+            "SELECT min(id) FROM ledger_journal WHERE id > :mark AND created_at > :cutoff"),
+            {"mark": mark, "cutoff": cutoff})
+        bound = "AND id < :young " if young is not None else ""
+        upper, count = db.session.execute(text(
+            f"SELECT max(id), count(*) FROM (SELECT id FROM ledger_journal WHERE id > :mark {bound}"
+            "ORDER BY id LIMIT :limit) t"), {"mark": mark, "young": young, "limit": limit or 2 ** 62}).one()
+        if upper is None:
+            db.session.rollback()
+            return 0
+        db.session.execute(text(_money_sql("j0.id > :mark AND j0.id <= :upper")),
+                           {"mark": mark, "upper": upper, **_tz_params()})
+        _set_state(MONEY_WATERMARK, upper)
+        db.session.commit()
+        return int(count)
+    except Exception:
+        db.session.rollback()
+        raise
+
+
+def fold_money_all(max_batches: int = 1000) -> int:
+    """Fold until nothing is left (the periodic job): one transaction per batch."""
+    total = 0
+    for _ in range(max_batches):
+        n = fold_money()
+        total += n
+        if n == 0:
+            break
+    return total
+
+
+# --- rebuild ----------------------------------------------------------------------------------------------------
+
+def rebuild(start: date, end: date) -> dict:
+    """Delete and recompute every rollup for China days start..end (inclusive) from the source tables. Commits.
+
+    Orders, real-name records and the first-order test come from the tables as they are now; money flows from
+    journals up to the money watermark (fold_money adds the rest, so nothing is counted twice). Runs in one
+    REPEATABLE READ transaction on PostgreSQL (commits the session's open transaction first).
+    Returns the rows written per table and the seconds it took.
+    """
+    if end < start:
+        raise ValidationError("结束日期不能早于开始日期 (end is before start)")
+    if (end - start).days > MAX_REBUILD_DAYS:
+        raise ValidationError(f"一次最多重建 {MAX_REBUILD_DAYS} 天 (range too long)")
+    began = time.monotonic()
+    db.session.commit()
+    pg = _dialect() == "postgresql"
+    lo, hi = day_bounds(start, end)
+    params = {"lo": lo, "hi": hi, "start": start, "end": end, **_tz_params()}
+    written: dict[str, int] = {}
+    try:
+        if pg:
+            db.session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        _lock()
+        params["mark"] = _get_state(MONEY_WATERMARK)
+        for name in TABLES:
+            db.session.execute(text(f"DELETE FROM {TABLES[name].name} WHERE day >= :start AND day <= :end"), params)
+        in_range = "o.delivered_at >= :lo AND o.delivered_at < :hi"
+        written["sales"] = db.session.execute(text(_sales_sql(in_range)), params).rowcount
+        written["profile"] = db.session.execute(text(_profile_sql(in_range)), params).rowcount
+        written["agent"] = db.session.execute(text(_agent_sql(in_range)), params).rowcount
+        written["money"] = db.session.execute(text(_money_sql(
+            "j0.created_at >= :lo AND j0.created_at < :hi AND j0.id <= :mark")), params).rowcount
+        db.session.commit()
+    except Exception:
+        db.session.rollback()
+        raise
+    return {"start": start.isoformat(), "end": end.isoformat(), **written,
+            "seconds": round(time.monotonic() - began, 2)}
+
+
+def schedule_rebuild(start: date, end: date) -> str | None:
+    """Queue the rebuild job on the low queue (its id names the range, so a second request joins the first)."""
+    from workers.jobs import rebuild_rollups
+    from workers.queues import enqueue
+
+    return enqueue(rebuild_rollups, start.isoformat(), end.isoformat(),
+                   job_id=f"rollups-rebuild-{start:%Y%m%d}-{end:%Y%m%d}", queue="low", timeout=3600)
+
+
+def parse_day(value: object, what: str = "日期") -> date:
+    if not isinstance(value, str):
+        raise ValidationError(f"{what}格式应为 YYYY-MM-DD ({what} must be YYYY-MM-DD)")
+    try:
+        return date.fromisoformat(value.strip())
+    except ValueError:
+        raise ValidationError(f"{what}格式应为 YYYY-MM-DD: {value[:16]!r}") from None
+
+
+# --- compaction -------------------------------------------------------------------------------------------------
+
+def _key_match(t: RollupTable, a: str, b: str) -> str:
+    parts = []
+    for col in t.key:
+        if col in t.nullable_key:
+            op = "IS NOT DISTINCT FROM" if _dialect() == "postgresql" else "IS"
+            parts.append(f"{a}.{col} {op} {b}.{col}")
+        else:
+            parts.append(f"{a}.{col} = {b}.{col}")
+    return " AND ".join(parts)
+
+
+def _victims_sql(t: RollupTable, full: bool) -> str:
+    """Ids of the rows to merge: every row of a key that has more than one row, among the keys of rows added
+    since the last compaction (id > :mark), or among all keys when `full`."""
+    key = ", ".join(t.key)
+    if full:
+        rows = f"SELECT id, count(*) OVER (PARTITION BY {key}) AS n FROM {t.name} WHERE id <= :top"
+    else:
+        rows = (f"SELECT t.id, count(*) OVER (PARTITION BY {', '.join('t.' + c for c in t.key)}) AS n"
+                f" FROM {t.name} t JOIN (SELECT DISTINCT {key} FROM {t.name} WHERE id > :mark AND id <= :top) k"
+                f" ON {_key_match(t, 't', 'k')} WHERE t.id <= :top")
+    return f"SELECT id FROM ({rows}) v WHERE n > 1"
+
+
+def compact(table: str | None = None, full: bool = False) -> dict[str, int]:
+    """Merge the delta rows of each key into one row (sums unchanged). Commits. Returns rows removed per table.
+
+    Incremental by default: only keys touched since the last compaction (a watermark on the row id per table).
+    PostgreSQL: one statement per table, WITH moved AS (DELETE ... RETURNING) INSERT ... SELECT ... GROUP BY, so
+    the rows summed are exactly the rows deleted; SQLite: INSERT then DELETE of the same ids in one transaction.
+    """
+    names = [table] if table else list(TABLES)
+    for name in names:
+        if name not in TABLES:
+            raise ValidationError(f"未知的汇总表 {name!r} (unknown rollup table; one of {', '.join(TABLES)})")
+    removed: dict[str, int] = {}
+    for name in names:
+        try:
+            _lock()
+            removed[name] = _compact_one(TABLES[name], full)
+            db.session.commit()
+        except Exception:
+            db.session.rollback()
+            raise
+    return removed
+
+
+def _compact_one(t: RollupTable, full: bool) -> int:
+    state = f"compact_{t.name.removeprefix('rollup_')}"
+    mark = _get_state(state)
+    top = db.session.scalar(text(f"SELECT max(id) FROM {t.name}"))
+    if top is None or (top <= mark and not full):
+        return 0
+    params = {"mark": mark, "top": top}
+    key, sums = ", ".join(t.key), ", ".join(t.sums)
+    summed = ", ".join(f"sum({c})" for c in t.sums)
+    if _dialect() == "postgresql":
+        row = db.session.execute(text(
+            f"WITH moved AS (DELETE FROM {t.name} WHERE id IN ({_victims_sql(t, full)}) RETURNING {key}, {sums}),"
+            f" merged AS (INSERT INTO {t.name} ({key}, {sums}) SELECT {key}, {summed} FROM moved GROUP BY {key}"
+            " RETURNING 1)"
+            " SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM merged)"), params).first()
+        deleted, inserted = row
+    else:
+        inserted = db.session.execute(text(
+            f"INSERT INTO {t.name} ({key}, {sums}) SELECT {key}, {summed} FROM {t.name}"
+            f" WHERE id IN ({_victims_sql(t, full)}) GROUP BY {key}"), params).rowcount
+        deleted = db.session.execute(text(
+            f"DELETE FROM {t.name} WHERE id IN ({_victims_sql(t, full)})"), params).rowcount
+    # Next time, rows above `top` are new: deltas added meanwhile, and the rows merged now (seen once more, cheap).
+    _set_state(state, top)
+    return int(deleted) - int(inserted)
