@@ -64,6 +64,7 @@ class Dashboard:
 # The menu shows them in this order.
 DASHBOARDS: list[Dashboard] = [
     Dashboard("gmv", "GMV 概览", "GmvDashboardView", "dashboards.gmv", icon="fa-line-chart"),
+    Dashboard("products", "商品与库存", "ProductsDashboardView", "dashboards.products", icon="fa-cubes"),
 ]
 
 
