@@ -30,6 +30,8 @@ ROLES = {
         # Dashboards (dashboards/__init__.py): each view's can_show guards its FAB page and its Dash routes.
         ["^(GmvDashboardView|ProductsDashboardView)$", "^can_show$"],
         ["^(数据看板|GMV 概览|商品与库存)$", "^menu_access$"],
+        ["^(AgentGrowthDashboardView|ProfileDashboardView|MoneyFlowDashboardView)$", "^can_show$"],
+        ["^(代理增长|用户画像|资金流向)$", "^menu_access$"],
     ],
     # Support (客服) finds any order and agent fast; sees card secrets masked only.
     "Support": [
@@ -63,6 +65,8 @@ ROLES = {
         # Dashboards, scoped to the agent's own branch by app.scope.dashboard_scope.
         ["^GmvDashboardView$", "^can_show$"],
         ["^(数据看板|GMV 概览)$", "^menu_access$"],
+        ["^(AgentGrowthDashboardView|ProfileDashboardView|MoneyFlowDashboardView)$", "^can_show$"],
+        ["^(代理增长|用户画像|资金流向)$", "^menu_access$"],
         ["^UserDBModelView$", "^(can_userinfo|userinfoedit|resetmypassword)$"],
         ["^(ResetMyPasswordView|UserInfoEditView)$", "^(can_this_form_get|can_this_form_post)$"],
     ],

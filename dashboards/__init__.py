@@ -65,6 +65,9 @@ class Dashboard:
 DASHBOARDS: list[Dashboard] = [
     Dashboard("gmv", "GMV 概览", "GmvDashboardView", "dashboards.gmv", icon="fa-line-chart"),
     Dashboard("products", "商品与库存", "ProductsDashboardView", "dashboards.products", icon="fa-cubes"),
+    Dashboard("agents", "代理增长", "AgentGrowthDashboardView", "dashboards.growth", icon="fa-sitemap"),
+    Dashboard("profiles", "用户画像", "ProfileDashboardView", "dashboards.profiles", icon="fa-users"),
+    Dashboard("money", "资金流向", "MoneyFlowDashboardView", "dashboards.money", icon="fa-money"),
 ]
 
 

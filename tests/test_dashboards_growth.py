@@ -28,12 +28,12 @@ def tree(app, db, f):
     """
     top = f.tier("总代", rank=30)
     low = f.tier("普代", rank=10)
-    a = f.agent("A", tier_obj=top, with_user=False)
-    b = f.agent("B", parent=a, tier_obj=low, with_user=False)
+    a = f.agent("A", tier_obj=top)
+    b = f.agent("B", parent=a, tier_obj=low)
     c = f.agent("C", parent=a, tier_obj=low, with_user=False)
     d = f.agent("D", parent=b, tier_obj=low, with_user=False)
     e = f.agent("E", parent=b, tier_obj=top, with_user=False)
-    x = f.agent("X", tier_obj=top, with_user=False)
+    x = f.agent("X", tier_obj=top)
     y = f.agent("Y", parent=x, tier_obj=low, with_user=False)
     _at(a, datetime(2026, 1, 5, 2))
     _at(b, datetime(2026, 1, 20, 2))
@@ -136,3 +136,91 @@ def test_bad_range_is_a_validation_error(app):
 
     with pytest.raises(ValidationError):
         q.new_agents(0, date(2026, 3, 1), date(2026, 2, 1))
+
+
+# ------------------------------------------------------------------------------------------ the dashboard itself
+def _growth(client, **kw):
+    from tests.dashboards_helpers import call_callback, filters, outputs
+
+    return outputs(call_callback(client, "agents", "ag-kpis.children", filters(*Q1, granularity="month", **kw)))
+
+
+def test_manager_sees_every_figure(app, f, tree):
+    from tests.dashboards_helpers import kpi_values, login_as
+
+    client, _user = login_as(app, f, "Manager")
+    out = _growth(client)
+    assert kpi_values(out["ag-kpis.children"]) == {"kpi-new": "7", "kpi-active-7": "2", "kpi-active-30": "4",
+                                                   "kpi-size": "7", "kpi-depth": "2"}
+    assert [(r["period"], r["tier"], r["count"]) for r in out["ag-new-table.data"]] == [
+        ("2026-01", "总代", 2), ("2026-01", "普代", 1), ("2026-02", "普代", 3), ("2026-03", "总代", 1)]
+    assert [(r["rank"], r["name"], r["tier"], r["recruits"]) for r in out["ag-recruiters.data"]] == [
+        (1, "A", "总代", 2), (2, "B", "普代", 2), (3, "X", "总代", 1)]
+    assert [(r["level"], r["agents"]) for r in out["ag-levels-table.data"]] == [(0, 2), (1, 3), (2, 2)]
+    assert out["ag-retention.data"] == [
+        {"cohort": "2026-01", "size": 3, "m0": "33.3% (1)", "m1": "0.0% (0)", "m2": "100.0% (3)"},
+        {"cohort": "2026-02", "size": 3, "m0": "66.7% (2)", "m1": "33.3% (1)"},
+        {"cohort": "2026-03", "size": 1, "m0": "0.0% (0)"}]
+    assert [c["id"] for c in out["ag-retention.columns"]] == ["cohort", "size", "m0", "m1", "m2"]
+    new_fig = out["ag-new.figure"]
+    assert {t["name"]: t["y"] for t in new_fig["data"]} == {"总代": [2, 0, 1], "普代": [1, 3, 0]}
+    # A manager may look at one branch.
+    branch = _growth(client, branch=tree["B"].id)
+    assert kpi_values(branch["ag-kpis.children"])["kpi-new"] == "2"  # D and E
+
+
+def test_agent_sees_only_its_branch_even_when_asking_for_another(app, f, tree):
+    from tests.dashboards_helpers import agent_client, call_callback, filters, kpi_values, texts
+
+    client = agent_client(app, f, tree["A"])
+    out = _growth(client)
+    assert kpi_values(out["ag-kpis.children"]) == {"kpi-new": "4", "kpi-active-7": "1", "kpi-active-30": "2",
+                                                   "kpi-size": "5", "kpi-depth": "2"}
+    assert [(r["name"], r["recruits"]) for r in out["ag-recruiters.data"]] == [("A", 2), ("B", 2)]
+    everything = texts(out)
+    assert '"X"' not in everything and '"Y"' not in everything
+    # Its own downline's branch is allowed; another branch (X) is refused, whatever the browser sends.
+    assert kpi_values(_growth(client, branch=tree["B"].id)["ag-kpis.children"])["kpi-size"] == "3"
+    refused = call_callback(client, "agents", "ag-kpis.children", filters(*Q1, branch=tree["X"].id))
+    assert refused.status_code == 403 and "X" not in refused.get_data(as_text=True)
+    # The branch dropdown offers only its own downline.
+    options = call_callback(client, "agents", "f-branch.options", {"f-branch.search_value": ""})
+    assert sorted(o["label"] for o in options.get_json()["response"]["f-branch"]["options"]) == [
+        "A", "B", "C", "D", "E"]
+
+
+def test_access_anonymous_support_and_menu(app, f, tree):
+    from tests.dashboards_helpers import login_as
+
+    anonymous = app.test_client()
+    for url in ("/analytics/agents/", "/dashboards/agents/", "/dashboards/agents/_dash-layout"):
+        r = anonymous.get(url)
+        assert r.status_code == 302 and "/login/" in r.headers["Location"], url
+    support, _user = login_as(app, f, "Support")
+    for url in ("/analytics/agents/", "/dashboards/agents/", "/dashboards/agents/_dash-layout"):
+        assert support.get(url).status_code == 403, url
+    manager, _user = login_as(app, f, "Manager")
+    page = manager.get("/analytics/agents/").get_data(as_text=True)
+    assert "代理增长" in page and "用户画像" in page and "资金流向" in page
+    assert 'src="/dashboards/agents/"' in page
+    from tests.dashboards_helpers import agent_client
+
+    agent_page = agent_client(app, f, tree["A"]).get("/analytics/agents/")
+    assert agent_page.status_code == 200 and "资金流向" in agent_page.get_data(as_text=True)
+
+
+def test_csv_export_of_the_recruiters_table(app, f, tree):
+    from tests.dashboards_helpers import call_callback, login_as, outputs, texts
+
+    client, _user = login_as(app, f, "Manager")
+    out = _growth(client)
+    layout = texts(client.get("/dashboards/agents/_dash-layout").get_json())
+    assert "推荐排行" in layout and "导出 CSV" in layout
+    columns = [{"id": "rank", "name": "排名"}, {"id": "name", "name": "代理"}, {"id": "tier", "name": "等级"},
+               {"id": "recruits", "name": "新增直推"}]
+    download = outputs(call_callback(client, "agents", "ag-recruiters-download.data", {
+        "ag-recruiters-export.n_clicks": 1, "ag-recruiters.data": out["ag-recruiters.data"],
+        "ag-recruiters.columns": columns}, changed=["ag-recruiters-export.n_clicks"]))["ag-recruiters-download.data"]
+    assert download["filename"] == "top-recruiters.csv"
+    assert download["content"].lstrip("\ufeff").splitlines() == ["排名,代理,等级,新增直推", "1,A,总代,2", "2,B,普代,2",
+                                                                 "3,X,总代,1"]

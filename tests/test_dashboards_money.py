@@ -13,7 +13,9 @@ MARCH = (date(2026, 3, 1), date(2026, 3, 31))
 
 
 @pytest.fixture
-def money_rows(app, db):
+def money_rows(app, db, f):
+    """Platform flows in March 2026 (and one in April), and one flow in each of two branches (agents M1 and M2)."""
+    p, other = f.agent("M1"), f.agent("M2")
     rows = [
         (0, date(2026, 3, 2), "commission_accrued", 100, 1),
         (0, date(2026, 3, 2), "commission_accrued", 50, 1),  # a second delta row of the same key
@@ -22,12 +24,13 @@ def money_rows(app, db):
         (0, date(2026, 3, 9), "fees", 30, 3),
         (0, date(2026, 3, 31), "refunds", 700, 1),
         (0, date(2026, 4, 1), "revenue", 999, 1),  # outside March
-        (7, date(2026, 3, 2), "commission_accrued", 40, 1),
-        (9, date(2026, 3, 2), "withdrawal_paid", 12345, 1),
+        (p.id, date(2026, 3, 2), "commission_accrued", 40, 1),
+        (other.id, date(2026, 3, 2), "withdrawal_paid", 12345, 1),
     ]
     for scope, day, flow, amount, count in rows:
         db.session.add(MoneyDaily(scope_id=scope, day=day, flow=flow, amount=amount, count=count))
     db.session.commit()
+    return {"P": p, "Q": other}
 
 
 def _nonzero(totals: dict) -> dict:
@@ -62,6 +65,75 @@ def test_series_by_day_week_month(money_rows):
 
 @BOTH
 def test_branch_scope_sees_only_its_flows(money_rows):
-    assert _nonzero(q.totals(7, *MARCH)) == {"commission_accrued": (40, 1)}
-    assert _nonzero(q.totals(9, *MARCH)) == {"withdrawal_paid": (12345, 1)}
+    assert _nonzero(q.totals(money_rows["P"].id, *MARCH)) == {"commission_accrued": (40, 1)}
+    assert _nonzero(q.totals(money_rows["Q"].id, *MARCH)) == {"withdrawal_paid": (12345, 1)}
     assert _nonzero(q.totals(4242, *MARCH)) == {}
+
+
+# ------------------------------------------------------------------------------------------ the dashboard itself
+def _money(client, **kw):
+    from tests.dashboards_helpers import call_callback, filters, outputs
+
+    return outputs(call_callback(client, "money", "mf-kpis.children", filters(*MARCH, **kw)))
+
+
+def test_manager_sees_every_figure(app, f, money_rows):
+    from tests.dashboards_helpers import kpi_values, login_as
+
+    client, _user = login_as(app, f, "Manager")
+    out = _money(client, granularity="week")
+    kpis = kpi_values(out["mf-kpis.children"])
+    assert kpis["kpi-commission_accrued"] == "¥1.50" and kpis["kpi-withdrawal_paid"] == "¥50.00"
+    assert kpis["kpi-revenue"] == "¥10.00" and kpis["kpi-fees"] == "¥0.30" and kpis["kpi-refunds"] == "¥7.00"
+    assert kpis["kpi-supplier_cost"] == "¥0.00" and len(kpis) == 10
+    totals = {r["flow"]: (r["amount"], r["count"]) for r in out["mf-totals.data"]}
+    assert totals["佣金计提"] == ("¥1.50", 2) and totals["提现到账"] == ("¥50.00", 1) and totals["退款"] == ("¥7.00", 1)
+    weeks = {r["period"]: r for r in out["mf-periods.data"]}
+    assert list(weeks) == ["2026-02-23 周", "2026-03-02 周", "2026-03-09 周", "2026-03-16 周", "2026-03-23 周",
+                           "2026-03-30 周"]
+    assert weeks["2026-03-02 周"]["commission_accrued"] == "¥1.50" and weeks["2026-03-02 周"]["revenue"] == "¥10.00"
+    assert weeks["2026-03-09 周"]["fees"] == "¥0.30" and weeks["2026-03-30 周"]["refunds"] == "¥7.00"
+    commissions = {t["name"]: list(t["y"]) for t in out["mf-commissions.figure"]["data"]}
+    assert commissions["佣金计提"] == [0.0, 1.5, 0.0, 0.0, 0.0, 0.0]
+    monthly = _money(client, granularity="month")
+    assert [r["period"] for r in monthly["mf-periods.data"]] == ["2026-03"]
+
+
+def test_agent_sees_only_its_branch_even_when_asking_for_another(app, f, money_rows):
+    from tests.dashboards_helpers import agent_client, call_callback, filters, kpi_values, texts
+
+    client = agent_client(app, f, money_rows["P"])
+    out = _money(client)
+    kpis = kpi_values(out["mf-kpis.children"])
+    assert kpis["kpi-commission_accrued"] == "¥0.40"
+    assert all(v == "¥0.00" for k, v in kpis.items() if k != "kpi-commission_accrued")
+    assert "123.45" not in texts(out) and "¥10.00" not in texts(out)
+    refused = call_callback(client, "money", "mf-kpis.children", filters(*MARCH, branch=money_rows["Q"].id))
+    assert refused.status_code == 403
+
+
+def test_access_anonymous_and_support(app, f):
+    from tests.dashboards_helpers import login_as
+
+    anonymous = app.test_client()
+    for url in ("/analytics/money/", "/dashboards/money/", "/dashboards/money/_dash-layout"):
+        r = anonymous.get(url)
+        assert r.status_code == 302 and "/login/" in r.headers["Location"], url
+    support, _user = login_as(app, f, "Support")
+    for url in ("/analytics/money/", "/dashboards/money/", "/dashboards/money/_dash-layout"):
+        assert support.get(url).status_code == 403, url
+
+
+def test_csv_export_of_the_totals_table(app, f, money_rows):
+    from tests.dashboards_helpers import call_callback, login_as, outputs
+
+    client, _user = login_as(app, f, "Manager")
+    data = _money(client)["mf-totals.data"]
+    columns = [{"id": k, "name": n} for k, n in (("flow", "资金流向"), ("amount", "金额"), ("count", "笔数"))]
+    download = outputs(call_callback(client, "money", "mf-totals-download.data", {
+        "mf-totals-export.n_clicks": 1, "mf-totals.data": data, "mf-totals.columns": columns},
+        changed=["mf-totals-export.n_clicks"]))["mf-totals-download.data"]
+    assert download["filename"] == "money-flows-totals.csv"
+    lines = download["content"].lstrip("\ufeff").splitlines()
+    assert lines[0] == "资金流向,金额,笔数" and "佣金计提,¥1.50,2" in lines and '提现到账,¥50.00,1' in lines
+    assert len(lines) == 11

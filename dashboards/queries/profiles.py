@@ -74,9 +74,6 @@ def totals(scope_id: int, start: date, end: date, category_id: int | None = None
             "first_orders": kinds.get("first", 0), "returning_orders": kinds.get("returning", 0)}
 
 
-WEEKDAYS = ("周一", "周二", "周三", "周四", "周五", "周六", "周日")
-
-
 def by_weekday(scope_id: int, start: date, end: date, category_id: int | None = None) -> list[dict]:
     """Orders and GMV per weekday of the business day: [{weekday: 0 (Monday)..6, orders, gmv}], all seven."""
     check_range(start, end)
