@@ -39,7 +39,7 @@ def value_label(dimension: str, value: str) -> str:
     if dimension == "buyer_type":
         return {"first": _("首购"), "returning": _("复购")}.get(value, value)
     if dimension == "hour":
-        return _("%(h)s时", h=value)
+        return _("%(h)s时", h=int(value)) if value.isdigit() else value
     return value
 
 

@@ -1,7 +1,7 @@
 """Agent growth dashboard (代理增长): figures against hand-computed answers, scope, permissions, CSV."""
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 import pytest
 
@@ -224,3 +224,40 @@ def test_csv_export_of_the_recruiters_table(app, f, tree):
     assert download["filename"] == "top-recruiters.csv"
     assert download["content"].lstrip("\ufeff").splitlines() == ["排名,代理,等级,新增直推", "1,A,总代,2", "2,B,普代,2",
                                                                  "3,X,总代,1"]
+
+
+def test_real_purchases_make_agents_active_in_their_branch_only(app, f):
+    """Wallet purchases fill rollup_agent_daily on delivery; a refund takes the day back out."""
+    from app.clock import to_local, utcnow
+    from app.orders import service as orders
+    from app.payments import service as payments
+    from tests.dashboards_helpers import agent_client, call_callback, filters, kpi_values, login_as, outputs
+
+    tier = f.tier("金牌", discount_bp=9500)
+    a = f.agent("RA", tier_obj=tier, balance=100000)
+    b = f.agent("RB", parent=a, tier_obj=tier, balance=100000)
+    x = f.agent("RX", tier_obj=tier, balance=100000)
+    product = f.product(face_price=1000, cost=800, secrets=5)
+    orders.place_wallet_order(a.id, product.id, 1)
+    first_b = orders.place_wallet_order(b.id, product.id, 2).id
+    second_b = orders.place_wallet_order(b.id, product.id, 1).id
+    today = to_local(utcnow()).date()
+    month = filters(today - timedelta(days=29), today)
+
+    def kpis(client, values=month):
+        out = outputs(call_callback(client, "agents", "ag-kpis.children", values))
+        return kpi_values(out["ag-kpis.children"]), out
+
+    manager, _user = login_as(app, f, "Manager")
+    figures, out = kpis(manager)
+    assert figures == {"kpi-new": "3", "kpi-active-7": "2", "kpi-active-30": "2", "kpi-size": "3", "kpi-depth": "1"}
+    assert out["ag-active.figure"]["data"][0]["y"][-1] == 2  # today: A and B bought
+    assert kpis(agent_client(app, f, a))[0] == {"kpi-new": "1", "kpi-active-7": "2", "kpi-active-30": "2",
+                                                "kpi-size": "2", "kpi-depth": "1"}
+    assert kpis(agent_client(app, f, x))[0] == {"kpi-new": "0", "kpi-active-7": "0", "kpi-active-30": "0",
+                                                "kpi-size": "1", "kpi-depth": "0"}
+    # Both of B's orders refunded: B bought nothing that counts any more.
+    payments.refund_order(first_b, "测试退款", None)
+    payments.refund_order(second_b, "测试退款", None)
+    assert kpis(agent_client(app, f, a))[0]["kpi-active-7"] == "1"
+    assert kpis(manager)[0]["kpi-active-30"] == "1"

@@ -1,7 +1,7 @@
 """Money flows dashboard (资金流向): figures against hand-computed answers, scope, permissions, CSV."""
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
 import pytest
 
@@ -137,3 +137,33 @@ def test_csv_export_of_the_totals_table(app, f, money_rows):
     lines = download["content"].lstrip("\ufeff").splitlines()
     assert lines[0] == "资金流向,金额,笔数" and "佣金计提,¥1.50,2" in lines and '提现到账,¥50.00,1' in lines
     assert len(lines) == 11
+
+
+def test_real_purchase_commission_and_sale_flows(app, f, monkeypatch):
+    """A wallet purchase with a 5% direct commission, folded from the ledger: each branch sees its own flows."""
+    from app.analytics import service as rollups
+    from app.clock import to_local, utcnow
+    from app.orders import service as orders
+    from tests.dashboards_helpers import agent_client, call_callback, filters, kpi_values, login_as, outputs
+
+    monkeypatch.setitem(app.config, "ROLLUP_MONEY_LAG_SECONDS", 0)
+    tier = f.tier("金牌", discount_bp=9500, direct_commission_bp=500)
+    a = f.agent("RA", tier_obj=tier, balance=100000)
+    b = f.agent("RB", parent=a, tier_obj=tier, balance=100000)
+    x = f.agent("RX", tier_obj=tier, balance=100000)
+    product = f.product(face_price=1000, cost=800, secrets=5)
+    orders.place_wallet_order(b.id, product.id, 2)  # 1900 paid: A earns 95; cost 1600; margin 300
+    assert rollups.fold_money_all() > 0
+    today = to_local(utcnow()).date()
+    week = filters(today - timedelta(days=6), today)
+
+    def kpis(client):
+        out = outputs(call_callback(client, "money", "mf-kpis.children", week))
+        return {k: v for k, v in kpi_values(out["mf-kpis.children"]).items() if v != "¥0.00"}
+
+    assert kpis(login_as(app, f, "Manager")[0]) == {"kpi-commission_accrued": "¥0.95", "kpi-revenue": "¥3.00",
+                                                    "kpi-supplier_cost": "¥16.00"}
+    assert kpis(agent_client(app, f, a)) == {"kpi-commission_accrued": "¥0.95", "kpi-revenue": "¥3.00",
+                                             "kpi-supplier_cost": "¥16.00"}
+    assert kpis(agent_client(app, f, b)) == {"kpi-revenue": "¥3.00", "kpi-supplier_cost": "¥16.00"}  # not A's pay
+    assert kpis(agent_client(app, f, x)) == {}

@@ -1,7 +1,7 @@
 """User profiles dashboard (用户画像): figures against hand-computed answers, scope, permissions, CSV."""
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
 import pytest
 
@@ -15,7 +15,7 @@ RANGE = (date(2026, 8, 1), date(2026, 9, 30))
 def _order(db, scope: int, day: date, category_id: int, gmv: int, age: str, gender: str, province: str,
            hour: int, buyer_type: str, sign: int = 1) -> None:
     """The rows the analytics service writes for one delivered (sign=1) or refunded (sign=-1) order."""
-    for dimension, value in (("age_band", age), ("gender", gender), ("province", province), ("hour", str(hour)),
+    for dimension, value in (("age_band", age), ("gender", gender), ("province", province), ("hour", f"{hour:02d}"),
                              ("buyer_type", buyer_type)):
         db.session.add(ProfileDaily(scope_id=scope, day=day, dimension=dimension, value=value,
                                     category_id=category_id, orders=sign, gmv=sign * gmv))
@@ -68,9 +68,9 @@ def test_orders_and_gmv_by_age_gender_province(profile_rows):
 @BOTH
 def test_hour_weekday_and_first_vs_returning(profile_rows):
     hours = q.by_dimension(0, "hour", *RANGE)
-    assert [r["value"] for r in hours] == [str(h) for h in range(24)]
+    assert [r["value"] for r in hours] == [f"{h:02d}" for h in range(24)]
     assert [(r["value"], r["orders"], r["gmv"]) for r in hours if r["orders"]] == [
-        ("0", 1, 200), ("9", 3, 4500), ("21", 1, 5000)]
+        ("00", 1, 200), ("09", 3, 4500), ("21", 1, 5000)]
     weekdays = q.by_weekday(0, *RANGE)
     assert [(r["weekday"], r["orders"], r["gmv"]) for r in weekdays] == [
         (0, 0, 0), (1, 2, 4000), (2, 1, 5000), (3, 1, 200), (4, 0, 0), (5, 1, 500), (6, 0, 0)]
@@ -208,3 +208,38 @@ def test_csv_export_of_the_segment_table(app, f, profile_rows):
     assert download["filename"] == "segments-by-category.csv"
     assert download["content"].lstrip("\ufeff").splitlines() == [
         "时间,人群,商品分类,订单数,GMV", "2026-08,18-24,话费,1,¥5.00", "2026-09,18-24,话费,2,¥40.00"]
+
+
+def test_real_purchases_fill_the_profile(app, f):
+    """Wallet purchases fill rollup_profile_daily on delivery: first vs returning, hour, unknown real name."""
+    from app.clock import to_local, utcnow
+    from app.orders import service as orders
+    from tests.dashboards_helpers import agent_client, call_callback, filters, kpi_values, login_as, outputs
+
+    tier = f.tier("金牌", discount_bp=9500)
+    a = f.agent("RA", tier_obj=tier, balance=100000)
+    b = f.agent("RB", parent=a, tier_obj=tier, balance=100000)
+    other = f.agent("RX", tier_obj=tier, balance=100000)
+    product = f.product(face_price=1000, cost=800, secrets=10)
+    hours = {to_local(orders.place_wallet_order(a.id, product.id, 1).delivered_at).hour,
+             to_local(orders.place_wallet_order(a.id, product.id, 1).delivered_at).hour,
+             to_local(orders.place_wallet_order(b.id, product.id, 2).delivered_at).hour}
+    today = to_local(utcnow()).date()
+    week = filters(today - timedelta(days=6), today)
+
+    def overview(client):
+        return outputs(call_callback(client, "profiles", "pf-kpis.children", week))
+
+    out = overview(login_as(app, f, "Manager")[0])
+    # 950 + 950 + 1900 = 3800 fen over 3 orders: AOV 1266 (floored); A's second order is its first return.
+    assert kpi_values(out["pf-kpis.children"]) == {"kpi-orders": "3", "kpi-gmv": "¥38.00", "kpi-aov": "¥12.66",
+                                                   "kpi-first": "2", "kpi-returning": "1"}
+    rows = {(r["dimension"], r["value"]): (r["orders"], r["gmv"]) for r in out["pf-dimensions.data"]}
+    assert rows[("年龄段", "未知")] == (3, "¥38.00") and rows[("首购/复购", "复购")] == (1, "¥9.50")
+    assert sum(n for (dim, _v), (n, _g) in rows.items() if dim == "时段") == 3
+    assert {v for (dim, v) in rows if dim == "时段"} == {f"{h}时" for h in hours}
+    mine = overview(agent_client(app, f, b))
+    assert kpi_values(mine["pf-kpis.children"]) == {"kpi-orders": "1", "kpi-gmv": "¥19.00", "kpi-aov": "¥19.00",
+                                                    "kpi-first": "1", "kpi-returning": "0"}
+    nothing = overview(agent_client(app, f, other))
+    assert kpi_values(nothing["pf-kpis.children"])["kpi-orders"] == "0" and nothing["pf-dimensions.data"] == []

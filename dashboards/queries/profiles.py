@@ -59,9 +59,9 @@ def by_dimension(scope_id: int, dimension: str, start: date, end: date,
                       scope_id, dimension, start, end, category_id).group_by(ProfileDaily.value)
     rows = [{"value": v, "orders": int(o or 0), "gmv": int(g or 0)} for v, o, g in db.session.execute(query)]
     rows = [r for r in rows if r["orders"] or r["gmv"]]
-    if dimension == "hour":  # all 24 hours, so the chart's axis is complete
+    if dimension == "hour":  # all 24 hours ('00'..'23', as the analytics service writes them): a complete axis
         seen = {int(r["value"]) for r in rows if r["value"].isdigit()}
-        rows += [{"value": str(h), "orders": 0, "gmv": 0} for h in range(24) if h not in seen]
+        rows += [{"value": f"{h:02d}", "orders": 0, "gmv": 0} for h in range(24) if h not in seen]
     return sorted(rows, key=_order_key(dimension))
 
 
