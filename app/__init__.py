@@ -60,6 +60,9 @@ def create_app(overrides: dict | None = None) -> Flask:
     from app.shop import api as shop_api
 
     shop_api.register(app)
+    from app.suppliers import api as supplier_api  # also registers the recharge outbox handler
+
+    supplier_api.register(app)
     from app.network.invite_views import register_public as register_invites
 
     register_invites(app)

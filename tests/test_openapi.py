@@ -79,8 +79,9 @@ def test_products_show_the_callers_tier_price_and_stock(app, f, client, world):
         "id": world.product.id, "name": world.product.name, "category": world.product.category.name,
         "kind": "card", "face_price": 10_000, "price": 9_000, "in_stock": True, "max_per_order": 10}
     assert (products[empty.id]["price"], products[empty.id]["in_stock"]) == (4_500, False)
+    # a direct top-up no supplier can take is not in stock (tests/test_recharge.py lists one that is)
     assert (products[direct.id]["kind"], products[direct.id]["price"], products[direct.id]["in_stock"]) == \
-        ("direct", 2_700, True)
+        ("direct", 2_700, False)
 
     # Another agent on another tier sees its own price for the same product.
     other = f.agent(tier_obj=f.tier(discount_bp=9500))
@@ -425,13 +426,18 @@ def test_business_refusals_have_their_codes(app, f, client, world):
     r = signed_call(client, world.key, world.secret, "POST", ORDERS, order_body(world, quantity=6))
     assert_error(r, 409, "out_of_stock")
 
-    direct = f.product(kind="direct", face_price=3_000, cost=2_900)
+    manual = f.product(kind="manual", face_price=3_000, cost=2_900)
     r = signed_call(client, world.key, world.secret, "POST", ORDERS,
-                    order_body(world, product_id=direct.id, account="13800000000"))
+                    order_body(world, product_id=manual.id, account="13800000000"))
     assert_error(r, 422, "unsupported_product_kind")
+    # Direct top-ups (tests/test_recharge.py): the account is required; with no supplier able to take it, 409.
+    direct = f.product(kind="direct", face_price=3_000, cost=2_900)
     r = signed_call(client, world.key, world.secret, "POST", ORDERS, order_body(world, product_id=direct.id))
     assert_error(r, 400, "invalid_request")
     assert "account" in r.get_json()["error"]["message"]
+    r = signed_call(client, world.key, world.secret, "POST", ORDERS,
+                    order_body(world, product_id=direct.id, account="13800000000"))
+    assert_error(r, 409, "out_of_stock")
 
     r = signed_call(client, world.key, world.secret, "POST", ORDERS, order_body(world, product_id=999_999))
     assert_error(r, 404, "product_unavailable")

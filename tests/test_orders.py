@@ -24,6 +24,7 @@ from app.money import apply_rate
 from app.orders import service as orders
 from app.orders.errors import DailyLimitExceeded, InvalidQuantity, InvalidTransition, UnsupportedProductKind
 from app.orders.models import ORDER_STATUSES, Order
+from app.suppliers.errors import InvalidAccount
 
 BOTH = pytest.mark.parametrize("app", ["postgresql", "sqlite"], indirect=True)
 
@@ -354,12 +355,25 @@ def test_unknown_or_inactive_product_is_refused(app, db, f):
 
 
 @BOTH
-@pytest.mark.parametrize("kind", ["direct", "manual"])
-def test_direct_and_manual_products_are_not_sold_from_the_wallet(app, db, f, kind):
+def test_manual_products_are_not_sold_from_the_wallet(app, db, f):
     a = f.agent(balance=1_000_000, with_user=False)
-    p = f.product(kind=kind, face_price=100)
+    p = f.product(kind="manual", face_price=100)
     assert_refused(db, UnsupportedProductKind, "unsupported_product_kind",
-                   lambda: orders.place_wallet_order(a.id, p.id, 1))
+                   lambda: orders.place_wallet_order(a.id, p.id, 1, account="13800138000"))
+
+
+@BOTH
+def test_direct_products_need_an_account_and_a_supplier_able_to_take_them(app, db, f):
+    """Direct top-ups are sold from the wallet (tests/test_recharge.py); refused, they charge nothing."""
+    a = f.agent(balance=1_000_000, with_user=False)
+    p = f.product(kind="direct", face_price=100)
+    for account in (None, "", "   ", 13800138000, "1" * 65, "138\x00"):
+        assert_refused(db, InvalidAccount, "invalid_account",
+                       lambda acc=account: orders.place_wallet_order(a.id, p.id, 1, account=acc))
+    # no supplier maps it: out of stock
+    assert_refused(db, OutOfStock, "out_of_stock",
+                   lambda: orders.place_wallet_order(a.id, p.id, 1, account="13800138000"))
+    assert ledger.agent_balances(a.id)["wallet"] == 1_000_000
 
 
 @BOTH

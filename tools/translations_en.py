@@ -452,6 +452,11 @@ EN: dict[str, str] = {
         "Real-name verification required for purchases above (yuan, 0 = never)",
     "单笔钱包采购金额超过此数时，须先完成实名认证":
         "A wallet purchase above this amount needs a verified real name first",
+    # ---------------------------------------------------------------------------------------- direct top-ups (直充)
+    "充值账号（手机号/游戏账号）": "Top-up account (phone number / game account)",
+    "人工商品请联系客服": "Manual products: please contact support",
+    "有货": "Available",
+    "充值状态": "Top-up status",
     # ------------------------------------------------------------------- dashboards: shared, GMV, products (helper F)
     "数据看板": "Dashboards",
     "GMV 概览": "GMV overview",

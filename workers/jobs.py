@@ -1,6 +1,8 @@
 """Job functions: take ids, run inside the Flask app, call one service. Idempotent on database state."""
 from __future__ import annotations
 
+import logging
+
 from app.catalog import cards
 from workers.queues import report_progress
 
@@ -77,6 +79,35 @@ def award_team_bonus(month: str | None = None) -> dict:
     from app.network import team_bonus
 
     return team_bonus.run(month)
+
+
+def recharge_order(order_id: int) -> str:
+    """A paid direct order (job id recharge-<order_no>): submit it, or ask the supplier that has it. Idempotent."""
+    from app.suppliers import recharge
+
+    return recharge.run(order_id)
+
+
+def poll_recharge(attempt_id: int) -> str:
+    """One due top-up attempt: ask its supplier and apply the answer (deliver, fail over, or ask again later)."""
+    from app.suppliers import recharge
+
+    return recharge.poll(attempt_id)
+
+
+def poll_recharges() -> dict:
+    """Scheduled: claim the top-up attempts whose poll is due and ask each supplier (one job per attempt)."""
+    from app.suppliers import recharge
+    from workers.queues import enqueue
+
+    claimed = recharge.claim_due()
+    for attempt_id in claimed:
+        try:
+            enqueue(poll_recharge, attempt_id, job_id=f"recharge-poll-{attempt_id}", queue="high")
+        except Exception:  # Redis down: the claim expires (recharge.POLL_LEASE) and the next poll takes it again
+            logging.getLogger(__name__).exception("recharge poll of attempt %s not run", attempt_id)
+            break
+    return {"claimed": len(claimed)}
 
 
 def poll_paying_withdrawals() -> dict:

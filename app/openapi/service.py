@@ -275,8 +275,12 @@ def order_json(order: Order, with_secrets: bool = True) -> dict:
         "account": order.account, "created_at": _iso(order.created_at), "paid_at": _iso(order.paid_at),
         "delivered_at": _iso(order.delivered_at),
     }
-    if with_secrets and order.product.kind == "card":
-        data["card_secrets"] = cards.reveal(order.id) if order.status in ("delivered", "disputed") else []
+    if order.product.kind == "direct":
+        data["upstream_status"] = order.upstream_status
+    if with_secrets and order.product.kind in ("card", "direct"):
+        secrets = cards.reveal(order.id) if order.status in ("delivered", "disputed") else []
+        if order.product.kind == "card" or secrets:  # a direct top-up has secrets only when docking a card product
+            data["card_secrets"] = secrets
     return data
 
 

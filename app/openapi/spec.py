@@ -34,11 +34,16 @@ ORDER = {"type": "object", "required": ["order_no", "product_id", "quantity", "u
              "status": {"type": "string", "enum": ["pending_payment", "paid", "delivering", "delivered", "failed",
                                                    "refunded", "closed", "disputed"]},
              "account": {"type": "string", "nullable": True},
+             "upstream_status": {"type": "string", "nullable": True,
+                                 "enum": ["submitting", "submitted", "processing", "success", "failed", "unknown",
+                                          None],
+                                 "description": "direct top-ups: where the supplier stands"},
              "created_at": {"type": "string", "format": "date-time"},
              "paid_at": {"type": "string", "format": "date-time", "nullable": True},
              "delivered_at": {"type": "string", "format": "date-time", "nullable": True},
              "card_secrets": {"type": "array", "items": {"type": "string"},
-                              "description": "card products, once delivered"}}}
+                              "description": "card products (and direct products an upstream delivered as card "
+                                             "secrets), once delivered"}}}
 
 PRODUCT = {"type": "object", "required": ["id", "name", "kind", "price", "in_stock"], "properties": {
     "id": {"type": "integer"}, "name": {"type": "string"}, "category": {"type": "string"},
@@ -98,12 +103,16 @@ def build_spec() -> dict:
                     "requestBody": {"required": True, "content": {"application/json": {
                         "schema": {"$ref": "#/components/schemas/OrderRequest"}}}},
                     "responses": {
-                        "201": _ok("order created (card orders come back delivered with their secrets)", order_ref),
+                        "201": _ok("order created: card orders come back delivered with their secrets; direct "
+                                   "top-ups come back paid and are submitted to a supplier, then become delivered, "
+                                   "or failed and refunded to the wallet (follow notify_url or GET the order)",
+                                   order_ref),
                         "200": _ok("the same request again: the same order", order_ref),
                         "402": _error("insufficient_balance"),
                         "404": _error("product_unavailable"),
-                        "409": _error("out_of_stock, or out_trade_no_conflict (same out_trade_no, other body)"),
-                        "422": _error("unsupported_product_kind"),
+                        "409": _error("out_of_stock (for direct products: no supplier can take it now), or "
+                                      "out_trade_no_conflict (same out_trade_no, other body)"),
+                        "422": _error("unsupported_product_kind (manual products)"),
                         **COMMON_ERRORS, "403": _error("daily_limit_exceeded or agent disabled")}},
                 "get": {
                     "operationId": "findOrderByOutTradeNo", "summary": "One of the caller's orders by out_trade_no",

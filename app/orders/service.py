@@ -145,6 +145,7 @@ def place_wallet_order(agent_id: int, product_id: object, quantity: object, out_
                        request_hash: str | None = None, api_key_id: int | None = None,
                        coupon: object = None) -> Order:
     """Validate, price on the server, charge the wallet, allocate card secrets and deliver; one transaction.
+    A direct (直充) product is paid into buyer_funds instead and handed to app.suppliers.recharge (status paid).
 
     Commits on success. On any refusal (stock, balance, limit, input, coupon) rolls back: nothing is charged or
     sold. `coupon`: an optional coupon code (app.payments.coupons), redeemed as `agent:<id>`.
@@ -166,9 +167,12 @@ def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, n
 
     coupon_code = coupons.normalize_code(coupon)
     product = _load_product(product_id)
+    if product.kind == "direct":
+        return _place_direct_wallet_order(agent_id, product, quantity, out_trade_no, account, notify_url,
+                                          request_hash, api_key_id, coupon_code)
     if product.kind != "card":
         raise UnsupportedProductKind(f"「{product.name}」为{product.kind_display()}商品，暂不支持钱包直接下单"
-                                     " (only card products can be bought from the wallet for now)")
+                                     " (card and direct top-up products only)")
     qty = _validate_quantity(quantity, product)
     agent = db.session.get(Agent, agent_id, options=[joinedload(Agent.tier)])
     if agent is None or not agent.active:
@@ -218,6 +222,57 @@ def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, n
     return order  # committed by the caller, which expires it: its first use reloads the delivered row
 
 
+def _place_direct_wallet_order(agent_id, product: Product, quantity, out_trade_no, account, notify_url,
+                               request_hash, api_key_id, coupon_code) -> Order:
+    """A direct top-up from the wallet: the money moves to buyer_funds (held until the supplier's outcome) and the
+    recharge job is written to the outbox. No sale journal yet: the sale is booked at the supplier's cost once
+    one of them has credited the account; every supplier failing refunds the hold."""
+    from app.network.realname import check_purchase as check_realname_for_purchase
+    from app.payments import coupons
+    from app.payments.service import BUYER_FUNDS
+    from app.suppliers import recharge
+    from app.suppliers import service as suppliers
+
+    account = recharge.clean_account(account)
+    qty = _validate_quantity(quantity, product)
+    agent = db.session.get(Agent, agent_id, options=[joinedload(Agent.tier)])
+    if agent is None or not agent.active:
+        raise AgentInactive("代理不存在或已停用 (agent not found or disabled)")
+    suppliers.check_available(product.id, qty)
+    wallet = agent_account_code(agent.id, "wallet")
+    accounts = ledger.lock_accounts([wallet, BUYER_FUNDS])  # the buyer's wallet is the only row locked
+    unit_price = price_for(agent.tier, product)
+    amount = unit_price * qty
+    quote = None
+    if coupon_code:
+        quote = coupons.quote(coupon_code, amount, coupons.redeemer_for_agent(agent.id))
+        amount = quote.amount
+    _check_daily_limit(agent, amount)
+    check_realname_for_purchase(agent.id, amount)
+    if accounts[wallet][2] < amount:
+        raise InsufficientBalance(f"余额不足：需要 {format_fen(amount)}，可用 {format_fen(accounts[wallet][2])}"
+                                  " (insufficient balance)")
+    # Supplier and cost are estimates until a supplier succeeds (recharge books the one that did).
+    cost_total = product.cost * qty
+    order = Order(order_no=new_order_no(), agent_id=agent.id, product_id=product.id, supplier_id=product.supplier_id,
+                  tier_id=agent.tier_id, quantity=qty, face_price=product.face_price, unit_price=unit_price,
+                  amount=amount, cost_total=cost_total, service_fee=apply_rate(cost_total,
+                                                                               product.supplier.service_fee_bp),
+                  upline_path=agent.path, status="pending_payment", channel="wallet", out_trade_no=out_trade_no,
+                  account=account, notify_url=notify_url, request_hash=request_hash, api_key_id=api_key_id,
+                  discount=quote.discount if quote else 0, coupon_id=quote.coupon.id if quote else None)
+    db.session.add(order)
+    db.session.flush()
+    if quote:
+        coupons.redeem(quote, order, coupons.redeemer_for_agent(agent.id))
+    transition(order.id, "paid", current="pending_payment")
+    if amount:
+        ledger.post_journal(f"order:{order.order_no}:hold", "hold", [Line(wallet, -amount), Line(BUYER_FUNDS, amount)],
+                            memo=f"{product.name} × {qty} 直充 {account}", order_id=order.id, locked=accounts)
+    recharge.start(order)
+    return order
+
+
 def sale_lines(order: Order, funding_account: str) -> list[Line]:
     """The sale journal: the buyer's money to the supplier (cost less its fee), the platform's fee and margin."""
     return [
@@ -229,17 +284,26 @@ def sale_lines(order: Order, funding_account: str) -> list[Line]:
 
 
 def place_guest_order(product_id: object, quantity: object, contact: object, channel: str,
-                      coupon: object = None) -> Order:
+                      coupon: object = None, account: object = None) -> Order:
     """A storefront order at the public price (less an optional coupon, redeemed as `contact:<contact>`), unpaid.
     Flushes; the caller adds the checkout and commits (or rolls back on a refusal: nothing is written).
 
     No stock is reserved: secrets are allocated when the payment arrives (a paid order without stock is refunded).
+    A direct product needs `account` (the top-up target) and a supplier able to take it now.
     """
     product = _load_product(product_id)
-    if product.kind != "card":
+    if product.kind not in ("card", "direct"):
         raise UnsupportedProductKind(f"「{product.name}」为{product.kind_display()}商品，暂不支持在线购买"
-                                     " (only card products can be bought on the storefront for now)")
+                                     " (card and direct top-up products only)")
     qty = _validate_quantity(quantity, product)
+    if product.kind == "direct":
+        from app.suppliers import recharge
+        from app.suppliers import service as suppliers
+
+        account = recharge.clean_account(account)
+        suppliers.check_available(product.id, qty)
+    else:
+        account = None
     if not isinstance(contact, str) or not 3 <= len(contact.strip()) <= 128 or any(ord(c) < 32 for c in contact):
         raise InvalidContact("请填写联系方式（手机号、QQ 或邮箱，3-128 个字符）(contact is required)")
     from app.payments import coupons
@@ -255,7 +319,7 @@ def place_guest_order(product_id: object, quantity: object, contact: object, cha
                   amount=quote.amount if quote else unit_price * qty,
                   discount=quote.discount if quote else 0, coupon_id=quote.coupon.id if quote else None,
                   cost_total=cost_total, service_fee=apply_rate(cost_total, product.supplier.service_fee_bp),
-                  status="pending_payment", channel=channel, contact=contact.strip())
+                  status="pending_payment", channel=channel, contact=contact.strip(), account=account)
     db.session.add(order)
     db.session.flush()
     if quote:

@@ -18,14 +18,19 @@ from app.outbox.models import OutboxMessage
 
 log = logging.getLogger(__name__)
 HANDLERS: dict[str, Callable[[OutboxMessage], None]] = {}
+# Per topic, the RQ job id for a message (from its payload): e.g. one `recharge-<order_no>` job per order, so the
+# sweeper's re-dispatch of the same message reuses the id. Topics without one get `outbox-<id>-<attempts>`.
+JOB_IDS: dict[str, Callable[[dict], str]] = {}
 # A message handed to RQ that has not finished after this long is dispatched again by the sweeper.
 REDISPATCH_AFTER = timedelta(minutes=2)
 _PENDING_KEY = "kameng_outbox_pending"
 
 
-def handler(topic: str):
+def handler(topic: str, job_id: Callable[[dict], str] | None = None):
     def register(func: Callable[[OutboxMessage], None]):
         HANDLERS[topic] = func
+        if job_id is not None:
+            JOB_IDS[topic] = job_id
         return func
     return register
 
@@ -54,8 +59,11 @@ def dispatch(message_ids: list[int]) -> None:
             run_outbox_message(message_id)
             continue
         try:
-            attempts = db.session.scalar(select(OutboxMessage.attempts).where(OutboxMessage.id == message_id))
-            enqueue(run_outbox_message, message_id, job_id=f"outbox-{message_id}-{attempts}", queue="high")
+            row = db.session.execute(select(OutboxMessage.topic, OutboxMessage.payload, OutboxMessage.attempts)
+                                     .where(OutboxMessage.id == message_id)).one()
+            job_id = (JOB_IDS[row.topic](json.loads(row.payload)) if row.topic in JOB_IDS
+                      else f"outbox-{message_id}-{row.attempts}")
+            enqueue(run_outbox_message, message_id, job_id=job_id, queue="high")
         except Exception as exc:  # Redis down: the sweeper will dispatch it later; nothing is lost
             log.warning("outbox %s not dispatched (%s); the sweeper will retry", message_id, exc)
             # Not handed over after all: due again at the next sweep, not only after REDISPATCH_AFTER.

@@ -101,16 +101,16 @@ def enabled_channels() -> list[str]:
 # --- checkout ----------------------------------------------------------------------------------------------
 
 def checkout(product_id, quantity, contact, query_password, channel: str, base_url: str,
-             coupon: object = None) -> tuple[Order, str]:
+             coupon: object = None, account: object = None) -> tuple[Order, str]:
     """A buyer's order at the public price (less an optional coupon), unpaid, with its payment started. Stock is
-    not reserved. A refused coupon writes nothing."""
+    not reserved. A refused coupon writes nothing. `account`: the top-up target, required for direct products."""
     if not isinstance(query_password, str) or not 6 <= len(query_password) <= 64:
         raise ValidationError("查询密码须为 6-64 个字符 (query_password must be 6-64 characters)")
     if channel not in enabled_channels():
         raise ValidationError(f"支付方式不可用 (payment channel {channel!r} is not available)")
     gateway = get_channel(channel)
     try:
-        order = orders.place_guest_order(product_id, quantity, contact, channel, coupon=coupon)
+        order = orders.place_guest_order(product_id, quantity, contact, channel, coupon=coupon, account=account)
     except Exception:
         db.session.rollback()
         raise
@@ -202,6 +202,11 @@ def _settle(order: Order, payment: Payment) -> str:
             return "late_refunded"
         return "double_paid_refunded"
     orders.transition(order.id, "paid")
+    if order.product.kind == "direct":
+        from app.suppliers import recharge
+
+        recharge.start(order)  # the money stays in buyer_funds until the upstream's outcome
+        return "accepted"
     try:
         with db.session.begin_nested():
             orders.deliver_paid(order.id, BUYER_FUNDS)
@@ -221,9 +226,32 @@ def _refund_payment(payment: Payment, reason: str) -> None:
     payment.status = "refunded"
 
 
-def _record_refund(order: Order, destination: str, reason: str, actor_id: int | None) -> None:
-    db.session.add(Refund(order_id=order.id, amount=order.amount, destination=destination, reason=reason[:255],
-                          status="succeeded", actor_id=actor_id))
+def _record_refund(order: Order, destination: str, reason: str, actor_id: int | None) -> Refund:
+    refund = Refund(order_id=order.id, amount=order.amount, destination=destination, reason=reason[:255],
+                    status="succeeded", actor_id=actor_id)
+    db.session.add(refund)
+    return refund
+
+
+def refund_held_funds(order: Order, reason: str, actor_id: int | None = None) -> Refund:
+    """Give back the money of a paid order that was never delivered (a direct top-up every supplier failed), in
+    the caller's transaction: held in buyer_funds, it returns to the wallet or through the paying channel."""
+    if order.channel == "wallet":
+        _release_hold_to_wallet(order, reason)
+        return _record_refund(order, "wallet", reason, actor_id)
+    payment = db.session.scalar(select(Payment).where(Payment.order_id == order.id, Payment.status == "paid"))
+    if payment is None:
+        raise Conflict("找不到该订单的支付记录 (no payment to refund)")
+    _refund_payment(payment, reason)
+    return _record_refund(order, order.channel, reason, actor_id)
+
+
+def _release_hold_to_wallet(order: Order, reason: str) -> None:
+    if order.amount:  # a coupon may have made it free: nothing was held
+        wallet = ledger.agent_account_code(order.agent_id, "wallet")
+        ledger.post_journal(f"order:{order.order_no}:refund", "refund",
+                            [Line(BUYER_FUNDS, -order.amount), Line(wallet, order.amount)],
+                            memo=reason[:255], order_id=order.id)
 
 
 def _log(code, order_no, trade_no, amount, outcome, detail, remote_addr) -> str:
@@ -268,8 +296,13 @@ def refund_order(order_id: int, reason: str, actor_id: int | None) -> Refund:
         commissions.reverse_for_order(
             order, extra_lock=[ledger.agent_account_code(order.agent_id, "wallet")] if order.agent_id else None,
             actor_id=actor_id)
+        if order.product.kind == "direct" and order.status in ("paid", "delivering"):
+            _refuse_while_upstream_busy(order)
         if order.channel == "wallet":
-            orders.reverse_sale(order.id, refund_to=ledger.agent_account_code(order.agent_id, "wallet"))
+            if _has_sale(order.id):
+                orders.reverse_sale(order.id, refund_to=ledger.agent_account_code(order.agent_id, "wallet"))
+            else:  # a direct top-up not delivered: its money is still held in buyer_funds
+                _release_hold_to_wallet(order, reason)
             destination = "wallet"
         else:
             payment = db.session.scalar(select(Payment).where(Payment.order_id == order.id,
@@ -291,6 +324,25 @@ def refund_order(order_id: int, reason: str, actor_id: int | None) -> Refund:
         db.session.rollback()
         raise
     return refund
+
+
+def _has_sale(order_id: int) -> bool:
+    from app.ledger.models import Journal
+
+    return db.session.scalar(select(Journal.id).where(Journal.order_id == order_id, Journal.kind == "sale")
+                             .limit(1)) is not None
+
+
+def _refuse_while_upstream_busy(order: Order) -> None:
+    """A top-up the supplier is still working on may yet be credited: no refund until it answers. An attempt
+    whose outcome is unknown may be refunded by support after checking with the supplier."""
+    from app.suppliers.models import RechargeAttempt
+
+    busy = db.session.scalar(select(RechargeAttempt.id).where(
+        RechargeAttempt.order_id == order.id,
+        RechargeAttempt.status.in_(("submitting", "submitted", "processing"))).limit(1))
+    if busy is not None:
+        raise Conflict("上游正在处理该直充订单，请等待结果后再退款 (the supplier is still processing this top-up)")
 
 
 # --- expiry and lookup -------------------------------------------------------------------------------------

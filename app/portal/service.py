@@ -14,6 +14,7 @@ from app.extensions import db
 from app.ledger.service import agent_balances
 from app.orders.models import Order
 from app.scope import downline_ids
+from app.suppliers.service import available_direct_products
 
 
 @dataclass(frozen=True)
@@ -35,12 +36,13 @@ def offers_for(agent: Agent) -> list[ProductOffer]:
         .where(Product.active.is_(True), Category.active.is_(True)).order_by(Category.sort_order, Product.id)
     ).all()
     counts = cards.available_counts([p.id for p, _ in products if p.kind == "card"])
+    direct = available_direct_products([p.id for p, _ in products if p.kind == "direct"])
     offers = []
     for product, category in products:
         available = counts.get(product.id, 0) if product.kind == "card" else None
+        in_stock = product.id in direct if product.kind == "direct" else available is None or available > 0
         offers.append(ProductOffer(product.id, product.name, category, product.kind, product.face_price,
-                                   price_for(agent.tier, product), available is None or available > 0,
-                                   available, product.max_per_order))
+                                   price_for(agent.tier, product), in_stock, available, product.max_per_order))
     return offers
 
 
@@ -74,8 +76,10 @@ def public_offers() -> list[dict]:
     """The storefront catalogue: public (face) price after time-bounded rules for everyone; stock yes or no."""
     products = db.session.execute(
         select(Product, Category.name).join(Category, Category.id == Product.category_id)
-        .where(Product.active.is_(True), Category.active.is_(True), Product.kind == "card")
+        .where(Product.active.is_(True), Category.active.is_(True), Product.kind.in_(("card", "direct")))
         .order_by(Category.sort_order, Product.id)).all()
-    counts = cards.available_counts([p.id for p, _ in products])
+    counts = cards.available_counts([p.id for p, _ in products if p.kind == "card"])
+    direct = available_direct_products([p.id for p, _ in products if p.kind == "direct"])
     return [{"id": p.id, "name": p.name, "category": category, "kind": p.kind, "price": price_for(None, p),
-             "in_stock": counts.get(p.id, 0) > 0} for p, category in products]
+             "in_stock": p.id in direct if p.kind == "direct" else counts.get(p.id, 0) > 0}
+            for p, category in products]

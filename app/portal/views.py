@@ -62,11 +62,15 @@ class PortalView(BaseView):
         agent = require_agent()
         try:
             order = orders.place_wallet_order(agent.id, request.form.get("product_id"),
-                                              request.form.get("quantity", "1"), coupon=request.form.get("coupon"))
+                                              request.form.get("quantity", "1"), coupon=request.form.get("coupon"),
+                                              account=request.form.get("account"))
         except KamengError as exc:
             flash(exc.message, "danger")
             return redirect(url_for("PortalView.buy", product_id=request.form.get("product_id", type=int)))
-        flash(f"购买成功：订单 {order.order_no}，扣款 {format_fen(order.amount)}", "success")
+        if order.status == "delivered":
+            flash(f"购买成功：订单 {order.order_no}，扣款 {format_fen(order.amount)}", "success")
+        else:  # a direct top-up: paid, submitted to the supplier after this request
+            flash(f"下单成功：订单 {order.order_no}，扣款 {format_fen(order.amount)}，正在充值", "success")
         return redirect(url_for("PortalView.order", order_no=order.order_no))
 
     @expose("/orders/<order_no>")
@@ -78,7 +82,10 @@ class PortalView(BaseView):
         except KamengError:
             abort(404)
         secrets = portal.secrets_for_owner(agent, order) if owner else []
-        return self.render_template("kameng/order.html", order=order, owner=owner, secrets=secrets)
+        from app.suppliers.models import UPSTREAM_STATUSES
+
+        return self.render_template("kameng/order.html", order=order, owner=owner, secrets=secrets,
+                                    upstream_text=UPSTREAM_STATUSES.get(order.upstream_status or ""))
 
 
     @expose("/topup", methods=["GET"])

@@ -71,7 +71,7 @@ def api_create_order():
         data = _json()
         order, pay_url = payments.checkout(data.get("product_id"), data.get("quantity"), data.get("contact"),
                                            data.get("query_password"), data.get("channel"), _base_url(),
-                                           coupon=data.get("coupon"))
+                                           coupon=data.get("coupon"), account=data.get("account"))
     except KamengError as exc:
         return _error(exc)
     response = jsonify({"order_no": order.order_no, "amount": order.amount, "discount": order.discount,
@@ -155,7 +155,8 @@ def shop_buy(product_id: int):
             order, pay_url = payments.checkout(product.id, request.form.get("quantity", "1"),
                                                request.form.get("contact"), request.form.get("query_password"),
                                                request.form.get("channel"), _base_url(),
-                                               coupon=request.form.get("coupon"))
+                                               coupon=request.form.get("coupon"),
+                                               account=request.form.get("account"))
             return redirect(pay_url)
         except KamengError as exc:
             error = exc.message

@@ -1,0 +1,62 @@
+"""Supplier rules: which suppliers can take a direct (直充) order, and whether a direct product can be bought.
+
+Availability is decided here and only here (buying, listing and the recharge job all ask `candidates`): a direct
+product can be bought when an active supplier with a protocol has an active mapping for it with upstream stock
+unknown (NULL) or positive, and, where we know our balance there, enough of it for the order.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import and_, or_, select
+
+from app.catalog.models import Supplier
+from app.extensions import db
+from app.suppliers.errors import NoSupplierAvailable
+from app.suppliers.models import SupplierProduct
+
+
+def _usable():
+    """Conditions on (SupplierProduct, Supplier) for a mapping that may receive orders now."""
+    return and_(SupplierProduct.active.is_(True), Supplier.active.is_(True), Supplier.protocol.is_not(None),
+                or_(SupplierProduct.upstream_stock.is_(None), SupplierProduct.upstream_stock > 0))
+
+
+def candidates(product_id: int, quantity: int, exclude_supplier_ids: Iterable[int] = ()) -> list[SupplierProduct]:
+    """Mappings that may take an order of `quantity` units, best first: mapping priority, supplier priority, id.
+
+    A supplier whose balance we know (synced, then lowered by each success) must hold cost × quantity; an unknown
+    balance (NULL) is allowed: the upstream refuses what it cannot fund, and we fail over.
+    """
+    query = (select(SupplierProduct).join(Supplier, Supplier.id == SupplierProduct.supplier_id)
+             .where(SupplierProduct.product_id == product_id, _usable(),
+                    or_(Supplier.balance.is_(None), Supplier.balance >= SupplierProduct.cost * quantity))
+             .order_by(SupplierProduct.priority, Supplier.priority, SupplierProduct.id))
+    excluded = [int(i) for i in exclude_supplier_ids]
+    if excluded:
+        query = query.where(SupplierProduct.supplier_id.not_in(excluded))
+    if quantity > 1:  # a stock the last sync reported must cover the order
+        query = query.where(or_(SupplierProduct.upstream_stock.is_(None), SupplierProduct.upstream_stock >= quantity))
+    return list(db.session.scalars(query))
+
+
+def check_available(product_id: int, quantity: int) -> None:
+    """Raise out_of_stock unless some supplier can take this direct order now."""
+    if not candidates(product_id, quantity):
+        raise NoSupplierAvailable("暂无可用货源，请稍后再试 (out of stock: no supplier can take this top-up now)")
+
+
+def available_direct_products(product_ids: Iterable[int]) -> set[int]:
+    """Of these direct products, those some supplier can take one unit of now (for listings: one query)."""
+    ids = [int(i) for i in product_ids]
+    if not ids:
+        return set()
+    query = (select(SupplierProduct.product_id).join(Supplier, Supplier.id == SupplierProduct.supplier_id)
+             .where(SupplierProduct.product_id.in_(ids), _usable(),
+                    or_(Supplier.balance.is_(None), Supplier.balance >= SupplierProduct.cost))
+             .distinct())
+    return set(db.session.scalars(query))
+
+
+def supplier_or_none(supplier_id: int) -> Supplier | None:
+    return db.session.get(Supplier, supplier_id) if 0 < supplier_id < 2 ** 31 else None
