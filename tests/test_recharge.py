@@ -144,6 +144,22 @@ def test_open_api_direct_order_is_paid_then_delivered_by_the_worker(app, client,
     assert len(events(order_no)) == 2
 
 
+@pytest.mark.parametrize("app", ["postgresql", "sqlite"], indirect=True)
+def test_without_redis_the_top_up_runs_right_after_the_request(app, client, f, w, supplier_sim):
+    """The embedded default (no REDIS_URL, SQLite): the outbox runs the recharge inline after the response."""
+    assert app.config["REDIS_URL"] is None
+    sup = sim_supplier(supplier_sim, priority=1, mappings={w.product.id: ("CMCC-10", 900)})
+    body = place_api(client, w)
+    assert body["status"] == "paid"
+    assert_delivered_once(body["order_no"], sup, 900, supplier_sim, w)
+    assert events(body["order_no"]) == [("submit", "submitting"), ("submit", "success")]
+    # failing everywhere: refunded to the wallet at once
+    supplier_sim.behave("CMCC-10", mode="fail")
+    failed = place_api(client, w)["order_no"]
+    assert order(failed).status == "refunded" and wallet(w) == START_BALANCE - PRICE
+    assert journal_keys(failed) == sorted([f"order:{failed}:hold", f"order:{failed}:refund"])
+
+
 def test_direct_order_without_a_supplier_is_refused_out_of_stock(app, client, f, w, supplier_sim):
     from tests.openapi_helpers import assert_error, signed_call
 
