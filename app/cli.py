@@ -168,7 +168,11 @@ def reconcile(channel: str, day: str | None, file: Path) -> None:
 @kameng_cli.command("demo")
 @click.option("--password", default=None, help="Password for every demo login (default: random, printed).")
 @click.option("--sandbox-key", default=None, help="Key of the sandbox payment channel (default: random, printed).")
-def demo(password: str | None, sandbox_key: str | None) -> None:
+@click.option("--orders", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Also generate a year of history with this many orders (agents, payments, commissions, "
+                   "rollups). Running it again adds another history.")
+@click.option("--seed", default=None, type=int, help="Random seed of the history (default: fixed).")
+def demo(password: str | None, sandbox_key: str | None, orders: int, seed: int | None) -> None:
     """Load demo users, agents, tiers, categories, products and card secrets; print the logins."""
     from app.demo import load_demo
     from app.payments import service as payments
@@ -185,6 +189,27 @@ def demo(password: str | None, sandbox_key: str | None) -> None:
     click.echo("Demo data loaded. Logins:")
     for username, pwd, role in logins:
         click.echo(f"  {username:<10} {pwd:<20} {role}")
+    if orders:
+        _demo_history(orders, seed)
+
+
+def _demo_history(orders: int, seed: int | None) -> None:
+    from app.analytics import history
+    from app.money import format_fen
+
+    try:
+        report = history.generate(orders, seed=history.DEFAULT_SEED if seed is None else seed,
+                                  progress=lambda msg: click.echo(f"  … {msg}"))
+    except KamengError as exc:
+        fail(exc.message)
+    click.echo(f"History #{report.run} (seed {report.seed}), {report.start} .. {report.end}:")
+    click.echo(f"  agents +{report.agents}, orders {report.orders:,} "
+               f"({', '.join(f'{k} {v:,}' for k, v in sorted(report.statuses.items()))}), GMV {format_fen(report.gmv)}")
+    click.echo(f"  journals {report.journals:,}, postings {report.postings:,}, card secrets {report.card_secrets:,}, "
+               f"commissions {report.commissions:,}, wallet top-ups {report.topups:,}")
+    click.echo(f"  storefront orders' order password: {history.QUERY_PASSWORD}")
+    for phase, seconds in report.timings.items():
+        click.echo(f"  {phase:<34} {seconds:>8.2f} s")
 
 
 @kameng_cli.command("settle")

@@ -1,0 +1,277 @@
+"""`flask kameng demo --orders N`: a year of history whose money, stock, commissions and rollups hold together.
+
+Given the demo data, when a history of N orders is generated, then: N orders spread over a year with the
+seasonal shape asked for (a September phone-credit spike among 18-22-year-olds), agents grown into a tree with
+one large branch, every delivered order with one sale journal posting exactly `sale_lines`, commissions as the
+uplines' tiers pay them, card secrets sold once each with stock left, cached balances equal to their postings
+(the ledger check), and rollups equal to the orders they summarize and to a fresh rebuild.
+"""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select, text
+
+from app import crypto
+from app.agents.models import Agent
+from app.analytics import history
+from app.analytics import service as rollups
+from app.analytics.models import MoneyDaily, ProfileDaily, SalesDaily
+from app.catalog.models import CardSecret, Category, Product
+from app.clock import to_local, utcnow
+from app.demo import load_demo
+from app.errors import KamengError
+from app.extensions import db as _db
+from app.ledger import service as ledger
+from app.ledger.invariants import check_ledger
+from app.ledger.models import Account, Journal, Posting
+from app.money import apply_rate
+from app.network import commissions
+from app.network.models import Commission, RealNameVerification
+from app.orders.models import Order
+from app.orders.service import sale_lines
+from app.payments.models import Payment, Refund
+
+BOTH = pytest.mark.parametrize("app", ["postgresql", "sqlite"], indirect=True)
+PG = pytest.mark.parametrize("app", ["postgresql"], indirect=True)
+N = 2000
+END = datetime(2026, 11, 20, 14, 0, 0)  # a fixed end: the same seed then gives the same history
+
+
+@pytest.fixture(autouse=True)
+def _no_fold_lag(app, monkeypatch):
+    """The money-flow fold skips journals younger than its lag (30 s): the demo's own top-ups, just posted."""
+    monkeypatch.setitem(app.config, "ROLLUP_MONEY_LAG_SECONDS", 0)
+
+
+def _generate(n: int = N, seed: int = history.DEFAULT_SEED, end: datetime = END, **kw) -> history.HistoryReport:
+    load_demo("demo-pass-1")
+    return history.generate(n, seed=seed, end=end, check_references=True, **kw)
+
+
+def _grouped(table: str) -> dict[tuple, tuple]:
+    t = rollups.TABLES[table]
+    _db.session.rollback()
+    rows = _db.session.execute(text(
+        f"SELECT {', '.join(t.key)}, {', '.join(f'sum({c})' for c in t.sums)} FROM {t.name}"
+        f" GROUP BY {', '.join(t.key)}")).all()
+    return {tuple(str(v) for v in row[:len(t.key)]): tuple(int(v) for v in row[len(t.key):])
+            for row in rows if any(row[len(t.key):])}
+
+
+@BOTH
+def test_history_is_a_consistent_year(app):
+    report = _generate()
+
+    # Counts: exactly N orders, most delivered, a few refunded, failed upstream (refunded) and closed unpaid.
+    orders = list(_db.session.scalars(select(Order)))
+    assert report.orders == len(orders) == N
+    statuses = Counter(o.status for o in orders)
+    assert statuses["delivered"] > 0.9 * N
+    assert 0 < statuses["refunded"] < 0.06 * N and 0 < statuses["closed"] < 0.05 * N
+    assert any(o.upstream_status == "failed" and o.status == "refunded" for o in orders)
+    assert sum(o.amount for o in orders if o.status == "delivered") == report.gmv
+    channels = Counter(o.channel for o in orders)
+    assert {"wallet", "alipay", "wechatpay", "sandbox"} <= set(channels)
+    kinds = Counter(o.product.kind for o in orders)
+    assert kinds["card"] > 0.3 * N and kinds["direct"] > 0.2 * N
+
+    # Spread over the year ending at END, every China month present, more orders towards the end (growth).
+    first, last = min(o.created_at for o in orders), max(o.created_at for o in orders)
+    assert END - timedelta(days=366) <= first < END - timedelta(days=350) and END - timedelta(days=2) < last <= END
+    months = Counter(to_local(o.created_at).strftime("%Y-%m") for o in orders)
+    assert len(months) == 13 and min(months[m] for m in sorted(months)[1:-1]) > 0
+    assert months["2026-10"] > 1.5 * months["2025-12"]
+    assert months["2026-11"] / 20 > months["2026-10"] / 31  # Double 11 lifts November above October per day
+
+    # Agents grew into a tree 4 levels deep; the demo's agent1 leads the largest branch.
+    agents = list(_db.session.scalars(select(Agent)))
+    assert report.agents == 20 and len(agents) == 24
+    assert max(a.depth for a in agents) == 3
+    branch = {a.name: sum(1 for b in agents if b.path.startswith(a.path)) for a in agents if a.depth == 0}
+    assert branch["agent1"] == max(branch.values()) and branch["agent1"] >= 6
+    assert all(a.path == (f"{a.parent.path}{a.id}/" if a.parent else f"/{a.id}/") for a in agents)
+    records = list(_db.session.scalars(select(RealNameVerification)))
+    assert len(records) >= 10 and all(r.status == "verified" for r in records)
+    sample = records[0]
+    assert crypto.decrypt(sample.id_number_enc)[-4:] == sample.id_number_masked[-4:]
+    assert sample.id_number_hash == crypto.keyed_hash("realname-id", crypto.decrypt(sample.id_number_enc))
+
+    # The September phone-credit spike among 18-22-year-olds (students), in the orders themselves...
+    phone = _db.session.scalar(select(Category.id).where(Category.name == "话费充值"))
+    per_month = Counter()
+    for o in orders:
+        rn = o.agent_id and _db.session.scalar(select(RealNameVerification.birth_year)
+                                               .where(RealNameVerification.agent_id == o.agent_id))
+        local = to_local(o.created_at)
+        if rn and 18 <= local.year - rn <= 22 and o.product.category_id == phone and o.status == "delivered":
+            per_month[local.strftime("%Y-%m")] += 1
+    others = [per_month[m] for m in months if m not in ("2026-09", "2025-11", "2026-11")]
+    assert per_month["2026-09"] > 3 * max(1, sum(others) / len(others))
+    # ... and in the user-profile rollup the dashboard reads (the 18-24 band buying 话费充值 by month).
+    band = defaultdict(int)
+    for day, gmv in _db.session.execute(select(ProfileDaily.day, ProfileDaily.gmv).where(
+            ProfileDaily.scope_id == 0, ProfileDaily.dimension == "age_band", ProfileDaily.value == "18-24",
+            ProfileDaily.category_id == phone)):
+        band[day.strftime("%Y-%m")] += gmv
+    rest = [band[m] for m in months if m not in ("2026-09", "2025-11", "2026-11")]
+    assert band["2026-09"] > 3 * max(1, sum(rest) / len(rest))
+
+    # The ledger: every invariant (cached balances = postings, no negative wallet, one sale per delivered order,
+    # no secret in two orders ...), checked explicitly here as well as by the fixture.
+    assert check_ledger() == []
+
+    # Every delivered order: exactly one sale journal, posting what sale_lines makes (merged as post_journal does).
+    codes = dict(_db.session.execute(select(Account.id, Account.code)).all())
+    postings = defaultdict(list)
+    for journal_id, account_id, amount in _db.session.execute(select(Posting.journal_id, Posting.account_id,
+                                                                     Posting.amount)):
+        postings[journal_id].append((codes[account_id], amount))
+    sales = defaultdict(list)
+    for j in _db.session.scalars(select(Journal).where(Journal.kind == "sale")):
+        sales[j.order_id].append(j)
+    for o in orders:
+        if o.status != "delivered":
+            continue
+        assert len(sales[o.id]) == 1, o.order_no
+        j = sales[o.id][0]
+        funding = (ledger.agent_account_code(o.agent_id, "wallet") if o.channel == "wallet"
+                   and o.product.kind == "card" else "platform:buyer_funds")
+        expected = sorted((ln.account_code, ln.amount) for ln in ledger._merge(sale_lines(o, funding)))
+        assert j.idempotency_key == f"order:{o.order_no}:sale" and sorted(postings[j.id]) == expected
+        assert j.content_hash == ledger._content_hash("sale", ledger._merge(sale_lines(o, funding)))
+        assert j.created_at == o.delivered_at
+    # Refunded after delivery: the sale reversed; the money back where it came from, once.
+    refunds = {r.order_id: r for r in _db.session.scalars(select(Refund))}
+    for o in orders:
+        if o.status == "refunded":
+            assert refunds[o.id].amount == o.amount
+            assert refunds[o.id].destination == ("wallet" if o.channel == "wallet" else o.channel)
+    # Channel orders paid once, through a payment journal of their own.
+    payments = {p.order_id: p for p in _db.session.scalars(select(Payment).where(Payment.order_id.is_not(None)))}
+    keys = set(_db.session.scalars(select(Journal.idempotency_key).where(Journal.kind == "payment")))
+    for o in orders:
+        if o.channel != "wallet" and o.status != "closed":
+            p = payments[o.id]
+            assert p.amount == o.amount and f"pay:{o.channel}:{p.trade_no}" in keys
+            assert p.status == ("paid" if o.status == "delivered" else "refunded")
+        elif o.status == "closed":
+            assert o.id not in payments and not sales[o.id]
+
+    # Card orders: their own secrets (sold, or void once refunded), each decrypting to its hash; stock left.
+    secrets_by_order = defaultdict(list)
+    for s in _db.session.scalars(select(CardSecret).where(CardSecret.order_id.is_not(None))):
+        secrets_by_order[s.order_id].append(s)
+    for o in orders:
+        if o.product.kind == "card" and o.status in ("delivered", "refunded"):
+            got = secrets_by_order[o.id]
+            assert len(got) == o.quantity
+            assert {s.status for s in got} == ({"sold"} if o.status == "delivered" else {"void"})
+    s = secrets_by_order[next(o.id for o in orders if o.product.kind == "card" and o.status == "delivered")][0]
+    assert crypto.keyed_hash(s.product_id, crypto.decrypt(s.secret_enc)) == s.secret_hash
+    left = dict(_db.session.execute(select(CardSecret.product_id, func.count()).where(
+        CardSecret.status == "available").group_by(CardSecret.product_id)).all())
+    card_products = list(_db.session.scalars(select(Product.id).where(Product.kind == "card")))
+    assert all(left.get(pid, 0) >= 6 for pid in card_products)
+
+    # Commissions: as the uplines' tiers pay them (app.network.commissions), pending ones = pending balances.
+    rows = defaultdict(list)
+    for c in _db.session.scalars(select(Commission)):
+        rows[c.order_id].append(c)
+    assert rows
+    for o in orders:
+        if o.agent_id is None or o.status not in ("delivered", "refunded") or o.upstream_status == "failed":
+            assert not rows[o.id]
+            continue
+        plan = [(b.agent_id, b.level, apply_rate(o.amount, b.rate_bp))
+                for b in commissions.beneficiaries(o.upline_path)]
+        assert sorted((c.agent_id, c.level, c.amount) for c in rows[o.id]) == sorted(p for p in plan if p[2] > 0)
+        assert {c.status for c in rows[o.id]} <= ({"reversed"} if o.status == "refunded" else {"pending", "settled"})
+    pending = defaultdict(int)
+    for cs in rows.values():
+        for c in cs:
+            if c.status == "pending":
+                pending[c.agent_id] += c.amount
+            if c.status == "settled":
+                assert c.settlement_run_id is not None and c.settled_at >= c.settle_after
+    for a in agents:
+        assert ledger.agent_balances(a.id)["pending"] == pending[a.id]
+
+    # Rollups: GMV per China day at the platform scope and in agent1's branch equal the orders they summarize ...
+    def gmv_by_day(scope: int) -> dict:
+        return {str(d): (int(n), int(g)) for d, n, g in _db.session.execute(
+            select(SalesDaily.day, func.sum(SalesDaily.orders), func.sum(SalesDaily.gmv))
+            .where(SalesDaily.scope_id == scope).group_by(SalesDaily.day)) if n or g}
+
+    agent1 = next(a for a in agents if a.name == "agent1")
+    for scope, members in ((0, orders), (agent1.id, [o for o in orders if (o.upline_path or "").startswith(
+            agent1.path)])):
+        expected = defaultdict(lambda: [0, 0])
+        for o in members:
+            if o.status == "delivered":
+                day = str(to_local(o.delivered_at).date())
+                expected[day][0] += 1
+                expected[day][1] += o.amount
+        assert gmv_by_day(scope) == {d: tuple(v) for d, v in expected.items()}
+    money = dict(_db.session.execute(select(MoneyDaily.flow, func.sum(MoneyDaily.amount))
+                                     .where(MoneyDaily.scope_id == 0).group_by(MoneyDaily.flow)).all())
+    every = [c for cs in rows.values() for c in cs]
+    assert money["commission_accrued"] == sum(c.amount for c in every)
+    assert money["commission_settled"] == sum(c.amount for c in every if c.status == "settled")
+    # ... and to a fresh rebuild of the same days.
+    before = {name: _grouped(name) for name in rollups.TABLES}
+    rollups.rebuild(report.start, report.end)
+    assert {name: _grouped(name) for name in rollups.TABLES} == before
+
+
+@PG
+def test_same_seed_same_history_and_a_second_run_adds_another(app):
+    from tests.conftest import _clean
+
+    first = _generate(300, seed=7, rollups=False)
+
+    def fingerprint() -> list[tuple]:
+        _db.session.rollback()
+        return list(_db.session.execute(select(
+            Order.order_no, Order.agent_id, Order.product_id, Order.quantity, Order.amount, Order.status,
+            Order.channel, Order.created_at, Order.delivered_at).order_by(Order.order_no)).all())
+
+    before = fingerprint()
+    _db.session.rollback()  # let go of the orders table: TRUNCATE waits for every reader
+    _clean(_db)
+    ledger.ensure_platform_accounts()
+    _db.session.commit()
+    again = _generate(300, seed=7, rollups=False)
+    assert fingerprint() == before and again.gmv == first.gmv and again.run == first.run == 1
+
+    # A second history on top: new agents and order numbers (run 2), nothing collides, the ledger still holds.
+    second = _generate(300, seed=7, rollups=False)
+    assert second.run == 2 and _db.session.scalar(select(func.count()).select_from(Order)) == 600
+    assert _db.session.scalar(select(func.count()).select_from(Agent)) == 4 + 2 * second.agents
+    assert check_ledger() == []
+
+
+@BOTH
+def test_cli_demo_with_orders(app):
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["kameng", "demo", "--password", "demo-pass-1", "--sandbox-key", "sandbox-key-1",
+                                 "--orders", "400", "--seed", "11"])
+    assert result.exit_code == 0, result.output
+    assert "History #1 (seed 11)" in result.output and "orders 400" in result.output
+    assert _db.session.scalar(select(func.count()).select_from(Order)) == 400
+    assert _db.session.scalar(select(func.count()).select_from(SalesDaily)) > 0
+    check = runner.invoke(args=["kameng", "ledger-check"])
+    assert check.exit_code == 0 and "ledger ok" in check.output
+
+    bad = runner.invoke(args=["kameng", "demo", "--password", "demo-pass-1", "--orders", "-5"])
+    assert bad.exit_code == 2 and "-5" in bad.output
+
+
+@PG
+def test_history_needs_the_demo_catalog(app):
+    with pytest.raises(KamengError, match="demo"):
+        history.generate(100, end=utcnow())
+    with pytest.raises(KamengError):
+        history.generate(0)
