@@ -511,3 +511,22 @@ def test_kameng_supplier_row_through_the_registry(app, upstream):
     assert adapter.protocol == "kameng"
     assert adapter.connection.notify_url == f"https://us.example.com/supplier/notify/{supplier.id}"
     assert adapter.query_balance() == 50_000
+
+
+def test_kameng_docking_a_direct_product_whose_upstream_uses_the_simulator(app, upstream, supplier_sim):
+    """The upstream Kameng sells a direct top-up it sources from the simulator; we dock it by product id."""
+    direct = upstream.f.product(kind="direct", face_price=1_000, cost=985)
+    sim_supplier(supplier_sim, mappings={direct.id: ("CMCC-10", 985)})
+    adapter = kameng_adapter(upstream)
+    result = adapter.submit("KM0020", str(direct.id), PHONE, 1)
+    assert result.status in (PROCESSING, SUCCESS) and result.trade_no and result.card_secrets == ()
+    deadline = time.monotonic() + 10
+    while result.status == PROCESSING and time.monotonic() < deadline:  # the upstream's own recharge job
+        time.sleep(0.1)
+        result = adapter.query("KM0020")
+    assert result.status == SUCCESS
+    [credited] = [o for o in supplier_sim.orders().values() if o["account"] == PHONE]
+    assert credited["credits"] == 1 and credited["code"] == "CMCC-10"
+    assert factories.wallet(upstream.agent) == 50_000 - 900
+    # Without an account the upstream refuses the direct order outright.
+    assert adapter.submit("KM0021", str(direct.id), "", 1).status == FAILED
