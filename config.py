@@ -113,6 +113,7 @@ class Config:
     ROLLUP_MONEY_BATCH = env_int("ROLLUP_MONEY_BATCH", 50000)  # journals per fold transaction
     # Journals younger than this wait for the next fold (a lower id may still be committing).
     ROLLUP_MONEY_LAG_SECONDS = env_int("ROLLUP_MONEY_LAG_SECONDS", 30)
+    SUPPLIER_SYNC_SECONDS = env_int("SUPPLIER_SYNC_SECONDS", 300)  # suppliers' balance, stock and prices
     RECHARGE_POLL_SECONDS = env_int("RECHARGE_POLL_SECONDS", 5)  # direct top-ups: ask suppliers about due attempts
     # An attempt still unknown after this long is flagged for support (it keeps being polled; never auto-refunded).
     RECHARGE_UNKNOWN_ALERT_MINUTES = env_int("RECHARGE_UNKNOWN_ALERT_MINUTES", 30)

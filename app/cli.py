@@ -287,6 +287,19 @@ def supplier_sim(port: int, key: str, app_key: str, latency_ms: int, balance: in
     _run_simulator(SupplierSimulator(key, app_key=app_key, latency_ms=latency_ms, balance=balance), port)
 
 
+@kameng_cli.command("supplier-sync")
+@click.option("--supplier", "supplier_ids", type=int, multiple=True, help="Only this supplier id (repeatable).")
+def supplier_sync(supplier_ids: tuple[int, ...]) -> None:
+    """Pull balances, stock and prices from connected suppliers and print the report (exit 1 if any failed)."""
+    from app.suppliers import sync
+
+    report = sync.sync_all(supplier_ids or None)
+    for line in sync.report_lines(report):
+        click.echo(line)
+    if report["failed"]:
+        sys.exit(1)
+
+
 rollups_cli = AppGroup("rollups", help="Analytics rollups (数据看板 daily tables).")
 kameng_cli.add_command(rollups_cli)
 

@@ -27,6 +27,9 @@ ROLES = {
         ["^(结算记录|佣金明细)$", "^menu_access$"],
         ["^(TeamBonusRuleView|TeamBonusAwardView)$", READ],
         ["^(团队业绩奖规则|团队业绩奖发放)$", "^menu_access$"],
+        # Direct top-ups: suppliers (never their secrets), mappings and alerts, read only.
+        ["^(SupplierProductView|SupplierAlertView)$", READ],
+        ["^(货源映射|供应商余额提醒)$", "^menu_access$"],
         # Dashboards (dashboards/__init__.py): each view's can_show guards its FAB page and its Dash routes.
         ["^(GmvDashboardView|ProductsDashboardView)$", "^can_show$"],
         ["^(数据看板|GMV 概览|商品与库存)$", "^menu_access$"],
@@ -43,6 +46,8 @@ ROLES = {
         ["^(售后|维权队列|维权记录)$", "^menu_access$"],
         ["^(订单|代理管理|商品管理|卡密库存|订单查询|代理列表|商品|卡密列表|补货提醒|支付|收款记录|支付通知|退款记录)$",
          "^menu_access$"],
+        ["^(SupplierView|SupplierProductView|SupplierAlertView)$", READ],
+        ["^(上游供应商|货源映射|供应商余额提醒)$", "^menu_access$"],
     ],
     # Agents see only the portal, scoped to themselves and their downline.
     "Agent": [

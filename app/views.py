@@ -20,9 +20,11 @@ from app.catalog.views import (
     SupplierView,
     TierPriceView,
 )
+from app.jobs.views import JobsView
 from app.ledger.views import AccountView, JournalView, PostingView
 from app.orders.views import OrderView
 from app.portal import views as portal
+from app.suppliers.views import SupplierAlertView, SupplierProductView
 
 # Menu categories
 AGENTS = "代理管理"
@@ -47,6 +49,8 @@ def register_views(appbuilder: AppBuilder) -> None:
     add(TierPriceView, "等级价格", icon="fa-tags", category=CATALOG)
     add(PriceRuleView, "限时价格", icon="fa-clock-o", category=CATALOG)
     add(SupplierView, "上游供应商", icon="fa-truck", category=CATALOG)
+    add(SupplierProductView, "货源映射", icon="fa-random", category=CATALOG)
+    add(SupplierAlertView, "供应商余额提醒", icon="fa-bell-o", category=CATALOG)
 
     add(CardSecretView, "卡密列表", icon="fa-key", category=STOCK, category_icon="fa-archive")
     add(CardImportFormView, "导入卡密", href="/card-import/", icon="fa-upload", category=STOCK)
@@ -58,6 +62,7 @@ def register_views(appbuilder: AppBuilder) -> None:
     add(PostingView, "分录", icon="fa-list", category=LEDGER)
 
     add(AuditView, "审计日志", icon="fa-shield", category=SYSTEM, category_icon="fa-cog")
+    add(JobsView, "任务队列", href="/jobs/", icon="fa-tasks", category=SYSTEM)
 
     portal.register(appbuilder, PORTAL)
     install_request_guards(appbuilder)

@@ -110,6 +110,13 @@ def poll_recharges() -> dict:
     return {"claimed": len(claimed)}
 
 
+def sync_suppliers() -> dict:
+    """Scheduled: pull balances, stock and prices from connected suppliers; raise/resolve their alerts."""
+    from app.suppliers import sync
+
+    return sync.sync_all()
+
+
 def poll_paying_withdrawals() -> dict:
     """Scheduled: ask the bank about withdrawals left paying (a timeout); book paid / failed once (row lock)."""
     from app.network import withdrawals

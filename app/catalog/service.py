@@ -1,6 +1,8 @@
 """Catalog rules: suppliers with their payable account, and the one pricing function."""
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import or_, select
@@ -52,3 +54,31 @@ def price_for(tier: Tier | None, product: Product, at: datetime | None = None) -
     if override is not None:
         return apply_rate(override, rule_rate)
     return apply_rate(product.face_price, tier.discount_bp, rule_rate)
+
+
+@dataclass(frozen=True)
+class StockLevel:
+    in_stock: bool  # can be bought now
+    available: int | None  # card products: secrets in stock; None where we do not count units (direct, manual)
+
+
+def stock_levels(products: Iterable[Product]) -> dict[int, StockLevel]:
+    """Whether each product can be bought now, for every listing (portal, Open API, storefront, admin): card
+    products by their available secrets, direct products by their supplier mappings (app.suppliers.service, the
+    same rule the order path checks), manual products always. Two queries for any number of products."""
+    from app.catalog import cards
+    from app.suppliers.service import available_direct_products
+
+    products = list(products)
+    counts = cards.available_counts([p.id for p in products if p.kind == "card"])
+    direct = available_direct_products([p.id for p in products if p.kind == "direct"])
+    levels = {}
+    for product in products:
+        if product.kind == "card":
+            count = counts.get(product.id, 0)
+            levels[product.id] = StockLevel(count > 0, count)
+        elif product.kind == "direct":
+            levels[product.id] = StockLevel(product.id in direct, None)
+        else:
+            levels[product.id] = StockLevel(True, None)
+    return levels

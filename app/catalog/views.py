@@ -6,13 +6,20 @@ import re
 
 from flask import current_app, flash, g, redirect, request, url_for
 from flask_appbuilder import BaseView, ModelView, expose, has_access
+from flask_appbuilder.actions import action
+from flask_appbuilder.fieldwidgets import BS3PasswordFieldWidget, BS3TextFieldWidget
 from flask_appbuilder.models.sqla.interface import SQLAInterface
+from flask_babel import gettext
 from flask_babel import lazy_gettext as _
 from markupsafe import Markup, escape
 from sqlalchemy import select
+from wtforms import StringField
 
+from app import crypto
+from app.audit import service as audit
 from app.auditing import AuditedViewMixin
 from app.catalog import cards
+from app.catalog import service as catalog_service
 from app.catalog.models import (
     CardImport,
     CardSecret,
@@ -27,6 +34,7 @@ from app.errors import KamengError
 from app.extensions import db
 from app.forms import PercentField, YuanField, checkbox, int_range
 from app.ledger import service as ledger
+from app.money import format_fen
 from workers import jobs
 from workers.queues import enqueue
 
@@ -45,33 +53,144 @@ class CategoryView(AuditedViewMixin, ModelView):
     validators_columns = {"sort_order": [int_range(-1_000_000, 1_000_000)]}
 
 
+SUPPLIER_PROTOCOLS = [("", _("无（平台自有库存）")), ("simulator", _("simulator 模拟上游")),
+                      ("kameng", _("kameng 对接其他卡盟"))]
+SUPPLIER_LABELS = {
+    "name": _("名称"), "is_platform_own": _("平台自营"), "service_fee_bp": _("服务费率 %"), "active": _("启用"),
+    "contact": _("联系方式"), "protocol": _("对接协议"), "endpoint": _("接口地址"), "app_key": _("接口账号 (App Key)"),
+    "secret": _("接口密钥"), "priority": _("优先级"), "timeout_seconds": _("超时（秒）"),
+    "low_balance_threshold": _("余额提醒阈值（元）"), "balance": _("上游余额"), "balance_synced_at": _("余额同步时间"),
+}
+
+
+def _supplier_fields() -> dict:
+    from wtforms import IntegerField, PasswordField, SelectField
+    from wtforms.validators import URL, Length, Optional
+
+    return {
+        "service_fee_bp": PercentField(SUPPLIER_LABELS["service_fee_bp"]),
+        "active": checkbox(SUPPLIER_LABELS["active"], default=True),
+        "protocol": SelectField(SUPPLIER_LABELS["protocol"], choices=SUPPLIER_PROTOCOLS, default=""),
+        "endpoint": StringField(SUPPLIER_LABELS["endpoint"], widget=BS3TextFieldWidget(),
+                                validators=[Optional(), Length(max=255),
+                                            URL(require_tld=False, message="接口地址必须是 http(s):// 开头的网址")],
+                                description=_("上游接口的根地址，例如 https://api.example.com")),
+        # Write-only: never rendered back (PasswordField shows no value); blank on edit keeps the stored one.
+        "secret": PasswordField(SUPPLIER_LABELS["secret"], widget=BS3PasswordFieldWidget(),
+                                validators=[Optional(), Length(max=256)],
+                                description=_("加密保存，保存后不再显示；编辑时留空表示不修改")),
+        # Optional in the form (a supplier of our own stock needs neither); blank keeps the column default.
+        "priority": IntegerField(SUPPLIER_LABELS["priority"], default=100, widget=BS3TextFieldWidget(),
+                                 validators=[Optional(), int_range(0, 1_000_000)],
+                                 description=_("数字越小越先尝试")),
+        "timeout_seconds": IntegerField(SUPPLIER_LABELS["timeout_seconds"], default=10, widget=BS3TextFieldWidget(),
+                                        validators=[Optional(), int_range(1, 120)], description=_("1 到 120 秒")),
+        "low_balance_threshold": YuanField(SUPPLIER_LABELS["low_balance_threshold"], default=0,
+                                           description=_("上游余额低于该金额时提醒管理员；0 表示不提醒")),
+    }
+
+
+def _secret_marker(secret_enc: str | None) -> str | None:
+    """What the audit log records about the secret: whether it changed, never the secret (nor its ciphertext)."""
+    import hashlib
+
+    return None if not secret_enc else "sha256:" + hashlib.sha256(secret_enc.encode()).hexdigest()[:12]
+
+
 class SupplierView(AuditedViewMixin, ModelView):
     datamodel = SQLAInterface(Supplier)
     route_base = "/suppliers"
     audit_target = "supplier"
-    audit_columns = ["name", "service_fee_bp", "active", "contact"]
+    audit_columns = ["name", "service_fee_bp", "active", "contact", "protocol", "endpoint", "app_key", "priority",
+                     "timeout_seconds", "low_balance_threshold"]
     list_title = show_title = add_title = edit_title = _("上游供应商")
-    list_columns = ["name", "is_platform_own", "service_fee_bp", "active", "contact"]
-    add_columns = edit_columns = show_columns = ["name", "service_fee_bp", "active", "contact"]
-    label_columns = {"name": _("名称"), "is_platform_own": _("平台自营"), "service_fee_bp": _("服务费率 %"),
-                     "active": _("启用"), "contact": _("联系方式")}
-    add_form_extra_fields = {"service_fee_bp": PercentField(_("服务费率 %")),
-                             "active": checkbox(_("启用"), default=True)}
-    edit_form_extra_fields = {"service_fee_bp": PercentField(_("服务费率 %")),
-                              "active": checkbox(_("启用"), default=True)}
+    list_columns = ["name", "is_platform_own", "protocol", "priority", "balance", "balance_synced_at",
+                    "service_fee_bp", "active"]
+    add_columns = edit_columns = ["name", "service_fee_bp", "active", "contact", "protocol", "endpoint", "app_key",
+                                  "secret", "priority", "timeout_seconds", "low_balance_threshold"]
+    # secret_enc is never listed, shown, searched or ordered by, for anyone
+    show_columns = ["name", "is_platform_own", "service_fee_bp", "active", "contact", "protocol", "endpoint",
+                    "app_key", "priority", "timeout_seconds", "balance", "balance_synced_at",
+                    "low_balance_threshold"]
+    search_columns = ["name", "protocol", "active"]
+    order_columns = ["name", "priority", "balance", "balance_synced_at", "active"]
+    label_columns = SUPPLIER_LABELS
+    formatters_columns = {"balance": lambda v: format_fen(v) if v is not None else "-",
+                          "low_balance_threshold": format_fen,
+                          "protocol": lambda v: dict(SUPPLIER_PROTOCOLS).get(v or "", v)}
+    add_form_extra_fields = _supplier_fields()
+    edit_form_extra_fields = _supplier_fields()
 
-    def pre_add(self, item):
+    def _audit_snapshot(self, item) -> dict:
+        snapshot = super()._audit_snapshot(item)
+        snapshot["secret"] = _secret_marker(item.secret_enc)
+        return snapshot
+
+    def _changes(self, item) -> tuple[dict, dict]:
+        old, new = super()._changes(item)
+        before = g.get("kameng_audit_before")
+        if before is not None and before[2].get("secret") != _secret_marker(item.secret_enc):
+            old["secret"], new["secret"] = before[2].get("secret"), _secret_marker(item.secret_enc)
+        return old, new
+
+    def _apply_form(self, item) -> None:
+        item.protocol = item.protocol or None
+        item.endpoint = (item.endpoint or "").strip() or None
+        item.app_key = (item.app_key or "").strip() or None
+        secret = getattr(item, "secret", None)
+        if secret:
+            item.secret_enc = crypto.encrypt(secret)
+        item.secret = None  # the plain secret leaves the object (and the request) here
         if item.service_fee_bp is None:
             item.service_fee_bp = 0
+        if item.low_balance_threshold is None:
+            item.low_balance_threshold = 0
+        if item.priority is None:
+            item.priority = 100
+        if item.timeout_seconds is None:
+            item.timeout_seconds = 10
+        if item.protocol and not (item.endpoint and item.app_key and item.secret_enc):
+            raise ValueError("对接上游需要填写接口地址、接口账号和接口密钥")
+
+    def pre_add(self, item):
+        self._apply_form(item)
         super().pre_add(item)  # flushes: the item has an id
         ledger.open_supplier_account(item.id)
+
+    def pre_update(self, item):
+        self._apply_form(item)
+        super().pre_update(item)
+
+    @action("sync", _("同步余额和库存"), _("立即向所选供应商查询余额和库存？"), "fa-refresh", single=False)
+    def sync(self, items):
+        from app.suppliers import sync
+
+        items = items if isinstance(items, list) else [items]
+        ids = [item.id for item in items if item is not None and item.protocol]
+        if not ids:
+            flash(gettext("所选供应商都没有配置对接协议"), "warning")
+            return redirect(url_for("SupplierView.list"))
+        report = sync.sync_all(ids)
+        audit.record("supplier.sync", "supplier", ",".join(map(str, ids)), None,
+                     {"synced": report["synced"], "failed": report["failed"]})
+        db.session.commit()
+        for entry in report["suppliers"]:
+            if entry["errors"]:
+                flash(gettext("%(name)s 同步失败：%(error)s", name=entry["name"], error="; ".join(entry["errors"])),
+                      "danger")
+            else:
+                flash(gettext("%(name)s 已同步：余额 %(balance)s，%(count)s 个货源映射",
+                              name=entry["name"], count=entry["mappings"],
+                              balance=format_fen(entry["balance"]) if entry["balance"] is not None else "-"),
+                      "success")
+        return redirect(url_for("SupplierView.list"))
 
 
 PRODUCT_LABELS = {
     "name": _("商品名称"), "category": _("分类"), "supplier": _("供应商"), "kind": _("类型"),
     "kind_display": _("类型"), "face_price": _("面值（元）"), "face_display": _("面值"), "cost": _("成本（元）"),
     "cost_display": _("成本"), "max_per_order": _("单笔最多"), "low_stock_threshold": _("补货提醒阈值"),
-    "active": _("上架"), "description": _("说明"), "created_at": _("创建时间"),
+    "active": _("上架"), "description": _("说明"), "created_at": _("创建时间"), "stock_display": _("库存"),
 }
 PRODUCT_COLUMNS = ["name", "category", "supplier", "kind", "face_price", "cost", "max_per_order",
                    "low_stock_threshold", "active", "description"]
@@ -91,16 +210,52 @@ def _product_fields() -> dict:
     }
 
 
+def _stock_text(product: Product, level) -> str:
+    if product.kind == "card":
+        return str(level.available) if level.in_stock else gettext("缺货")
+    if product.kind == "direct":
+        return gettext("有货源") if level.in_stock else gettext("无可用货源")
+    return "-"
+
+
+class _ProductInterface(SQLAInterface):
+    """Products with the computed 库存 column (`stock_display`), read for the whole page at once through
+    catalog.service.stock_levels, the one availability rule every listing uses."""
+
+    def _with_stock(self, items, values):
+        levels = catalog_service.stock_levels(items)
+        for item, row in zip(items, values, strict=True):
+            row["stock_display"] = _stock_text(item, levels[item.id])
+            yield row
+
+    def get_values(self, lst, list_columns):
+        lst = list(lst)
+        if "stock_display" not in list_columns:
+            return super().get_values(lst, list_columns)
+        columns = [c for c in list_columns if c != "stock_display"]
+        return self._with_stock(lst, list(super().get_values(lst, columns)))
+
+    def get_values_item(self, item, show_columns):
+        if "stock_display" not in show_columns:
+            return super().get_values_item(item, show_columns)
+        values = super().get_values_item(item, [c for c in show_columns if c != "stock_display"])
+        values.insert(show_columns.index("stock_display"),
+                      _stock_text(item, catalog_service.stock_levels([item])[item.id]))
+        return values
+
+
 class ProductView(AuditedViewMixin, ModelView):
-    datamodel = SQLAInterface(Product)
+    datamodel = _ProductInterface(Product)
     route_base = "/products"
     audit_target = "product"
     audit_columns = ["name", "kind", "face_price", "cost", "max_per_order", "low_stock_threshold", "active",
                      "category_id", "supplier_id"]
     list_title = show_title = add_title = edit_title = _("商品")
-    list_columns = ["name", "category", "kind_display", "face_display", "cost_display", "supplier", "active"]
+    list_columns = ["name", "category", "kind_display", "face_display", "cost_display", "supplier", "stock_display",
+                    "active"]
     show_columns = ["name", "category", "supplier", "kind_display", "face_display", "cost_display",
-                    "max_per_order", "low_stock_threshold", "active", "description", "created_at"]
+                    "max_per_order", "low_stock_threshold", "stock_display", "active", "description", "created_at"]
+    order_columns = ["name", "active"]  # stock_display is computed, not a column to sort by
     add_columns = edit_columns = PRODUCT_COLUMNS
     search_columns = ["name", "category", "supplier", "kind", "active"]
     label_columns = PRODUCT_LABELS

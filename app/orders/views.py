@@ -5,6 +5,7 @@ from flask_appbuilder import ModelView
 from flask_appbuilder.models.sqla.interface import SQLAInterface
 from flask_babel import lazy_gettext as _
 
+from app.extensions import db
 from app.orders.models import Order
 
 ORDER_LABELS = {
@@ -13,7 +14,14 @@ ORDER_LABELS = {
     "status_display": _("状态"), "channel": _("支付方式"), "out_trade_no": _("商户订单号"),
     "account": _("充值账号"), "contact": _("联系方式"), "created_at": _("下单时间"), "paid_at": _("支付时间"),
     "delivered_at": _("到账时间"), "upline_path": _("上级链"), "card_secrets": _("卡密"),
+    "upstream_status": _("上游状态"),
 }
+
+
+def upstream_status_text(status: str | None) -> str:
+    from app.suppliers.models import UPSTREAM_STATUSES
+
+    return UPSTREAM_STATUSES.get(status, status) if status else "-"
 
 
 class OrderView(ModelView):
@@ -22,11 +30,25 @@ class OrderView(ModelView):
     route_base = "/orders"
     base_permissions = ["can_list", "can_show"]
     list_title = show_title = _("订单")
-    list_columns = ["order_no", "agent", "product", "quantity", "amount_display", "status_display", "channel",
-                    "created_at"]
+    list_columns = ["order_no", "agent", "product", "quantity", "amount_display", "status_display", "upstream_status",
+                    "channel", "created_at"]
     show_columns = ["order_no", "agent", "product", "supplier", "tier", "quantity", "unit_price_display",
-                    "amount_display", "status_display", "channel", "out_trade_no", "account", "contact",
-                    "upline_path", "created_at", "paid_at", "delivered_at"]
-    search_columns = ["order_no", "agent", "product", "status", "channel", "out_trade_no", "created_at"]
+                    "amount_display", "status_display", "upstream_status", "channel", "out_trade_no", "account",
+                    "contact", "upline_path", "created_at", "paid_at", "delivered_at"]
+    search_columns = ["order_no", "agent", "product", "status", "upstream_status", "channel", "out_trade_no",
+                      "created_at"]
     label_columns = ORDER_LABELS
+    formatters_columns = {"upstream_status": upstream_status_text}
     base_order = ("id", "desc")
+    show_template = "kameng/order_show.html"
+
+    def render_template(self, template, **kwargs):
+        # Direct top-ups: where the upstream stands, each supplier attempt and the event timeline, under the
+        # order's details. show() has loaded the order through this view's filters before rendering.
+        if template == self.show_template and kwargs.get("pk") is not None:
+            from app.suppliers import service as suppliers
+
+            order = db.session.get(Order, kwargs["pk"])
+            if order is not None and (order.product.kind == "direct" or order.upstream_status):
+                kwargs["timeline"] = suppliers.timeline(order.id)
+        return super().render_template(template, **kwargs)

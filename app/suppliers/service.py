@@ -7,13 +7,16 @@ unknown (NULL) or positive, and, where we know our balance there, enough of it f
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import selectinload
 
 from app.catalog.models import Supplier
 from app.extensions import db
+from app.orders.models import Order
 from app.suppliers.errors import NoSupplierAvailable
-from app.suppliers.models import SupplierProduct
+from app.suppliers.models import UPSTREAM_STATUSES, RechargeAttempt, RechargeEvent, SupplierProduct
 
 
 def _usable():
@@ -60,3 +63,25 @@ def available_direct_products(product_ids: Iterable[int]) -> set[int]:
 
 def supplier_or_none(supplier_id: int) -> Supplier | None:
     return db.session.get(Supplier, supplier_id) if 0 < supplier_id < 2 ** 31 else None
+
+
+# --- the order timeline (support and admin order page) ------------------------------------------------------
+
+@dataclass(frozen=True)
+class Timeline:
+    upstream_status: str | None  # Order.upstream_status
+    upstream_text: str  # in words: 已提交运营商, 处理中, 充值成功, ...
+    attempts: list[RechargeAttempt]  # in submission order (seq), each with its supplier loaded
+    events: list[RechargeEvent]  # oldest first
+
+
+def timeline(order_id: int) -> Timeline:
+    """Where a direct order stands upstream, its attempts per supplier and every event, for staff. The caller
+    has already checked that the viewer may see the order (the staff order page is the scope)."""
+    status = db.session.scalar(select(Order.upstream_status).where(Order.id == order_id))
+    attempts = list(db.session.scalars(select(RechargeAttempt).where(RechargeAttempt.order_id == order_id)
+                                       .options(selectinload(RechargeAttempt.supplier))
+                                       .order_by(RechargeAttempt.seq, RechargeAttempt.id)))
+    events = list(db.session.scalars(select(RechargeEvent).where(RechargeEvent.order_id == order_id)
+                                     .options(selectinload(RechargeEvent.supplier)).order_by(RechargeEvent.id)))
+    return Timeline(status, UPSTREAM_STATUSES.get(status or "", status or "-"), attempts, events)
