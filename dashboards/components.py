@@ -12,7 +12,6 @@ import io
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-import plotly.graph_objects as go
 from dash import Dash, Input, Output, State, dash_table, dcc, html
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext
@@ -288,13 +287,64 @@ def yuan(amount: int | None) -> float:
     return int(amount or 0) / 100
 
 
-def figure(fig: go.Figure | None = None, title: str | None = None, height: int = 340) -> go.Figure:
-    """Plotly defaults for the product: Chinese font, white template, compact margins, horizontal legend."""
-    fig = fig if fig is not None else go.Figure()
-    fig.update_layout(template="plotly_white", font={"family": FONT_FAMILY, "size": 12}, height=height,
+# plotly_white's look, as a plain template: plotly.graph_objects validates every property (about 20-70 ms a figure
+# here, most of a callback's time), so figures are plain dicts in the shape plotly.js reads.
+_TEMPLATE = {"layout": {
+    "paper_bgcolor": "white", "plot_bgcolor": "white", "hovermode": "closest", "hoverlabel": {"align": "left"},
+    "colorway": ["#636efa", "#EF553B", "#00cc96", "#ab63fa", "#FFA15A", "#19d3f3", "#FF6692", "#B6E880", "#FF97FF",
+                 "#FECB52"],
+    "xaxis": {"gridcolor": "#EBF0F8", "linecolor": "#EBF0F8", "zerolinecolor": "#EBF0F8", "automargin": True},
+    "yaxis": {"gridcolor": "#EBF0F8", "linecolor": "#EBF0F8", "zerolinecolor": "#EBF0F8", "automargin": True},
+}}
+
+
+def _merge(target: dict, updates: dict) -> dict:
+    for key, value in updates.items():
+        if isinstance(value, dict):  # merged into a copy: a figure never shares (and later changes) a caller's dict
+            if not isinstance(target.get(key), dict):
+                target[key] = {}
+            _merge(target[key], value)
+        else:
+            target[key] = value
+    return target
+
+
+class Figure(dict):
+    """A plotly figure as a plain dict ({"data": [...], "layout": {...}}) with the plotly.graph_objects methods the
+    dashboards use: add_bar / add_scatter / add_pie / add_heatmap / add_<any trace type>(**props), add_trace,
+    update_layout, update_xaxes, update_yaxes. Property names are plotly.js's (no magic underscores)."""
+
+    def __init__(self, data: list | None = None, layout: dict | None = None):
+        super().__init__(data=list(data or []), layout=dict(layout or {}))
+
+    def add_trace(self, trace: dict | None = None, **props) -> Figure:
+        self["data"].append({**(trace or {}), **props})
+        return self
+
+    def __getattr__(self, name: str):
+        if name.startswith("add_"):
+            return lambda **props: self.add_trace(type=name[4:], **props)
+        raise AttributeError(name)
+
+    def update_layout(self, updates: dict | None = None, **props) -> Figure:
+        _merge(self["layout"], {**(updates or {}), **props})
+        return self
+
+    def update_xaxes(self, **props) -> Figure:
+        return self.update_layout(xaxis=props)
+
+    def update_yaxes(self, **props) -> Figure:
+        return self.update_layout(yaxis=props)
+
+
+def figure(fig: Figure | None = None, title: str | None = None, height: int = 340) -> Figure:
+    """A figure with the product's look: Chinese font, white template, compact margins, horizontal legend."""
+    fig = fig if fig is not None else Figure()
+    fig.update_layout(template=_TEMPLATE, font={"family": FONT_FAMILY, "size": 12}, height=height,
                       margin={"l": 50, "r": 20, "t": 40 if title else 20, "b": 40},
-                      legend={"orientation": "h", "y": -0.2}, title={"text": title} if title else None,
-                      separators=".,")
+                      legend={"orientation": "h", "y": -0.2}, separators=".,")
+    if title:
+        fig.update_layout(title={"text": title})
     return fig
 
 

@@ -1,10 +1,10 @@
 """GMV dashboard (GMV 概览): GMV, orders, AOV and margin by day/week/month, breakdowns, previous-period comparison.
 
-One callback answers a filter change with everything (one round trip, about eight indexed rollup queries).
+One callback answers a filter change with everything: one round trip, two range scans of the rollup on PostgreSQL
+(queries.gmv.overview) plus the name lookups.
 """
 from __future__ import annotations
 
-import plotly.graph_objects as go
 from dash import Dash, Output, html
 from flask_babel import gettext as _
 
@@ -64,11 +64,9 @@ def build(dash_app: Dash) -> None:
 
 def render(f: c.Filters) -> tuple:
     """Everything the page shows for one set of filters (the callback body; also called by tests)."""
-    args = (f.scope_id, f.start, f.end, f.category_id, f.tier_id)
-    compare = q.comparison(*args)
+    compare = q.overview(f.scope_id, f.start, f.end, f.granularity, f.category_id, f.tier_id)
     cur, prev = compare["current"], compare["previous"]
-    rows = q.series(f.scope_id, f.start, f.end, f.granularity, f.category_id, f.tier_id)
-    breakdowns = {by: q.breakdown(*args[:3], by, f.category_id, f.tier_id) for by in BREAKDOWN_TABLES}
+    rows, breakdowns = compare["series"], compare["breakdowns"]
 
     note = _("%(start)s 至 %(end)s，对比上期 %(pstart)s 至 %(pend)s", start=f.start.isoformat(),
              end=f.end.isoformat(), pstart=compare["previous_start"].isoformat(),
@@ -91,8 +89,9 @@ def render(f: c.Filters) -> tuple:
                        customdata=[c.fen(r["margin"]) for r in rows],
                        hovertemplate="%{x}<br>%{customdata}<extra></extra>")
     margin.add_scatter(x=labels, y=[c.yuan(r["aov"]) for r in rows], name=_("客单价（元）"), mode="lines+markers",
-                       customdata=[c.fen(r["aov"]) for r in rows],
+                       customdata=[c.fen(r["aov"]) for r in rows], yaxis="y2",
                        hovertemplate="%{x}<br>%{customdata}<extra></extra>")
+    margin.update_layout(yaxis2={"overlaying": "y", "side": "right", "showgrid": False})  # AOV is much smaller
     series_rows = [{"period": label, "gmv": c.fen(r["gmv"]), "orders": r["orders"], "aov": c.fen(r["aov"]),
                     "margin": c.fen(r["margin"]), "margin_rate": format_bp(r["margin_bp"])}
                    for label, r in zip(labels, rows, strict=True)]
@@ -110,7 +109,7 @@ def _table_row(r: dict) -> dict:
             "margin": c.fen(r["margin"]), "margin_rate": format_bp(r["margin_bp"]), "share": format_bp(r["share_bp"])}
 
 
-def _pie(rows: list[dict], title: str) -> go.Figure:
+def _pie(rows: list[dict], title: str) -> c.Figure:
     fig = c.figure(title=title)
     positive = [r for r in rows if r["gmv"] > 0]
     fig.add_pie(labels=[_label(r) for r in positive], values=[c.yuan(r["gmv"]) for r in positive], hole=0.45,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from app.agents.models import Tier
 from app.analytics.models import SalesDaily
@@ -54,20 +54,29 @@ def totals(scope_id: int, start: date, end: date, category_id: int | None = None
     return _figures(row)
 
 
-def comparison(scope_id: int, start: date, end: date, category_id: int | None = None,
-               tier_id: int | None = None) -> dict:
-    """This period and the one of equal length just before it, with each figure's change and percent."""
+def previous_period(start: date, end: date) -> tuple[date, date]:
+    """The period of equal length just before [start, end]."""
     days = (end - start).days + 1
-    prev_start, prev_end = start - timedelta(days=days), start - timedelta(days=1)
-    current = totals(scope_id, start, end, category_id, tier_id)
-    previous = totals(scope_id, prev_start, prev_end, category_id, tier_id)
+    return start - timedelta(days=days), start - timedelta(days=1)
+
+
+def _compare(current: dict, previous: dict, start: date, end: date) -> dict:
     changes = {}
     for key in ("gmv", "orders", "aov", "margin", "quantity"):
         change = current[key] - previous[key]
         changes[key] = {"delta": change,
                         "pct": None if previous[key] == 0 else round(change * 100 / previous[key], 1)}
+    prev_start, prev_end = previous_period(start, end)
     return {"current": current, "previous": previous, "changes": changes,
             "previous_start": prev_start, "previous_end": prev_end}
+
+
+def comparison(scope_id: int, start: date, end: date, category_id: int | None = None,
+               tier_id: int | None = None) -> dict:
+    """This period and the one of equal length just before it, with each figure's change and percent."""
+    prev_start, prev_end = previous_period(start, end)
+    return _compare(totals(scope_id, start, end, category_id, tier_id),
+                    totals(scope_id, prev_start, prev_end, category_id, tier_id), start, end)
 
 
 def series(scope_id: int, start: date, end: date, granularity: str = "day", category_id: int | None = None,
@@ -75,11 +84,20 @@ def series(scope_id: int, start: date, end: date, granularity: str = "day", cate
     """One row per day / week (Monday) / month in the range, zeros included; daily rows bucketed in Python."""
     query = _where(select(SalesDaily.day, *_sums()), scope_id, start, end, category_id, tier_id) \
         .group_by(SalesDaily.day)
+    return _series_from(((as_date(row.day), _sums_of(row)) for row in db.session.execute(query)), start, end,
+                        granularity)
+
+
+def _sums_of(row) -> dict:
+    return {m: int(getattr(row, m) or 0) for m in _MEASURES}
+
+
+def _series_from(daily, start: date, end: date, granularity: str) -> list[dict]:
     buckets = {p: dict.fromkeys(_MEASURES, 0) for p in periods(start, end, granularity)}
-    for row in db.session.execute(query):
-        target = buckets[bucket(as_date(row.day), granularity)]
+    for day, sums in daily:
+        target = buckets[bucket(day, granularity)]
         for m in _MEASURES:
-            target[m] += int(getattr(row, m) or 0)
+            target[m] += sums[m]
     return [{"period": p, **with_ratios(values)} for p, values in buckets.items()]
 
 
@@ -93,13 +111,56 @@ def breakdown(scope_id: int, start: date, end: date, by: str, category_id: int |
         .group_by(key).order_by(func.sum(SalesDaily.gmv).desc(), key)
     if limit:
         query = query.limit(limit)
-    rows = [{"key": row.key, **_figures(row)} for row in db.session.execute(query)]
-    labels = _labels(by, [r["key"] for r in rows])
-    total = sum(r["gmv"] for r in rows) if not limit else totals(scope_id, start, end, category_id, tier_id)["gmv"]
-    for r in rows:
-        r["label"] = labels.get(r["key"], None if r["key"] is None else str(r["key"]))
-        r["share_bp"] = r["gmv"] * 10_000 // total if total > 0 else 0
-    return rows
+    rows = [(row.key, _sums_of(row)) for row in db.session.execute(query)]
+    total = sum(sums["gmv"] for _key, sums in rows) if not limit else \
+        totals(scope_id, start, end, category_id, tier_id)["gmv"]
+    return _breakdown_from(by, rows, total)
+
+
+def _breakdown_from(by: str, rows: list[tuple], total_gmv: int) -> list[dict]:
+    rows = sorted(rows, key=lambda r: (-r[1]["gmv"], r[0] is None, "" if r[0] is None else r[0]))
+    labels = _labels(by, [key for key, _sums in rows])
+    out = []
+    for key, sums in rows:
+        out.append({"key": key, **with_ratios(dict(sums)),
+                    "label": labels.get(key, None if key is None else str(key)),
+                    "share_bp": sums["gmv"] * 10_000 // total_gmv if total_gmv > 0 else 0})
+    return out
+
+
+def overview(scope_id: int, start: date, end: date, granularity: str = "day", category_id: int | None = None,
+             tier_id: int | None = None) -> dict:
+    """Everything the GMV page shows: comparison (as comparison()), "series" (as series()) and "breakdowns"
+    ({by: breakdown()}). On PostgreSQL the range is read once, with GROUPING SETS (one set per breakdown, the
+    day, and the total), plus one total for the previous period; elsewhere one GROUP BY per figure."""
+    prev_start, prev_end = previous_period(start, end)
+    previous = totals(scope_id, prev_start, prev_end, category_id, tier_id)
+    if db.engine.dialect.name != "postgresql":
+        current = totals(scope_id, start, end, category_id, tier_id)
+        return {**_compare(current, previous, start, end),
+                "series": series(scope_id, start, end, granularity, category_id, tier_id),
+                "breakdowns": {by: breakdown(scope_id, start, end, by, category_id, tier_id) for by in BREAKDOWNS}}
+    keys = [SalesDaily.day, *(_KEY_COLUMNS[by] for by in BREAKDOWNS)]
+    # GROUPING(day, category, ...) is a bitmask, leftmost column = highest bit, 1 where the column is rolled up.
+    full = (1 << len(keys)) - 1
+    set_of = {full ^ (1 << (len(keys) - 1 - i)): i for i in range(len(keys))}
+    query = _where(select(func.grouping(*keys).label("g"), *keys, *_sums()), scope_id, start, end, category_id,
+                   tier_id).group_by(func.grouping_sets(*keys, text("()")))
+    current = dict.fromkeys(_MEASURES, 0)
+    daily: list[tuple] = []
+    grouped: dict[str, list[tuple]] = {by: [] for by in BREAKDOWNS}
+    for row in db.session.execute(query):
+        sums = _sums_of(row)
+        if row.g == full:
+            current = sums
+        elif set_of.get(row.g) == 0:
+            daily.append((as_date(row.day), sums))
+        else:
+            by = BREAKDOWNS[set_of[row.g] - 1]
+            grouped[by].append((row[2 + BREAKDOWNS.index(by)], sums))
+    current = with_ratios(dict(current))
+    return {**_compare(current, previous, start, end), "series": _series_from(daily, start, end, granularity),
+            "breakdowns": {by: _breakdown_from(by, grouped[by], current["gmv"]) for by in BREAKDOWNS}}
 
 
 def _labels(by: str, keys: list) -> dict:
