@@ -8,13 +8,12 @@ from sqlalchemy import func, select
 from app.agents.models import Agent
 from app.catalog import cards
 from app.catalog.models import Category, Product
-from app.catalog.service import price_for
+from app.catalog.service import price_for, stock_levels
 from app.errors import Forbidden, NotFound
 from app.extensions import db
 from app.ledger.service import agent_balances
 from app.orders.models import Order
 from app.scope import downline_ids
-from app.suppliers.service import available_direct_products
 
 
 @dataclass(frozen=True)
@@ -35,14 +34,13 @@ def offers_for(agent: Agent) -> list[ProductOffer]:
         select(Product, Category.name).join(Category, Category.id == Product.category_id)
         .where(Product.active.is_(True), Category.active.is_(True)).order_by(Category.sort_order, Product.id)
     ).all()
-    counts = cards.available_counts([p.id for p, _ in products if p.kind == "card"])
-    direct = available_direct_products([p.id for p, _ in products if p.kind == "direct"])
+    levels = stock_levels(p for p, _ in products)
     offers = []
     for product, category in products:
-        available = counts.get(product.id, 0) if product.kind == "card" else None
-        in_stock = product.id in direct if product.kind == "direct" else available is None or available > 0
+        level = levels[product.id]
         offers.append(ProductOffer(product.id, product.name, category, product.kind, product.face_price,
-                                   price_for(agent.tier, product), in_stock, available, product.max_per_order))
+                                   price_for(agent.tier, product), level.in_stock, level.available,
+                                   product.max_per_order))
     return offers
 
 
@@ -78,8 +76,6 @@ def public_offers() -> list[dict]:
         select(Product, Category.name).join(Category, Category.id == Product.category_id)
         .where(Product.active.is_(True), Category.active.is_(True), Product.kind.in_(("card", "direct")))
         .order_by(Category.sort_order, Product.id)).all()
-    counts = cards.available_counts([p.id for p, _ in products if p.kind == "card"])
-    direct = available_direct_products([p.id for p, _ in products if p.kind == "direct"])
+    levels = stock_levels(p for p, _ in products)
     return [{"id": p.id, "name": p.name, "category": category, "kind": p.kind, "price": price_for(None, p),
-             "in_stock": p.id in direct if p.kind == "direct" else counts.get(p.id, 0) > 0}
-            for p, category in products]
+             "in_stock": levels[p.id].in_stock} for p, category in products]
