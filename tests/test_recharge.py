@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from datetime import timedelta
 
@@ -605,3 +606,48 @@ def test_manual_products_are_still_refused_and_support_refund_of_a_held_order(ap
     assert order(order_no).status == "refunded" and wallet(w) == START_BALANCE
     assert journal_keys(order_no) == sorted([f"order:{order_no}:hold", f"order:{order_no}:refund"])
     assert balance_of("platform:buyer_funds") == 0
+
+
+# --- docking (对接): another Kameng's card product as our direct product -----------------------------------------
+
+def test_docking_a_card_product_from_another_kameng_delivers_its_secrets_once(app, client, f, w):
+    """The upstream is a Kameng (here the test app itself, served over HTTP): our direct product maps to its card
+    product; the upstream's secrets are stored, encrypted, as our order's and shown only to our buyer."""
+    from app import crypto
+    from app.catalog import service as catalog
+    from app.catalog.models import CardSecret
+    from app.suppliers.models import SupplierProduct
+    from tests.openapi_helpers import new_key, served, signed_call
+
+    reseller = f.agent(balance=50_000, tier_obj=f.tier(discount_bp=9000))  # our account at the upstream
+    card = f.product(face_price=1_000, cost=800, secrets=3)  # the upstream's card product, ¥9.00 for us there
+    key, secret = new_key(reseller, name="downstream")
+    with served(app) as base:
+        app.config["PUBLIC_BASE_URL"] = base  # the upstream calls back here (its callback races our submit)
+        try:
+            sup = catalog.create_supplier("上游卡盟")
+            sup.protocol, sup.endpoint, sup.app_key = "kameng", base, key.app_key
+            sup.secret_enc = crypto.encrypt(secret)
+            db.session.add(SupplierProduct(supplier_id=sup.id, product_id=w.product.id, upstream_code=str(card.id),
+                                           cost=900, priority=1, active=True))
+            db.session.commit()
+            order_no = place_api(client, w, account="game-account-1", quantity=2)["order_no"]  # runs inline
+            deadline = time.monotonic() + 10
+            while order(order_no).status != "delivered" and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            app.config["PUBLIC_BASE_URL"] = None
+        o = order(order_no)
+        assert o.status == "delivered" and o.supplier_id == sup.id and o.cost_total == 1_800
+        assert count_sales(order_no) == 1 and wallet(w) == START_BALANCE - 2 * PRICE
+        assert f.wallet(reseller) == 50_000 - 2 * 900  # we paid the upstream once
+        ours = list(db.session.scalars(select(CardSecret).where(CardSecret.order_id == o.id)))
+        theirs = list(db.session.scalars(select(CardSecret).where(CardSecret.product_id == card.id,
+                                                                  CardSecret.status == "sold")))
+        assert len(ours) == 2 and all(c.status == "sold" and c.product_id == w.product.id for c in ours)
+        assert sorted(crypto.decrypt(c.secret_enc) for c in ours) == \
+            sorted(crypto.decrypt(c.secret_enc) for c in theirs)
+        r = signed_call(client, w.key, w.secret, "GET", f"/open/v1/orders/{order_no}")
+        assert sorted(r.get_json()["card_secrets"]) == sorted(crypto.decrypt(c.secret_enc) for c in theirs)
+        assert [s for s, _ in events(order_no)].count("submit") >= 1
+        assert [x.status for x in attempts(order_no)] == ["success"]
