@@ -145,6 +145,18 @@ def outbox_sweep() -> None:
     click.echo(f"dispatched {outbox.sweep()} message(s)")
 
 
+@kameng_cli.command("recharge-poll")
+def recharge_poll() -> None:
+    """Ask suppliers about direct top-ups whose next poll is due (what the recharge-poll job does; without Redis
+    the polls run here, so a cron entry can stand in for the worker's scheduler)."""
+    from app.outbox.service import dispatch_due
+    from workers.jobs import poll_recharges
+
+    report = poll_recharges()
+    dispatch_due()  # a failover a poll wrote to the outbox leaves now
+    click.echo(json.dumps(report))
+
+
 @kameng_cli.command("reconcile")
 @click.option("--channel", required=True, type=click.Choice(["sandbox", "alipay", "wechatpay"]))
 @click.option("--day", default=None, help="The statement's day (YYYY-MM-DD, China time); default: from the payments.")

@@ -161,6 +161,25 @@ def test_without_redis_the_top_up_runs_right_after_the_request(app, client, f, w
     assert journal_keys(failed) == sorted([f"order:{failed}:hold", f"order:{failed}:refund"])
 
 
+def test_without_redis_the_cli_poll_resolves_unknown_and_fails_over(app, client, f, w, supplier_sim, second_sim):
+    """No worker, no scheduler: `flask kameng recharge-poll` (from cron) asks the suppliers; a failover it finds
+    is submitted to the next supplier before the command ends."""
+    first = sim_supplier(supplier_sim, priority=1, timeout_seconds=1, mappings={w.product.id: ("CMCC-10", 900)})
+    second = sim_supplier(second_sim, priority=2, mappings={w.product.id: ("CMCC-10", 905)})
+    supplier_sim.behave("CMCC-10", mode="timeout", timeout_ms=1500, final="failed")
+    order_no = place_api(client, w)["order_no"]
+    assert attempts(order_no)[0].status == "unknown"
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["kameng", "recharge-poll"])
+    assert result.exit_code == 0 and json.loads(result.output) == {"claimed": 0}  # not due yet
+    make_poll_due(order_no)
+    result = runner.invoke(args=["kameng", "recharge-poll"])
+    assert result.exit_code == 0 and json.loads(result.output) == {"claimed": 1}, result.output
+    assert_delivered_once(order_no, second, 905, second_sim, w)
+    assert [(a.supplier_id, a.status) for a in attempts(order_no)] == [(first.id, "failed"), (second.id, "success")]
+    assert supplier_sim.orders()[order_no]["credits"] == 0
+
+
 def test_direct_order_without_a_supplier_is_refused_out_of_stock(app, client, f, w, supplier_sim):
     from tests.openapi_helpers import assert_error, signed_call
 
