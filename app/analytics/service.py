@@ -36,21 +36,19 @@ REPEATABLE READ so a delta committed after its snapshot is neither deleted nor r
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 
 from flask import current_app
-from sqlalchemy import Date, DateTime, bindparam, insert, select
+from sqlalchemy import Date, DateTime, bindparam, select
 from sqlalchemy import text as _text
 
 from app.analytics.models import (
     PLATFORM_SCOPE,
-    AgentDaily,
-    ProfileDaily,
     RollupState,
-    SalesDaily,
 )
 from app.clock import business_tz, to_local, utcnow
 from app.errors import ValidationError
@@ -86,7 +84,7 @@ TABLES = {
 
 # --- shared helpers ------------------------------------------------------------------------------------------
 
-_TYPES = {"lo": DateTime(), "hi": DateTime(), "cutoff": DateTime(), "start": Date(), "end": Date()}
+_TYPES = {"day": Date(), "lo": DateTime(), "hi": DateTime(), "cutoff": DateTime(), "start": Date(), "end": Date()}
 
 
 def text(sql: str):
@@ -121,9 +119,15 @@ def day_bounds(start: date, end: date) -> tuple[datetime, datetime]:
 
 
 def _lock() -> None:
-    """Serialize the rollup maintenance jobs (not the per-order deltas) for the rest of this transaction."""
+    """Serialize the rollup maintenance jobs (not the per-order deltas) for the rest of this transaction.
+
+    On PostgreSQL also: no JIT (compiling these one-off statements took longer than running them: seconds on
+    100k orders) and enough work_mem for the aggregates to stay in memory, for this transaction only.
+    """
     if _dialect() == "postgresql":
         db.session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
+        db.session.execute(text("SET LOCAL jit = off"))
+        db.session.execute(text(f"SET LOCAL work_mem = '{int(current_app.config.get('ROLLUP_WORK_MEM_MB', 256))}MB'"))
 
 
 def _get_state(name: str) -> int:
@@ -175,20 +179,43 @@ def _record(order_id: int, sign: int) -> None:
     if o is None or o.delivered_at is None:
         return
     local = to_local(o.delivered_at)
-    day = local.date()
     scopes = order_scopes(o.agent_id, o.upline_path)
     amount, cost = sign * o.amount, sign * o.cost_total
-    conn.execute(insert(SalesDaily.__table__).values([
-        {"scope_id": s, "day": day, "product_id": o.product_id, "category_id": o.category_id, "channel": o.channel,
-         "tier_id": o.tier_id, "supplier_id": o.supplier_id, "orders": sign, "quantity": sign * o.quantity,
-         "gmv": amount, "cost": cost, "fees": sign * o.service_fee, "margin": amount - cost} for s in scopes]))
-    values = {"age_band": o.age_band or UNKNOWN, "gender": o.gender or UNKNOWN, "province": o.province or UNKNOWN,
-              "hour": f"{local.hour:02d}", "buyer_type": "returning" if o.repeat_buyer else "first"}
-    conn.execute(insert(ProfileDaily.__table__).values([
-        {"scope_id": s, "day": day, "dimension": dim, "value": values[dim], "category_id": o.category_id,
-         "orders": sign, "gmv": amount} for s in scopes for dim in DIMENSIONS]))
-    if o.agent_id is not None:
-        conn.execute(insert(AgentDaily.__table__).values(day=day, agent_id=o.agent_id, orders=sign, gmv=amount))
+    params = {"day": local.date(), "product_id": o.product_id, "category_id": o.category_id, "channel": o.channel,
+              "tier_id": o.tier_id, "supplier_id": o.supplier_id, "orders": sign, "quantity": sign * o.quantity,
+              "gmv": amount, "cost": cost, "fees": sign * o.service_fee, "margin": amount - cost,
+              "agent_id": o.agent_id,
+              "v_age_band": o.age_band or UNKNOWN, "v_gender": o.gender or UNKNOWN,
+              "v_province": o.province or UNKNOWN, "v_hour": f"{local.hour:02d}",
+              "v_buyer_type": "returning" if o.repeat_buyer else "first"}
+    params.update({f"s{i}": scope for i, scope in enumerate(scopes)})
+    for stmt in _delta_statements(_dialect(), len(scopes), o.agent_id is not None):
+        conn.execute(stmt, params)
+
+
+_SALES_COLS = "scope_id, day, product_id, category_id, channel, tier_id, supplier_id, orders, quantity, gmv, cost," \
+              " fees, margin"
+
+
+@functools.lru_cache(maxsize=128)
+def _delta_statements(dialect: str, n_scopes: int, agent: bool) -> tuple:
+    """The delta INSERTs of one order with `n_scopes` scopes, built once per shape (so SQLAlchemy's compiled
+    cache serves every later order): on PostgreSQL one statement (the inserts chained as WITH ... INSERT),
+    on SQLite, which has no INSERT inside WITH, one per table."""
+    sales = (f"INSERT INTO rollup_sales_daily ({_SALES_COLS}) VALUES " + ", ".join(
+        f"(:s{i}, :day, :product_id, :category_id, :channel, :tier_id, :supplier_id, :orders, :quantity, :gmv,"
+        " :cost, :fees, :margin)" for i in range(n_scopes)))
+    profile = ("INSERT INTO rollup_profile_daily (scope_id, day, dimension, value, category_id, orders, gmv) VALUES "
+               + ", ".join(f"(:s{i}, :day, '{dim}', :v_{dim}, :category_id, :orders, :gmv)"
+                           for i in range(n_scopes) for dim in DIMENSIONS))
+    statements = [sales, profile]
+    if agent:
+        statements.append("INSERT INTO rollup_agent_daily (day, agent_id, orders, gmv)"
+                          " VALUES (:day, :agent_id, :orders, :gmv)")
+    if dialect == "postgresql":
+        *first, last = statements
+        statements = ["WITH " + ", ".join(f"d{i} AS ({sql})" for i, sql in enumerate(first)) + " " + last]
+    return tuple(text(sql) for sql in statements)
 
 
 # --- set-based SQL, PostgreSQL and SQLite -----------------------------------------------------------------------
@@ -218,8 +245,10 @@ def _scoped(src: str, columns: tuple[str, ...]) -> tuple[str, str]:
     if _dialect() == "postgresql":
         return "", (f"(SELECT {', '.join('src.' + c for c in columns)}, sc.scope_id FROM {src} src "
                     "CROSS JOIN LATERAL (SELECT 0 AS scope_id UNION ALL "
-                    "SELECT CAST(t AS integer) FROM string_to_table(trim(both '/' from coalesce(src.path, '')), '/') "
-                    "AS t WHERE t <> '') sc) x")
+                    # unnest(string_to_array()) rather than string_to_table(): the planner then expects ~10 ids
+                    # per path instead of 1000, so it neither spills the aggregate to disk nor JIT-compiles.
+                    "SELECT CAST(t AS integer) FROM unnest(string_to_array(trim(both '/' from coalesce(src.path, '')),"
+                    " '/')) AS t WHERE t <> '') sc) x")
     cols = ", ".join(columns)
     # SQLite: a recursive CTE peels one id off the path per step; the seed row is scope 0.
     cte = (f", {src}_scoped({cols}, rest, scope_id) AS ("
