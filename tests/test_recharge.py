@@ -358,8 +358,8 @@ def test_duplicate_and_late_callbacks_change_nothing(app, client, f, w, supplier
     assert all(e.remote_addr == "127.0.0.1" for e in db.session.scalars(
         select(RechargeEvent).where(RechargeEvent.source == "callback")))
 
-    # Late: the poll resolves it first (a timeout, then the poll), the callback arrives 2.5 s after the credit.
-    supplier_sim.behave("CMCC-10", mode="timeout", timeout_ms=1500, callback_delay_ms=2500)
+    # Late: the poll resolves it first (a timeout, then the poll), the callback arrives 4 s after the credit.
+    supplier_sim.behave("CMCC-10", mode="timeout", timeout_ms=1500, callback_delay_ms=4000)
     late = place_api(client, w)["order_no"]
     work()
     assert attempts(late)[0].status == "unknown"
