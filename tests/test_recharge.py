@@ -670,3 +670,25 @@ def test_docking_a_card_product_from_another_kameng_delivers_its_secrets_once(ap
         assert sorted(r.get_json()["card_secrets"]) == sorted(crypto.decrypt(c.secret_enc) for c in theirs)
         assert [s for s, _ in events(order_no)].count("submit") >= 1
         assert [x.status for x in attempts(order_no)] == ["success"]
+
+
+def test_pages_ask_for_the_account_and_refuse_without_it(app, client, f, w, supplier_sim):
+    setup_sandbox()
+    f.login(client, w.buyer.name)
+    r = client.post("/portal/buy", data={"product_id": w.product.id, "quantity": "1"}, follow_redirects=True)
+    assert "请填写充值账号" in r.get_data(as_text=True)
+    page = client.get("/portal/buy").get_data(as_text=True)
+    assert "缺货" in page  # no supplier maps it yet
+    sim_supplier(supplier_sim, priority=1, mappings={w.product.id: ("CMCC-10", 900)})
+    page = client.get("/portal/buy").get_data(as_text=True)
+    assert "有货" in page and 'name="account"' in page
+    shop = app.test_client()
+    page = shop.get(f"/shop/buy/{w.product.id}").get_data(as_text=True)
+    assert 'name="account"' in page
+    r = shop.post(f"/shop/buy/{w.product.id}", data={"quantity": "1", "contact": "13900000000",
+                                                     "query_password": "secret-123", "channel": "sandbox"})
+    assert r.status_code == 400 and "请填写充值账号" in r.get_data(as_text=True)
+    r = shop.post(f"/shop/buy/{w.product.id}", data={"quantity": "1", "contact": "13900000000", "account": ACCOUNT,
+                                                     "query_password": "secret-123", "channel": "sandbox"})
+    assert r.status_code == 302
+    assert wallet(w) == START_BALANCE and supplier_sim.orders() == {}
