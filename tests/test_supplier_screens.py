@@ -186,10 +186,19 @@ def test_support_sees_the_upstream_status_and_timeline_of_a_direct_order(app, f,
 def test_agent_sees_buyer_words_only_and_no_supplier_screens(app, f, direct_order):
     order, agent = direct_order["order"], direct_order["agent"]
     client = f.login(app.test_client(), agent.user.username)
-    page = client.get(f"/portal/orders/{order.order_no}").text
-    assert "处理中" in page
-    for hidden in ("上游甲（内部）", "上游乙（内部）", "UP-222", "¥9.77", "¥9.85", "CMCC-10"):
-        assert hidden not in page, hidden
+    def buyer_status() -> str:
+        page = client.get(f"/portal/orders/{order.order_no}").text
+        for hidden in ("上游甲（内部）", "上游乙（内部）", "UP-222", "UP-111", "¥9.77", "¥9.85", "CMCC-10",
+                       "运营商维护"):
+            assert hidden not in page, hidden
+        cell = page[page.index('id="order-upstream-status">') + len('id="order-upstream-status">'):]
+        return cell[:cell.index("<")]
+
+    assert buyer_status() == "处理中"
+    for status, words in (("submitted", "已提交运营商"), ("unknown", "处理中"), ("success", "充值成功")):
+        db.session.get(Order, order.id).upstream_status = status
+        db.session.commit()
+        assert buyer_status() == words, status  # never "结果未知" to a buyer: support sees that
     for url in ("/suppliers/list/", "/supplier-products/list/", "/supplier-alerts/list/", "/jobs/",
                 f"/orders/show/{order.id}"):
         assert client.get(url).status_code in (302, 403), url

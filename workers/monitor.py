@@ -177,7 +177,7 @@ def retry_failed(queue_name: str, job_id: str) -> str:
     """Put one failed job back on its queue (RQ's requeue: same id, same arguments). Returns the job id."""
     queue = _queue(queue_name)
     registry = FailedJobRegistry(queue=queue)
-    if job_id not in registry.get_job_ids(cleanup=False):
+    if job_id not in registry:  # ZSCORE: one lookup, however many jobs failed
         raise JobActionRefused(f"job {job_id} is not among {queue_name}'s failed jobs")
     try:
         return registry.requeue(job_id).id
@@ -204,11 +204,11 @@ def retry_all_failed(queue_name: str) -> int:
 def cancel(queue_name: str, job_id: str) -> str:
     """Cancel a job that has not started: queued or scheduled (or deferred). Returns the state it was in."""
     queue = _queue(queue_name)
-    if job_id in queue.get_job_ids():
+    if queue.get_job_position(job_id) is not None:  # LPOS
         state = "queued"
-    elif job_id in ScheduledJobRegistry(queue=queue).get_job_ids(cleanup=False):
+    elif job_id in ScheduledJobRegistry(queue=queue):
         state = "scheduled"
-    elif job_id in DeferredJobRegistry(queue=queue).get_job_ids(cleanup=False):
+    elif job_id in DeferredJobRegistry(queue=queue):
         state = "deferred"
     else:
         raise JobActionRefused(f"job {job_id} is not waiting in {queue_name} (running or done jobs are not cancelled)")

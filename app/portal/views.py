@@ -82,10 +82,7 @@ class PortalView(BaseView):
         except KamengError:
             abort(404)
         secrets = portal.secrets_for_owner(agent, order) if owner else []
-        from app.suppliers.models import UPSTREAM_STATUSES
-
-        return self.render_template("kameng/order.html", order=order, owner=owner, secrets=secrets,
-                                    upstream_text=UPSTREAM_STATUSES.get(order.upstream_status or ""))
+        return self.render_template("kameng/order.html", order=order, owner=owner, secrets=secrets)
 
 
     @expose("/topup", methods=["GET"])
