@@ -425,3 +425,17 @@ def test_products_dashboard_ranking_stock_days_upstream_and_alerts(app, f):
     assert [r["product"] for r in only_p2["pr-ranking.data"]] == [p2.name]
     assert [r["product"] for r in only_p2["pr-stock.data"]] == [p2.name]
     assert only_p2["pr-upstream.data"] == [] and len(only_p2["pr-alerts.data"]) == 1
+
+
+def test_date_presets_and_buckets():
+    from dashboards.components import preset_range
+    from dashboards.queries.periods import bucket, periods
+
+    today_ = date(2026, 3, 10)
+    assert preset_range("7d", today_) == (date(2026, 3, 4), today_)
+    assert preset_range("30d", today_) == (date(2026, 2, 9), today_)
+    assert preset_range("month", today_) == (date(2026, 3, 1), today_)
+    assert preset_range("year", today_) == (date(2025, 3, 11), today_)
+    assert bucket(date(2026, 3, 8), "week") == date(2026, 3, 2)  # a Sunday belongs to the week of Monday the 2nd
+    assert periods(date(2025, 12, 30), date(2026, 2, 1), "month") == [date(2025, 12, 1), date(2026, 1, 1),
+                                                                      date(2026, 2, 1)]
