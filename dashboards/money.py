@@ -82,9 +82,12 @@ def render(f: c.Filters) -> tuple:
     """Everything the page shows for one set of filters (the callback body; tests call it too)."""
     labels = flow_labels()
     prev = f.previous()
-    current = q.totals(f.scope_id, f.start, f.end)
-    previous = q.totals(f.scope_id, prev.start, prev.end)
     rows = q.series(f.scope_id, f.start, f.end, f.granularity)
+    current = {flow: {"amount": 0, "count": 0} for flow in q.FLOWS}  # the range's totals: the series summed
+    for r in rows:
+        current[r["flow"]]["amount"] += r["amount"]
+        current[r["flow"]]["count"] += r["count"]
+    previous = q.totals(f.scope_id, prev.start, prev.end)
     note = _("%(start)s 至 %(end)s，对比上期 %(pstart)s 至 %(pend)s", start=f.start.isoformat(),
              end=f.end.isoformat(), pstart=prev.start.isoformat(), pend=prev.end.isoformat())
     kpis = [c.kpi_card(labels[flow], current[flow]["amount"], previous[flow]["amount"], money=True,
@@ -104,8 +107,8 @@ def render(f: c.Filters) -> tuple:
         figures.append(fig)
 
     totals_rows = []
-    for flow in [*q.FLOWS, *sorted(set(current) - set(q.FLOWS))]:
-        now, before = current[flow]["amount"], previous.get(flow, {"amount": 0})["amount"]
+    for flow in q.FLOWS:
+        now, before = current[flow]["amount"], previous[flow]["amount"]
         d = c.delta(now, before)
         change = "—" if d["pct"] is None else f"{d['pct']:+.1f}%"
         totals_rows.append({"flow": labels.get(flow, flow), "amount": c.fen(now), "count": current[flow]["count"],

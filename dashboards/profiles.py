@@ -103,10 +103,8 @@ def build(dash_app: Dash) -> None:
 
 def render(f: c.Filters) -> tuple:
     """The overview for one set of filters (the callback body; tests call it too)."""
-    args = (f.scope_id, f.start, f.end)
-    dims = {d: q.by_dimension(f.scope_id, d, f.start, f.end, f.category_id) for d in q.DIMENSIONS}
-    totals = q.totals(*args, f.category_id)
-    weekdays = q.by_weekday(*args, f.category_id)
+    data = q.overview(f.scope_id, f.start, f.end, f.category_id)
+    dims, totals, weekdays = data["dimensions"], data["totals"], data["weekdays"]
     note = _("%(start)s 至 %(end)s；年龄段、性别、省份来自实名认证，未认证的买家与店铺游客计为“未知”",
              start=f.start.isoformat(), end=f.end.isoformat())
     orders = totals["orders"]

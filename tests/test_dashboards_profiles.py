@@ -96,6 +96,19 @@ def test_what_each_segment_buys_by_month(profile_rows):
 
 
 @BOTH
+def test_overview_in_one_scan_equals_the_single_queries(profile_rows):
+    for scope in (0, profile_rows["P"].id):
+        for args in (RANGE, (date(2026, 9, 1), date(2026, 9, 2))):
+            for category in (None, profile_rows["phone"].id):
+                data = q.overview(scope, *args, category_id=category)
+                assert data["dimensions"] == {d: q.by_dimension(scope, d, *args, category_id=category)
+                                              for d in q.DIMENSIONS}
+                assert data["weekdays"] == q.by_weekday(scope, *args, category_id=category)
+                assert data["totals"] == q.totals(scope, *args, category_id=category)
+    assert q.overview(0, *RANGE)["totals"]["gmv"] == 9700
+
+
+@BOTH
 def test_branch_scope_sees_only_its_rows(profile_rows):
     p, other = profile_rows["P"].id, profile_rows["Q"].id
     assert _vals(q.by_dimension(p, "age_band", *RANGE)) == [("45-54", 1, 9999)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, case, func, select
 
 from app.agents.models import Agent, Tier
 from app.analytics.models import PLATFORM_SCOPE, AgentDaily
@@ -35,7 +35,9 @@ def _branch(scope_id: int) -> tuple[Agent | None, list]:
     root = db.session.get(Agent, scope_id)
     if root is None:  # an unknown branch holds nothing
         return None, [Agent.id.is_(None)]
-    return root, [Agent.id.in_(downline_ids(root))]
+    # app.scope.downline_ids' own predicate (the path prefix), applied to the Agent row the query already has
+    # instead of a second pass over the agent table.
+    return root, [downline_ids(root).whereclause]
 
 
 def _tier_names() -> dict[int, str]:
@@ -80,12 +82,11 @@ def active_agents(scope_id: int, as_of: date, tier_id: int | None = None) -> dic
     _, where = _branch(scope_id)
     longest = max(ACTIVE_WINDOWS)
     pairs = _active_rows(where, tier_id, as_of - timedelta(days=longest - 1), as_of).subquery()
-    counts = {}
-    for window in ACTIVE_WINDOWS:
-        since = as_of - timedelta(days=window - 1)
-        counts[window] = int(db.session.scalar(
-            select(func.count(func.distinct(pairs.c.agent_id))).where(pairs.c.day >= since)) or 0)
-    return counts
+    # One pass: a distinct count per window (CASE yields NULL outside the window, which count ignores).
+    columns = [func.count(func.distinct(case((pairs.c.day >= as_of - timedelta(days=window - 1), pairs.c.agent_id))))
+               for window in ACTIVE_WINDOWS]
+    row = db.session.execute(select(*columns)).one()
+    return {window: int(n or 0) for window, n in zip(ACTIVE_WINDOWS, row, strict=True)}
 
 
 def daily_active(scope_id: int, start: date, end: date, tier_id: int | None = None) -> list[dict]:
@@ -169,16 +170,15 @@ def retention(scope_id: int, start: date, end: date, tier_id: int | None = None)
     if not sizes:
         return []
     month = day_month(AgentDaily.day).label("month")
-    bought = (select(AgentDaily.agent_id, month)
+    # (agent, month) pairs with purchases, carrying the join instant so the cohort needs no second join.
+    bought = (select(AgentDaily.agent_id, Agent.created_at, month)
               .join(Agent, and_(Agent.id == AgentDaily.agent_id, *members))
               .where(AgentDaily.day >= first_day, AgentDaily.day <= end)
-              .group_by(AgentDaily.agent_id, month)
+              .group_by(AgentDaily.agent_id, Agent.created_at, month)
               .having(func.sum(AgentDaily.orders) > 0)).subquery()
-    active_cohort = local_month(Agent.created_at).label("cohort")
+    active_cohort = local_month(bought.c.created_at).label("cohort")
     active = {(c, m): int(n) for c, m, n in db.session.execute(
-        select(active_cohort, bought.c.month, func.count())
-        .join(Agent, Agent.id == bought.c.agent_id)
-        .group_by(active_cohort, bought.c.month))}
+        select(active_cohort, bought.c.month, func.count()).group_by(active_cohort, bought.c.month))}
     last_month = end.strftime("%Y-%m")
     out = []
     for name in sorted(sizes):

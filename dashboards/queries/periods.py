@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
 
-from sqlalchemy import Date, cast, func, literal_column
+from sqlalchemy import Date, Integer, cast, func, literal_column
 from sqlalchemy.sql.elements import ColumnElement
 
 from app.clock import business_tz
@@ -57,6 +57,13 @@ def day_month(column) -> ColumnElement:
     if _dialect() == "postgresql":
         return func.to_char(column, literal_column("'YYYY-MM'"))
     return func.strftime("%Y-%m", column)
+
+
+def weekday_of(column) -> ColumnElement:
+    """Weekday of a DATE column in SQL, 0 = Monday .. 6 = Sunday (as date.weekday())."""
+    if _dialect() == "postgresql":
+        return cast(func.extract("isodow", column), Integer) - 1
+    return (cast(func.strftime("%w", column), Integer) + 6) % 7
 
 
 def as_date(value) -> date:
