@@ -32,7 +32,8 @@ Definitions (the dashboards rely on them):
 
 Concurrency: deltas are plain INSERTs (no shared row is ever updated, so purchases never wait on each other).
 compact, fold_money and rebuild serialize on one transaction-level advisory lock (PostgreSQL); rebuild reads in
-REPEATABLE READ so a delta committed after its snapshot is neither deleted nor recounted.
+one snapshot per table (DELETE and INSERT ... SELECT in one statement), so a delta committed meanwhile is neither
+deleted nor recounted.
 """
 from __future__ import annotations
 
@@ -258,10 +259,20 @@ def _scoped(src: str, columns: tuple[str, ...]) -> tuple[str, str]:
     return cte, f"{src}_scoped x"
 
 
-def _with(ctes: str) -> str:
-    # Written as INSERT INTO t (...) WITH ... SELECT: SQLite's driver reports a row count only for statements
-    # that begin with INSERT.
-    return ("WITH RECURSIVE " if _dialect() == "sqlite" else "WITH ") + ctes
+def _assemble(head: str, ctes: str, tail: str, replace: bool) -> str:
+    """`head` (INSERT INTO t (...)) + CTEs + `tail` (the SELECT) as one statement.
+
+    PostgreSQL, `replace`: the range's old rows are deleted by a data-modifying CTE of the same statement, so the
+    DELETE and the INSERT ... SELECT share one snapshot: a delta committed meanwhile is neither deleted nor
+    counted again. SQLite (one writer at a time) gets INSERT INTO t (...) WITH RECURSIVE ... SELECT: its driver
+    reports a row count only for statements that begin with INSERT; rebuild deletes first.
+    """
+    if _dialect() == "sqlite":
+        return f"{head} " + (f"WITH RECURSIVE {ctes} " if ctes else "") + tail
+    table = head.split()[2]
+    parts = ([f"gone AS (DELETE FROM {table} WHERE day >= :start AND day <= :end)"] if replace else []) + \
+        ([ctes] if ctes else [])
+    return ("WITH " + ", ".join(parts) + " " if parts else "") + f"{head} {tail}"
 
 
 def _orders_src(where: str) -> str:
@@ -273,19 +284,21 @@ def _orders_src(where: str) -> str:
             f" WHERE o.status IN ('delivered', 'disputed') AND {where})")
 
 
-def _sales_sql(where: str) -> str:
+def _sales_sql(where: str, replace: bool = False) -> str:
     cols = ("day", "product_id", "category_id", "channel", "tier_id", "supplier_id", "quantity", "amount",
             "cost_total", "service_fee")
     extra, source = _scoped("src", cols)
-    return ("INSERT INTO rollup_sales_daily (scope_id, day, product_id, category_id, channel, tier_id, supplier_id,"
-            " orders, quantity, gmv, cost, fees, margin) " + _with(_orders_src(where) + extra) +
-            " SELECT x.scope_id, x.day, x.product_id, x.category_id, x.channel, x.tier_id, x.supplier_id, count(*),"
+    return _assemble(
+        "INSERT INTO rollup_sales_daily (scope_id, day, product_id, category_id, channel, tier_id, supplier_id,"
+        " orders, quantity, gmv, cost, fees, margin)", _orders_src(where) + extra,
+            "SELECT x.scope_id, x.day, x.product_id, x.category_id, x.channel, x.tier_id, x.supplier_id, count(*),"
             " sum(x.quantity), sum(x.amount), sum(x.cost_total), sum(x.service_fee), sum(x.amount - x.cost_total)"
             f" FROM {source}"
-            " GROUP BY x.scope_id, x.day, x.product_id, x.category_id, x.channel, x.tier_id, x.supplier_id")
+            " GROUP BY x.scope_id, x.day, x.product_id, x.category_id, x.channel, x.tier_id, x.supplier_id",
+        replace)
 
 
-def _profile_sql(where: str) -> str:
+def _profile_sql(where: str, replace: bool = False) -> str:
     day, hour = _local_sql("o.delivered_at")
     # The first delivered order of each buyer (agent, or guest contact), over all time up to the range's end.
     firsts = ("firsts AS (SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY agent_id,"
@@ -305,26 +318,28 @@ def _profile_sql(where: str) -> str:
     cols = ("day", "hour", "category_id", "amount", "age_band", "gender", "province", "buyer_type")
     extra, source = _scoped("src", cols)
     value = "CASE d.dimension " + " ".join(f"WHEN '{d}' THEN x.{d}" for d in DIMENSIONS) + " END"
-    return ("INSERT INTO rollup_profile_daily (scope_id, day, dimension, value, category_id, orders, gmv) " +
-            _with(f"{firsts}, {src}, {dims}{extra}") +
-            f" SELECT x.scope_id, x.day, d.dimension, {value}, x.category_id, count(*), sum(x.amount)"
-            f" FROM {source} CROSS JOIN dims d"
-            f" GROUP BY x.scope_id, x.day, d.dimension, {value}, x.category_id")
+    return _assemble(
+        "INSERT INTO rollup_profile_daily (scope_id, day, dimension, value, category_id, orders, gmv)",
+        f"{firsts}, {src}, {dims}{extra}",
+        f"SELECT x.scope_id, x.day, d.dimension, {value}, x.category_id, count(*), sum(x.amount)"
+        f" FROM {source} CROSS JOIN dims d GROUP BY x.scope_id, x.day, d.dimension, {value}, x.category_id",
+        replace)
 
 
-def _agent_sql(where: str) -> str:
+def _agent_sql(where: str, replace: bool = False) -> str:
     day, _ = _local_sql("o.delivered_at")
-    return ("INSERT INTO rollup_agent_daily (day, agent_id, orders, gmv)"
-            f" SELECT day, agent_id, count(*), sum(amount) FROM (SELECT {day} AS day, o.agent_id, o.amount"
-            " FROM orders o WHERE o.status IN ('delivered', 'disputed') AND o.agent_id IS NOT NULL"
-            f" AND {where}) a GROUP BY day, agent_id")
+    return _assemble(
+        "INSERT INTO rollup_agent_daily (day, agent_id, orders, gmv)", "",
+        f"SELECT day, agent_id, count(*), sum(amount) FROM (SELECT {day} AS day, o.agent_id, o.amount"
+        " FROM orders o WHERE o.status IN ('delivered', 'disputed') AND o.agent_id IS NOT NULL"
+        f" AND {where}) a GROUP BY day, agent_id", replace)
 
 
 _MONEY_KINDS = ("commission_accrual", "settlement", "commission_reversal", "withdrawal_freeze", "withdrawal_paid",
                 "sale", "sale_reversal")
 
 
-def _money_sql(journal_where: str) -> str:
+def _money_sql(journal_where: str, replace: bool = False) -> str:
     """Money-flow deltas of the journals matching `journal_where` (columns of ledger_journal j0)."""
     day, _ = _local_sql("j0.created_at")
     kinds = ", ".join(f"'{k}'" for k in _MONEY_KINDS)
@@ -367,9 +382,9 @@ def _money_sql(journal_where: str) -> str:
         " CASE WHEN e.agent_id IS NOT NULL THEN ag.path WHEN o.agent_id IS NOT NULL THEN o.upline_path END AS path"
         " FROM events e LEFT JOIN agent ag ON ag.id = e.agent_id LEFT JOIN orders o ON o.id = e.order_id)")
     extra, source = _scoped("src", ("day", "flow", "amount", "cnt"))
-    return ("INSERT INTO rollup_money_daily (scope_id, day, flow, amount, count) " + _with(ctes + extra) +
-            f" SELECT x.scope_id, x.day, x.flow, sum(x.amount), sum(x.cnt) FROM {source}"
-            " GROUP BY x.scope_id, x.day, x.flow")
+    return _assemble("INSERT INTO rollup_money_daily (scope_id, day, flow, amount, count)", ctes + extra,
+                     f"SELECT x.scope_id, x.day, x.flow, sum(x.amount), sum(x.cnt) FROM {source}"
+                     " GROUP BY x.scope_id, x.day, x.flow", replace)
 
 
 # --- money flows ------------------------------------------------------------------------------------------------
@@ -424,8 +439,9 @@ def rebuild(start: date, end: date) -> dict:
     """Delete and recompute every rollup for China days start..end (inclusive) from the source tables. Commits.
 
     Orders, real-name records and the first-order test come from the tables as they are now; money flows from
-    journals up to the money watermark (fold_money adds the rest, so nothing is counted twice). Runs in one
-    REPEATABLE READ transaction on PostgreSQL (commits the session's open transaction first).
+    journals up to the money watermark (fold_money adds the rest, so nothing is counted twice). One transaction
+    (the session's open one is committed first); on PostgreSQL each table's DELETE and INSERT are one statement
+    (one snapshot), so deliveries committing meanwhile are counted exactly once, by their own deltas.
     Returns the rows written per table and the seconds it took.
     """
     if end < start:
@@ -439,18 +455,18 @@ def rebuild(start: date, end: date) -> dict:
     params = {"lo": lo, "hi": hi, "start": start, "end": end, **_tz_params()}
     written: dict[str, int] = {}
     try:
-        if pg:
-            db.session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         _lock()
         params["mark"] = _get_state(MONEY_WATERMARK)
-        for name in TABLES:
-            db.session.execute(text(f"DELETE FROM {TABLES[name].name} WHERE day >= :start AND day <= :end"), params)
+        if not pg:
+            for name in TABLES:
+                db.session.execute(text(f"DELETE FROM {TABLES[name].name} WHERE day >= :start AND day <= :end"),
+                                   params)
         in_range = "o.delivered_at >= :lo AND o.delivered_at < :hi"
-        written["sales"] = db.session.execute(text(_sales_sql(in_range)), params).rowcount
-        written["profile"] = db.session.execute(text(_profile_sql(in_range)), params).rowcount
-        written["agent"] = db.session.execute(text(_agent_sql(in_range)), params).rowcount
+        written["sales"] = db.session.execute(text(_sales_sql(in_range, pg)), params).rowcount
+        written["profile"] = db.session.execute(text(_profile_sql(in_range, pg)), params).rowcount
+        written["agent"] = db.session.execute(text(_agent_sql(in_range, pg)), params).rowcount
         written["money"] = db.session.execute(text(_money_sql(
-            "j0.created_at >= :lo AND j0.created_at < :hi AND j0.id <= :mark")), params).rowcount
+            "j0.created_at >= :lo AND j0.created_at < :hi AND j0.id <= :mark", pg)), params).rowcount
         db.session.commit()
     except Exception:
         db.session.rollback()
@@ -532,6 +548,7 @@ def _compact_one(t: RollupTable, full: bool) -> int:
     top = db.session.scalar(text(f"SELECT max(id) FROM {t.name}"))
     if top is None or (top <= mark and not full):
         return 0
+    full = full or mark == 0  # the first run looks at every row anyway: one window over the table is cheaper
     params = {"mark": mark, "top": top}
     key, sums = ", ".join(t.key), ", ".join(t.sums)
     summed = ", ".join(f"sum({c})" for c in t.sums)
