@@ -167,6 +167,10 @@ class CardImport(db.Model):
     product = relationship("Product")
     created_by = relationship("User", foreign_keys=[created_by_id])
 
+    def __repr__(self) -> str:  # list screens show the batch by this (card stock's 导入批次 column)
+        return f"#{self.id} {self.filename or self.source} ({self.created_at:%Y-%m-%d})" if self.created_at \
+            else f"#{self.id} {self.filename or self.source}"
+
     def progress_display(self) -> str:
         if not self.total_lines:
             return "-"
