@@ -9,6 +9,7 @@ DEMO_PASSWORD ?= kameng123
 SANDBOX_KEY ?= kameng-sandbox-demo-key
 IDV_PORT ?= 8701
 PAYOUT_PORT ?= 8702
+SUPPLIER_PORT ?= 8703
 SIM_KEY ?= kameng-demo-simulator-key
 PG_URL ?= postgresql://postgres@127.0.0.1:5432
 TEST_DATABASE_URL ?= $(PG_URL)/kameng_test
@@ -36,7 +37,8 @@ migrate: install
 	FAB_CREATE_DB=False FAB_UPDATE_PERMS=False $(BIN)/flask db upgrade
 
 demo: migrate
-	$(BIN)/flask kameng demo --password "$(DEMO_PASSWORD)" --sandbox-key "$(SANDBOX_KEY)"
+	$(BIN)/flask kameng demo --password "$(DEMO_PASSWORD)" --sandbox-key "$(SANDBOX_KEY)" \
+	  --supplier-url http://127.0.0.1:$(SUPPLIER_PORT) --supplier-key "$(SIM_KEY)"
 
 run: demo
 	@echo ""
@@ -44,14 +46,17 @@ run: demo
 	@echo "Logins (password $(DEMO_PASSWORD)): admin, manager, support, agent1 (总代), agent2 (区域代理), agent3 (普通代理), member1 (会员)"
 	@echo "Storefront: http://127.0.0.1:$(PORT)/shop/  (sandbox payment channel key: $(SANDBOX_KEY))"
 	@echo ""
-	@echo "Simulators: identity provider on 127.0.0.1:$(IDV_PORT), payout bank on 127.0.0.1:$(PAYOUT_PORT)"
+	@echo "Simulators: identity provider on 127.0.0.1:$(IDV_PORT), payout bank on 127.0.0.1:$(PAYOUT_PORT),"
+	@echo "            upstream supplier (直充) on 127.0.0.1:$(SUPPLIER_PORT); periodic jobs run on a thread"
 	@echo ""
 	@export IDV_PROVIDER_URL=http://127.0.0.1:$(IDV_PORT) IDV_PROVIDER_KEY=$(SIM_KEY) \
-	        PAYOUT_URL=http://127.0.0.1:$(PAYOUT_PORT) PAYOUT_KEY=$(SIM_KEY); \
+	        PAYOUT_URL=http://127.0.0.1:$(PAYOUT_PORT) PAYOUT_KEY=$(SIM_KEY) \
+	        PUBLIC_BASE_URL=http://127.0.0.1:$(PORT); \
 	  $(BIN)/flask kameng idv-sim --port $(IDV_PORT) & idv=$$!; \
 	  $(BIN)/flask kameng payout-sim --port $(PAYOUT_PORT) & payout=$$!; \
-	  trap 'kill $$idv $$payout 2>/dev/null' EXIT INT TERM; \
-	  $(BIN)/flask run --host 127.0.0.1 --port $(PORT) --no-debugger --no-reload
+	  $(BIN)/flask kameng supplier-sim --port $(SUPPLIER_PORT) --key "$(SIM_KEY)" --latency-ms 300 & upstream=$$!; \
+	  trap 'kill $$idv $$payout $$upstream 2>/dev/null' EXIT INT TERM; \
+	  INLINE_SCHEDULER=true $(BIN)/flask run --host 127.0.0.1 --port $(PORT) --no-debugger --no-reload
 
 # PostgreSQL and Redis: this machine starts them before a session; CI may find them down.
 services:
@@ -85,6 +90,12 @@ bench: install-dev services
 
 clean:
 	rm -rf $(VENV) instance/kameng.db
+
+# docs/screenshots/*.png: admin screens, the agent portal and every dashboard in Debian's Chromium on a fresh SQLite
+# demo with a year of history (SCREENSHOT_ARGS="--orders 5000 --only dash-gmv" to narrow it).
+.PHONY: screenshots
+screenshots: install-dev services browser
+	$(BIN)/python tools/screenshots.py $(SCREENSHOT_ARGS)
 
 # The English catalog (app/translations/en): extract (babel.cfg), add FAB menu names collected at runtime, fill the
 # English from tools/translations_en.py and compile the .mo; fails while any msgid has no English.

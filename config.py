@@ -114,6 +114,8 @@ class Config:
     # Journals younger than this wait for the next fold (a lower id may still be committing).
     ROLLUP_MONEY_LAG_SECONDS = env_int("ROLLUP_MONEY_LAG_SECONDS", 30)
     SUPPLIER_SYNC_SECONDS = env_int("SUPPLIER_SYNC_SECONDS", 300)  # suppliers' balance, stock and prices
+    # No REDIS_URL: run the periodic jobs on a thread of the web process (`make run` sets it for `flask run`).
+    INLINE_SCHEDULER = env_bool("INLINE_SCHEDULER", False)
     RECHARGE_POLL_SECONDS = env_int("RECHARGE_POLL_SECONDS", 5)  # direct top-ups: ask suppliers about due attempts
     # An attempt still unknown after this long is flagged for support (it keeps being polled; never auto-refunded).
     RECHARGE_UNKNOWN_ALERT_MINUTES = env_int("RECHARGE_UNKNOWN_ALERT_MINUTES", 30)

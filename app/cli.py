@@ -184,17 +184,26 @@ def reconcile(channel: str, day: str | None, file: Path) -> None:
               help="Also generate a year of history with this many orders (agents, payments, commissions, "
                    "rollups). Running it again adds another history.")
 @click.option("--seed", default=None, type=int, help="Random seed of the history (default: fixed).")
-def demo(password: str | None, sandbox_key: str | None, orders: int, seed: int | None) -> None:
+@click.option("--supplier-url", default=None, help="Connect the demo's direct products to this upstream simulator "
+                                                   "(flask kameng supplier-sim).")
+@click.option("--supplier-key", default=None, help="The simulator's signing key.")
+def demo(password: str | None, sandbox_key: str | None, orders: int, seed: int | None, supplier_url: str | None,
+         supplier_key: str | None) -> None:
     """Load demo users, agents, tiers, categories, products and card secrets; print the logins."""
-    from app.demo import load_demo
+    from app.demo import connect_demo_supplier, load_demo
     from app.payments import service as payments
 
+    if bool(supplier_url) != bool(supplier_key):
+        fail("--supplier-url and --supplier-key go together")
     try:
         logins = load_demo(password)
         key = sandbox_key or secrets.token_hex(16)
         if len(key) < 8:
             fail("--sandbox-key must be at least 8 characters")
         payments.save_channel("sandbox", True, {"key": key})
+        if supplier_url:
+            supplier = connect_demo_supplier(supplier_url, supplier_key)
+            click.echo(f"Direct top-ups (直充) go to {supplier.name} at {supplier.endpoint}")
     except KamengError as exc:
         fail(exc.message)
     click.echo(f"Sandbox payment channel enabled; key: {key}")
@@ -221,7 +230,8 @@ def _demo_history(orders: int, seed: int | None) -> None:
                f"commissions {report.commissions:,}, wallet top-ups {report.topups:,}")
     click.echo(f"  storefront orders' order password: {history.QUERY_PASSWORD}")
     for phase, seconds in report.timings.items():
-        click.echo(f"  {phase:<34} {seconds:>8.2f} s")
+        cpu = f"  (this process's CPU {report.cpu[phase]:.2f} s)" if phase in report.cpu else ""
+        click.echo(f"  {phase:<38} {seconds:>8.2f} s{cpu}")
 
 
 @kameng_cli.command("settle")

@@ -10,7 +10,7 @@ from app.agents import service as agents
 from app.agents.models import Agent, Tier
 from app.catalog import cards
 from app.catalog import service as catalog
-from app.catalog.models import Category, Product
+from app.catalog.models import Category, Product, Supplier
 from app.errors import KamengError
 from app.extensions import db
 from app.ledger import service as ledger
@@ -32,6 +32,9 @@ PRODUCTS = [
     ("中国移动话费 100元 直充", "话费充值", "direct", 10000, 9700, 0),
     ("腾讯视频VIP年卡（人工发货）", "视频会员", "manual", 17800, 15000, 0),
 ]
+# Direct products and their codes at the demo's upstream simulator (`flask kameng supplier-sim`): code, cost fen
+DEMO_UPSTREAM = {"王者荣耀 点券直充 60元": ("WZRY-60", 5450), "中国移动话费 100元 直充": ("CMCC-100", 9850)}
+DEMO_SUPPLIER = "模拟上游（演示）"
 STAFF = [("admin", "Admin"), ("manager", "Manager"), ("support", "Support")]
 AGENTS = [("agent1", "总代", None), ("agent2", "区域代理", "agent1"), ("agent3", "普通代理", "agent2"),
           ("member1", "会员", "agent3")]
@@ -114,3 +117,27 @@ def load_demo(password: str | None = None) -> list[tuple[str, str, str]]:
             cards.run_import(batch.id)
     db.session.commit()
     return logins
+
+
+def connect_demo_supplier(url: str, key: str, app_key: str = "kameng-demo") -> Supplier:
+    """The demo's direct products (直充) come from the upstream simulator at `url`, signed with `key`. Idempotent."""
+    from app import crypto
+    from app.suppliers.models import SupplierProduct
+
+    supplier = db.session.scalar(select(Supplier).where(Supplier.name == DEMO_SUPPLIER))
+    if supplier is None:
+        supplier = catalog.create_supplier(DEMO_SUPPLIER, service_fee_bp=100)
+    supplier.protocol, supplier.endpoint, supplier.app_key = "simulator", url.rstrip("/"), app_key
+    supplier.secret_enc = crypto.encrypt(key)
+    supplier.timeout_seconds, supplier.low_balance_threshold = 10, 100_000
+    for name, (code, cost) in DEMO_UPSTREAM.items():
+        product = db.session.scalar(select(Product).where(Product.name == name))
+        if product is None:
+            continue
+        mapping = db.session.scalar(select(SupplierProduct).where(SupplierProduct.supplier_id == supplier.id,
+                                                                  SupplierProduct.product_id == product.id))
+        if mapping is None:
+            db.session.add(SupplierProduct(supplier_id=supplier.id, product_id=product.id, upstream_code=code,
+                                           cost=cost, priority=100, active=True))
+    db.session.commit()
+    return supplier

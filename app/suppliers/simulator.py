@@ -93,6 +93,7 @@ DEFAULT_PRODUCTS: dict[str, tuple[str, int | None, int]] = {
     "CTCC-50": ("中国电信话费 50 元", None, 4930),
     "TENCENT-QB-10": ("腾讯 Q 币 10 个", 500, 960),
     "TENCENT-QB-30": ("腾讯 Q 币 30 个", 500, 2880),
+    "WZRY-60": ("王者荣耀 60 元点券", None, 5450),
     "IQIYI-MONTH": ("爱奇艺黄金会员月卡", 200, 1500),
     "YOUKU-MONTH": ("优酷 VIP 会员月卡", 200, 1450),
 }
