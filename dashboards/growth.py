@@ -66,8 +66,8 @@ def render(f: c.Filters) -> tuple:
     """Everything the page shows for one set of filters (the callback body; tests call it too)."""
     scope, tier = f.scope_id, f.tier_id
     new = q.new_agents(scope, f.start, f.end, tier)
-    active = q.active_agents(scope, f.end, tier)
-    daily = q.daily_active(scope, f.start, f.end, tier)
+    buying = q.activity(scope, f.start, f.end, tier)
+    active, daily = buying["active"], buying["daily"]
     levels = q.tree_levels(scope, f.end, tier)
     recruiters = q.top_recruiters(scope, f.start, f.end, tier)
     cohorts = q.retention(scope, f.start, f.end, tier)

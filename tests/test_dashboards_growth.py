@@ -87,6 +87,15 @@ def test_active_agents_last_7_and_30_days(tree):
 
 
 @BOTH
+def test_activity_in_one_pass_equals_the_single_queries(tree):
+    for scope in (0, tree["A"].id, tree["X"].id):
+        for start, end in (Q1, (date(2026, 3, 29), date(2026, 3, 31)), (date(2026, 2, 1), date(2026, 3, 5))):
+            for tier in (None, tree["low"].id):
+                assert q.activity(scope, start, end, tier) == {"daily": q.daily_active(scope, start, end, tier),
+                                                               "active": q.active_agents(scope, end, tier)}
+
+
+@BOTH
 def test_top_recruiters(tree):
     t = tree
     assert [(r["name"], r["tier"], r["recruits"]) for r in q.top_recruiters(0, *Q1)] == [

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import Date, and_, case, func, literal, select, union_all
 
 from app.agents.models import Agent, Tier
 from app.analytics.models import PLATFORM_SCOPE, AgentDaily
@@ -101,6 +101,31 @@ def daily_active(scope_id: int, start: date, end: date, tier_id: int | None = No
         out.append({"day": day, "agents": found.get(day, 0)})
         day += timedelta(days=1)
     return out
+
+
+def activity(scope_id: int, start: date, end: date, tier_id: int | None = None) -> dict:
+    """daily_active(start..end) and active_agents(as of end) from one pass over rollup_agent_daily:
+    {"daily": [{day, agents}], "active": {7: n, 30: n}} (the tests hold it equal to the two functions)."""
+    check_range(start, end)
+    _, where = _branch(scope_id)
+    first = min(start, end - timedelta(days=max(ACTIVE_WINDOWS) - 1))
+    pairs = _active_rows(where, tier_id, first, end).cte("pairs")
+    parts = [select(literal(0).label("window"), pairs.c.day, func.count().label("n"))
+             .where(pairs.c.day >= start).group_by(pairs.c.day)]
+    parts += [select(literal(window).label("window"), literal(None, Date).label("day"),
+                     func.count(func.distinct(pairs.c.agent_id)).label("n"))
+              .where(pairs.c.day >= end - timedelta(days=window - 1)) for window in ACTIVE_WINDOWS]
+    found, active = {}, dict.fromkeys(ACTIVE_WINDOWS, 0)
+    for window, day, n in db.session.execute(union_all(*parts)):
+        if window == 0:
+            found[as_date(day)] = int(n)
+        else:
+            active[int(window)] = int(n or 0)
+    out, day = [], start
+    while day <= end:
+        out.append({"day": day, "agents": found.get(day, 0)})
+        day += timedelta(days=1)
+    return {"daily": out, "active": active}
 
 
 def top_recruiters(scope_id: int, start: date, end: date, tier_id: int | None = None,
