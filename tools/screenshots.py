@@ -1,0 +1,211 @@
+"""`make screenshots`: full-page PNGs of the admin screens, the agent portal and every dashboard, on demo data.
+
+    .venv/bin/python tools/screenshots.py [--orders 20000] [--out docs/screenshots] [--only dash-gmv,...]
+
+It migrates a fresh SQLite database in a temporary directory (`flask db upgrade`, as `make migrate` does), loads
+the demo with a modest history (`flask kameng demo --orders N`), serves the app on a free port (werkzeug, in a
+thread of this process, jobs inline) and, in Debian's Chromium through Playwright, logs in as admin, manager and
+agent1 (the 总代 with the largest branch) and writes one PNG per page (viewport 1366 wide, zh-CN). Dashboards
+are shown on their FAB page (navigation + the embedded Dash app); the shot waits until Dash has no callback in
+flight and every graph has drawn its traces. It fails (exit 1) when a page answers an error, a dashboard shows a
+callback error, or a graph stays empty.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+PASSWORD = "kameng123"
+VIEWPORT = {"width": 1366, "height": 800}
+TIMEOUT_MS = 60_000
+
+
+@dataclass(frozen=True)
+class Shot:
+    name: str  # docs/screenshots/<name>.png
+    user: str
+    path: str
+    title: str  # for the README
+    dashboard: bool = False
+
+
+SHOTS = [
+    Shot("admin-orders", "admin", "/orders/list/", "订单 (admin)"),
+    Shot("admin-products", "admin", "/products/list/", "商品 (admin)"),
+    Shot("admin-suppliers", "admin", "/suppliers/list/", "供应商 (admin)"),
+    Shot("admin-supplier-mappings", "admin", "/supplier-products/list/", "货源映射 (admin)"),
+    Shot("admin-card-stock", "admin", "/card-secrets/list/", "卡密库存 (admin)"),
+    Shot("admin-jobs", "admin", "/jobs/", "任务队列 (admin)"),
+    Shot("admin-ledger", "admin", "/ledger/journals/list/", "财务账本: 凭证 (admin)"),
+    Shot("admin-withdrawals-review", "admin", "/withdrawal-review/", "提现审核 (admin)"),
+    Shot("portal-home", "agent1", "/", "代理中心首页 (agent1)"),
+    Shot("portal-buy", "agent1", "/portal/buy", "进货 (agent1)"),
+    Shot("portal-my-orders", "agent1", "/portal/my-orders/list/", "我的订单 (agent1)"),
+    Shot("portal-team", "agent1", "/portal/my-team/list/", "我的团队 (agent1)"),
+    Shot("dash-gmv", "manager", "/analytics/gmv/", "GMV 概览 (manager)", dashboard=True),
+    Shot("dash-products", "manager", "/analytics/products/", "商品与库存 (manager)", dashboard=True),
+    Shot("dash-agents", "manager", "/analytics/agents/", "代理增长 (manager)", dashboard=True),
+    Shot("dash-profiles", "manager", "/analytics/profiles/", "用户画像 (manager)", dashboard=True),
+    Shot("dash-money", "manager", "/analytics/money/", "资金流向 (manager)", dashboard=True),
+    Shot("dash-gmv-agent", "agent1", "/analytics/gmv/", "GMV 概览 (agent1, own branch)", dashboard=True),
+]
+
+# True once Dash has nothing in flight and every graph with data has drawn its traces (plotly's .trace groups).
+DASH_READY_JS = """() => {
+  if (!document.querySelector('.kd-page')) return false;
+  if (document.querySelector('[data-dash-is-loading="true"]')) return false;
+  const graphs = Array.from(document.querySelectorAll('.kd-graph .js-plotly-plot'));
+  if (!graphs.length) return false;
+  return graphs.every(g => g._fullLayout && g.data && g.data.length > 0
+                      && g.querySelector('.main-svg'));
+}"""
+
+
+def run(cmd: list[str], env: dict, what: str) -> None:
+    t = time.perf_counter()
+    print(f"{what} …", flush=True)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        raise SystemExit(f"{what} failed ({proc.returncode})")
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    for line in lines[-6:]:
+        print(f"  {line}")
+    print(f"  ({time.perf_counter() - t:.1f} s)", flush=True)
+
+
+def build_database(workdir: Path, orders: int) -> str:
+    url = f"sqlite:///{workdir / 'screenshots.db'}"
+    env = dict(os.environ, DATABASE_URL=url, FLASK_APP="run")
+    env.pop("REDIS_URL", None)  # jobs inline, as `make run`
+    flask = str(Path(sys.executable).parent / "flask")
+    run([flask, "db", "upgrade"], dict(env, FAB_CREATE_DB="False", FAB_UPDATE_PERMS="False"), "migrate")
+    run([flask, "kameng", "demo", "--password", PASSWORD, "--sandbox-key", "screenshots-sandbox",
+         "--orders", str(orders)], env, f"demo with {orders:,} orders of history")
+    return url
+
+
+def serve(url: str):
+    """The app on a free port, served from a thread; returns (base_url, stop)."""
+    os.environ["DATABASE_URL"] = url  # config reads it at import
+    os.environ.pop("REDIS_URL", None)
+    sys.path.insert(0, str(ROOT))
+    import logging
+
+    from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not one line per asset
+
+    from app import create_app
+
+    app = create_app({"AUTH_RATE_LIMIT": "1000 per minute"})
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="screenshots-server", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
+
+    return f"http://127.0.0.1:{server.server_port}", stop
+
+
+def log_in(context, base: str, username: str):
+    page = context.new_page()
+    page.goto(f"{base}/login/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", PASSWORD)
+    with page.expect_navigation():
+        page.click("form[name=login] [type=submit]")
+    if "/login" in page.url:
+        raise SystemExit(f"login failed for {username}: {page.inner_text('body')[:300]}")
+    return page
+
+
+def shoot(page, base: str, shot: Shot, out: Path) -> list[str]:
+    """Open the page, wait for it (and its dashboard) to render, write the PNG; return problems found."""
+    problems = []
+    response = page.goto(base + shot.path, wait_until="networkidle")
+    if response is None or response.status >= 400:
+        return [f"{shot.path} answered {response.status if response else 'nothing'}"]
+    if shot.dashboard:
+        frame = page.frame_locator("#dashboard-frame")
+        frame.locator(".kd-page").wait_for()
+        dash = next(f for f in page.frames if "/dashboards/" in f.url)
+        try:
+            dash.wait_for_function(DASH_READY_JS, timeout=TIMEOUT_MS, polling=250)
+        except Exception:  # noqa: BLE001 (reported below with what the page shows)
+            problems.append(f"{shot.path}: graphs did not render within {TIMEOUT_MS // 1000} s")
+        errors = dash.evaluate("() => Array.from(document.querySelectorAll('.dash-fe-error__title, "
+                               ".dash-callback-error')).map(e => e.textContent)")
+        if errors:
+            problems.append(f"{shot.path}: Dash errors {errors}")
+        page.wait_for_timeout(800)  # plotly's transitions and the iframe's resize to its content
+    else:
+        page.wait_for_timeout(300)
+    page.screenshot(path=str(out / f"{shot.name}.png"), full_page=True)
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--orders", type=int, default=20000, help="orders of demo history (default 20000)")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "screenshots"), help="output folder")
+    parser.add_argument("--only", default="", help="comma-separated shot names (default: all)")
+    parser.add_argument("--database", help="reuse this already built demo database (a sqlite:/// URL)")
+    args = parser.parse_args(argv)
+    wanted = {s.strip() for s in args.only.split(",") if s.strip()}
+    shots = [s for s in SHOTS if not wanted or s.name in wanted]
+    if wanted - {s.name for s in SHOTS}:
+        parser.error(f"unknown shots: {sorted(wanted - {s.name for s in SHOTS})}")
+    if not Path(CHROMIUM).exists():
+        raise SystemExit(f"{CHROMIUM} is missing: run `make browser`")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory(prefix="kameng-screens-") as tmp:
+        url = args.database or build_database(Path(tmp), args.orders)
+        base, stop = serve(url)
+        problems: list[str] = []
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+                try:
+                    for user in dict.fromkeys(s.user for s in shots):
+                        context = browser.new_context(locale="zh-CN", viewport=VIEWPORT, device_scale_factor=1)
+                        context.set_default_timeout(TIMEOUT_MS)
+                        page = log_in(context, base, user)
+                        for shot in (s for s in shots if s.user == user):
+                            t = time.perf_counter()
+                            found = shoot(page, base, shot, out)
+                            problems += found
+                            print(f"{shot.name + '.png':<32} {time.perf_counter() - t:5.1f} s"
+                                  f"{'  PROBLEM: ' + '; '.join(found) if found else ''}", flush=True)
+                        context.close()
+                finally:
+                    browser.close()
+        finally:
+            stop()
+    if problems:
+        print("\n".join(["problems:", *problems]), file=sys.stderr)
+        return 1
+    print(f"{len(shots)} screenshots in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
