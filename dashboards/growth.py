@@ -121,7 +121,9 @@ def render(f: c.Filters) -> tuple:
     heat = c.figure(title=_("留存率"))
     heat.add_heatmap(z=[[m["pct"] for m in r["months"]] + [None] * (width - len(r["months"])) for r in cohorts],
                      x=[_("第 %(n)s 月", n=i) for i in range(width)], y=[r["cohort"] for r in cohorts],
-                     colorscale="Blues", zmin=0, zmax=100, hovertemplate="%{y} %{x}: %{z}%<extra></extra>")
+                     colorscale="Blues", reversescale=True, zmin=0, zmax=100,  # plotly.js's Blues is dark at 0
+                     hovertemplate="%{y} %{x}: %{z}%<extra></extra>")
     heat.update_yaxes(autorange="reversed", type="category")
+    heat.update_layout(margin={"l": 70})  # room for the 'YYYY-MM' cohort labels
     return (note, kpis, new_fig, active_fig, new_rows, level_fig, heat, recruiter_rows, level_rows,
             retention_rows, columns)
