@@ -243,6 +243,8 @@ def _killed_worker_scenario(app, client, f, pg_url, redis_url, sim1, sim2, logs,
     for n in (a, b, c):
         make_poll_due(n)
     assert jobs.sweep_outbox() == 3
+    # Re-dispatched under the same ids, they leave the failed registry (the jobs page would show them failed).
+    assert not {f"recharge-{n}" for n in (a, b, c)} & set(failed.get_job_ids(cleanup=False))
     assert jobs.poll_recharges() == {"claimed": 3}
     work()
     for _ in range(6):  # b needs one more question before sim1 finishes it; each round is one scheduled poll

@@ -46,8 +46,12 @@ def enqueue(func: Callable, *args: Any, job_id: str, queue: str = "default", tim
     if redis_connection() is None:
         func(*args, **kwargs)
         return None
-    job = get_queue(queue).enqueue(func, *args, job_id=job_id, job_timeout=timeout, result_ttl=86400,
-                                   failure_ttl=30 * 86400, **kwargs)
+    rq_queue = get_queue(queue)
+    # A deterministic id enqueued again (the sweeper re-dispatching a job whose worker died) starts afresh: its old
+    # entry in the failed registry would otherwise show a job that is about to succeed as failed.
+    rq_queue.failed_job_registry.remove(job_id)
+    job = rq_queue.enqueue(func, *args, job_id=job_id, job_timeout=timeout, result_ttl=86400,
+                           failure_ttl=30 * 86400, **kwargs)
     return job.id
 
 
