@@ -146,6 +146,7 @@ class HistoryReport:
     commissions: int = 0
     topups: int = 0
     timings: dict[str, float] = field(default_factory=dict)  # phase -> seconds
+    cpu: dict[str, float] = field(default_factory=dict)  # phase -> CPU seconds of this process
 
 
 class _Bulk:
@@ -174,6 +175,7 @@ class _Bulk:
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self.waited = 0.0  # seconds the generating thread spent waiting for the writer
 
     def block(self, table: str, size: int) -> None:
         self._blocks[table] = max(1, size)
@@ -217,7 +219,9 @@ class _Bulk:
             self._queue = queue.Queue(maxsize=1)
             self._thread = threading.Thread(target=self._writer, name="history-copy", daemon=True)
             self._thread.start()
-        self._queue.put(rows)
+        waiting = time.perf_counter()
+        self._queue.put(rows)  # blocks while the writer is still on the chunk before last
+        self.waited += time.perf_counter() - waiting
 
     def drain(self) -> None:
         """Wait until the writer thread has written everything handed to it."""
@@ -328,6 +332,8 @@ class HistoryBuilder:
         self.content_hashes: dict = {}
         self.deltas: dict[int, int] = defaultdict(int)  # cached account id -> balance change
         self.timings: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self._cpu_mark = time.process_time()
         self.status_counts: dict[str, int] = defaultdict(int)
         self.gmv = 0
         self._index: dict[int, int] = {}  # agent id -> position in self.agents while the tree is built
@@ -344,6 +350,9 @@ class HistoryBuilder:
 
     def _phase(self, name: str, started: float) -> None:
         self.timings[name] = round(self.timings.get(name, 0) + time.perf_counter() - started, 2)
+        cpu = time.process_time()  # this process's CPU (both threads): what the machine's load does not inflate
+        self.cpu[name] = round(self.cpu.get(name, 0) + cpu - self._cpu_mark, 2)
+        self._cpu_mark = cpu
 
     # ------------------------------------------------------------------------------------------------ run
     def run(self) -> HistoryReport:
@@ -365,6 +374,7 @@ class HistoryBuilder:
         t = time.perf_counter()
         self._make_orders()
         self._phase("orders: generate (COPY alongside)", t)
+        self.timings["orders: of which waiting for COPY"] = round(self.bulk.waited, 2)
         t = time.perf_counter()
         self.bulk.drain()
         self._phase("orders: last COPY", t)
@@ -381,7 +391,7 @@ class HistoryBuilder:
             run=self.run_no, seed=self.seed, start=self.start_day, end=self.end_local.date(),
             agents=len(self.new_agents), orders=c["orders"], statuses=dict(self.status_counts), gmv=self.gmv,
             journals=c["ledger_journal"], postings=c["ledger_posting"], card_secrets=c["card_secret"],
-            commissions=c["commission"], topups=c["wallet_topup"], timings=dict(self.timings))
+            commissions=c["commission"], topups=c["wallet_topup"], timings=dict(self.timings), cpu=dict(self.cpu))
 
     # ------------------------------------------------------------------------------------------------ setup
     def _load_reference(self) -> None:
