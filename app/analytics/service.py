@@ -388,7 +388,7 @@ def _money_sql(journal_where: str, replace: bool = False) -> str:
     extra, source = _scoped("src", ("day", "flow", "amount", "cnt"))
     return _assemble("INSERT INTO rollup_money_daily (scope_id, day, flow, amount, count)", ctes + extra,
                      f"SELECT x.scope_id, x.day, x.flow, sum(x.amount), sum(x.cnt) FROM {source}"
-                     " GROUP BY x.scope_id, x.day, x.flow", replace)
+                     " GROUP BY x.scope_id, x.day, x.flow ORDER BY x.scope_id, x.day", replace)  # see _CLUSTERED
 
 
 # --- money flows ------------------------------------------------------------------------------------------------
