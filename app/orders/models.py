@@ -64,6 +64,8 @@ class Order(db.Model):
         Index("ix_orders_agent_created", "agent_id", "created_at"),
         Index("ix_orders_status_created", "status", "created_at"),
         Index("ix_orders_created", "created_at"),
+        # A storefront buyer is known by contact: "first order or returning" is looked up on every delivery.
+        Index("ix_orders_contact_delivered", "contact", "delivered_at"),
     )
 
     def __repr__(self) -> str:
