@@ -342,8 +342,8 @@ def rollups_rebuild(start: str, end: str) -> None:
 
 
 @rollups_cli.command("compact")
-@click.option("--table", type=click.Choice(["sales", "profile", "agent", "money"]), default=None,
-              help="Only this table (default: all).")
+@click.option("--table", type=click.Choice(["sales", "profile", "agent", "money", "active", "retention"]),
+              default=None, help="Only this table (default: all).")
 @click.option("--all", "full", is_flag=True, help="Every key, not only those touched since the last run.")
 def rollups_compact(table: str | None, full: bool) -> None:
     """Merge delta rows of the same key into one row; prints rows removed per table."""

@@ -1,7 +1,7 @@
 """Time: stored as naive UTC; business days are in BUSINESS_TIMEZONE (Asia/Shanghai)."""
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from flask import current_app, has_app_context
@@ -32,3 +32,13 @@ def to_local(at: datetime | None) -> datetime | None:
 
 def days_ago(days: int) -> datetime:
     return utcnow() - timedelta(days=days)
+
+
+def business_today() -> date:
+    """Today's business day."""
+    return to_local(utcnow()).date()
+
+
+def month_last_day(day: date) -> date:
+    """The last day of the month holding `day`."""
+    return (day.replace(day=28) + timedelta(days=4)).replace(day=1) - timedelta(days=1)

@@ -1,11 +1,12 @@
 """Agent growth dashboard (代理增长): figures against hand-computed answers, scope, permissions, CSV."""
 from __future__ import annotations
 
+from collections import defaultdict
 from datetime import date, datetime, timedelta
 
 import pytest
 
-from app.analytics.models import AgentDaily
+from app.analytics.models import ActiveDaily, AgentDaily, RetentionMonthly
 from dashboards.queries import agents as q
 
 BOTH = pytest.mark.parametrize("app", ["postgresql", "sqlite"], indirect=True)
@@ -43,13 +44,39 @@ def tree(app, db, f):
     _at(x, datetime(2026, 1, 10, 2))
     _at(y, datetime(2026, 2, 3, 3))
     # Buying days (rollup_agent_daily deltas). C's only order was refunded the same day: net zero, not active.
-    for agent, day, orders in [(a, date(2026, 1, 15), 1), (a, date(2026, 3, 25), 1), (a, date(2026, 3, 31), 2),
-                               (b, date(2026, 3, 5), 1), (c, date(2026, 3, 31), 1), (c, date(2026, 3, 31), -1),
-                               (d, date(2026, 2, 10), 1), (x, date(2026, 3, 30), 1), (y, date(2026, 2, 20), 1),
-                               (y, date(2026, 3, 2), 1)]:
+    buying = [(a, date(2026, 1, 15), 1), (a, date(2026, 3, 25), 1), (a, date(2026, 3, 31), 2),
+              (b, date(2026, 3, 5), 1), (c, date(2026, 3, 31), 1), (c, date(2026, 3, 31), -1),
+              (d, date(2026, 2, 10), 1), (x, date(2026, 3, 30), 1), (y, date(2026, 2, 20), 1),
+              (y, date(2026, 3, 2), 1)]
+    for agent, day, orders in buying:
         db.session.add(AgentDaily(day=day, agent_id=agent.id, orders=orders, gmv=1000 * orders))
+    db.session.add_all(_activity_rows(buying))
     db.session.commit()
     return {"A": a, "B": b, "C": c, "D": d, "E": e, "X": x, "Y": y, "top": top, "low": low}
+
+
+def _activity_rows(buying: list) -> list:
+    """The rollup_active_daily and rollup_retention_monthly rows those buying days make, by their definition: an
+    agent with orders summing above zero on a day (in a month) counts once at 0 and on its path (the agent itself
+    only for days), with its tier, under the China month it joined."""
+    day_net, month_net = defaultdict(int), defaultdict(int)
+    for agent, day, orders in buying:
+        day_net[(agent, day)] += orders
+        month_net[(agent, day.replace(day=1))] += orders
+    rows = []
+    for (agent, day), n in day_net.items():
+        if n > 0:
+            rows += [ActiveDaily(scope_id=s, day=day, tier_id=agent.tier_id, agents=1) for s in _scopes(agent)]
+    for (agent, month), n in month_net.items():
+        if n > 0:
+            cohort = (agent.created_at + timedelta(hours=8)).date().replace(day=1)
+            rows += [RetentionMonthly(scope_id=s, cohort=cohort, month=month, tier_id=agent.tier_id, agents=1)
+                     for s in _scopes(agent) if s != agent.id]
+    return rows
+
+
+def _scopes(agent) -> list[int]:
+    return [0] + [int(x) for x in agent.path.strip("/").split("/")]
 
 
 Q1 = (date(2026, 1, 1), date(2026, 3, 31))
@@ -137,6 +164,17 @@ def test_retention_by_cohort_month(tree):
         ("2026-03", 1, [("2026-03", 0, 0.0)])]
     # A range starting mid-February still takes February's whole cohort.
     assert [r["cohort"] for r in q.retention(0, date(2026, 2, 15), date(2026, 2, 28))] == ["2026-02"]
+    # A range ending inside March counts March's purchases up to its last day only (B on Mar 5, Y on Mar 2;
+    # A and X bought later), and cohorts of agents who joined by then (E joined Mar 10).
+    assert table(q.retention(0, date(2026, 1, 1), date(2026, 3, 8))) == [
+        ("2026-01", 3, [("2026-01", 1, 33.3), ("2026-02", 0, 0.0), ("2026-03", 1, 33.3)]),
+        ("2026-02", 3, [("2026-02", 2, 66.7), ("2026-03", 1, 33.3)])]
+    assert table(q.retention(tree["A"].id, date(2026, 1, 1), date(2026, 3, 8)))[0] == (
+        "2026-01", 1, [("2026-01", 0, 0.0), ("2026-02", 0, 0.0), ("2026-03", 1, 100.0)])
+    # a tier: 普代 cohorts are B (Jan), C, D, Y (Feb), whoever of them bought
+    assert table(q.retention(0, *Q1, tier_id=tree["low"].id)) == [
+        ("2026-01", 1, [("2026-01", 0, 0.0), ("2026-02", 0, 0.0), ("2026-03", 1, 100.0)]),
+        ("2026-02", 3, [("2026-02", 2, 66.7), ("2026-03", 1, 33.3)])]
 
 
 @BOTH

@@ -1,8 +1,10 @@
 """Analytics rollups: deltas written on delivery / refund through the real purchase and payment paths, summed per
 scope against hand-computed figures; refunds on the original day; a rejected dispute counted once; incremental
-rows equal to a rebuild; compaction keeps the sums; money flows folded once and matching the ledger."""
+rows equal to a rebuild; compaction keeps the sums; money flows folded once and matching the ledger; active agents
+and retention counted once per agent and day (month), also when one agent's deliveries land at the same moment."""
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from datetime import date, timedelta
 
@@ -20,11 +22,19 @@ from app.orders import service as orders
 from app.orders.models import Order
 from app.payments import disputes
 from app.payments import service as payments
+from app.suppliers import recharge
 from tests import payments_helpers as ph
+from tests import supplier_sim_helpers
 from tests.network_helpers import bank_card, id_number, idv_provider, payout_bank
+from tests.openapi_helpers import new_key
+from tests.recharge_helpers import World as RechargeWorld
+from tests.recharge_helpers import order as recharge_order
+from tests.recharge_helpers import place_api
+from tests.supplier_sim_helpers import sim_supplier
 
 BOTH = pytest.mark.parametrize("app", ["postgresql", "sqlite"], indirect=True)
 PG = pytest.mark.parametrize("app", ["postgresql"], indirect=True)
+supplier_sim = supplier_sim_helpers.supplier_sim  # the fixture
 
 
 def today() -> date:
@@ -45,6 +55,11 @@ def grouped(table: str) -> dict[tuple, tuple]:
         if any(sums):
             out[key] = sums
     return out
+
+
+def counts(table: str) -> dict[tuple, int]:
+    """grouped() of a table with one summed column (agents): {key: n}."""
+    return {key: sums[0] for key, sums in grouped(table).items()}
 
 
 def snapshot() -> dict[str, dict]:
@@ -134,6 +149,18 @@ def test_wallet_orders_counted_per_scope_and_equal_to_rebuild(app, world):
         if scope == 0:
             by_tier[tier] += sums[2]
     assert dict(by_tier) == {w["top"]: 9000, w["low"]: 33250}
+    # agents who bought: C (普 tier, path A/B/C), A (top), E (path D/E); at 0 and on each path, buyer included
+    d, low, top = str(day), w["low"], w["top"]
+    assert counts("active") == {(0, d, low): 2, (0, d, top): 1, (w["a"], d, low): 1, (w["a"], d, top): 1,
+                                 (w["b"], d, low): 1, (w["c"], d, low): 1, (w["d"], d, low): 1,
+                                 (w["e"], d, low): 1}
+    # retention: their joining month (today) and this month; at 0 and above the buyer only
+    m = str(day.replace(day=1))
+    assert counts("retention") == {(0, m, m, low): 2, (0, m, m, top): 1, (w["a"], m, m, low): 1,
+                                    (w["b"], m, m, low): 1, (w["d"], m, m, low): 1}
+    # a second order the same day changes neither
+    buy(w["c"], w["p2"], 1)
+    assert counts("active")[(0, d, low)] == 2 and counts("retention")[(0, m, m, low)] == 2
 
     assert_rebuild_equal(day - timedelta(days=1), day + timedelta(days=1))
 
@@ -204,6 +231,10 @@ def test_refund_subtracts_on_the_original_day_and_rejected_dispute_counts_once(a
     # X was C's first delivered order (refunded since, but delivered first): Y is returning
     assert profile(0, "buyer_type") == {"returning": (1, 9500)}
     assert profile(w["b"], "gender") == {"unknown": (1, 9500)}
+    # C is active today only (its order three days ago was refunded away), in this month's retention
+    low, t, m = w["low"], str(today()), str(today().replace(day=1))
+    assert counts("active") == {(0, t, low): 1, (w["a"], t, low): 1, (w["b"], t, low): 1, (c, t, low): 1}
+    assert counts("retention") == {(0, m, m, low): 1, (w["a"], m, m, low): 1, (w["b"], m, m, low): 1}
 
     assert_rebuild_equal(old_day, today())
 
@@ -284,8 +315,10 @@ def test_compaction_keeps_sums_and_reduces_rows(app, world, monkeypatch):
     assert removed["sales"] == counts["sales"] - after["sales"] > 0
     assert after["agent"] == 2 and counts["agent"] == 8
     assert after["profile"] < counts["profile"]
+    # C and E each turned active once (a row per scope: 4 + 3), however many orders; both count at scope 0
+    assert counts["active"] == 7 and after["active"] == 6 and removed["active"] == 1
     # nothing new since: a second run merges nothing; a new delta is merged by the next run
-    assert rollups.compact() == {"sales": 0, "profile": 0, "agent": 0, "money": 0}
+    assert rollups.compact() == {"sales": 0, "profile": 0, "agent": 0, "money": 0, "active": 0, "retention": 0}
     buy(w["c"], w["p1"], 1)
     assert rollups.compact("agent")["agent"] == 1 and row_count("rollup_agent_daily") == 2
     assert rollups.compact(full=True)["agent"] == 0
@@ -406,3 +439,41 @@ def test_cli_and_jobs(app, world, monkeypatch):
     assert jobs.compact_rollups()["sales"] >= 0
     assert jobs.fold_money_flows() == 0
     assert sales(0) == (2, 2, 19000, 16000, 0, 3000)
+
+
+@PG
+def test_one_agents_deliveries_at_once_count_it_once(app, client, f, supplier_sim):
+    """Six direct top-ups of one agent delivered by six real threads at the same moment (the upstream answers all
+    after 200 ms): each delivery asks whether the agent's day and month were already active, and only one may
+    find they were not. (Direct deliveries also queue on the platform's buyer-funds row today; a wallet card
+    purchase of the same agent does not, which is why the rollup takes its own per-agent lock.)"""
+    # A top agent with no upline: no commission account is locked by its deliveries, nothing else orders them.
+    buyer = f.agent(tier_obj=f.tier(discount_bp=9500), balance=100_000)
+    w = RechargeWorld(None, buyer, f.product(kind="direct", face_price=1_000, cost=880), *new_key(buyer))
+    sim_supplier(supplier_sim, priority=1, mappings={w.product.id: ("CMCC-10", 900)})
+    supplier_sim.behave("CMCC-10", latency_ms=200)
+    app.config["REDIS_URL"] = "redis://127.0.0.1:1/0"  # nothing listens: the jobs wait in the outbox
+    try:
+        order_ids = [recharge_order(place_api(client, w)["order_no"]).id for _ in range(6)]
+    finally:
+        app.config["REDIS_URL"] = None
+    barrier = threading.Barrier(len(order_ids))
+    results: list = []
+
+    def deliver(order_id: int) -> None:
+        with app.app_context():
+            barrier.wait(timeout=30)
+            results.append(recharge.run(order_id))
+
+    threads = [threading.Thread(target=deliver, args=(i,)) for i in order_ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert results == ["delivered"] * 6
+    day, tier = str(today()), buyer.tier_id
+    month = str(today().replace(day=1))
+    assert counts("active") == {(0, day, tier): 1, (buyer.id, day, tier): 1}
+    assert counts("retention") == {(0, month, month, tier): 1}
+    assert grouped("agent") == {(day, buyer.id): (6, 6 * 950)}
+    assert_rebuild_equal(today(), today())

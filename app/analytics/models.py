@@ -73,6 +73,36 @@ class AgentDaily(db.Model):
     )
 
 
+class ActiveDaily(db.Model):
+    """How many agents bought per day (orders that day summed above zero), per scope and tier: the active-agent
+    series without a distinct count over rollup_agent_daily. Delta rows (+1 when an agent's day turns active,
+    -1 when refunds empty it); scope_id 0 and every agent on the buyer's path, the buyer included; tier_id and path
+    are the agent's when the row was written (a rebuild takes them as they are then)."""
+    __tablename__ = "rollup_active_daily"
+    id = Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    scope_id = Column(Integer, nullable=False)
+    day = Column(Date, nullable=False)
+    tier_id = Column(Integer, nullable=False)
+    agents = Column(Integer, nullable=False, default=0)
+
+    __table_args__ = (Index("ix_rollup_active_scope_day", "scope_id", "day"),)
+
+
+class RetentionMonthly(db.Model):
+    """Retention by cohort: how many agents who joined in `cohort` (first day of the China month of
+    agent.created_at) bought in `month` (first day of the month), per scope and tier. Delta rows like
+    rollup_active_daily; scopes are 0 and the buyer's uplines only (a branch's own root is not in its cohorts)."""
+    __tablename__ = "rollup_retention_monthly"
+    id = Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    scope_id = Column(Integer, nullable=False)
+    cohort = Column(Date, nullable=False)
+    month = Column(Date, nullable=False)
+    tier_id = Column(Integer, nullable=False)
+    agents = Column(Integer, nullable=False, default=0)
+
+    __table_args__ = (Index("ix_rollup_retention_scope_cohort", "scope_id", "cohort"),)
+
+
 class MoneyDaily(db.Model):
     """Money flows per day: commissions accrued / settled / reversed, withdrawals, revenue, fees, refunds.
 

@@ -10,6 +10,12 @@ Three writers, one answer:
   real-name records and journals. Incremental rows and a rebuild give the same grouped sums.
 `compact` merges the delta rows of one key into one row; readers GROUP BY, so it changes no answer.
 
+Active agents (rollup_active_daily, rollup_retention_monthly) count each agent once per day (month): a delivery
+adds +1 only when it turns the agent's day (month) from no orders to some, a refund -1 only when it empties it,
+both read off rollup_agent_daily under a per-agent lock. Tier and branch are the agent's (agent.tier_id,
+agent.path) when the row is written; a rebuild takes them as they are then, so after an agent is moved or changes
+tier, a rebuild restates its past days under the new ones.
+
 Definitions (the dashboards rely on them):
 - day: China business day (BUSINESS_TIMEZONE) of orders.delivered_at; for money flows, of the journal.
 - Counted orders: status delivered or disputed. GMV = orders.amount, cost = cost_total, fees = service_fee,
@@ -51,12 +57,13 @@ from app.analytics.models import (
     PLATFORM_SCOPE,
     RollupState,
 )
-from app.clock import business_tz, to_local, utcnow
+from app.clock import business_tz, month_last_day, to_local, utcnow
 from app.errors import ValidationError
 from app.extensions import db
 
 MONEY_WATERMARK = "money_journal_id"
 ADVISORY_LOCK_KEY = 7_020_301  # any constant: compact / fold / rebuild take it for their transaction
+ACTIVITY_LOCK_KEY = 7_020_302  # with the agent id: one agent's deliveries decide "first of the day" one at a time
 COUNTED_STATUSES = ("delivered", "disputed")
 DIMENSIONS = ("age_band", "gender", "province", "hour", "buyer_type")
 UNKNOWN = "unknown"
@@ -70,6 +77,7 @@ class RollupTable:
     key: tuple[str, ...]
     sums: tuple[str, ...]
     nullable_key: tuple[str, ...] = ()
+    period: str = "day >= :start AND day <= :end"  # the rows a rebuild of days :start..:end replaces
 
 
 TABLES = {
@@ -80,12 +88,17 @@ TABLES = {
                            ("orders", "gmv")),
     "agent": RollupTable("rollup_agent_daily", ("day", "agent_id"), ("orders", "gmv")),
     "money": RollupTable("rollup_money_daily", ("scope_id", "day", "flow"), ("amount", "count")),
+    "active": RollupTable("rollup_active_daily", ("scope_id", "day", "tier_id"), ("agents",)),
+    # A rebuild recomputes whole months: the months of :start and :end and those between.
+    "retention": RollupTable("rollup_retention_monthly", ("scope_id", "cohort", "month", "tier_id"), ("agents",),
+                             period="month >= :mstart AND month <= :mend"),
 }
 
 
 # --- shared helpers ------------------------------------------------------------------------------------------
 
-_TYPES = {"day": Date(), "lo": DateTime(), "hi": DateTime(), "cutoff": DateTime(), "start": Date(), "end": Date()}
+_TYPES = {"day": Date(), "lo": DateTime(), "hi": DateTime(), "cutoff": DateTime(), "start": Date(), "end": Date(),
+          "mstart": Date(), "mend": Date(), "mlo": DateTime(), "mhi": DateTime()}
 
 
 def text(sql: str):
@@ -149,6 +162,7 @@ def _set_state(name: str, value: int) -> None:
 _FACTS = text("""
 SELECT o.agent_id, o.upline_path, o.product_id, p.category_id, o.channel, o.tier_id, o.supplier_id, o.quantity,
        o.amount, o.cost_total, o.service_fee, o.delivered_at, r.age_band, r.gender, r.province,
+       a.tier_id AS agent_tier_id, a.path AS agent_path, a.created_at AS agent_created_at,
        CASE WHEN o.agent_id IS NOT NULL THEN EXISTS (
               SELECT 1 FROM orders e WHERE e.agent_id = o.agent_id AND e.delivered_at IS NOT NULL AND e.id <> o.id
                  AND (e.delivered_at < o.delivered_at OR (e.delivered_at = o.delivered_at AND e.id < o.id)))
@@ -160,8 +174,9 @@ SELECT o.agent_id, o.upline_path, o.product_id, p.category_id, o.channel, o.tier
 FROM orders o
 JOIN product p ON p.id = o.product_id
 LEFT JOIN real_name r ON r.agent_id = o.agent_id AND r.status = 'verified'
+LEFT JOIN agent a ON a.id = o.agent_id
 WHERE o.id = :order_id
-""").columns(delivered_at=DateTime())  # typed: SQLite returns timestamps as text otherwise
+""").columns(delivered_at=DateTime(), agent_created_at=DateTime())  # typed: SQLite returns timestamps as text
 
 
 def record_delivery(order_id: int) -> None:
@@ -190,8 +205,51 @@ def _record(order_id: int, sign: int) -> None:
               "v_province": o.province or UNKNOWN, "v_hour": f"{local.hour:02d}",
               "v_buyer_type": "returning" if o.repeat_buyer else "first"}
     params.update({f"s{i}": scope for i, scope in enumerate(scopes)})
+    if o.agent_id is not None:
+        _record_activity(conn, o, local.date(), sign)  # reads rollup_agent_daily before this order's row lands
     for stmt in _delta_statements(_dialect(), len(scopes), o.agent_id is not None):
         conn.execute(stmt, params)
+
+
+# The agent's orders on the day and in the month, summed over rollup_agent_daily (the (agent_id, day) index).
+_AGENT_BEFORE = text("SELECT coalesce(sum(CASE WHEN day = :day THEN orders ELSE 0 END), 0), coalesce(sum(orders), 0)"
+                     " FROM rollup_agent_daily WHERE agent_id = :agent_id AND day >= :start AND day <= :end")
+
+
+def _record_activity(conn, o, day: date, sign: int) -> None:
+    """Keep rollup_active_daily and rollup_retention_monthly: +1 when this order makes the agent's day (month)
+    active, -1 when a refund leaves it with no order; nothing otherwise.
+
+    Whether the day was active is read from rollup_agent_daily, so two deliveries of one agent must not both read
+    "not yet": on PostgreSQL they serialize on a transaction-level advisory lock per agent (other agents never
+    wait); SQLite has one writer at a time.
+    """
+    if _dialect() == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(CAST(:k AS integer), CAST(:agent_id AS integer))"),
+                     {"k": ACTIVITY_LOCK_KEY, "agent_id": o.agent_id})
+    month = day.replace(day=1)
+    before_day, before_month = conn.execute(_AGENT_BEFORE, {
+        "agent_id": o.agent_id, "day": day, "start": month, "end": month_last_day(month)}).one()
+    turned_day = int(before_day + sign > 0) - int(before_day > 0)
+    turned_month = int(before_month + sign > 0) - int(before_month > 0)
+    scopes = order_scopes(o.agent_id, o.agent_path)
+    if turned_day:
+        _insert_rows(conn, "rollup_active_daily", ("scope_id", "day", "tier_id", "agents"),
+                     [(s, day, o.agent_tier_id, turned_day) for s in scopes])
+    if turned_month:
+        cohort = to_local(o.agent_created_at).date().replace(day=1)
+        _insert_rows(conn, "rollup_retention_monthly", ("scope_id", "cohort", "month", "tier_id", "agents"),
+                     [(s, cohort, month, o.agent_tier_id, turned_month) for s in scopes if s != o.agent_id])
+
+
+def _insert_rows(conn, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
+    """One multi-row INSERT of `rows` (tuples in `columns` order)."""
+    if not rows:
+        return
+    values = ", ".join("(" + ", ".join(f":{c}_{i}" for c in columns) + ")" for i in range(len(rows)))
+    params = {f"{c}_{i}": v for i, row in enumerate(rows) for c, v in zip(columns, row, strict=True)}
+    dates = [bindparam(name, type_=Date()) for name, v in params.items() if isinstance(v, date)]
+    conn.execute(_text(f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values}").bindparams(*dates), params)
 
 
 _SALES_COLS = "scope_id, day, product_id, category_id, channel, tier_id, supplier_id, orders, quantity, gmv, cost," \
@@ -270,7 +328,8 @@ def _assemble(head: str, ctes: str, tail: str, replace: bool) -> str:
     if _dialect() == "sqlite":
         return f"{head} " + (f"WITH RECURSIVE {ctes} " if ctes else "") + tail
     table = head.split()[2]
-    parts = ([f"gone AS (DELETE FROM {table} WHERE day >= :start AND day <= :end)"] if replace else []) + \
+    period = next(t.period for t in TABLES.values() if t.name == table)
+    parts = ([f"gone AS (DELETE FROM {table} WHERE {period})"] if replace else []) + \
         ([ctes] if ctes else [])
     return ("WITH " + ", ".join(parts) + " " if parts else "") + f"{head} {tail}"
 
@@ -345,6 +404,46 @@ def _agent_sql(where: str, replace: bool = False) -> str:
         f"SELECT day, agent_id, count(*), sum(amount) FROM (SELECT {day} AS day, o.agent_id, o.amount"
         " FROM orders o WHERE o.status IN ('delivered', 'disputed') AND o.agent_id IS NOT NULL"
         f" AND {where}) a GROUP BY day, agent_id ORDER BY day, agent_id", replace)
+
+
+def _month_sql(day_sql: str) -> str:
+    """The first day of the month of a DATE expression."""
+    if _dialect() == "postgresql":
+        return f"CAST(date_trunc('month', {day_sql}) AS date)"
+    return f"date({day_sql}, 'start of month')"
+
+
+def _active_pairs(period_sql: str, where: str) -> str:
+    """Distinct (period, agent_id) of agents with counted orders matching `where`."""
+    return (f"SELECT DISTINCT {period_sql} AS period, o.agent_id FROM orders o"
+            f" WHERE o.status IN ('delivered', 'disputed') AND o.agent_id IS NOT NULL AND {where}")
+
+
+def _active_sql(where: str, replace: bool = False) -> str:
+    """Agents who bought, per day, scope and the agent's tier: one per (agent, day), counted at 0 and every agent on
+    the agent's path (itself included). Grouped per (day, tier, path) before the path is expanded."""
+    day, _ = _local_sql("o.delivered_at")
+    src = (f"src AS (SELECT p.period AS day, a.tier_id, a.path, count(*) AS n FROM ({_active_pairs(day, where)}) p"
+           " JOIN agent a ON a.id = p.agent_id GROUP BY p.period, a.tier_id, a.path)")
+    extra, source = _scoped("src", ("day", "tier_id", "n"))
+    return _assemble("INSERT INTO rollup_active_daily (scope_id, day, tier_id, agents)", src + extra,
+                     f"SELECT x.scope_id, x.day, x.tier_id, sum(x.n) FROM {source}"
+                     " GROUP BY x.scope_id, x.day, x.tier_id ORDER BY x.scope_id, x.day", replace)
+
+
+def _retention_sql(where: str, replace: bool = False) -> str:
+    """Agents who bought, per month, cohort (their joining month), scope and tier: counted at 0 and at every agent
+    above them (the parent's path: an agent is not in its own branch's cohorts)."""
+    day, _ = _local_sql("o.delivered_at")
+    joined, _ = _local_sql("a.created_at")
+    parent_path = "substr(a.path, 1, length(a.path) - length(CAST(a.id AS TEXT)) - 1)"
+    src = (f"src AS (SELECT p.period AS month, {_month_sql(joined)} AS cohort, a.tier_id, {parent_path} AS path,"
+           f" count(*) AS n FROM ({_active_pairs(_month_sql(day), where)}) p JOIN agent a ON a.id = p.agent_id"
+           " GROUP BY 1, 2, 3, 4)")
+    extra, source = _scoped("src", ("month", "cohort", "tier_id", "n"))
+    return _assemble("INSERT INTO rollup_retention_monthly (scope_id, cohort, month, tier_id, agents)", src + extra,
+                     f"SELECT x.scope_id, x.cohort, x.month, x.tier_id, sum(x.n) FROM {source}"
+                     " GROUP BY x.scope_id, x.cohort, x.month, x.tier_id ORDER BY x.scope_id, x.cohort", replace)
 
 
 def _money_sql(journal_where: str, replace: bool = False) -> str:
@@ -453,7 +552,8 @@ def rebuild(start: date, end: date) -> dict:
     """Delete and recompute every rollup for China days start..end (inclusive) from the source tables. Commits.
 
     Orders, real-name records and the first-order test come from the tables as they are now; money flows from
-    journals up to the money watermark (fold_money adds the rest, so nothing is counted twice). One transaction
+    journals up to the money watermark (fold_money adds the rest, so nothing is counted twice); retention is
+    recomputed for whole months, from the month of `start` to the month of `end`. One transaction
     (the session's open one is committed first); on PostgreSQL each table's DELETE and INSERT are one statement
     (one snapshot), so deliveries committing meanwhile are counted exactly once, by their own deltas.
     Returns the rows written per table and the seconds it took.
@@ -466,19 +566,24 @@ def rebuild(start: date, end: date) -> dict:
     db.session.commit()
     pg = _dialect() == "postgresql"
     lo, hi = day_bounds(start, end)
-    params = {"lo": lo, "hi": hi, "start": start, "end": end, **_tz_params()}
+    mstart, mend = start.replace(day=1), end.replace(day=1)
+    mlo, mhi = day_bounds(mstart, month_last_day(mend))
+    params = {"lo": lo, "hi": hi, "start": start, "end": end, "mstart": mstart, "mend": mend, "mlo": mlo,
+              "mhi": mhi, **_tz_params()}
     written: dict[str, int] = {}
     try:
         _lock()
         params["mark"] = _get_state(MONEY_WATERMARK)
         if not pg:
-            for name in TABLES:
-                db.session.execute(text(f"DELETE FROM {TABLES[name].name} WHERE day >= :start AND day <= :end"),
-                                   params)
+            for t in TABLES.values():
+                db.session.execute(text(f"DELETE FROM {t.name} WHERE {t.period}"), params)
         in_range = "o.delivered_at >= :lo AND o.delivered_at < :hi"
         written["sales"] = db.session.execute(text(_sales_sql(in_range, pg)), params).rowcount
         written["profile"] = db.session.execute(text(_profile_sql(in_range, pg)), params).rowcount
         written["agent"] = db.session.execute(text(_agent_sql(in_range, pg)), params).rowcount
+        written["active"] = db.session.execute(text(_active_sql(in_range, pg)), params).rowcount
+        written["retention"] = db.session.execute(text(_retention_sql(
+            "o.delivered_at >= :mlo AND o.delivered_at < :mhi", pg)), params).rowcount
         written["money"] = db.session.execute(text(_money_sql(
             "j0.created_at >= :lo AND j0.created_at < :hi AND j0.id <= :mark", pg)), params).rowcount
         db.session.commit()
@@ -496,7 +601,8 @@ def rebuild(start: date, end: date) -> dict:
 # pages (one page per 2 rows; 31,294 profile rows of a dimension on 31,000 pages): 650-800 ms a query on a cold
 # cache. Written in index order they fill ~190 pages: 9 ms (sales ranking) and 26 ms (provinces), same data.
 _CLUSTERED = {"rollup_sales_daily": "scope_id, day", "rollup_profile_daily": "scope_id, dimension, day",
-              "rollup_agent_daily": "day, agent_id", "rollup_money_daily": "scope_id, day"}
+              "rollup_agent_daily": "day, agent_id", "rollup_money_daily": "scope_id, day",
+              "rollup_active_daily": "scope_id, day", "rollup_retention_monthly": "scope_id, cohort"}
 
 
 def _analyze() -> None:

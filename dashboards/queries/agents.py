@@ -1,18 +1,24 @@
 """Agent growth (代理增长): new agents, active agents, top recruiters, tree shape, retention by cohort month.
 
-The tree figures read the `agent` table (created_at, tier_id, parent_id, path, depth: indexed); buying activity
-reads rollup_agent_daily (one row per buying agent and day, possibly split over delta rows: always GROUP BY and
-keep only sums above zero, so a refunded-away day does not count). `scope_id` 0 is the whole platform; an agent's
-id is that agent's branch (itself and its downline, `app.scope.downline_ids`). Every function returns plain data.
+The tree figures read the `agent` table (created_at, tier_id, parent_id, path, depth: indexed). Buying activity:
+- agents who bought per day: rollup_active_daily (already one per agent and day, summed per scope and tier);
+- retention: rollup_retention_monthly (agents per scope, joining month, month and tier);
+- the 7/30-day distinct counts: rollup_agent_daily over the last 30 days (one row per buying agent and day,
+  possibly split over delta rows: GROUP BY and keep only sums above zero, so a refunded-away day does not count).
+A scope's activity counts the agents in the branch and of the tier they were in when the day (month) was recorded,
+or at the last rollup rebuild; joining figures and the tree use the agents as they are now. `scope_id` 0 is the
+whole platform; an agent's id is that agent's branch (itself and its downline, `app.scope.downline_ids`). Every
+function returns plain data.
 """
 from __future__ import annotations
 
 from datetime import date, timedelta
 
-from sqlalchemy import Date, and_, case, func, literal, select, union_all
+from sqlalchemy import and_, case, func, select
 
 from app.agents.models import Agent, Tier
-from app.analytics.models import PLATFORM_SCOPE, AgentDaily
+from app.analytics.models import PLATFORM_SCOPE, ActiveDaily, AgentDaily, RetentionMonthly
+from app.clock import business_today, month_last_day
 from app.extensions import db
 from app.scope import downline_ids
 from dashboards.queries.periods import (
@@ -92,10 +98,13 @@ def active_agents(scope_id: int, as_of: date, tier_id: int | None = None) -> dic
 def daily_active(scope_id: int, start: date, end: date, tier_id: int | None = None) -> list[dict]:
     """Agents of the scope who bought, per day in the range: [{day, agents}], every day listed."""
     check_range(start, end)
-    _, where = _branch(scope_id)
-    pairs = _active_rows(where, tier_id, start, end).subquery()
-    found = {as_date(d): int(n) for d, n in db.session.execute(
-        select(pairs.c.day, func.count()).group_by(pairs.c.day))}
+    total = func.sum(ActiveDaily.agents)
+    query = (select(ActiveDaily.day, total)
+             .where(ActiveDaily.scope_id == scope_id, ActiveDaily.day >= start, ActiveDaily.day <= end)
+             .group_by(ActiveDaily.day).having(total > 0))
+    if tier_id is not None:
+        query = query.where(ActiveDaily.tier_id == tier_id)
+    found = {as_date(d): int(n) for d, n in db.session.execute(query)}
     out, day = [], start
     while day <= end:
         out.append({"day": day, "agents": found.get(day, 0)})
@@ -104,28 +113,8 @@ def daily_active(scope_id: int, start: date, end: date, tier_id: int | None = No
 
 
 def activity(scope_id: int, start: date, end: date, tier_id: int | None = None) -> dict:
-    """daily_active(start..end) and active_agents(as of end) from one pass over rollup_agent_daily:
-    {"daily": [{day, agents}], "active": {7: n, 30: n}} (the tests hold it equal to the two functions)."""
-    check_range(start, end)
-    _, where = _branch(scope_id)
-    first = min(start, end - timedelta(days=max(ACTIVE_WINDOWS) - 1))
-    pairs = _active_rows(where, tier_id, first, end).cte("pairs")
-    parts = [select(literal(0).label("window"), pairs.c.day, func.count().label("n"))
-             .where(pairs.c.day >= start).group_by(pairs.c.day)]
-    parts += [select(literal(window).label("window"), literal(None, Date).label("day"),
-                     func.count(func.distinct(pairs.c.agent_id)).label("n"))
-              .where(pairs.c.day >= end - timedelta(days=window - 1)) for window in ACTIVE_WINDOWS]
-    found, active = {}, dict.fromkeys(ACTIVE_WINDOWS, 0)
-    for window, day, n in db.session.execute(union_all(*parts)):
-        if window == 0:
-            found[as_date(day)] = int(n)
-        else:
-            active[int(window)] = int(n or 0)
-    out, day = [], start
-    while day <= end:
-        out.append({"day": day, "agents": found.get(day, 0)})
-        day += timedelta(days=1)
-    return {"daily": out, "active": active}
+    """daily_active(start..end) and active_agents(as of end): {"daily": [{day, agents}], "active": {7: n, 30: n}}."""
+    return {"daily": daily_active(scope_id, start, end, tier_id), "active": active_agents(scope_id, end, tier_id)}
 
 
 def top_recruiters(scope_id: int, start: date, end: date, tier_id: int | None = None,
@@ -194,16 +183,21 @@ def retention(scope_id: int, start: date, end: date, tier_id: int | None = None)
     sizes = dict(db.session.execute(select(cohort, func.count()).where(*members).group_by(cohort)).all())
     if not sizes:
         return []
-    month = day_month(AgentDaily.day).label("month")
-    # (agent, month) pairs with purchases, carrying the join instant so the cohort needs no second join.
-    bought = (select(AgentDaily.agent_id, Agent.created_at, month)
-              .join(Agent, and_(Agent.id == AgentDaily.agent_id, *members))
-              .where(AgentDaily.day >= first_day, AgentDaily.day <= end)
-              .group_by(AgentDaily.agent_id, Agent.created_at, month)
-              .having(func.sum(AgentDaily.orders) > 0)).subquery()
-    active_cohort = local_month(bought.c.created_at).label("cohort")
-    active = {(c, m): int(n) for c, m, n in db.session.execute(
-        select(active_cohort, bought.c.month, func.count()).group_by(active_cohort, bought.c.month))}
+    end_month = end.replace(day=1)
+    total = func.sum(RetentionMonthly.agents)
+    query = (select(RetentionMonthly.cohort, RetentionMonthly.month, total)
+             .where(RetentionMonthly.scope_id == scope_id, RetentionMonthly.cohort >= first_day,
+                    RetentionMonthly.cohort <= end_month, RetentionMonthly.month <= end_month)
+             .group_by(RetentionMonthly.cohort, RetentionMonthly.month).having(total > 0))
+    if tier_id is not None:
+        query = query.where(RetentionMonthly.tier_id == tier_id)
+    active = {(as_date(c).strftime("%Y-%m"), as_date(m).strftime("%Y-%m")): int(n)
+              for c, m, n in db.session.execute(query)}
+    if end < month_last_day(end) and end < business_today():
+        # The range stops inside a month that went on: its column counts purchases up to `end` only.
+        last = end_month.strftime("%Y-%m")
+        active = {k: n for k, n in active.items() if k[1] != last}
+        active.update(_active_by_cohort(members, end_month, end))
     last_month = end.strftime("%Y-%m")
     out = []
     for name in sorted(sizes):
@@ -214,3 +208,18 @@ def retention(scope_id: int, start: date, end: date, tier_id: int | None = None)
             months.append({"offset": offset, "month": m, "active": n, "pct": round(100.0 * n / size, 1)})
         out.append({"cohort": name, "size": size, "months": months})
     return out
+
+
+def _active_by_cohort(members: list, first: date, last: date) -> dict[tuple[str, str], int]:
+    """{(cohort, month): agents} of the agents matching `members` who bought between first and last (days of one
+    month), from rollup_agent_daily: for a range that ends inside a month."""
+    month = day_month(AgentDaily.day).label("month")
+    # (agent, month) pairs with purchases, carrying the join instant so the cohort needs no second join.
+    bought = (select(AgentDaily.agent_id, Agent.created_at, month)
+              .join(Agent, and_(Agent.id == AgentDaily.agent_id, *members))
+              .where(AgentDaily.day >= first, AgentDaily.day <= last)
+              .group_by(AgentDaily.agent_id, Agent.created_at, month)
+              .having(func.sum(AgentDaily.orders) > 0)).subquery()
+    active_cohort = local_month(bought.c.created_at).label("cohort")
+    return {(c, m): int(n) for c, m, n in db.session.execute(
+        select(active_cohort, bought.c.month, func.count()).group_by(active_cohort, bought.c.month))}
