@@ -113,6 +113,8 @@ class Config:
     ROLLUP_MONEY_BATCH = env_int("ROLLUP_MONEY_BATCH", 50000)  # journals per fold transaction
     # Journals younger than this wait for the next fold (a lower id may still be committing).
     ROLLUP_MONEY_LAG_SECONDS = env_int("ROLLUP_MONEY_LAG_SECONDS", 30)
+    # PostgreSQL work_mem for one dashboard callback's transaction (its year aggregates stay in memory).
+    DASHBOARD_WORK_MEM_MB = env_int("DASHBOARD_WORK_MEM_MB", 32)
     SUPPLIER_SYNC_SECONDS = env_int("SUPPLIER_SYNC_SECONDS", 300)  # suppliers' balance, stock and prices
     # No REDIS_URL: run the periodic jobs on a thread of the web process (`make run` sets it for `flask run`).
     INLINE_SCHEDULER = env_bool("INLINE_SCHEDULER", False)

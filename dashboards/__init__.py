@@ -34,8 +34,10 @@ from pathlib import Path
 from flask import Flask, abort, current_app, jsonify, redirect, request
 from flask_appbuilder import AppBuilder, BaseView, expose, has_access
 from flask_login import current_user
+from sqlalchemy import text
 
 from app.errors import KamengError
+from app.extensions import db
 
 CATEGORY = "数据看板"
 CATEGORY_ICON = "fa-bar-chart"
@@ -120,6 +122,8 @@ def _guarded(view_func, dashboard: Dashboard):
             return redirect(current_app.appbuilder.get_url_for_login_with(request.full_path.rstrip("?")))
         if not current_app.appbuilder.sm.has_access("can_show", dashboard.view_name):
             abort(403)
+        if request.path.endswith("/_dash-update-component"):
+            _query_settings()
         try:
             return view_func(*args, **kwargs)
         except KamengError as exc:  # e.g. dashboard_scope refusing a branch: the callback answers 4xx, not 500
@@ -128,6 +132,17 @@ def _guarded(view_func, dashboard: Dashboard):
             return response
 
     return guarded
+
+
+def _query_settings() -> None:
+    """A callback's aggregates (up to ~70k rollup rows for a year) sort and hash in memory instead of spilling to
+    disk at PostgreSQL's default 4 MB work_mem (168 ms -> 71 ms for the profile overview at 1M orders); JIT off,
+    as compiling these one-off statements costs more than running them. For this request's transaction only."""
+    if db.session.get_bind().dialect.name != "postgresql":
+        return
+    mb = int(current_app.config["DASHBOARD_WORK_MEM_MB"])
+    db.session.execute(text(f"SET LOCAL work_mem = '{mb}MB'"))
+    db.session.execute(text("SET LOCAL jit = off"))
 
 
 def _csrf_cookie(response):

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from app.agents.models import Agent, Tier
 from app.catalog.models import Category
-from app.clock import to_local, utcnow
+from app.clock import business_today
 from app.errors import ValidationError
 from app.extensions import db
 from app.money import format_fen
@@ -29,6 +29,9 @@ FONT_FAMILY = '"Noto Sans CJK SC", "Noto Sans SC", "Microsoft YaHei", "PingFang 
 PRESETS = [("7d", lazy_gettext("近7天")), ("30d", lazy_gettext("近30天")), ("month", lazy_gettext("本月")),
            ("year", lazy_gettext("近一年"))]
 DEFAULT_PRESET = "30d"
+# The granularity a preset switches to (the viewer can pick another after): a year in 365 daily bars is unreadable,
+# and its tables would hold 365 rows per series.
+PRESET_GRANULARITY = {"7d": "day", "30d": "day", "month": "day", "year": "month"}
 GRANULARITIES = [("day", lazy_gettext("日")), ("week", lazy_gettext("周")), ("month", lazy_gettext("月"))]
 MAX_RANGE_DAYS = 3 * 366  # longer ranges are refused (the rollups hold a few years at most)
 BRANCH_OPTIONS_LIMIT = 30
@@ -37,7 +40,7 @@ MAX_INT = 2**31 - 1
 
 def today() -> date:
     """The China business day now."""
-    return to_local(utcnow()).date()
+    return business_today()
 
 
 def preset_range(preset: str | None, now: date | None = None) -> tuple[date, date]:
@@ -156,13 +159,21 @@ def filter_inputs(*, category: bool = True, tier: bool = True, branch: bool = Tr
     return inputs
 
 
-def register_filters(dash_app: Dash, *, category: bool = True, tier: bool = True, branch: bool = True) -> None:
-    """Callbacks of the filter bar: presets set the range; options load on page load; branch search is scoped."""
-
-    @dash_app.callback(Output("f-range", "start_date"), Output("f-range", "end_date"), Input("f-preset", "value"))
-    def apply_preset(preset):
-        start, end = preset_range(preset)
-        return start.isoformat(), end.isoformat()
+def register_filters(dash_app: Dash, *, category: bool = True, tier: bool = True, branch: bool = True,
+                     granularity: bool = False) -> None:
+    """Callbacks of the filter bar: presets set the range (and the granularity, where there is one); options load
+    on page load; branch search is scoped."""
+    if granularity:
+        @dash_app.callback(Output("f-range", "start_date"), Output("f-range", "end_date"),
+                           Output("f-granularity", "value"), Input("f-preset", "value"))
+        def apply_preset_and_granularity(preset):
+            start, end = preset_range(preset)
+            return start.isoformat(), end.isoformat(), PRESET_GRANULARITY.get(preset, "day")
+    else:
+        @dash_app.callback(Output("f-range", "start_date"), Output("f-range", "end_date"), Input("f-preset", "value"))
+        def apply_preset(preset):
+            start, end = preset_range(preset)
+            return start.isoformat(), end.isoformat()
 
     if category:
         @dash_app.callback(Output("f-category", "options"), Input("f-init", "data"))

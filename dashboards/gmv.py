@@ -47,7 +47,7 @@ def layout() -> html.Div:
 
 def build(dash_app: Dash) -> None:
     dash_app.layout = layout
-    c.register_filters(dash_app)
+    c.register_filters(dash_app, granularity=True)
     c.register_table_export(dash_app, "gmv-series", "gmv-trend.csv")
     for by in BREAKDOWN_TABLES:
         c.register_table_export(dash_app, f"gmv-by-{by}-table", f"gmv-by-{by}.csv")

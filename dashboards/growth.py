@@ -40,7 +40,7 @@ def layout() -> html.Div:
 
 def build(dash_app: Dash) -> None:
     dash_app.layout = layout
-    c.register_filters(dash_app, category=False)
+    c.register_filters(dash_app, category=False, granularity=True)
     for table_id, filename in TABLES.items():
         c.register_table_export(dash_app, table_id, filename)
 

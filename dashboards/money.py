@@ -58,7 +58,7 @@ def layout() -> html.Div:
 
 def build(dash_app: Dash) -> None:
     dash_app.layout = layout
-    c.register_filters(dash_app, category=False, tier=False)
+    c.register_filters(dash_app, category=False, tier=False, granularity=True)
     c.register_table_export(dash_app, TOTALS_TABLE, "money-flows-totals.csv")
     c.register_table_export(dash_app, PERIOD_TABLE, "money-flows.csv")
 
