@@ -3,8 +3,9 @@
 Given the demo data, when a history of N orders is generated, then: N orders spread over a year with the
 seasonal shape asked for (a September phone-credit spike among 18-22-year-olds), agents grown into a tree with
 one large branch, every delivered order with one sale journal posting exactly `sale_lines`, commissions as the
-uplines' tiers pay them, card secrets sold once each with stock left, cached balances equal to their postings
-(the ledger check), and rollups equal to the orders they summarize and to a fresh rebuild.
+uplines' tiers pay them, withdrawals paid, rejected and pending review with the real flow's journals, card
+secrets sold once each with stock left, cached balances equal to their postings (the ledger check) and no wallet
+ever negative, and rollups equal to the orders they summarize and to a fresh rebuild.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from app.ledger.invariants import check_ledger
 from app.ledger.models import Account, Journal, Posting
 from app.money import apply_rate
 from app.network import commissions
-from app.network.models import Commission, RealNameVerification
+from app.network import withdrawals as withdrawal_service
+from app.network.models import Commission, RealNameVerification, Withdrawal
 from app.orders.models import Order
 from app.orders.service import sale_lines
 from app.payments.models import Payment, Refund
@@ -220,10 +222,92 @@ def test_history_is_a_consistent_year(app):
     every = [c for cs in rows.values() for c in cs]
     assert money["commission_accrued"] == sum(c.amount for c in every)
     assert money["commission_settled"] == sum(c.amount for c in every if c.status == "settled")
+    _assert_withdrawals(report, agents, postings, codes)
+
     # ... and to a fresh rebuild of the same days.
     before = {name: _grouped(name) for name in rollups.TABLES}
     rollups.rebuild(report.start, report.end)
     assert {name: _grouped(name) for name in rollups.TABLES} == before
+
+    # A request the history left pending review goes on through the real flow: rejected, the money back.
+    waiting = _db.session.scalar(select(Withdrawal).where(Withdrawal.status == "pending_review").limit(1))
+    frozen = ledger.agent_balances(waiting.agent_id)["frozen"]
+    withdrawal_service.reject(waiting.id, None, "测试驳回")
+    assert ledger.agent_balances(waiting.agent_id)["frozen"] == frozen - waiting.amount
+    assert check_ledger() == []
+
+
+def _assert_withdrawals(report: history.HistoryReport, agents: list[Agent], postings: dict, codes: dict) -> None:
+    """Withdrawals: verified agents of tiers that may withdraw, the fee rule of app.network.withdrawals, the
+    journals it posts (freeze, then paid or release), wallets never negative, and the money flows they make."""
+    rows = list(_db.session.scalars(select(Withdrawal).order_by(Withdrawal.created_at)))
+    by_status = Counter(w.status for w in rows)
+    assert set(by_status) == {"paid", "rejected", "pending_review"} and report.withdrawals == dict(by_status)
+    assert by_status["paid"] > by_status["rejected"] + by_status["pending_review"]
+    verified = {r.agent_id: r for r in _db.session.scalars(select(RealNameVerification))}
+    journals = {j.idempotency_key: j for j in _db.session.scalars(select(Journal).where(
+        Journal.kind.in_(("withdrawal_freeze", "withdrawal_paid", "withdrawal_release"))))}
+    agent_by_id = {a.id: a for a in agents}
+    expected_keys = set()
+
+    def posted(key: str, kind: str, lines: list[tuple[str, int]], at: datetime | None) -> None:
+        j = journals[key]
+        assert j.kind == kind and sorted(postings[j.id]) == sorted(lines) and sum(a for _c, a in lines) == 0
+        assert j.content_hash == ledger._content_hash(kind, [ledger.Line(c, a) for c, a in lines])
+        assert at is None or j.created_at == at
+        expected_keys.add(key)
+
+    frozen = defaultdict(int)
+    for w in rows:
+        agent = agent_by_id[w.agent_id]
+        rec = verified[w.agent_id]
+        assert agent.tier.may_withdraw and rec.status == "verified" and rec.verified_at <= w.created_at
+        assert w.bank_card_masked == rec.bank_card_masked
+        assert w.amount >= agent.tier.min_withdrawal
+        assert w.fee == apply_rate(w.amount, agent.tier.withdrawal_fee_bp) and w.net_amount == w.amount - w.fee > 0
+        assert w.withdrawal_no.startswith("W") and len(w.withdrawal_no) == 19
+        wallet, fz = (ledger.agent_account_code(w.agent_id, k) for k in ("wallet", "frozen"))
+        posted(f"withdrawal:{w.withdrawal_no}:freeze", "withdrawal_freeze", [(wallet, -w.amount), (fz, w.amount)],
+               w.created_at)
+        if w.status == "paid":
+            assert w.created_at + timedelta(hours=12) < w.paid_at < w.created_at + timedelta(days=2)
+            assert w.reviewed_at <= w.paid_at and w.payout_ref == w.withdrawal_no
+            posted(f"withdrawal:{w.withdrawal_no}:paid", "withdrawal_paid",
+                   [(fz, -w.amount), ("platform:payouts", w.net_amount), ("platform:fees", w.fee)], w.paid_at)
+        elif w.status == "rejected":
+            assert w.review_reason and w.reviewed_at > w.created_at and w.paid_at is None
+            posted(f"withdrawal:{w.withdrawal_no}:release", "withdrawal_release",
+                   [(fz, -w.amount), (wallet, w.amount)], w.reviewed_at)
+        else:
+            assert w.reviewed_at is None and w.paid_at is None and w.created_at > END - timedelta(days=2)
+            frozen[w.agent_id] += w.amount
+    assert set(journals) == expected_keys
+    for a in agents:
+        assert ledger.agent_balances(a.id)["frozen"] == frozen[a.id]
+
+    # No wallet (nor frozen account) below zero at any moment of the history: postings in time order.
+    running = defaultdict(int)
+    for code, amount, _at, _id in _db.session.execute(
+            select(Account.code, Posting.amount, Journal.created_at, Journal.id)
+            .join(Posting, Posting.account_id == Account.id).join(Journal, Journal.id == Posting.journal_id)
+            .where(Account.kind.in_(("wallet", "frozen"))).order_by(Journal.created_at, Journal.id)):
+        running[code] += amount
+        assert running[code] >= 0, (code, _at)
+
+    # The money flows, computed here from the rows: requested = every request's amount (the frozen credit), paid =
+    # the net sent to the bank, fee = the platform's fee of the paid ones; at the platform and in agent1's branch.
+    agent1 = next(a for a in agents if a.name == "agent1")
+    for scope, members in ((0, rows), (agent1.id, [w for w in rows
+                                                   if agent_by_id[w.agent_id].path.startswith(agent1.path)])):
+        money = dict(_db.session.execute(select(MoneyDaily.flow, func.sum(MoneyDaily.amount)).where(
+            MoneyDaily.scope_id == scope, MoneyDaily.flow.like("withdrawal_%")).group_by(MoneyDaily.flow)).all())
+        paid = [w for w in members if w.status == "paid"]
+        assert {k: int(v) for k, v in money.items() if v} == {
+            k: v for k, v in (("withdrawal_requested", sum(w.amount for w in members)),
+                              ("withdrawal_paid", sum(w.net_amount for w in paid)),
+                              ("withdrawal_fee", sum(w.fee for w in paid))) if v}
+    assert int(_db.session.scalar(select(func.sum(MoneyDaily.amount)).where(
+        MoneyDaily.scope_id == 0, MoneyDaily.flow == "withdrawal_paid"))) > 0
 
 
 @PG

@@ -14,7 +14,10 @@ What it writes, on top of the normal demo data (tiers, catalog, demo agents), fo
   the uplines' tier rates as app.network.commissions computes them) settled by a daily settlement run once due,
   refunds (sale reversal, commission reversal, channel refund, Refund row, voided secrets), failed direct
   top-ups refunded, closed unpaid storefront orders; card secrets sold to each card order (encrypted, unique
-  hash) with stock left over; cached balances equal to the sum of their postings at the end.
+  hash) with stock left over; cached balances equal to the sum of their postings at the end;
+- withdrawals (提现) of settled commissions by verified agents of tiers that may withdraw, with the journals
+  app.network.withdrawals posts (freeze on request, paid or released on review): most paid a day or two later,
+  a few rejected, the latest still pending review.
 
 Everything is bulk-inserted: PostgreSQL COPY on the session's own connection (one transaction for the whole
 history), executemany elsewhere, in chunks of `chunk` orders. Order status is written directly rather than
@@ -58,6 +61,7 @@ from app.ledger import service as ledger
 from app.ledger.models import Account, Journal
 from app.money import apply_rate
 from app.network.commissions import EXPENSE, max_levels
+from app.network.models import RealNameVerification
 from app.network.realname import IdFacts, mask_card, mask_id, mask_name, mask_phone
 from app.orders.service import sale_lines
 from app.payments.service import BUYER_FUNDS
@@ -91,6 +95,14 @@ TIER_PLAN = {
     "普通代理": (0.40, 3.0, (100_000, 200_000, 500_000)),
     "会员": (0.52, 1.0, (10_000, 20_000, 50_000)),
 }
+
+
+# Withdrawals: an agent with settled commissions looks at its wallet every WITHDRAW_EVERY_DAYS days on average and
+# asks for part of that money once it reaches its tier's minimum; review takes a day or two.
+WITHDRAW_EVERY_DAYS = 30
+WITHDRAW_REJECTED = 0.05  # share of reviewed requests turned down (the money goes back to the wallet)
+REJECT_REASONS = ("银行卡信息与实名认证不一致，请核对后重新申请", "账户近期存在异常退款，暂缓提现",
+                  "提现申请信息不完整，请重新提交")
 
 
 def _parents_for(tier: str, rng: random.Random) -> tuple[str, ...]:
@@ -127,6 +139,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
                     "created_at", "sold_at"),
     "recharge_attempt": ("order_id", "supplier_id", "seq", "upstream_code", "cost", "status", "upstream_trade_no",
                          "polls", "created_at", "updated_at", "finished_at"),
+    "withdrawal": ("withdrawal_no", "agent_id", "amount", "fee", "net_amount", "bank_card_masked", "status",
+                   "review_reason", "reviewed_by_id", "reviewed_at", "payout_ref", "created_at", "paid_at"),
 }
 
 
@@ -145,6 +159,7 @@ class HistoryReport:
     card_secrets: int = 0
     commissions: int = 0
     topups: int = 0
+    withdrawals: dict[str, int] = field(default_factory=dict)  # status -> count
     timings: dict[str, float] = field(default_factory=dict)  # phase -> seconds
     cpu: dict[str, float] = field(default_factory=dict)  # phase -> CPU seconds of this process
 
@@ -276,6 +291,9 @@ class _HAgent:
     student: bool = False
     wallet: int = 0  # account ids
     pending: int = 0
+    frozen: int = 0
+    verified_at: datetime | None = None  # real name verified (UTC): a withdrawal needs it
+    card: str = ""  # the verified bank card, masked as the withdrawal row keeps it
     spendable: int = 0  # simulated wallet money available (top-ups less purchases), fen
     topup_sizes: tuple[int, ...] = ()
 
@@ -335,6 +353,7 @@ class HistoryBuilder:
         self.cpu: dict[str, float] = {}
         self._cpu_mark = time.process_time()
         self.status_counts: dict[str, int] = defaultdict(int)
+        self.withdrawal_counts: dict[str, int] = defaultdict(int)
         self.gmv = 0
         self._index: dict[int, int] = {}  # agent id -> position in self.agents while the tree is built
         self._topup_journals: list[tuple] = []
@@ -391,7 +410,8 @@ class HistoryBuilder:
             run=self.run_no, seed=self.seed, start=self.start_day, end=self.end_local.date(),
             agents=len(self.new_agents), orders=c["orders"], statuses=dict(self.status_counts), gmv=self.gmv,
             journals=c["ledger_journal"], postings=c["ledger_posting"], card_secrets=c["card_secret"],
-            commissions=c["commission"], topups=c["wallet_topup"], timings=dict(self.timings), cpu=dict(self.cpu))
+            commissions=c["commission"], topups=c["wallet_topup"], withdrawals=dict(self.withdrawal_counts),
+            timings=dict(self.timings), cpu=dict(self.cpu))
 
     # ------------------------------------------------------------------------------------------------ setup
     def _load_reference(self) -> None:
@@ -462,11 +482,19 @@ class HistoryBuilder:
         n_new = max(20, min(self.n_orders // 200, 20_000))
         n_top = max(2, round(n_new * 0.006))
         # Existing agents (the demo's) buy and recruit too, from the first day; agent1 leads the largest branch.
-        existing = list(db.session.execute(select(Agent.id, Agent.tier_id, Agent.path, Agent.name)
+        existing = list(db.session.execute(select(Agent.id, Agent.tier_id, Agent.path, Agent.name, Agent.phone)
                                            .where(Agent.active.is_(True)).order_by(Agent.id)).all())
         acc_rows = db.session.execute(select(Account.agent_id, Account.kind, Account.id).where(
-            Account.agent_id.in_([a.id for a in existing]), Account.kind.in_(("wallet", "pending")))).all()
+            Account.agent_id.in_([a.id for a in existing]), Account.kind.in_(("wallet", "pending", "frozen")))).all()
         acc = {(r.agent_id, r.kind): r.id for r in acc_rows}
+        records = {r.agent_id: r for r in db.session.execute(select(
+            RealNameVerification.agent_id, RealNameVerification.status, RealNameVerification.verified_at,
+            RealNameVerification.bank_card_masked).where(
+            RealNameVerification.agent_id.in_([a.id for a in existing])))}
+        # The agents there before the history (the demo's) have been around for its whole year: those of tiers
+        # that may withdraw verified their real name at its start, unless they have a record already. Their own
+        # random stream, so the orders drawn next are the same as without them.
+        founders = random.Random(f"{self.seed}-founders")
         self.agents: list[_HAgent] = []
         urns: dict[str, list[int]] = defaultdict(list)  # tier -> agent indexes, repeated by recruiting pull
         for row in existing:
@@ -475,6 +503,13 @@ class HistoryBuilder:
                 continue
             a = self._agent_obj(row.id, tier.name, row.path, start_utc)
             a.wallet, a.pending = acc[(row.id, "wallet")], acc[(row.id, "pending")]
+            a.frozen = acc.get((row.id, "frozen"), 0)
+            rec = records.get(row.id)
+            if rec is not None and rec.status == "verified":
+                a.verified_at, a.card = rec.verified_at or start_utc, rec.bank_card_masked
+            elif rec is None and tier.may_withdraw:
+                self._real_name(a, row.phone or f"1{founders.choice('3578')}{founders.randrange(10 ** 9):09d}",
+                                start_utc, rng=founders, founder=True)
             self.agents.append(a)
             pull = 40 if row.name == "agent1" else 6
             urns[tier.name].extend([len(self.agents) - 1] * pull)
@@ -510,7 +545,7 @@ class HistoryBuilder:
             agent_id = ids[k]
             path = f"{parent.path if parent else '/'}{agent_id}/"
             a = self._agent_obj(agent_id, tier, path, joined)
-            a.wallet, a.pending, frozen = acc_ids[3 * k:3 * k + 3]
+            a.wallet, a.pending, a.frozen = acc_ids[3 * k:3 * k + 3]
             self.agents.append(a)
             self.new_agents.append(a)
             index = len(self.agents) - 1
@@ -523,7 +558,7 @@ class HistoryBuilder:
             phone = f"1{rng.choice('3578')}{rng.randrange(10 ** 9):09d}"
             bulk.add("agent", (agent_id, name, parent.id if parent else None, path, path.count("/") - 2,
                                a.tier_id, True, phone, joined))
-            for acc_id, kind in ((a.wallet, "wallet"), (a.pending, "pending"), (frozen, "frozen")):
+            for acc_id, kind in ((a.wallet, "wallet"), (a.pending, "pending"), (a.frozen, "frozen")):
                 bulk.add("ledger_account", (acc_id, ledger.agent_account_code(agent_id, kind), kind, agent_id,
                                             True, 0, joined))
             self._real_name(a, phone, joined)
@@ -554,24 +589,26 @@ class HistoryBuilder:
         self._index[agent_id] = len(self.agents)
         return a
 
-    def _real_name(self, a: _HAgent, phone: str, joined: datetime) -> None:
+    def _real_name(self, a: _HAgent, phone: str, joined: datetime, rng: random.Random | None = None,
+                   founder: bool = False) -> None:
         """Most agents verify their real name soon after joining (all who withdraw must); students are the
-        18-22-year-old 会员 and 普通代理."""
-        rng = self.rng
-        share = {"总代": 1.0, "区域代理": 1.0, "普通代理": 0.8, "会员": 0.6}[a.tier]
+        18-22-year-old 会员 and 普通代理. `founder`: an agent there before the history (the demo's), verified
+        at its start, never a student (its buying is already drawn), 25 or older."""
+        rng = rng or self.rng
+        share = 1.0 if founder else {"总代": 1.0, "区域代理": 1.0, "普通代理": 0.8, "会员": 0.6}[a.tier]
         if rng.random() >= share:
             return
         verified = joined + timedelta(hours=rng.uniform(0.2, 72))
         if verified > self.end:
             return
         today = self._local(verified).date()
-        student_share = {"会员": 0.38, "普通代理": 0.12}.get(a.tier, 0.0)
+        student_share = 0.0 if founder else {"会员": 0.38, "普通代理": 0.12}.get(a.tier, 0.0)
         if rng.random() < student_share:
             age = rng.randint(18, 21)  # still 18-22 when next September comes
             a.student = True
             a.weight *= 0.7
         else:
-            age = int(min(62, max(23, rng.gauss(31, 7))))
+            age = int(min(62, max(25 if founder else 23, rng.gauss(31, 7))))
         birth = today - timedelta(days=int(age * 365.25) + rng.randrange(1, 360))
         region = rng.choices([r[0] for r in REGIONS], weights=[r[1] for r in REGIONS])[0]
         male = rng.random() < 0.62
@@ -587,6 +624,7 @@ class HistoryBuilder:
             crypto.keyed_hash("realname-id", number), mask_name(name), mask_id(number), mask_card(card),
             mask_phone(phone), facts.age_band(today), facts.gender, facts.province[:16], facts.birth_year,
             "verified", f"HIST-{a.id}", verified, verified, verified))
+        a.verified_at, a.card = verified, mask_card(card)
 
     # ------------------------------------------------------------------------------------------------ orders
     def _day_weights(self) -> list[float]:
@@ -1041,13 +1079,148 @@ class HistoryBuilder:
             for a in self.agents:
                 self._codes[a.wallet] = ledger.agent_account_code(a.id, "wallet")
                 self._codes[a.pending] = ledger.agent_account_code(a.id, "pending")
+                if a.frozen:
+                    self._codes[a.frozen] = ledger.agent_account_code(a.id, "frozen")
         return self._codes
 
     @property
     def cached_ids(self) -> set[int]:
         if not hasattr(self, "_cached"):
-            self._cached = {a.wallet for a in self.agents} | {a.pending for a in self.agents}
+            self._cached = ({a.wallet for a in self.agents} | {a.pending for a in self.agents}
+                            | {a.frozen for a in self.agents if a.frozen})
         return self._cached
+
+    # ------------------------------------------------------------------------------------------------ withdrawals
+    def _withdrawals(self) -> list[tuple]:
+        """Withdrawal rows and their journals, as app.network.withdrawals books them: `withdrawal:<no>:freeze`
+        (wallet -> frozen) on request, then `:paid` (frozen -> platform:payouts + platform:fees) or `:release`
+        (frozen -> wallet) when reviewed; still pending review when the history ends first.
+
+        Only settled commissions are withdrawn, never the top-ups the purchases are funded by: the purchase
+        simulation keeps that money non-negative on its own, and this keeps the commission money non-negative at
+        every instant (a request takes at most what was settled before it, less what was requested before and
+        not given back), so no wallet goes negative at any point. Returns the journals (time order per agent)."""
+        # A random stream of their own: the stock drawn after them stays what it was without them.
+        rng = self.wrng = random.Random(f"{self.seed}-{self.run_no}-withdrawals")
+        bulk, end = self.bulk, self.end
+        # agent id -> (times of its settlements, running total settled into its wallet), both ascending
+        credits: dict[int, tuple[list[datetime], list[int]]] = defaultdict(lambda: ([], []))
+        for r in sorted(self.run_totals):
+            at = self.settle_cutoffs[r] + timedelta(seconds=30)  # the settlement journal's time
+            for agent_id, amount in self.run_totals[r].items():
+                times, totals = credits[agent_id]
+                times.append(at)
+                totals.append((totals[-1] if totals else 0) + amount)
+        daily_limit = int(current_app.config.get("WITHDRAWAL_DAILY_LIMIT") or 0)
+        reviewer = self._reviewer()
+        requests: list[list] = []  # [agent, no, created, amount, fee, status, decided, reviewed]
+        ready: list[tuple[_HAgent, datetime, list]] = []  # who could still ask near the end (for pending review)
+
+        def available(agent_id: int, mine: list, at: datetime) -> int:
+            """Commission money in the wallet at `at`: settled so far, less requests not given back by then."""
+            times, totals = credits[agent_id]
+            i = bisect.bisect_right(times, at)
+            back = sum(q[3] for q in mine if q[5] == "rejected" and q[6] <= at)
+            return (totals[i - 1] if i else 0) - sum(q[3] for q in mine) + back
+
+        def room(mine: list, at: datetime) -> int:
+            """What the daily limit still allows on `at`'s business day."""
+            if not daily_limit:
+                return 1 << 62
+            day = self._local(at).date()
+            return daily_limit - sum(q[3] for q in mine if self._local(q[2]).date() == day)
+
+        for agent_id in sorted(credits):
+            a = self.agents_by_id[agent_id]
+            tier = self.tier_by_id[a.tier_id]
+            if not tier.may_withdraw or a.verified_at is None or not a.frozen:
+                continue
+            mine: list[list] = []
+            at = max(credits[agent_id][0][0], a.verified_at)
+            while True:
+                at += timedelta(seconds=int(rng.expovariate(1 / WITHDRAW_EVERY_DAYS) * 86400))
+                if not 9 <= self._local(at).hour <= 22:  # asked in waking hours
+                    at += timedelta(seconds=int(rng.uniform(10, 13) * 3600))
+                if at >= end:
+                    break
+                amount = self._withdrawal_amount(min(available(agent_id, mine, at), room(mine, at)), tier)
+                if amount:
+                    mine.append(self._withdrawal(a, tier, at, amount))
+            requests += mine
+            last = mine[-1][2] if mine else a.verified_at
+            ready.append((a, last, mine))
+
+        # A history of any size shows every state on the review screens: the latest request still waiting, and
+        # one turned down. Both only leave a wallet richer than the simulation above assumed, or equal.
+        if requests and not any(q[5] == "pending_review" for q in requests):
+            for a, last, mine in sorted(ready, key=lambda x: x[1], reverse=True):
+                at = max(last + timedelta(minutes=5), end - timedelta(seconds=rng.randint(3600, 6 * 3600)))
+                tier = self.tier_by_id[a.tier_id]
+                amount = self._withdrawal_amount(min(available(a.id, mine, at), room(mine, at)), tier)
+                if amount and at < end:
+                    q = self._withdrawal(a, tier, at, amount)
+                    q[5], q[6], q[7] = "pending_review", None, None
+                    requests.append(q)
+                    break
+        paid = [q for q in requests if q[5] == "paid"]
+        if len(paid) >= 3 and not any(q[5] == "rejected" for q in requests):
+            q = rng.choice(paid)
+            q[5], q[7] = "rejected", q[6]
+
+        journals = []
+        fees, payouts = self.p_fees, self.accounts["platform:payouts"]
+        for a, no, created, amount, fee, status, decided, reviewed in sorted(requests, key=lambda q: q[2]):
+            journals.append((f"withdrawal:{no}:freeze", "withdrawal_freeze", [(a.wallet, -amount), (a.frozen, amount)],
+                             f"提现申请 {no}", None, created))
+            reason = paid_at = payout_ref = None
+            if status == "paid":
+                lines = [(a.frozen, -amount), (payouts, amount - fee), (fees, fee)]
+                journals.append((f"withdrawal:{no}:paid", "withdrawal_paid", [ln for ln in lines if ln[1]],
+                                 f"提现打款 {no}", None, decided))
+                paid_at, payout_ref = decided, no
+            elif status == "rejected":
+                journals.append((f"withdrawal:{no}:release", "withdrawal_release",
+                                 [(a.frozen, -amount), (a.wallet, amount)], f"提现驳回 {no}", None, decided))
+                reason = REJECT_REASONS[int(no[-4:]) % len(REJECT_REASONS)]
+            bulk.add("withdrawal", (no, a.id, amount, fee, amount - fee, a.card, status, reason,
+                                    reviewer if reviewed else None, reviewed, payout_ref, created, paid_at))
+            self.withdrawal_counts[status] += 1
+        return journals
+
+    def _withdrawal_amount(self, available: int, tier: Tier) -> int:
+        """What an agent asks for out of `available` fen: most or all of it, in round yuan (round hundreds when
+        there is that much), or 0 when that is under the tier's minimum or leaves nothing after the fee."""
+        minimum = max(tier.min_withdrawal, 1)
+        amount = int(available * self.wrng.uniform(0.5, 1.0))
+        amount -= amount % (10_000 if amount >= 100_000 else 100)
+        if amount < minimum:
+            amount = available - available % 100  # all of it, when a part would be too little
+        if amount < minimum or amount <= 0 or amount - apply_rate(amount, tier.withdrawal_fee_bp) <= 0:
+            return 0
+        return amount
+
+    def _withdrawal(self, a: _HAgent, tier: Tier, at: datetime, amount: int) -> list:
+        """One request at `at`: reviewed a day or two later (after `end`: still pending review), then paid (the
+        payout job runs right after approval) or, now and then, rejected."""
+        rng = self.wrng
+        decided = at + timedelta(seconds=int(rng.uniform(18, 44) * 3600))
+        status = "pending_review" if decided >= self.end else (
+            "rejected" if rng.random() < WITHDRAW_REJECTED else "paid")
+        reviewed = None
+        if status == "paid":
+            reviewed = decided - timedelta(seconds=rng.randint(60, 1800))
+        elif status == "rejected":
+            reviewed = decided
+        else:
+            decided = None
+        fee = apply_rate(amount, tier.withdrawal_fee_bp)
+        return [a, self._order_no(at, prefix="W"), at, amount, fee, status, decided, reviewed]
+
+    def _reviewer(self) -> int | None:
+        """The staff user the reviews are booked to: the first admin, if there is one."""
+        return db.session.connection().execute(text(
+            "SELECT u.id FROM ab_user u JOIN ab_user_role ur ON ur.user_id = u.id"
+            " JOIN ab_role r ON r.id = ur.role_id WHERE r.name = 'Admin' ORDER BY u.id LIMIT 1")).scalar()
 
     # ------------------------------------------------------------------------------------------------ finish
     def _finish(self) -> None:
@@ -1065,6 +1238,7 @@ class HistoryBuilder:
             journals.append((f"settlement:{run_id}:1", "settlement", lines, f"佣金结算 #{run_id} 批次 1", None,
                              cutoff + timedelta(seconds=30)))
             run_updates.append({"rid": run_id, "n": self.run_counts[r], "amt": sum(per_agent.values())})
+        journals += self._withdrawals()
         self._write_journals(journals)
         if run_updates:
             table = SettlementRun.__table__
@@ -1109,7 +1283,7 @@ class HistoryBuilder:
                     balance=table.c.balance + bindparam("delta")), [{"aid": a, "delta": v} for a, v in changes])
         if bulk.pg:
             for table in ("agent", "ledger_account", "orders", "ledger_journal", "ledger_posting", "commission",
-                          "card_secret", "payment", "real_name", "wallet_topup"):
+                          "card_secret", "payment", "real_name", "wallet_topup", "withdrawal"):
                 bulk.conn.execute(text(f"ANALYZE {table}"))
 
 
