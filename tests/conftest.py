@@ -100,15 +100,26 @@ def _get_app(kind: str, request, apps: dict):
 
 
 def _clean(db) -> None:
+    """Empty every table but the roles and permissions, ids restarting at 1.
+
+    DELETE (children first) rather than one TRUNCATE of ~60 tables: a TRUNCATE swaps every table's files and
+    syncs them at commit, 150-200 ms per test on PostgreSQL; deleting the few rows a test wrote takes a few ms.
+    """
     engine = db.engine
     tables = [t for t in db.metadata.sorted_tables if t.name not in KEEP_TABLES]
     with engine.begin() as conn:
+        for table in reversed(tables):
+            conn.execute(table.delete())
         if engine.dialect.name == "postgresql":
-            names = ", ".join(f'"{t.name}"' for t in tables)
-            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-        else:
-            for table in reversed(tables):
-                conn.execute(table.delete())
+            conn.execute(text(_RESTART_SEQUENCES))
+
+
+# Every sequence owned by a column of a cleaned table back to its start (what TRUNCATE ... RESTART IDENTITY did).
+_RESTART_SEQUENCES = ("SELECT count(setval(s.oid, 1, false)) FROM pg_class s"
+                      " JOIN pg_depend d ON d.objid = s.oid AND d.deptype IN ('a', 'i')"
+                      " JOIN pg_class t ON t.oid = d.refobjid"
+                      " WHERE s.relkind = 'S' AND t.relname NOT IN (" + ", ".join(f"'{n}'" for n in KEEP_TABLES) + ")")
+_ROLES_MADE: set[int] = set()
 
 
 @pytest.fixture(params=["postgresql"])
@@ -122,7 +133,9 @@ def app(request, _apps):
     with flask_app.app_context():
         _clean(db)
         forget_cached()
-        flask_app.appbuilder.sm.create_db()  # built-in roles (kept across tests anyway)
+        if id(flask_app) not in _ROLES_MADE:  # built-in roles and permissions: kept across tests (KEEP_TABLES)
+            flask_app.appbuilder.sm.create_db()
+            _ROLES_MADE.add(id(flask_app))
         ensure_platform_accounts()
         db.session.commit()
     ctx = flask_app.app_context()
