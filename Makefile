@@ -92,7 +92,8 @@ clean:
 	rm -rf $(VENV) instance/kameng.db
 
 # docs/screenshots/*.png: admin screens, the agent portal and every dashboard in Debian's Chromium on a fresh SQLite
-# demo with a year of history (SCREENSHOT_ARGS="--orders 5000 --only dash-gmv" to narrow it).
+# demo with a year of history, its direct products served by the upstream simulator the tool starts on a free port
+# (SCREENSHOT_ARGS="--orders 5000 --only dash-gmv" to narrow it).
 .PHONY: screenshots
 screenshots: install-dev services browser
 	$(BIN)/python tools/screenshots.py $(SCREENSHOT_ARGS)

@@ -2,9 +2,11 @@
 
     .venv/bin/python tools/screenshots.py [--orders 20000] [--out docs/screenshots] [--only dash-gmv,...]
 
-It migrates a fresh SQLite database in a temporary directory (`flask db upgrade`, as `make migrate` does), loads
-the demo with a modest history (`flask kameng demo --orders N`), serves the app on a free port (werkzeug, in a
-thread of this process, jobs inline) and, in Debian's Chromium through Playwright, logs in as admin, manager and
+It starts the upstream supplier simulator on a free port (`flask kameng supplier-sim`, as `make run` does, so the
+demo's direct products (直充) are in stock; stopped at the end, also on failure), migrates a fresh SQLite database
+in a temporary directory (`flask db upgrade`, as `make migrate` does), loads the demo with a modest history
+(`flask kameng demo --orders N --supplier-url ... --supplier-key ...`), serves the app on a free port (werkzeug, in
+a thread of this process, jobs inline) and, in Debian's Chromium through Playwright, logs in as admin, manager and
 agent1 (the 总代 with the largest branch) and writes one PNG per page (viewport 1366 wide, zh-CN). Dashboards
 are shown on their FAB page (navigation + the embedded Dash app); the shot waits until Dash has no callback in
 flight and every graph has drawn its traces. It fails (exit 1) when a page answers an error, a dashboard shows a
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +32,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 PASSWORD = "kameng123"
 VIEWPORT = {"width": 1366, "height": 800}
 TIMEOUT_MS = 60_000
+SIM_KEY = "kameng-screenshots-simulator-key"
 
 
 @dataclass(frozen=True)
@@ -85,19 +89,61 @@ def run(cmd: list[str], env: dict, what: str) -> None:
     print(f"  ({time.perf_counter() - t:.1f} s)", flush=True)
 
 
-def build_database(workdir: Path, orders: int) -> str:
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_supplier_sim(workdir: Path) -> tuple[str, subprocess.Popen]:
+    """`flask kameng supplier-sim` on a free port, as `make run` starts it; returns (url, process) once it listens."""
+    port = free_port()
+    env = dict(os.environ, FLASK_APP="run", DATABASE_URL=f"sqlite:///{workdir / 'simulator.db'}")
+    env.pop("REDIS_URL", None)
+    with open(workdir / "supplier-sim.log", "w") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "flask"), "kameng", "supplier-sim", "--port",
+                                 str(port), "--key", SIM_KEY, "--latency-ms", "300"], cwd=ROOT, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                stop_process(proc)
+                log_text = (workdir / "supplier-sim.log").read_text()[-2000:]
+                raise SystemExit(f"the supplier simulator did not start:\n{log_text}") from None
+            time.sleep(0.2)
+    print(f"supplier simulator on 127.0.0.1:{port} (pid {proc.pid})", flush=True)
+    return f"http://127.0.0.1:{port}", proc
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def build_database(workdir: Path, orders: int, supplier_url: str) -> str:
     url = f"sqlite:///{workdir / 'screenshots.db'}"
     env = dict(os.environ, DATABASE_URL=url, FLASK_APP="run")
     env.pop("REDIS_URL", None)  # jobs inline, as `make run`
     flask = str(Path(sys.executable).parent / "flask")
     run([flask, "db", "upgrade"], dict(env, FAB_CREATE_DB="False", FAB_UPDATE_PERMS="False"), "migrate")
     run([flask, "kameng", "demo", "--password", PASSWORD, "--sandbox-key", "screenshots-sandbox",
-         "--orders", str(orders)], env, f"demo with {orders:,} orders of history")
+         "--supplier-url", supplier_url, "--supplier-key", SIM_KEY, "--orders", str(orders)], env,
+        f"demo with {orders:,} orders of history")
     return url
 
 
-def serve(url: str):
-    """The app on a free port, served from a thread; returns (base_url, stop)."""
+def serve(url: str, supplier_url: str):
+    """The app on a free port, served from a thread; returns (base_url, stop). The demo's direct products point at
+    this run's simulator (a reused database still names the port of the run that built it)."""
     os.environ["DATABASE_URL"] = url  # config reads it at import
     os.environ.pop("REDIS_URL", None)
     sys.path.insert(0, str(ROOT))
@@ -110,6 +156,16 @@ def serve(url: str):
     from app import create_app
 
     app = create_app({"AUTH_RATE_LIMIT": "1000 per minute"})
+    with app.app_context():
+        from app.demo import connect_demo_supplier
+        from app.suppliers import sync
+
+        connect_demo_supplier(supplier_url, SIM_KEY)
+        # One stock and balance sync, as the scheduler of `make run` does soon after start: the supplier screens
+        # and the products dashboard show the upstream's balance, stock and sync time instead of blanks.
+        report = sync.sync_all()
+        if report["failed"]:
+            raise SystemExit(f"supplier sync failed: {sync.report_lines(report)}")
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="screenshots-server", daemon=True)
     thread.start()
@@ -178,10 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory(prefix="kameng-screens-") as tmp:
-        url = args.database or build_database(Path(tmp), args.orders)
-        base, stop = serve(url)
+        supplier_url, simulator = start_supplier_sim(Path(tmp))
+        stop = None
         problems: list[str] = []
         try:
+            url = args.database or build_database(Path(tmp), args.orders, supplier_url)
+            base, stop = serve(url, supplier_url)
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
                 try:
@@ -199,7 +257,9 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     browser.close()
         finally:
-            stop()
+            if stop is not None:
+                stop()
+            stop_process(simulator)
     if problems:
         print("\n".join(["problems:", *problems]), file=sys.stderr)
         return 1
