@@ -359,6 +359,22 @@ def figure(fig: Figure | None = None, title: str | None = None, height: int = 34
     return fig
 
 
+def period_label(day: date, granularity: str) -> str:
+    """A period's name on axes and in tables: 2026-11-01 (a day), 2026-11-01 周 (the week starting then), 2026-11."""
+    if granularity == "month":
+        return day.strftime("%Y-%m")
+    if granularity == "week":
+        return _("%(day)s 周", day=day.isoformat())
+    return day.isoformat()
+
+
+def period_axis(fig: Figure) -> Figure:
+    """The x axis shows period labels as written (2026-11-01, 2026-11), not re-read as dates, which plotly would
+    label in English (Nov 1)."""
+    fig.update_xaxes(type="category", categoryorder="category ascending")  # ISO labels sort by time
+    return fig
+
+
 def graph(graph_id: str) -> dcc.Graph:
     return dcc.Graph(id=graph_id, figure=figure(), config={"displaylogo": False, "displayModeBar": False},
                      className="kd-graph")

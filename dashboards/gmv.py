@@ -78,13 +78,13 @@ def render(f: c.Filters) -> tuple:
         c.kpi_card(_("毛利"), cur["margin"], prev["margin"], money=True, card_id="kpi-margin"),
         c.kpi_card(_("毛利率"), cur["margin_bp"], card_id="kpi-margin-rate", text=format_bp(cur["margin_bp"])),
     ]
-    labels = [_period_label(r["period"], f.granularity) for r in rows]
-    trend = c.figure(title=_("GMV 与订单数"))
+    labels = [c.period_label(r["period"], f.granularity) for r in rows]
+    trend = c.period_axis(c.figure(title=_("GMV 与订单数")))
     trend.add_bar(x=labels, y=[c.yuan(r["gmv"]) for r in rows], name=_("GMV（元）"),
                   customdata=[c.fen(r["gmv"]) for r in rows], hovertemplate="%{x}<br>%{customdata}<extra></extra>")
     trend.add_scatter(x=labels, y=[r["orders"] for r in rows], name=_("订单数"), yaxis="y2", mode="lines+markers")
     trend.update_layout(yaxis2={"overlaying": "y", "side": "right", "showgrid": False})
-    margin = c.figure(title=_("毛利与客单价"))
+    margin = c.period_axis(c.figure(title=_("毛利与客单价")))
     margin.add_scatter(x=labels, y=[c.yuan(r["margin"]) for r in rows], name=_("毛利（元）"), mode="lines+markers",
                        customdata=[c.fen(r["margin"]) for r in rows],
                        hovertemplate="%{x}<br>%{customdata}<extra></extra>")
@@ -117,10 +117,3 @@ def _pie(rows: list[dict], title: str) -> c.Figure:
                 hovertemplate="%{label}<br>%{customdata} (%{percent})<extra></extra>")
     return fig
 
-
-def _period_label(day, granularity: str) -> str:
-    if granularity == "month":
-        return day.strftime("%Y-%m")
-    if granularity == "week":
-        return _("%(day)s 周", day=day.isoformat())
-    return day.isoformat()

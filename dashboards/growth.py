@@ -54,13 +54,6 @@ def build(dash_app: Dash) -> None:
         return render(c.Filters.from_inputs(**values))
 
 
-def period_label(day, granularity: str) -> str:
-    if granularity == "month":
-        return day.strftime("%Y-%m")
-    if granularity == "week":
-        return _("%(day)s 周", day=day.isoformat())
-    return day.isoformat()
-
 
 def render(f: c.Filters) -> tuple:
     """Everything the page shows for one set of filters (the callback body; tests call it too)."""
@@ -89,15 +82,15 @@ def render(f: c.Filters) -> tuple:
     per_tier: dict[str, dict] = defaultdict(lambda: defaultdict(int))
     for r in new:
         per_tier[r["tier"]][bucket(r["day"], f.granularity)] += r["count"]
-    labels = [period_label(p, f.granularity) for p in buckets]
-    new_fig = c.figure(title=_("新增代理（按等级）"))
+    labels = [c.period_label(p, f.granularity) for p in buckets]
+    new_fig = c.period_axis(c.figure(title=_("新增代理（按等级）")))
     for tier_name in sorted(per_tier):
         new_fig.add_bar(x=labels, y=[per_tier[tier_name].get(p, 0) for p in buckets], name=tier_name)
     new_fig.update_layout(barmode="stack")
-    new_rows = [{"period": period_label(p, f.granularity), "tier": t, "count": per_tier[t][p]}
+    new_rows = [{"period": c.period_label(p, f.granularity), "tier": t, "count": per_tier[t][p]}
                 for p in buckets for t in sorted(per_tier) if per_tier[t].get(p)]
 
-    active_fig = c.figure(title=_("每日采购代理数"))
+    active_fig = c.period_axis(c.figure(title=_("每日采购代理数")))
     active_fig.add_scatter(x=[r["day"].isoformat() for r in daily], y=[r["agents"] for r in daily],
                            mode="lines+markers", name=_("采购代理数"))
 

@@ -70,13 +70,6 @@ def build(dash_app: Dash) -> None:
         return render(c.Filters.from_inputs(**values))
 
 
-def _period_label(day, granularity: str) -> str:
-    if granularity == "month":
-        return day.strftime("%Y-%m")
-    if granularity == "week":
-        return _("%(day)s 周", day=day.isoformat())
-    return day.isoformat()
-
 
 def render(f: c.Filters) -> tuple:
     """Everything the page shows for one set of filters (the callback body; tests call it too)."""
@@ -96,10 +89,10 @@ def render(f: c.Filters) -> tuple:
     figures = []
     titles = group_titles()
     for gid, flows in GROUPS.items():
-        fig = c.figure(title=titles[gid])
+        fig = c.period_axis(c.figure(title=titles[gid]))
         for flow in flows:
-            points = [r for r in rows if r["flow"] == flow]
-            fig.add_bar(x=[_period_label(r["period"], f.granularity) for r in points],
+            points = [r for r in rows if r["flow"] == flow]  # every period of the range (q.series fills zeros)
+            fig.add_bar(x=[c.period_label(r["period"], f.granularity) for r in points],
                         y=[c.yuan(r["amount"]) for r in points], name=labels[flow],
                         customdata=[[c.fen(r["amount"]), r["count"]] for r in points],
                         hovertemplate="%{x}<br>%{customdata[0]} / %{customdata[1]}<extra></extra>")
@@ -115,7 +108,7 @@ def render(f: c.Filters) -> tuple:
                             "previous": c.fen(before), "change": change})
     by_period: dict = {}
     for r in rows:
-        by_period.setdefault(r["period"], {"period": _period_label(r["period"], f.granularity)})[r["flow"]] = \
+        by_period.setdefault(r["period"], {"period": c.period_label(r["period"], f.granularity)})[r["flow"]] = \
             c.fen(r["amount"])
     period_rows = [by_period[p] for p in sorted(by_period)]
     return (note, kpis, *figures, totals_rows, period_rows)

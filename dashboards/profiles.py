@@ -148,26 +148,19 @@ def render_segments(f: c.Filters, dimension: str, value: str | None) -> tuple:
         per_category[r["category"]][r["period"]] += r["gmv"]
     title = _("%(segment)s 购买的商品分类（GMV，元）",
               segment=value_label(dimension, value) if value else dimension_labels().get(dimension, dimension))
-    fig = c.figure(title=title)
-    period_labels = {p: _period_label(p, f.granularity) for p in buckets}
+    fig = c.period_axis(c.figure(title=title))
+    period_labels = {p: c.period_label(p, f.granularity) for p in buckets}
     for name in sorted(per_category, key=lambda n: -sum(per_category[n].values())):
         fig.add_bar(x=list(period_labels.values()), y=[c.yuan(per_category[name].get(p, 0)) for p in buckets],
                     name=name)
     fig.update_layout(barmode="stack")
     # A year by day is ~12k rows: each label is looked up (gettext) once, not once per row.
     value_labels = {v: value_label(dimension, v) for v in {r["value"] for r in rows}}
-    table_rows = [{"period": period_labels.get(r["period"]) or _period_label(r["period"], f.granularity),
+    table_rows = [{"period": period_labels.get(r["period"]) or c.period_label(r["period"], f.granularity),
                    "value": value_labels[r["value"]], "category": r["category"], "orders": r["orders"],
                    "gmv": c.fen(r["gmv"])} for r in rows]
     return options, fig, table_rows
 
-
-def _period_label(day, granularity: str) -> str:
-    if granularity == "month":
-        return day.strftime("%Y-%m")
-    if granularity == "week":
-        return _("%(day)s 周", day=day.isoformat())
-    return day.isoformat()
 
 
 def _share(gmv: int, totals: dict) -> str:
