@@ -444,9 +444,10 @@ def test_cli_and_jobs(app, world, monkeypatch):
 @PG
 def test_one_agents_deliveries_at_once_count_it_once(app, client, f, supplier_sim):
     """Six direct top-ups of one agent delivered by six real threads at the same moment (the upstream answers all
-    after 200 ms): each delivery asks whether the agent's day and month were already active, and only one may
-    find they were not. (Direct deliveries also queue on the platform's buyer-funds row today; a wallet card
-    purchase of the same agent does not, which is why the rollup takes its own per-agent lock.)"""
+    after 200 ms): each delivery asks whether the agent's day and month were already active and whether it is the
+    agent's first order; only one may find it is, and it must be the one a rebuild calls first (the earliest
+    delivery time). Without the per-buyer lock taken before the delivery time, four of six called themselves
+    the first order."""
     # A top agent with no upline: no commission account is locked by its deliveries, nothing else orders them.
     buyer = f.agent(tier_obj=f.tier(discount_bp=9500), balance=100_000)
     w = RechargeWorld(None, buyer, f.product(kind="direct", face_price=1_000, cost=880), *new_key(buyer))

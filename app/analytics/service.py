@@ -179,6 +179,23 @@ WHERE o.id = :order_id
 """).columns(delivered_at=DateTime(), agent_created_at=DateTime())  # typed: SQLite returns timestamps as text
 
 
+def lock_buyer(order_id: int) -> None:
+    """Serialize the deliveries of one buyer (an agent; a storefront guest by contact) for the rest of the
+    transaction, on PostgreSQL (SQLite has one writer at a time). transition() calls it before it takes the
+    delivery time, so one buyer's orders get their delivered_at in the order they commit, and record_delivery,
+    reading the buyer's earlier deliveries, decides 'first order' and 'first of the day (month)' exactly as a
+    rebuild does from (delivered_at, id). Other buyers never wait."""
+    if _dialect() != "postgresql":
+        return
+    db.session.execute(_LOCK_BUYER, {"k": ACTIVITY_LOCK_KEY, "order_id": order_id})
+
+
+_LOCK_BUYER = text(
+    "SELECT pg_advisory_xact_lock(CASE WHEN o.agent_id IS NOT NULL THEN CAST(:k AS integer)"
+    " ELSE CAST(:k AS integer) + 1 END, COALESCE(o.agent_id, hashtext(COALESCE(o.contact, ''))))"
+    " FROM orders o WHERE o.id = :order_id")
+
+
 def record_delivery(order_id: int) -> None:
     """An order was just delivered (from paid / delivering): add it to every rollup, in the caller's transaction."""
     _record(order_id, 1)
@@ -220,9 +237,9 @@ def _record_activity(conn, o, day: date, sign: int) -> None:
     """Keep rollup_active_daily and rollup_retention_monthly: +1 when this order makes the agent's day (month)
     active, -1 when a refund leaves it with no order; nothing otherwise.
 
-    Whether the day was active is read from rollup_agent_daily, so two deliveries of one agent must not both read
-    "not yet": on PostgreSQL they serialize on a transaction-level advisory lock per agent (other agents never
-    wait); SQLite has one writer at a time.
+    Whether the day was active is read from rollup_agent_daily, so two deliveries (or refunds) of one agent must
+    not both read "not yet": on PostgreSQL they serialize on lock_buyer's transaction-level advisory lock (taken
+    again here for refunds; a second take in one transaction is free); SQLite has one writer at a time.
     """
     if _dialect() == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(CAST(:k AS integer), CAST(:agent_id AS integer))"),

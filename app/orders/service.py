@@ -61,6 +61,10 @@ def transition(order_id: int, to_status: str, current: str | None = None) -> Non
         raise NotFound(f"订单不存在 (unknown order {order_id})")
     if to_status not in TRANSITIONS.get(current, set()):
         raise InvalidTransition(f"订单状态不能从 {current} 变为 {to_status}")
+    from app.analytics import service as rollups
+
+    if to_status == "delivered" and current in ("paid", "delivering"):
+        rollups.lock_buyer(order_id)  # before the delivery time is taken: see its docstring
     now = utcnow()
     values: dict = {"status": to_status, "updated_at": now}
     if to_status == "paid":
@@ -81,8 +85,6 @@ def transition(order_id: int, to_status: str, current: str | None = None) -> Non
         raise InvalidTransition(f"订单状态已被其他操作改变 (order {order_id} changed concurrently)")
     # Analytics rollups in the same transaction. A rejected dispute (disputed -> delivered) never stopped
     # counting, so only a first delivery adds; a refund of a counted order subtracts on its delivery day.
-    from app.analytics import service as rollups
-
     if to_status == "delivered" and current in ("paid", "delivering"):
         rollups.record_delivery(order_id)
     elif to_status == "refunded" and current in ("delivered", "disputed"):
