@@ -20,6 +20,7 @@ from app.extensions import db
 from app.forms import PercentField, YuanField, checkbox, int_range
 from app.ledger import service as ledger
 from app.money import format_fen
+from app.views_common import ReadableColumnsMixin
 
 TIER_COLUMNS = ["name", "rank", "discount_bp", "may_recruit", "may_withdraw", "min_withdrawal", "withdrawal_fee_bp",
                 "direct_commission_bp", "indirect_commission_bp", "daily_limit", "settle_days"]
@@ -46,7 +47,7 @@ def _tier_fields() -> dict:
     }
 
 
-class TierView(AuditedViewMixin, ModelView):
+class TierView(ReadableColumnsMixin, AuditedViewMixin, ModelView):
     datamodel = SQLAInterface(Tier)
     route_base = "/tiers"
     audit_target = "tier"
@@ -113,7 +114,7 @@ def _check_login_free(item: Agent) -> None:
         raise ValueError(f"登录账号 {item.user.username} 已绑定其他代理")
 
 
-class AgentView(AuditedViewMixin, ModelView):
+class AgentView(ReadableColumnsMixin, AuditedViewMixin, ModelView):
     datamodel = SQLAInterface(Agent)
     route_base = "/agents"
     audit_target = "agent"

@@ -5,9 +5,10 @@ from flask_appbuilder.models.sqla.interface import SQLAInterface
 from flask_babel import lazy_gettext as _
 
 from app.audit.models import AuditEntry
+from app.views_common import ReadableColumnsMixin
 
 
-class AuditView(ModelView):
+class AuditView(ReadableColumnsMixin, ModelView):
     datamodel = SQLAInterface(AuditEntry)
     route_base = "/audit"
     base_permissions = ["can_list", "can_show"]

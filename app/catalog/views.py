@@ -35,11 +35,12 @@ from app.extensions import db
 from app.forms import PercentField, YuanField, checkbox, int_range
 from app.ledger import service as ledger
 from app.money import format_fen
+from app.views_common import ReadableColumnsMixin, text_of
 from workers import jobs
 from workers.queues import enqueue
 
 
-class CategoryView(AuditedViewMixin, ModelView):
+class CategoryView(ReadableColumnsMixin, AuditedViewMixin, ModelView):
     datamodel = SQLAInterface(Category)
     route_base = "/categories"
     audit_target = "category"
@@ -97,7 +98,7 @@ def _secret_marker(secret_enc: str | None) -> str | None:
     return None if not secret_enc else "sha256:" + hashlib.sha256(secret_enc.encode()).hexdigest()[:12]
 
 
-class SupplierView(AuditedViewMixin, ModelView):
+class SupplierView(ReadableColumnsMixin, AuditedViewMixin, ModelView):
     datamodel = SQLAInterface(Supplier)
     route_base = "/suppliers"
     audit_target = "supplier"
@@ -244,7 +245,7 @@ class _ProductInterface(SQLAInterface):
         return values
 
 
-class ProductView(AuditedViewMixin, ModelView):
+class ProductView(ReadableColumnsMixin, AuditedViewMixin, ModelView):
     datamodel = _ProductInterface(Product)
     route_base = "/products"
     audit_target = "product"
@@ -285,7 +286,7 @@ def _check_product(item: Product) -> None:
         raise ValueError("请选择分类和供应商")
 
 
-class TierPriceView(AuditedViewMixin, ModelView):
+class TierPriceView(ReadableColumnsMixin, AuditedViewMixin, ModelView):
     datamodel = SQLAInterface(TierPrice)
     route_base = "/tier-prices"
     audit_target = "tier_price"
@@ -317,7 +318,7 @@ def _check_tier_price(item: TierPrice) -> None:
         raise ValueError("该商品已有这个等级的价格，请直接编辑")
 
 
-class PriceRuleView(AuditedViewMixin, ModelView):
+class PriceRuleView(ReadableColumnsMixin, AuditedViewMixin, ModelView):
     datamodel = SQLAInterface(PriceRule)
     route_base = "/price-rules"
     audit_target = "price_rule"
@@ -351,7 +352,12 @@ def _check_rule(item: PriceRule) -> None:
         raise ValueError("结束时间必须晚于开始时间")
 
 
-class CardSecretView(ModelView):
+CARD_STATUS_TEXT = {"available": _("可售"), "sold": _("已售"), "void": _("作废")}
+IMPORT_STATUS_TEXT = {"queued": _("排队中"), "running": _("导入中"), "done": _("已完成"), "failed": _("失败")}
+IMPORT_SOURCE_TEXT = {"paste": _("粘贴"), "file": _("文件"), "cli": _("命令行")}
+
+
+class CardSecretView(ReadableColumnsMixin, ModelView):
     """Staff see masked secrets only; the full secret is shown to nobody but the order's owner."""
     datamodel = SQLAInterface(CardSecret)
     route_base = "/card-secrets"
@@ -362,6 +368,7 @@ class CardSecretView(ModelView):
     search_columns = ["product", "status", "created_at", "sold_at"]
     label_columns = {"product": _("商品"), "masked": _("卡密（脱敏）"), "status": _("状态"), "order": _("订单"),
                      "batch": _("导入批次"), "created_at": _("入库时间"), "sold_at": _("售出时间")}
+    formatters_columns = {"status": text_of(CARD_STATUS_TEXT)}
     base_order = ("id", "desc")
 
 
@@ -374,7 +381,7 @@ def _report_html(report: str | None) -> Markup:
     return Markup("<br>".join(lines))
 
 
-class CardImportView(ModelView):
+class CardImportView(ReadableColumnsMixin, ModelView):
     datamodel = SQLAInterface(CardImport)
     route_base = "/card-imports"
     base_permissions = ["can_list", "can_show"]
@@ -389,7 +396,8 @@ class CardImportView(ModelView):
                      "added": _("新增"), "duplicates": _("重复"), "rejected": _("拒绝"), "report": _("明细"),
                      "error": _("错误"), "job_id": _("任务"), "created_by": _("操作人"),
                      "created_at": _("时间"), "finished_at": _("完成时间")}
-    formatters_columns = {"report": _report_html}
+    formatters_columns = {"report": _report_html, "status": text_of(IMPORT_STATUS_TEXT),
+                          "source": text_of(IMPORT_SOURCE_TEXT)}
     base_order = ("id", "desc")
 
 
@@ -452,7 +460,7 @@ class CardImportFormView(BaseView):
         return redirect(url_for("CardImportView.show", pk=batch.id))
 
 
-class StockAlertView(ModelView):
+class StockAlertView(ReadableColumnsMixin, ModelView):
     datamodel = SQLAInterface(StockAlert)
     route_base = "/stock-alerts"
     base_permissions = ["can_list", "can_show"]

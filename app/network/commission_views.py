@@ -18,6 +18,7 @@ from app.extensions import db
 from app.money import format_fen
 from app.network.models import Commission, SettlementRun
 from app.scope import own_agent_ids
+from app.views_common import ReadableColumnsMixin
 
 ADMIN_CATEGORY = "代理管理"
 STATUS_TEXT = {"pending": _("待结算"), "frozen": _("维权冻结"), "settled": _("已结算"), "reversed": _("已冲回")}
@@ -97,7 +98,7 @@ class SettleNowView(BaseView):
         return redirect(url_for("SettlementRunView.show", pk=run.id))
 
 
-class SettlementRunView(ModelView):
+class SettlementRunView(ReadableColumnsMixin, ModelView):
     """结算记录: every settlement run with its report, newest first (read only)."""
     datamodel = SQLAInterface(SettlementRun)
     route_base = "/settlement-runs"
@@ -130,7 +131,7 @@ COMMISSION_FORMATTERS = {"rate_bp": format_bp, "amount": format_fen, "base_amoun
                          "status": _text(STATUS_TEXT), "level": _text(LEVEL_TEXT)}
 
 
-class CommissionView(ModelView):
+class CommissionView(ReadableColumnsMixin, ModelView):
     """佣金明细: every commission (read only)."""
     datamodel = SQLAInterface(Commission)
     route_base = "/commissions"
@@ -161,7 +162,7 @@ def commission_totals(agent_ids: list[int]) -> dict[str, int]:
     return totals
 
 
-class MyCommissionView(ModelView):
+class MyCommissionView(ReadableColumnsMixin, ModelView):
     """我的佣金: only the commissions paid to the logged-in agent itself (not its downline's), with totals."""
     datamodel = SQLAInterface(Commission)
     route_base = "/portal/my-commissions"

@@ -15,6 +15,7 @@ from app.money import format_fen, parse_yuan
 from app.network import realname, withdrawals
 from app.network.models import RealNameVerification, Withdrawal
 from app.scope import require_agent
+from app.views_common import ReadableColumnsMixin, text_of
 
 REVIEW_CATEGORY = "代理管理"
 
@@ -131,7 +132,7 @@ WITHDRAWAL_LABELS = {"withdrawal_no": _("提现单号"), "agent": _("代理"), "
                      "created_at": _("申请时间"), "paid_at": _("打款时间")}
 
 
-class WithdrawalView(ModelView):
+class WithdrawalView(ReadableColumnsMixin, ModelView):
     """Every withdrawal and its status (read only)."""
     datamodel = SQLAInterface(Withdrawal)
     route_base = "/withdrawal-records"
@@ -147,7 +148,10 @@ class WithdrawalView(ModelView):
     base_order = ("id", "desc")
 
 
-class RealNameAdminView(ModelView):
+GENDER_TEXT = {"M": _("男"), "F": _("女")}
+
+
+class RealNameAdminView(ReadableColumnsMixin, ModelView):
     """实名认证记录: masked values and derived facts only; the encrypted columns are never listed."""
     datamodel = SQLAInterface(RealNameVerification)
     route_base = "/realname-records"
@@ -162,7 +166,7 @@ class RealNameAdminView(ModelView):
                      "province": _("省份"), "gender": _("性别"), "age_band": _("年龄段"), "verified_at": _("认证时间"),
                      "birth_year": _("出生年份"), "provider_ref": _("核验流水"), "failure_reason": _("失败原因"),
                      "created_at": _("提交时间"), "updated_at": _("更新时间")}
-    formatters_columns = {"status": lambda s: realname.STATUS_TEXT.get(s, s)}
+    formatters_columns = {"status": lambda s: realname.STATUS_TEXT.get(s, s), "gender": text_of(GENDER_TEXT)}
     base_order = ("id", "desc")
 
 

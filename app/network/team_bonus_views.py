@@ -11,6 +11,7 @@ from app.auditing import AuditedViewMixin
 from app.forms import PercentField, YuanField, checkbox
 from app.money import format_fen
 from app.network.models import TeamBonusAward, TeamBonusRule
+from app.views_common import ReadableColumnsMixin
 
 RULE_COLUMNS = ["name", "min_monthly_gmv", "rate_bp", "active"]
 RULE_LABELS = {"name": _("名称"), "min_monthly_gmv": _("月团队业绩门槛（元）"), "rate_bp": _("奖励比例 %"),
@@ -26,7 +27,7 @@ def _rule_fields() -> dict:
     }
 
 
-class TeamBonusRuleView(AuditedViewMixin, ModelView):
+class TeamBonusRuleView(ReadableColumnsMixin, AuditedViewMixin, ModelView):
     datamodel = SQLAInterface(TeamBonusRule)
     route_base = "/team-bonus-rules"
     audit_target = "team_bonus_rule"
@@ -42,7 +43,7 @@ class TeamBonusRuleView(AuditedViewMixin, ModelView):
     description_columns = {"active": _("默认关闭；启用后每月 1 日按上月团队业绩发放到代理余额")}
 
 
-class TeamBonusAwardView(ModelView):
+class TeamBonusAwardView(ReadableColumnsMixin, ModelView):
     datamodel = SQLAInterface(TeamBonusAward)
     route_base = "/team-bonus-awards"
     base_permissions = ["can_list", "can_show"]

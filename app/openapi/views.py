@@ -13,7 +13,9 @@ from app.errors import KamengError
 from app.extensions import db
 from app.openapi import service
 from app.openapi.models import ApiKey, CallbackAttempt
+from app.orders.views import ORDER_STATUS_TEXT
 from app.scope import own_agent_ids, require_agent
+from app.views_common import ReadableColumnsMixin, text_of
 
 KEY_LABELS = {"agent": _("代理"), "name": _("名称"), "app_key": _("App Key"), "secret_hint": _("密钥尾号"),
               "ip_allowlist": _("IP 白名单"), "active": _("有效"), "created_at": _("创建时间"),
@@ -67,7 +69,7 @@ class MyApiKeysView(BaseView):
         return redirect(url_for("MyApiKeysView.index"))
 
 
-class ApiKeyAdminView(ModelView):
+class ApiKeyAdminView(ReadableColumnsMixin, ModelView):
     datamodel = SQLAInterface(ApiKey)
     route_base = "/api-keys"
     base_permissions = ["can_list", "can_show", "revoke"]
@@ -88,7 +90,7 @@ class ApiKeyAdminView(ModelView):
         return redirect(url_for("ApiKeyAdminView.list"))
 
 
-class CallbackAttemptAdminView(ModelView):
+class CallbackAttemptAdminView(ReadableColumnsMixin, ModelView):
     datamodel = SQLAInterface(CallbackAttempt)
     route_base = "/callback-attempts"
     base_permissions = ["can_list", "can_show"]
@@ -98,10 +100,11 @@ class CallbackAttemptAdminView(ModelView):
     show_columns = list_columns + ["url", "duration_ms"]
     search_columns = ["order", "agent", "succeeded", "created_at"]
     label_columns = ATTEMPT_LABELS
+    formatters_columns = {"order_status": text_of(ORDER_STATUS_TEXT)}
     base_order = ("id", "desc")
 
 
-class MyCallbackAttemptView(ModelView):
+class MyCallbackAttemptView(ReadableColumnsMixin, ModelView):
     datamodel = SQLAInterface(CallbackAttempt)
     route_base = "/portal/my-callbacks"
     base_permissions = ["can_list", "can_show"]
@@ -113,6 +116,7 @@ class MyCallbackAttemptView(ModelView):
     show_columns = list_columns + ["url", "duration_ms"]
     search_columns = ["succeeded", "created_at"]
     label_columns = ATTEMPT_LABELS
+    formatters_columns = {"order_status": text_of(ORDER_STATUS_TEXT)}
     base_order = ("id", "desc")
 
 

@@ -7,6 +7,7 @@ from flask_babel import lazy_gettext as _
 
 from app.extensions import db
 from app.orders.models import Order
+from app.views_common import CHANNEL_TEXT, ReadableColumnsMixin, text_of
 
 ORDER_LABELS = {
     "order_no": _("订单号"), "agent": _("代理"), "product": _("商品"), "supplier": _("供应商"), "tier": _("等级"),
@@ -18,13 +19,19 @@ ORDER_LABELS = {
 }
 
 
+# Order statuses for screens that show the code itself (callback attempts); Order.status_display is the model's.
+ORDER_STATUS_TEXT = {"pending_payment": _("待支付"), "paid": _("已支付"), "delivering": _("发货中"),
+                     "delivered": _("已到账"), "failed": _("失败"), "refunded": _("已退款"), "closed": _("已关闭"),
+                     "disputed": _("维权中")}
+
+
 def upstream_status_text(status: str | None) -> str:
     from app.suppliers.models import UPSTREAM_STATUSES
 
     return UPSTREAM_STATUSES.get(status, status) if status else "-"
 
 
-class OrderView(ModelView):
+class OrderView(ReadableColumnsMixin, ModelView):
     """Staff view: card secrets appear masked (their relation renders CardSecret.masked, never the plain text)."""
     datamodel = SQLAInterface(Order)
     route_base = "/orders"
@@ -38,7 +45,7 @@ class OrderView(ModelView):
     search_columns = ["order_no", "agent", "product", "status", "upstream_status", "channel", "out_trade_no",
                       "created_at"]
     label_columns = ORDER_LABELS
-    formatters_columns = {"upstream_status": upstream_status_text}
+    formatters_columns = {"upstream_status": upstream_status_text, "channel": text_of(CHANNEL_TEXT)}
     base_order = ("id", "desc")
     show_template = "kameng/order_show.html"
 

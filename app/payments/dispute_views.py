@@ -16,6 +16,7 @@ from app.money import format_fen, parse_yuan
 from app.payments import coupons, disputes
 from app.payments.models import Coupon, Dispute
 from app.scope import current_agent
+from app.views_common import ReadableColumnsMixin
 
 AFTER_SALES = "售后"
 
@@ -62,7 +63,7 @@ class DisputeQueueView(BaseView):
                                     status_text=disputes.STATUS_TEXT, form=request.form), status
 
 
-class DisputeView(ModelView):
+class DisputeView(ReadableColumnsMixin, ModelView):
     """Every dispute, open or resolved (read only; resolving happens in the queue)."""
     datamodel = SQLAInterface(Dispute)
     route_base = "/dispute-records"
@@ -123,7 +124,7 @@ def _coupon_fields() -> dict:
     }
 
 
-class CouponView(AuditedViewMixin, ModelView):
+class CouponView(ReadableColumnsMixin, AuditedViewMixin, ModelView):
     datamodel = SQLAInterface(Coupon)
     route_base = "/coupons"
     audit_target = "coupon"

@@ -16,6 +16,7 @@ from app.extensions import db
 from app.money import format_fen
 from app.payments import reconciliation, topups
 from app.payments.models import CHANNEL_NAMES, ReconciliationDifference, StatementImport, WalletTopUp
+from app.views_common import CHANNEL_TEXT, ReadableColumnsMixin, text_of
 
 CHANNEL_CHOICES = [("sandbox", "沙箱支付 (CSV: trade_no,order_no,amount[,kind])"),
                    ("alipay", "支付宝 (业务明细 CSV, GBK)"), ("wechatpay", "微信支付 (交易账单 CSV)")]
@@ -63,7 +64,7 @@ class ReconciliationView(BaseView):
                                     kinds=reconciliation.KIND_NAMES, names=CHANNEL_NAMES)
 
 
-class WalletTopUpView(ModelView):
+class WalletTopUpView(ReadableColumnsMixin, ModelView):
     datamodel = SQLAInterface(WalletTopUp)
     route_base = "/topups"
     base_permissions = ["can_list", "can_show"]
@@ -73,7 +74,8 @@ class WalletTopUpView(ModelView):
     search_columns = ["topup_no", "agent", "channel", "status", "created_at"]
     label_columns = {"created_at": _("时间"), "topup_no": _("充值单号"), "agent": _("代理"), "amount": _("金额"),
                      "channel": _("渠道"), "status": _("状态"), "paid_at": _("到账时间")}
-    formatters_columns = {"amount": format_fen, "status": lambda s: topups.STATUS_TEXT.get(s, s)}
+    formatters_columns = {"amount": format_fen, "status": lambda s: topups.STATUS_TEXT.get(s, s),
+                          "channel": text_of(CHANNEL_TEXT)}
     base_order = ("id", "desc")
 
 

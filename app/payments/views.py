@@ -14,6 +14,7 @@ from app.money import format_fen
 from app.orders.models import Order
 from app.payments import service
 from app.payments.models import CHANNEL_NAMES, Payment, PaymentChannel, PaymentNotification, Refund
+from app.views_common import CHANNEL_TEXT, ReadableColumnsMixin, text_of
 
 # Per channel: (setting, label, secret?, multiline?)
 CHANNEL_FIELDS = {
@@ -131,7 +132,16 @@ class ManualConfirmView(BaseView):
         return self.render_template("kameng/payment_confirm.html", form=request.form)
 
 
-class PaymentView(ModelView):
+PAYMENT_STATUS_TEXT = {"paid": _("已支付"), "refunded": _("已退款")}
+NOTIFICATION_OUTCOME_TEXT = {
+    "accepted": _("已入账"), "duplicate": _("重复通知"), "rejected": _("已拒绝"), "not_paid": _("未支付"),
+    "unknown_order": _("未知订单"), "amount_mismatch": _("金额不符"), "late_refunded": _("逾期支付，已退款"),
+    "double_paid_refunded": _("重复支付，已退款"), "out_of_stock_refunded": _("缺货，已退款"),
+}
+REFUND_STATUS_TEXT = {"succeeded": _("成功")}
+
+
+class PaymentView(ReadableColumnsMixin, ModelView):
     datamodel = SQLAInterface(Payment)
     route_base = "/payments"
     base_permissions = ["can_list", "can_show"]
@@ -141,11 +151,12 @@ class PaymentView(ModelView):
     search_columns = ["channel", "trade_no", "order", "status", "created_at"]
     label_columns = {"created_at": _("时间"), "channel": _("渠道"), "trade_no": _("渠道交易号"), "order": _("订单"),
                      "amount": _("金额"), "status": _("状态"), "confirmed_by": _("人工确认人"), "currency": _("币种")}
-    formatters_columns = {"amount": format_fen}
+    formatters_columns = {"amount": format_fen, "channel": text_of(CHANNEL_TEXT),
+                          "status": text_of(PAYMENT_STATUS_TEXT)}
     base_order = ("id", "desc")
 
 
-class PaymentNotificationView(ModelView):
+class PaymentNotificationView(ReadableColumnsMixin, ModelView):
     """Every notification and what became of it; amount_mismatch and rejected rows are the alerts."""
     datamodel = SQLAInterface(PaymentNotification)
     route_base = "/payment-notifications"
@@ -157,11 +168,12 @@ class PaymentNotificationView(ModelView):
     label_columns = {"created_at": _("时间"), "channel": _("渠道"), "order_no": _("订单号"),
                      "trade_no": _("渠道交易号"), "amount": _("金额"), "outcome": _("结果"), "detail": _("说明"),
                      "remote_addr": _("来源地址")}
-    formatters_columns = {"amount": format_fen}
+    formatters_columns = {"amount": format_fen, "channel": text_of(CHANNEL_TEXT),
+                          "outcome": text_of(NOTIFICATION_OUTCOME_TEXT)}
     base_order = ("id", "desc")
 
 
-class RefundView(ModelView):
+class RefundView(ReadableColumnsMixin, ModelView):
     datamodel = SQLAInterface(Refund)
     route_base = "/refunds"
     base_permissions = ["can_list", "can_show"]
@@ -171,7 +183,8 @@ class RefundView(ModelView):
     search_columns = ["order", "destination", "created_at"]
     label_columns = {"created_at": _("时间"), "order": _("订单"), "amount": _("金额"), "destination": _("退回至"),
                      "reason": _("原因"), "actor": _("操作人"), "status": _("状态")}
-    formatters_columns = {"amount": format_fen}
+    formatters_columns = {"amount": format_fen, "destination": text_of(CHANNEL_TEXT),
+                          "status": text_of(REFUND_STATUS_TEXT)}
     base_order = ("id", "desc")
 
 

@@ -23,6 +23,7 @@ from app.orders.models import Order
 from app.orders.views import ORDER_LABELS
 from app.portal import service as portal
 from app.scope import current_agent, in_scope, is_staff, own_agent_ids, require_agent, visible_agent_ids
+from app.views_common import ReadableColumnsMixin
 
 
 def own_account_ids():
@@ -117,7 +118,7 @@ class PortalView(BaseView):
         return redirect(pay_url)
 
 
-class MyOrderView(ModelView):
+class MyOrderView(ReadableColumnsMixin, ModelView):
     datamodel = SQLAInterface(Order)
     route_base = "/portal/my-orders"
     base_permissions = ["can_list", "can_show"]
@@ -138,7 +139,7 @@ def _order_link(order_no: str):
     return Markup(f'<a href="/portal/orders/{escape(order_no)}">{escape(order_no)}</a>')
 
 
-class MyDownlineView(ModelView):
+class MyDownlineView(ReadableColumnsMixin, ModelView):
     datamodel = SQLAInterface(Agent)
     route_base = "/portal/my-team"
     base_permissions = ["can_list", "can_show", "can_edit", "disable"]
@@ -174,7 +175,7 @@ class MyDownlineView(ModelView):
         return redirect(url_for("MyDownlineView.list"))
 
 
-class MyStatementView(ModelView):
+class MyStatementView(ReadableColumnsMixin, ModelView):
     """My ledger statement: postings on my own accounts only."""
     datamodel = SQLAInterface(Posting)
     route_base = "/portal/my-statement"

@@ -16,6 +16,7 @@ from app.extensions import db
 from app.forms import YuanField, checkbox, int_range
 from app.money import format_fen
 from app.suppliers.models import SupplierAlert, SupplierProduct
+from app.views_common import ReadableColumnsMixin
 
 
 def _fen_or_dash(value) -> str:
@@ -42,7 +43,7 @@ def _mapping_fields() -> dict:
             "active": checkbox(MAPPING_LABELS["active"], default=True)}
 
 
-class SupplierProductView(AuditedViewMixin, ModelView):
+class SupplierProductView(ReadableColumnsMixin, AuditedViewMixin, ModelView):
     """货源映射: which supplier sells which direct product, under which code, at what cost."""
     datamodel = SQLAInterface(SupplierProduct)
     route_base = "/supplier-products"
@@ -94,7 +95,7 @@ def _check_mapping(item: SupplierProduct) -> None:
         raise ValueError("该供应商已有这个商品的映射，请直接编辑")
 
 
-class SupplierAlertView(ModelView):
+class SupplierAlertView(ReadableColumnsMixin, ModelView):
     """供应商余额提醒: raised by the stock sync when our balance at a supplier falls below its threshold."""
     datamodel = SQLAInterface(SupplierAlert)
     route_base = "/supplier-alerts"
