@@ -371,7 +371,9 @@ def period_label(day: date, granularity: str) -> str:
 def period_axis(fig: Figure) -> Figure:
     """The x axis shows period labels as written (2026-11-01, 2026-11), not re-read as dates, which plotly would
     label in English (Nov 1)."""
-    fig.update_xaxes(type="category", categoryorder="category ascending")  # ISO labels sort by time
+    # ISO labels sort by time; at most ~6 ticks, so 30 or 365 days stay legible on a half-width chart (every bar
+    # is still drawn)
+    fig.update_xaxes(type="category", categoryorder="category ascending", nticks=6, tickangle=0)
     return fig
 
 
