@@ -97,3 +97,7 @@ def test_order_ledger_and_withdrawal_lists_show_words(app, db, f, monkeypatch):
                  {"wallet", "frozen", "revenue"})
     assert_words(cells(client, "/withdrawal-records/list/"), {"待审核", "-"}, {"pending_review"})
     assert_words(cells(client, "/realname-records/list/"), {"已认证", "男"}, {"verified", "M"})
+
+    # the order's status and channel in English after the language switch
+    assert client.get("/lang/en").status_code == 302
+    assert_words(cells(client, "/orders/list/"), {"Delivered"}, {"已到账", "delivered"})

@@ -13,7 +13,7 @@ from app.errors import KamengError
 from app.extensions import db
 from app.openapi import service
 from app.openapi.models import ApiKey, CallbackAttempt
-from app.orders.views import ORDER_STATUS_TEXT
+from app.orders.models import ORDER_STATUSES
 from app.scope import own_agent_ids, require_agent
 from app.views_common import ReadableColumnsMixin, text_of
 
@@ -100,7 +100,7 @@ class CallbackAttemptAdminView(ReadableColumnsMixin, ModelView):
     show_columns = list_columns + ["url", "duration_ms"]
     search_columns = ["order", "agent", "succeeded", "created_at"]
     label_columns = ATTEMPT_LABELS
-    formatters_columns = {"order_status": text_of(ORDER_STATUS_TEXT)}
+    formatters_columns = {"order_status": text_of(ORDER_STATUSES)}
     base_order = ("id", "desc")
 
 
@@ -116,7 +116,7 @@ class MyCallbackAttemptView(ReadableColumnsMixin, ModelView):
     show_columns = list_columns + ["url", "duration_ms"]
     search_columns = ["succeeded", "created_at"]
     label_columns = ATTEMPT_LABELS
-    formatters_columns = {"order_status": text_of(ORDER_STATUS_TEXT)}
+    formatters_columns = {"order_status": text_of(ORDER_STATUSES)}
     base_order = ("id", "desc")
 
 

@@ -1,6 +1,7 @@
 """Orders: prices and the upline chain snapshotted at purchase; status moved only by orders.service.transition."""
 from __future__ import annotations
 
+from flask_babel import lazy_gettext
 from sqlalchemy import BigInteger, Column, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import relationship
 
@@ -8,15 +9,16 @@ from app.clock import utcnow
 from app.extensions import db
 from app.money import format_fen
 
+# The operators' words for each status, in the viewer's language (resolved when shown).
 ORDER_STATUSES = {
-    "pending_payment": "待支付",
-    "paid": "已支付",
-    "delivering": "发货中",
-    "delivered": "已到账",
-    "failed": "失败",
-    "refunded": "已退款",
-    "closed": "已关闭",
-    "disputed": "维权中",
+    "pending_payment": lazy_gettext("待支付"),
+    "paid": lazy_gettext("已支付"),
+    "delivering": lazy_gettext("发货中"),
+    "delivered": lazy_gettext("已到账"),
+    "failed": lazy_gettext("失败"),
+    "refunded": lazy_gettext("已退款"),
+    "closed": lazy_gettext("已关闭"),
+    "disputed": lazy_gettext("维权中"),
 }
 
 
@@ -72,7 +74,7 @@ class Order(db.Model):
         return self.order_no
 
     def status_display(self) -> str:
-        return ORDER_STATUSES.get(self.status, self.status)
+        return str(ORDER_STATUSES.get(self.status, self.status))
 
     def amount_display(self) -> str:
         return format_fen(self.amount)

@@ -19,11 +19,6 @@ ORDER_LABELS = {
 }
 
 
-# Order statuses for screens that show the code itself (callback attempts); Order.status_display is the model's.
-ORDER_STATUS_TEXT = {"pending_payment": _("待支付"), "paid": _("已支付"), "delivering": _("发货中"),
-                     "delivered": _("已到账"), "failed": _("失败"), "refunded": _("已退款"), "closed": _("已关闭"),
-                     "disputed": _("维权中")}
-
 
 def upstream_status_text(status: str | None) -> str:
     from app.suppliers.models import UPSTREAM_STATUSES
