@@ -38,14 +38,9 @@ BRANCH_OPTIONS_LIMIT = 30
 MAX_INT = 2**31 - 1
 
 
-def today() -> date:
-    """The China business day now."""
-    return business_today()
-
-
 def preset_range(preset: str | None, now: date | None = None) -> tuple[date, date]:
     """(start, end) inclusive for 近7天 / 近30天 / 本月 / 近一年, ending today."""
-    end = now or today()
+    end = now or business_today()
     if preset == "7d":
         return end - timedelta(days=6), end
     if preset == "month":

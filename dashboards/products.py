@@ -7,7 +7,7 @@ from dash import Dash, Output, html
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext
 
-from app.clock import to_local
+from app.clock import business_today, to_local
 from dashboards import components as c
 from dashboards.queries import products as q
 
@@ -57,7 +57,7 @@ def build(dash_app: Dash) -> None:
 def render(f: c.Filters) -> tuple:
     """Everything the page shows for one set of filters."""
     ranking = q.ranking(f.scope_id, f.start, f.end, f.category_id, f.tier_id)
-    stock = q.stock(c.today(), f.category_id)
+    stock = q.stock(business_today(), f.category_id)
     upstream = q.upstream(f.category_id)
     alerts = q.open_alerts(f.category_id)
 

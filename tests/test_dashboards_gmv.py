@@ -321,8 +321,8 @@ def _find(component, component_id: str):
 def test_real_purchases_show_up_scoped_per_branch(app, f):
     """Wallet purchases through the order service (delivery writes the rollup deltas); each viewer sees its scope."""
     from app.analytics import service as rollups
+    from app.clock import business_today as today
     from app.orders import service as orders
-    from dashboards.components import today
 
     tier = f.tier(discount_bp=10000)
     top = f.agent(tier_obj=tier, balance=100000)
@@ -372,9 +372,9 @@ def test_products_dashboard_ranking_stock_days_upstream_and_alerts(app, f):
 
     from app.catalog import cards
     from app.catalog.models import StockAlert, Supplier
+    from app.clock import business_today as today
     from app.extensions import db
     from app.suppliers.models import SupplierProduct
-    from dashboards.components import today
 
     day = today()
     p1 = f.product(name=f.unique("点卡一"), secrets=10, low_stock_threshold=5)

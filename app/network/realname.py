@@ -23,7 +23,7 @@ from stdnum import luhn
 from stdnum.cn import ric
 from stdnum.exceptions import ValidationError as StdnumError
 
-from app.clock import to_local, utcnow
+from app.clock import business_today, to_local, utcnow
 from app.crypto import decrypt, encrypt, keyed_hash
 from app.errors import Conflict, KamengError, ValidationError
 from app.extensions import db
@@ -73,7 +73,7 @@ def check_id_number(raw: str) -> tuple[str, IdFacts]:
     except StdnumError:
         raise ValidationError(f"身份证号中的出生日期 {number[6:14]} 不存在 (impossible birth date in the ID number)",
                               code="id_birth_date") from None
-    today = to_local(utcnow()).date()
+    today = business_today()
     if birth > today or birth.year < 1900:
         raise ValidationError(f"身份证号中的出生日期 {number[6:14]} 不合理 (impossible birth date in the ID number)",
                               code="id_birth_date")
