@@ -129,6 +129,18 @@ class Config:
     SHOP_LOOKUP_RATE_LIMIT = env_str("SHOP_LOOKUP_RATE_LIMIT", "10 per minute")
     SHOP_ORDER_RATE_LIMIT = env_str("SHOP_ORDER_RATE_LIMIT", "30 per minute")
     PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL")  # how channels reach /pay/notify; default: the request's host
+    # Notifications: per sending address; forged ones beyond this many an hour per address are not logged.
+    NOTIFY_RATE_LIMIT = env_str("NOTIFY_RATE_LIMIT", "300 per minute")
+    NOTIFY_REJECTED_LOG_PER_HOUR = env_int("NOTIFY_REJECTED_LOG_PER_HOUR", 100)
+    PAY_STATUS_RATE_LIMIT = env_str("PAY_STATUS_RATE_LIMIT", "120 per minute")  # the QR page polls
+    # Lost notifications: a started payment is asked about after this long without one (then with backoff).
+    PAYMENT_QUERY_AFTER_SECONDS = env_int("PAYMENT_QUERY_AFTER_SECONDS", 180)
+    PAYMENT_QUERY_SECONDS = env_int("PAYMENT_QUERY_SECONDS", 60)
+    # A channel that cannot be reached to close an expired order keeps ours open this long past expiry.
+    CHANNEL_CLOSE_GRACE_MINUTES = env_int("CHANNEL_CLOSE_GRACE_MINUTES", 60)
+    REFUND_POLL_SECONDS = env_int("REFUND_POLL_SECONDS", 30)  # open refunds: ask the channels what is due
+    REFUND_ALERT_ATTEMPTS = env_int("REFUND_ALERT_ATTEMPTS", 6)  # unanswered this many times: alert, keep asking
+    MAX_CONTENT_LENGTH = env_int("MAX_CONTENT_LENGTH", 25 * 1024 * 1024)  # request bodies (statements: 20 MB)
 
     # Real-name verification (三要素 provider) and withdrawals (payout channel)
     IDV_PROVIDER_URL = env_str("IDV_PROVIDER_URL")

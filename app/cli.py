@@ -158,13 +158,24 @@ def recharge_poll() -> None:
 
 
 @kameng_cli.command("reconcile")
-@click.option("--channel", required=True, type=click.Choice(["sandbox", "alipay", "wechatpay"]))
-@click.option("--day", default=None, help="The statement's day (YYYY-MM-DD, China time); default: from the payments.")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-def reconcile(channel: str, day: str | None, file: Path) -> None:
-    """Import a channel statement, match it against our payments and print the differences as JSON."""
+@click.option("--channel", required=True, type=click.Choice(["sandbox", "alipay", "wechatpay", "unionpay"]))
+@click.option("--day", default=None, help="The statement's day (YYYY-MM-DD, China time); default: from the payments "
+                                          "(with FILE) or yesterday (without).")
+@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+def reconcile(channel: str, day: str | None, file: Path | None) -> None:
+    """Match a channel's statement against our payments and print the differences as JSON. With FILE, import
+    that statement; without, download the day's bill from the channel (the sandbox: its notification log)."""
     from app.payments import reconciliation
 
+    if file is None:
+        try:
+            parsed = reconciliation.parse_day(day)
+            report = (reconciliation.run_sandbox_daily(parsed) if channel == "sandbox"
+                      else reconciliation.run_channel_daily(channel, parsed))
+        except KamengError as exc:
+            fail(exc.message)
+        click.echo(json.dumps(report, ensure_ascii=False))
+        return
     try:
         content = file.read_bytes()
     except OSError as exc:
@@ -177,6 +188,55 @@ def reconcile(channel: str, day: str | None, file: Path) -> None:
     click.echo(json.dumps(reconciliation.summary(row), ensure_ascii=False))
 
 
+@kameng_cli.command("refund")
+@click.argument("order_no")
+@click.option("--reason", required=True, help="Why (kept with the refund and the audit log).")
+def refund(order_no: str, reason: str) -> None:
+    """Refund an order in full, as the Finance screen does: the sale is reversed and the money goes back to the
+    wallet, or through the channel it was paid with (asked now; the refund's status is printed)."""
+    from sqlalchemy import select
+
+    from app.extensions import db
+    from app.orders.models import Order
+    from app.payments import service as payments
+    from app.payments.models import Refund
+
+    order_id = db.session.scalar(select(Order.id).where(Order.order_no == order_no.strip()[:40]))
+    if order_id is None:
+        fail(f"no order {order_no!r}")
+    try:
+        row = payments.refund_order(order_id, reason, actor_id=None)
+    except KamengError as exc:
+        fail(exc.message)
+    refund_id = row.id
+    from app.outbox.service import dispatch_due
+
+    dispatch_due()  # ask the channel now (or hand it to the workers)
+    db.session.rollback()
+    row = db.session.get(Refund, refund_id)
+    click.echo(json.dumps({"order_no": order_no, "refund_id": row.id, "amount": row.amount,
+                           "destination": row.destination, "status": row.status,
+                           "out_refund_no": row.out_refund_no}, ensure_ascii=False))
+
+
+@kameng_cli.command("channel-sim")
+@click.option("--channel", required=True, type=click.Choice(["alipay", "wechatpay", "unionpay"]))
+@click.option("--port", required=True, type=int)
+def channel_sim(channel: str, port: int) -> None:
+    """Run a payment gateway simulator on 127.0.0.1 (app/payments/simulators: its protocol and control API)."""
+    from app.payments.simulators import simulator_for
+
+    if current_env() == "production":
+        fail("the channel simulators do not run in production")
+    _run_simulator(simulator_for(channel), port)
+
+
+def current_env() -> str:
+    from flask import current_app
+
+    return current_app.config.get("KAMENG_ENV", "development")
+
+
 @kameng_cli.command("demo")
 @click.option("--password", default=None, help="Password for every demo login (default: random, printed).")
 @click.option("--sandbox-key", default=None, help="Key of the sandbox payment channel (default: random, printed).")
@@ -187,14 +247,26 @@ def reconcile(channel: str, day: str | None, file: Path) -> None:
 @click.option("--supplier-url", default=None, help="Connect the demo's direct products to this upstream simulator "
                                                    "(flask kameng supplier-sim).")
 @click.option("--supplier-key", default=None, help="The simulator's signing key.")
+@click.option("--channel-sim", "channel_sims", multiple=True, metavar="CHANNEL=URL",
+              help="Configure and enable a payment channel against its simulator (flask kameng channel-sim) with "
+                   "newly generated keys, e.g. alipay=http://127.0.0.1:8711. Repeatable.")
 def demo(password: str | None, sandbox_key: str | None, orders: int, seed: int | None, supplier_url: str | None,
-         supplier_key: str | None) -> None:
+         supplier_key: str | None, channel_sims: tuple[str, ...]) -> None:
     """Load demo users, agents, tiers, categories, products and card secrets; print the logins."""
     from app.demo import connect_demo_supplier, load_demo
     from app.payments import service as payments
+    from app.payments.simulators import SIMULATED_CHANNELS
 
     if bool(supplier_url) != bool(supplier_key):
         fail("--supplier-url and --supplier-key go together")
+    if channel_sims and current_env() == "production":
+        fail("--channel-sim configures test keys: not in production")
+    sims = {}
+    for item in channel_sims:
+        channel, _, url = item.partition("=")
+        if channel not in SIMULATED_CHANNELS or not url.startswith(("http://", "https://")):
+            fail(f"--channel-sim wants CHANNEL=URL with CHANNEL one of {', '.join(SIMULATED_CHANNELS)}: {item!r}")
+        sims[channel] = url
     try:
         logins = load_demo(password)
         key = sandbox_key or secrets.token_hex(16)
@@ -204,6 +276,8 @@ def demo(password: str | None, sandbox_key: str | None, orders: int, seed: int |
         if supplier_url:
             supplier = connect_demo_supplier(supplier_url, supplier_key)
             click.echo(f"Direct top-ups (直充) go to {supplier.name} at {supplier.endpoint}")
+        for channel, url in sims.items():
+            _connect_channel_sim(channel, url)
     except KamengError as exc:
         fail(exc.message)
     click.echo(f"Sandbox payment channel enabled; key: {key}")
@@ -212,6 +286,20 @@ def demo(password: str | None, sandbox_key: str | None, orders: int, seed: int |
         click.echo(f"  {username:<10} {pwd:<20} {role}")
     if orders:
         _demo_history(orders, seed)
+
+
+def _connect_channel_sim(channel: str, url: str) -> None:
+    import requests
+
+    from app.payments import service as payments
+    from app.payments.simulators import merchant_settings
+
+    try:
+        settings = merchant_settings(channel, url)
+    except (requests.RequestException, ValueError, KeyError) as exc:
+        fail(f"cannot reach the {channel} simulator at {url}: {exc}")
+    payments.save_channel(channel, True, settings)
+    click.echo(f"Payment channel {channel} enabled against its simulator at {url}")
 
 
 def _demo_history(orders: int, seed: int | None) -> None:

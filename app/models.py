@@ -28,11 +28,13 @@ from app.openapi.models import ApiKey, ApiNonce, CallbackAttempt  # noqa: F401
 from app.orders.models import Order  # noqa: F401
 from app.outbox.models import OutboxMessage  # noqa: F401
 from app.payments.models import (  # noqa: F401
+    ChannelOrder,
     Coupon,
     CouponRedemption,
     Dispute,
     OrderCheckout,
     Payment,
+    PaymentAlert,
     PaymentChannel,
     PaymentNotification,
     ReconciliationDifference,

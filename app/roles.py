@@ -7,7 +7,7 @@ _ADMIN_READ_VIEWS = ("OrderView|AgentView|TierView|CategoryView|ProductView|Tier
                      "PostingView|AuditView")
 # FAB stores each pattern as a view-menu name (VARCHAR 250): a longer pattern fails and the role is never created.
 _ADMIN_READ_VIEWS_2 = ("ApiKeyAdminView|CallbackAttemptAdminView|PaymentView|PaymentNotificationView|"
-                       "RefundView|WalletTopUpView")
+                       "RefundView|WalletTopUpView|PaymentAlertView")
 
 ROLES = {
     # Managers read everything and work review queues (later issues add the queues).
@@ -18,7 +18,7 @@ ROLES = {
         ["^DisputeQueueView$", "^can_index$"],
         ["^(订单|代理管理|商品管理|卡密库存|财务账本|系统|订单查询|代理列表|代理等级|商品分类|商品|等级价格|限时价格|"
          "上游供应商|卡密列表|导入批次|补货提醒|账户|凭证|分录|审计日志|API 密钥管理|回调记录|支付|收款记录|支付通知|"
-         "退款记录|充值记录|对账|售后|维权队列|维权记录|优惠券)$", "^menu_access$"],
+         "退款记录|充值记录|对账|售后|维权队列|维权记录|优惠券|支付告警)$", "^menu_access$"],
         ["^ReconciliationView$", "^can_(index|show)$"],
         ["^WithdrawalQueueView$", "^can_(index|approve|reject|retry)$"],
         ["^(WithdrawalView|RealNameAdminView)$", READ],
@@ -39,13 +39,14 @@ ROLES = {
     # Support (客服) finds any order and agent fast; sees card secrets masked only.
     "Support": [
         ["^(OrderView|AgentView|CardSecretView|StockAlertView|ProductView|PaymentView|PaymentNotificationView|"
-         "RefundView)$", READ],
+         "RefundView|PaymentAlertView)$", READ],
         ["^RefundFormView$", "^can_form$"],
+        ["^RefundView$", "^retry$"],
         ["^DisputeView$", READ],
         ["^DisputeQueueView$", "^can_(index|resolve)$"],
         ["^(售后|维权队列|维权记录)$", "^menu_access$"],
-        ["^(订单|代理管理|商品管理|卡密库存|订单查询|代理列表|商品|卡密列表|补货提醒|支付|收款记录|支付通知|退款记录)$",
-         "^menu_access$"],
+        ["^(订单|代理管理|商品管理|卡密库存|订单查询|代理列表|商品|卡密列表|补货提醒|支付|收款记录|支付通知|退款记录|"
+         "支付告警)$", "^menu_access$"],
         ["^(SupplierView|SupplierProductView|SupplierAlertView)$", READ],
         ["^(上游供应商|货源映射|供应商余额提醒)$", "^menu_access$"],
     ],

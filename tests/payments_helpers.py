@@ -94,6 +94,22 @@ def guest_order(product, channel: str, quantity: int = 1, password: str = PASSWO
     return order
 
 
+def channel_answers_refund(refund) -> str:
+    """The channel pays a requested refund back: the sandbox when its job runs (dispatched as after a request);
+    a gateway not reachable from these tests gives its success answer through the refund state machine's booking
+    (app.payments.refunds.book), the same call a query or notification makes. Returns the refund's status."""
+    from app.outbox.service import dispatch_due
+    from app.payments import refunds
+    from app.payments.channels.base import RefundResult
+
+    dispatch_due()
+    db.session.rollback()
+    row = db.session.get(Refund, refund.id)
+    if row.status in ("requested", "processing"):
+        return refunds.book(row.id, RefundResult("succeeded", channel_refund_no="REF" + row.out_refund_no))
+    return row.status
+
+
 def trade_no(prefix: str = "T") -> str:
     return prefix + uuid.uuid4().hex[:24]
 

@@ -230,19 +230,24 @@ def test_sandbox_cashier_pays_or_fails(app, f, client):
     assert client.get("/pay/sandbox/cashier/999999999999999999").status_code == 404
     # "fail" leaves it pending
     r = client.post(f"/pay/sandbox/cashier/{order.order_no}", data={"result": "fail"})
-    assert r.status_code == 302 and "/shop/order/" in r.headers["Location"]
+    assert r.status_code == 302 and r.headers["Location"] == f"/shop/paid/{order.order_no}"
     assert h.order_state(order.order_no) == "pending_payment"
     assert h.count(Payment) == 0
     assert [o for o, _ in h.notifications(order.order_no)] == ["not_paid"]
-    # "pay" delivers, and the redirect shows the secret
+    # "pay" delivers; the buyer goes on to the lookup, which asks for the order password before any secret
     r = client.post(f"/pay/sandbox/cashier/{order.order_no}", data={"result": "pay"})
     assert r.status_code == 302
     assert h.order_state(order.order_no) == "delivered"
-    page = client.get(r.headers["Location"])
-    assert page.status_code == 200
-    assert payments.lookup(order.order_no, h.PASSWORD).status == "delivered"
+    landing = client.get(r.headers["Location"])
+    assert landing.status_code == 302 and landing.headers["Location"] == f"/shop/lookup?order_no={order.order_no}"
+    page = client.get(landing.headers["Location"])
     from app.catalog import cards
-    assert cards.reveal(order.id)[0] in page.get_data(as_text=True)
+    secret = cards.reveal(order.id)[0]
+    assert page.status_code == 200 and secret not in page.get_data(as_text=True)
+    assert f'value="{order.order_no}"' in page.get_data(as_text=True)  # the number is filled in, not the password
+    shown = client.post("/shop/lookup", data={"order_no": order.order_no, "query_password": h.PASSWORD})
+    assert shown.status_code == 200 and secret in shown.get_data(as_text=True)
+    assert shown.headers["Cache-Control"] == "no-store"
 
 
 # --- refunds -----------------------------------------------------------------------------------------------
@@ -279,6 +284,11 @@ def test_refund_reverses_the_ledger_exactly(app, client, sold):
     assert h.snapshot() == snap
     # when support refunds it with a reason
     refund = payments.refund_order(order.id, "买家未收到卡密", None)
+    # the money waits for the channel: the sale is reversed, nothing has gone back through the channel yet
+    assert refund.status == "requested" and fresh(order).status == "refunded"
+    assert h.balances()["platform:buyer_funds"] == 20_000
+    # then the channel pays it back (the sandbox at once, when the refund job runs)
+    assert h.channel_answers_refund(refund) == "succeeded"
     # then every account is back to what it was before the order
     assert h.balances() == before
     assert order_postings(order) == {k: 0 for k in order_postings(order)}

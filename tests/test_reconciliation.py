@@ -16,6 +16,7 @@ from app.payments import reconciliation
 from app.payments import service as payments
 from app.payments.channels.base import Notification
 from app.payments.models import Payment, PaymentNotification, ReconciliationDifference, StatementImport
+from tests import payments_helpers as h
 from tests.test_topups import fresh_login
 
 
@@ -39,6 +40,7 @@ def _diffs(row: StatementImport) -> set[tuple]:
 @pytest.fixture
 def world(app, db, f):
     """Per channel: four paid orders (ok, differs, missing there, outside the period) and one refunded."""
+    h.setup_all()
     product = f.product(face_price=5000, cost=4000, secrets=30)
     data = {}
     for channel in ("sandbox", "alipay", "wechatpay"):
@@ -49,7 +51,7 @@ def world(app, db, f):
         # created in this order, so the one missing there lies inside the period the statement spans
         ok, missing_there, differs, refunded = (_paid(f, channel, product) for _ in range(4))
         order_id = db.session.scalar(select(payments.Order.id).where(payments.Order.order_no == refunded[0]))
-        payments.refund_order(order_id, "客户申请退款", None)
+        h.channel_answers_refund(payments.refund_order(order_id, "客户申请退款", None))
         data[channel] = {"ok": ok, "differs": differs, "refunded": refunded, "missing_there": missing_there,
                          "old": old}
     return data
@@ -269,13 +271,13 @@ def test_daily_sandbox_run_through_the_worker(app, db, f, client, redis_url):
     db.session.execute(update(PaymentNotification).values(created_at=noon))
     db.session.commit()
 
-    assert {p.name: p.cron for p in PERIODIC}["sandbox-reconcile"] == "30 1 * * *"
+    assert {p.name: p.cron for p in PERIODIC}["channel-reconcile"] == "30 2 * * *"
     from tests.test_cards import configured
     from workers.queues import redis_connection
 
     with configured(app, REDIS_URL=redis_url):
         cron = build_cron(app, redis_connection())
-        assert "sandbox-reconcile" in {job.name for job in cron.get_jobs()}
+        assert "channel-reconcile" in {job.name for job in cron.get_jobs()}
         enqueue(jobs.reconcile_sandbox_daily, job_id="sandbox-reconcile-test", queue="low")
         assert app.test_cli_runner().invoke(args=["kameng", "worker", "--burst", "--queues", "low"]).exit_code == 0
         db.session.expire_all()

@@ -60,6 +60,28 @@ def reconcile_sandbox_daily(day: str | None = None) -> dict:
     return reconciliation.run_sandbox_daily(reconciliation.parse_day(day))
 
 
+def reconcile_channels_daily(day: str | None = None) -> dict:
+    """Scheduled daily: every enabled channel's day (default yesterday, China time) reconciled; the real channels'
+    bills are downloaded from the channels themselves."""
+    from app.payments import reconciliation
+
+    return reconciliation.run_daily(reconciliation.parse_day(day))
+
+
+def poll_refunds() -> dict:
+    """Scheduled: ask the channels about open refunds that are due (refund again with the same number, or query)."""
+    from app.payments import refunds
+
+    return refunds.poll_due()
+
+
+def query_open_payments() -> dict:
+    """Scheduled: payments started at a channel with no notification after a few minutes are asked about."""
+    from app.payments import service
+
+    return service.query_open_payments()
+
+
 def pay_withdrawal(withdrawal_id: int) -> str:
     """An approved withdrawal's payout (job id payout-<no>); idempotent: a re-run never pays twice."""
     from app.network import withdrawals

@@ -25,7 +25,10 @@ PERIODIC = [
     Periodic("order-expiry", jobs.expire_unpaid_orders, "default", "ORDER_EXPIRY_SCAN_SECONDS"),
     Periodic("topup-expiry", jobs.expire_unpaid_topups, "default", "ORDER_EXPIRY_SCAN_SECONDS"),
     # Daily: yesterday (China time) is complete whenever it runs; re-running a day replaces its result.
-    Periodic("sandbox-reconcile", jobs.reconcile_sandbox_daily, "low", cron="30 1 * * *"),
+    # Channels publish the day's bill in the morning (China time); 02:30 UTC is 10:30 there.
+    Periodic("channel-reconcile", jobs.reconcile_channels_daily, "low", cron="30 2 * * *"),
+    Periodic("refund-poll", jobs.poll_refunds, "high", "REFUND_POLL_SECONDS"),
+    Periodic("payment-query", jobs.query_open_payments, "high", "PAYMENT_QUERY_SECONDS"),
     Periodic("commission-settlement", jobs.settle_commissions, "low", cron="0 2 * * *"),
     # Monthly, on the 1st (the cron runs in the worker's clock; 03:10 UTC is 11:10 in China, the month is closed).
     Periodic("team-bonus", jobs.award_team_bonus, "low", cron="10 3 1 * *"),

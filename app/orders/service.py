@@ -14,7 +14,7 @@ from app.catalog.errors import ProductUnavailable
 from app.catalog.models import Product
 from app.catalog.service import price_for
 from app.clock import business_day_start, utcnow
-from app.errors import NotFound
+from app.errors import NotFound, ValidationError
 from app.extensions import db
 from app.ledger import service as ledger
 from app.ledger.errors import InsufficientBalance
@@ -286,7 +286,7 @@ def sale_lines(order: Order, funding_account: str) -> list[Line]:
 
 
 def place_guest_order(product_id: object, quantity: object, contact: object, channel: str,
-                      coupon: object = None, account: object = None) -> Order:
+                      coupon: object = None, account: object = None, device_id: object = None) -> Order:
     """A storefront order at the public price (less an optional coupon, redeemed as `contact:<contact>`), unpaid.
     Flushes; the caller adds the checkout and commits (or rolls back on a refusal: nothing is written).
 
@@ -308,6 +308,7 @@ def place_guest_order(product_id: object, quantity: object, contact: object, cha
         account = None
     if not isinstance(contact, str) or not 3 <= len(contact.strip()) <= 128 or any(ord(c) < 32 for c in contact):
         raise InvalidContact("请填写联系方式（手机号、QQ 或邮箱，3-128 个字符）(contact is required)")
+    device = _device(device_id)
     from app.payments import coupons
 
     coupon_code = coupons.normalize_code(coupon)
@@ -315,7 +316,7 @@ def place_guest_order(product_id: object, quantity: object, contact: object, cha
     cost_total = product.cost * qty
     quote = None
     if coupon_code:
-        quote = coupons.quote(coupon_code, unit_price * qty, coupons.redeemer_for_contact(contact))
+        quote = coupons.quote(coupon_code, unit_price * qty, coupons.redeemer_for_contact(contact), device=device)
     order = Order(order_no=new_order_no(), agent_id=None, product_id=product.id, supplier_id=product.supplier_id,
                   quantity=qty, face_price=product.face_price, unit_price=unit_price,
                   amount=quote.amount if quote else unit_price * qty,
@@ -325,8 +326,17 @@ def place_guest_order(product_id: object, quantity: object, contact: object, cha
     db.session.add(order)
     db.session.flush()
     if quote:
-        coupons.redeem(quote, order, coupons.redeemer_for_contact(contact))
+        coupons.redeem(quote, order, coupons.redeemer_for_contact(contact), device=device)
     return order
+
+
+def _device(device_id: object) -> str | None:
+    """The storefront's optional device id (a browser fingerprint): a string of at most 128 printable characters."""
+    if device_id is None or device_id == "":
+        return None
+    if not isinstance(device_id, str) or len(device_id) > 128 or not device_id.isprintable():
+        raise ValidationError("device_id 须为不超过 128 个字符的字符串 (device_id must be a string of at most 128)")
+    return device_id
 
 
 def deliver_paid(order_id: int, funding_account: str) -> None:

@@ -68,8 +68,23 @@ class Quote:
         return self.gross - self.discount
 
 
+def normalize_contact(contact: str) -> str:
+    """One spelling per buyer: a Chinese (or +country) phone number as E.164 ('138 0013 8000', '+86-138-0013-8000'
+    -> '+8613800138000'), anything else (QQ, e-mail) lower-cased without spaces."""
+    import phonenumbers
+
+    text = (contact or "").strip()
+    try:
+        number = phonenumbers.parse(text, "CN")
+        if phonenumbers.is_valid_number(number):
+            return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    except phonenumbers.NumberParseException:
+        pass
+    return "".join(text.split()).lower()
+
+
 def redeemer_for_contact(contact: str) -> str:
-    return f"contact:{contact.strip().lower()}"
+    return f"contact:{normalize_contact(contact)}"
 
 
 def redeemer_for_agent(agent_id: int) -> str:
@@ -114,12 +129,17 @@ def _owner(coupon: Coupon) -> str | None:
     return redeemer_for_order(dispute.order) if dispute is not None else None
 
 
-def redemptions_by(coupon_id: int, redeemer: str) -> int:
+def redemptions_by(coupon_id: int, redeemer: str, device: str | None = None) -> int:
+    """A buyer's uses of a coupon: by its normalised contact, or from the same device (another contact typed on
+    the same browser is the same buyer)."""
+    who = CouponRedemption.redeemer == redeemer
+    if device:
+        who = who | (CouponRedemption.device == device)
     return db.session.scalar(select(func.count()).select_from(CouponRedemption).where(
-        CouponRedemption.coupon_id == coupon_id, CouponRedemption.redeemer == redeemer))
+        CouponRedemption.coupon_id == coupon_id, who))
 
 
-def quote(code: str, gross: int, redeemer: str, now: datetime | None = None) -> Quote:
+def quote(code: str, gross: int, redeemer: str, now: datetime | None = None, device: str | None = None) -> Quote:
     """Check a coupon for an amount and a redeemer (without writing anything) and compute the discount."""
     coupon = _load(normalize_code(code) or "")
     now = now or utcnow()
@@ -134,12 +154,12 @@ def quote(code: str, gross: int, redeemer: str, now: datetime | None = None) -> 
         raise CouponMinSpend(f"未达到优惠券最低消费 {format_fen(coupon.min_spend)} (minimum spend not reached)")
     if coupon.total_limit is not None and coupon.used_count >= coupon.total_limit:
         raise CouponUsedUp("优惠券已被领完 (coupon used up)")
-    if redemptions_by(coupon.id, redeemer) >= coupon.per_user_limit:
+    if redemptions_by(coupon.id, redeemer, device) >= coupon.per_user_limit:
         raise CouponUsedUp("您已用过该优惠券 (per-user limit reached)")
     return Quote(coupon=coupon, gross=gross, discount=discount_for(coupon, gross))
 
 
-def redeem(q: Quote, order: Order, redeemer: str) -> None:
+def redeem(q: Quote, order: Order, redeemer: str, device: str | None = None) -> None:
     """Write the redemption in the caller's transaction (the caller commits or rolls back).
 
     The guarded UPDATE refuses when the total limit was reached meanwhile, and holds the coupon row's lock to the
@@ -153,9 +173,9 @@ def redeem(q: Quote, order: Order, redeemer: str) -> None:
         .values(used_count=table.c.used_count + 1).returning(table.c.used_count)).first()
     if row is None:
         raise CouponUsedUp("优惠券已被领完 (coupon used up)")
-    if redemptions_by(q.coupon.id, redeemer) >= q.coupon.per_user_limit:
+    if redemptions_by(q.coupon.id, redeemer, device) >= q.coupon.per_user_limit:
         raise CouponUsedUp("您已用过该优惠券 (per-user limit reached)")
-    db.session.add(CouponRedemption(coupon_id=q.coupon.id, order_id=order.id, redeemer=redeemer,
+    db.session.add(CouponRedemption(coupon_id=q.coupon.id, order_id=order.id, redeemer=redeemer, device=device,
                                     discount=q.discount))
     db.session.expire(q.coupon, ["used_count"])
     db.session.flush()

@@ -9,7 +9,8 @@ from app.clock import utcnow
 from app.extensions import db
 from app.money import format_fen
 
-CHANNEL_NAMES = {"sandbox": "沙箱支付", "alipay": "支付宝", "wechatpay": "微信支付", "wallet": "钱包余额"}
+CHANNEL_NAMES = {"sandbox": "沙箱支付", "alipay": "支付宝", "wechatpay": "微信支付", "unionpay": "银联",
+                 "wallet": "钱包余额"}
 
 
 class PaymentChannel(db.Model):
@@ -34,7 +35,7 @@ class Payment(db.Model):
     topup_id = Column(Integer, ForeignKey("wallet_topup.id"), index=True)
     amount = Column(BigInteger, nullable=False)
     currency = Column(String(3), nullable=False, default="CNY")
-    status = Column(String(16), nullable=False, default="paid")  # paid, refunded
+    status = Column(String(16), nullable=False, default="paid")  # paid, refunding (asked of the channel), refunded
     confirmed_by_id = Column(Integer, ForeignKey("ab_user.id"))  # manual confirmation by an admin
     created_at = Column(DateTime, nullable=False, default=utcnow)
 
@@ -77,20 +78,75 @@ class WalletTopUp(db.Model):
 
 
 class Refund(db.Model):
+    """One refund of money: to an agent's wallet (done at once), or of one channel payment back through its channel
+    (a state machine driven by jobs, app.payments.refunds). `order_id` is empty for a top-up's second payment."""
     __tablename__ = "refund"
     id = Column(Integer, primary_key=True)
-    order_id = Column(Integer, ForeignKey("orders.id"), nullable=False, unique=True)  # full refunds: one per order
+    order_id = Column(Integer, ForeignKey("orders.id"), index=True)
+    payment_id = Column(Integer, ForeignKey("payment.id"), unique=True)  # channel refunds: a payment is refunded once
     amount = Column(BigInteger, nullable=False)
     destination = Column(String(16), nullable=False)  # channel code, or wallet
     reason = Column(String(255), nullable=False)
-    status = Column(String(16), nullable=False, default="succeeded")
+    # requested -> processing -> succeeded / failed (failed -> requested when staff retry); wallet: succeeded
+    status = Column(String(16), nullable=False, default="requested")
+    out_refund_no = Column(String(32), unique=True)  # ours, sent to the channel; reused on every retry of an attempt
+    channel_refund_no = Column(String(64))
+    attempts = Column(Integer, nullable=False, default=0, server_default="0")  # calls to the channel
+    next_attempt_at = Column(DateTime)
+    last_error = Column(String(255))
+    meta = Column(Text)  # JSON the channel needs for a later query (UnionPay's txnTime)
     actor_id = Column(Integer, ForeignKey("ab_user.id"))
     created_at = Column(DateTime, nullable=False, default=utcnow)
+    updated_at = Column(DateTime)
+    finished_at = Column(DateTime)
 
     order = relationship("Order")
+    payment = relationship("Payment")
     actor = relationship("User", foreign_keys=[actor_id])
 
-    __table_args__ = (Index("ix_refund_created", "created_at"),)
+    __table_args__ = (Index("ix_refund_created", "created_at"),
+                      Index("ix_refund_status_due", "status", "next_attempt_at"))
+
+
+class ChannelOrder(db.Model):
+    """A payment started at a channel for an order or a wallet top-up (渠道订单): what the buyer was sent to, what
+    later queries and the close need, and when we last asked the channel about it."""
+    __tablename__ = "channel_order"
+    id = Column(Integer, primary_key=True)
+    channel = Column(String(16), nullable=False)
+    out_trade_no = Column(String(40), nullable=False)  # our order or top-up number
+    order_id = Column(Integer, ForeignKey("orders.id"), index=True)
+    topup_id = Column(Integer, ForeignKey("wallet_topup.id"), index=True)
+    amount = Column(BigInteger, nullable=False)
+    status = Column(String(16), nullable=False, default="open")  # open, paid, closed
+    pay_url = Column(Text, nullable=False)
+    code_url = Column(String(255))  # WeChat native: the QR content
+    form = Column(Text)  # JSON: fields the buyer's browser POSTs to pay_url (UnionPay)
+    meta = Column(Text)  # JSON: what query, close and refund need later
+    expires_at = Column(DateTime, nullable=False)
+    queries = Column(Integer, nullable=False, default=0)
+    last_queried_at = Column(DateTime)
+    closed_at = Column(DateTime)
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+
+    __table_args__ = (UniqueConstraint("channel", "out_trade_no", name="uq_channel_order_channel_no"),
+                      Index("ix_channel_order_status_created", "status", "created_at"))
+
+
+class PaymentAlert(db.Model):
+    """Something in payments that needs a person: an abnormal or failed refund, a refund the channel keeps not
+    answering, a late payment refunded."""
+    __tablename__ = "payment_alert"
+    id = Column(Integer, primary_key=True)
+    kind = Column(String(24), nullable=False, index=True)  # refund_abnormal, refund_failed, refund_stuck, ...
+    channel = Column(String(16))
+    refund_id = Column(Integer, ForeignKey("refund.id"), index=True)
+    order_no = Column(String(40))
+    message = Column(String(500), nullable=False)
+    created_at = Column(DateTime, nullable=False, default=utcnow, index=True)
+    resolved_at = Column(DateTime)
+
+    refund = relationship("Refund")
 
 
 class OrderCheckout(db.Model):
@@ -132,14 +188,16 @@ class CouponRedemption(db.Model):
     id = Column(Integer, primary_key=True)
     coupon_id = Column(Integer, ForeignKey("coupon.id"), nullable=False)
     order_id = Column(Integer, ForeignKey("orders.id"), nullable=False, unique=True)
-    redeemer = Column(String(160), nullable=False)  # "contact:<contact>" or "agent:<id>"
+    redeemer = Column(String(160), nullable=False)  # "contact:<normalised contact>" or "agent:<id>"
+    device = Column(String(128))  # the storefront buyer's device id, when the page sent one
     discount = Column(BigInteger, nullable=False)
     created_at = Column(DateTime, nullable=False, default=utcnow)
 
     coupon = relationship("Coupon")
     order = relationship("Order")
 
-    __table_args__ = (Index("ix_coupon_redemption_coupon_redeemer", "coupon_id", "redeemer"),)
+    __table_args__ = (Index("ix_coupon_redemption_coupon_redeemer", "coupon_id", "redeemer"),
+                      Index("ix_coupon_redemption_coupon_device", "coupon_id", "device"))
 
 
 class Dispute(db.Model):

@@ -19,7 +19,8 @@ from app.payments.models import CHANNEL_NAMES, ReconciliationDifference, Stateme
 from app.views_common import CHANNEL_TEXT, ReadableColumnsMixin, text_of
 
 CHANNEL_CHOICES = [("sandbox", "沙箱支付 (CSV: trade_no,order_no,amount[,kind])"),
-                   ("alipay", "支付宝 (业务明细 CSV, GBK)"), ("wechatpay", "微信支付 (交易账单 CSV)")]
+                   ("alipay", "支付宝 (业务明细 CSV, GBK)"), ("wechatpay", "微信支付 (交易账单 CSV)"),
+                   ("unionpay", "银联 (INN…ZM 对账文件)")]
 
 
 class ReconciliationView(BaseView):
@@ -89,10 +90,12 @@ def sandbox_topup_cashier(topup_no: str):
     from app.payments import service
     from app.payments.channels import sandbox
 
+    if not service.channel_exists("sandbox"):  # the sandbox does not exist in production
+        abort(404)
     topup = topups.get_topup(topup_no)
     if topup is None or topup.channel != "sandbox":
         abort(404)
-    if request.method == "POST":
+    if request.method == "POST" and topup.status == "pending_payment":
         key = service.channel_settings("sandbox").get("key", "")
         fields = {"order_no": topup.topup_no, "trade_no": "SBX" + secrets.token_hex(10), "amount": str(topup.amount),
                   "currency": "CNY", "status": "SUCCESS" if request.form.get("result") == "pay" else "FAILED",

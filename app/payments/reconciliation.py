@@ -243,6 +243,40 @@ def run_sandbox_daily(day: date | None = None) -> dict:
             "differences": row.differences}
 
 
+def run_channel_daily(channel: str, day: date | None = None) -> dict:
+    """Download one China day's bill (default: yesterday) from a real channel and reconcile it; replaces that
+    day's scheduled run of the channel. Raises ChannelError (nothing written) when the bill cannot be fetched."""
+    from app.payments import service
+
+    day = day or (china_today() - timedelta(days=1))
+    period = day_bounds(day)
+    lines = service.get_channel(channel).download_statement(day)
+    db.session.rollback()
+    existing = db.session.scalar(select(StatementImport).where(
+        StatementImport.channel == channel, StatementImport.source == "scheduled",
+        StatementImport.period_start == period[0]).order_by(StatementImport.id).limit(1))
+    row = reconcile(channel, lines, period=period, filename=f"{channel}-bill-{day.isoformat()}", source="scheduled",
+                    refunds=True, into=existing)
+    return {"import_id": row.id, "channel": channel, "day": day.isoformat(), "lines": row.lines,
+            "matched": row.matched, "differences": row.differences}
+
+
+def run_daily(day: date | None = None) -> dict:
+    """The daily reconciliation of every enabled channel: the sandbox from its notification log, the others from
+    the bill each downloads itself. A channel whose bill cannot be fetched is reported and retried next run."""
+    from app.errors import KamengError
+    from app.payments import service
+
+    report: dict[str, dict] = {}
+    for channel in service.enabled_channels():
+        try:
+            report[channel] = run_sandbox_daily(day) if channel == "sandbox" else run_channel_daily(channel, day)
+        except KamengError as exc:
+            db.session.rollback()
+            report[channel] = {"error": exc.message}
+    return report
+
+
 def summary(row: StatementImport) -> dict:
     counts: dict[str, int] = {}
     for kind in db.session.scalars(select(ReconciliationDifference.kind)

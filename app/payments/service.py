@@ -1,21 +1,22 @@
-"""Payments: channel settings, checkout for buyers without an account, asynchronous notifications, manual
-confirmation, refunds, order expiry, and the signed lookup link.
+"""Payments: checkout for buyers without an account, asynchronous notifications, payments found by asking the
+channel, manual confirmation, refunds, order expiry (closing the channel's order too), and the signed lookup link.
 
 A notification is verified, matched (order number, channel, amount, currency), recorded under a unique
 (channel, trade_no), moves the order and delivers it, and is committed before the channel hears `success`.
+Money goes back through app.payments.refunds, which asks the channel and books the refund once it is done.
 """
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+import logging
+from datetime import datetime, timedelta
 
 from flask import current_app
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from app import crypto
 from app.audit import service as audit
 from app.catalog.errors import OutOfStock
 from app.clock import utcnow
@@ -26,103 +27,100 @@ from app.ledger.service import Line
 from app.network import commissions
 from app.orders import service as orders
 from app.orders.models import Order
-from app.payments import coupons
-from app.payments.channels.alipay import AlipayChannel
+from app.payments import coupons, refunds
 from app.payments.channels.base import (
     BadNotification,
     ChannelError,
+    ChannelUnavailable,
     Notification,
     NotificationAnswer,
     PaymentRequest,
+    TradeStatus,
 )
-from app.payments.channels.sandbox import SandboxChannel
-from app.payments.channels.wechatpay import WechatPayChannel
-from app.payments.models import CHANNEL_NAMES, OrderCheckout, Payment, PaymentChannel, PaymentNotification, Refund
+from app.payments.gateways import (  # noqa: F401  (the channels' settings, re-exported for callers)
+    BUYER_FUNDS,
+    CHANNEL_CODES,
+    REMOTE_CHANNELS,
+    channel_exists,
+    channel_row,
+    channel_settings,
+    clearing_account,
+    enabled_channels,
+    get_channel,
+    is_enabled,
+    save_channel,
+)
+from app.payments.models import ChannelOrder, OrderCheckout, Payment, PaymentNotification, Refund
 
-CHANNEL_CODES = ("sandbox", "alipay", "wechatpay")
-BUYER_FUNDS = "platform:buyer_funds"  # money received for an order and not yet earned or refunded
+log = logging.getLogger(__name__)
 LOOKUP_SALT = "kameng-order-lookup"
-
-
-def clearing_account(channel: str) -> str:
-    return f"platform:clearing:{channel}"
-
-
-# --- channels ----------------------------------------------------------------------------------------------
-
-def channel_row(code: str) -> PaymentChannel:
-    row = db.session.scalar(select(PaymentChannel).where(PaymentChannel.code == code))
-    if row is None:
-        if code not in CHANNEL_CODES:
-            raise NotFound(f"unknown payment channel {code!r}")
-        row = PaymentChannel(code=code, name=CHANNEL_NAMES[code], enabled=False)
-        db.session.add(row)
-        db.session.flush()
-    return row
-
-
-def channel_settings(code: str) -> dict:
-    row = channel_row(code)
-    return json.loads(crypto.decrypt(row.settings_enc)) if row.settings_enc else {}
-
-
-def save_channel(code: str, enabled: bool, settings: dict, actor_id: int | None = None) -> PaymentChannel:
-    """Store a channel's keys encrypted; the audit entry names which settings changed, never their values."""
-    row = channel_row(code)
-    before = channel_settings(code)
-    changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
-    row.settings_enc = crypto.encrypt(json.dumps(settings))
-    audit.record("channel.update", "payment_channel", code, {"enabled": row.enabled},
-                 {"enabled": bool(enabled), "changed_settings": changed}, actor_id=actor_id)
-    row.enabled = bool(enabled)
-    row.updated_at = utcnow()
-    db.session.commit()
-    return row
-
-
-def get_channel(code: str):
-    if code not in CHANNEL_CODES:
-        raise NotFound(f"unknown payment channel {code!r}")
-    s = channel_settings(code)
-    if code == "sandbox":
-        return SandboxChannel(s.get("key", ""))
-    if code == "alipay":
-        return AlipayChannel(s.get("app_id", ""), s.get("private_key", ""), s.get("alipay_public_key", ""),
-                             s.get("gateway", ""))
-    return WechatPayChannel(s.get("appid", ""), s.get("mchid", ""), s.get("serial_no", ""), s.get("private_key", ""),
-                            s.get("api_v3_key", ""), s.get("platform_keys", {}), s.get("api_base", ""))
-
-
-def enabled_channels() -> list[str]:
-    return list(db.session.scalars(select(PaymentChannel.code).where(PaymentChannel.enabled.is_(True))
-                                   .order_by(PaymentChannel.id)))
 
 
 # --- checkout ----------------------------------------------------------------------------------------------
 
 def checkout(product_id, quantity, contact, query_password, channel: str, base_url: str,
-             coupon: object = None, account: object = None) -> tuple[Order, str]:
+             coupon: object = None, account: object = None, device_id: object = None) -> tuple[Order, str]:
     """A buyer's order at the public price (less an optional coupon), unpaid, with its payment started. Stock is
     not reserved. A refused coupon writes nothing. `account`: the top-up target, required for direct products."""
     if not isinstance(query_password, str) or not 6 <= len(query_password) <= 64:
         raise ValidationError("查询密码须为 6-64 个字符 (query_password must be 6-64 characters)")
-    if channel not in enabled_channels():
+    if not isinstance(channel, str) or channel not in enabled_channels():
         raise ValidationError(f"支付方式不可用 (payment channel {channel!r} is not available)")
     gateway = get_channel(channel)
     try:
-        order = orders.place_guest_order(product_id, quantity, contact, channel, coupon=coupon, account=account)
+        order = orders.place_guest_order(product_id, quantity, contact, channel, coupon=coupon, account=account,
+                                         device_id=device_id)
     except Exception:
         db.session.rollback()
         raise
-    minutes = int(current_app.config["ORDER_EXPIRE_MINUTES"])
+    expires_at = utcnow() + timedelta(minutes=int(current_app.config["ORDER_EXPIRE_MINUTES"]))
     db.session.add(OrderCheckout(order_id=order.id, query_password_hash=generate_password_hash(query_password),
-                                 expires_at=utcnow() + timedelta(minutes=minutes)))
+                                 expires_at=expires_at))
     db.session.commit()
-    start = gateway.create_payment(PaymentRequest(
-        order_no=order.order_no, amount=order.amount, subject=order.product.name,
-        notify_url=f"{base_url}/pay/notify/{channel}", return_url=f"{base_url}{lookup_path(order.order_no)}"))
-    pay_url = start.pay_url if "://" in start.pay_url else base_url + start.pay_url
+    pay_url = start_payment(gateway, order.order_no, order.amount, order.product.name, base_url, expires_at,
+                            return_path=f"/shop/paid/{order.order_no}", order_id=order.id)
     return order, pay_url
+
+
+def start_payment(gateway, number: str, amount: int, subject: str, base_url: str, expires_at: datetime,
+                  return_path: str, order_id: int | None = None, topup_id: int | None = None) -> str:
+    """Create the payment at the channel and remember it (what the buyer is sent to, what a later query, close
+    or refund needs). Returns the absolute URL the buyer opens. Commits."""
+    start = gateway.create_payment(PaymentRequest(
+        order_no=number, amount=amount, subject=subject, notify_url=f"{base_url}/pay/notify/{gateway.code}",
+        return_url=f"{base_url}{return_path}", expires_at=expires_at))
+    pay_url = start.pay_url
+    if start.form is not None:  # the buyer's browser POSTs a signed form to the gateway: our page carries it
+        pay_url = f"/pay/go/{number}"
+    db.session.add(ChannelOrder(channel=gateway.code, out_trade_no=number, order_id=order_id, topup_id=topup_id,
+                                amount=amount, status="open", pay_url=start.pay_url, code_url=start.code_url,
+                                form=json.dumps(start.form) if start.form is not None else None,
+                                meta=json.dumps(start.meta) if start.meta else None, expires_at=expires_at))
+    db.session.commit()
+    return pay_url if "://" in pay_url else base_url + pay_url
+
+
+def channel_order(number: str) -> ChannelOrder | None:
+    if not isinstance(number, str) or not number:
+        return None
+    return db.session.scalar(select(ChannelOrder).where(ChannelOrder.out_trade_no == number[:40])
+                             .order_by(ChannelOrder.id.desc()).limit(1))
+
+
+def payment_state(number: str) -> dict | None:
+    """What a waiting payment page shows: paid yet or not, and where the buyer goes next (no secrets)."""
+    from app.payments import topups
+
+    if topups.is_topup_no(number):
+        topup = topups.get_topup(number)
+        if topup is None:
+            return None
+        return {"paid": topup.status == "paid", "closed": topup.status == "closed", "next": "/portal/topup"}
+    order = db.session.scalar(select(Order).where(Order.order_no == (number or "")[:40], Order.channel != "wallet"))
+    if order is None:
+        return None
+    return {"paid": order.status not in ("pending_payment", "closed"), "closed": order.status == "closed",
+            "next": f"/shop/paid/{order.order_no}"}
 
 
 # --- notifications -----------------------------------------------------------------------------------------
@@ -130,9 +128,12 @@ def checkout(product_id, quantity, contact, query_password, channel: str, base_u
 def handle_notification(code: str, headers, form: dict, body: bytes, remote_addr: str | None) -> NotificationAnswer:
     gateway = get_channel(code)
     try:
+        if code == "sandbox" and not is_enabled("sandbox"):  # no real money behind it: off means refused
+            raise BadNotification("the sandbox channel is switched off")
         note = gateway.verify_notification(headers, form, body)
     except BadNotification as exc:
-        _log(code, form.get("order_no") or form.get("out_trade_no"), None, None, "rejected", exc.message, remote_addr)
+        _log_rejected(code, form.get("order_no") or form.get("out_trade_no") or form.get("orderId"), exc.message,
+                      remote_addr)
         return gateway.failure_answer(exc.message)
     try:
         outcome = apply_payment(code, note, remote_addr)
@@ -145,18 +146,36 @@ def handle_notification(code: str, headers, form: dict, body: bytes, remote_addr
     return gateway.success_answer()
 
 
+def handle_refund_notification(code: str, headers, form: dict, body: bytes,
+                               remote_addr: str | None) -> NotificationAnswer:
+    """A channel's refund notification (WeChat Pay REFUND.*, UnionPay): verified, then booked by the refund's
+    state machine like an answer to a refund query."""
+    gateway = get_channel(code)
+    try:
+        notice = gateway.verify_refund_notification(headers, form, body)
+    except BadNotification as exc:
+        _log_rejected(code, None, f"refund: {exc.message}", remote_addr)
+        return gateway.failure_answer(exc.message)
+    outcome = refunds.apply_notice(code, notice)
+    _log(code, None, notice.out_refund_no, notice.amount, f"refund_{outcome}"[:24], notice.status, remote_addr)
+    if outcome in ("unknown_refund", "amount_mismatch"):
+        return gateway.failure_answer(outcome)
+    return gateway.success_answer()
+
+
 def apply_payment(code: str, note: Notification, remote_addr: str | None = None,
                   confirmed_by: int | None = None) -> str:
     """Record a verified payment and move its order; commits. Returns the outcome written to the log."""
     from app.payments import topups
 
+    detail = "found by query" if note.raw.get("source") == "query" else None
     if topups.is_topup_no(note.order_no):  # "T…": a wallet top-up, never an order number
         return topups.apply_topup_payment(code, note, remote_addr, confirmed_by)
     if not note.succeeded:
         return _log(code, note.order_no, note.trade_no, note.amount, "not_paid", "status is not success", remote_addr)
     order = db.session.scalar(select(Order).where(Order.order_no == note.order_no).with_for_update())
     if order is None:
-        return _log(code, note.order_no, note.trade_no, note.amount, "unknown_order", None, remote_addr)
+        return _log(code, note.order_no, note.trade_no, note.amount, "unknown_order", detail, remote_addr)
     if order.channel != code or note.currency != "CNY" or note.amount != order.amount:
         db.session.rollback()
         detail = f"order {order.channel}/{order.amount} CNY, notification {code}/{note.amount} {note.currency}"
@@ -164,19 +183,27 @@ def apply_payment(code: str, note: Notification, remote_addr: str | None = None,
     payment = record_payment(code, note, confirmed_by, order_id=order.id)
     if payment is None:
         db.session.rollback()
-        return _log(code, note.order_no, note.trade_no, note.amount, "duplicate", None, remote_addr)
+        return _log(code, note.order_no, note.trade_no, note.amount, "duplicate", detail, remote_addr)
     ledger.post_journal(f"pay:{code}:{note.trade_no}", "payment",
                         [Line(clearing_account(code), -note.amount), Line(BUYER_FUNDS, note.amount)],
                         memo=f"{order.order_no} 收款", order_id=order.id, actor_id=confirmed_by)
+    mark_channel_order_paid(code, order.order_no)
     outcome = _settle(order, payment)
     db.session.commit()
-    return _log(code, note.order_no, note.trade_no, note.amount, outcome, None, remote_addr)
+    return _log(code, note.order_no, note.trade_no, note.amount, outcome, detail, remote_addr)
+
+
+def mark_channel_order_paid(code: str, number: str) -> None:
+    db.session.execute(update(ChannelOrder).where(ChannelOrder.channel == code, ChannelOrder.out_trade_no == number,
+                                                  ChannelOrder.status != "paid").values(status="paid"))
 
 
 def record_payment(code: str, note: Notification, confirmed_by: int | None, *, order_id: int | None = None,
                    topup_id: int | None = None) -> Payment | None:
     """Record a payment under its unique (channel, trade_no). None when this very payment was recorded before
     (a duplicate notification); Conflict when that trade_no belongs to something else."""
+    if not note.trade_no or len(note.trade_no) > 64:
+        raise ValidationError("渠道交易号缺失或过长 (trade_no missing or longer than 64)")
     existing = db.session.scalar(select(Payment).where(Payment.channel == code, Payment.trade_no == note.trade_no))
     if existing is not None:
         if (existing.order_id, existing.topup_id) != (order_id, topup_id):
@@ -195,10 +222,9 @@ def record_payment(code: str, note: Notification, confirmed_by: int | None, *, o
 def _settle(order: Order, payment: Payment) -> str:
     """Deliver a freshly paid order; refund at once what cannot be delivered (closed, already paid, no stock)."""
     if order.status != "pending_payment":
-        _refund_payment(payment, "订单已关闭或已支付，自动退款 (late or second payment)")
+        refunds.request_channel_refund(payment, "订单已关闭或已支付，自动退款 (late or second payment)")
         if order.status == "closed":
             orders.transition(order.id, "refunded")
-            _record_refund(order, payment.channel, "订单已关闭，自动退款 (late payment)", None)
             return "late_refunded"
         return "double_paid_refunded"
     orders.transition(order.id, "paid")
@@ -211,39 +237,22 @@ def _settle(order: Order, payment: Payment) -> str:
         with db.session.begin_nested():
             orders.deliver_paid(order.id, BUYER_FUNDS)
     except OutOfStock:
-        _refund_payment(payment, "库存不足，自动退款 (out of stock)")
+        refunds.request_channel_refund(payment, "库存不足，自动退款 (out of stock)")
         orders.transition(order.id, "refunded")
-        _record_refund(order, payment.channel, "库存不足，自动退款", None)
         return "out_of_stock_refunded"
     return "accepted"
 
 
-def _refund_payment(payment: Payment, reason: str) -> None:
-    """Money back through the channel it came from (the sandbox refunds at once)."""
-    ledger.post_journal(f"refund:{payment.channel}:{payment.trade_no}", "refund",
-                        [Line(BUYER_FUNDS, -payment.amount), Line(clearing_account(payment.channel), payment.amount)],
-                        memo=reason[:255], order_id=payment.order_id)
-    payment.status = "refunded"
-
-
-def _record_refund(order: Order, destination: str, reason: str, actor_id: int | None) -> Refund:
-    refund = Refund(order_id=order.id, amount=order.amount, destination=destination, reason=reason[:255],
-                    status="succeeded", actor_id=actor_id)
-    db.session.add(refund)
-    return refund
-
-
 def refund_held_funds(order: Order, reason: str, actor_id: int | None = None) -> Refund:
     """Give back the money of a paid order that was never delivered (a direct top-up every supplier failed), in
-    the caller's transaction: held in buyer_funds, it returns to the wallet or through the paying channel."""
+    the caller's transaction: held in buyer_funds, it returns to the wallet, or through the paying channel."""
     if order.channel == "wallet":
         _release_hold_to_wallet(order, reason)
-        return _record_refund(order, "wallet", reason, actor_id)
+        return refunds.record_wallet_refund(order.id, order.amount, reason, actor_id)
     payment = db.session.scalar(select(Payment).where(Payment.order_id == order.id, Payment.status == "paid"))
     if payment is None:
         raise Conflict("找不到该订单的支付记录 (no payment to refund)")
-    _refund_payment(payment, reason)
-    return _record_refund(order, order.channel, reason, actor_id)
+    return refunds.request_channel_refund(payment, reason, actor_id)
 
 
 def _release_hold_to_wallet(order: Order, reason: str) -> None:
@@ -262,6 +271,23 @@ def _log(code, order_no, trade_no, amount, outcome, detail, remote_addr) -> str:
                                        detail=(detail or None) and detail[:255], remote_addr=remote_addr))
     db.session.commit()
     return outcome
+
+
+def _log_rejected(code: str, order_no, detail: str, remote_addr: str | None) -> None:
+    """A refused notification is logged (support sees forgeries), but at most NOTIFY_REJECTED_LOG_PER_HOUR per
+    address: a flood of forged notifications cannot grow the table without bound (the route is rate-limited too)."""
+    cap = int(current_app.config.get("NOTIFY_REJECTED_LOG_PER_HOUR", 100))
+    since = utcnow() - timedelta(hours=1)
+    from sqlalchemy import func
+
+    seen = db.session.scalar(select(func.count()).select_from(PaymentNotification).where(
+        PaymentNotification.outcome == "rejected", PaymentNotification.remote_addr == remote_addr,
+        PaymentNotification.created_at >= since))
+    if seen >= cap:
+        db.session.rollback()
+        log.warning("rejected %s notification from %s not logged (over %s/hour): %s", code, remote_addr, cap, detail)
+        return
+    _log(code, str(order_no)[:40] if order_no else None, None, None, "rejected", detail, remote_addr)
 
 
 def confirm_manually(order_no: str, trade_no: str, actor_id: int) -> str:
@@ -303,19 +329,17 @@ def refund_order(order_id: int, reason: str, actor_id: int | None) -> Refund:
                 orders.reverse_sale(order.id, refund_to=ledger.agent_account_code(order.agent_id, "wallet"))
             else:  # a direct top-up not delivered: its money is still held in buyer_funds
                 _release_hold_to_wallet(order, reason)
-            destination = "wallet"
+            refund = refunds.record_wallet_refund(order.id, order.amount, reason, actor_id)
         else:
             payment = db.session.scalar(select(Payment).where(Payment.order_id == order.id,
                                                                Payment.status == "paid"))
             if payment is None:
                 raise Conflict("找不到该订单的支付记录 (no payment to refund)")
             orders.reverse_sale(order.id, refund_to=BUYER_FUNDS)
-            _refund_payment(payment, reason)
-            destination = order.channel
+            # The money waits in buyer_funds; the channel is asked after commit and the ledger follows its answer.
+            refund = refunds.request_channel_refund(payment, reason, actor_id)
+        destination = refund.destination
         orders.transition(order.id, "refunded")
-        refund = Refund(order_id=order.id, amount=order.amount, destination=destination, reason=reason[:255],
-                        status="succeeded", actor_id=actor_id)
-        db.session.add(refund)
         audit.record("order.refund", "order", order.order_no, {"status": order.status},
                      {"status": "refunded", "amount": order.amount, "destination": destination}, reason=reason[:255],
                      actor_id=actor_id)
@@ -345,15 +369,94 @@ def _refuse_while_upstream_busy(order: Order) -> None:
         raise Conflict("上游正在处理该直充订单，请等待结果后再退款 (the supplier is still processing this top-up)")
 
 
-# --- expiry and lookup -------------------------------------------------------------------------------------
+# --- asking the channel: lost notifications and expiry ------------------------------------------------------
+
+def ask_channel(co_id: int) -> str:
+    """Ask the channel about one of its open orders and book a payment it reports (as its notification would
+    have been). Returns the state the channel gave, or "unknown" when it could not be asked. Commits."""
+    co = db.session.get(ChannelOrder, co_id)
+    if co is None or co.status != "open":
+        db.session.rollback()
+        return co.status if co else "not_found"
+    channel, number, meta = co.channel, co.out_trade_no, json.loads(co.meta) if co.meta else {}
+    db.session.execute(update(ChannelOrder).where(ChannelOrder.id == co_id)
+                       .values(queries=ChannelOrder.queries + 1, last_queried_at=utcnow()))
+    db.session.commit()
+    try:
+        status: TradeStatus = get_channel(channel).query_payment(number, meta)
+    except ChannelError as exc:
+        log.info("could not ask %s about %s: %s", channel, number, exc.message)
+        return "unknown"
+    if status.state in ("paid", "refunded") and status.trade_no:
+        apply_payment(channel, status.as_notification(number), remote_addr=None)
+    return status.state
+
+
+def query_open_payments(now: datetime | None = None, limit: int = 200) -> dict:
+    """Scheduled (PAYMENT_QUERY_SECONDS): a payment started at a channel more than PAYMENT_QUERY_AFTER_SECONDS ago
+    with no notification yet is asked about (then at a growing interval, at most every 10 minutes), until it is
+    paid or closed: a lost notification costs the buyer minutes, not the order."""
+    now = now or utcnow()
+    after = timedelta(seconds=int(current_app.config.get("PAYMENT_QUERY_AFTER_SECONDS", 180)))
+    rows = db.session.execute(
+        select(ChannelOrder.id, ChannelOrder.queries, ChannelOrder.last_queried_at)
+        .where(ChannelOrder.status == "open", ChannelOrder.channel.in_(REMOTE_CHANNELS),
+               ChannelOrder.created_at <= now - after)
+        .order_by(ChannelOrder.last_queried_at.is_not(None), ChannelOrder.last_queried_at, ChannelOrder.id)
+        .limit(limit)).all()
+    db.session.rollback()
+    report = {"asked": 0, "paid": 0, "unknown": 0}
+    for co_id, queries, last in rows:
+        gap = timedelta(seconds=min(60 * 2 ** min(queries, 4), 600))
+        if last is not None and last > now - gap:
+            continue
+        state = ask_channel(co_id)
+        report["asked"] += 1
+        if state in ("paid", "refunded"):
+            report["paid"] += 1
+        elif state == "unknown":
+            report["unknown"] += 1
+    return report
+
+
+def close_at_channel(number: str) -> bool:
+    """Before we close an expired order or top-up: ask the channel once more (a payment it has is booked), then
+    close its order there so it can no longer be paid. True when ours may be closed. A channel that cannot be
+    reached keeps ours open for the next scan, for at most CHANNEL_CLOSE_GRACE_MINUTES past expiry."""
+    co = channel_order(number)
+    if co is None or co.channel not in REMOTE_CHANNELS or co.status != "open":
+        db.session.rollback()
+        return True
+    co_id, channel, meta, expires_at = co.id, co.channel, json.loads(co.meta) if co.meta else {}, co.expires_at
+    grace = timedelta(minutes=int(current_app.config.get("CHANNEL_CLOSE_GRACE_MINUTES", 60)))
+    state = ask_channel(co_id)
+    if state in ("paid", "refunded"):
+        return False  # booked: the order is paid now (the guarded close of ours refuses)
+    try:
+        closed = get_channel(channel).close_payment(number, meta)
+    except ChannelError as exc:
+        log.info("could not close %s order %s: %s", channel, number, exc.message)
+        return utcnow() > expires_at + grace
+    if not closed:  # paid in the meantime: book it
+        ask_channel(co_id)
+        return False
+    db.session.execute(update(ChannelOrder).where(ChannelOrder.id == co_id, ChannelOrder.status == "open")
+                       .values(status="closed", closed_at=utcnow()))
+    db.session.commit()
+    return True
+
 
 def expire_unpaid(limit: int = 1000) -> int:
-    """Scheduled: close unpaid orders past their expiry (nothing was reserved, so nothing to release)."""
-    ids = list(db.session.scalars(
-        select(Order.id).join(OrderCheckout, OrderCheckout.order_id == Order.id)
-        .where(Order.status == "pending_payment", OrderCheckout.expires_at < utcnow()).limit(limit)))
+    """Scheduled: close unpaid orders past their expiry, after closing their payment at the channel (nothing was
+    reserved, so nothing to release)."""
+    rows = db.session.execute(
+        select(Order.id, Order.order_no).join(OrderCheckout, OrderCheckout.order_id == Order.id)
+        .where(Order.status == "pending_payment", OrderCheckout.expires_at < utcnow()).limit(limit)).all()
+    db.session.rollback()
     closed = 0
-    for order_id in ids:
+    for order_id, order_no in rows:
+        if not close_at_channel(order_no):
+            continue
         try:
             orders.transition(order_id, "closed")
             coupons.release_for_order(order_id)  # closed unpaid: the coupon's use is given back
@@ -405,4 +508,4 @@ def order_from_token(token: str) -> Order:
     return order
 
 
-__all__ = ["ChannelError", "handle_notification", "checkout", "refund_order", "lookup"]
+__all__ = ["ChannelError", "ChannelUnavailable", "handle_notification", "checkout", "refund_order", "lookup"]

@@ -23,7 +23,7 @@ from app.extensions import db
 from app.ledger import service as ledger
 from app.ledger.service import Line
 from app.money import format_fen, parse_yuan
-from app.payments.channels.base import Notification, PaymentRequest
+from app.payments.channels.base import Notification
 from app.payments.models import WalletTopUp
 
 MIN_TOPUP = 100  # ¥1.00
@@ -61,23 +61,21 @@ def start_topup(agent_id: int, amount_text, channel, base_url: str) -> tuple[Wal
     if channel not in service.enabled_channels():
         raise ValidationError(f"支付方式不可用 (payment channel {channel!r} is not available)")
     gateway = service.get_channel(channel)
-    if channel == "sandbox":
-        gateway.cashier_base = "/pay/sandbox/cashier/topup"
     topup = WalletTopUp(topup_no=new_topup_no(), agent_id=agent_id, amount=amount, channel=channel,
                         status="pending_payment")
     db.session.add(topup)
     db.session.commit()
-    start = gateway.create_payment(PaymentRequest(
-        order_no=topup.topup_no, amount=amount, subject=f"钱包充值 {format_fen(amount)}",
-        notify_url=f"{base_url}/pay/notify/{channel}", return_url=f"{base_url}/portal/topup"))
-    pay_url = start.pay_url if "://" in start.pay_url else base_url + start.pay_url
+    expires_at = topup.created_at + timedelta(minutes=int(current_app.config["ORDER_EXPIRE_MINUTES"]))
+    pay_url = service.start_payment(gateway, topup.topup_no, amount, f"钱包充值 {format_fen(amount)}", base_url,
+                                    expires_at, return_path="/portal/topup", topup_id=topup.id)
     return topup, pay_url
 
 
 def apply_topup_payment(code: str, note: Notification, remote_addr: str | None = None,
                         confirmed_by: int | None = None) -> str:
     """Credit a verified top-up payment once; commits. Returns the outcome written to the notification log."""
-    from app.payments.service import BUYER_FUNDS, _log, _refund_payment, clearing_account, record_payment
+    from app.payments import refunds
+    from app.payments.service import BUYER_FUNDS, _log, clearing_account, mark_channel_order_paid, record_payment
 
     def log(outcome: str, detail: str | None = None) -> str:
         return _log(code, note.order_no, note.trade_no, note.amount, outcome, detail, remote_addr)
@@ -101,7 +99,7 @@ def apply_topup_payment(code: str, note: Notification, remote_addr: str | None =
         ledger.post_journal(f"pay:{code}:{note.trade_no}", "payment",
                             [Line(clearing_account(code), -note.amount), Line(BUYER_FUNDS, note.amount)],
                             memo=f"{topup.topup_no} 重复支付", actor_id=confirmed_by)
-        _refund_payment(payment, "充值单已支付，自动退款 (second payment for a paid top-up)")
+        refunds.request_channel_refund(payment, "充值单已支付，自动退款 (second payment for a paid top-up)")
         db.session.commit()
         return log("double_paid_refunded")
     late = topup.status == "closed"
@@ -111,22 +109,29 @@ def apply_topup_payment(code: str, note: Notification, remote_addr: str | None =
                         memo=f"{topup.topup_no} 钱包充值", actor_id=confirmed_by)
     topup.status = "paid"
     topup.paid_at = utcnow()
+    mark_channel_order_paid(code, topup.topup_no)
     db.session.commit()
     return log("accepted", "paid after the top-up had closed: credited" if late else None)
 
 
 def expire_unpaid(limit: int = 1000) -> int:
-    """Scheduled: close top-ups unpaid after ORDER_EXPIRE_MINUTES (a guarded update: a paid one stays paid)."""
+    """Scheduled: close top-ups unpaid after ORDER_EXPIRE_MINUTES, after closing their payment at the channel (a
+    guarded update: a paid one stays paid)."""
+    from app.payments import service
+
     cutoff = utcnow() - timedelta(minutes=int(current_app.config["ORDER_EXPIRE_MINUTES"]))
-    ids = list(db.session.scalars(select(WalletTopUp.id).where(WalletTopUp.status == "pending_payment",
-                                                               WalletTopUp.created_at < cutoff).limit(limit)))
-    if not ids:
-        return 0
-    result = db.session.execute(update(WalletTopUp).where(WalletTopUp.id.in_(ids),
-                                                          WalletTopUp.status == "pending_payment")
-                                .values(status="closed"))
-    db.session.commit()
-    return result.rowcount
+    rows = db.session.execute(select(WalletTopUp.id, WalletTopUp.topup_no).where(
+        WalletTopUp.status == "pending_payment", WalletTopUp.created_at < cutoff).limit(limit)).all()
+    db.session.rollback()
+    closed = 0
+    for topup_id, topup_no in rows:
+        if not service.close_at_channel(topup_no):
+            continue
+        closed += db.session.execute(update(WalletTopUp).where(WalletTopUp.id == topup_id,
+                                                               WalletTopUp.status == "pending_payment")
+                                     .values(status="closed")).rowcount
+        db.session.commit()
+    return closed
 
 
 def topups_of(agent_id: int, limit: int = 50) -> list[WalletTopUp]:

@@ -3,7 +3,7 @@ confirmation. Handlers translate forms into app.payments.service calls."""
 from __future__ import annotations
 
 from flask import abort, flash, g, redirect, request, url_for
-from flask_appbuilder import BaseView, ModelView, expose, has_access
+from flask_appbuilder import BaseView, ModelView, action, expose, has_access
 from flask_appbuilder.models.sqla.interface import SQLAInterface
 from flask_babel import lazy_gettext as _
 from sqlalchemy import select
@@ -12,8 +12,8 @@ from app.errors import KamengError
 from app.extensions import db
 from app.money import format_fen
 from app.orders.models import Order
-from app.payments import service
-from app.payments.models import CHANNEL_NAMES, Payment, PaymentChannel, PaymentNotification, Refund
+from app.payments import refunds, service
+from app.payments.models import CHANNEL_NAMES, Payment, PaymentAlert, PaymentChannel, PaymentNotification, Refund
 from app.views_common import CHANNEL_TEXT, ReadableColumnsMixin, text_of
 
 # Per channel: (setting, label, secret?, multiline?)
@@ -28,6 +28,11 @@ CHANNEL_FIELDS = {
                   ("platform_keys", "平台公钥：每行 序列号=PEM 文件内容 的 JSON，如 {\"SERIAL\": \"-----BEGIN ...\"}",
                    False, True),
                   ("api_base", "接口地址（留空为正式环境）", False, False)],
+    "unionpay": [("mer_id", "商户号 merId", False, False), ("private_key", "签名私钥 (PEM)", True, True),
+                 ("sign_cert", "签名证书 (PEM，certId 取其序列号)", False, True),
+                 ("middle_cert", "银联中级证书 (PEM)", False, True), ("root_cert", "银联根证书 (PEM)", False, True),
+                 ("gateway", "网关地址（留空为正式环境）", False, False),
+                 ("file_gateway", "对账文件地址（留空为正式环境）", False, False)],
 }
 
 
@@ -39,14 +44,14 @@ class PaymentChannelView(BaseView):
     @expose("/")
     @has_access
     def index(self):
-        rows = {c: service.channel_row(c) for c in service.CHANNEL_CODES}
+        rows = {c: service.channel_row(c) for c in service.CHANNEL_CODES if service.channel_exists(c)}
         db.session.commit()
         return self.render_template("kameng/payment_channels.html", rows=rows, names=CHANNEL_NAMES)
 
     @expose("/<code>", methods=["GET", "POST"])
     @has_access
     def edit(self, code: str):
-        if code not in CHANNEL_FIELDS:
+        if code not in CHANNEL_FIELDS or not service.channel_exists(code):  # no sandbox in production
             abort(404)
         current = service.channel_settings(code)
         if request.method == "POST":
@@ -132,13 +137,17 @@ class ManualConfirmView(BaseView):
         return self.render_template("kameng/payment_confirm.html", form=request.form)
 
 
-PAYMENT_STATUS_TEXT = {"paid": _("已支付"), "refunded": _("已退款")}
+PAYMENT_STATUS_TEXT = {"paid": _("已支付"), "refunding": _("退款中"), "refunded": _("已退款")}
 NOTIFICATION_OUTCOME_TEXT = {
     "accepted": _("已入账"), "duplicate": _("重复通知"), "rejected": _("已拒绝"), "not_paid": _("未支付"),
     "unknown_order": _("未知订单"), "amount_mismatch": _("金额不符"), "late_refunded": _("逾期支付，已退款"),
     "double_paid_refunded": _("重复支付，已退款"), "out_of_stock_refunded": _("缺货，已退款"),
+    "refund_accepted": _("退款通知已处理"), "refund_duplicate": _("重复退款通知"),
+    "refund_unknown_refund": _("未知退款"), "refund_amount_mismatch": _("退款金额不符"),
 }
-REFUND_STATUS_TEXT = {"succeeded": _("成功")}
+REFUND_STATUS_TEXT = {"requested": _("已申请"), "processing": _("渠道处理中"), "succeeded": _("退款成功"),
+                      "failed": _("退款失败")}
+ALERT_KIND_TEXT = {"refund_failed": _("退款失败"), "refund_abnormal": _("退款异常"), "refund_stuck": _("退款无应答")}
 
 
 class PaymentView(ReadableColumnsMixin, ModelView):
@@ -174,17 +183,50 @@ class PaymentNotificationView(ReadableColumnsMixin, ModelView):
 
 
 class RefundView(ReadableColumnsMixin, ModelView):
+    """Refunds and where each stands with its channel; a failed one can be asked again (a new refund number)."""
     datamodel = SQLAInterface(Refund)
     route_base = "/refunds"
     base_permissions = ["can_list", "can_show"]
     list_title = show_title = _("退款记录")
-    list_columns = ["created_at", "order", "amount", "destination", "reason", "actor", "status"]
-    show_columns = list_columns
-    search_columns = ["order", "destination", "created_at"]
+    list_columns = ["created_at", "order", "amount", "destination", "status", "out_refund_no", "attempts", "reason",
+                    "actor"]
+    show_columns = list_columns + ["payment", "channel_refund_no", "last_error", "next_attempt_at", "updated_at",
+                                   "finished_at"]
+    search_columns = ["order", "destination", "status", "out_refund_no", "created_at"]
     label_columns = {"created_at": _("时间"), "order": _("订单"), "amount": _("金额"), "destination": _("退回至"),
-                     "reason": _("原因"), "actor": _("操作人"), "status": _("状态")}
+                     "reason": _("原因"), "actor": _("操作人"), "status": _("状态"), "out_refund_no": _("退款单号"),
+                     "attempts": _("渠道请求次数"), "payment": _("原收款"), "channel_refund_no": _("渠道退款单号"),
+                     "last_error": _("最近错误"), "next_attempt_at": _("下次查询"), "updated_at": _("更新时间"),
+                     "finished_at": _("完成时间")}
     formatters_columns = {"amount": format_fen, "destination": text_of(CHANNEL_TEXT),
                           "status": text_of(REFUND_STATUS_TEXT)}
+    base_order = ("id", "desc")
+
+    @action("retry", _("重新发起退款"), _("向渠道重新发起所选的失败退款？"), "fa-repeat", multiple=True)
+    def retry(self, items):
+        items = items if isinstance(items, list) else [items]
+        for item in items:
+            try:
+                refunds.retry(item.id, g.user.id)
+            except KamengError as exc:
+                flash(f"{item.out_refund_no or item.id}: {exc.message}", "danger")
+            else:
+                flash(f"{item.out_refund_no} 已重新发起", "success")
+        return redirect(url_for("RefundView.list"))
+
+
+class PaymentAlertView(ReadableColumnsMixin, ModelView):
+    """Payments that need a person: failed or abnormal refunds, refunds a channel keeps not answering."""
+    datamodel = SQLAInterface(PaymentAlert)
+    route_base = "/payment-alerts"
+    base_permissions = ["can_list", "can_show"]
+    list_title = show_title = _("支付告警")
+    list_columns = ["created_at", "kind", "channel", "order_no", "refund", "message", "resolved_at"]
+    show_columns = list_columns
+    search_columns = ["kind", "channel", "order_no", "created_at"]
+    label_columns = {"created_at": _("时间"), "kind": _("类型"), "channel": _("渠道"), "order_no": _("单号"),
+                     "refund": _("退款"), "message": _("说明"), "resolved_at": _("处理时间")}
+    formatters_columns = {"kind": text_of(ALERT_KIND_TEXT), "channel": text_of(CHANNEL_TEXT)}
     base_order = ("id", "desc")
 
 
@@ -193,6 +235,7 @@ def register(appbuilder) -> None:
     appbuilder.add_view(PaymentView, "收款记录", icon="fa-credit-card", category=category, category_icon="fa-money")
     appbuilder.add_view(PaymentNotificationView, "支付通知", icon="fa-bell", category=category)
     appbuilder.add_view(RefundView, "退款记录", icon="fa-undo", category=category)
+    appbuilder.add_view(PaymentAlertView, "支付告警", icon="fa-exclamation-triangle", category=category)
     appbuilder.add_view(ManualConfirmView, "人工确认收款", href="/payment-confirm/", icon="fa-check", category=category)
     appbuilder.add_view(PaymentChannelView, "支付渠道设置", href="/payment-channels/", icon="fa-cog",
                         category=category)

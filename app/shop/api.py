@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from urllib.parse import quote
 
 from flask import Blueprint, Flask, abort, current_app, jsonify, redirect, render_template, request
 from werkzeug.exceptions import HTTPException
@@ -71,11 +72,13 @@ def api_create_order():
         data = _json()
         order, pay_url = payments.checkout(data.get("product_id"), data.get("quantity"), data.get("contact"),
                                            data.get("query_password"), data.get("channel"), _base_url(),
-                                           coupon=data.get("coupon"), account=data.get("account"))
+                                           coupon=data.get("coupon"), account=data.get("account"),
+                                           device_id=data.get("device_id"))
     except KamengError as exc:
         return _error(exc)
+    # The signed lookup link goes only to whoever checked out (this answer): it shows the order without the password.
     response = jsonify({"order_no": order.order_no, "amount": order.amount, "discount": order.discount,
-                        "pay_url": pay_url})
+                        "pay_url": pay_url, "lookup_url": _base_url() + payments.lookup_path(order.order_no)})
     response.status_code = 201
     return response
 
@@ -103,34 +106,93 @@ def api_lookup():
         order = payments.lookup(data.get("order_no"), data.get("query_password"))
     except KamengError as exc:
         return _error(NotFound("订单不存在或密码错误 (order not found)") if exc.status == 404 else exc)
-    return jsonify(order_view(order, with_secrets=True))
+    return _no_store(jsonify(order_view(order, with_secrets=True)))
 
 
-# --- notifications and the sandbox cashier -----------------------------------------------------------------
+# --- notifications, payment pages and the sandbox cashier --------------------------------------------------
 
 @shop.post("/pay/notify/<channel>")
 def notify(channel: str):
-    if channel not in payments.CHANNEL_CODES:
+    if not payments.channel_exists(channel):  # the sandbox does not exist in production
         abort(404)
     answer = payments.handle_notification(channel, request.headers, request.form.to_dict(),
                                           request.get_data(cache=True), request.remote_addr)
     return current_app.response_class(answer.body, status=answer.status, content_type=answer.content_type)
 
 
+@shop.post("/pay/refund-notify/<channel>")
+def refund_notify(channel: str):
+    if not payments.channel_exists(channel):
+        abort(404)
+    answer = payments.handle_refund_notification(channel, request.headers, request.form.to_dict(),
+                                                 request.get_data(cache=True), request.remote_addr)
+    return current_app.response_class(answer.body, status=answer.status, content_type=answer.content_type)
+
+
+@shop.get("/pay/wechatpay/qr/<number>")
+def wechat_qr(number: str):
+    """WeChat native pay: the QR code of the channel's code_url; the page polls and moves on once paid."""
+    import segno
+
+    co = payments.channel_order(number)
+    if co is None or co.channel != "wechatpay" or not co.code_url:
+        abort(404)
+    state = payments.payment_state(co.out_trade_no)
+    if state is None:
+        abort(404)
+    qr_svg = segno.make(co.code_url, error="m").svg_inline(scale=6, dark="#111", light="#fff")
+    return render_template("kameng/shop/wechat_qr.html", co=co, qr_svg=qr_svg, state=state)
+
+
+@shop.get("/pay/status/<number>")
+def payment_status(number: str):
+    """What a waiting payment page polls: paid or not, and where to go next. Never a card secret."""
+    state = payments.payment_state(number)
+    if state is None:
+        abort(404)
+    response = jsonify(state)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@shop.get("/pay/go/<number>")
+def pay_form(number: str):
+    """A channel whose cashier the browser reaches by POSTing a signed form (UnionPay): the form, submitted at once."""
+    co = payments.channel_order(number)
+    if co is None or not co.form or co.status != "open":
+        abort(404)
+    return render_template("kameng/shop/pay_form.html", action=co.pay_url, fields=json.loads(co.form), co=co)
+
+
+@shop.get("/shop/paid/<order_no>")
+def shop_paid(order_no: str):
+    """Where a channel sends the buyer back after paying: the lookup, which asks for the order password."""
+    return redirect("/shop/lookup?order_no=" + quote(order_no[:40], safe=""))
+
+
+def _sandbox_only():
+    if not payments.channel_exists("sandbox"):
+        abort(404)
+
+
 @shop.route("/pay/sandbox/cashier/<order_no>", methods=["GET", "POST"])
 def sandbox_cashier(order_no: str):
-    """The sandbox's cashier: pays or fails on a click by sending itself a signed notification."""
+    """The sandbox's cashier: pays or fails on a click by sending itself a signed notification. It never shows
+    or links to the order's card secrets: afterwards the buyer goes to the lookup, which asks for the password."""
+    _sandbox_only()
     order = db.session.query(Order).filter_by(order_no=order_no[:40], channel="sandbox").first()
     if order is None:
         abort(404)
     if request.method == "POST":
-        key = payments.channel_settings("sandbox").get("key", "")
-        fields = {"order_no": order.order_no, "trade_no": "SBX" + secrets.token_hex(10), "amount": str(order.amount),
-                  "currency": "CNY", "status": "SUCCESS" if request.form.get("result") == "pay" else "FAILED",
-                  "ts": str(int(time.time())), "nonce": secrets.token_hex(8)}
-        fields["sign"] = sandbox.sign(key, fields)
-        payments.handle_notification("sandbox", {}, fields, b"", request.remote_addr)
-        return redirect(payments.lookup_path(order.order_no))
+        if order.status == "pending_payment":
+            key = payments.channel_settings("sandbox").get("key", "")
+            fields = {"order_no": order.order_no, "trade_no": "SBX" + secrets.token_hex(10),
+                      "amount": str(order.amount), "currency": "CNY",
+                      "status": "SUCCESS" if request.form.get("result") == "pay" else "FAILED",
+                      "ts": str(int(time.time())), "nonce": secrets.token_hex(8)}
+            fields["sign"] = sandbox.sign(key, fields)
+            payments.handle_notification("sandbox", {}, fields, b"", request.remote_addr)
+        return redirect(f"/shop/paid/{order.order_no}")
     return render_template("kameng/shop/cashier.html", order=order, status_text=STATUS_TEXT)
 
 
@@ -156,7 +218,8 @@ def shop_buy(product_id: int):
                                                request.form.get("contact"), request.form.get("query_password"),
                                                request.form.get("channel"), _base_url(),
                                                coupon=request.form.get("coupon"),
-                                               account=request.form.get("account"))
+                                               account=request.form.get("account"),
+                                               device_id=request.form.get("device_id"))
             return redirect(pay_url)
         except KamengError as exc:
             error = exc.message
@@ -168,13 +231,14 @@ def shop_buy(product_id: int):
 @shop.route("/shop/lookup", methods=["GET", "POST"])
 def shop_lookup():
     order, error = None, None
+    form = request.form if request.method == "POST" else {"order_no": request.args.get("order_no", "")[:40]}
     if request.method == "POST":
         try:
             order = payments.lookup(request.form.get("order_no"), request.form.get("query_password"))
         except KamengError:
             error = "订单不存在或密码错误"
-    return render_template("kameng/shop/lookup.html", order=order and order_view(order, True), error=error,
-                           form=request.form), (404 if error else 200)
+    return _no_store(render_template("kameng/shop/lookup.html", order=order and order_view(order, True), error=error,
+                                     form=form), 404 if error else 200)
 
 
 @shop.post("/shop/dispute")
@@ -195,8 +259,8 @@ def shop_dispute():
         except KamengError:
             order = None
     status = 201 if notice else (404 if order is None else 400)
-    return render_template("kameng/shop/lookup.html", order=order and order_view(order, True), error=error,
-                           notice=notice, form=request.form), status
+    return _no_store(render_template("kameng/shop/lookup.html", order=order and order_view(order, True), error=error,
+                                     notice=notice, form=request.form), status)
 
 
 @shop.get("/shop/order/<token>")
@@ -205,12 +269,19 @@ def shop_order(token: str):
         order = payments.order_from_token(token)
     except KamengError:
         abort(404)
-    return render_template("kameng/shop/order.html", order=order_view(order, True), token=token)
+    return _no_store(render_template("kameng/shop/order.html", order=order_view(order, True), token=token))
+
+
+def _no_store(body, status: int = 200):
+    """Answers that can carry card secrets are never cached by a browser or a proxy."""
+    response = current_app.make_response((body, status))
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @shop.errorhandler(HTTPException)
 def shop_http_error(exc: HTTPException):
-    if request.path.startswith("/shop/api/") or request.path.startswith("/pay/notify/"):
+    if request.path.startswith(("/shop/api/", "/pay/notify/", "/pay/refund-notify/", "/pay/status/")):
         return _error(KamengError(exc.description or exc.name, code="http_error", status=exc.code or 400))
     return exc
 
@@ -221,12 +292,17 @@ def register(app: Flask) -> None:
     csrf.exempt(api_create_order)
     csrf.exempt(api_lookup)
     csrf.exempt(notify)
+    csrf.exempt(refund_notify)
     csrf.exempt(api_create_dispute)
     limited = [limiter.limit(app.config["SHOP_LOOKUP_RATE_LIMIT"], methods=["POST"])(api_create_dispute),
                limiter.limit(app.config["SHOP_LOOKUP_RATE_LIMIT"], methods=["POST"])(shop_dispute)]
     limited += [limiter.limit(app.config["SHOP_LOOKUP_RATE_LIMIT"], methods=["POST"])(api_lookup),
                 limiter.limit(app.config["SHOP_LOOKUP_RATE_LIMIT"], methods=["POST"])(shop_lookup),
-                limiter.limit(app.config["SHOP_ORDER_RATE_LIMIT"], methods=["POST"])(api_create_order)]
+                limiter.limit(app.config["SHOP_ORDER_RATE_LIMIT"], methods=["POST"])(api_create_order),
+                limiter.limit(app.config["SHOP_ORDER_RATE_LIMIT"], methods=["POST"])(shop_buy),
+                limiter.limit(app.config["NOTIFY_RATE_LIMIT"])(notify),
+                limiter.limit(app.config["NOTIFY_RATE_LIMIT"])(refund_notify),
+                limiter.limit(app.config["PAY_STATUS_RATE_LIMIT"])(payment_status)]
     app.register_blueprint(shop)
     # Flask-Limiter 4 enforces a decorated limit only inside the wrapper it returns: route the wrappers.
     for view in limited:

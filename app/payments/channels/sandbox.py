@@ -1,4 +1,9 @@
-"""The built-in sandbox channel: HMAC-SHA256 signed form notifications (DESIGN.md, "sandbox protocol")."""
+"""The built-in sandbox channel: HMAC-SHA256 signed form notifications (DESIGN.md, "sandbox protocol").
+
+The sandbox is this platform's own pretend channel, for the demo and tests outside production (the payments
+service refuses it in production). No money exists behind it: its cashier pays by sending us a signed
+notification, a refund is done the moment it is asked, and it has no remote order to query or close.
+"""
 from __future__ import annotations
 
 import csv
@@ -14,7 +19,11 @@ from app.payments.channels.base import (
     NotificationAnswer,
     PaymentRequest,
     PaymentStart,
+    RefundNotice,
+    RefundRequest,
+    RefundResult,
     StatementLine,
+    TradeStatus,
 )
 
 FIELDS = ("order_no", "trade_no", "amount", "currency", "status", "ts", "nonce")
@@ -30,14 +39,39 @@ def sign(key: str, fields: dict) -> str:
 class SandboxChannel:
     code = "sandbox"
 
-    def __init__(self, key: str, cashier_base: str = "/pay/sandbox/cashier"):
+    def __init__(self, key: str):
         self.key = key or ""
-        self.cashier_base = cashier_base
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> SandboxChannel:
+        return cls(settings.get("key", ""))
 
     def create_payment(self, request: PaymentRequest) -> PaymentStart:
         if not self.key:
             raise ChannelError("sandbox channel has no key configured")
-        return PaymentStart(pay_url=f"{self.cashier_base}/{request.order_no}")
+        if request.order_no.startswith("T"):  # a wallet top-up
+            return PaymentStart(pay_url=f"/pay/sandbox/cashier/topup/{request.order_no}")
+        return PaymentStart(pay_url=f"/pay/sandbox/cashier/{request.order_no}")
+
+    def query_payment(self, out_trade_no: str, meta: dict) -> TradeStatus:
+        return TradeStatus("not_found")  # nothing remote: what we recorded is all there is
+
+    def close_payment(self, out_trade_no: str, meta: dict) -> bool:
+        return True
+
+    def refund(self, request: RefundRequest) -> RefundResult:
+        if not self.key:
+            raise ChannelError("sandbox channel has no key configured")
+        return RefundResult("succeeded", channel_refund_no="SBXR" + request.out_refund_no)
+
+    def query_refund(self, request: RefundRequest) -> RefundResult:
+        return self.refund(request)
+
+    def verify_refund_notification(self, headers, form: dict, body: bytes) -> RefundNotice:
+        raise BadNotification("the sandbox sends no refund notifications")
+
+    def download_statement(self, day) -> list[StatementLine]:
+        raise ChannelError("the sandbox has no statement to download (its daily run reads the notification log)")
 
     def verify_notification(self, headers, form: dict, body: bytes) -> Notification:
         if not self.key:
