@@ -41,7 +41,7 @@ ROLES = {
         ["^(OrderView|AgentView|CardSecretView|StockAlertView|ProductView|PaymentView|PaymentNotificationView|"
          "RefundView|PaymentAlertView)$", READ],
         ["^RefundFormView$", "^can_form$"],
-        ["^RefundView$", "^retry$"],
+        ["^RefundView$", "^(retry|confirm_paid)$"],
         ["^DisputeView$", READ],
         ["^DisputeQueueView$", "^can_(index|resolve)$"],
         ["^(售后|维权队列|维权记录)$", "^menu_access$"],

@@ -108,7 +108,7 @@ def open_pay_url(pay_url: str, order_no: str) -> requests.Response:
     return response
 
 
-def wait_for(predicate, timeout: float = 15, what: str = "condition"):
+def wait_for(predicate, timeout: float = 30, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while True:
         db.session.rollback()

@@ -239,7 +239,7 @@ def test_sandbox_cashier_pays_or_fails(app, f, client):
     assert r.status_code == 302
     assert h.order_state(order.order_no) == "delivered"
     landing = client.get(r.headers["Location"])
-    assert landing.status_code == 302 and landing.headers["Location"] == f"/shop/lookup?order_no={order.order_no}"
+    assert landing.status_code == 303 and landing.headers["Location"] == f"/shop/lookup?order_no={order.order_no}"
     page = client.get(landing.headers["Location"])
     from app.catalog import cards
     secret = cards.reveal(order.id)[0]

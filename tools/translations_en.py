@@ -742,4 +742,32 @@ EN: dict[str, str] = {
     "逾期支付，已退款": "Paid late, refunded",
     "重复支付，已退款": "Paid twice, refunded",
     "缺货，已退款": "Out of stock, refunded",
+    # ------------------------------------------------------------------------- refunds through the channels, alerts
+    "退款中": "Refunding",
+    "退款通知已处理": "Refund notification booked",
+    "重复退款通知": "Duplicate refund notification",
+    "未知退款": "Unknown refund",
+    "退款金额不符": "Refund amount mismatch",
+    "已申请": "Requested",
+    "渠道处理中": "Processing at the channel",
+    "退款成功": "Refunded",
+    "退款失败": "Refund failed",
+    "退款异常": "Refund abnormal",
+    "退款无应答": "Refund unanswered",
+    "退款单号": "Refund number",
+    "渠道请求次数": "Calls to the channel",
+    "原收款": "Original payment",
+    "渠道退款单号": "Channel refund number",
+    "最近错误": "Last error",
+    "重新发起退款": "Ask the channel again",
+    "向渠道重新发起所选的失败退款？": "Ask the channel again for the selected failed refunds?",
+    "确认已退款": "Confirm refunded",
+    "确认渠道已通过其他方式（如异常退款处理）退回所选退款？将记账。":
+        "Confirm the channel paid the selected refund back another way (abnormal-refund handling)? It will be booked.",
+    "支付告警": "Payment alerts",
+    "单号": "Number",
+    "退款通知地址": "Refund notification address",
+    "银联": "UnionPay",
+
+
 }

@@ -34,6 +34,7 @@ PLATFORM_ACCOUNTS = {
     "platform:clearing:sandbox": "clearing",
     "platform:clearing:alipay": "clearing",
     "platform:clearing:wechatpay": "clearing",
+    "platform:clearing:unionpay": "clearing",
 }
 
 

@@ -30,7 +30,7 @@ from sqlalchemy import select, update
 
 from app.audit import service as audit
 from app.clock import utcnow
-from app.errors import Conflict, NotFound
+from app.errors import Conflict, NotFound, ValidationError
 from app.extensions import db
 from app.ledger import service as ledger
 from app.ledger.service import Line
@@ -44,9 +44,10 @@ log = logging.getLogger(__name__)
 TRANSITIONS: dict[str, set[str]] = {
     "requested": {"processing", "succeeded", "failed"},
     "processing": {"succeeded", "failed"},
-    "failed": {"requested"},
+    "failed": {"requested", "succeeded"},  # staff: ask again, or confirm the channel paid it another way
     "succeeded": set(),
 }
+ABNORMAL = "abnormal: "  # last_error prefix: the channel took the refund but could not pay the buyer
 OPEN_STATUSES = ("requested", "processing")
 STATUS_TEXT = {"requested": "已申请", "processing": "渠道处理中", "succeeded": "退款成功", "failed": "退款失败"}
 BACKOFF_FIRST = timedelta(seconds=30)
@@ -126,7 +127,7 @@ def transition(refund: Refund, to_status: str, *, message: str | None = None, ch
         refund.finished_at, refund.next_attempt_at = now, None
     elif to_status == "failed":
         refund.finished_at, refund.next_attempt_at = now, None
-        _alert("refund_failed" if not (message or "").startswith("abnormal") else "refund_abnormal", refund,
+        _alert("refund_abnormal" if is_abnormal(refund) else "refund_failed", refund,
                f"退款失败，请人工处理：{message or ''}")
     elif to_status == "processing":
         refund.next_attempt_at = next_attempt_at or now + backoff(refund.attempts)
@@ -197,8 +198,8 @@ def submit(refund_id: int, now: datetime | None = None) -> str | None:
     try:
         gateway = gateways.get_channel(channel)
         result = gateway.refund(request) if asking == "requested" else gateway.query_refund(request)
-    except ChannelUnavailable as exc:
-        return _unknown(refund_id, exc.message)
+    except ChannelUnavailable as exc:  # identifiers the retry must repeat (UnionPay's txnTime) come with it
+        return _unknown(refund_id, exc.message, getattr(exc, "meta", None))
     except ChannelError as exc:  # not configured, refused before any money moved: a definite failure
         result = RefundResult("failed", message=exc.message)
     return book(refund_id, result)
@@ -238,7 +239,7 @@ def book(refund_id: int, result: RefundResult) -> str:
                            next_attempt_at=utcnow() + BACKOFF_FIRST)
             _alert_if_stuck(refund)
         elif result.status == "abnormal":
-            transition(refund, "failed", message=f"abnormal: {result.message or '渠道退款异常'}",
+            transition(refund, "failed", message=f"{ABNORMAL}{result.message or '渠道退款异常'}",
                        channel_refund_no=result.channel_refund_no)
         else:
             transition(refund, "failed", message=result.message or "渠道拒绝退款",
@@ -251,11 +252,14 @@ def book(refund_id: int, result: RefundResult) -> str:
         raise
 
 
-def _unknown(refund_id: int, message: str) -> str:
-    """No answer from the channel: nothing moves; the next attempt (already scheduled) asks again."""
+def _unknown(refund_id: int, message: str, meta: dict | None = None) -> str:
+    """No answer from the channel: nothing moves; the next attempt (already scheduled) asks again, repeating the
+    identifiers this one used."""
     try:
         refund = _locked(refund_id)
         refund.last_error = f"渠道无应答，稍后重试 (no answer: {message})"[:255]
+        if meta:
+            refund.meta = json.dumps({**_meta(refund), **meta})
         _alert_if_stuck(refund)
         status = refund.status
         db.session.commit()
@@ -303,17 +307,48 @@ def poll_due(now: datetime | None = None, limit: int = 200) -> dict:
     return report
 
 
+def is_abnormal(refund: Refund) -> bool:
+    return (refund.last_error or "").startswith(ABNORMAL)
+
+
 def retry(refund_id: int, actor_id: int | None) -> Refund:
-    """Staff ask again for a failed refund (a new refund number); audited. Commits."""
+    """Staff ask again for a refund the channel refused (a new refund number); audited. Commits. An abnormal
+    refund is not asked again (the channel already holds it): it is settled in the channel's merchant platform
+    and then confirmed with `confirm_paid`."""
     try:
         refund = _locked(refund_id)
         if refund is None:
             raise NotFound("退款不存在 (no such refund)")
         if refund.status != "failed":
             raise Conflict(f"退款状态为「{STATUS_TEXT.get(refund.status, refund.status)}」，不能重试")
+        if is_abnormal(refund):
+            raise Conflict("渠道退款异常：请在渠道商户平台处理（异常退款）后「确认已退款」(abnormal: settle it at the "
+                           "channel, then confirm)")
         audit.record("refund.retry", "refund", refund.id, {"status": "failed", "last_error": refund.last_error},
                      {"status": "requested"}, actor_id=actor_id)
         transition(refund, "requested")
+        db.session.commit()
+        return refund
+    except Exception:
+        db.session.rollback()
+        raise
+
+
+def confirm_paid(refund_id: int, actor_id: int | None, note: str) -> Refund:
+    """Staff confirm that the channel paid a failed refund back another way (WeChat Pay's abnormal-refund handling
+    in the merchant platform): the ledger then books it. Audited, with the note. Commits."""
+    note = (note or "").strip()
+    if not note:
+        raise ValidationError("请填写说明（渠道处理单号等）(a note is required)")
+    try:
+        refund = _locked(refund_id)
+        if refund is None:
+            raise NotFound("退款不存在 (no such refund)")
+        if refund.status != "failed":
+            raise Conflict(f"退款状态为「{STATUS_TEXT.get(refund.status, refund.status)}」，不能确认")
+        audit.record("refund.confirm", "refund", refund.id, {"status": "failed", "last_error": refund.last_error},
+                     {"status": "succeeded"}, reason=note[:255], actor_id=actor_id)
+        transition(refund, "succeeded")
         db.session.commit()
         return refund
     except Exception:

@@ -214,6 +214,17 @@ class RefundView(ReadableColumnsMixin, ModelView):
                 flash(f"{item.out_refund_no} 已重新发起", "success")
         return redirect(url_for("RefundView.list"))
 
+    @action("confirm_paid", _("确认已退款"), _("确认渠道已通过其他方式（如异常退款处理）退回所选退款？将记账。"),
+            "fa-check", multiple=False)
+    def confirm_paid(self, item):
+        try:
+            refunds.confirm_paid(item.id, g.user.id, request.args.get("note") or "渠道商户平台已处理（后台确认）")
+        except KamengError as exc:
+            flash(exc.message, "danger")
+        else:
+            flash(f"{item.out_refund_no} 已确认退款并记账", "success")
+        return redirect(url_for("RefundView.show", pk=item.id))
+
 
 class PaymentAlertView(ReadableColumnsMixin, ModelView):
     """Payments that need a person: failed or abnormal refunds, refunds a channel keeps not answering."""

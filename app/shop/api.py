@@ -164,10 +164,11 @@ def pay_form(number: str):
     return render_template("kameng/shop/pay_form.html", action=co.pay_url, fields=json.loads(co.form), co=co)
 
 
-@shop.get("/shop/paid/<order_no>")
+@shop.route("/shop/paid/<order_no>", methods=["GET", "POST"])
 def shop_paid(order_no: str):
-    """Where a channel sends the buyer back after paying: the lookup, which asks for the order password."""
-    return redirect("/shop/lookup?order_no=" + quote(order_no[:40], safe=""))
+    """Where a channel sends the buyer back after paying (UnionPay with a form POST): the lookup, which asks for the
+    order password. What the channel appended is ignored: the notification (or the query job) is what counts."""
+    return redirect("/shop/lookup?order_no=" + quote(order_no[:40], safe=""), code=303)
 
 
 def _sandbox_only():
@@ -293,6 +294,7 @@ def register(app: Flask) -> None:
     csrf.exempt(api_lookup)
     csrf.exempt(notify)
     csrf.exempt(refund_notify)
+    csrf.exempt(shop_paid)  # a cross-site form POST from the UnionPay cashier; it changes nothing
     csrf.exempt(api_create_dispute)
     limited = [limiter.limit(app.config["SHOP_LOOKUP_RATE_LIMIT"], methods=["POST"])(api_create_dispute),
                limiter.limit(app.config["SHOP_LOOKUP_RATE_LIMIT"], methods=["POST"])(shop_dispute)]

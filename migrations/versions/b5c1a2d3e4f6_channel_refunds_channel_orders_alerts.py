@@ -86,6 +86,12 @@ def upgrade():
         batch_op.create_index(batch_op.f('ix_payment_alert_refund_id'), ['refund_id'], unique=False)
 
 
+    # UnionPay's clearing account, beside the other channels' in a database that has them.
+    op.execute("INSERT INTO ledger_account (code, kind, cached, balance, created_at) "
+               "SELECT 'platform:clearing:unionpay', 'clearing', false, 0, CURRENT_TIMESTAMP "
+               "WHERE EXISTS (SELECT 1 FROM ledger_account WHERE code = 'platform:clearing:alipay') "
+               "AND NOT EXISTS (SELECT 1 FROM ledger_account WHERE code = 'platform:clearing:unionpay')")
+
     with op.batch_alter_table('coupon_redemption', schema=None) as batch_op:
         batch_op.add_column(sa.Column('device', sa.String(length=128), nullable=True))
         batch_op.create_index('ix_coupon_redemption_coupon_device', ['coupon_id', 'device'], unique=False)
