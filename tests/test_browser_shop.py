@@ -1,5 +1,6 @@
 """One real-browser journey on the storefront (Debian's Chromium through Playwright, CSRF on): a buyer without an
-account picks a card product, checks out, pays on the sandbox cashier and reads the card secret."""
+account picks a card product, checks out, pays on the sandbox cashier, and reads the card secret on the lookup once
+the order password is entered (the cashier never shows it)."""
 from __future__ import annotations
 
 import re
@@ -47,11 +48,15 @@ def test_buyer_checks_out_pays_on_the_sandbox_cashier_and_sees_the_card_secret(a
     order_no = page.locator("#order-no").inner_text().strip()
     assert page.locator("#order-amount").inner_text().strip() == "¥50.00"
 
-    with page.expect_navigation(url=re.compile(r"/shop/order/")):
+    with page.expect_navigation(url=re.compile(r"/shop/lookup\?order_no=\d+$")):
         page.click("#pay")
-    assert page.locator("#order-no").inner_text().strip() == order_no
-    assert page.locator("#order-status").inner_text().strip() == "已到账"
-    shown = page.locator("#card-secrets .card-secret")
+    assert page.locator("#order_no").input_value() == order_no
+    assert secret not in page.content()
+    page.fill("#query_password", "my-order-pass")
+    with page.expect_navigation():
+        page.click("form.card button[type=submit]")
+    assert page.locator("#lookup-result .status").inner_text().strip() == "已到账"
+    shown = page.locator("#lookup-result .card-secret")
     assert shown.count() == 1 and shown.first.inner_text() == secret
     page.screenshot(path=str(SCREENSHOT), full_page=True)
 
