@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 from flask import current_app
@@ -175,6 +176,20 @@ def _locked(refund_id: int) -> Refund | None:
     return db.session.scalar(select(Refund).where(Refund.id == refund_id).with_for_update())
 
 
+@contextmanager
+def _changing(refund_id: int):
+    """The refund under its row lock for one change: committed at the end, rolled back on any error."""
+    try:
+        refund = _locked(refund_id)
+        if refund is None:
+            raise NotFound("退款不存在 (no such refund)")
+        yield refund
+        db.session.commit()
+    except Exception:
+        db.session.rollback()
+        raise
+
+
 def submit(refund_id: int, now: datetime | None = None) -> str | None:
     """Ask the channel about one open refund that is due (refund, or refund query once processing) and book the
     answer. Returns the status left, None when there was nothing to do."""
@@ -221,11 +236,7 @@ def _request(refund: Refund) -> RefundRequest:
 
 def book(refund_id: int, result: RefundResult) -> str:
     """Book a channel's answer about a refund under its row lock; commits. Returns the status left."""
-    try:
-        refund = _locked(refund_id)
-        if refund is None:
-            db.session.rollback()
-            raise NotFound("退款不存在 (no such refund)")
+    with _changing(refund_id) as refund:
         if result.status == "succeeded":
             transition(refund, "succeeded", channel_refund_no=result.channel_refund_no, meta=result.meta)
         elif result.status == "processing":
@@ -245,28 +256,19 @@ def book(refund_id: int, result: RefundResult) -> str:
             transition(refund, "failed", message=result.message or "渠道拒绝退款",
                        channel_refund_no=result.channel_refund_no)
         status = refund.status
-        db.session.commit()
-        return status
-    except Exception:
-        db.session.rollback()
-        raise
+    return status
 
 
 def _unknown(refund_id: int, message: str, meta: dict | None = None) -> str:
     """No answer from the channel: nothing moves; the next attempt (already scheduled) asks again, repeating the
     identifiers this one used."""
-    try:
-        refund = _locked(refund_id)
+    with _changing(refund_id) as refund:
         refund.last_error = f"渠道无应答，稍后重试 (no answer: {message})"[:255]
         if meta:
             refund.meta = json.dumps({**_meta(refund), **meta})
         _alert_if_stuck(refund)
         status = refund.status
-        db.session.commit()
-        return status
-    except Exception:
-        db.session.rollback()
-        raise
+    return status
 
 
 def _alert_if_stuck(refund: Refund) -> None:
@@ -311,27 +313,24 @@ def is_abnormal(refund: Refund) -> bool:
     return (refund.last_error or "").startswith(ABNORMAL)
 
 
+def _failed(refund: Refund, what: str) -> None:
+    if refund.status != "failed":
+        raise Conflict(f"退款状态为「{STATUS_TEXT.get(refund.status, refund.status)}」，不能{what}")
+
+
 def retry(refund_id: int, actor_id: int | None) -> Refund:
     """Staff ask again for a refund the channel refused (a new refund number); audited. Commits. An abnormal
     refund is not asked again (the channel already holds it): it is settled in the channel's merchant platform
     and then confirmed with `confirm_paid`."""
-    try:
-        refund = _locked(refund_id)
-        if refund is None:
-            raise NotFound("退款不存在 (no such refund)")
-        if refund.status != "failed":
-            raise Conflict(f"退款状态为「{STATUS_TEXT.get(refund.status, refund.status)}」，不能重试")
+    with _changing(refund_id) as refund:
+        _failed(refund, "重试")
         if is_abnormal(refund):
             raise Conflict("渠道退款异常：请在渠道商户平台处理（异常退款）后「确认已退款」(abnormal: settle it at the "
                            "channel, then confirm)")
         audit.record("refund.retry", "refund", refund.id, {"status": "failed", "last_error": refund.last_error},
                      {"status": "requested"}, actor_id=actor_id)
         transition(refund, "requested")
-        db.session.commit()
-        return refund
-    except Exception:
-        db.session.rollback()
-        raise
+    return refund
 
 
 def confirm_paid(refund_id: int, actor_id: int | None, note: str) -> Refund:
@@ -340,17 +339,9 @@ def confirm_paid(refund_id: int, actor_id: int | None, note: str) -> Refund:
     note = (note or "").strip()
     if not note:
         raise ValidationError("请填写说明（渠道处理单号等）(a note is required)")
-    try:
-        refund = _locked(refund_id)
-        if refund is None:
-            raise NotFound("退款不存在 (no such refund)")
-        if refund.status != "failed":
-            raise Conflict(f"退款状态为「{STATUS_TEXT.get(refund.status, refund.status)}」，不能确认")
+    with _changing(refund_id) as refund:
+        _failed(refund, "确认")
         audit.record("refund.confirm", "refund", refund.id, {"status": "failed", "last_error": refund.last_error},
                      {"status": "succeeded"}, reason=note[:255], actor_id=actor_id)
         transition(refund, "succeeded")
-        db.session.commit()
-        return refund
-    except Exception:
-        db.session.rollback()
-        raise
+    return refund

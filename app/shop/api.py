@@ -113,19 +113,19 @@ def api_lookup():
 
 @shop.post("/pay/notify/<channel>")
 def notify(channel: str):
-    if not payments.channel_exists(channel):  # the sandbox does not exist in production
-        abort(404)
-    answer = payments.handle_notification(channel, request.headers, request.form.to_dict(),
-                                          request.get_data(cache=True), request.remote_addr)
-    return current_app.response_class(answer.body, status=answer.status, content_type=answer.content_type)
+    return _notification(payments.handle_notification, channel)
 
 
 @shop.post("/pay/refund-notify/<channel>")
 def refund_notify(channel: str):
-    if not payments.channel_exists(channel):
+    return _notification(payments.handle_refund_notification, channel)
+
+
+def _notification(handle, channel: str):
+    if not payments.channel_exists(channel):  # the sandbox does not exist in production
         abort(404)
-    answer = payments.handle_refund_notification(channel, request.headers, request.form.to_dict(),
-                                                 request.get_data(cache=True), request.remote_addr)
+    answer = handle(channel, request.headers, request.form.to_dict(), request.get_data(cache=True),
+                    request.remote_addr)
     return current_app.response_class(answer.body, status=answer.status, content_type=answer.content_type)
 
 
