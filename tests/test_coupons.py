@@ -326,3 +326,30 @@ def test_admin_creates_and_edits_coupons_in_yuan_and_percent(app, db, f, client)
     # a percent coupon without its percentage is refused and nothing changes
     r = client.post("/coupons/add", data={**form, "code": "NOPCT", "kind": "percent", "value_fixed": ""})
     assert db.session.scalar(select(Coupon).where(Coupon.code == "NOPCT")) is None
+
+
+def test_per_buyer_limit_counts_a_normalised_contact_and_the_device(app, db, f, client):
+    """One use per buyer: the same phone written another way, or another contact typed on the same device, is the
+    same buyer; a different buyer on a different device still gets the coupon."""
+    setup_sandbox()
+    p = f.product(face_price=10000, cost=8000, secrets=5)
+    make_coupon(db, "ONCE", value=500)  # per_user_limit 1
+
+    def checkout(contact, device=None):
+        body = {"product_id": p.id, "quantity": 1, "contact": contact, "query_password": "pass-123456",
+                "channel": "sandbox", "coupon": "ONCE"}
+        if device is not None:
+            body["device_id"] = device
+        return client.post("/shop/api/orders", json=body)
+
+    assert checkout("138 0013 8000", device="fp-aaaa").status_code == 201
+    for contact, device in (("+86 138-0013-8000", None), ("13800138000", "fp-bbbb"), ("qq:12345", "fp-aaaa")):
+        r = checkout(contact, device)
+        assert r.status_code == 409 and r.get_json()["error"]["code"] == "coupon_used_up", (contact, device)
+    assert checkout("13900139000", device="fp-cccc").status_code == 201
+    assert db.session.scalar(select(func.count()).select_from(CouponRedemption)) == 2
+    # a device id that is not a short string is refused, and nothing is written
+    r = client.post("/shop/api/orders", json={"product_id": p.id, "quantity": 1, "contact": "13700137000",
+                                              "query_password": "pass-123456", "channel": "sandbox",
+                                              "device_id": "x" * 129})
+    assert r.status_code == 400 and db.session.scalar(select(func.count()).select_from(Order)) == 2
