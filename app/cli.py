@@ -257,10 +257,10 @@ def demo(password: str | None, sandbox_key: str | None, orders: int, seed: int |
     from app.payments import service as payments
     from app.payments.simulators import SIMULATED_CHANNELS
 
+    if current_env() == "production":
+        fail("the demo data (known logins, the sandbox, test keys) is not loaded in production")
     if bool(supplier_url) != bool(supplier_key):
         fail("--supplier-url and --supplier-key go together")
-    if channel_sims and current_env() == "production":
-        fail("--channel-sim configures test keys: not in production")
     sims = {}
     for item in channel_sims:
         channel, _, url = item.partition("=")

@@ -23,9 +23,13 @@ def clearing_account(channel: str) -> str:
     return f"platform:clearing:{channel}"
 
 
+SANDBOX_ENVIRONMENTS = ("development", "test")
+
+
 def sandbox_allowed() -> bool:
-    """The sandbox lets anyone mint payments: it exists only outside production, whatever its settings say."""
-    return current_app.config.get("KAMENG_ENV") != "production"
+    """The sandbox lets anyone mint payments: it exists only in development and test, whatever its settings say
+    (a production server under another name, or a typo, does not get it)."""
+    return current_app.config.get("KAMENG_ENV") in SANDBOX_ENVIRONMENTS
 
 
 def channel_exists(code: str) -> bool:

@@ -85,6 +85,13 @@ class WalletTopUpView(ReadableColumnsMixin, ModelView):
 cashier = Blueprint("topup_cashier", __name__)
 
 
+@cashier.before_request
+def _refuse_nul():
+    from app.shop.api import refuse_nul
+
+    return refuse_nul()
+
+
 @cashier.route("/pay/sandbox/cashier/topup/<topup_no>", methods=["GET", "POST"])
 def sandbox_topup_cashier(topup_no: str):
     from app.payments import service

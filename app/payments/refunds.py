@@ -31,13 +31,13 @@ from sqlalchemy import select, update
 
 from app.audit import service as audit
 from app.clock import utcnow
-from app.errors import Conflict, NotFound, ValidationError
+from app.errors import Conflict, KamengError, NotFound, ValidationError
 from app.extensions import db
 from app.ledger import service as ledger
 from app.ledger.service import Line
 from app.outbox import service as outbox
 from app.payments import gateways
-from app.payments.channels.base import ChannelError, ChannelUnavailable, RefundNotice, RefundRequest, RefundResult
+from app.payments.channels.base import ChannelUnavailable, RefundNotice, RefundRequest, RefundResult
 from app.payments.models import Payment, PaymentAlert, Refund, WalletTopUp
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,9 @@ TRANSITIONS: dict[str, set[str]] = {
     "succeeded": set(),
 }
 ABNORMAL = "abnormal: "  # last_error prefix: the channel took the refund but could not pay the buyer
+# Channels that keep an abnormal refund (WeChat Pay: settled with its abnormal-refund handling): never asked again.
+# Elsewhere an abnormal answer moved no money (Alipay: our balance there was too low) and may be asked again.
+HOLDS_ABNORMAL = ("wechatpay", "unionpay")
 OPEN_STATUSES = ("requested", "processing")
 STATUS_TEXT = {"requested": "已申请", "processing": "渠道处理中", "succeeded": "退款成功", "failed": "退款失败"}
 BACKOFF_FIRST = timedelta(seconds=30)
@@ -202,8 +205,9 @@ def submit(refund_id: int, now: datetime | None = None) -> str | None:
             return None
         asking = refund.status
         refund.attempts += 1
-        # Claimed for a while: another poller skips it until then; a crash leaves it due again at that time.
-        refund.next_attempt_at = now + backoff(refund.attempts)
+        # Claimed for a while (from the real now, not the batch's): another poller skips it until then; a crash
+        # leaves it due again at that time.
+        refund.next_attempt_at = utcnow() + backoff(refund.attempts)
         request = _request(refund)
         channel = refund.destination
         db.session.commit()
@@ -215,8 +219,10 @@ def submit(refund_id: int, now: datetime | None = None) -> str | None:
         result = gateway.refund(request) if asking == "requested" else gateway.query_refund(request)
     except ChannelUnavailable as exc:  # identifiers the retry must repeat (UnionPay's txnTime) come with it
         return _unknown(refund_id, exc.message, getattr(exc, "meta", None))
-    except ChannelError as exc:  # not configured, refused before any money moved: a definite failure
-        result = RefundResult("failed", message=exc.message)
+    except KamengError as exc:
+        if asking == "processing":  # the channel took it: an error asking about it is not a refusal
+            return _unknown(refund_id, exc.message)
+        result = RefundResult("failed", message=exc.message)  # refused before any money moved
     return book(refund_id, result)
 
 
@@ -303,14 +309,20 @@ def poll_due(now: datetime | None = None, limit: int = 200) -> dict:
     db.session.rollback()
     report = {"due": len(ids), "succeeded": 0, "processing": 0, "failed": 0, "requested": 0}
     for refund_id in ids:
-        status = submit(refund_id, now)
+        try:
+            status = submit(refund_id, now)
+        except Exception:  # one refund's trouble never stops the others; it is due again later
+            db.session.rollback()
+            log.exception("refund %s could not be asked about", refund_id)
+            report["errors"] = report.get("errors", 0) + 1
+            continue
         if status:
             report[status] = report.get(status, 0) + 1
     return report
 
 
 def is_abnormal(refund: Refund) -> bool:
-    return (refund.last_error or "").startswith(ABNORMAL)
+    return (refund.last_error or "").startswith(ABNORMAL) and refund.destination in HOLDS_ABNORMAL
 
 
 def _failed(refund: Refund, what: str) -> None:

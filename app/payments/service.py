@@ -266,11 +266,17 @@ def _release_hold_to_wallet(order: Order, reason: str) -> None:
 def _log(code, order_no, trade_no, amount, outcome, detail, remote_addr) -> str:
     if amount is not None and not -2 ** 63 <= amount < 2 ** 63:  # a signed but absurd amount: not storable
         amount = None
+    order_no, trade_no, detail = (_printable(v) for v in (order_no, trade_no, detail))
     db.session.add(PaymentNotification(channel=code, order_no=(order_no or "")[:40] or None,
                                        trade_no=(trade_no or "")[:64] or None, amount=amount, outcome=outcome,
                                        detail=(detail or None) and detail[:255], remote_addr=remote_addr))
     db.session.commit()
     return outcome
+
+
+def _printable(value):
+    """What a forged notification sent, storable (PostgreSQL refuses NUL characters in text)."""
+    return value.replace("\x00", "") if isinstance(value, str) else value
 
 
 def _log_rejected(code: str, order_no, detail: str, remote_addr: str | None) -> None:
@@ -373,7 +379,10 @@ def _refuse_while_upstream_busy(order: Order) -> None:
 
 def ask_channel(co_id: int) -> str:
     """Ask the channel about one of its open orders and book a payment it reports (as its notification would
-    have been). Returns the state the channel gave, or "unknown" when it could not be asked. Commits."""
+    have been). Returns the state the channel gave, or "unknown" when it could not be asked. Commits.
+
+    A trade the channel reports as paid and since refunded (refunded in its back office before we heard of it) is
+    never delivered: our record of it is closed and staff get an alert; our order expires as unpaid."""
     co = db.session.get(ChannelOrder, co_id)
     if co is None or co.status != "open":
         db.session.rollback()
@@ -384,12 +393,32 @@ def ask_channel(co_id: int) -> str:
     db.session.commit()
     try:
         status: TradeStatus = get_channel(channel).query_payment(number, meta)
-    except ChannelError as exc:
+    except KamengError as exc:
+        db.session.rollback()
         log.info("could not ask %s about %s: %s", channel, number, exc.message)
         return "unknown"
-    if status.state in ("paid", "refunded") and status.trade_no:
-        apply_payment(channel, status.as_notification(number), remote_addr=None)
+    if status.state == "paid" and status.trade_no:
+        try:
+            apply_payment(channel, status.as_notification(number), remote_addr=None)
+        except KamengError as exc:  # e.g. that trade_no belongs to another payment: for staff, not for this job
+            db.session.rollback()
+            _log(channel, number, status.trade_no, status.amount, "rejected", f"query: {exc.message}", None)
+    elif status.state == "refunded":
+        _close_channel_order(co_id)
+        from app.payments.models import PaymentAlert
+
+        db.session.add(PaymentAlert(kind="paid_then_refunded", channel=channel, order_no=number[:40],
+                                    message=f"渠道显示该单已支付又已退款（{status.trade_no}），未发货，请核实"[:500]))
+        db.session.commit()
+    elif status.state in ("closed", "not_found") and co.expires_at < utcnow():
+        _close_channel_order(co_id)
+        db.session.commit()
     return status.state
+
+
+def _close_channel_order(co_id: int) -> None:
+    db.session.execute(update(ChannelOrder).where(ChannelOrder.id == co_id, ChannelOrder.status == "open")
+                       .values(status="closed", closed_at=utcnow()))
 
 
 def query_open_payments(now: datetime | None = None, limit: int = 200) -> dict:
@@ -430,18 +459,24 @@ def close_at_channel(number: str) -> bool:
     co_id, channel, meta, expires_at = co.id, co.channel, json.loads(co.meta) if co.meta else {}, co.expires_at
     grace = timedelta(minutes=int(current_app.config.get("CHANNEL_CLOSE_GRACE_MINUTES", 60)))
     state = ask_channel(co_id)
-    if state in ("paid", "refunded"):
+    if state == "paid":
         return False  # booked: the order is paid now (the guarded close of ours refuses)
+    if state == "refunded":
+        return True  # paid and refunded at the channel: nothing to deliver, ours closes unpaid
     try:
         closed = get_channel(channel).close_payment(number, meta)
-    except ChannelError as exc:
+    except KamengError as exc:
+        db.session.rollback()
         log.info("could not close %s order %s: %s", channel, number, exc.message)
-        return utcnow() > expires_at + grace
+        if utcnow() > expires_at + grace:  # given up: ours closes; a payment still arriving is refunded
+            _close_channel_order(co_id)
+            db.session.commit()
+            return True
+        return False
     if not closed:  # paid in the meantime: book it
         ask_channel(co_id)
         return False
-    db.session.execute(update(ChannelOrder).where(ChannelOrder.id == co_id, ChannelOrder.status == "open")
-                       .values(status="closed", closed_at=utcnow()))
+    _close_channel_order(co_id)
     db.session.commit()
     return True
 
@@ -451,7 +486,8 @@ def expire_unpaid(limit: int = 1000) -> int:
     reserved, so nothing to release)."""
     rows = db.session.execute(
         select(Order.id, Order.order_no).join(OrderCheckout, OrderCheckout.order_id == Order.id)
-        .where(Order.status == "pending_payment", OrderCheckout.expires_at < utcnow()).limit(limit)).all()
+        .where(Order.status == "pending_payment", OrderCheckout.expires_at < utcnow())
+        .order_by(OrderCheckout.expires_at).limit(limit)).all()
     db.session.rollback()
     closed = 0
     for order_id, order_no in rows:
