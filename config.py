@@ -142,6 +142,16 @@ class Config:
     REFUND_ALERT_ATTEMPTS = env_int("REFUND_ALERT_ATTEMPTS", 6)  # unanswered this many times: alert, keep asking
     MAX_CONTENT_LENGTH = env_int("MAX_CONTENT_LENGTH", 25 * 1024 * 1024)  # request bodies (statements: 20 MB)
 
+    # Risk control (风控): storefront buyers' hard limits (agents: their tier's, defaulting to these), score
+    # thresholds of the rules, how long a review hold may wait, and the key of the identifiers' hashes.
+    RISK_ORDER_LIMIT_FEN = env_int("RISK_ORDER_LIMIT_FEN", 500_000)
+    RISK_DAILY_LIMIT_FEN = env_int("RISK_DAILY_LIMIT_FEN", 2_000_000)
+    RISK_REVIEW_SCORE = env_int("RISK_REVIEW_SCORE", 50)
+    RISK_BLOCK_SCORE = env_int("RISK_BLOCK_SCORE", 100)
+    RISK_REVIEW_HOURS = env_int("RISK_REVIEW_HOURS", 24)
+    RISK_REVIEW_SLA_MINUTES = env_int("RISK_REVIEW_SLA_MINUTES", 30)  # the queue flags holds older than this
+    RISK_HASH_KEY = env_str("RISK_HASH_KEY")  # default: derived from CARD_SECRET_KEY
+
     # Real-name verification (三要素 provider) and withdrawals (payout channel)
     IDV_PROVIDER_URL = env_str("IDV_PROVIDER_URL")
     IDV_PROVIDER_KEY = env_str("IDV_PROVIDER_KEY")

@@ -22,6 +22,9 @@ class Tier(db.Model):
     direct_commission_bp = Column(Integer, nullable=False, default=0)
     indirect_commission_bp = Column(Integer, nullable=False, default=0)
     daily_limit = Column(BigInteger, nullable=False, default=0)  # fen per business day; 0 = no limit
+    # Risk control's hard limits for this tier's agents (fen); empty: RISK_ORDER_LIMIT_FEN / RISK_DAILY_LIMIT_FEN.
+    risk_order_limit = Column(BigInteger)
+    risk_daily_limit = Column(BigInteger)
     settle_days = Column(Integer, nullable=False, default=7)
 
     __table_args__ = (
@@ -54,6 +57,11 @@ class Agent(db.Model):
     active = Column(Boolean, nullable=False, default=True)
     phone = Column(String(32))
     created_at = Column(DateTime, nullable=False, default=utcnow, index=True)
+    # Risk control: held at registration (many agents from one IP or device): no buying or withdrawing until a
+    # reviewer approves. topup_unspent: wallet money that came from channel top-ups and was not spent yet (not
+    # withdrawable: only earnings are).
+    risk_hold = Column(Boolean, nullable=False, default=False, server_default="0")
+    topup_unspent = Column(BigInteger, nullable=False, default=0, server_default="0")
 
     user = relationship("User", foreign_keys=[user_id])
     parent = relationship("Agent", remote_side=[id], foreign_keys=[parent_id])

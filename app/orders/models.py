@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from flask_babel import lazy_gettext
-from sqlalchemy import BigInteger, Column, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, Column, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import relationship
 
 from app.clock import utcnow
@@ -19,6 +19,7 @@ ORDER_STATUSES = {
     "refunded": lazy_gettext("已退款"),
     "closed": lazy_gettext("已关闭"),
     "disputed": lazy_gettext("维权中"),
+    "reviewing": lazy_gettext("风控审核中"),
 }
 
 
@@ -47,6 +48,13 @@ class Order(db.Model):
     out_trade_no = Column(String(64))
     account = Column(String(128))  # direct top-up target
     contact = Column(String(128))
+    # Risk control: the storefront buyer's keyed hashes (normalised contact, device, paying account) that the
+    # daily limits count by, the checkout's decision, and whether a paid order is held for review.
+    buyer_key = Column(String(64))
+    device_key = Column(String(64))
+    payment_account_key = Column(String(64))
+    risk_decision_id = Column(BigInteger)
+    risk_hold = Column(Boolean, nullable=False, default=False, server_default="0")
     notify_url = Column(String(512))  # Open API: where state changes are POSTed (signed)
     request_hash = Column(String(64))  # Open API: hash of the creating request, for idempotency per out_trade_no
     api_key_id = Column(Integer, ForeignKey("api_key.id", name="fk_orders_api_key_id_api_key"))  # signs callbacks
@@ -68,6 +76,9 @@ class Order(db.Model):
         Index("ix_orders_created", "created_at"),
         # A storefront buyer is known by contact: "first order or returning" is looked up on every delivery.
         Index("ix_orders_contact_delivered", "contact", "delivered_at"),
+        Index("ix_orders_buyer_key_created", "buyer_key", "created_at"),
+        Index("ix_orders_device_key_created", "device_key", "created_at"),
+        Index("ix_orders_payment_account_key_created", "payment_account_key", "created_at"),
     )
 
     def __repr__(self) -> str:

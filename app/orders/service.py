@@ -35,7 +35,8 @@ from app.outbox import service as outbox
 # The only allowed moves. Card orders paid from the wallet go paid -> delivered in one transaction.
 TRANSITIONS: dict[str, set[str]] = {
     "pending_payment": {"paid", "closed"},
-    "paid": {"delivering", "delivered", "failed", "refunded"},
+    "paid": {"delivering", "delivered", "failed", "refunded", "reviewing"},
+    "reviewing": {"paid", "refunded"},  # risk control's hold: approved (then delivered as usual) or rejected
     "delivering": {"delivered", "failed", "refunded"},
     "delivered": {"refunded", "disputed"},
     "disputed": {"delivered", "refunded"},
@@ -286,7 +287,8 @@ def sale_lines(order: Order, funding_account: str) -> list[Line]:
 
 
 def place_guest_order(product_id: object, quantity: object, contact: object, channel: str,
-                      coupon: object = None, account: object = None, device_id: object = None) -> Order:
+                      coupon: object = None, account: object = None, device_id: object = None,
+                      ip: str | None = None, risk_event: str = "shop_checkout") -> Order:
     """A storefront order at the public price (less an optional coupon, redeemed as `contact:<contact>`), unpaid.
     Flushes; the caller adds the checkout and commits (or rolls back on a refusal: nothing is written).
 
@@ -317,16 +319,31 @@ def place_guest_order(product_id: object, quantity: object, contact: object, cha
     quote = None
     if coupon_code:
         quote = coupons.quote(coupon_code, unit_price * qty, coupons.redeemer_for_contact(contact), device=device)
+    amount = quote.amount if quote else unit_price * qty
+    from app.risk import service as risk
+
+    # Risk control before anything is written: lists, the buyer's limits (locked until the caller commits), rules.
+    event = risk.RiskInput(event=risk_event, amount=amount, ip=ip, device=device, contact=contact.strip(),
+                           values={"has_coupon": bool(quote), "is_guest": True, "quantity": qty})
+    decision = risk.evaluate(event)
+    decision.raise_if_blocked()
+    keys = risk.keys_of(event)
     order = Order(order_no=new_order_no(), agent_id=None, product_id=product.id, supplier_id=product.supplier_id,
                   quantity=qty, face_price=product.face_price, unit_price=unit_price,
                   amount=quote.amount if quote else unit_price * qty,
                   discount=quote.discount if quote else 0, coupon_id=quote.coupon.id if quote else None,
                   cost_total=cost_total, service_fee=apply_rate(cost_total, product.supplier.service_fee_bp),
-                  status="pending_payment", channel=channel, contact=contact.strip(), account=account)
+                  status="pending_payment", channel=channel, contact=contact.strip(), account=account,
+                  buyer_key=keys["contact"], device_key=keys["device"], risk_decision_id=decision.id,
+                  risk_hold=decision.outcome == "review")
     db.session.add(order)
     db.session.flush()
     if quote:
         coupons.redeem(quote, order, coupons.redeemer_for_contact(contact), device=device)
+    risk.attach_order(decision.id, order.order_no)
+    risk.record("order", event)
+    if quote:
+        risk.record("coupon_order", event)
     return order
 
 

@@ -59,7 +59,8 @@ LOOKUP_SALT = "kameng-order-lookup"
 # --- checkout ----------------------------------------------------------------------------------------------
 
 def checkout(product_id, quantity, contact, query_password, channel: str, base_url: str,
-             coupon: object = None, account: object = None, device_id: object = None) -> tuple[Order, str]:
+             coupon: object = None, account: object = None, device_id: object = None,
+             ip: str | None = None) -> tuple[Order, str]:
     """A buyer's order at the public price (less an optional coupon), unpaid, with its payment started. Stock is
     not reserved. A refused coupon writes nothing. `account`: the top-up target, required for direct products."""
     if not isinstance(query_password, str) or not 6 <= len(query_password) <= 64:
@@ -69,7 +70,7 @@ def checkout(product_id, quantity, contact, query_password, channel: str, base_u
     gateway = get_channel(channel)
     try:
         order = orders.place_guest_order(product_id, quantity, contact, channel, coupon=coupon, account=account,
-                                         device_id=device_id)
+                                         device_id=device_id, ip=ip)
     except Exception:
         db.session.rollback()
         raise
@@ -184,6 +185,7 @@ def apply_payment(code: str, note: Notification, remote_addr: str | None = None,
     if payment is None:
         db.session.rollback()
         return _log(code, note.order_no, note.trade_no, note.amount, "duplicate", detail, remote_addr)
+    payment._raw = note.raw  # who paid, for risk control (not stored)
     ledger.post_journal(f"pay:{code}:{note.trade_no}", "payment",
                         [Line(clearing_account(code), -note.amount), Line(BUYER_FUNDS, note.amount)],
                         memo=f"{order.order_no} 收款", order_id=order.id, actor_id=confirmed_by)
@@ -220,7 +222,8 @@ def record_payment(code: str, note: Notification, confirmed_by: int | None, *, o
 
 
 def _settle(order: Order, payment: Payment) -> str:
-    """Deliver a freshly paid order; refund at once what cannot be delivered (closed, already paid, no stock)."""
+    """Deliver a freshly paid order; refund at once what cannot be delivered (closed, already paid, no stock); hold
+    for review what risk control flagged at checkout or flags now, at payment (the paying account)."""
     if order.status != "pending_payment":
         refunds.request_channel_refund(payment, "订单已关闭或已支付，自动退款 (late or second payment)")
         if order.status == "closed":
@@ -228,6 +231,51 @@ def _settle(order: Order, payment: Payment) -> str:
             return "late_refunded"
         return "double_paid_refunded"
     orders.transition(order.id, "paid")
+    held_now = _risk_at_payment(order, payment)
+    if order.risk_hold or held_now:
+        from app.risk import reviews
+
+        order.risk_hold = True
+        return reviews.hold(order)
+    return deliver_paid_order(order)
+
+
+def _risk_at_payment(order: Order, payment: Payment) -> bool:
+    """The paying account is known only now: its lists, its daily limit and the payment rules. Money has come in,
+    so anything but allow holds the order for review (never a silent refusal)."""
+    from app.risk import service as risk
+
+    account = payment_account_of(payment.channel, getattr(payment, "_raw", None) or {})
+    if not account:
+        return False
+    event = risk.RiskInput(event="payment", amount=order.amount, payment_account=account, order_no=order.order_no,
+                           values={"is_guest": order.agent_id is None})
+    decision = risk.evaluate(event)
+    keys = risk.keys_of(event)
+    order.payment_account_key = keys["payment_account"]
+    from app.risk import counters
+
+    counters.record("payment", {"payment_account": keys["payment_account"], "device": order.device_key,
+                                "contact": order.buyer_key}, order.amount)
+    return decision.outcome != "allow"
+
+
+def payment_account_of(channel: str, raw: dict) -> str | None:
+    """Who paid, as the channel names them: Alipay's buyer_id, WeChat Pay's payer openid, UnionPay's accNo."""
+    if channel == "alipay":
+        return raw.get("buyer_id") or raw.get("buyer_user_id")
+    if channel == "wechatpay":
+        return ((raw.get("transaction") or {}).get("payer") or {}).get("openid")
+    if channel == "unionpay":
+        return raw.get("accNo")
+    if channel == "sandbox":
+        return raw.get("payer")
+    return None
+
+
+def deliver_paid_order(order: Order) -> str:
+    """A paid order delivered (card) or its top-up started (direct); with no stock left it is refunded where it
+    was paid from. In the caller's transaction."""
     if order.product.kind == "direct":
         from app.suppliers import recharge
 
@@ -237,7 +285,7 @@ def _settle(order: Order, payment: Payment) -> str:
         with db.session.begin_nested():
             orders.deliver_paid(order.id, BUYER_FUNDS)
     except OutOfStock:
-        refunds.request_channel_refund(payment, "库存不足，自动退款 (out of stock)")
+        refund_held_funds(order, "库存不足，自动退款 (out of stock)")
         orders.transition(order.id, "refunded")
         return "out_of_stock_refunded"
     return "accepted"

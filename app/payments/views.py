@@ -142,6 +142,7 @@ NOTIFICATION_OUTCOME_TEXT = {
     "accepted": _("已入账"), "duplicate": _("重复通知"), "rejected": _("已拒绝"), "not_paid": _("未支付"),
     "unknown_order": _("未知订单"), "amount_mismatch": _("金额不符"), "late_refunded": _("逾期支付，已退款"),
     "double_paid_refunded": _("重复支付，已退款"), "out_of_stock_refunded": _("缺货，已退款"),
+    "held_for_review": _("已收款，风控审核中"),
     "refund_accepted": _("退款通知已处理"), "refund_duplicate": _("重复退款通知"),
     "refund_unknown_refund": _("未知退款"), "refund_amount_mismatch": _("退款金额不符"),
 }

@@ -21,7 +21,8 @@ from app.portal.service import public_offers
 
 shop = Blueprint("shop", __name__)
 STATUS_TEXT = {"pending_payment": "待支付", "paid": "已支付", "delivering": "发货中", "delivered": "已到账",
-               "refunded": "已退款", "closed": "已关闭", "failed": "发货失败，退款中", "disputed": "处理中"}
+               "refunded": "已退款", "closed": "已关闭", "failed": "发货失败，退款中", "disputed": "处理中",
+               "reviewing": "风控审核中"}
 
 
 def _base_url() -> str:
@@ -73,7 +74,7 @@ def api_create_order():
         order, pay_url = payments.checkout(data.get("product_id"), data.get("quantity"), data.get("contact"),
                                            data.get("query_password"), data.get("channel"), _base_url(),
                                            coupon=data.get("coupon"), account=data.get("account"),
-                                           device_id=data.get("device_id"))
+                                           device_id=data.get("device_id"), ip=request.remote_addr)
     except KamengError as exc:
         return _error(exc)
     # The signed lookup link goes only to whoever checked out (this answer): it shows the order without the password.
@@ -220,7 +221,8 @@ def shop_buy(product_id: int):
                                                request.form.get("channel"), _base_url(),
                                                coupon=request.form.get("coupon"),
                                                account=request.form.get("account"),
-                                               device_id=request.form.get("device_id"))
+                                               device_id=request.form.get("device_id"),
+                                               ip=request.remote_addr)
             return redirect(pay_url)
         except KamengError as exc:
             error = exc.message

@@ -1,0 +1,133 @@
+"""Velocity counters over sliding windows: how many events (and how much money, and how many distinct others) one
+identifier had in the last N seconds. PostgreSQL's risk_event is the record; with Redis the windows are read from
+sorted sets kept beside it (one pipeline per decision), else computed from the table (the embedded default)."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, insert, select
+
+from app.clock import utcnow
+from app.extensions import db
+from app.risk.models import RiskEvent
+
+DIMENSIONS = ("ip", "device", "contact", "payment_account", "agent")
+KEEP_SECONDS = 31 * 24 * 3600  # the longest window any feature reads
+
+
+@dataclass(frozen=True)
+class Query:
+    """count / amount of `metric` events of one identifier (dimension, key) in the last `window` seconds, or the
+    number of distinct `other` identifiers it shared them with."""
+    metric: str
+    dimension: str
+    window: int
+    kind: str = "count"  # count, amount, distinct
+    other: str | None = None
+
+
+def record(metric: str, keys: dict[str, str | None], amount: int = 0, at: datetime | None = None) -> None:
+    """One event, in the caller's transaction (PostgreSQL) and in Redis (best effort: Redis is a cache here)."""
+    at = at or utcnow()
+    row = {d: keys.get(d) for d in DIMENSIONS}
+    if not any(row.values()):
+        return
+    db.session.execute(insert(RiskEvent).values(metric=metric, amount=int(amount or 0), at=at, **row))
+    _redis_record(metric, row, int(amount or 0), at)
+
+
+def read(queries: dict[str, Query], keys: dict[str, str | None], now: datetime | None = None) -> dict[str, int]:
+    """Every named query's value for these identifiers (0 where the identifier is unknown)."""
+    now = now or utcnow()
+    wanted = {name: q for name, q in queries.items() if keys.get(q.dimension)}
+    values = dict.fromkeys(queries, 0)
+    if not wanted:
+        return values
+    conn = _redis()
+    if conn is not None:
+        try:
+            values.update(_redis_read(conn, wanted, keys, now))
+            return values
+        except Exception:  # Redis down: the record answers
+            pass
+    for name, q in wanted.items():
+        values[name] = _pg_read(q, keys, now)
+    return values
+
+
+# --- PostgreSQL (the record) -------------------------------------------------------------------------------
+
+def _pg_read(q: Query, keys: dict, now: datetime) -> int:
+    column = getattr(RiskEvent, q.dimension)
+    where = (column == keys[q.dimension], RiskEvent.metric == q.metric,
+             RiskEvent.at > now - timedelta(seconds=q.window))
+    if q.kind == "amount":
+        what = func.coalesce(func.sum(RiskEvent.amount), 0)
+    elif q.kind == "distinct":
+        other = getattr(RiskEvent, q.other)
+        what = func.count(func.distinct(other))
+        where = (*where, other.is_not(None))
+    else:
+        what = func.count()
+    return int(db.session.scalar(select(what).select_from(RiskEvent).where(*where)) or 0)
+
+
+# --- Redis (the fast path) ---------------------------------------------------------------------------------
+
+def _redis():
+    from workers.queues import redis_connection
+
+    return redis_connection()
+
+
+def _zkey(metric: str, dimension: str, key: str, suffix: str = "") -> str:
+    return f"kameng:risk:{metric}:{dimension}:{key}{suffix}"
+
+
+def _redis_record(metric: str, row: dict, amount: int, at: datetime) -> None:
+    conn = _redis()
+    if conn is None:
+        return
+    ts = at.timestamp()
+    member = f"{uuid.uuid4().hex}:{amount}"
+    try:
+        pipe = conn.pipeline(transaction=False)
+        for dim, key in row.items():
+            if not key:
+                continue
+            events = _zkey(metric, dim, key)
+            pipe.zadd(events, {member: ts})
+            pipe.zremrangebyscore(events, "-inf", ts - KEEP_SECONDS)
+            pipe.expire(events, KEEP_SECONDS)
+            for other_dim, other in row.items():
+                if other and other_dim != dim:
+                    others = _zkey(metric, dim, key, f":{other_dim}")
+                    pipe.zadd(others, {other: ts})  # the latest time this pair was seen
+                    pipe.expire(others, KEEP_SECONDS)
+        pipe.execute()
+    except Exception:  # the record is in PostgreSQL; a Redis outage only costs speed
+        pass
+
+
+def _redis_read(conn, wanted: dict[str, Query], keys: dict, now: datetime) -> dict[str, int]:
+    ts = now.timestamp()
+    pipe = conn.pipeline(transaction=False)
+    order = []
+    for name, q in wanted.items():
+        since = f"({ts - q.window}"
+        if q.kind == "distinct":
+            pipe.zcount(_zkey(q.metric, q.dimension, keys[q.dimension], f":{q.other}"), since, "+inf")
+        elif q.kind == "amount":
+            pipe.zrangebyscore(_zkey(q.metric, q.dimension, keys[q.dimension]), since, "+inf")
+        else:
+            pipe.zcount(_zkey(q.metric, q.dimension, keys[q.dimension]), since, "+inf")
+        order.append((name, q))
+    out = {}
+    for (name, q), value in zip(order, pipe.execute(), strict=True):
+        if q.kind == "amount":
+            out[name] = sum(int(m.rsplit(b":", 1)[1]) for m in value)
+        else:
+            out[name] = int(value)
+    return out

@@ -1,0 +1,48 @@
+"""Identifiers risk control sees: normalised (phones as E.164), kept only as keyed hashes (HMAC-SHA256 with
+RISK_HASH_KEY) and shown masked (at most a quarter of the characters)."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+
+from flask import current_app
+
+from app.payments.coupons import normalize_contact
+
+
+def _key() -> bytes:
+    configured = current_app.config.get("RISK_HASH_KEY")
+    if configured:
+        return configured.encode()
+    # Derived, not stored: a dump of the database does not carry it.
+    return hmac.new(current_app.config["CARD_SECRET_KEY"].encode(), b"kameng-risk-hash", hashlib.sha256).digest()
+
+
+def normalise(kind: str, value: str) -> str:
+    value = (value or "").strip()
+    if kind in ("phone", "contact"):
+        return normalize_contact(value)
+    if kind == "id_number":
+        return value.upper().replace(" ", "")
+    if kind in ("ip", "cidr"):
+        return str(ipaddress.ip_network(value, strict=False)) if kind == "cidr" else str(ipaddress.ip_address(value))
+    if kind == "agent":
+        return value.lower()
+    return value
+
+
+def digest(kind: str, value: str) -> str:
+    """The keyed hash of a normalised identifier; the kind is part of it (a phone and a contact of the same text
+    hash alike on purpose: a contact is usually a phone)."""
+    family = "contact" if kind in ("phone", "contact") else kind
+    return hmac.new(_key(), f"{family}:{normalise(kind, value)}".encode(), hashlib.sha256).hexdigest()
+
+
+def mask(value: str) -> str:
+    """At most a quarter of the characters shown, split between the two ends (13800138000 -> 1*********0)."""
+    value = value or ""
+    n = len(value)
+    shown = n // 4
+    head, tail = (shown + 1) // 2, shown // 2
+    return value[:head] + "*" * (n - head - tail) + (value[n - tail:] if tail else "")

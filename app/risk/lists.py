@@ -1,0 +1,97 @@
+"""黑名单 / 观察名单: entries added, expired and removed by staff (screen or CLI), every change audited. A personal
+value (contact, phone, ID number, payment account) is kept only as its keyed hash and a masked form."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from app.audit import service as audit
+from app.clock import utcnow
+from app.errors import NotFound, ValidationError
+from app.extensions import db
+from app.risk.identity import digest, mask, normalise
+from app.risk.models import LIST_ACTIONS, LIST_KINDS, PERSONAL_KINDS, RiskListEntry
+
+KIND_TEXT = {"ip": "IP", "cidr": "网段", "device": "设备", "contact": "联系方式", "phone": "手机号",
+             "id_number": "身份证号", "payment_account": "支付账号", "agent": "代理登录名"}
+ACTION_TEXT = {"block": "黑名单（拦截）", "review": "观察名单（人工审核）"}
+
+
+def _clean(kind: str, value) -> str:
+    if kind not in LIST_KINDS:
+        raise ValidationError(f"类型须为 {', '.join(LIST_KINDS)} 之一 (unknown kind {kind!r})")
+    if not isinstance(value, str) or not value.strip() or len(value.strip()) > 128 or not value.isprintable():
+        raise ValidationError("请填写值（不超过 128 个字符）(value is required, at most 128 characters)")
+    value = value.strip()
+    try:
+        if kind in ("ip", "cidr"):
+            normalise(kind, value)
+    except ValueError:
+        raise ValidationError(f"不是有效的{KIND_TEXT[kind]}：{value}") from None
+    if kind == "phone":
+        import phonenumbers
+
+        try:
+            ok = phonenumbers.is_valid_number(phonenumbers.parse(value, "CN"))
+        except phonenumbers.NumberParseException:
+            ok = False
+        if not ok:
+            raise ValidationError(f"不是有效的手机号：{mask(value)}")
+    return value
+
+
+def add(kind: str, value, action: str, reason: str | None = None, days: int | None = None,
+        actor_id: int | None = None) -> RiskListEntry:
+    """Add an entry (commits). `days`: it expires after that many days; none: until removed."""
+    value = _clean(kind, value)
+    if action not in LIST_ACTIONS:
+        raise ValidationError("动作须为 block 或 review (action must be block or review)")
+    if days is not None and (not isinstance(days, int) or days <= 0 or days > 3650):
+        raise ValidationError("有效天数须为 1-3650 (days must be 1..3650)")
+    normalised = normalise(kind, value)
+    entry = RiskListEntry(kind=kind, value=None if kind in PERSONAL_KINDS else normalised,
+                          value_hash=digest(kind, value), masked=mask(normalised), action=action,
+                          reason=(reason or "").strip()[:255] or None, created_by_id=actor_id,
+                          expires_at=utcnow() + timedelta(days=days) if days else None)
+    if kind == "cidr":
+        entry.masked = normalised  # a network is not personal data, and staff need to read it
+    db.session.add(entry)
+    db.session.flush()
+    audit.record("risk_list.add", "risk_list_entry", entry.id, None,
+                 {"kind": kind, "value": entry.masked, "action": action, "expires_at": str(entry.expires_at or "")},
+                 reason=entry.reason, actor_id=actor_id)
+    db.session.commit()
+    return entry
+
+
+def remove(entry_id: int, actor_id: int | None = None) -> RiskListEntry:
+    entry = db.session.scalar(select(RiskListEntry).where(RiskListEntry.id == entry_id).with_for_update())
+    if entry is None or entry.removed_at is not None:
+        db.session.rollback()
+        raise NotFound(f"名单条目 {entry_id} 不存在或已移除 (no such entry)")
+    entry.removed_at, entry.removed_by_id = utcnow(), actor_id
+    audit.record("risk_list.remove", "risk_list_entry", entry.id, {"kind": entry.kind, "value": entry.masked,
+                                                                   "action": entry.action}, None, actor_id=actor_id)
+    db.session.commit()
+    return entry
+
+
+def expire(entry_id: int, days: int, actor_id: int | None = None) -> RiskListEntry:
+    """Set (or move) when an entry stops applying."""
+    entry = db.session.get(RiskListEntry, entry_id)
+    if entry is None or entry.removed_at is not None:
+        raise NotFound(f"名单条目 {entry_id} 不存在或已移除 (no such entry)")
+    before = str(entry.expires_at or "")
+    entry.expires_at = utcnow() + timedelta(days=days)
+    audit.record("risk_list.expire", "risk_list_entry", entry.id, {"expires_at": before},
+                 {"expires_at": str(entry.expires_at)}, actor_id=actor_id)
+    db.session.commit()
+    return entry
+
+
+def as_json(entry: RiskListEntry) -> dict:
+    return {"id": entry.id, "kind": entry.kind, "value": entry.masked, "action": entry.action,
+            "reason": entry.reason, "expires_at": entry.expires_at.isoformat() + "Z" if entry.expires_at else None,
+            "created_at": entry.created_at.isoformat() + "Z"}
+

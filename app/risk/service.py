@@ -1,0 +1,378 @@
+"""Risk control (风控): the one decision function every entry point calls before it writes anything.
+
+`evaluate(event)` checks, in order: the lists (黑名单 block / 观察名单 review), the hard limits (per order and per
+business day: storefront buyers per contact, device and payment account; agents per tier), then the scored rules
+(active ones decide, shadow ones are only logged). It returns `allow`, `review` or `block` with every hit, its
+reason and the feature values it saw, and stores that decision append-only (its own transaction on PostgreSQL, so a
+refused request still leaves its decision) with the rule versions and its latency, so `replay(decision_id)` gives
+the same outcome and anyone can ask "why was this held?".
+
+Limits are enforced under concurrency: the caller's transaction takes a transaction-level advisory lock per
+identifier (contact, device, payment account, agent) before the day's sum is read, and keeps it until it commits
+the order, so 50 concurrent checkouts of one buyer never overshoot. An order counts from checkout until it is
+closed, failed or refunded, on the business day (BUSINESS_TIMEZONE) it was created.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from flask import current_app
+from sqlalchemy import func, insert, or_, select
+
+from app.clock import business_day_start, to_local, utcnow
+from app.errors import KamengError
+from app.extensions import db
+from app.risk import counters
+from app.risk.features import COUNTERS, EVENT_DEFAULTS, RULE_FEATURES
+from app.risk.identity import digest, mask
+from app.risk.models import RiskDecision, RiskListEntry, RiskRule, RiskRuleVersion
+
+UNCOUNTED_STATUSES = ("closed", "failed", "refunded")
+
+
+class RiskBlocked(KamengError):
+    code = "risk_blocked"
+    status = 403
+
+
+class RiskLimit(KamengError):
+    code = "risk_limit"
+    status = 403
+
+
+@dataclass
+class RiskInput:
+    """What an entry point knows about the event. Identifiers in plaintext: only their hashes and masks are kept."""
+    event: str
+    amount: int = 0
+    ip: str | None = None
+    device: str | None = None
+    contact: str | None = None
+    phone: str | None = None
+    id_number: str | None = None
+    payment_account: str | None = None
+    agent_id: int | None = None
+    agent_login: str | None = None
+    tier_id: int | None = None
+    order_no: str | None = None
+    values: dict = field(default_factory=dict)  # event features (features.EVENT_DEFAULTS)
+    enforce_limits: bool = True
+
+
+@dataclass
+class Decision:
+    outcome: str  # allow, review, block
+    stage: str  # list, limit, rule, none
+    score: int
+    hits: list[dict]
+    features: dict
+    id: int | None = None
+    limit: bool = False
+
+    @property
+    def reasons(self) -> str:
+        return "；".join(h["reason"] for h in self.hits if not h.get("shadow")) or ""
+
+    def raise_if_blocked(self) -> None:
+        if self.outcome != "block":
+            return
+        if self.limit:
+            raise RiskLimit(f"超出限额 (limit exceeded): {self.reasons}")
+        raise RiskBlocked(f"风控拦截 (refused by risk control): {self.reasons}")
+
+
+def keys_of(event: RiskInput) -> dict[str, str | None]:
+    """The event's identifiers as keyed hashes, per counter dimension."""
+    contact = event.contact or event.phone
+    return {
+        "ip": digest("ip", event.ip) if _valid_ip(event.ip) else None,
+        "device": digest("device", event.device) if event.device else None,
+        "contact": digest("contact", contact) if contact else None,
+        "payment_account": digest("payment_account", event.payment_account) if event.payment_account else None,
+        "agent": digest("agent", str(event.agent_id)) if event.agent_id else None,
+    }
+
+
+def evaluate(event: RiskInput, now: datetime | None = None) -> Decision:
+    """Decide on an event; the decision is stored. Raises nothing for a block: the caller calls raise_if_blocked()
+    (after any clean-up) so the JSON APIs answer 403 risk_blocked / risk_limit and pages show a form error."""
+    started = time.perf_counter()
+    now = now or utcnow()
+    keys = keys_of(event)
+    hits = _list_hits(event)
+    outcome, stage, limit_hit = _strongest(hits), "list" if hits else "none", False
+    features = dict(RULE_FEATURES)
+    features.update({k: v for k, v in event.values.items() if k in EVENT_DEFAULTS})
+    features.update(event=event.event, amount=int(event.amount or 0), hour_local=to_local(now).hour)
+    if outcome != "block" and event.enforce_limits and event.amount:
+        limit_hits = _limit_hits(event, keys, features, now)
+        if limit_hits:
+            hits += limit_hits
+            outcome, stage, limit_hit = "block", "limit", True
+    versions: dict[str, int] = {}
+    score = 0
+    if outcome != "block":
+        features.update(counters.read(COUNTERS, keys, now))
+        rule_hits, score, versions = _rule_hits(event.event, features)
+        hits += rule_hits
+        ruled = _rules_outcome(rule_hits, score)
+        if _rank(ruled) > _rank(outcome):
+            outcome, stage = ruled, "rule"
+    decision = Decision(outcome, stage, score, hits, features, limit=limit_hit)
+    decision.id = _store(event, decision, versions, int((time.perf_counter() - started) * 1e6))
+    return decision
+
+
+def record(metric: str, event: RiskInput, amount: int | None = None) -> None:
+    """Count what happened (an order placed, a registration, a refund ...) for the velocity features."""
+    counters.record(metric, keys_of(event), event.amount if amount is None else amount)
+
+
+# --- lists -------------------------------------------------------------------------------------------------
+
+def _valid_ip(ip: str | None) -> bool:
+    try:
+        ipaddress.ip_address(ip or "")
+        return True
+    except ValueError:
+        return False
+
+
+def _list_hits(event: RiskInput) -> list[dict]:
+    wanted = []
+    if _valid_ip(event.ip):
+        wanted.append(("ip", digest("ip", event.ip)))
+    if event.device:
+        wanted.append(("device", digest("device", event.device)))
+    for kind, value in (("contact", event.contact), ("phone", event.phone or event.contact),
+                        ("id_number", event.id_number), ("payment_account", event.payment_account),
+                        ("agent", event.agent_login)):
+        if value:
+            wanted.append((kind, digest(kind, value)))
+    now = utcnow()
+    active = (RiskListEntry.removed_at.is_(None),
+              or_(RiskListEntry.expires_at.is_(None), RiskListEntry.expires_at > now))
+    hashes = {h for _, h in wanted}
+    rows = list(db.session.scalars(select(RiskListEntry).where(*active, RiskListEntry.value_hash.in_(hashes)))) \
+        if hashes else []
+    if _valid_ip(event.ip):
+        address = ipaddress.ip_address(event.ip)
+        for entry in db.session.scalars(select(RiskListEntry).where(*active, RiskListEntry.kind == "cidr")):
+            if address in ipaddress.ip_network(entry.value, strict=False):
+                rows.append(entry)
+    return [{"kind": "list", "name": f"{e.kind}:{e.masked}", "list_id": e.id, "action": e.action,
+             "reason": e.reason or f"{'黑名单' if e.action == 'block' else '观察名单'} {e.kind}"} for e in rows]
+
+
+# --- limits ------------------------------------------------------------------------------------------------
+
+def limits_for(event: RiskInput) -> tuple[int, int]:
+    """(per order, per business day) in fen: the agent's tier's, else the storefront defaults."""
+    cfg = current_app.config
+    per_order, per_day = int(cfg["RISK_ORDER_LIMIT_FEN"]), int(cfg["RISK_DAILY_LIMIT_FEN"])
+    if event.tier_id:
+        from app.agents.models import Tier
+
+        tier = db.session.get(Tier, event.tier_id)
+        if tier is not None:
+            per_order = tier.risk_order_limit or per_order
+            per_day = tier.risk_daily_limit or per_day
+    return per_order, per_day
+
+
+def _lock(dimension: str, key: str) -> None:
+    """A transaction-level advisory lock per identifier (PostgreSQL), held until the caller commits its order."""
+    if db.session.get_bind().dialect.name != "postgresql":
+        return
+    lock_id = zlib.crc32(f"risk:{dimension}:{key}".encode()) - 2 ** 31
+    db.session.execute(select(func.pg_advisory_xact_lock(7301, lock_id)))
+
+
+def _limit_hits(event: RiskInput, keys: dict, features: dict, now: datetime) -> list[dict]:
+    from app.orders.models import Order
+
+    per_order, per_day = limits_for(event)
+    features.update(order_limit=per_order, daily_limit=per_day)
+    hits = []
+    if event.amount > per_order:
+        hits.append({"kind": "limit", "name": "order_limit", "action": "block",
+                     "reason": f"单笔金额超过限额 {per_order / 100:.2f} 元"})
+    if event.agent_id:
+        columns = {"agent": Order.agent_id == event.agent_id}
+    else:
+        columns = {"contact": Order.buyer_key == keys["contact"], "device": Order.device_key == keys["device"],
+                   "payment_account": Order.payment_account_key == keys["payment_account"]}
+    day_start = business_day_start(now)
+    used = 0
+    for dimension in sorted(columns):  # one lock order everywhere: no deadlock between two checkouts
+        key = keys.get(dimension)
+        if not key:
+            continue
+        _lock(dimension, key)
+        spent = db.session.scalar(select(func.coalesce(func.sum(Order.amount), 0)).where(
+            columns[dimension], Order.created_at >= day_start, Order.status.not_in(UNCOUNTED_STATUSES))) or 0
+        used = max(used, int(spent))
+        if spent + event.amount > per_day:
+            hits.append({"kind": "limit", "name": f"daily_limit:{dimension}", "action": "block",
+                         "reason": f"今日累计金额将超过限额 {per_day / 100:.2f} 元 ({dimension})"})
+    features["daily_used"] = used
+    return hits
+
+
+# --- rules -------------------------------------------------------------------------------------------------
+
+_COMPILED: dict[tuple[int, int], object] = {}
+_RULES_CACHE: dict = {"at": 0.0, "rows": []}
+RULES_TTL_SECONDS = 2.0
+
+
+def compile_rule(expression: str):
+    """A rule-engine Rule over the features; raises rule_engine.EngineError (show `.message`) when it is wrong."""
+    import rule_engine
+
+    types = {}
+    for name, default in RULE_FEATURES.items():
+        if isinstance(default, bool):
+            types[name] = rule_engine.DataType.BOOLEAN
+        elif isinstance(default, str):
+            types[name] = rule_engine.DataType.STRING
+        else:
+            types[name] = rule_engine.DataType.FLOAT
+    context = rule_engine.Context(type_resolver=rule_engine.type_resolver_from_dict(types))
+    return rule_engine.Rule(expression, context=context)
+
+
+def _compiled(rule_id: int, version: int, expression: str):
+    key = (rule_id, version)
+    if key not in _COMPILED:
+        _COMPILED[key] = compile_rule(expression)
+    return _COMPILED[key]
+
+
+def _live_rules() -> list[tuple]:
+    """(id, version, name, events, expression, action, score, reason, status) of active and shadow rules, read at
+    most every RULES_TTL_SECONDS per process."""
+    if time.monotonic() - _RULES_CACHE["at"] > RULES_TTL_SECONDS:
+        _RULES_CACHE["rows"] = [tuple(r) for r in db.session.execute(
+            select(RiskRule.id, RiskRule.version, RiskRule.name, RiskRule.events, RiskRule.expression,
+                   RiskRule.action, RiskRule.score, RiskRule.reason, RiskRule.status)
+            .where(RiskRule.status.in_(("active", "shadow"))).order_by(RiskRule.id))]
+        _RULES_CACHE["at"] = time.monotonic()
+    return _RULES_CACHE["rows"]
+
+
+def forget_rules() -> None:
+    _RULES_CACHE["at"] = 0.0
+
+
+def _applies(events: str, event: str) -> bool:
+    return events.strip() in ("", "*") or event in {e.strip() for e in events.split(",")}
+
+
+def _rule_hits(event: str, features: dict, rules: list[tuple] | None = None) -> tuple[list[dict], int, dict]:
+    import rule_engine
+
+    hits, score, versions = [], 0, {}
+    for rule_id, version, name, events, expression, action, points, reason, status in (rules or _live_rules()):
+        if not _applies(events, event):
+            continue
+        versions[str(rule_id)] = version
+        try:
+            fired = _compiled(rule_id, version, expression).matches(features)
+        except rule_engine.EngineError:
+            continue  # a rule that cannot run on these values does not fire
+        if not fired:
+            continue
+        shadow = status == "shadow"
+        hits.append({"kind": "rule", "name": name, "rule_id": rule_id, "version": version, "action": action,
+                     "score": points, "reason": reason, "shadow": shadow})
+        if not shadow and action == "score":
+            score += points
+    return hits, score, versions
+
+
+def _rules_outcome(hits: list[dict], score: int) -> str:
+    cfg = current_app.config
+    live = [h for h in hits if not h.get("shadow")]
+    outcome = "allow"
+    for h in live:
+        if h["action"] in ("review", "block") and _rank(h["action"]) > _rank(outcome):
+            outcome = h["action"]
+    if score >= int(cfg["RISK_BLOCK_SCORE"]):
+        outcome = "block"
+    elif score >= int(cfg["RISK_REVIEW_SCORE"]) and outcome == "allow":
+        outcome = "review"
+    return outcome
+
+
+def _rank(outcome: str) -> int:
+    return {"allow": 0, "review": 1, "block": 2}[outcome]
+
+
+def _strongest(hits: list[dict]) -> str:
+    outcome = "allow"
+    for h in hits:
+        if _rank(h["action"]) > _rank(outcome):
+            outcome = h["action"]
+    return outcome
+
+
+# --- the record --------------------------------------------------------------------------------------------
+
+def _subject(event: RiskInput) -> dict:
+    out = {}
+    for name in ("ip", "device", "contact", "phone", "id_number", "payment_account", "agent_login"):
+        value = getattr(event, name)
+        if value:
+            out[name] = mask(str(value))
+    if event.agent_id:
+        out["agent_id"] = event.agent_id
+    return out
+
+
+def _store(event: RiskInput, decision: Decision, versions: dict, latency_us: int) -> int:
+    row = {"event": event.event, "outcome": decision.outcome, "stage": decision.stage, "score": decision.score,
+           "hits": json.dumps(decision.hits, ensure_ascii=False), "features": json.dumps(decision.features),
+           "subject": json.dumps(_subject(event), ensure_ascii=False), "rule_versions": json.dumps(versions),
+           "order_no": event.order_no, "agent_id": event.agent_id, "amount": event.amount or None,
+           "latency_us": latency_us, "created_at": utcnow()}
+    if db.session.get_bind().dialect.name == "postgresql":
+        with db.engine.begin() as conn:  # append-only and independent of the caller's fate
+            return conn.execute(insert(RiskDecision).values(**row).returning(RiskDecision.id)).scalar()
+    return db.session.execute(insert(RiskDecision).values(**row).returning(RiskDecision.id)).scalar()
+
+
+def attach_order(decision_id: int | None, order_no: str) -> None:
+    """Name the order a checkout's decision was about, once the order exists (the only update a decision gets)."""
+    if decision_id is None:
+        return
+    from sqlalchemy import update
+
+    db.session.execute(update(RiskDecision).where(RiskDecision.id == decision_id, RiskDecision.order_no.is_(None))
+                       .values(order_no=order_no))
+
+
+def replay(decision_id: int) -> str:
+    """The outcome a stored decision gets again from its stored features, list and limit hits and the rule
+    versions it ran (so it explains itself even after rules changed)."""
+    row = db.session.get(RiskDecision, decision_id)
+    hits = json.loads(row.hits)
+    kept = [h for h in hits if h["kind"] in ("list", "limit")]
+    outcome = _strongest(kept)
+    if outcome == "block":
+        return outcome
+    rules = []
+    for rule_id, version in json.loads(row.rule_versions).items():
+        v = db.session.scalar(select(RiskRuleVersion).where(RiskRuleVersion.rule_id == int(rule_id),
+                                                            RiskRuleVersion.version == version))
+        if v is not None:
+            rules.append((v.rule_id, v.version, v.name, v.events, v.expression, v.action, v.score, v.reason,
+                          v.status))
+    rule_hits, score, _ = _rule_hits(row.event, json.loads(row.features), rules)
+    ruled = _rules_outcome(rule_hits, score)
+    return ruled if _rank(ruled) > _rank(outcome) else outcome
