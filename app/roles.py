@@ -35,6 +35,11 @@ ROLES = {
         ["^(数据看板|GMV 概览|商品与库存)$", "^menu_access$"],
         ["^(AgentGrowthDashboardView|ProfileDashboardView|MoneyFlowDashboardView)$", "^can_show$"],
         ["^(代理增长|用户画像|资金流向)$", "^menu_access$"],
+        # Risk control (风控): lists, rules, the decision log and the review queue, read only; its dashboard.
+        ["^(RiskListView|RiskRuleView|RiskDecisionView)$", READ],
+        ["^RiskReviewView$", "^can_(index|show)$"],
+        ["^RiskDashboardView$", "^can_show$"],
+        ["^(风控|风控名单|风控规则|风控审核|风控日志|风控看板)$", "^menu_access$"],
     ],
     # Support (客服) finds any order and agent fast; sees card secrets masked only.
     "Support": [
@@ -49,6 +54,10 @@ ROLES = {
          "支付告警)$", "^menu_access$"],
         ["^(SupplierView|SupplierProductView|SupplierAlertView)$", READ],
         ["^(上游供应商|货源映射|供应商余额提醒)$", "^menu_access$"],
+        # Risk control: Support works the review queue (approve / reject, add to the blacklist) and reads the lists.
+        ["^RiskReviewView$", "^can_(index|show|approve|reject)$"],
+        ["^(RiskListView|RiskDecisionView)$", READ],
+        ["^(风控|风控名单|风控审核|风控日志)$", "^menu_access$"],
     ],
     # Agents see only the portal, scoped to themselves and their downline.
     "Agent": [
