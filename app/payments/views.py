@@ -21,6 +21,7 @@ CHANNEL_FIELDS = {
     "sandbox": [("key", "签名密钥 (HMAC key)", True, False)],
     "alipay": [("app_id", "APPID", False, False), ("private_key", "应用私钥 (PEM)", True, True),
                ("alipay_public_key", "支付宝公钥 (PEM)", False, True),
+               ("seller_id", "商户 PID（2088 开头，选填：校验通知的 seller_id）", False, False),
                ("gateway", "网关地址（留空为正式环境）", False, False)],
     "wechatpay": [("appid", "AppID", False, False), ("mchid", "商户号 mchid", False, False),
                   ("serial_no", "商户证书序列号", False, False), ("private_key", "商户私钥 (PEM)", True, True),

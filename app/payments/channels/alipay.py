@@ -212,8 +212,9 @@ class AlipayChannel:
     code = "alipay"
 
     def __init__(self, app_id: str, private_key: str, alipay_public_key: str, gateway: str = DEFAULT_GATEWAY,
-                 timeout: float | None = None):
+                 timeout: float | None = None, seller_id: str = ""):
         self.app_id = app_id or ""
+        self.seller_id = seller_id or ""  # our Alipay account (2088...): notifications for another are refused
         self.private_key = private_key or ""
         self.alipay_public_key = alipay_public_key or ""
         self.gateway = gateway or DEFAULT_GATEWAY
@@ -221,11 +222,11 @@ class AlipayChannel:
 
     @classmethod
     def from_settings(cls, settings: dict | None) -> AlipayChannel:
-        """Settings: app_id, private_key (secret: the app's private key, PEM), alipay_public_key (PEM), gateway
-        (default the production gateway), timeout (seconds, optional)."""
+        """Settings: app_id, private_key (secret: the app's private key, PEM), alipay_public_key (PEM), seller_id
+        (optional: our 2088... account id), gateway (default the production gateway), timeout (seconds, optional)."""
         s = settings or {}
         return cls(s.get("app_id", ""), s.get("private_key", ""), s.get("alipay_public_key", ""),
-                   s.get("gateway", ""), _seconds(s.get("timeout")))
+                   s.get("gateway", ""), _seconds(s.get("timeout")), s.get("seller_id", ""))
 
     def _configured(self) -> bool:
         return bool(self.app_id and self.private_key and self.alipay_public_key)
@@ -270,6 +271,8 @@ class AlipayChannel:
             raise BadNotification("bad signature")
         if form.get("app_id") != self.app_id:
             raise BadNotification("notification for another app_id")
+        if self.seller_id and form.get("seller_id") != self.seller_id:
+            raise BadNotification("notification for another seller_id")
         for name in ("out_trade_no", "trade_no", "total_amount", "trade_status"):
             if not form.get(name):
                 raise BadNotification(f"missing {name}")

@@ -782,5 +782,5 @@ def merchant_settings(url: str) -> dict:
         keys.raise_for_status()
     data = keys.json()
     return {"app_id": data["app_id"], "private_key": private, "alipay_public_key": data["alipay_public_key"],
-            "gateway": f"{url}/gateway.do"}
+            "seller_id": data["seller_id"], "gateway": f"{url}/gateway.do"}
 
