@@ -550,3 +550,12 @@ def test_wechat_simulator_refuses_a_request_signed_with_another_merchant_key(app
         with pytest.raises(KamengError, match="HTTP 401"):
             payments.get_channel("wechatpay").create_payment(_request())
         assert sim.seen[-1]["verdict"] == "bad signature"
+
+
+def test_alipay_notification_for_another_seller_is_refused_once_our_pid_is_set(app, client, product):
+    h.setup_alipay(seller_id="2088000000000002")
+    order = h.guest_order(product, "alipay")
+    assert_refused(client, "alipay", lambda: client.post("/pay/notify/alipay", data=h.alipay_form(
+        order.order_no, h.trade_no("2024"), order.amount, seller_id="2088999999999999")))
+    r = client.post("/pay/notify/alipay", data=h.alipay_form(order.order_no, h.trade_no("2024"), order.amount))
+    assert r.get_data(as_text=True) == "success" and h.order_state(order.order_no) == "delivered"
