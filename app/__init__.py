@@ -44,6 +44,8 @@ def create_app(overrides: dict | None = None) -> Flask:
         register_openapi_views(appbuilder)
         from app.payments.views import register as register_payment_views
         register_payment_views(appbuilder)
+        from app.risk.views import register as register_risk_views
+        register_risk_views(appbuilder)
         from app.settings.views import register as register_settings_views
         register_settings_views(appbuilder)
         from app.portal.filters import register_template_helpers

@@ -564,3 +564,37 @@ def risk_replay(decision_id: int) -> None:
                            "hits": json.loads(row.hits)}, ensure_ascii=False))
     if again != row.outcome:
         sys.exit(1)
+
+
+@risk_cli.command("export")
+@click.option("--format", "fmt", required=True, type=click.Choice(["csv", "xlsx"]), help="csv or xlsx.")
+@click.option("--since", default=None, metavar="DAY", help="First business day (YYYY-MM-DD), inclusive.")
+@click.option("--until", default=None, metavar="DAY", help="Last business day (YYYY-MM-DD), inclusive.")
+@click.option("--output", default=None, type=click.Path(dir_okay=False, writable=True),
+              help="Write to this file instead of stdout.")
+def risk_export(fmt: str, since: str | None, until: str | None, output: str | None) -> None:
+    """The risk log for auditors: every decision (time, event, outcome, rules and reasons, masked subject values,
+    order number, latency), streamed to stdout (or --output); masked values only, formula-safe cells."""
+    from app.risk import export
+
+    try:
+        data = export.rows(export.parse_day(since, "--since"), export.parse_day(until, "--until"))
+    except KamengError as exc:
+        fail(exc.message)
+    if fmt == "csv":
+        if output:
+            with open(output, "w", encoding="utf-8", newline="") as out:
+                n = export.write_csv(out, data)
+        else:
+            n = export.write_csv(sys.stdout, data)
+            sys.stdout.flush()
+    else:
+        if not output and sys.stdout.isatty():
+            fail("XLSX is binary: redirect stdout to a file or pass --output FILE")
+        if output:
+            with open(output, "wb") as out:
+                n = export.write_xlsx(out, data)
+        else:
+            n = export.write_xlsx(sys.stdout.buffer, data)
+            sys.stdout.buffer.flush()
+    click.echo(f"{n} decision(s) exported", err=True)

@@ -70,6 +70,8 @@ DASHBOARDS: list[Dashboard] = [
     Dashboard("agents", "代理增长", "AgentGrowthDashboardView", "dashboards.growth", icon="fa-sitemap"),
     Dashboard("profiles", "用户画像", "ProfileDashboardView", "dashboards.profiles", icon="fa-users"),
     Dashboard("money", "资金流向", "MoneyFlowDashboardView", "dashboards.money", icon="fa-money"),
+    # Staff only (Admin, Manager): app/roles.py grants RiskDashboardView to no agent; the callback re-checks.
+    Dashboard("risk", "风控看板", "RiskDashboardView", "dashboards.risk", icon="fa-shield"),
 ]
 
 

@@ -1,4 +1,5 @@
-"""Agent growth dashboard (代理增长): new agents by tier, active agents, top recruiters, tree shape, retention.
+"""Agent growth dashboard (代理增长): new agents by tier, active agents, top recruiters, tree shape, retention, and a
+risk flag on uplines with many recruits none of whom ever bought (an account farm's sign).
 
 One callback answers a filter change with everything; the scope comes from app.scope.dashboard_scope (through
 Filters.from_inputs) on every call. Queries: dashboards/queries/agents.py (agent table + rollup_agent_daily).
@@ -16,7 +17,7 @@ from dashboards.queries.periods import bucket, periods
 
 FILTERS = {"category": False, "tier": True, "branch": True, "granularity": True}
 TABLES = {"ag-new-table": "new-agents.csv", "ag-recruiters": "top-recruiters.csv", "ag-levels-table": "tree-levels.csv",
-          "ag-retention": "retention.csv"}
+          "ag-retention": "retention.csv", "ag-idle": "recruits-never-bought.csv"}
 
 
 def layout() -> html.Div:
@@ -33,6 +34,11 @@ def layout() -> html.Div:
                   html.Div(c.graph("ag-retention-map"), className="kd-col")], className="kd-row"),
         c.table("ag-recruiters", [("rank", _("排名")), ("name", _("代理")), ("tier", _("等级")),
                                   ("recruits", _("新增直推"))], title=_("推荐排行")),
+        # Risk flag (风控): many recruits, none of whom ever bought.
+        html.Div(id="ag-idle-note", className="kd-note", style={"color": "#c00"}),
+        c.table("ag-idle", [("rank", _("序号")), ("name", _("上级代理")), ("tier", _("等级")),
+                            ("recruits", _("新增直推")), ("last_joined", _("最近加入"))],
+                title=_("直推多但无人采购的上级")),
         c.table("ag-levels-table", [("level", _("层级")), ("agents", _("代理数"))], title=_("团队层级")),
         c.table("ag-retention", [("cohort", _("加入月份")), ("size", _("人数"))], title=_("按加入月份的留存")),
     )
@@ -47,7 +53,8 @@ def build(dash_app: Dash) -> None:
     outputs = [Output("ag-note", "children"), Output("ag-kpis", "children"), Output("ag-new", "figure"),
                Output("ag-active", "figure"), Output("ag-new-table", "data"), Output("ag-levels", "figure"),
                Output("ag-retention-map", "figure"), Output("ag-recruiters", "data"),
-               Output("ag-levels-table", "data"), Output("ag-retention", "data"), Output("ag-retention", "columns")]
+               Output("ag-levels-table", "data"), Output("ag-retention", "data"), Output("ag-retention", "columns"),
+               Output("ag-idle", "data"), Output("ag-idle-note", "children")]
 
     @dash_app.callback(*outputs, inputs=c.filter_inputs(**FILTERS))
     def update(**values):
@@ -63,6 +70,7 @@ def render(f: c.Filters) -> tuple:
     active, daily = buying["active"], buying["daily"]
     levels = q.tree_levels(scope, f.end, tier)
     recruiters = q.top_recruiters(scope, f.start, f.end, tier)
+    idle = q.idle_recruiters(scope, f.start, f.end, tier)
     cohorts = q.retention(scope, f.start, f.end, tier)
 
     note = _("%(start)s 至 %(end)s；活跃代理截至 %(end)s，团队规模为截至当日的全部代理",
@@ -118,5 +126,9 @@ def render(f: c.Filters) -> tuple:
                      hovertemplate="%{y} %{x}: %{z}%<extra></extra>")
     heat.update_yaxes(autorange="reversed", type="category")
     heat.update_layout(margin={"l": 70})  # room for the 'YYYY-MM' cohort labels
+    idle_rows = [{"rank": i, "name": r["name"], "tier": r["tier"], "recruits": r["recruits"],
+                  "last_joined": r["last_joined"].isoformat()} for i, r in enumerate(idle, start=1)]
+    idle_note = _("所选范围内新增直推不少于 %(n)s 人、且其中无人有过已到账订单的上级，可能是批量注册（拉人头），"
+                  "请在风控中核查", n=q.IDLE_RECRUITS_MIN) if idle else ""
     return (note, kpis, new_fig, active_fig, new_rows, level_fig, heat, recruiter_rows, level_rows,
-            retention_rows, columns)
+            retention_rows, columns, idle_rows, idle_note)

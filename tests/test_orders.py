@@ -411,7 +411,8 @@ def test_order_numbers_are_unique_non_sequential_18_digit_strings(app, db, f):
 
 EXPECTED_MOVES = {
     "pending_payment": {"paid", "closed"},
-    "paid": {"delivering", "delivered", "failed", "refunded"},
+    "paid": {"delivering", "delivered", "failed", "refunded", "reviewing"},
+    "reviewing": {"paid", "refunded"},  # risk control's hold: approved or rejected
     "delivering": {"delivered", "failed", "refunded"},
     "delivered": {"refunded", "disputed"},
     "disputed": {"delivered", "refunded"},

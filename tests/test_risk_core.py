@@ -91,7 +91,7 @@ def test_shadow_rule_decides_nothing_and_replay_gives_the_stored_outcome(app, f,
     h.setup_sandbox()
     product = f.product(secrets=3)
     for status, name in (("shadow", "everything_shadow"), ("active", "big_amounts")):
-        rule = RiskRule(name=name, events="shop_checkout", expression="amount >= 100", action="review",
+        rule = RiskRule(name=name, events="checkout", expression="amount >= 100", action="review",
                         reason=name, status=status, version=1)
         h.db.session.add(rule)
         h.db.session.flush()

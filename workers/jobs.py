@@ -52,6 +52,13 @@ def expire_unpaid_topups() -> int:
     return expire_unpaid()
 
 
+def expire_review_holds() -> int:
+    """Scheduled: reject and refund risk-review holds not decided within RISK_REVIEW_HOURS."""
+    from app.risk import reviews
+
+    return reviews.expire_holds()
+
+
 def reconcile_sandbox_daily(day: str | None = None) -> dict:
     """Scheduled daily: reconcile the sandbox channel's verified notifications of a China day (default yesterday)
     against our payments (app.payments.reconciliation explains why the sandbox's statement is that log)."""

@@ -24,6 +24,7 @@ PERIODIC = [
     Periodic("nonce-purge", jobs.purge_nonces, "low", "NONCE_PURGE_SECONDS"),
     Periodic("order-expiry", jobs.expire_unpaid_orders, "default", "ORDER_EXPIRY_SCAN_SECONDS"),
     Periodic("topup-expiry", jobs.expire_unpaid_topups, "default", "ORDER_EXPIRY_SCAN_SECONDS"),
+    Periodic("risk-review-expiry", jobs.expire_review_holds, "default", cron="*/5 * * * *"),
     # Daily: yesterday (China time) is complete whenever it runs; re-running a day replaces its result.
     # Channels publish the day's bill in the morning (China time); 02:30 UTC is 10:30 there.
     Periodic("channel-reconcile", jobs.reconcile_channels_daily, "low", cron="30 2 * * *"),

@@ -22,6 +22,7 @@ from app.clock import utcnow
 from app.errors import KamengError, ValidationError
 from app.extensions import db
 from app.network import invites, poster, team
+from app.risk import agents as risk_agents
 from app.scope import require_agent
 
 public = Blueprint("invite", __name__)
@@ -118,14 +119,16 @@ def register_page(code: str):
         form = request.form
         try:
             agent = invites.register(code, form.get("username"), form.get("password"), form.get("password2"),
-                                     form.get("display_name"), form.get("phone"))
+                                     form.get("display_name"), form.get("phone"), ip=request.remote_addr,
+                                     device_id=form.get("device_id"))
         except invites.InvalidInvite as exc:
             return render_template("kameng/invite_register.html", invalid=exc.message, invite=None, form={}), 404
         except KamengError as exc:
             error = exc.message
         else:
-            return render_template("kameng/invite_register.html", done=agent.name, invite=None, inviter=inviter,
-                                   tier=tier, form={}), 201
+            done = f"{agent.name}（{risk_agents.HELD_MESSAGE}）" if agent.risk_hold else agent.name
+            return render_template("kameng/invite_register.html", done=done, invite=None, inviter=inviter,
+                                   tier=tier, form={}, held=agent.risk_hold), 201
     return render_template("kameng/invite_register.html", invite=invite, inviter=inviter, tier=tier, error=error,
                            form=request.form), (400 if error else 200)
 

@@ -172,15 +172,28 @@ def _clean_registration(username, password, password2, display_name, phone) -> t
     return username, password, display_name, phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
-def register(code: str | None, username, password, password2, display_name, phone) -> Agent:
+def register(code: str | None, username, password, password2, display_name, phone, ip: str | None = None,
+             device_id: object = None) -> Agent:
     """Create the user and the agent under the code's inviter at the code's tier, and count the use. One transaction:
-    commits on success, rolls back everything on any refusal."""
+    commits on success, rolls back everything on any refusal.
+
+    Risk control (event registration: the address, the page's device id, the phone, the login) decides before
+    anything is written: a block refuses; a review creates the agent held (agent.risk_hold: no buying or
+    withdrawing until app.risk.agents.approve)."""
+    from app.orders.service import clean_device_id
+    from app.risk import service as risk
+
     invite = usable_code(code)  # a friendly early refusal; the guarded UPDATE below is what holds under races
     username, password, display_name, phone = _clean_registration(username, password, password2, display_name,
                                                                    phone)
+    device = clean_device_id(device_id)
     sm = current_app.appbuilder.sm
     if sm.find_user(username=username) is not None:
         raise ValidationError("用户名已被使用 (username taken)")
+    event = risk.RiskInput(event="registration", ip=ip, device=device, phone=phone, agent_login=username,
+                           enforce_limits=False)
+    decision = risk.evaluate(event)
+    decision.raise_if_blocked()
     now = utcnow()
     try:
         counted = db.session.execute(
@@ -197,6 +210,9 @@ def register(code: str | None, username, password, password2, display_name, phon
         if not user:  # FAB logged the cause and rolled back (a concurrent registration took the username)
             raise ValidationError("用户名已被使用 (username taken)")
         agent = agents.create_agent(display_name, invite.tier_id, invite.agent_id, user_id=user.id, phone=phone)
+        agent.risk_hold = decision.outcome == "review"
+        event.agent_id = agent.id
+        risk.record("registration", event)
         db.session.commit()
     except Exception:
         db.session.rollback()

@@ -14,6 +14,7 @@ from app.ledger.service import agent_balances
 from app.money import format_fen, parse_yuan
 from app.network import realname, withdrawals
 from app.network.models import RealNameVerification, Withdrawal
+from app.orders.service import clean_device_id
 from app.scope import require_agent
 from app.views_common import ReadableColumnsMixin, text_of
 
@@ -76,7 +77,8 @@ class MyWithdrawalView(BaseView):
                 amount = parse_yuan(request.form.get("amount", ""))
             except ValueError as exc:
                 raise ValidationError(str(exc)) from None
-            w = withdrawals.request_withdrawal(agent.id, amount)
+            w = withdrawals.request_withdrawal(agent.id, amount, ip=request.remote_addr,
+                                               device=clean_device_id(request.form.get("device_id")))
         except KamengError as exc:
             flash(exc.message, "danger")
         else:
@@ -94,8 +96,9 @@ class WithdrawalQueueView(BaseView):
     @has_access
     def index(self):
         sm = self.appbuilder.sm
-        return self.render_template("kameng/withdrawal_queue.html", rows=withdrawals.review_queue(),
-                                    status_text=withdrawals.STATUS_TEXT,
+        rows = withdrawals.review_queue()
+        return self.render_template("kameng/withdrawal_queue.html", rows=rows,
+                                    risk_reasons=withdrawals.risk_reasons(rows), status_text=withdrawals.STATUS_TEXT,
                                     can_review=sm.has_access("can_approve", "WithdrawalQueueView"),
                                     can_retry=sm.has_access("can_retry", "WithdrawalQueueView"))
 

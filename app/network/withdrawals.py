@@ -8,6 +8,7 @@ transfer's status (payout.query) and books it through the same guarded step (pol
 """
 from __future__ import annotations
 
+import json
 import logging
 import secrets as pyrandom
 from datetime import timedelta
@@ -29,6 +30,8 @@ from app.ledger.service import Line, agent_account_code
 from app.money import apply_rate, format_fen
 from app.network import payout, realname
 from app.network.models import RealNameVerification, Withdrawal
+from app.payments.models import WalletTopUp
+from app.risk import agents as risk_agents
 
 log = logging.getLogger(__name__)
 STATUS_TEXT = {"pending_review": "待审核", "rejected": "已驳回", "approved": "已批准，待打款", "paying": "打款中",
@@ -56,10 +59,15 @@ def _parse_amount(amount: object) -> int:
     return amount
 
 
-def request_withdrawal(agent_id: int, amount: object) -> Withdrawal:
-    """Check every rule, then move the amount from the wallet to frozen. Commits; any refusal writes nothing."""
+def request_withdrawal(agent_id: int, amount: object, ip: str | None = None, device: str | None = None
+                       ) -> Withdrawal:
+    """Check every rule, then move the amount from the wallet to frozen. Commits; any refusal writes nothing.
+
+    Only earnings are withdrawable: the wallet less its unspent top-ups (laundering). Risk control (event
+    withdrawal) decides last: a block refuses; a review is recorded on the request (its decision names the
+    withdrawal number) and its reasons are shown in the review queue (every withdrawal is reviewed by staff)."""
     try:
-        w = _request(agent_id, amount)
+        w = _request(agent_id, amount, ip, device)
         db.session.commit()
         return w
     except Exception:
@@ -67,11 +75,12 @@ def request_withdrawal(agent_id: int, amount: object) -> Withdrawal:
         raise
 
 
-def _request(agent_id: int, amount: object) -> Withdrawal:
+def _request(agent_id: int, amount: object, ip: str | None, device: str | None) -> Withdrawal:
     amount = _parse_amount(amount)
     agent = db.session.get(Agent, agent_id, options=[joinedload(Agent.tier)])
     if agent is None or not agent.active:
         raise AgentInactive("代理不存在或已停用 (agent not found or disabled)")
+    risk_agents.check_not_held(agent)
     tier = agent.tier
     if not tier.may_withdraw:
         raise WithdrawalRefused(f"当前等级「{tier.name}」不可提现 (this tier may not withdraw)",
@@ -98,17 +107,76 @@ def _request(agent_id: int, amount: object) -> Withdrawal:
         if today + amount > limit:
             raise WithdrawalRefused(f"超出每日提现限额 {format_fen(limit)}（今日已申请 {format_fen(today)}）"
                                     " (daily withdrawal limit exceeded)", code="daily_limit")
-    if accounts[wallet][2] < amount:
-        raise InsufficientBalance(f"余额不足：申请 {format_fen(amount)}，可用 {format_fen(accounts[wallet][2])}"
+    balance = accounts[wallet][2]
+    if balance < amount:
+        raise InsufficientBalance(f"余额不足：申请 {format_fen(amount)}，可用 {format_fen(balance)}"
                                   " (insufficient balance)")
+    # Read under the wallet lock: top-up credits and purchases change it under that lock too.
+    unspent = db.session.scalar(select(Agent.topup_unspent).where(Agent.id == agent.id)) or 0
+    if amount > balance - unspent:
+        raise WithdrawalRefused(
+            f"充值未消费的资金不可提现：钱包 {format_fen(balance)} 中 {format_fen(unspent)} 来自充值，"
+            f"最多可提现 {format_fen(max(balance - unspent, 0))} (only earnings are withdrawable, not top-ups)",
+            code="topup_not_withdrawable")
+    event, decision = _risk_check(agent, rec, amount, balance, unspent, ip, device)
     w = Withdrawal(withdrawal_no=new_withdrawal_no(), agent_id=agent.id, amount=amount, fee=fee, net_amount=net,
                    bank_card_masked=rec.bank_card_masked, status="pending_review", created_at=utcnow())
     db.session.add(w)
     db.session.flush()
+    _after_risk_check(w, event, decision)
     ledger.post_journal(f"withdrawal:{w.withdrawal_no}:freeze", "withdrawal_freeze",
                         [Line(wallet, -amount), Line(frozen, amount)], memo=f"提现申请 {w.withdrawal_no}",
                         locked=accounts)
     return w
+
+
+def _risk_check(agent: Agent, rec: RealNameVerification, amount: int, balance: int, unspent: int,
+                ip: str | None, device: str | None):
+    """Risk control before anything is written: the agent's lists (login, address, device, its real name's ID
+    number, phone and bank card), and the rules on a withdrawal soon after a top-up or a fresh verification."""
+    from app.crypto import decrypt
+    from app.risk import service as risk
+
+    now = utcnow()
+    last_topup = db.session.scalar(select(func.max(WalletTopUp.paid_at)).where(
+        WalletTopUp.agent_id == agent.id, WalletTopUp.status == "paid"))
+    values = {"minutes_since_topup": (now - last_topup).total_seconds() / 60 if last_topup else 1e9,
+              "verified_age_hours": (now - rec.verified_at).total_seconds() / 3600 if rec.verified_at else 1e9,
+              "topup_share": min(unspent / balance, 1.0) if balance > 0 else 0.0}
+    event = risk.RiskInput(event="withdrawal", amount=amount, ip=ip, device=device, agent_id=agent.id,
+                           agent_login=agent.user.username if agent.user is not None else None,
+                           tier_id=agent.tier_id, id_number=decrypt(rec.id_number_enc),
+                           phone=decrypt(rec.phone_enc), payment_account=decrypt(rec.bank_card_enc),
+                           values=values, enforce_limits=False)  # WITHDRAWAL_DAILY_LIMIT is the limit here
+    decision = risk.evaluate(event)
+    decision.raise_if_blocked()
+    return event, decision
+
+
+def _after_risk_check(w: Withdrawal, event, decision) -> None:
+    from app.risk import service as risk
+
+    risk.attach_order(decision.id, w.withdrawal_no)  # the decision names what it was about
+    risk.record("withdrawal", event)
+    if decision.outcome == "review":
+        audit.record("risk.withdrawal.hold", "withdrawal", w.id, None,
+                     {"risk_decision_id": decision.id, "outcome": "review"}, reason=decision.reasons[:255] or None)
+
+
+def risk_reasons(rows: list[Withdrawal]) -> dict[str, str]:
+    """withdrawal number -> why risk control sent it to review (for the review queue)."""
+    from app.risk.models import RiskDecision
+
+    numbers = [w.withdrawal_no for w in rows]
+    if not numbers:
+        return {}
+    out = {}
+    for decision in db.session.scalars(select(RiskDecision).where(RiskDecision.event == "withdrawal",
+                                                                  RiskDecision.order_no.in_(numbers),
+                                                                  RiskDecision.outcome == "review")):
+        hits = json.loads(decision.hits)
+        out[decision.order_no] = "；".join(h["reason"] for h in hits if not h.get("shadow")) or "风控审核"
+    return out
 
 
 def _locked(withdrawal_id: int) -> Withdrawal:

@@ -91,7 +91,7 @@ def balance():
 
 @bp.post("/orders")
 def create_order():
-    order, created = service.create_order(g.api_key, _json_body())
+    order, created = service.create_order(g.api_key, _json_body(), ip=request.remote_addr)
     response = jsonify(service.order_json(order))
     response.status_code = 201 if created else 200
     return response

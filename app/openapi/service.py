@@ -218,8 +218,12 @@ def request_hash(cleaned: dict) -> str:
     return hashlib.sha256(json.dumps(cleaned, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def create_order(key: ApiKey, payload) -> tuple[Order, bool]:
-    """Place a wallet-paid order, idempotent per (agent, out_trade_no). Returns (order, created)."""
+def create_order(key: ApiKey, payload, ip: str | None = None) -> tuple[Order, bool]:
+    """Place a wallet-paid order, idempotent per (agent, out_trade_no). Returns (order, created).
+
+    Risk control (event openapi_order) decides before anything is written: a block is 403 risk_blocked /
+    risk_limit; a review creates the order paid and held (status reviewing, no callback until its final status).
+    A replay of a known out_trade_no is answered from the stored order without a new decision."""
     cleaned = _clean_order_request(payload)
     digest = request_hash(cleaned)
     existing = _existing(key.agent_id, cleaned["out_trade_no"], digest)
@@ -232,7 +236,8 @@ def create_order(key: ApiKey, payload) -> tuple[Order, bool]:
         order = orders.place_wallet_order(key.agent_id, cleaned["product_id"], cleaned["quantity"],
                                           out_trade_no=cleaned["out_trade_no"], account=cleaned["account"],
                                           notify_url=cleaned["notify_url"], request_hash=digest,
-                                          api_key_id=key.id)
+                                          api_key_id=key.id,
+                                          risk=orders.RiskContext(event="openapi_order", ip=ip))
     except IntegrityError:
         # The same out_trade_no committed concurrently: answer as a replay (or a conflict if it differs).
         existing = _existing(key.agent_id, cleaned["out_trade_no"], digest)

@@ -32,7 +32,9 @@ ORDER = {"type": "object", "required": ["order_no", "product_id", "quantity", "u
              "amount": {"type": "integer", "description": "fen"},
              "currency": {"type": "string", "enum": ["CNY"]},
              "status": {"type": "string", "enum": ["pending_payment", "paid", "delivering", "delivered", "failed",
-                                                   "refunded", "closed", "disputed"]},
+                                                   "refunded", "closed", "disputed", "reviewing"],
+                        "description": "reviewing: paid and held by risk control until staff approve (then "
+                                       "delivered) or reject (then refunded); callbacks only at a final status"},
              "account": {"type": "string", "nullable": True},
              "upstream_status": {"type": "string", "nullable": True,
                                  "enum": ["submitting", "submitted", "processing", "success", "failed", "unknown",
@@ -113,7 +115,9 @@ def build_spec() -> dict:
                         "409": _error("out_of_stock (for direct products: no supplier can take it now), or "
                                       "out_trade_no_conflict (same out_trade_no, other body)"),
                         "422": _error("unsupported_product_kind (manual products)"),
-                        **COMMON_ERRORS, "403": _error("daily_limit_exceeded or agent disabled")}},
+                        **COMMON_ERRORS, "403": _error("daily_limit_exceeded, agent disabled, risk_blocked (refused by "
+                                                       "risk control), risk_limit (a risk limit exceeded) or "
+                                                       "risk_hold (the agent is held for review)")}},
                 "get": {
                     "operationId": "findOrderByOutTradeNo", "summary": "One of the caller's orders by out_trade_no",
                     "parameters": [{"name": "out_trade_no", "in": "query", "required": True,

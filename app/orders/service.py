@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import secrets as pyrandom
+from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import joinedload
 from sqlalchemy.orm.util import identity_key
 
@@ -31,6 +32,7 @@ from app.orders.errors import (
 )
 from app.orders.models import Order
 from app.outbox import service as outbox
+from app.risk import agents as risk_agents
 
 # The only allowed moves. Card orders paid from the wallet go paid -> delivered in one transaction.
 TRANSITIONS: dict[str, set[str]] = {
@@ -143,19 +145,29 @@ def _check_daily_limit(agent: Agent, amount: int) -> None:
                                  f" (daily purchase limit exceeded)")
 
 
+@dataclass(frozen=True)
+class RiskContext:
+    """Where a wallet purchase comes from, for risk control: the event name and the caller's address and device."""
+    event: str = "portal_purchase"  # or openapi_order
+    ip: str | None = None
+    device: str | None = None
+
+
 def place_wallet_order(agent_id: int, product_id: object, quantity: object, out_trade_no: str | None = None,
                        account: str | None = None, notify_url: str | None = None,
                        request_hash: str | None = None, api_key_id: int | None = None,
-                       coupon: object = None) -> Order:
-    """Validate, price on the server, charge the wallet, allocate card secrets and deliver; one transaction.
-    A direct (直充) product is paid into buyer_funds instead and handed to app.suppliers.recharge (status paid).
+                       coupon: object = None, risk: RiskContext | None = None) -> Order:
+    """Validate, price on the server, pass risk control, charge the wallet, allocate card secrets and deliver; one
+    transaction. A direct (直充) product is paid into buyer_funds instead and handed to app.suppliers.recharge
+    (status paid). An order risk control sends to review is paid into buyer_funds and held (status reviewing)
+    until a reviewer approves (delivered from there) or rejects (back to the wallet).
 
-    Commits on success. On any refusal (stock, balance, limit, input, coupon) rolls back: nothing is charged or
-    sold. `coupon`: an optional coupon code (app.payments.coupons), redeemed as `agent:<id>`.
+    Commits on success. On any refusal (stock, balance, limit, input, coupon, risk) rolls back: nothing is charged
+    or sold. `coupon`: an optional coupon code (app.payments.coupons), redeemed as `agent:<id>`.
     """
     try:
         order = _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, notify_url,
-                                    request_hash, api_key_id, coupon)
+                                    request_hash, api_key_id, coupon, risk or RiskContext())
         db.session.commit()
         return order
     except Exception:
@@ -164,7 +176,7 @@ def place_wallet_order(agent_id: int, product_id: object, quantity: object, out_
 
 
 def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, notify_url, request_hash,
-                        api_key_id, coupon=None) -> Order:
+                        api_key_id, coupon, risk_ctx: RiskContext) -> Order:
     from app.network.realname import check_purchase as check_realname_for_purchase
     from app.payments import coupons
 
@@ -172,7 +184,7 @@ def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, n
     product = _load_product(product_id)
     if product.kind == "direct":
         return _place_direct_wallet_order(agent_id, product, quantity, out_trade_no, account, notify_url,
-                                          request_hash, api_key_id, coupon_code)
+                                          request_hash, api_key_id, coupon_code, risk_ctx)
     if product.kind != "card":
         raise UnsupportedProductKind(f"「{product.name}」为{product.kind_display()}商品，暂不支持钱包直接下单"
                                      " (card and direct top-up products only)")
@@ -180,6 +192,7 @@ def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, n
     agent = db.session.get(Agent, agent_id, options=[joinedload(Agent.tier)])
     if agent is None or not agent.active:
         raise AgentInactive("代理不存在或已停用 (agent not found or disabled)")
+    risk_agents.check_not_held(agent)
     supplier = product.supplier
 
     wallet = agent_account_code(agent.id, "wallet")
@@ -202,6 +215,7 @@ def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, n
     if accounts[wallet][2] < amount:
         raise InsufficientBalance(f"余额不足：需要 {format_fen(amount)}，可用 {format_fen(accounts[wallet][2])}"
                                   " (insufficient balance)")
+    event, decision = _risk_check(agent, amount, qty, bool(quote), risk_ctx)
 
     cost_total = product.cost * qty
     fee = apply_rate(cost_total, supplier.service_fee_bp)
@@ -216,6 +230,14 @@ def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, n
     if quote:
         coupons.redeem(quote, order, coupons.redeemer_for_agent(agent.id))
     transition(order.id, "paid", current="pending_payment")
+    _after_risk_check(order, agent, event, decision)
+    if decision.outcome == "review":
+        from app.payments.service import BUYER_FUNDS
+
+        # Paid into buyer_funds like a direct top-up; delivered from there once approved (reviews.approve).
+        _hold_in_buyer_funds(order, wallet, {**accounts, **ledger.lock_accounts([BUYER_FUNDS])},
+                             f"{product.name} × {qty} 风控审核")
+        return _hold_for_review(order)
     cards.allocate(order.id, product.id, qty)
     ledger.post_journal(f"order:{order.order_no}:sale", "sale", sale_lines(order, wallet),
                         memo=f"{product.name} × {qty}", order_id=order.id, locked=accounts)
@@ -225,8 +247,64 @@ def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, n
     return order  # committed by the caller, which expires it: its first use reloads the delivered row
 
 
+def _risk_check(agent: Agent, amount: int, qty: int, has_coupon: bool, ctx: RiskContext):
+    """Risk control for a wallet purchase, under the wallet's lock and before the order is written: lists (the
+    agent's login, address, device), the tier's limits (locked until commit), rules. A block raises."""
+    from app.risk import service as risk
+
+    age_hours = (utcnow() - agent.created_at).total_seconds() / 3600 if agent.created_at else 1e9
+    login = agent.user.username if agent.user_id and agent.user else None
+    event = risk.RiskInput(event=ctx.event, amount=amount, ip=ctx.ip, device=ctx.device, agent_id=agent.id,
+                           agent_login=login, tier_id=agent.tier_id,
+                           values={"account_age_hours": age_hours, "quantity": qty, "has_coupon": has_coupon})
+    decision = risk.evaluate(event)
+    decision.raise_if_blocked()
+    return event, decision
+
+
+def _after_risk_check(order: Order, agent: Agent, event, decision) -> None:
+    """The order exists: name it on the decision, count it for the velocity rules, and spend top-up money first
+    (what is left of it is not withdrawable: app.network.withdrawals)."""
+    from app.risk import service as risk
+
+    order.risk_decision_id = decision.id
+    event.order_no = order.order_no
+    risk.attach_order(decision.id, order.order_no)
+    risk.record("order", event)
+    if order.coupon_id:
+        risk.record("coupon_order", event)
+    if order.amount:
+        spend_topup(agent.id, order.amount)
+
+
+def spend_topup(agent_id: int, amount: int) -> None:
+    """A wallet purchase spends unspent top-up money first: topup_unspent decreases by min(topup_unspent, amount).
+    Under the wallet's lock (every change to topup_unspent takes it)."""
+    db.session.execute(update(Agent).where(Agent.id == agent_id, Agent.topup_unspent > 0)
+                       .values(topup_unspent=case((Agent.topup_unspent > amount, Agent.topup_unspent - amount),
+                                                  else_=0))
+                       .execution_options(synchronize_session=False))
+
+
+def _hold_in_buyer_funds(order: Order, wallet: str, accounts: dict, memo: str) -> None:
+    from app.payments.service import BUYER_FUNDS
+
+    if order.amount:  # a coupon may have made it free
+        ledger.post_journal(f"order:{order.order_no}:hold", "hold",
+                            [Line(wallet, -order.amount), Line(BUYER_FUNDS, order.amount)],
+                            memo=memo, order_id=order.id, locked=accounts)
+
+
+def _hold_for_review(order: Order) -> Order:
+    from app.risk import reviews
+
+    order.risk_hold = True
+    reviews.hold(order)
+    return order
+
+
 def _place_direct_wallet_order(agent_id, product: Product, quantity, out_trade_no, account, notify_url,
-                               request_hash, api_key_id, coupon_code) -> Order:
+                               request_hash, api_key_id, coupon_code, risk_ctx: RiskContext) -> Order:
     """A direct top-up from the wallet: the money moves to buyer_funds (held until the supplier's outcome) and the
     recharge job is written to the outbox. No sale journal yet: the sale is booked at the supplier's cost once
     one of them has credited the account; every supplier failing refunds the hold."""
@@ -241,6 +319,7 @@ def _place_direct_wallet_order(agent_id, product: Product, quantity, out_trade_n
     agent = db.session.get(Agent, agent_id, options=[joinedload(Agent.tier)])
     if agent is None or not agent.active:
         raise AgentInactive("代理不存在或已停用 (agent not found or disabled)")
+    risk_agents.check_not_held(agent)
     suppliers.check_available(product.id, qty)
     wallet = agent_account_code(agent.id, "wallet")
     accounts = ledger.lock_accounts([wallet, BUYER_FUNDS])  # the buyer's wallet is the only row locked
@@ -255,6 +334,7 @@ def _place_direct_wallet_order(agent_id, product: Product, quantity, out_trade_n
     if accounts[wallet][2] < amount:
         raise InsufficientBalance(f"余额不足：需要 {format_fen(amount)}，可用 {format_fen(accounts[wallet][2])}"
                                   " (insufficient balance)")
+    event, decision = _risk_check(agent, amount, qty, bool(quote), risk_ctx)
     # Supplier and cost are estimates until a supplier succeeds (recharge books the one that did).
     cost_total = product.cost * qty
     order = Order(order_no=new_order_no(), agent_id=agent.id, product_id=product.id, supplier_id=product.supplier_id,
@@ -269,9 +349,10 @@ def _place_direct_wallet_order(agent_id, product: Product, quantity, out_trade_n
     if quote:
         coupons.redeem(quote, order, coupons.redeemer_for_agent(agent.id))
     transition(order.id, "paid", current="pending_payment")
-    if amount:
-        ledger.post_journal(f"order:{order.order_no}:hold", "hold", [Line(wallet, -amount), Line(BUYER_FUNDS, amount)],
-                            memo=f"{product.name} × {qty} 直充 {account}", order_id=order.id, locked=accounts)
+    _after_risk_check(order, agent, event, decision)
+    _hold_in_buyer_funds(order, wallet, accounts, f"{product.name} × {qty} 直充 {account}")
+    if decision.outcome == "review":
+        return _hold_for_review(order)  # no recharge until approved (reviews.approve starts it)
     recharge.start(order)
     return order
 
@@ -288,7 +369,7 @@ def sale_lines(order: Order, funding_account: str) -> list[Line]:
 
 def place_guest_order(product_id: object, quantity: object, contact: object, channel: str,
                       coupon: object = None, account: object = None, device_id: object = None,
-                      ip: str | None = None, risk_event: str = "shop_checkout") -> Order:
+                      ip: str | None = None, risk_event: str = "checkout") -> Order:
     """A storefront order at the public price (less an optional coupon, redeemed as `contact:<contact>`), unpaid.
     Flushes; the caller adds the checkout and commits (or rolls back on a refusal: nothing is written).
 
@@ -345,6 +426,11 @@ def place_guest_order(product_id: object, quantity: object, contact: object, cha
     if quote:
         risk.record("coupon_order", event)
     return order
+
+
+def clean_device_id(device_id: object) -> str | None:
+    """A page's or API's optional device id, checked (ValidationError when it is not one)."""
+    return _device(device_id)
 
 
 def _device(device_id: object) -> str | None:

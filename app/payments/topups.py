@@ -17,6 +17,8 @@ from datetime import timedelta
 from flask import current_app
 from sqlalchemy import select, update
 
+from app.agents.errors import AgentInactive
+from app.agents.models import Agent
 from app.clock import utcnow
 from app.errors import ValidationError
 from app.extensions import db
@@ -53,13 +55,17 @@ def parse_amount(text) -> int:
     return fen
 
 
-def start_topup(agent_id: int, amount_text, channel, base_url: str) -> tuple[WalletTopUp, str]:
-    """Create the top-up (unpaid) and start its payment; returns it and where the agent pays."""
+def start_topup(agent_id: int, amount_text, channel, base_url: str, ip: str | None = None,
+                device_id: object = None) -> tuple[WalletTopUp, str]:
+    """Create the top-up (unpaid) and start its payment; returns it and where the agent pays. Risk control
+    (event wallet_topup) decides first: a block refuses and writes nothing."""
+    from app.orders.service import clean_device_id
     from app.payments import service
 
     amount = parse_amount(amount_text)
     if channel not in service.enabled_channels():
         raise ValidationError(f"支付方式不可用 (payment channel {channel!r} is not available)")
+    _risk_check(agent_id, amount, ip, clean_device_id(device_id))
     gateway = service.get_channel(channel)
     topup = WalletTopUp(topup_no=new_topup_no(), agent_id=agent_id, amount=amount, channel=channel,
                         status="pending_payment")
@@ -69,6 +75,25 @@ def start_topup(agent_id: int, amount_text, channel, base_url: str) -> tuple[Wal
     pay_url = service.start_payment(gateway, topup.topup_no, amount, f"钱包充值 {format_fen(amount)}", base_url,
                                     expires_at, return_path="/portal/topup", topup_id=topup.id)
     return topup, pay_url
+
+
+def _risk_event(agent: Agent, amount: int, ip: str | None = None, device: str | None = None):
+    from app.risk import service as risk
+
+    age_hours = (utcnow() - agent.created_at).total_seconds() / 3600 if agent.created_at else 1e9
+    return risk.RiskInput(event="wallet_topup", amount=amount, ip=ip, device=device, agent_id=agent.id,
+                          agent_login=agent.user.username if agent.user is not None else None,
+                          tier_id=agent.tier_id, values={"account_age_hours": age_hours},
+                          enforce_limits=False)  # the per-order and daily limits are for purchases
+
+
+def _risk_check(agent_id: int, amount: int, ip: str | None, device: str | None) -> None:
+    from app.risk import service as risk
+
+    agent = db.session.get(Agent, agent_id)
+    if agent is None or not agent.active:
+        raise AgentInactive("代理不存在或已停用 (agent not found or disabled)")
+    risk.evaluate(_risk_event(agent, amount, ip, device)).raise_if_blocked()
 
 
 def apply_topup_payment(code: str, note: Notification, remote_addr: str | None = None,
@@ -107,11 +132,25 @@ def apply_topup_payment(code: str, note: Notification, remote_addr: str | None =
     ledger.post_journal(f"pay:{code}:{note.trade_no}", "topup",
                         [Line(clearing_account(code), -note.amount), Line(wallet, note.amount)],
                         memo=f"{topup.topup_no} 钱包充值", actor_id=confirmed_by)
+    _count_unspent(topup.agent_id, note.amount)
     topup.status = "paid"
     topup.paid_at = utcnow()
     mark_channel_order_paid(code, topup.topup_no)
     db.session.commit()
     return log("accepted", "paid after the top-up had closed: credited" if late else None)
+
+
+def _count_unspent(agent_id: int, amount: int) -> None:
+    """Topped-up money is not withdrawable until spent (laundering): it joins agent.topup_unspent, under the wallet
+    lock the credit just took; purchases spend it first (app.orders.service.spend_topup). Counted for the
+    velocity rules too."""
+    from app.risk import service as risk
+
+    db.session.execute(update(Agent).where(Agent.id == agent_id)
+                       .values(topup_unspent=Agent.topup_unspent + amount)
+                       .execution_options(synchronize_session=False))
+    agent = db.session.get(Agent, agent_id)
+    risk.record("topup", _risk_event(agent, amount))
 
 
 def expire_unpaid(limit: int = 1000) -> int:

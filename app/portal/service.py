@@ -12,6 +12,7 @@ from app.catalog.service import price_for, stock_levels
 from app.errors import Forbidden, NotFound
 from app.extensions import db
 from app.ledger.service import agent_balances
+from app.orders import service as orders
 from app.orders.models import Order
 from app.scope import downline_ids
 
@@ -42,6 +43,15 @@ def offers_for(agent: Agent) -> list[ProductOffer]:
                                    price_for(agent.tier, product), level.in_stock, level.available,
                                    product.max_per_order))
     return offers
+
+
+def buy(agent: Agent, form, ip: str | None) -> Order:
+    """The portal's purchase form: a wallet order through risk control (event portal_purchase) with the caller's
+    address and the page's device id."""
+    device = orders.clean_device_id(form.get("device_id"))
+    return orders.place_wallet_order(agent.id, form.get("product_id"), form.get("quantity", "1"),
+                                     coupon=form.get("coupon"), account=form.get("account"),
+                                     risk=orders.RiskContext(event="portal_purchase", ip=ip, device=device))
 
 
 def summary(agent: Agent) -> dict:

@@ -18,7 +18,6 @@ from app.errors import KamengError
 from app.extensions import db
 from app.ledger.models import Account, Posting
 from app.money import format_fen
-from app.orders import service as orders
 from app.orders.models import Order
 from app.orders.views import ORDER_LABELS
 from app.portal import service as portal
@@ -62,14 +61,15 @@ class PortalView(BaseView):
     def buy_post(self):
         agent = require_agent()
         try:
-            order = orders.place_wallet_order(agent.id, request.form.get("product_id"),
-                                              request.form.get("quantity", "1"), coupon=request.form.get("coupon"),
-                                              account=request.form.get("account"))
+            order = portal.buy(agent, request.form, request.remote_addr)
         except KamengError as exc:
             flash(exc.message, "danger")
             return redirect(url_for("PortalView.buy", product_id=request.form.get("product_id", type=int)))
         if order.status == "delivered":
             flash(f"购买成功：订单 {order.order_no}，扣款 {format_fen(order.amount)}", "success")
+        elif order.status == "reviewing":
+            flash(f"下单成功：订单 {order.order_no}，扣款 {format_fen(order.amount)}，订单正在风控审核，"
+                  "审核通过后发货，未通过将退回钱包", "warning")
         else:  # a direct top-up: paid, submitted to the supplier after this request
             flash(f"下单成功：订单 {order.order_no}，扣款 {format_fen(order.amount)}，正在充值", "success")
         return redirect(url_for("PortalView.order", order_no=order.order_no))
@@ -110,7 +110,8 @@ class PortalView(BaseView):
         base = (current_app.config.get("PUBLIC_BASE_URL") or request.host_url).rstrip("/")
         try:
             topup, pay_url = topups.start_topup(agent.id, request.form.get("amount"), request.form.get("channel"),
-                                                base)
+                                                base, ip=request.remote_addr,
+                                                device_id=request.form.get("device_id"))
         except KamengError as exc:
             db.session.rollback()
             flash(exc.message, "danger")

@@ -45,17 +45,25 @@ def add(kind: str, value, action: str, reason: str | None = None, days: int | No
         actor_id: int | None = None) -> RiskListEntry:
     """Add an entry (commits). `days`: it expires after that many days; none: until removed."""
     value = _clean(kind, value)
+    normalised = normalise(kind, value)
+    masked = normalised if kind == "cidr" else mask(normalised)  # a network is not personal data: staff read it
+    return add_hashed(kind, digest(kind, value), masked, action, reason, days, actor_id,
+                      value=None if kind in PERSONAL_KINDS or len(normalised) > 64 else normalised)
+
+
+def add_hashed(kind: str, value_hash: str, masked: str, action: str, reason: str | None = None,
+               days: int | None = None, actor_id: int | None = None, value: str | None = None) -> RiskListEntry:
+    """Add an entry known only by its keyed hash (commits): a held order keeps its buyer's device and contact only
+    as the hashes the lists match on (Order.device_key, Order.buyer_key), so the reviewer lists those."""
+    if kind not in LIST_KINDS:
+        raise ValidationError(f"类型须为 {', '.join(LIST_KINDS)} 之一 (unknown kind {kind!r})")
     if action not in LIST_ACTIONS:
         raise ValidationError("动作须为 block 或 review (action must be block or review)")
     if days is not None and (not isinstance(days, int) or days <= 0 or days > 3650):
         raise ValidationError("有效天数须为 1-3650 (days must be 1..3650)")
-    normalised = normalise(kind, value)
-    entry = RiskListEntry(kind=kind, value=None if kind in PERSONAL_KINDS else normalised,
-                          value_hash=digest(kind, value), masked=mask(normalised), action=action,
+    entry = RiskListEntry(kind=kind, value=value, value_hash=value_hash, masked=masked[:64], action=action,
                           reason=(reason or "").strip()[:255] or None, created_by_id=actor_id,
                           expires_at=utcnow() + timedelta(days=days) if days else None)
-    if kind == "cidr":
-        entry.masked = normalised  # a network is not personal data, and staff need to read it
     db.session.add(entry)
     db.session.flush()
     audit.record("risk_list.add", "risk_list_entry", entry.id, None,
@@ -79,6 +87,8 @@ def remove(entry_id: int, actor_id: int | None = None) -> RiskListEntry:
 
 def expire(entry_id: int, days: int, actor_id: int | None = None) -> RiskListEntry:
     """Set (or move) when an entry stops applying."""
+    if not isinstance(days, int) or days <= 0 or days > 3650:
+        raise ValidationError("有效天数须为 1-3650 (days must be 1..3650)")
     entry = db.session.get(RiskListEntry, entry_id)
     if entry is None or entry.removed_at is not None:
         raise NotFound(f"名单条目 {entry_id} 不存在或已移除 (no such entry)")

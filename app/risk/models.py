@@ -23,9 +23,9 @@ class RiskListEntry(db.Model):
     __tablename__ = "risk_list_entry"
     id = Column(Integer, primary_key=True)
     kind = Column(String(16), nullable=False)
-    value = Column(String(64))  # ip, cidr, device, agent login: as given; NULL for personal kinds
+    value = Column(String(128))  # ip, cidr, device, agent login: normalised; NULL for personal kinds
     value_hash = Column(String(64), nullable=False)  # HMAC-SHA256 hex of the normalised value (every kind)
-    masked = Column(String(64), nullable=False)
+    masked = Column(String(128), nullable=False)
     action = Column(String(8), nullable=False)
     reason = Column(String(255))
     expires_at = Column(DateTime)

@@ -3,10 +3,13 @@ commission accrued until a reviewer approves (delivered by the normal path) or r
 paid from, with the reason). Holds not decided within RISK_REVIEW_HOURS are rejected and refunded."""
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 
 from app.audit import service as audit
 from app.clock import utcnow
@@ -51,15 +54,20 @@ def approve(order_no: str, actor_id: int | None, note: str | None = None) -> Ord
     return order
 
 
-def reject(order_no: str, reason: str, actor_id: int | None, add_to_list: list[tuple[str, str]] | None = None
-           ) -> Order:
+def reject(order_no: str, reason: str, actor_id: int | None, add_to_list: list[tuple[str, str]] | None = None,
+           blacklist: Sequence[str] = ()) -> Order:
     """Refuse a held order: refunded to where it was paid from (wallet at once; a channel through its refund
-    state machine), with the reason; optionally its buyer's identifiers go on the blacklist. Commits."""
+    state machine), with the reason; optionally its buyer's identifiers go on the blacklist: `add_to_list` as
+    (kind, plaintext value), `blacklist` by name from buyer_identifiers() (device, contact, payment_account).
+    Commits."""
     from app.payments import service as payments
 
     reason = (reason or "").strip()
     if not reason:
         raise ValidationError("请填写拒绝原因 (a reason is required)")
+    unknown = set(blacklist) - set(IDENTIFIER_NAMES)
+    if unknown:
+        raise ValidationError(f"无法加入黑名单：{', '.join(sorted(unknown))} (unknown identifier)")
     try:
         order = _locked(order_no)
         audit.record("risk.review.reject", "order", order.order_no, {"status": "reviewing"},
@@ -70,10 +78,17 @@ def reject(order_no: str, reason: str, actor_id: int | None, add_to_list: list[t
     except Exception:
         db.session.rollback()
         raise
-    for kind, value in add_to_list or []:
-        from app.risk import lists
+    from app.risk import lists
 
-        lists.add(kind, value, "block", reason=f"审核拒绝 {order.order_no}：{reason}"[:255], actor_id=actor_id)
+    list_reason = f"审核拒绝 {order.order_no}：{reason}"[:255]
+    for kind, value in add_to_list or []:
+        lists.add(kind, value, "block", reason=list_reason, actor_id=actor_id)
+    found = buyer_identifiers(order)
+    for name in blacklist:
+        ident = found.get(name)
+        if ident is not None and not _blacklisted(ident.value_hash):
+            lists.add_hashed(ident.kind, ident.value_hash, ident.masked, "block", reason=list_reason,
+                             actor_id=actor_id)
     return order
 
 
@@ -98,3 +113,110 @@ def expire_holds(now: datetime | None = None, limit: int = 200) -> int:
 def queue(limit: int = 200) -> list[Order]:
     return list(db.session.scalars(select(Order).where(Order.status == "reviewing")
                                    .order_by(Order.paid_at).limit(limit)))
+
+
+# --- what the queue shows: age, reasons, the buyer's identifiers and history ------------------------------------
+
+IDENTIFIER_NAMES = ("device", "contact", "payment_account")
+
+
+@dataclass
+class Identifier:
+    """One of a held order's buyer identifiers, as the lists match it (keyed hash) and as staff see it (masked)."""
+    kind: str
+    value_hash: str
+    masked: str
+
+
+@dataclass
+class BuyerHistory:
+    """A buyer's other orders: a storefront buyer's by the same contact or device, an agent's own."""
+    buyer: str  # "guest" or "agent"
+    recent: list[Order] = field(default_factory=list)
+    total: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    refunds: int = 0
+    disputes: int = 0
+
+
+def age_minutes(order: Order, now: datetime | None = None) -> int:
+    """Minutes since the hold began (the payment that was held)."""
+    return max(0, int(((now or utcnow()) - (order.paid_at or order.created_at)).total_seconds() // 60))
+
+
+def sla_minutes() -> int:
+    return int(current_app.config["RISK_REVIEW_SLA_MINUTES"])
+
+
+def decisions_of(order: Order) -> list:
+    """The decisions about this order, oldest first: its checkout's (risk_decision_id) and any naming it."""
+    from app.risk.models import RiskDecision
+
+    clauses = [RiskDecision.order_no == order.order_no]
+    if order.risk_decision_id:
+        clauses.append(RiskDecision.id == order.risk_decision_id)
+    return list(db.session.scalars(select(RiskDecision).where(or_(*clauses)).order_by(RiskDecision.id)))
+
+
+def reasons_of(order: Order, decisions: list | None = None) -> list[str]:
+    """Why it is held: the reasons of every deciding (not shadow) hit of its review or block decisions."""
+    reasons: list[str] = []
+    for decision in decisions if decisions is not None else decisions_of(order):
+        if decision.outcome == "allow":
+            continue
+        for hit in json.loads(decision.hits):
+            if not hit.get("shadow") and hit.get("reason") and hit["reason"] not in reasons:
+                reasons.append(hit["reason"])
+    return reasons
+
+
+def buyer_identifiers(order: Order, decisions: list | None = None) -> dict[str, Identifier]:
+    """The buyer's device, contact and paying account as the lists would match them, each masked: from the order's
+    keyed hashes (the plaintext device and paying account are not kept) and the decisions' masked subject."""
+    from app.risk.identity import mask, normalise
+
+    subject: dict = {}
+    for decision in decisions if decisions is not None else decisions_of(order):
+        subject.update({k: v for k, v in json.loads(decision.subject).items() if v})
+    found: dict[str, Identifier] = {}
+    if order.device_key:
+        found["device"] = Identifier("device", order.device_key, subject.get("device") or f"#{order.device_key[:8]}")
+    if order.buyer_key:
+        shown = mask(normalise("contact", order.contact)) if order.contact else subject.get("contact")
+        found["contact"] = Identifier("contact", order.buyer_key, shown or f"#{order.buyer_key[:8]}")
+    if order.payment_account_key:
+        found["payment_account"] = Identifier("payment_account", order.payment_account_key,
+                                              subject.get("payment_account") or f"#{order.payment_account_key[:8]}")
+    return found
+
+
+def _blacklisted(value_hash: str) -> bool:
+    from app.risk.models import RiskListEntry
+
+    return db.session.scalar(select(RiskListEntry.id).where(
+        RiskListEntry.value_hash == value_hash, RiskListEntry.action == "block", RiskListEntry.removed_at.is_(None),
+        or_(RiskListEntry.expires_at.is_(None), RiskListEntry.expires_at > utcnow())).limit(1)) is not None
+
+
+def history(order: Order, recent: int = 10) -> BuyerHistory:
+    """The buyer's other orders (newest first), their statuses, refunds and disputes."""
+    from app.payments.models import Dispute, Refund
+
+    if order.agent_id:
+        out, where = BuyerHistory("agent"), Order.agent_id == order.agent_id
+    else:
+        out = BuyerHistory("guest")
+        same = [column == key for column, key in ((Order.buyer_key, order.buyer_key),
+                                                  (Order.device_key, order.device_key)) if key]
+        if not same:
+            return out
+        where = or_(*same)
+    mine = (where, Order.id != order.id)
+    out.recent = list(db.session.scalars(select(Order).where(*mine).order_by(Order.id.desc()).limit(recent)))
+    out.statuses = {status: int(n) for status, n in db.session.execute(
+        select(Order.status, func.count()).where(*mine).group_by(Order.status))}
+    out.total = sum(out.statuses.values())
+    ids = select(Order.id).where(*mine).scalar_subquery()
+    out.refunds = int(db.session.scalar(select(func.count()).select_from(Refund).where(Refund.order_id.in_(ids))))
+    out.disputes = int(db.session.scalar(select(func.count()).select_from(Dispute).where(Dispute.order_id.in_(ids))))
+    return out

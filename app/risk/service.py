@@ -226,7 +226,7 @@ def _limit_hits(event: RiskInput, keys: dict, features: dict, now: datetime) -> 
 
 # --- rules -------------------------------------------------------------------------------------------------
 
-_COMPILED: dict[tuple[int, int], object] = {}
+_COMPILED: dict[str, object] = {}  # expression text -> compiled rule (ids restart; texts say what they do)
 _RULES_CACHE: dict = {"at": 0.0, "rows": []}
 RULES_TTL_SECONDS = 2.0
 
@@ -247,11 +247,12 @@ def compile_rule(expression: str):
     return rule_engine.Rule(expression, context=context)
 
 
-def _compiled(rule_id: int, version: int, expression: str):
-    key = (rule_id, version)
-    if key not in _COMPILED:
-        _COMPILED[key] = compile_rule(expression)
-    return _COMPILED[key]
+def _compiled(expression: str):
+    if expression not in _COMPILED:
+        if len(_COMPILED) > 5000:  # edited rules leave old texts behind: start over rather than grow
+            _COMPILED.clear()
+        _COMPILED[expression] = compile_rule(expression)
+    return _COMPILED[expression]
 
 
 def _live_rules() -> list[tuple]:
@@ -283,7 +284,7 @@ def _rule_hits(event: str, features: dict, rules: list[tuple] | None = None) -> 
             continue
         versions[str(rule_id)] = version
         try:
-            fired = _compiled(rule_id, version, expression).matches(features)
+            fired = _compiled(expression).matches(features)
         except rule_engine.EngineError:
             continue  # a rule that cannot run on these values does not fire
         if not fired:
@@ -325,11 +326,16 @@ def _strongest(hits: list[dict]) -> str:
 # --- the record --------------------------------------------------------------------------------------------
 
 def _subject(event: RiskInput) -> dict:
+    """Masked identifiers, and for IPs and devices a short keyed hash too (two addresses can share a mask)."""
     out = {}
     for name in ("ip", "device", "contact", "phone", "id_number", "payment_account", "agent_login"):
         value = getattr(event, name)
         if value:
             out[name] = mask(str(value))
+    keys = keys_of(event)
+    for name in ("ip", "device"):
+        if keys.get(name):
+            out[f"{name}_key"] = keys[name][:16]
     if event.agent_id:
         out["agent_id"] = event.agent_id
     return out
@@ -342,9 +348,26 @@ def _store(event: RiskInput, decision: Decision, versions: dict, latency_us: int
            "order_no": event.order_no, "agent_id": event.agent_id, "amount": event.amount or None,
            "latency_us": latency_us, "created_at": utcnow()}
     if db.session.get_bind().dialect.name == "postgresql":
-        with db.engine.begin() as conn:  # append-only and independent of the caller's fate
+        with _decision_engine().begin() as conn:  # append-only and independent of the caller's fate
             return conn.execute(insert(RiskDecision).values(**row).returning(RiskDecision.id)).scalar()
-    return db.session.execute(insert(RiskDecision).values(**row).returning(RiskDecision.id)).scalar()
+    # SQLite (one writer): in the caller's session; a block is committed now (the caller writes nothing and
+    # rolls back), so the refused request still leaves its decision.
+    decision_id = db.session.execute(insert(RiskDecision).values(**row).returning(RiskDecision.id)).scalar()
+    if decision.outcome == "block":
+        db.session.commit()
+    return decision_id
+
+
+def _decision_engine():
+    """Decisions are written on their own small pool: a request holding its own connection never waits for a
+    second one from the request pool (which, with as many busy threads as connections, would never come)."""
+    engines = current_app.extensions.setdefault("kameng_risk_engines", {})
+    url = db.engine.url
+    if url not in engines:
+        from sqlalchemy import create_engine
+
+        engines[url] = create_engine(url, pool_size=2, max_overflow=20, pool_pre_ping=True)
+    return engines[url]
 
 
 def attach_order(decision_id: int | None, order_no: str) -> None:

@@ -12,14 +12,15 @@ function returns plain data.
 """
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import and_, case, exists, func, select
 
 from app.agents.models import Agent, Tier
 from app.analytics.models import PLATFORM_SCOPE, ActiveDaily, AgentDaily, RetentionMonthly
-from app.clock import business_today, month_last_day
+from app.clock import business_today, month_last_day, to_local
 from app.extensions import db
+from app.orders.models import Order
 from app.scope import downline_ids
 from dashboards.queries.periods import (
     as_date,
@@ -139,6 +140,45 @@ def top_recruiters(scope_id: int, start: date, end: date, tier_id: int | None = 
     names = _tier_names()
     return [{"agent_id": p, "name": parents[p].name, "tier": names.get(parents[p].tier_id, ""),
              "recruits": int(n)} for p, n in counts]
+
+
+IDLE_RECRUITS_MIN = 5  # direct recruits in the range from which an upline whose recruits never bought is flagged
+
+
+def idle_recruiters(scope_id: int, start: date, end: date, tier_id: int | None = None,
+                    min_recruits: int = IDLE_RECRUITS_MIN, limit: int = 20) -> list[dict]:
+    """Uplines of the scope with at least `min_recruits` direct children created in the range, none of whom has a
+    delivered order (as of now): an account farm's sign, for risk review (风控). Children of `tier_id` only when
+    given. [{agent_id, name, tier, recruits, last_joined}], most recruits first."""
+    check_range(start, end)
+    root, where = _branch(scope_id)
+    lo, hi = utc_bounds(start, end)
+    # Per recruit, one probe of ix_orders_agent_created: no scan of the orders table.
+    bought = exists().where(Order.agent_id == Agent.id, Order.status == "delivered")
+    recruits = func.count().label("recruits")
+    query = (select(Agent.parent_id, recruits, func.max(Agent.created_at))
+             .where(Agent.parent_id.is_not(None), Agent.created_at >= lo, Agent.created_at < hi, *where)
+             .group_by(Agent.parent_id)
+             .having(recruits >= min_recruits, func.sum(case((bought, 1), else_=0)) == 0)
+             .order_by(recruits.desc(), Agent.parent_id).limit(limit))
+    if root is not None:
+        query = query.where(Agent.id != root.id)  # the root's own parent is outside the branch
+    if tier_id is not None:
+        query = query.where(Agent.tier_id == tier_id)
+    counts = db.session.execute(query).all()
+    if not counts:
+        return []
+    parents = {a.id: a for a in db.session.scalars(select(Agent).where(Agent.id.in_([p for p, _, _ in counts])))}
+    names = _tier_names()
+    return [{"agent_id": p, "name": parents[p].name, "tier": names.get(parents[p].tier_id, ""), "recruits": int(n),
+             "last_joined": _local_date(last)} for p, n, last in counts]
+
+
+def _local_date(at) -> date:
+    """The business day of a naive-UTC instant (SQLite hands aggregates back as text)."""
+    if not isinstance(at, datetime):
+        at = datetime.fromisoformat(str(at))
+    return to_local(at).date()
 
 
 def tree_levels(scope_id: int, as_of: date | None = None, tier_id: int | None = None) -> list[dict]:
