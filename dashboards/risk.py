@@ -10,11 +10,11 @@ from collections import defaultdict
 
 from dash import Dash, Input, Output, State, dcc, html
 from flask_babel import gettext as _
-from flask_babel import lazy_gettext
 
 from app.analytics.models import PLATFORM_SCOPE
 from app.errors import Forbidden, ValidationError
 from app.risk import export
+from app.risk.labels import EVENT_TEXT, OUTCOME_TEXT, RULE_ACTION_TEXT, STAGE_TEXT
 from app.risk.models import EVENTS
 from dashboards import components as c
 from dashboards.queries import risk as q
@@ -23,18 +23,11 @@ from dashboards.queries.periods import bucket, periods
 FILTERS = {"category": False, "tier": False, "branch": False, "granularity": True}
 TABLES = {"rk-rules": "risk-rules.csv", "rk-ips": "risk-top-ips.csv", "rk-devices": "risk-top-devices.csv",
           "rk-daily": "risk-decisions.csv"}
-# The same words as the risk screens (app/risk/views.py OUTCOME_TEXT, EVENT_TEXT, STAGE_TEXT; importing that FAB
-# module here would configure the mappers before every model is loaded).
-OUTCOMES = [("allow", lazy_gettext("放行")), ("review", lazy_gettext("人工审核")), ("block", lazy_gettext("拦截"))]
+OUTCOMES = list(OUTCOME_TEXT.items())
 OUTCOME_COLORS = {"allow": "#00cc96", "review": "#FFA15A", "block": "#EF553B"}
-EVENT_NAMES = {
-    "checkout": lazy_gettext("商城下单"), "shop_checkout": lazy_gettext("分站下单"),
-    "openapi_order": lazy_gettext("开放接口下单"), "portal_purchase": lazy_gettext("代理采购"),
-    "wallet_topup": lazy_gettext("钱包充值"), "withdrawal": lazy_gettext("提现"), "registration": lazy_gettext("注册"),
-    "login": lazy_gettext("登录"), "payment": lazy_gettext("支付"),
-}
-HIT_KINDS = {"rule": lazy_gettext("规则"), "list": lazy_gettext("名单"), "limit": lazy_gettext("限额")}
-ACTIONS = {"score": lazy_gettext("加分"), "review": lazy_gettext("人工审核"), "block": lazy_gettext("拦截")}
+EVENT_NAMES = EVENT_TEXT
+HIT_KINDS = {k: v for k, v in STAGE_TEXT.items() if k != "none"}
+ACTIONS = RULE_ACTION_TEXT
 TOP_RULES_ON_CHART = 8
 
 

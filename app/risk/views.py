@@ -23,6 +23,7 @@ from app.forms import int_range
 from app.orders.models import ORDER_STATUSES, Order
 from app.risk import lists, reviews, service
 from app.risk.default_rules import version_of
+from app.risk.labels import EVENT_TEXT, OUTCOME_TEXT, RULE_ACTION_TEXT, STAGE_TEXT
 from app.risk.models import EVENTS, LIST_KINDS, RiskDecision, RiskListEntry, RiskRule, RiskRuleVersion
 from app.views_common import CHANNEL_TEXT, ReadableColumnsMixin, text_of
 
@@ -30,13 +31,7 @@ RISK = "风控"
 KIND_TEXT = {"ip": _("IP"), "cidr": _("网段"), "device": _("设备"), "contact": _("联系方式"), "phone": _("手机号"),
              "id_number": _("身份证号"), "payment_account": _("支付账号"), "agent": _("代理登录名")}
 LIST_ACTION_TEXT = {"block": _("黑名单"), "review": _("观察名单")}
-RULE_ACTION_TEXT = {"score": _("加分"), "review": _("人工审核"), "block": _("拦截")}
 RULE_STATUS_TEXT = {"draft": _("草稿"), "shadow": _("影子（只记录）"), "active": _("生效")}
-OUTCOME_TEXT = {"allow": _("放行"), "review": _("人工审核"), "block": _("拦截")}
-STAGE_TEXT = {"list": _("名单"), "limit": _("限额"), "rule": _("规则"), "none": _("无")}
-EVENT_TEXT = {"checkout": _("商城下单"), "shop_checkout": _("分站下单"), "openapi_order": _("开放接口下单"),
-              "portal_purchase": _("代理采购"), "wallet_topup": _("钱包充值"), "withdrawal": _("提现"),
-              "registration": _("注册"), "login": _("登录"), "payment": _("支付")}
 HIT_DAYS = 7
 
 
