@@ -123,3 +123,31 @@ def test_no_personal_value_in_plaintext_in_the_risk_tables(app, f, client, db):
         dump += json.dumps([list(map(str, row)) for row in db.session.execute(text(f"SELECT * FROM {table}"))])
     for secret in (PHONE, "+8613912345678", "buyer@example.com", "11010519491231002X", "203.0.113.5"):
         assert secret not in dump, secret
+
+
+def test_paying_account_on_the_watchlist_holds_the_order_and_failed_payments_are_counted(app, f, client):
+    from app.risk.counters import read
+    from app.risk.features import COUNTERS
+    from app.risk.identity import digest
+
+    h.setup_all()
+    product = f.product(secrets=2)
+    assert _cli(app, "list", "add", "--kind", "payment_account", "--value", "2088000000000001",
+                "--action", "review")[0] == 0
+    order = h.guest_order(product, "alipay")  # Alipay's notification names the buyer 2088000000000001
+    assert h.notify(client, "alipay", order, h.trade_no("2024")).get_data(as_text=True) == "success"
+    assert h.order_state(order.order_no) == "reviewing"
+    h.db.session.rollback()
+    stored = h.db.session.scalar(select(h.Order).where(h.Order.order_no == order.order_no))
+    assert stored.payment_account_key == digest("payment_account", "2088000000000001")
+    # a sandbox payment that failed is counted for the buyer's device
+    r = _checkout(client, product, device="dev-fail")
+    number = r.get_json()["order_no"]
+    failed = h.sandbox_form(number, "SBX-FAIL-1", 10000, status="FAILED")
+    assert client.post("/pay/notify/sandbox", data=failed).status_code == 200
+    keys = {"device": digest("device", "dev-fail")}
+    assert read({"f": COUNTERS["payment_failures_device_1h"]}, keys)["f"] == 1
+    assert _cli(app, "review", "reject", order.order_no, "--reason", "payer on the watchlist")[0] == 0
+    from app.payments.models import Refund
+
+    h.channel_answers_refund(h.db.session.scalar(select(Refund)))

@@ -173,6 +173,7 @@ def apply_payment(code: str, note: Notification, remote_addr: str | None = None,
     if topups.is_topup_no(note.order_no):  # "T…": a wallet top-up, never an order number
         return topups.apply_topup_payment(code, note, remote_addr, confirmed_by)
     if not note.succeeded:
+        _count_failed_payment(note.order_no)
         return _log(code, note.order_no, note.trade_no, note.amount, "not_paid", "status is not success", remote_addr)
     order = db.session.scalar(select(Order).where(Order.order_no == note.order_no).with_for_update())
     if order is None:
@@ -193,6 +194,16 @@ def apply_payment(code: str, note: Notification, remote_addr: str | None = None,
     outcome = _settle(order, payment)
     db.session.commit()
     return _log(code, note.order_no, note.trade_no, note.amount, outcome, detail, remote_addr)
+
+
+def _count_failed_payment(order_no: str) -> None:
+    """A failed payment counts for its buyer (risk control's many_failed_payments rule); _log commits it."""
+    from app.risk import counters
+
+    row = db.session.execute(select(Order.buyer_key, Order.device_key)
+                             .where(Order.order_no == (order_no or "")[:40])).first()
+    if row is not None:
+        counters.record("payment_failed", {"contact": row.buyer_key, "device": row.device_key})
 
 
 def mark_channel_order_paid(code: str, number: str) -> None:
