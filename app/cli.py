@@ -598,3 +598,56 @@ def risk_export(fmt: str, since: str | None, until: str | None, output: str | No
             n = export.write_xlsx(sys.stdout.buffer, data)
             sys.stdout.buffer.flush()
     click.echo(f"{n} decision(s) exported", err=True)
+
+
+risk_agent_cli = AppGroup("agent", help="Agents held at registration (many from one IP or device).")
+risk_cli.add_command(risk_agent_cli)
+
+
+def _held_agent_id(login: str) -> int:
+    from flask import current_app
+
+    from app.scope import agent_of
+
+    user = current_app.appbuilder.sm.find_user(username=login)
+    agent = agent_of(user) if user else None
+    if agent is None:
+        fail(f"no agent with login {login!r}")
+    return agent.id
+
+
+@risk_agent_cli.command("list")
+def risk_agent_list() -> None:
+    """Agents held at registration, oldest first, one JSON line each."""
+    from app.risk import agents
+
+    for agent in agents.held():
+        click.echo(json.dumps({"agent_id": agent.id, "name": agent.name, "created_at": agent.created_at.isoformat()},
+                              ensure_ascii=False))
+
+
+@risk_agent_cli.command("approve")
+@click.argument("login")
+def risk_agent_approve(login: str) -> None:
+    """Release an agent held at registration: it may buy and withdraw."""
+    from app.risk import agents
+
+    try:
+        agent = agents.approve(_held_agent_id(login), None)
+    except KamengError as exc:
+        fail(exc.message)
+    click.echo(json.dumps({"agent_id": agent.id, "risk_hold": agent.risk_hold, "active": agent.active}))
+
+
+@risk_agent_cli.command("reject")
+@click.argument("login")
+@click.option("--reason", required=True)
+def risk_agent_reject(login: str, reason: str) -> None:
+    """Refuse an agent held at registration: it is disabled."""
+    from app.risk import agents
+
+    try:
+        agent = agents.reject(_held_agent_id(login), reason, None)
+    except KamengError as exc:
+        fail(exc.message)
+    click.echo(json.dumps({"agent_id": agent.id, "risk_hold": agent.risk_hold, "active": agent.active}))

@@ -498,7 +498,11 @@ def test_many_registrations_from_one_address_are_held_and_cannot_buy_or_withdraw
     assert info.value.code == "risk_hold"
     # approved: it buys; the decision is audited
     assert [a.name for a in risk_agents.held()] == ["farm_5"]
-    risk_agents.approve(agent.id, None, "核实为真实代理")
+    listed = app.test_cli_runner().invoke(args=["kameng", "risk", "agent", "list"])
+    assert listed.exit_code == 0 and '"name": "farm_5"' in listed.output
+    approved = app.test_cli_runner().invoke(args=["kameng", "risk", "agent", "approve", "farm_5"])
+    assert approved.exit_code == 0 and '"risk_hold": false' in approved.output
+    assert app.test_cli_runner().invoke(args=["kameng", "risk", "agent", "approve", "nobody"]).exit_code != 0
     assert _buy(client, product).status_code == 302 and _count(Order) == 1
     with pytest.raises(KamengError):
         risk_agents.approve(agent.id, None)  # not held any more
