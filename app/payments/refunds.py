@@ -210,12 +210,21 @@ def submit(refund_id: int, now: datetime | None = None) -> str | None:
         refund.next_attempt_at = utcnow() + backoff(refund.attempts)
         request = _request(refund)
         channel = refund.destination
+        try:
+            gateway = gateways.get_channel(channel)
+        except KamengError:  # the channel is gone (unknown, or the sandbox in production): a definite refusal
+            gateway = None
+        fixed = getattr(gateway, "refund_identifiers", None)
+        if asking == "requested" and fixed is not None:  # saved before the call: a crash cannot change them
+            refund.meta = json.dumps({**_meta(refund), **fixed(request)})
+            request = _request(refund)
         db.session.commit()
     except Exception:
         db.session.rollback()
         raise
     try:
-        gateway = gateways.get_channel(channel)
+        if gateway is None:
+            raise KamengError(f"支付渠道 {channel} 不可用 (channel not available)")
         result = gateway.refund(request) if asking == "requested" else gateway.query_refund(request)
     except ChannelUnavailable as exc:  # identifiers the retry must repeat (UnionPay's txnTime) come with it
         return _unknown(refund_id, exc.message, getattr(exc, "meta", None))

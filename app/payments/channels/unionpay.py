@@ -457,6 +457,11 @@ class UnionPayChannel:
 
     # --- refunds ----------------------------------------------------------------------------------------------
 
+    def refund_identifiers(self, request: RefundRequest) -> dict:
+        """What must stay the same on every call for one refund, fixed before the first one (the refund's txnTime:
+        with another, UnionPay would take a retry as a second refund)."""
+        return {"refund_txnTime": (request.meta or {}).get("refund_txnTime") or txn_time()}
+
     def refund(self, request: RefundRequest) -> RefundResult:
         self._require()
         if not ORDER_ID.fullmatch(request.out_refund_no or ""):
