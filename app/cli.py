@@ -192,8 +192,8 @@ def reconcile(channel: str, day: str | None, file: Path | None) -> None:
 @click.argument("order_no")
 @click.option("--reason", required=True, help="Why (kept with the refund and the audit log).")
 def refund(order_no: str, reason: str) -> None:
-    """Refund an order in full, as the Finance screen does: the sale is reversed and the money goes back to the
-    wallet, or through the channel it was paid with (asked now; the refund's status is printed)."""
+    """Refund an order in full, as the order refund screen (订单 → 退款) does: the sale is reversed and the money
+    goes back to the wallet, or through the channel it was paid with (asked now; the refund's status is printed)."""
     from sqlalchemy import select
 
     from app.extensions import db

@@ -34,10 +34,13 @@ def _login_event(username: str):
     is never refused for it) and the login name. None outside a request (nothing to judge)."""
     if not has_request_context():
         return None
+    from app.errors import ValidationError
+    from app.orders.service import clean_device_id
     from app.risk import service as risk
 
-    device = request.form.get("device_id") or None
-    if device is not None and (len(device) > 128 or not device.isprintable()):
+    try:
+        device = clean_device_id(request.form.get("device_id"))
+    except ValidationError:
         device = None
     return risk.RiskInput(event="login", ip=request.remote_addr, device=device, agent_login=str(username)[:128],
                           enforce_limits=False)

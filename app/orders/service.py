@@ -391,7 +391,7 @@ def place_guest_order(product_id: object, quantity: object, contact: object, cha
         account = None
     if not isinstance(contact, str) or not 3 <= len(contact.strip()) <= 128 or any(ord(c) < 32 for c in contact):
         raise InvalidContact("请填写联系方式（手机号、QQ 或邮箱，3-128 个字符）(contact is required)")
-    device = _device(device_id)
+    device = clean_device_id(device_id)
     from app.payments import coupons
 
     coupon_code = coupons.normalize_code(coupon)
@@ -429,12 +429,8 @@ def place_guest_order(product_id: object, quantity: object, contact: object, cha
 
 
 def clean_device_id(device_id: object) -> str | None:
-    """A page's or API's optional device id, checked (ValidationError when it is not one)."""
-    return _device(device_id)
-
-
-def _device(device_id: object) -> str | None:
-    """The storefront's optional device id (a browser fingerprint): a string of at most 128 printable characters."""
+    """A page's or API's optional device id (a browser fingerprint): a string of at most 128 printable characters
+    (ValidationError when it is not one)."""
     if device_id is None or device_id == "":
         return None
     if not isinstance(device_id, str) or len(device_id) > 128 or not device_id.isprintable():

@@ -186,12 +186,11 @@ def apply_payment(code: str, note: Notification, remote_addr: str | None = None,
     if payment is None:
         db.session.rollback()
         return _log(code, note.order_no, note.trade_no, note.amount, "duplicate", detail, remote_addr)
-    payment._raw = note.raw  # who paid, for risk control (not stored)
     ledger.post_journal(f"pay:{code}:{note.trade_no}", "payment",
                         [Line(clearing_account(code), -note.amount), Line(BUYER_FUNDS, note.amount)],
                         memo=f"{order.order_no} 收款", order_id=order.id, actor_id=confirmed_by)
     mark_channel_order_paid(code, order.order_no)
-    outcome = _settle(order, payment)
+    outcome = _settle(order, payment, payment_account_of(code, note.raw))
     db.session.commit()
     return _log(code, note.order_no, note.trade_no, note.amount, outcome, detail, remote_addr)
 
@@ -232,7 +231,7 @@ def record_payment(code: str, note: Notification, confirmed_by: int | None, *, o
     return payment
 
 
-def _settle(order: Order, payment: Payment) -> str:
+def _settle(order: Order, payment: Payment, payer: str | None = None) -> str:
     """Deliver a freshly paid order; refund at once what cannot be delivered (closed, already paid, no stock); hold
     for review what risk control flagged at checkout or flags now, at payment (the paying account)."""
     if order.status != "pending_payment":
@@ -242,7 +241,7 @@ def _settle(order: Order, payment: Payment) -> str:
             return "late_refunded"
         return "double_paid_refunded"
     orders.transition(order.id, "paid")
-    held_now = _risk_at_payment(order, payment)
+    held_now = _risk_at_payment(order, payer)
     if order.risk_hold or held_now:
         from app.risk import reviews
 
@@ -251,12 +250,11 @@ def _settle(order: Order, payment: Payment) -> str:
     return deliver_paid_order(order)
 
 
-def _risk_at_payment(order: Order, payment: Payment) -> bool:
+def _risk_at_payment(order: Order, account: str | None) -> bool:
     """The paying account is known only now: its lists, its daily limit and the payment rules. Money has come in,
     so anything but allow holds the order for review (never a silent refusal)."""
     from app.risk import service as risk
 
-    account = payment_account_of(payment.channel, getattr(payment, "_raw", None) or {})
     if not account:
         return False
     event = risk.RiskInput(event="payment", amount=order.amount, payment_account=account, order_no=order.order_no,
