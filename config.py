@@ -1,7 +1,10 @@
 """Settings, read once from the environment with typed parsing.
 
-Defaults run on a SQLite file under instance/ with jobs inline. With KAMENG_ENV=production the app refuses to
-start unless SECRET_KEY and CARD_SECRET_KEY are real secrets from the environment.
+Defaults run on a SQLite file under instance/ with jobs inline. Configuration fails closed: only
+KAMENG_ENV=development (set by `make run`, `make test`, the tests and the benches) runs on the built-in development
+keys; with any other value, or none, the app refuses to start until SECRET_KEY and CARD_SECRET_KEY are real
+secrets from the environment, and KAMENG_ENV=production also needs an https PUBLIC_BASE_URL and gets secure
+cookies and HSTS (see settle_environment below).
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from pathlib import Path
 BASE_DIR = Path(__file__).resolve().parent
 INSTANCE_DIR = BASE_DIR / "instance"
 
-# Development keys: only ever used outside production (see check_production below).
+# Development keys: published with the code, so only KAMENG_ENV=development may use them (settle_environment).
 _DEV_SECRET_KEY = "dev-only-secret-key-not-for-production"
 _DEV_CARD_SECRET_KEY = "dev-only-card-secret-key-not-for-production"
 
@@ -56,9 +59,15 @@ def database_url() -> str:
 
 
 class Config:
-    KAMENG_ENV = env_str("KAMENG_ENV", "development")
-    SECRET_KEY = env_str("SECRET_KEY", _DEV_SECRET_KEY)
-    CARD_SECRET_KEY = env_str("CARD_SECRET_KEY", _DEV_CARD_SECRET_KEY)
+    KAMENG_ENV = env_str("KAMENG_ENV")  # unset is not development: real keys are required
+    SECRET_KEY = env_str("SECRET_KEY")
+    CARD_SECRET_KEY = env_str("CARD_SECRET_KEY")
+    # Session and remember-me cookies: never sent cross-site, never read by scripts; Secure in production.
+    SESSION_COOKIE_HTTPONLY = True
+    SESSION_COOKIE_SAMESITE = "Lax"
+    REMEMBER_COOKIE_HTTPONLY = True
+    REMEMBER_COOKIE_SAMESITE = "Lax"
+    HSTS_SECONDS = env_int("HSTS_SECONDS", 365 * 24 * 3600)  # production only
 
     SQLALCHEMY_DATABASE_URI = database_url()
     SQLALCHEMY_TRACK_MODIFICATIONS = False
@@ -163,15 +172,39 @@ class Config:
     PAYOUT_TIMEOUT = env_int("PAYOUT_TIMEOUT", 10)
 
 
-def check_production(config: dict) -> None:
-    """Refuse to run in production with development keys or none."""
-    if config.get("KAMENG_ENV") != "production":
+class ConfigError(RuntimeError):
+    """The environment cannot run the app safely; the message says what to set."""
+
+
+def settle_environment(config: dict) -> None:
+    """Fail closed: fill in the development keys for KAMENG_ENV=development only; otherwise refuse to start
+    without real keys (naming each one missing), and in production require an https PUBLIC_BASE_URL and turn on
+    secure cookies and HSTS."""
+    env = config.get("KAMENG_ENV")
+    if env == "development":
+        config["SECRET_KEY"] = config.get("SECRET_KEY") or _DEV_SECRET_KEY
+        config["CARD_SECRET_KEY"] = config.get("CARD_SECRET_KEY") or _DEV_CARD_SECRET_KEY
+        config["HSTS_SECONDS"] = 0
         return
-    problems = []
-    if config.get("SECRET_KEY") in (None, "", _DEV_SECRET_KEY) or len(config["SECRET_KEY"]) < 32:
-        problems.append("SECRET_KEY (at least 32 characters)")
-    card_key = config.get("CARD_SECRET_KEY")
-    if card_key in (None, "", _DEV_CARD_SECRET_KEY) or len(card_key) < 32:
-        problems.append("CARD_SECRET_KEY (at least 32 characters)")
+    problems = [f"{name} (a random secret of at least 32 characters, not the development key)"
+                for name, dev_key in (("SECRET_KEY", _DEV_SECRET_KEY), ("CARD_SECRET_KEY", _DEV_CARD_SECRET_KEY))
+                if _weak_key(config.get(name), dev_key)]
+    if env == "production":
+        base_url = config.get("PUBLIC_BASE_URL") or ""
+        if not base_url.startswith("https://") or len(base_url) <= len("https://"):
+            problems.append("PUBLIC_BASE_URL (the https:// address buyers and payment channels reach)")
     if problems:
-        raise RuntimeError("KAMENG_ENV=production needs real secrets in the environment: " + ", ".join(problems))
+        shown = f"KAMENG_ENV={env}" if env else "KAMENG_ENV is not set, which"
+        raise ConfigError(f"{shown} is not development, so the built-in development keys are refused. Set in the "
+                          f"environment: " + "; ".join(problems) + ". For a local demo on development keys, set "
+                          "KAMENG_ENV=development.")
+    if env == "production":
+        config["SESSION_COOKIE_SECURE"] = True
+        config["REMEMBER_COOKIE_SECURE"] = True
+        config["PREFERRED_URL_SCHEME"] = "https"
+    else:
+        config["HSTS_SECONDS"] = 0
+
+
+def _weak_key(value: str | None, dev_key: str) -> bool:
+    return not value or value == dev_key or len(value) < 32

@@ -5,7 +5,7 @@ import logging
 
 from flask import Flask
 
-from config import Config, check_production
+from config import Config, settle_environment
 
 
 def create_app(overrides: dict | None = None) -> Flask:
@@ -13,7 +13,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.config.from_object(Config)
     if overrides:
         app.config.update(overrides)
-    check_production(app.config)
+    settle_environment(app.config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("flask_appbuilder").setLevel(logging.WARNING)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
@@ -70,6 +70,8 @@ def create_app(overrides: dict | None = None) -> Flask:
     register_invites(app)
 
     app.after_request(_refuse_framing)
+    if app.config.get("HSTS_SECONDS"):
+        app.after_request(_strict_transport)
 
     from app.cli import kameng_cli
     app.cli.add_command(kameng_cli)
@@ -83,4 +85,13 @@ def _refuse_framing(response):
     response.headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'")
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "same-origin")
+    return response
+
+
+def _strict_transport(response):
+    """Production only: browsers that have seen us once never speak plain http to us again."""
+    from flask import current_app
+
+    response.headers.setdefault("Strict-Transport-Security",
+                                f"max-age={current_app.config['HSTS_SECONDS']}; includeSubDomains")
     return response

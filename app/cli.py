@@ -226,15 +226,15 @@ def channel_sim(channel: str, port: int) -> None:
     """Run a payment gateway simulator on 127.0.0.1 (app/payments/simulators: its protocol and control API)."""
     from app.payments.simulators import simulator_for
 
-    if current_env() == "production":
-        fail("the channel simulators do not run in production")
+    if current_env() != "development":
+        fail("the channel simulators run only with KAMENG_ENV=development")
     _run_simulator(simulator_for(channel), port)
 
 
 def current_env() -> str:
     from flask import current_app
 
-    return current_app.config.get("KAMENG_ENV", "development")
+    return current_app.config.get("KAMENG_ENV") or ""
 
 
 @kameng_cli.command("demo")
@@ -257,8 +257,8 @@ def demo(password: str | None, sandbox_key: str | None, orders: int, seed: int |
     from app.payments import service as payments
     from app.payments.simulators import SIMULATED_CHANNELS
 
-    if current_env() == "production":
-        fail("the demo data (known logins, the sandbox, test keys) is not loaded in production")
+    if current_env() != "development":
+        fail("the demo data (known logins, the sandbox, test keys) loads only with KAMENG_ENV=development")
     if bool(supplier_url) != bool(supplier_key):
         fail("--supplier-url and --supplier-key go together")
     sims = {}

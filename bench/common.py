@@ -17,6 +17,8 @@ if str(ROOT) not in sys.path:
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/kameng_bench"
 os.environ.setdefault("DATABASE_URL", DEFAULT_DATABASE_URL)
+# Benches build throwaway data on the built-in development keys, which only KAMENG_ENV=development accepts.
+os.environ["KAMENG_ENV"] = "development"
 
 
 def database_url() -> str:

@@ -9,6 +9,9 @@ import os
 import tempfile
 from pathlib import Path
 
+# Only KAMENG_ENV=development runs on the built-in keys (config.settle_environment); tests are development.
+os.environ["KAMENG_ENV"] = "development"
+
 import psycopg
 import pytest
 from sqlalchemy import text
@@ -48,6 +51,7 @@ def make_app(url: str, **overrides):
     from app import create_app
 
     config = {
+        "KAMENG_ENV": "development",
         "SQLALCHEMY_DATABASE_URI": _sqlalchemy_url(url),
         "TESTING": True,
         "WTF_CSRF_ENABLED": False,

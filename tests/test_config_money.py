@@ -19,7 +19,7 @@ def test_production_refuses_short_keys():
 def test_production_starts_with_real_keys():
     app = create_app({"KAMENG_ENV": "production", "SQLALCHEMY_DATABASE_URI": "sqlite://",
                       "SECRET_KEY": "s" * 40, "CARD_SECRET_KEY": "c" * 40, "FAB_CREATE_DB": False,
-                      "FAB_UPDATE_PERMS": False})
+                      "FAB_UPDATE_PERMS": False, "PUBLIC_BASE_URL": "https://shop.example.com"})
     assert app.config["KAMENG_ENV"] == "production"
 
 

@@ -25,7 +25,8 @@ PROD_CARD_KEY = "c" * 40
 def production_app(pg_url):
     """The same database served by a production-mode app (its own keys), its sandbox row switched on and keyed as a
     copied demo database would have it. Made after the test's data (a second app's start-up ends the session)."""
-    prod = make_app(pg_url, KAMENG_ENV="production", SECRET_KEY=PROD_SECRET, CARD_SECRET_KEY=PROD_CARD_KEY)
+    prod = make_app(pg_url, KAMENG_ENV="production", SECRET_KEY=PROD_SECRET, CARD_SECRET_KEY=PROD_CARD_KEY,
+                    PUBLIC_BASE_URL="https://shop.example.com")
     with prod.app_context():
         row = db.session.scalar(select(PaymentChannel).where(PaymentChannel.code == "sandbox"))
         if row is None:

@@ -23,12 +23,12 @@ def clearing_account(channel: str) -> str:
     return f"platform:clearing:{channel}"
 
 
-SANDBOX_ENVIRONMENTS = ("development", "test")
+SANDBOX_ENVIRONMENTS = ("development",)
 
 
 def sandbox_allowed() -> bool:
-    """The sandbox lets anyone mint payments: it exists only in development and test, whatever its settings say
-    (a production server under another name, or a typo, does not get it)."""
+    """The sandbox lets anyone mint payments: it exists only with KAMENG_ENV=development, whatever its settings
+    say (a production server under another name, or a typo, does not get it)."""
     return current_app.config.get("KAMENG_ENV") in SANDBOX_ENVIRONMENTS
 
 
