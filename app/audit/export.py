@@ -39,9 +39,12 @@ def parse_day(value: str | None, what: str) -> date:
     if value in (None, ""):
         raise ValidationError(f"请填写{what}（YYYY-MM-DD）({what} is required)")
     try:
-        return date.fromisoformat(str(value).strip())
+        day = date.fromisoformat(str(value).strip())
     except ValueError:
         raise ValidationError(f"{what} 须为 YYYY-MM-DD 格式的日期 ({what} must be YYYY-MM-DD)") from None
+    if not 2000 <= day.year <= 9998:  # also keeps the time zone arithmetic away from year 1 and 9999
+        raise ValidationError(f"{what} 超出范围：{day} ({what} out of range)")
+    return day
 
 
 def parse_range(since: str | None, until: str | None, since_name: str = "开始日期",
