@@ -88,9 +88,10 @@ def test_who_may_download(app, f, entries):
     assert r.status_code == 302 and "/login/" in r.headers["Location"]
 
 
-@pytest.mark.parametrize("query", ["", f"?since={DAY}", f"?since={NEXT}&until={DAY}", "?since=2026-13-01&until=2026-13-02",
-                                   f"?since=abc&until={DAY}", "?since=2001-01-01&until=2026-01-01",
-                                   "?since=0001-01-01&until=0001-01-02", "?since=9999-12-31&until=9999-12-31"])
+@pytest.mark.parametrize("query", ["", f"?since={DAY}", f"?since={NEXT}&until={DAY}",
+                                   "?since=2026-13-01&until=2026-13-02", f"?since=abc&until={DAY}",
+                                   "?since=2001-01-01&until=2026-01-01", "?since=0001-01-01&until=0001-01-02",
+                                   "?since=9999-12-31&until=9999-12-31"])
 def test_a_bad_range_is_refused_with_a_message(app, db, f, entries, query):
     client, _ = staff(app, f, "Finance")
     r = client.get(f"/audit/export/{query}")
