@@ -101,6 +101,7 @@ def test_a_bad_range_is_refused_with_a_message(app, db, f, entries, query):
     assert db.session.scalar(select(AuditEntry).where(AuditEntry.action == "audit.export")) is None
 
 
+@pytest.mark.parametrize("app", ["postgresql", "sqlite"], indirect=True)
 def test_cli_writes_the_range_to_stdout_and_to_a_file(app, db, entries, tmp_path):
     ids, mallory = entries
     runner = app.test_cli_runner()
