@@ -35,7 +35,7 @@ PRODUCTS = [
 # Direct products and their codes at the demo's upstream simulator (`flask kameng supplier-sim`): code, cost fen
 DEMO_UPSTREAM = {"王者荣耀 点券直充 60元": ("WZRY-60", 5450), "中国移动话费 100元 直充": ("CMCC-100", 9850)}
 DEMO_SUPPLIER = "模拟上游（演示）"
-STAFF = [("admin", "Admin"), ("manager", "Manager"), ("support", "Support")]
+STAFF = [("admin", "Admin"), ("manager", "Manager"), ("finance", "Finance"), ("support", "Support")]
 AGENTS = [("agent1", "总代", None), ("agent2", "区域代理", "agent1"), ("agent3", "普通代理", "agent2"),
           ("member1", "会员", "agent3")]
 START_BALANCE = 2_000_000  # ¥20,000

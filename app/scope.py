@@ -11,7 +11,7 @@ from sqlalchemy import Select, select
 from app.agents.models import Agent
 from app.extensions import db
 
-STAFF_ROLES = {"Admin", "Manager", "Support"}
+STAFF_ROLES = {"Admin", "Manager", "Finance", "Support"}
 
 
 def _user():
@@ -87,16 +87,17 @@ def in_scope(agent_id: int | None, viewer: Agent | None = None) -> bool:
     return target is not None and target.path.startswith(viewer.path)
 
 
-# Roles that read every branch on the dashboards (Support has no dashboard at all).
-DASHBOARD_STAFF_ROLES = {"Admin", "Manager"}
+# Roles that read every branch on the dashboards they may open (app/roles.py: Finance opens only the money ones;
+# Support has no dashboard at all).
+DASHBOARD_STAFF_ROLES = {"Admin", "Manager", "Finance"}
 
 
 def dashboard_scope(branch_agent_id: int | None = None) -> int:
     """The rollup `scope_id` the viewer may read (app.analytics.models): every Dash callback calls this per request.
 
-    Admin/Manager: the platform (PLATFORM_SCOPE), or the branch they ask for. An agent: its own branch, or a branch
-    of its downline it asks for; any other branch, or anyone else, is Forbidden. The browser's branch id is only
-    a request, never trusted as a scope.
+    Admin/Manager/Finance: the platform (PLATFORM_SCOPE), or the branch they ask for. An agent: its own branch, or
+    a branch of its downline it asks for; any other branch, or anyone else, is Forbidden. The browser's branch id
+    is only a request, never trusted as a scope.
     """
     from app.analytics.models import PLATFORM_SCOPE
     from app.errors import Forbidden, ValidationError

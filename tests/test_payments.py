@@ -282,7 +282,7 @@ def test_refund_reverses_the_ledger_exactly(app, client, sold):
         with pytest.raises(ValidationError):
             payments.refund_order(order.id, reason, None)
     assert h.snapshot() == snap
-    # when support refunds it with a reason
+    # when Finance refunds it with a reason
     refund = payments.refund_order(order.id, "买家未收到卡密", None)
     # the money waits for the channel: the sale is reversed, nothing has gone back through the channel yet
     assert refund.status == "requested" and fresh(order).status == "refunded"
@@ -313,10 +313,16 @@ def test_refund_reverses_the_ledger_exactly(app, client, sold):
     assert h.count(CardSecret, CardSecret.order_id == again.id) == 0
 
 
-def test_refund_through_the_support_screen(app, f, sold):
+def test_refund_through_the_finance_screen(app, f, sold):
     order, _product, before = sold
-    support = f.user(role="Support")
-    client = f.login(app.test_client(), support.username)
+    # Support and Manager cannot refund (Support refunds only by resolving a dispute: tests/test_disputes.py)
+    for role in ("Support", "Manager"):
+        other = f.login(app.test_client(), f.user(role=role).username)
+        assert other.get(f"/order-refund/{order.order_no}").status_code == 403
+        assert other.post(f"/order-refund/{order.order_no}", data={"reason": "x"}).status_code == 403
+    assert h.order_state(order.order_no) != "refunded" and h.count(Refund) == 0
+    finance = f.user(role="Finance")  # 财务 (Finance)
+    client = f.login(app.test_client(), finance.username)
     assert client.get(f"/order-refund/{order.order_no}").status_code == 200
     # without a reason: refused, nothing changes
     snap = h.snapshot()
@@ -328,9 +334,9 @@ def test_refund_through_the_support_screen(app, f, sold):
     assert h.order_state(order.order_no) == "refunded"
     assert h.balances() == before
     refund = db.session.scalar(select(Refund).where(Refund.order_id == order.id))
-    assert refund.actor_id == support.id and refund.reason == "重复购买，客户要求退款"
+    assert refund.actor_id == finance.id and refund.reason == "重复购买，客户要求退款"
     entry = db.session.scalar(select(AuditEntry).where(AuditEntry.action == "order.refund"))
-    assert entry.actor_id == support.id and entry.target_id == order.order_no
+    assert entry.actor_id == finance.id and entry.target_id == order.order_no
     # twice: refused
     snap = h.snapshot()
     r = client.post(f"/order-refund/{order.order_no}", data={"reason": "again"})
@@ -338,7 +344,7 @@ def test_refund_through_the_support_screen(app, f, sold):
     assert h.count(Refund) == 1
 
 
-def test_an_agent_cannot_refund_through_the_support_screen(app, f, sold):
+def test_an_agent_cannot_refund_through_the_refund_screen(app, f, sold):
     order, _product, _before = sold
     agent = f.agent()
     client = f.login(app.test_client(), agent.name)

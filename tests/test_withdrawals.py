@@ -185,19 +185,29 @@ def test_screens_portal_own_only_and_manager_review(app, f, setup, monkeypatch):
     _db.session.rollback()
     assert _db.session.get(Withdrawal, cw.id).status == "pending_review"
 
+    # Manager reads the queue but decides nothing; Finance (财务) approves and rejects
     f.user("mgr_" + parent.name, role="Manager")
     manager = f.login(app.test_client(), "mgr_" + parent.name)
     queue = manager.get("/withdrawal-review/").get_data(as_text=True)
     assert cw.withdrawal_no in queue and mine.withdrawal_no in queue
+    assert manager.post(f"/withdrawal-review/{cw.id}/approve").status_code == 403
+    assert manager.post(f"/withdrawal-review/{mine.id}/reject", data={"reason": "x"}).status_code == 403
+    _db.session.rollback()
+    assert {_db.session.get(Withdrawal, w).status for w in (cw.id, mine.id)} == {"pending_review"}
+    f.user("fin_" + parent.name, role="Finance")
+    finance = f.login(app.test_client(), "fin_" + parent.name)
+    queue = finance.get("/withdrawal-review/").get_data(as_text=True)
+    assert cw.withdrawal_no in queue and mine.withdrawal_no in queue
     assert realname.record_of(child.id).bank_card_masked in queue
-    manager.post(f"/withdrawal-review/{mine.id}/reject", data={"reason": "资料不全"})
+    finance.post(f"/withdrawal-review/{mine.id}/reject", data={"reason": "资料不全"})
     with payout_bank(app, monkeypatch):
-        manager.post(f"/withdrawal-review/{cw.id}/approve")
+        finance.post(f"/withdrawal-review/{cw.id}/approve")
         run_worker()
     assert _db.session.get(Withdrawal, cw.id).status == "paid"
     assert _db.session.get(Withdrawal, mine.id).status == "rejected"
     actors = set(_db.session.scalars(select(AuditEntry.actor_id).where(AuditEntry.target_type == "withdrawal")))
     assert len(actors) == 1 and None not in actors
     assert manager.get("/withdrawal-records/list/").status_code == 200
+    assert finance.get("/withdrawal-records/list/").status_code == 200
     assert agent_balances(parent.id) == {"wallet": 100000, "pending": 0, "frozen": 0}
     assert agent_balances(child.id) == {"wallet": 30000, "pending": 0, "frozen": 0}

@@ -478,6 +478,10 @@ EN: dict[str, str] = {
     "时间粒度": "Granularity",
     "较上期": "vs previous period",
     "导出 CSV": "Export CSV",
+    "从": "From",
+    "到": "to",
+    "按业务时区（北京时间）的日期，含首尾两天；导出操作会记入审计日志":
+        "Business days (China time), both ends included; the export is recorded in the audit log",
     "所选范围内暂无数据": "No data in the selected range",
     "GMV": "GMV",
     "订单数": "Orders",

@@ -371,7 +371,8 @@ def confirm_manually(order_no: str, trade_no: str, actor_id: int) -> str:
 # --- refunds -----------------------------------------------------------------------------------------------
 
 def refund_order(order_id: int, reason: str, actor_id: int | None) -> Refund:
-    """Support refunds an order in full: the sale is reversed and the money goes back where it came from."""
+    """Finance (or Support resolving a dispute) refunds an order in full: the sale is reversed and the money goes
+    back where it came from."""
     reason = (reason or "").strip()
     if not reason:
         raise ValidationError("请填写退款原因 (a reason is required)")

@@ -47,7 +47,8 @@ class PaymentChannelView(BaseView):
     def index(self):
         rows = {c: service.channel_row(c) for c in service.CHANNEL_CODES if service.channel_exists(c)}
         db.session.commit()
-        return self.render_template("kameng/payment_channels.html", rows=rows, names=CHANNEL_NAMES)
+        return self.render_template("kameng/payment_channels.html", rows=rows, names=CHANNEL_NAMES,
+                                    can_edit=self.appbuilder.sm.has_access("can_edit", "PaymentChannelView"))
 
     @expose("/<code>", methods=["GET", "POST"])
     @has_access
@@ -96,7 +97,7 @@ def _parse_setting(name: str, value: str):
 
 
 class RefundFormView(BaseView):
-    """Support refunds an order in full, with a reason, to where the money came from."""
+    """Finance refunds an order in full, with a reason, to where the money came from."""
     route_base = "/order-refund"
     default_view = "form"
 
