@@ -40,6 +40,14 @@ ROLES = {
         ["^RiskReviewView$", "^can_(index|show)$"],
         ["^RiskDashboardView$", "^can_show$"],
         ["^(风控|风控名单|风控规则|风控审核|风控日志|风控看板)$", "^menu_access$"],
+        # --- Staff two-factor sign-in (app/twofactor, issue 14): the user's own enrolment page (两步验证) and the
+        # read-only list of who has it on (两步验证管理; its reset_two_factor action stays Admin's).
+        # A Finance (财务) role needs ["^TwoFactorView$", "^can_(index|activate|regenerate|disable)$"] and
+        # ["^(系统|两步验证)$", "^menu_access$"] too, or it cannot enrol when the setting makes 2FA mandatory.
+        ["^TwoFactorView$", "^can_(index|activate|regenerate|disable)$"],
+        ["^TwoFactorAdminView$", READ],
+        ["^(两步验证|两步验证管理)$", "^menu_access$"],
+        # --- end two-factor
     ],
     # Support (客服) finds any order and agent fast; sees card secrets masked only.
     "Support": [
@@ -58,6 +66,10 @@ ROLES = {
         ["^RiskReviewView$", "^can_(index|show|approve|reject)$"],
         ["^(RiskListView|RiskDecisionView)$", READ],
         ["^(风控|风控名单|风控审核|风控日志)$", "^menu_access$"],
+        # --- Staff two-factor sign-in (app/twofactor, issue 14): the user's own enrolment page, under 系统.
+        ["^TwoFactorView$", "^can_(index|activate|regenerate|disable)$"],
+        ["^(系统|两步验证)$", "^menu_access$"],
+        # --- end two-factor
     ],
     # Agents see only the portal, scoped to themselves and their downline.
     "Agent": [
