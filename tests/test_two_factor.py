@@ -17,6 +17,7 @@ from app.audit.models import AuditEntry
 from app.twofactor import service
 from app.twofactor.models import StaffRecoveryCode, StaffTwoFactor
 
+BOTH = pytest.mark.parametrize("app", ["postgresql", "sqlite"], indirect=True)
 START = 1_900_000_020.0  # a fixed instant at the start of a 30-second step
 
 
@@ -138,6 +139,7 @@ def test_enrol_then_sign_in_needs_the_second_step(app, f, db, clock):
     assert 'data-enabled="1"' in client.get("/two-factor/").text
 
 
+@BOTH
 def test_a_code_used_once_is_refused_in_a_new_sign_in(manager, clock, db):
     user, client, secret, _ = manager
     clock.step()
@@ -157,6 +159,7 @@ def test_a_code_used_once_is_refused_in_a_new_sign_in(manager, clock, db):
     assert r.status_code == 302 and signed_in(client)
 
 
+@BOTH
 def test_a_recovery_code_works_once(manager, clock, db):
     user, client, _, codes = manager
     password_step(client, user.username)
@@ -333,3 +336,21 @@ def test_a_wrong_password_never_reaches_the_second_step(manager, clock):
     assert r.status_code == 302 and "two-factor" not in r.headers["Location"]
     assert client.get("/login/two-factor").status_code == 302
     assert client.post("/login/two-factor", data={"code": "123456"}).status_code == 302
+
+
+def test_the_cli_resets_a_locked_out_admin(app, f, db, clock):
+    admin = f.user(f.unique("admin"), role="Admin")
+    client = app.test_client()
+    f.login(client, admin.username)
+    enrol(client, clock)
+    runner = app.test_cli_runner()
+
+    result = runner.invoke(args=["kameng", "two-factor", "reset", "nobody", "--reason", "lost phone"])
+    assert result.exit_code == 2 and "no user" in result.output
+    result = runner.invoke(args=["kameng", "two-factor", "reset", admin.username, "--reason", "ticket 42: lost phone"])
+    assert result.exit_code == 0, result.output
+    assert not service.is_enabled(admin.id)
+    [entry] = audit(db, "two_factor.reset")
+    assert entry.actor_id is None and entry.reason == "ticket 42: lost phone"
+    result = runner.invoke(args=["kameng", "two-factor", "reset", admin.username, "--reason", "again"])
+    assert result.exit_code == 2 and "未启用两步验证" in result.output
