@@ -9,11 +9,13 @@ from __future__ import annotations
 import html
 import re
 
+import flask_babel
 import pyotp
 import pytest
 from sqlalchemy import select
 
 from app.audit.models import AuditEntry
+from app.risk.models import RiskEvent
 from app.twofactor import service
 from app.twofactor.models import StaffRecoveryCode, StaffTwoFactor
 
@@ -130,6 +132,10 @@ def test_enrol_then_sign_in_needs_the_second_step(app, f, db, clock):
     assert not signed_in(client)
     failed = audit(db, "two_factor.failed")
     assert [e.target_id for e in failed] == [str(user.id)] * 2 and '"attempt": 2' in failed[1].new_value
+    # risk control counts them as failed logins (its password-guessing rule); a blank answer is not counted
+    assert client.post("/login/two-factor", data={"code": "  "}).status_code == 400
+    assert len(db.session.scalars(select(RiskEvent).where(RiskEvent.metric == "login_failed")).all()) == 2
+    assert len(audit(db, "two_factor.failed")) == 2
 
     clock.step()
     r = client.post("/login/two-factor", data={"code": code(secret, clock)})
@@ -332,6 +338,13 @@ def test_an_agent_signs_in_with_a_password_only(app, f, client):
 
 def test_a_wrong_password_never_reaches_the_second_step(manager, clock):
     user, client, _, _ = manager
+    flask_babel.refresh()
+    client.get("/lang/en")
+    flask_babel.refresh()
+    password_step(client, user.username)
+    page = client.get("/login/two-factor").text
+    assert "Code or recovery code" in page and "验证码或恢复码" not in page
+    client.get("/logout/")
     r = password_step(client, user.username, password="wrong-password")
     assert r.status_code == 302 and "two-factor" not in r.headers["Location"]
     assert client.get("/login/two-factor").status_code == 302

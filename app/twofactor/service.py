@@ -51,11 +51,13 @@ _SEPARATORS = re.compile(r"[\s\-]+")
 
 class TwoFactorError(ValidationError):
     code = "two_factor_invalid"
+    wrong_answer = False  # a code was given and refused (risk control counts it as a failed login)
 
 
 class WrongCode(TwoFactorError):
     """The code was wrong, already used or not a code at all; the challenge goes on."""
     code = "two_factor_wrong_code"
+    wrong_answer = True
 
 
 class ChallengeOver(TwoFactorError):
@@ -241,7 +243,7 @@ def answer_challenge(user_id: int, challenge_id: str | None, code: str | None, i
     clean = normalize_code(code)
     if not clean:
         db.session.rollback()
-        raise WrongCode("请输入验证码或恢复码 (enter a code or a recovery code)")
+        raise TwoFactorError("请输入验证码或恢复码 (enter a code or a recovery code)")
     is_totp = bool(_TOTP_SHAPE.match(clean))
     accepted = _accept_totp(row, clean) if is_totp else _spend_recovery_code(user_id, clean)
     if not accepted:
@@ -255,8 +257,10 @@ def answer_challenge(user_id: int, challenge_id: str | None, code: str | None, i
             row.locked_until = now + timedelta(minutes=LOCK_MINUTES)
         db.session.commit()
         if over:
-            raise ChallengeOver(f"验证码错误次数过多，请 {LOCK_MINUTES} 分钟后重新登录 "
+            exc = ChallengeOver(f"验证码错误次数过多，请 {LOCK_MINUTES} 分钟后重新登录 "
                                 f"(too many wrong codes: sign in again in {LOCK_MINUTES} minutes)")
+            exc.wrong_answer = True
+            raise exc
         left = MAX_FAILURES - row.challenge_failures
         raise WrongCode(f"验证码不正确或已使用，还可尝试 {left} 次 (wrong or already used code: {left} tries left)")
     _clear_challenge(row)

@@ -64,14 +64,13 @@ class KamengAuthDBView(AuthDBView):
             try:
                 step = service.answer_challenge(pending["uid"], pending.get("cid"), request.form.get("code"),
                                                 ip=request.remote_addr)
-            except service.ChallengeOver as exc:
-                session.pop(PENDING, None)
-                _count_risk_failure(pending["uid"])
-                flash(exc.message, "danger")
-                return redirect(self.appbuilder.get_url_for_login)
             except KamengError as exc:
-                _count_risk_failure(pending["uid"])
+                if getattr(exc, "wrong_answer", False):
+                    _count_risk_failure(pending["uid"])
                 flash(exc.message, "danger")
+                if isinstance(exc, service.ChallengeOver):
+                    session.pop(PENDING, None)
+                    return redirect(self.appbuilder.get_url_for_login)
                 return self._second_step_page(), 400
             session.pop(PENDING, None)
             user = self.appbuilder.sm.get_user_by_id(pending["uid"])
