@@ -171,6 +171,9 @@ class Config:
     PAYOUT_KEY = env_str("PAYOUT_KEY")
     PAYOUT_TIMEOUT = env_int("PAYOUT_TIMEOUT", 10)
 
+    # Staff two-factor sign-in (app/twofactor): the default of the 平台设置 switch that makes it mandatory.
+    STAFF_2FA_REQUIRED = env_bool("STAFF_2FA_REQUIRED", False)
+
 
 class ConfigError(RuntimeError):
     """The environment cannot run the app safely; the message says what to set."""

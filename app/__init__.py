@@ -48,6 +48,8 @@ def create_app(overrides: dict | None = None) -> Flask:
         register_risk_views(appbuilder)
         from app.settings.views import register as register_settings_views
         register_settings_views(appbuilder)
+        from app.twofactor.views import register as register_two_factor_views
+        register_two_factor_views(appbuilder)
         from app.portal.filters import register_template_helpers
         register_template_helpers(app)
         from dashboards import init_dashboards

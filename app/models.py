@@ -45,3 +45,4 @@ from app.payments.models import (  # noqa: F401
 from app.risk.models import RiskDecision, RiskEvent, RiskListEntry, RiskRule, RiskRuleVersion  # noqa: F401
 from app.settings.models import PlatformSetting  # noqa: F401
 from app.suppliers.models import RechargeAttempt, RechargeEvent, SupplierAlert, SupplierProduct  # noqa: F401
+from app.twofactor.models import StaffRecoveryCode, StaffTwoFactor  # noqa: F401

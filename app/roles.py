@@ -37,6 +37,9 @@ SELF_SERVICE = frozenset({
     ("UserDBModelView", "can_userinfo"), ("UserDBModelView", "userinfoedit"), ("UserDBModelView", "resetmypassword"),
     ("ResetMyPasswordView", "can_this_form_get"), ("ResetMyPasswordView", "can_this_form_post"),
     ("UserInfoEditView", "can_this_form_get"), ("UserInfoEditView", "can_this_form_post"),
+    # own two-factor sign-in (app/twofactor): enrol, new recovery codes, turn it off; staff only (see SCREENS)
+    ("TwoFactorView", "can_index"), ("TwoFactorView", "can_activate"), ("TwoFactorView", "can_regenerate"),
+    ("TwoFactorView", "can_disable"),
 })
 
 
@@ -158,7 +161,13 @@ SCREENS: dict[str, dict[str, tuple[str, ...]]] = {
     "风控日志": {MENU: (M, S)},
     "RiskDecisionView": read(M, S),
     # ------------------------------------------------------------------------------------- 系统
-    "系统": {MENU: (M, F)},
+    "系统": {MENU: STAFF},
+    # Two-factor sign-in (app/twofactor): each staff member's own enrolment; the list of who has it on is read by
+    # Manager, and resetting someone's (a lost phone) stays with Admin.
+    "两步验证": {MENU: STAFF},
+    "TwoFactorView": {perm: STAFF for name, perm in SELF_SERVICE if name == "TwoFactorView"},
+    "两步验证管理": {MENU: (M,)},
+    "TwoFactorAdminView": {**read(M), "reset_two_factor": NOBODY},
     "审计日志": {MENU: (M, F)},
     "AuditView": {**read(M, F), "can_export": (M, F)},
     "任务队列": {MENU: NOBODY},

@@ -1,13 +1,18 @@
-"""Security manager: FAB's, with the Kameng roles kept in sync at start-up, and risk control on password logins."""
+"""Security manager: FAB's, with the Kameng roles kept in sync at start-up, risk control on password logins, and
+a second sign-in step for users with two-factor sign-in on (app/twofactor)."""
 from __future__ import annotations
 
 from flask import flash, has_request_context, request
 from flask_appbuilder.security.sqla.manager import SecurityManager
 
+from app.twofactor.views import KamengAuthDBView
+
 LOGIN_REFUSED = "登录已被风控拦截，请稍后再试或联系客服 (login refused by risk control)"
 
 
 class KamengSecurityManager(SecurityManager):
+    authdbview = KamengAuthDBView
+
     def auth_user_db(self, username, password):
         """FAB's password check (its login page and its REST login both come here), behind risk control (event
         login): a block (a blacklisted address, device or login; password guessing from one IP) refuses even the
@@ -44,6 +49,13 @@ def _login_event(username: str):
         device = None
     return risk.RiskInput(event="login", ip=request.remote_addr, device=device, agent_login=str(username)[:128],
                           enforce_limits=False)
+
+
+def count_login_failure(username: str) -> None:
+    """Count a failed sign-in step for risk control's password-guessing rule (the second step's wrong codes)."""
+    event = _login_event(username)
+    if event is not None:
+        _count_failure(event)
 
 
 def _count_failure(event) -> None:

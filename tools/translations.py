@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# a development tool: it starts the app on the built-in development keys, which only development accepts
+os.environ.setdefault("KAMENG_ENV", "development")
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 

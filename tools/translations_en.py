@@ -920,4 +920,53 @@ EN: dict[str, str] = {
     "所选范围内新增直推不少于 %(n)s 人、且其中无人有过已到账订单的上级，可能是批量注册（拉人头），请在风控中核查":
         "Uplines with at least %(n)s new direct recruits in the range, none of whom has a delivered order: possibly "
         "bulk sign-ups (an account farm); check them in risk control",
+    # ------------------------------------------------------------------------------- staff two-factor sign-in
+    "员工必须使用两步验证": "Staff must use two-factor sign-in",
+    "开启后，管理员、经理、财务和客服登录后须先启用两步验证才能使用其他页面":
+        "When on, admins, managers, finance and support staff must turn on two-factor sign-in before they can "
+        "use any other page",
+    "已保存：员工必须使用两步验证": "Saved: staff must use two-factor sign-in",
+    "已保存：员工可不使用两步验证": "Saved: two-factor sign-in is optional for staff",
+    "两步验证": "Two-factor sign-in",
+    "平台要求员工使用两步验证。": "The platform requires staff to use two-factor sign-in.",
+    "恢复码只显示这一次，请抄写或打印后妥善保存。每个恢复码只能使用一次，可在手机丢失时代替验证码登录。":
+        "Recovery codes are shown only this once: write them down or print them and keep them safe. Each works "
+        "once, in place of a code, if you lose your phone.",
+    "已启用": "On",
+    "启用时间": "Turned on at",
+    "剩余恢复码": "Recovery codes left",
+    "重新生成恢复码": "New recovery codes",
+    "当前验证码": "Current code",
+    "生成新的恢复码": "Generate new recovery codes",
+    "关闭两步验证": "Turn off two-factor sign-in",
+    "确定关闭两步验证？": "Turn off two-factor sign-in?",
+    "登录时除密码外，还需输入手机身份验证器应用（如 Google Authenticator、Microsoft Authenticator）生成的 6 位验证码。":
+        "Besides your password, signing in will ask for the 6-digit code of an authenticator app on your phone "
+        "(such as Google Authenticator or Microsoft Authenticator).",
+    "用身份验证器应用扫描下面的二维码，或手动输入密钥。":
+        "Scan the QR code below with the authenticator app, or type in the secret.",
+    "输入应用显示的 6 位验证码以完成启用。": "Enter the 6-digit code the app shows to finish.",
+    "密钥": "Secret",
+    "6 位验证码": "6-digit code",
+    "启用两步验证": "Turn on two-factor sign-in",
+    "请输入身份验证器应用中的 6 位验证码；手机不在身边时，可输入一个恢复码。":
+        "Enter the 6-digit code from your authenticator app; without your phone, enter a recovery code.",
+    "验证码或恢复码": "Code or recovery code",
+    "验证": "Verify",
+    "取消，返回登录": "Cancel and go back to sign-in",
+    "已使用一个恢复码，还剩 %(left)s 个。": "A recovery code was used; %(left)s left.",
+    "两步验证已启用。请立即保存下面的恢复码，它们只显示这一次。":
+        "Two-factor sign-in is on. Save the recovery codes below now: they are shown only this once.",
+    "已生成新的恢复码，旧的恢复码已失效。请立即保存，它们只显示这一次。":
+        "New recovery codes made; the old ones no longer work. Save them now: they are shown only this once.",
+    "两步验证已关闭。": "Two-factor sign-in is off.",
+    "两步验证管理": "Two-factor sign-in (staff)",
+    "用户": "User",
+    "锁定至": "Locked until",
+    "重置两步验证": "Reset two-factor sign-in",
+    "确定重置所选用户的两步验证？他们需要重新启用。":
+        "Reset two-factor sign-in of the selected users? They will have to turn it on again.",
+    "已重置 %(n)s 个用户的两步验证": "Two-factor sign-in reset for %(n)s users",
+    "平台要求员工使用两步验证：请先启用两步验证。":
+        "The platform requires staff to use two-factor sign-in: turn it on first.",
 }

@@ -16,7 +16,8 @@ from app.extensions import db
 from app.settings.models import PlatformSetting
 
 # key -> the config name holding its default
-SETTINGS = {"realname_required_above": "REALNAME_REQUIRED_ABOVE"}
+SETTINGS = {"realname_required_above": "REALNAME_REQUIRED_ABOVE",
+            "staff_2fa_required": "STAFF_2FA_REQUIRED"}  # staff must sign in with two-factor (app/twofactor)
 CACHE_SECONDS = 5.0
 _UNSET = object()  # cached "no row": the config default applies, read live
 _cache: dict[tuple[int, str], tuple[float, object]] = {}
@@ -47,6 +48,8 @@ def set_value(key: str, value, actor_id: int | None) -> None:
         raise ValidationError(f"unknown setting {key!r}")
     if key == "realname_required_above" and (not isinstance(value, int) or value < 0):
         raise ValidationError("金额不能为负 (amount must not be negative)")
+    if key == "staff_2fa_required" and not isinstance(value, bool):
+        raise ValidationError("必须为是或否 (must be yes or no)")
     old = get(key)
     row = db.session.get(PlatformSetting, key)
     if row is None:

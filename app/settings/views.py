@@ -4,7 +4,9 @@ from __future__ import annotations
 from flask import flash, g
 from flask_appbuilder import SimpleFormView
 from flask_appbuilder.forms import DynamicForm
+from flask_babel import gettext
 from flask_babel import lazy_gettext as _
+from wtforms import BooleanField
 
 from app.errors import KamengError
 from app.forms import YuanField
@@ -15,6 +17,8 @@ from app.settings import service
 class SettingsForm(DynamicForm):
     realname_required_above = YuanField(_("购买需实名认证的金额门槛（元，0 为不要求）"),
                                         description=_("单笔钱包采购金额超过此数时，须先完成实名认证"))
+    staff_2fa_required = BooleanField(_("员工必须使用两步验证"),
+                                      description=_("开启后，管理员、经理、财务和客服登录后须先启用两步验证才能使用其他页面"))
 
 
 class PlatformSettingsView(SimpleFormView):
@@ -24,6 +28,7 @@ class PlatformSettingsView(SimpleFormView):
 
     def form_get(self, form):
         form.realname_required_above.data = service.get("realname_required_above") or 0
+        form.staff_2fa_required.data = bool(service.get("staff_2fa_required"))
 
     def form_post(self, form):
         value = form.realname_required_above.data or 0
@@ -33,6 +38,11 @@ class PlatformSettingsView(SimpleFormView):
             flash(exc.message, "danger")
             return None
         flash(f"已保存：购买超过 {format_fen(value)} 须实名认证" if value else "已保存：购买不要求实名认证", "success")
+        required = bool(form.staff_2fa_required.data)
+        if required != bool(service.get("staff_2fa_required")):  # audited only when it changes
+            service.set_value("staff_2fa_required", required, actor_id=g.user.id)
+            flash(gettext("已保存：员工必须使用两步验证") if required else gettext("已保存：员工可不使用两步验证"),
+                  "success")
         return None
 
 
