@@ -55,6 +55,8 @@ def make_app(url: str, **overrides):
         "AUTH_RATE_LIMITED": False,
         "REDIS_URL": None,
         "SERVER_NAME": None,
+        # Receivers and simulators listen on 127.0.0.1; tests/test_outbound.py turns this off to test the fence.
+        "OUTBOUND_ALLOW_PRIVATE": True,
     }
     config.update(overrides)
     flask_app = create_app(config)
