@@ -11,7 +11,7 @@ The fence (DESIGN.md "Security and trust", STACK_NOTES "Outbound fence"):
   (connect, read) timeouts.
 
 `OUTBOUND_ALLOW_PRIVATE` (config) lifts only the address check, for `make run` and tests whose simulators listen
-on 127.0.0.1; the other caps stay. Outside an app context private addresses are refused.
+on 127.0.0.1; the other caps stay. Outside an app context the environment's value applies (default: refused).
 
 Our own refusals derive from `OutboundError`, deliberately not an OSError: urllib3 would retry an OSError, and a
 refusal must fail at once. Callers catch `FAILURES` (ours plus requests' transport errors) and record
@@ -156,8 +156,7 @@ def _pinned_connection(conn: HTTPConnection, fence: _Fence):
                 return sock
             except OSError as exc:  # the next checked address, as create_connection itself would
                 error = exc
-        assert error is not None
-        raise error
+        raise error or OSError(f"no address to connect to for {conn.host}")
     except socket.gaierror as exc:
         raise NameResolutionError(conn.host, conn, exc) from exc
     except TimeoutError as exc:
@@ -286,18 +285,18 @@ class OutboundSession(requests.Session):
 
 
 def _setting(name: str, default: Any) -> Any:
-    if has_app_context():
-        value = current_app.config.get(name)
-        if value is not None:
-            return value
-    return default
+    """The app's setting; outside an app context (a simulator, a script) the environment's, as config.py read it."""
+    from config import Config
+
+    value = current_app.config.get(name) if has_app_context() else getattr(Config, name, None)
+    return default if value is None else value
 
 
 def session(*, allow_private: bool | None = None, max_bytes: int | None = None,
             timeout: float | tuple[float, float] | None = None, deadline: float | None = None) -> OutboundSession:
     """The outbound client. Unset arguments come from the app's config (OUTBOUND_ALLOW_PRIVATE,
-    OUTBOUND_MAX_BYTES, OUTBOUND_CONNECT_TIMEOUT / OUTBOUND_READ_TIMEOUT, OUTBOUND_DEADLINE_SECONDS), or the
-    module defaults outside an app context (private addresses refused). A per-call `timeout=` still applies."""
+    OUTBOUND_MAX_BYTES, OUTBOUND_CONNECT_TIMEOUT / OUTBOUND_READ_TIMEOUT, OUTBOUND_DEADLINE_SECONDS), or from the
+    environment outside an app context. A per-call `timeout=` still applies, within the deadline."""
     if allow_private is None:
         allow_private = bool(_setting("OUTBOUND_ALLOW_PRIVATE", False))
     if timeout is None:
