@@ -39,6 +39,13 @@ LOOPBACK_SPELLINGS = ["127.0.0.1", "localhost", "[::ffff:127.0.0.1]", "213070643
 
 # --- a recording destination ---------------------------------------------------------------------------------
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):  # a client that gave up (the caps at work): not news
+        pass
+
+
 class Destination:
     """HTTP on 127.0.0.1:<free port>. Paths: /big-unsized* 2 MiB without a length (read until close), /big* 2 MiB
     (Content-Length), /redirect* and /open/v1/* 302 to /elsewhere (an upstream Kameng that moved), /slow answers
@@ -94,8 +101,7 @@ class Destination:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
                                        daemon=True)
@@ -381,3 +387,53 @@ def test_answers_within_the_caps_read_as_usual(app, destination):
     response = outbound.session().post(destination.url("/fine"), data=json.dumps({"a": 1}))
     assert response.status_code == 200 and response.json() == {"ok": True}
     assert destination.requests == [("POST", "/fine")]
+
+
+# --- https: the socket is pinned, the name still drives SNI and the certificate check --------------------------
+
+def _self_signed(name: str, folder) -> tuple[str, str]:
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1))
+            .not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+def test_https_connects_to_the_pinned_address_and_verifies_the_name(app, destination, monkeypatch, tmp_path):
+    import ssl
+
+    cert, key = _self_signed("kameng.test", tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    names_asked: list[str | None] = []
+    context.sni_callback = lambda sock, name, ctx: names_asked.append(name)
+    destination.server.socket = context.wrap_socket(destination.server.socket, server_side=True)
+    looked_up = []
+
+    def resolver(host, port):  # kameng.test is a name only this test knows
+        looked_up.append(host)
+        return [(socket.AF_INET, "127.0.0.1")]
+
+    monkeypatch.setattr(outbound, "resolve", resolver)
+
+    response = outbound.session().get(f"https://kameng.test:{destination.port}/tls", verify=cert)
+    assert response.json() == {"ok": True} and names_asked == ["kameng.test"] and looked_up == ["kameng.test"]
+    with pytest.raises(requests.exceptions.SSLError):  # the certificate names kameng.test, not the address
+        outbound.session().get(f"https://127.0.0.1:{destination.port}/tls", verify=cert)
+    assert destination.requests == [("GET", "/tls")]
