@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import socket
+import threading
 import time
 from typing import Any
 
@@ -166,22 +167,64 @@ def _pinned_connection(conn: HTTPConnection, fence: _Fence):
         raise NewConnectionError(conn, f"Failed to establish a new connection: {exc}") from exc
 
 
-class _FencedHTTPConnection(HTTPConnection):
+class _Call:
+    """One outbound call's deadline and the watchdogs that cut its connection when it passes."""
+
+    def __init__(self, deadline_at: float):
+        self.deadline_at = deadline_at
+        self.expired = False
+        self.timers: list[threading.Timer] = []
+
+    def watch(self, conn: HTTPConnection) -> None:
+        timer = threading.Timer(max(0.0, self.deadline_at - time.monotonic()), self._cut, (conn,))
+        timer.daemon = True
+        self.timers.append(timer)
+        timer.start()
+
+    def _cut(self, conn: HTTPConnection) -> None:
+        self.expired = True
+        sock = conn.sock
+        if sock is not None:
+            try:  # the plain socket's shutdown (also under TLS): the blocked read returns, the call fails
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def finish(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
+
+
+_current = threading.local()  # the _Call this thread is making (calls are synchronous: one at a time)
+
+
+class _FencedConnectionMixin:
+    """Connects through the fence; a watchdog cuts the connection at the call's deadline, so a server that
+    trickles its headers (each byte within the read timeout) cannot hold the call past it."""
+
+    _fence: _Fence
+
+    def _new_conn(self) -> socket.socket:
+        return _pinned_connection(self, self._fence)  # type: ignore[arg-type]
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        call = getattr(_current, "call", None)
+        if call is not None:
+            call.watch(self)  # type: ignore[arg-type]
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class _FencedHTTPConnection(_FencedConnectionMixin, HTTPConnection):
     def __init__(self, *args: Any, fence: _Fence, **kwargs: Any):
         self._fence = fence
         super().__init__(*args, **kwargs)
 
-    def _new_conn(self) -> socket.socket:
-        return _pinned_connection(self, self._fence)
 
-
-class _FencedHTTPSConnection(HTTPSConnection):
+class _FencedHTTPSConnection(_FencedConnectionMixin, HTTPSConnection):
+    # self.host (the name, not the pinned address) still drives SNI and certificate verification
     def __init__(self, *args: Any, fence: _Fence, **kwargs: Any):
         self._fence = fence
         super().__init__(*args, **kwargs)
-
-    def _new_conn(self) -> socket.socket:
-        return _pinned_connection(self, self._fence)  # self.host (the name) still drives SNI and verification
 
 
 class _FencedHTTPPool(HTTPConnectionPool):
@@ -241,12 +284,25 @@ class OutboundSession(requests.Session):
         timeout = kwargs.get("timeout") or self.default_timeout
         connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
         kwargs["timeout"] = (min(connect or self.deadline, self.deadline), min(read or self.deadline, self.deadline))
-        response = super().send(request, **kwargs)
+        call = _current.call = _Call(started + self.deadline)
         try:
-            self._read_capped(response, started + self.deadline)
-        except BaseException:
-            response.close()
+            response = super().send(request, **kwargs)
+            try:
+                self._read_capped(response, call.deadline_at)
+                if call.expired:  # cut mid-headers, http.client may have taken the cut for their end
+                    raise DeadlineExceeded(f"deadline exceeded: no complete answer within {self.deadline:g} s "
+                                           f"from {request.url}")
+            except BaseException:
+                response.close()
+                raise
+        except requests.RequestException as exc:
+            if call.expired or time.monotonic() > call.deadline_at:
+                raise DeadlineExceeded(f"deadline exceeded: no complete answer within {self.deadline:g} s from "
+                                       f"{request.url}") from exc
             raise
+        finally:
+            call.finish()
+            _current.call = None
         return response
 
     def _read_capped(self, response: requests.Response, deadline_at: float) -> None:
