@@ -111,8 +111,14 @@ class Config:
     TRUSTED_PROXIES = env_int("TRUSTED_PROXIES", 0)
     RATELIMIT_HEADERS_ENABLED = True
     OPENAPI_RATE_LIMIT = env_str("OPENAPI_RATE_LIMIT", "1200 per minute")
-    # Callbacks to loopback/private addresses are refused in production (SSRF); allowed elsewhere for local tests.
-    OPENAPI_CALLBACK_ALLOW_PRIVATE = env_bool("OPENAPI_CALLBACK_ALLOW_PRIVATE", KAMENG_ENV != "production")
+    # Outbound HTTP (app/outbound.py): callbacks, suppliers, channels, identity, payouts and alerts call global
+    # addresses only; true lets them reach loopback/private ones (`make run` and tests, whose simulators listen on
+    # 127.0.0.1). The size and time caps apply either way.
+    OUTBOUND_ALLOW_PRIVATE = env_bool("OUTBOUND_ALLOW_PRIVATE", False)
+    OUTBOUND_MAX_BYTES = env_int("OUTBOUND_MAX_BYTES", 1024 * 1024)  # an answer is cut (the call fails) past this
+    OUTBOUND_CONNECT_TIMEOUT = env_int("OUTBOUND_CONNECT_TIMEOUT", 5)  # seconds, when the caller names none
+    OUTBOUND_READ_TIMEOUT = env_int("OUTBOUND_READ_TIMEOUT", 15)
+    OUTBOUND_DEADLINE_SECONDS = env_int("OUTBOUND_DEADLINE_SECONDS", 30)  # one whole call, answer read included
     OUTBOX_SWEEP_SECONDS = env_int("OUTBOX_SWEEP_SECONDS", 15)
     NONCE_PURGE_SECONDS = env_int("NONCE_PURGE_SECONDS", 600)
     WITHDRAWAL_POLL_SECONDS = env_int("WITHDRAWAL_POLL_SECONDS", 60)  # paying withdrawals: ask the bank

@@ -292,14 +292,13 @@ def demo(password: str | None, sandbox_key: str | None, orders: int, seed: int |
 
 
 def _connect_channel_sim(channel: str, url: str) -> None:
-    import requests
-
+    from app import outbound
     from app.payments import service as payments
     from app.payments.simulators import merchant_settings
 
     try:
         settings = merchant_settings(channel, url)
-    except (requests.RequestException, ValueError, KeyError) as exc:
+    except (*outbound.FAILURES, ValueError, KeyError) as exc:
         fail(f"cannot reach the {channel} simulator at {url}: {exc}")
     payments.save_channel(channel, True, settings)
     click.echo(f"Payment channel {channel} enabled against its simulator at {url}")

@@ -19,6 +19,8 @@ DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/kameng_bench"
 os.environ.setdefault("DATABASE_URL", DEFAULT_DATABASE_URL)
 # Benches build throwaway data on the built-in development keys, which only KAMENG_ENV=development accepts.
 os.environ["KAMENG_ENV"] = "development"
+# The benches' simulators and servers listen on 127.0.0.1: let the outbound client reach them (app/outbound.py).
+os.environ.setdefault("OUTBOUND_ALLOW_PRIVATE", "true")
 
 
 def database_url() -> str:

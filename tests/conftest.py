@@ -19,6 +19,9 @@ from sqlalchemy import text
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("KAMENG_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/kameng_test")
 REDIS_URL = os.environ.get("KAMENG_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# Simulators and receivers listen on 127.0.0.1, also for outbound calls made outside an app context (config.py reads
+# this at import); tests/test_outbound.py turns it off in the app's config to test the fence.
+os.environ.setdefault("OUTBOUND_ALLOW_PRIVATE", "true")
 # FAB's security tables keep the roles and permissions that start-up created.
 KEEP_TABLES = {"ab_permission", "ab_view_menu", "ab_permission_view", "ab_role", "ab_permission_view_role",
                "alembic_version"}
@@ -59,6 +62,7 @@ def make_app(url: str, **overrides):
         "AUTH_RATE_LIMITED": False,
         "REDIS_URL": None,
         "SERVER_NAME": None,
+        "OUTBOUND_ALLOW_PRIVATE": True,  # see the environment default above
     }
     config.update(overrides)
     flask_app = create_app(config)

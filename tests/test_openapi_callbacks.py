@@ -157,15 +157,16 @@ def test_orders_without_notify_url_write_no_callback(app, f, client, world, rece
     assert receiver.requests == []
 
 
-def test_callbacks_to_private_addresses_are_refused_in_production_mode(app, f, client, world, receiver):
-    app.config["OPENAPI_CALLBACK_ALLOW_PRIVATE"] = False
+def test_callbacks_to_private_addresses_are_refused_when_private_is_not_allowed(app, f, client, world, receiver):
+    app.config["OUTBOUND_ALLOW_PRIVATE"] = False
     try:
         order = place(client, world, receiver.url())
     finally:
-        app.config["OPENAPI_CALLBACK_ALLOW_PRIVATE"] = True
+        app.config["OUTBOUND_ALLOW_PRIVATE"] = True
     assert receiver.requests == []
     [attempt] = attempts_for(order["order_no"])
-    assert not attempt.succeeded and attempt.http_status is None and "private" in attempt.error
+    assert not attempt.succeeded and attempt.http_status is None
+    assert attempt.error == "destination refused: loopback address 127.0.0.1"
 
 
 # --- a real RQ worker on real Redis --------------------------------------------------------------------------

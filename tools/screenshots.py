@@ -133,7 +133,7 @@ def stop_process(proc: subprocess.Popen) -> None:
 
 def build_database(workdir: Path, orders: int, supplier_url: str) -> str:
     url = f"sqlite:///{workdir / 'screenshots.db'}"
-    env = dict(os.environ, DATABASE_URL=url, FLASK_APP="run")
+    env = dict(os.environ, DATABASE_URL=url, FLASK_APP="run", OUTBOUND_ALLOW_PRIVATE="true")  # sims on 127.0.0.1
     env.pop("REDIS_URL", None)  # jobs inline, as `make run`
     flask = str(Path(sys.executable).parent / "flask")
     run([flask, "db", "upgrade"], dict(env, FAB_CREATE_DB="False", FAB_UPDATE_PERMS="False"), "migrate")
@@ -148,6 +148,7 @@ def serve(url: str, supplier_url: str):
     this run's simulator (a reused database still names the port of the run that built it)."""
     os.environ["DATABASE_URL"] = url  # config reads it at import
     os.environ.pop("REDIS_URL", None)
+    os.environ.setdefault("OUTBOUND_ALLOW_PRIVATE", "true")  # the supplier simulator listens on 127.0.0.1
     sys.path.insert(0, str(ROOT))
     import logging
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import requests
 from flask import current_app
 
+from app import outbound
 from app.network.realname import signed_post
 
 
@@ -29,10 +30,11 @@ def transfer(out_no: str, amount: int, card: str, name: str) -> PayoutResult:
         resp = signed_post(url.rstrip("/") + "/v1/transfers", key,
                            {"out_no": out_no, "amount": amount, "card": card, "name": name},
                            current_app.config.get("PAYOUT_TIMEOUT", 10))
-    except requests.Timeout:
+    except (requests.Timeout, outbound.DeadlineExceeded):
         return PayoutResult("unknown", reason="打款请求超时，结果未知 (payout timed out; result unknown)")
-    except requests.RequestException as exc:
-        return PayoutResult("unknown", reason=f"打款通道连接失败 (payout unreachable: {type(exc).__name__})")
+    except outbound.FAILURES as exc:
+        return PayoutResult("unknown", reason=f"打款通道连接失败 (payout unreachable: "
+                                                 f"{outbound.short_reason(exc)[:120]})")
     try:
         data = resp.json()
     except ValueError:
@@ -52,8 +54,8 @@ def query(out_no: str) -> PayoutResult:
         resp = signed_post(url.rstrip("/") + "/v1/transfers/query", key, {"out_no": out_no},
                            current_app.config.get("PAYOUT_TIMEOUT", 10))
         data = resp.json()
-    except requests.RequestException as exc:
-        return PayoutResult("unknown", reason=f"打款查询失败 (payout query failed: {type(exc).__name__})")
+    except outbound.FAILURES as exc:
+        return PayoutResult("unknown", reason=f"打款查询失败 (payout query failed: {outbound.short_reason(exc)[:120]})")
     except ValueError:
         data = None
     if resp.status_code != 200 or not isinstance(data, dict):

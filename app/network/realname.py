@@ -23,6 +23,7 @@ from stdnum import luhn
 from stdnum.cn import ric
 from stdnum.exceptions import ValidationError as StdnumError
 
+from app import outbound
 from app.clock import business_today, to_local, utcnow
 from app.crypto import decrypt, encrypt, keyed_hash
 from app.errors import Conflict, KamengError, ValidationError
@@ -152,7 +153,7 @@ def signed_post(url: str, key: str, payload: dict, timeout: float) -> requests.R
     ts, nonce = str(int(time.time())), uuid.uuid4().hex
     headers = {"Content-Type": "application/json", "X-Timestamp": ts, "X-Nonce": nonce,
                "X-Signature": sign(key, ts, nonce, body)}
-    return requests.post(url, data=body, headers=headers, timeout=timeout)
+    return outbound.post(url, data=body, headers=headers, timeout=timeout)  # fenced: see app/outbound.py
 
 
 def three_element_check(name: str, id_number: str, card: str) -> ProviderResult:
@@ -165,7 +166,7 @@ def three_element_check(name: str, id_number: str, card: str) -> ProviderResult:
                            {"name": name, "id_number": id_number, "bank_card": card},
                            current_app.config.get("IDV_PROVIDER_TIMEOUT", 10))
         data = resp.json() if resp.status_code == 200 else None
-    except (requests.RequestException, ValueError):
+    except (*outbound.FAILURES, ValueError):
         data = None
     if not isinstance(data, dict) or data.get("result") not in ("match", "mismatch"):
         raise ProviderUnavailable("实名认证服务暂不可用，请稍后再试 (verification provider unavailable)")

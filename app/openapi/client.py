@@ -1,4 +1,6 @@
-"""A small signed client for the Open API, as a reseller would write it (used by tests and bench/)."""
+"""A small signed client for the Open API, as a reseller would write it (used by the Kameng supplier adapter, tests
+and bench/). By default it calls through the outbound fence (app/outbound.py): pinned global addresses, no redirects,
+capped answers."""
 from __future__ import annotations
 
 import json
@@ -7,6 +9,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from app import outbound
 from app.openapi.signing import signed_headers
 
 
@@ -17,7 +20,7 @@ class OpenApiClient:
         self.app_key = app_key
         self.app_secret = app_secret
         self.timeout = timeout
-        self.session = session or requests.Session()
+        self.session = session if session is not None else outbound.session()
 
     def request(self, method: str, path: str, body: Any = None, params: dict | None = None,
                 headers: dict | None = None) -> requests.Response:
@@ -29,7 +32,7 @@ class OpenApiClient:
             all_headers["Content-Type"] = "application/json"
         all_headers.update(headers or {})
         return self.session.request(method, url, data=raw or None, params=params, headers=all_headers,
-                                    timeout=self.timeout)
+                                    timeout=self.timeout, allow_redirects=False)
 
     def products(self) -> requests.Response:
         return self.request("GET", "/open/v1/products")

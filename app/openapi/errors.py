@@ -1,4 +1,4 @@
-from app.errors import Conflict, KamengError
+from app.errors import Conflict, KamengError, ValidationError
 
 
 class Unauthorized(KamengError):
@@ -8,3 +8,8 @@ class Unauthorized(KamengError):
 
 class OutTradeNoConflict(Conflict):
     code = "out_trade_no_conflict"
+
+
+class InvalidNotifyUrl(ValidationError):
+    """notify_url is not an http(s) URL with a host (its address is checked when the callback connects)."""
+    code = "invalid_notify_url"

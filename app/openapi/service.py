@@ -11,7 +11,6 @@ import time
 from datetime import timedelta
 from urllib.parse import urlsplit
 
-from flask import current_app
 from redis.exceptions import RedisError
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
@@ -24,7 +23,7 @@ from app.clock import utcnow
 from app.errors import Forbidden, KamengError, NotFound, ValidationError
 from app.extensions import db
 from app.openapi import signing
-from app.openapi.errors import OutTradeNoConflict, Unauthorized
+from app.openapi.errors import InvalidNotifyUrl, OutTradeNoConflict, Unauthorized
 from app.openapi.models import ApiKey, ApiNonce
 from app.orders import service as orders
 from app.orders.models import Order
@@ -202,15 +201,18 @@ def _clean_order_request(payload) -> dict:
 
 
 def validate_notify_url(url) -> str:
+    """The shape only: http(s), a host, at most 512 characters. Where it points is checked by the outbound fence
+    when the callback connects (app/outbound.py), since a name can point elsewhere by then."""
     if not isinstance(url, str) or len(url) > 512 or CONTROL_CHARS.search(url):
-        raise ValidationError("notify_url must be an http(s) URL of at most 512 characters")
+        raise InvalidNotifyUrl("notify_url must be an http(s) URL of at most 512 characters")
     try:
         parts = urlsplit(url)
         hostname = parts.hostname
-    except ValueError:  # e.g. "http://[::1"
-        raise ValidationError("notify_url must be an http(s) URL") from None
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number or out of range)
+    except ValueError:  # e.g. "http://[::1" or "http://host:99999/"
+        raise InvalidNotifyUrl("notify_url must be an http(s) URL") from None
     if parts.scheme not in ("http", "https") or not hostname:
-        raise ValidationError("notify_url must be an http(s) URL")
+        raise InvalidNotifyUrl("notify_url must be an http(s) URL with a host")
     return url
 
 
@@ -306,22 +308,6 @@ def caller_agent(key: ApiKey) -> Agent:
     if agent is None or not agent.active:
         raise Forbidden("agent disabled")
     return agent
-
-
-def callbacks_allowed_to(host: str) -> bool:
-    """In production, never POST to loopback or private addresses (SSRF)."""
-    if current_app.config.get("OPENAPI_CALLBACK_ALLOW_PRIVATE"):
-        return True
-    import socket
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError:
-        return False
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if address.is_private or address.is_loopback or address.is_link_local or address.is_reserved:
-            return False
-    return True
 
 
 __all__ = ["KamengError"]

@@ -115,9 +115,12 @@ def build_spec() -> dict:
                         "409": _error("out_of_stock (for direct products: no supplier can take it now), or "
                                       "out_trade_no_conflict (same out_trade_no, other body)"),
                         "422": _error("unsupported_product_kind (manual products)"),
-                        **COMMON_ERRORS, "403": _error("daily_limit_exceeded, agent disabled, risk_blocked (refused by "
-                                                       "risk control), risk_limit (a risk limit exceeded) or "
-                                                       "risk_hold (the agent is held for review)")}},
+                        **COMMON_ERRORS,
+                        "400": _error("invalid_request, or invalid_notify_url (not an http(s) URL with a host, or "
+                                      "longer than 512 characters)"),
+                        "403": _error("daily_limit_exceeded, agent disabled, risk_blocked (refused by risk control),"
+                                      " risk_limit (a risk limit exceeded) or risk_hold (the agent is held for "
+                                      "review)")}},
                 "get": {
                     "operationId": "findOrderByOutTradeNo", "summary": "One of the caller's orders by out_trade_no",
                     "parameters": [{"name": "out_trade_no", "in": "query", "required": True,

@@ -57,12 +57,13 @@ import zipfile
 from datetime import UTC, date, datetime, timedelta, timezone
 from urllib.parse import urlencode
 
-import requests
-
+from app import outbound
 from app.money import format_fen, parse_yuan
 from app.payments.channels import rsa
 from app.payments.channels.base import (
     HTTP_TIMEOUT_SECONDS,
+    STATEMENT_DEADLINE_SECONDS,
+    STATEMENT_MAX_BYTES,
     BadNotification,
     ChannelError,
     ChannelUnavailable,
@@ -75,7 +76,6 @@ from app.payments.channels.base import (
     RefundResult,
     StatementLine,
     TradeStatus,
-    outbound_session,
 )
 
 DEFAULT_GATEWAY = "https://openapi.alipay.com/gateway.do"
@@ -405,10 +405,10 @@ class AlipayChannel:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ChannelUnavailable(f"{method}: no bill_download_url")
         try:
-            with outbound_session() as session:
+            with outbound.session(max_bytes=STATEMENT_MAX_BYTES, deadline=STATEMENT_DEADLINE_SECONDS) as session:
                 response = session.get(url, timeout=self.timeout, allow_redirects=False)
-        except requests.RequestException as exc:
-            raise ChannelUnavailable(f"alipay bill download: {type(exc).__name__}") from None
+        except outbound.FAILURES as exc:
+            raise ChannelUnavailable(f"alipay bill download: {outbound.short_reason(exc)}") from None
         if response.status_code != 200 or not response.content.startswith(b"PK"):
             raise ChannelUnavailable(f"alipay bill download: HTTP {response.status_code}, not the bill zip "
                                      "(the URL lives 30 s)")
@@ -460,12 +460,12 @@ class AlipayChannel:
         params["sign"] = self._sign(params)
         query = {k: v for k, v in params.items() if k != "biz_content"}
         try:
-            with outbound_session() as session:
+            with outbound.session() as session:
                 response = session.post(self.gateway, params=query, data={"biz_content": params["biz_content"]},
                                         headers={"Content-Type": "application/x-www-form-urlencoded;charset=utf-8"},
                                         timeout=self.timeout, allow_redirects=False)
-        except requests.RequestException as exc:
-            raise ChannelUnavailable(f"alipay {method}: {type(exc).__name__}") from None
+        except outbound.FAILURES as exc:
+            raise ChannelUnavailable(f"alipay {method}: {outbound.short_reason(exc)}") from None
         if response.status_code != 200:
             raise ChannelUnavailable(f"alipay {method}: HTTP {response.status_code}")
         try:

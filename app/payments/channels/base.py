@@ -3,9 +3,10 @@ service, in our terms (amounts in fen, our order or top-up number as `out_trade_
 
 A channel adapter speaks its gateway's published protocol and nothing else: it never touches the database. The
 payments service (app.payments.service) and the refund state machine (app.payments.refunds) call it and book what
-it answers. Every outbound call goes through `outbound_session()` (no redirects, no proxies from the environment)
-with a timeout; a transport failure (timeout, connection refused, 5xx, an unparseable or unsigned answer) is
-*unknown*, never success or failure: the caller asks again with the same identifiers.
+it answers. Every outbound call goes through the one outbound client, `app.outbound.session()` (global addresses only,
+pinned, no redirects, no proxies from the environment, capped answers) with a timeout; a transport failure (timeout,
+connection refused, a refused destination, 5xx, an unparseable or unsigned answer) is *unknown*, never success or
+failure: the caller asks again with the same identifiers.
 """
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Protocol
 
-import requests
-
 from app.errors import KamengError
 
 HTTP_TIMEOUT_SECONDS = 10
+# A day's bill can be far larger than an API answer (the outbound client's default cap is 1 MiB).
+STATEMENT_MAX_BYTES = 64 * 1024 * 1024
+STATEMENT_DEADLINE_SECONDS = 120
 
 
 class ChannelError(KamengError):
@@ -154,12 +156,3 @@ class Channel(Protocol):
         """The channel's bill of one China calendar day, fetched and parsed; [] when the channel has none."""
 
     def parse_statement(self, content: bytes) -> list[StatementLine]: ...
-
-
-def outbound_session() -> requests.Session:
-    """A requests session for calls to a gateway: no proxies or netrc from the environment, no redirects (pass
-    allow_redirects=False on every call as well)."""
-    session = requests.Session()
-    session.trust_env = False
-    session.max_redirects = 0
-    return session

@@ -60,15 +60,17 @@ import zlib
 from datetime import UTC, date, datetime, timedelta, timezone
 from urllib.parse import parse_qsl
 
-import requests
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.x509.oid import NameOID
 
+from app import outbound
 from app.payments.channels.base import (
     HTTP_TIMEOUT_SECONDS,
+    STATEMENT_DEADLINE_SECONDS,
+    STATEMENT_MAX_BYTES,
     BadNotification,
     ChannelError,
     ChannelUnavailable,
@@ -81,7 +83,6 @@ from app.payments.channels.base import (
     RefundResult,
     StatementLine,
     TradeStatus,
-    outbound_session,
 )
 
 DEFAULT_GATEWAY = "https://gateway.95516.com"
@@ -332,15 +333,17 @@ class UnionPayChannel:
         return {"version": VERSION, "encoding": "utf-8", "signMethod": SIGN_METHOD, "accessType": "0",
                 "merId": self.mer_id, **fields}
 
-    def _post(self, url: str, fields: dict) -> dict:
-        """POST a signed request; the verified answer. Transport trouble or an untrusted answer: unknown."""
+    def _post(self, url: str, fields: dict, statement: bool = False) -> dict:
+        """POST a signed request; the verified answer. Transport trouble or an untrusted answer: unknown. A
+        statement (fileTransfer) answer carries the day's file, so it may be larger and slower."""
         body = sign_fields(fields, self.private_key, self.cert_id)
+        caps = {"max_bytes": STATEMENT_MAX_BYTES, "deadline": STATEMENT_DEADLINE_SECONDS} if statement else {}
         try:
-            with outbound_session() as session:
+            with outbound.session(**caps) as session:
                 response = session.post(url, data=body, timeout=self.timeout, allow_redirects=False,
                                         headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
-        except requests.RequestException as exc:
-            raise ChannelUnavailable(f"unionpay unreachable: {type(exc).__name__}") from None
+        except outbound.FAILURES as exc:
+            raise ChannelUnavailable(f"unionpay unreachable: {outbound.short_reason(exc)}") from None
         if response.status_code != 200:
             raise ChannelUnavailable(f"unionpay answered HTTP {response.status_code}")
         try:
@@ -535,7 +538,7 @@ class UnionPayChannel:
         self._require()
         answer = self._post(self.file_gateway + FILE_PATH, self._base(
             txnType="76", txnSubType="01", bizType="000000", fileType="00", settleDate=day.strftime("%m%d"),
-            txnTime=txn_time()))
+            txnTime=txn_time()), statement=True)
         code = answer.get("respCode")
         if code == NO_FILE:
             return []

@@ -46,14 +46,16 @@ import time
 from datetime import UTC, date, datetime, timedelta, timezone
 from urllib.parse import quote, urlencode, urlsplit
 
-import requests
 from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from app import outbound
 from app.money import parse_yuan
 from app.payments.channels import rsa
 from app.payments.channels.base import (
     HTTP_TIMEOUT_SECONDS,
+    STATEMENT_DEADLINE_SECONDS,
+    STATEMENT_MAX_BYTES,
     BadNotification,
     ChannelError,
     ChannelUnavailable,
@@ -66,7 +68,6 @@ from app.payments.channels.base import (
     RefundResult,
     StatementLine,
     TradeStatus,
-    outbound_session,
 )
 
 DEFAULT_API = "https://api.mch.weixin.qq.com"
@@ -215,11 +216,11 @@ class WechatPayChannel:
         if payload is not None:
             headers["Content-Type"] = "application/json"
         try:
-            with outbound_session() as session:
+            with outbound.session() as session:
                 response = session.request(method, self.api_base + path, data=body.encode() if body else None,
                                            headers=headers, timeout=self.timeout, allow_redirects=False)
-        except requests.RequestException as exc:
-            raise ChannelUnavailable(f"wechatpay unreachable: {type(exc).__name__}") from None
+        except outbound.FAILURES as exc:
+            raise ChannelUnavailable(f"wechatpay unreachable: {outbound.short_reason(exc)}") from None
         return self._read(response)
 
     def _read(self, response) -> _Answer:
@@ -420,11 +421,11 @@ class WechatPayChannel:
         headers = {"Authorization": authorization(self.mchid, self.serial_no, self.private_key, "GET", path, ""),
                    "Accept": "*/*", "User-Agent": "kameng-wechatpay/1"}
         try:
-            with outbound_session() as session:
+            with outbound.session(max_bytes=STATEMENT_MAX_BYTES, deadline=STATEMENT_DEADLINE_SECONDS) as session:
                 response = session.get(self.api_base + path, headers=headers, timeout=self.timeout,
                                        allow_redirects=False)
-        except requests.RequestException as exc:
-            raise ChannelUnavailable(f"wechatpay bill download failed: {type(exc).__name__}") from None
+        except outbound.FAILURES as exc:
+            raise ChannelUnavailable(f"wechatpay bill download failed: {outbound.short_reason(exc)}") from None
         if response.status_code != 200:
             raise ChannelUnavailable(f"wechatpay bill download answered HTTP {response.status_code}")
         return response.content

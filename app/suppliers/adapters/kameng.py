@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 
-import requests
-
+from app import outbound
 from app.openapi.client import OpenApiClient
 from app.suppliers.adapters.base import (
     FAILED,
@@ -51,8 +50,11 @@ class KamengAdapter(SupplierAdapter):
         """(HTTP status, JSON object); UpstreamUnreachable when no answer could tell us anything."""
         try:
             response = call(*args, **kwargs)
-        except requests.RequestException as exc:
-            raise UpstreamUnreachable(f"{type(exc).__name__}: {exc}"[:255]) from exc
+        except outbound.FAILURES as exc:
+            raise UpstreamUnreachable(outbound.describe(exc)[:255]) from exc
+        if 300 <= response.status_code < 400:  # never followed: the upstream's answer is the 3xx, not an order
+            raise UpstreamUnreachable(f"HTTP {response.status_code}: redirect not followed "
+                                      f"(Location: {response.headers.get('Location', '')})"[:255])
         if response.status_code >= 500 or response.status_code in UNKNOWN_OUTCOME_HTTP:
             raise UpstreamUnreachable(f"HTTP {response.status_code}: {_error_text(response)}"[:255])
         try:

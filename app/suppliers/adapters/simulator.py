@@ -7,8 +7,7 @@ import json
 import time
 from urllib.parse import urlsplit
 
-import requests
-
+from app import outbound
 from app.openapi import signing
 from app.suppliers.adapters.base import (
     FAILED,
@@ -71,10 +70,9 @@ class SimulatorAdapter(SupplierAdapter):
         if body:
             headers["Content-Type"] = "application/json"
         try:
-            response = requests.request(method, url, data=body or None, headers=headers, timeout=conn.timeout,
-                                        allow_redirects=False)
-        except requests.RequestException as exc:
-            raise UpstreamUnreachable(f"{path}: {type(exc).__name__}") from exc
+            response = outbound.request(method, url, data=body or None, headers=headers, timeout=conn.timeout)
+        except outbound.FAILURES as exc:
+            raise UpstreamUnreachable(f"{path}: {outbound.describe(exc)}"[:255]) from exc
         if response.status_code in (401, 403):
             raise UpstreamUnreachable(f"{path}: the upstream refused our credentials (HTTP {response.status_code}:"
                                       f" {response.text[:120]})")
