@@ -69,18 +69,11 @@ def create_app(overrides: dict | None = None) -> Flask:
 
     register_invites(app)
 
-    app.after_request(_refuse_framing)
+    from app import headers
+
+    headers.init_app(app)
 
     from app.cli import kameng_cli
     app.cli.add_command(kameng_cli)
     return app
 
-
-def _refuse_framing(response):
-    """No page of ours can be framed by another site (clickjacking a cashier, a review button or a lookup), nor
-    sniffed into another type; links do not carry our URLs (order numbers, tokens) to other sites."""
-    response.headers.setdefault("X-Frame-Options", "DENY")
-    response.headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'")
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "same-origin")
-    return response

@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 from app.catalog.service import price_for
 from app.errors import KamengError, NotFound, ValidationError
 from app.extensions import csrf, db
+from app.headers import no_store
 from app.orders.models import Order
 from app.payments import service as payments
 from app.payments.channels import sandbox
@@ -151,9 +152,7 @@ def payment_status(number: str):
     state = payments.payment_state(number)
     if state is None:
         abort(404)
-    response = jsonify(state)
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    return no_store(jsonify(state))
 
 
 @shop.get("/pay/go/<number>")
@@ -276,10 +275,9 @@ def shop_order(token: str):
 
 
 def _no_store(body, status: int = 200):
-    """Answers that can carry card secrets are never cached by a browser or a proxy."""
-    response = current_app.make_response((body, status))
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    """Answers that can carry card secrets are never cached by a browser or a proxy (app.headers also adds it to
+    these paths; said here too so the view reads as what it is)."""
+    return no_store(current_app.make_response((body, status)))
 
 
 @shop.errorhandler(HTTPException)
