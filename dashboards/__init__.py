@@ -37,8 +37,8 @@ from flask_login import current_user
 from sqlalchemy import text
 
 from app.errors import KamengError
-from app.headers import register_dash_hashes
 from app.extensions import db
+from app.headers import register_dash_hashes
 
 CATEGORY = "数据看板"
 CATEGORY_ICON = "fa-bar-chart"
