@@ -309,9 +309,7 @@ def _reserve_attempt(agent_id: int, id_hash: str) -> int:
         raise TooManyAttempts(message, code=code)
     attempt = RealNameAttempt(agent_id=agent_id, id_number_hash=id_hash, business_day=today, outcome="pending")
     db.session.add(attempt)
-    db.session.flush()
-    audit.record("realname.submit", "agent", agent_id, None, {"attempt_id": attempt.id})
-    db.session.commit()
+    db.session.commit()  # the attempt itself is the record of the submission (refusals and lockouts are audited)
     return attempt.id
 
 
