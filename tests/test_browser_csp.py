@@ -99,7 +99,8 @@ def test_storefront_pages_under_the_csp(app, db, f, live_server, browser):  # no
         page.wait_for_load_state("networkidle")
     # The buy page's device id comes from the self-hosted FingerprintJS: it ran.
     page.goto(f"{live_server}/shop/buy/{product.id}")
-    page.wait_for_function("document.querySelector('input[name=device_id]') === null || "
-                           "document.querySelector('input[name=device_id]').value !== ''")
+    from playwright.sync_api import expect
+
+    expect(page.locator("input[name=device_id]")).not_to_have_value("")
     assert seen.csp() == [] and _event_violations(page) == [], (seen.messages, _event_violations(page))
     ctx.close()
