@@ -104,3 +104,37 @@ def test_storefront_pages_under_the_csp(app, db, f, live_server, browser):  # no
     expect(page.locator("input[name=device_id]")).not_to_have_value("")
     assert seen.csp() == [] and _event_violations(page) == [], (seen.messages, _event_violations(page))
     ctx.close()
+
+
+def test_confirm_prompts_still_ask_without_inline_handlers(app, db, f, live_server, browser):  # noqa: F811
+    """The revoke button's "确定吊销？" comes from static/kameng/confirm.js (data-confirm), not an inline onsubmit:
+    dismissing it sends nothing, accepting it revokes the key."""
+    from app.openapi import service as openapi
+    from app.openapi.models import ApiKey
+
+    agent = f.agent()
+    key, _secret = openapi.create_key(agent.id, "csp", None)
+    key_id = key.id
+    ctx = _context(browser)
+    page = ctx.new_page()
+    seen = Violations(page)
+    _log_in(page, live_server, agent.name, f.PASSWORD)
+    page.goto(f"{live_server}/portal/api-keys/")
+    answers, asked = iter([False, True]), []
+
+    def on_dialog(dialog):
+        asked.append(dialog.message)
+        dialog.accept() if next(answers) else dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    button = page.locator(f"form[action='/portal/api-keys/revoke/{key_id}'] button")
+    button.click()
+    page.wait_for_timeout(300)
+    db.session.expire_all()
+    assert asked and db.session.get(ApiKey, key_id).active  # dismissed: nothing sent
+    with page.expect_navigation():
+        button.click()
+    db.session.expire_all()
+    assert len(asked) == 2 and not db.session.get(ApiKey, key_id).active
+    assert seen.csp() == [] and _event_violations(page) == [], (seen.messages, _event_violations(page))
+    ctx.close()
