@@ -142,6 +142,10 @@ class Config:
     ORDER_EXPIRY_SCAN_SECONDS = env_int("ORDER_EXPIRY_SCAN_SECONDS", 60)
     LOOKUP_LINK_SECONDS = env_int("LOOKUP_LINK_SECONDS", 7 * 24 * 3600)  # signed order links expire
     SHOP_LOOKUP_RATE_LIMIT = env_str("SHOP_LOOKUP_RATE_LIMIT", "10 per minute")
+    # One budget per order number, whatever the address or entry point (lookup API and page, buyer disputes): after
+    # this many wrong passwords within the window the order number answers 429 until the oldest try ages out.
+    SHOP_LOOKUP_ORDER_FAILURES = env_int("SHOP_LOOKUP_ORDER_FAILURES", 10)
+    SHOP_LOOKUP_ORDER_WINDOW_SECONDS = env_int("SHOP_LOOKUP_ORDER_WINDOW_SECONDS", 3600)
     SHOP_ORDER_RATE_LIMIT = env_str("SHOP_ORDER_RATE_LIMIT", "30 per minute")
     PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL")  # how channels reach /pay/notify; default: the request's host
     # Notifications: per sending address; forged ones beyond this many an hour per address are not logged.
@@ -171,6 +175,12 @@ class Config:
     IDV_PROVIDER_URL = env_str("IDV_PROVIDER_URL")
     IDV_PROVIDER_KEY = env_str("IDV_PROVIDER_KEY")
     IDV_PROVIDER_TIMEOUT = env_int("IDV_PROVIDER_TIMEOUT", 10)
+    # Real-name submissions that reach the provider (each one is billed, and each answers "do these match?"):
+    # per agent per business day, per ID number per business day across agents, and a lockout after failures.
+    REALNAME_DAILY_ATTEMPTS = env_int("REALNAME_DAILY_ATTEMPTS", 3)
+    REALNAME_ID_ATTEMPTS = env_int("REALNAME_ID_ATTEMPTS", 3)
+    REALNAME_LOCKOUT_FAILURES = env_int("REALNAME_LOCKOUT_FAILURES", 5)
+    REALNAME_LOCKOUT_HOURS = env_int("REALNAME_LOCKOUT_HOURS", 24)
     REALNAME_REQUIRED_ABOVE = env_int("REALNAME_REQUIRED_ABOVE", 0)  # fen; wallet purchases above need it; 0 = off
     WITHDRAWAL_DAILY_LIMIT = env_int("WITHDRAWAL_DAILY_LIMIT", 5_000_000)  # fen per agent per business day; 0 = none
     PAYOUT_URL = env_str("PAYOUT_URL")

@@ -74,29 +74,11 @@ def create_app(overrides: dict | None = None) -> Flask:
 
     register_invites(app)
 
-    app.after_request(_refuse_framing)
-    if app.config.get("HSTS_SECONDS"):
-        app.after_request(_strict_transport)
+    from app import headers
+
+    headers.init_app(app)
 
     from app.cli import kameng_cli
     app.cli.add_command(kameng_cli)
     return app
 
-
-def _refuse_framing(response):
-    """No page of ours can be framed by another site (clickjacking a cashier, a review button or a lookup), nor
-    sniffed into another type; links do not carry our URLs (order numbers, tokens) to other sites."""
-    response.headers.setdefault("X-Frame-Options", "DENY")
-    response.headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'")
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "same-origin")
-    return response
-
-
-def _strict_transport(response):
-    """Production only: browsers that have seen us once never speak plain http to us again."""
-    from flask import current_app
-
-    response.headers.setdefault("Strict-Transport-Security",
-                                f"max-age={current_app.config['HSTS_SECONDS']}; includeSubDomains")
-    return response

@@ -35,3 +35,9 @@ class Forbidden(KamengError):
 class Conflict(KamengError):
     code = "conflict"
     status = 409
+
+
+class TooManyAttempts(KamengError):
+    """A limit on tries (real-name submissions, order passwords) is reached; the message says when to try again."""
+    code = "too_many_attempts"
+    status = 429

@@ -18,6 +18,7 @@ from app.ledger.models import Account, Journal, Posting  # noqa: F401
 from app.network.models import (  # noqa: F401
     Commission,
     InviteCode,
+    RealNameAttempt,
     RealNameVerification,
     SettlementRun,
     TeamBonusAward,
@@ -32,6 +33,7 @@ from app.payments.models import (  # noqa: F401
     Coupon,
     CouponRedemption,
     Dispute,
+    LookupAttempt,
     OrderCheckout,
     Payment,
     PaymentAlert,

@@ -38,6 +38,7 @@ from sqlalchemy import text
 
 from app.errors import KamengError
 from app.extensions import db
+from app.headers import register_dash_hashes
 
 CATEGORY = "数据看板"
 CATEGORY_ICON = "fa-bar-chart"
@@ -106,6 +107,7 @@ def init_dashboards(app: Flask, appbuilder: AppBuilder) -> None:
                         compress=False)
         dash_app.index_string = INDEX_STRING
         importlib.import_module(dashboard.module).build(dash_app)
+        register_dash_hashes(app, dash_app.csp_hashes())  # the renderer's inline script, allowed by its hash
         _guard_routes(app, dashboard)
     app.after_request(_csrf_cookie)
 

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from app.agents.models import Agent, Tier
 from app.catalog.models import Category
-from app.cells import safe_cell
+from app.cells import safe_row
 from app.clock import business_today
 from app.errors import ValidationError
 from app.extensions import db
@@ -277,9 +277,9 @@ def register_table_export(dash_app: Dash, table_id: str, filename: str) -> None:
 def rows_to_csv(rows: list[dict], columns: list[dict]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow([c.get("name", c["id"]) for c in columns])
+    writer.writerow(safe_row(c.get("name", c["id"]) for c in columns))
     for row in rows:
-        writer.writerow([safe_cell(row.get(c["id"], "")) for c in columns])
+        writer.writerow(safe_row(row.get(c["id"], "") for c in columns))
     return "\ufeff" + out.getvalue()
 
 

@@ -308,3 +308,27 @@ def test_real_purchases_make_agents_active_in_their_branch_only(app, f):
     payments.refund_order(second_b, "测试退款", None)
     assert kpis(agent_client(app, f, a))[0]["kpi-active-7"] == "1"
     assert kpis(manager)[0]["kpi-active-30"] == "1"
+
+
+def test_an_agents_display_name_that_reads_as_a_formula_is_exported_as_text(app, f, db, tree):
+    """The confirmed case: an agent named '=HYPERLINK(...)' in the recruiters table, exported by a manager."""
+    import csv
+    import io
+
+    from sqlalchemy import update
+
+    from app.agents.models import Agent
+    from tests.dashboards_helpers import call_callback, login_as, outputs
+
+    formula = '=HYPERLINK("http://evil.example/","点我")'
+    db.session.execute(update(Agent).where(Agent.name == "A").values(name=formula))
+    db.session.commit()
+    client, _user = login_as(app, f, "Manager")
+    out = _growth(client)
+    assert formula in [row["name"] for row in out["ag-recruiters.data"]]
+    columns = [{"id": "rank", "name": "排名"}, {"id": "name", "name": "代理"}]
+    download = outputs(call_callback(client, "agents", "ag-recruiters-download.data", {
+        "ag-recruiters-export.n_clicks": 1, "ag-recruiters.data": out["ag-recruiters.data"],
+        "ag-recruiters.columns": columns}, changed=["ag-recruiters-export.n_clicks"]))["ag-recruiters-download.data"]
+    names = [row[1] for row in csv.reader(io.StringIO(download["content"].lstrip("\ufeff")))][1:]
+    assert "'" + formula in names and formula not in names

@@ -229,6 +229,43 @@ def test_replayed_nonce_is_401(app, f, client, world, request, store):
         app.config["REDIS_URL"] = None
 
 
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens there once the socket is closed
+
+
+def test_replay_is_401_while_redis_is_unreachable(app, f, client, world, request):
+    """Nonces are rows with a unique constraint, whatever Redis does: a request signed while Redis was up and
+    replayed while it is down (REDIS_URL pointing at a closed port) is refused, and so is a replay of a request
+    first seen during the outage."""
+    app.config["REDIS_URL"] = request.getfixturevalue("redis_url")
+    try:
+        body = json.dumps(order_body(world)).encode()
+        headers = _headers(world.key, world.secret, body=body)
+        assert _post(client, headers, body).status_code == 201
+        balance_nonce = secrets.token_hex(16)
+        assert signed_call(client, world.key, world.secret, "GET", "/open/v1/balance",
+                           nonce=balance_nonce).status_code == 200
+
+        app.config["REDIS_URL"] = f"redis://127.0.0.1:{_closed_port()}/0"
+        assert_error(_post(client, headers, body), 401, "unauthorized")
+        r = signed_call(client, world.key, world.secret, "GET", "/open/v1/balance", nonce=balance_nonce)
+        assert_error(r, 401, "unauthorized")
+        assert "nonce" in r.get_json()["error"]["message"]
+
+        during = secrets.token_hex(16)
+        assert signed_call(client, world.key, world.secret, "GET", "/open/v1/balance",
+                           nonce=during).status_code == 200
+        assert_error(signed_call(client, world.key, world.secret, "GET", "/open/v1/balance", nonce=during),
+                     401, "unauthorized")
+        assert order_count() == 1 and f.wallet(world.agent) == 91_000
+    finally:
+        app.config["REDIS_URL"] = None
+
+
 def test_unknown_key_is_401(app, f, client, world):
     body = json.dumps(order_body(world)).encode()
 

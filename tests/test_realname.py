@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 
 from app.crypto import decrypt
 from app.errors import Conflict, ValidationError
@@ -158,3 +158,105 @@ def test_the_published_example_id_number_is_accepted_and_its_checksum_enforced(a
     with pytest.raises(ValidationError) as refused:
         check_id_number("110105194912310021")
     assert refused.value.code == "id_checksum"
+
+
+# --- abuse limits: per agent per day, per ID number per day, lockout after failures -----------------------------
+
+def _submit(client, seq: str, card_last: str = "0"):
+    """Through the portal form; a card ending in 0 is a mismatch at the simulated provider."""
+    return client.post("/portal/realname/", data={"name": "王小明", "id_number": id_number(seq=seq),
+                                                  "bank_card": bank_card(card_last), "phone": "13912345678"})
+
+
+def _audits(db, action: str) -> list:
+    from app.audit.models import AuditEntry
+
+    return db.session.scalars(select(AuditEntry).where(AuditEntry.action == action)).all()
+
+
+def test_daily_submissions_per_agent_are_limited_before_the_provider_is_asked(app, f, monkeypatch, client, db):
+    from app.clock import to_local
+    from app.network.models import RealNameAttempt
+    from app.network.realname import _next_business_day_start
+
+    monkeypatch.setitem(app.config, "REALNAME_DAILY_ATTEMPTS", 3)
+    a = f.agent()
+    f.login(client, a.name)
+    with idv_provider(app, monkeypatch) as sim:
+        for seq in ("301", "303", "305"):
+            assert _submit(client, seq).status_code == 302
+        refused = _submit(client, "307", card_last="8")  # even a matching triple: the provider is not asked
+        assert sim.calls == 3
+        text_ = refused.get_data(as_text=True)
+        assert refused.status_code == 429 and "已达上限" in text_
+        assert to_local(_next_business_day_start()).strftime("%Y-%m-%d %H:%M") in text_  # when to come back
+        [entry] = _audits(db, "realname.refused")
+        assert entry.target_id == str(a.id) and "realname_daily_limit" in entry.new_value
+        assert db.session.scalar(select(func.count()).select_from(RealNameAttempt)
+                                 .where(RealNameAttempt.agent_id == a.id)) == 3
+        # The next business day the agent may try again.
+        db.session.execute(update(RealNameAttempt).values(business_day=RealNameAttempt.business_day - 1))
+        db.session.commit()
+        assert _submit(client, "307", card_last="8").status_code == 302
+        assert sim.calls == 4
+    assert realname.is_verified(a.id)
+
+
+def test_provider_outages_do_not_spend_the_daily_limit(app, f, monkeypatch, client):
+    monkeypatch.setitem(app.config, "REALNAME_DAILY_ATTEMPTS", 1)
+    a = f.agent()
+    f.login(client, a.name)
+    monkeypatch.setitem(app.config, "IDV_PROVIDER_URL", "http://127.0.0.1:9/")  # nothing listens there
+    monkeypatch.setitem(app.config, "IDV_PROVIDER_KEY", "k")
+    monkeypatch.setitem(app.config, "IDV_PROVIDER_TIMEOUT", 2)
+    for _ in range(2):
+        r = _submit(client, "311", card_last="8")
+        assert r.status_code == 400 and "不可用" in r.get_data(as_text=True)
+    with idv_provider(app, monkeypatch):
+        assert _submit(client, "311", card_last="8").status_code == 302
+    assert realname.is_verified(a.id)
+
+
+def test_one_id_number_is_limited_per_day_across_agents(app, f, monkeypatch, db):
+    monkeypatch.setitem(app.config, "REALNAME_ID_ATTEMPTS", 3)
+    with idv_provider(app, monkeypatch) as sim:
+        for _ in range(3):
+            c = app.test_client()
+            f.login(c, f.agent().name)
+            assert _submit(c, "521").status_code == 302
+        c = app.test_client()
+        last = f.agent()
+        f.login(c, last.name)
+        r = _submit(c, "521", card_last="8")
+        assert r.status_code == 429 and "该身份证号今日提交次数已达上限" in r.get_data(as_text=True)
+        assert sim.calls == 3
+        assert _submit(c, "523", card_last="8").status_code == 302  # another ID number is its own business
+    assert realname.is_verified(last.id)
+    [entry] = _audits(db, "realname.refused")
+    assert "realname_id_limit" in entry.new_value
+
+
+def test_repeated_failures_lock_the_agent_out(app, f, monkeypatch, client, db):
+    from datetime import timedelta
+
+    from app.network.models import RealNameAttempt
+
+    monkeypatch.setitem(app.config, "REALNAME_DAILY_ATTEMPTS", 100)
+    monkeypatch.setitem(app.config, "REALNAME_LOCKOUT_FAILURES", 5)
+    monkeypatch.setitem(app.config, "REALNAME_LOCKOUT_HOURS", 24)
+    a = f.agent()
+    f.login(client, a.name)
+    with idv_provider(app, monkeypatch) as sim:
+        for seq in ("401", "403", "405", "407", "409"):
+            assert _submit(client, seq).status_code == 302
+        assert len(_audits(db, "realname.locked")) == 1
+        r = _submit(client, "411", card_last="8")
+        assert r.status_code == 429 and "失败次数过多" in r.get_data(as_text=True)
+        assert sim.calls == 5
+        assert "realname_locked" in _audits(db, "realname.refused")[0].new_value
+        # 24 hours later the lock is over.
+        db.session.execute(update(RealNameAttempt).values(created_at=RealNameAttempt.created_at - timedelta(hours=25)))
+        db.session.commit()
+        assert _submit(client, "411", card_last="8").status_code == 302
+        assert sim.calls == 6
+    assert realname.is_verified(a.id)

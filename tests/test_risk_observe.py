@@ -367,6 +367,8 @@ def test_growth_dashboard_shows_the_flag_through_its_callback_scoped_to_the_view
 @pytest.mark.browser
 def test_buy_page_makes_no_request_to_another_origin_and_its_device_id_reaches_the_order(  # noqa: F811
         app, db, f, live_server, browser):  # noqa: F811
+    from playwright.sync_api import expect
+
     base = live_server
     h.setup_sandbox()
     product = f.product(name="网易一卡通 50元", face_price=5000, cost=4200, secrets=1)
@@ -392,7 +394,8 @@ def test_buy_page_makes_no_request_to_another_origin_and_its_device_id_reaches_t
     ctx.route("**/*", watch)
     page = ctx.new_page()
     page.goto(f"{base}/shop/buy/{product_id}")
-    page.wait_for_function("document.querySelector('#device_id').value.length > 0")
+    # A locator wait, not wait_for_function: a string predicate is eval'd in the page, which the CSP refuses.
+    expect(page.locator("#device_id")).not_to_have_value("", timeout=15_000)
     visitor_id = page.evaluate(
         "FingerprintJS.load({monitoring: false}).then(a => a.get()).then(r => r.visitorId)")
     assert re.fullmatch(r"[0-9a-f]{32}", visitor_id)
@@ -409,7 +412,7 @@ def test_buy_page_makes_no_request_to_another_origin_and_its_device_id_reaches_t
     # The login and registration pages fill the field too, from our origin only.
     for path in ("/login/", f"/r/{code}"):
         page.goto(f"{base}{path}")
-        page.wait_for_function("document.querySelector('input[name=device_id]').value.length > 0")
+        expect(page.locator("input[name=device_id]")).not_to_have_value("", timeout=15_000)
         assert page.locator("input[name=device_id]").input_value() == visitor_id
     ctx.close()
     assert foreign == []

@@ -38,6 +38,13 @@ def purge_nonces() -> int:
     return purge()
 
 
+def purge_lookup_attempts() -> int:
+    """Scheduled: forget storefront lookup tries older than the per-order-number budget's window."""
+    from app.payments.service import purge_lookup_attempts as purge
+
+    return purge()
+
+
 def expire_unpaid_orders() -> int:
     """Scheduled: close storefront orders that stayed unpaid past ORDER_EXPIRE_MINUTES."""
     from app.payments.service import expire_unpaid

@@ -22,6 +22,7 @@ PERIODIC = [
     Periodic("low-stock-scan", jobs.scan_low_stock, "low", "LOW_STOCK_SCAN_SECONDS"),
     Periodic("outbox-sweep", jobs.sweep_outbox, "high", "OUTBOX_SWEEP_SECONDS"),
     Periodic("nonce-purge", jobs.purge_nonces, "low", "NONCE_PURGE_SECONDS"),
+    Periodic("lookup-attempt-purge", jobs.purge_lookup_attempts, "low", cron="7 * * * *"),
     Periodic("order-expiry", jobs.expire_unpaid_orders, "default", "ORDER_EXPIRY_SCAN_SECONDS"),
     Periodic("topup-expiry", jobs.expire_unpaid_topups, "default", "ORDER_EXPIRY_SCAN_SECONDS"),
     Periodic("risk-review-expiry", jobs.expire_review_holds, "default", cron="*/5 * * * *"),

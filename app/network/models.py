@@ -7,6 +7,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -65,6 +66,21 @@ class RealNameVerification(db.Model):
     updated_at = Column(DateTime, nullable=False, default=utcnow)
 
     agent = relationship("Agent")
+
+
+class RealNameAttempt(db.Model):
+    """One real-name submission that passed the local checks and went (or was about to go) to the provider: what
+    the daily limits (per agent, per ID number) and the lockout after failures count, in the database."""
+    __tablename__ = "real_name_attempt"
+    id = Column(Integer, primary_key=True)
+    agent_id = Column(Integer, ForeignKey("agent.id"), nullable=False)
+    id_number_hash = Column(String(64), nullable=False)  # keyed hash, as real_name.id_number_hash
+    business_day = Column(Date, nullable=False)
+    outcome = Column(String(16), nullable=False, default="pending")  # pending, matched, mismatch, unavailable
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+
+    __table_args__ = (Index("ix_real_name_attempt_agent_day", "agent_id", "business_day"),
+                      Index("ix_real_name_attempt_id_day", "id_number_hash", "business_day"))
 
 
 class SettlementRun(db.Model):

@@ -47,7 +47,7 @@ class MyRealNameView(BaseView):
             flash(exc.message, "danger")
             return self.render_template("kameng/realname.html", rec=realname.record_of(agent.id),
                                         status_text=realname.STATUS_TEXT,
-                                        form={"name": form.get("name", "")}), 400
+                                        form={"name": form.get("name", "")}), 429 if exc.status == 429 else 400
         if rec.status == "verified":
             flash("实名认证成功", "success")
         else:

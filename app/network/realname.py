@@ -13,22 +13,23 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta
 
 import phonenumbers
 import requests
 from flask import current_app
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text, update
 from stdnum import luhn
 from stdnum.cn import ric
 from stdnum.exceptions import ValidationError as StdnumError
 
 from app import outbound
-from app.clock import business_today, to_local, utcnow
+from app.audit import service as audit
+from app.clock import business_day_start, business_today, to_local, utcnow
 from app.crypto import decrypt, encrypt, keyed_hash
-from app.errors import Conflict, KamengError, ValidationError
+from app.errors import Conflict, KamengError, TooManyAttempts, ValidationError
 from app.extensions import db
-from app.network.models import RealNameVerification
+from app.network.models import RealNameAttempt, RealNameVerification
 
 STATUS_TEXT = {"pending": "审核中", "verified": "已认证", "failed": "认证失败"}
 
@@ -227,9 +228,14 @@ def submit(agent_id: int, name: str, id_number: str, bank_card: str, phone: str)
         raise Conflict("已完成实名认证，如需更换请联系客服 (already verified)", code="already_verified")
     id_hash = keyed_hash("realname-id", number)
     _refuse_taken(agent_id, id_hash)
-    db.session.rollback()  # hold no lock or snapshot while the provider answers
+    attempt_id = _reserve_attempt(agent_id, id_hash)  # commits: hold no lock or snapshot while the provider answers
 
-    result = three_element_check(values["name"], number, values["bank_card"])
+    try:
+        result = three_element_check(values["name"], number, values["bank_card"])
+    except ProviderUnavailable:
+        _finish_attempt(attempt_id, "unavailable")  # not billed, not an answer: it does not count
+        db.session.commit()
+        raise
 
     if db.engine.dialect.name == "postgresql":  # serialize submissions of one ID number across agents
         db.session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:h))"), {"h": id_hash})
@@ -251,8 +257,92 @@ def submit(agent_id: int, name: str, id_number: str, bank_card: str, phone: str)
     rec.verified_at = now if result.matched else None
     rec.updated_at = now
     db.session.add(rec)
+    _finish_attempt(attempt_id, "matched" if result.matched else "mismatch")
+    if not result.matched:
+        locked_until = _locked_until(agent_id)
+        if locked_until is not None:
+            audit.record("realname.locked", "agent", agent_id, None, {"until": locked_until.isoformat()},
+                         reason="实名认证连续失败，暂停提交 (too many failed verifications)")
     db.session.commit()
     return rec
+
+
+# ------------------------------------------------------------------------------------------------ abuse limits
+def _reserve_attempt(agent_id: int, id_hash: str) -> int:
+    """Check the limits BEFORE the provider is asked (each ask is billed and answers "do these three match?"),
+    then record the attempt as pending and commit, so parallel submissions count each other.
+
+    Limits (config): REALNAME_DAILY_ATTEMPTS per agent per business day, REALNAME_ID_ATTEMPTS per ID number per
+    business day across agents, and a lockout of REALNAME_LOCKOUT_HOURS after REALNAME_LOCKOUT_FAILURES failed
+    verifications. A refusal is audited and raises TooManyAttempts saying when the agent can try again."""
+    cfg = current_app.config
+    if db.engine.dialect.name == "postgresql":  # one agent's (and one ID number's) submissions one at a time
+        db.session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"realname-agent:{agent_id}"})
+        db.session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "realname-id:" + id_hash})
+    today = business_today()
+    tomorrow = _next_business_day_start()
+    counted = RealNameAttempt.outcome != "unavailable"
+    refusal = None
+    locked_until = _locked_until(agent_id)
+    if locked_until is not None:
+        refusal = ("realname_locked", locked_until,
+                   f"实名认证失败次数过多，已暂停提交，请于 {_local_text(locked_until)} 后再试 "
+                   f"(too many failed verifications; try again after {_local_text(locked_until)})")
+    elif db.session.scalar(select(func.count()).where(
+            RealNameAttempt.agent_id == agent_id, RealNameAttempt.business_day == today, counted)) \
+            >= int(cfg["REALNAME_DAILY_ATTEMPTS"]):
+        refusal = ("realname_daily_limit", tomorrow,
+                   f"今日实名认证提交次数已达上限（{cfg['REALNAME_DAILY_ATTEMPTS']} 次），"
+                   f"请于 {_local_text(tomorrow)} 后再试 "
+                   f"(daily limit reached; try again after {_local_text(tomorrow)})")
+    elif db.session.scalar(select(func.count()).where(
+            RealNameAttempt.id_number_hash == id_hash, RealNameAttempt.business_day == today, counted)) \
+            >= int(cfg["REALNAME_ID_ATTEMPTS"]):
+        refusal = ("realname_id_limit", tomorrow,
+                   f"该身份证号今日提交次数已达上限，请于 {_local_text(tomorrow)} 后再试 "
+                   f"(this ID number reached its daily limit; try again after {_local_text(tomorrow)})")
+    if refusal is not None:
+        code, until, message = refusal
+        db.session.rollback()
+        audit.record("realname.refused", "agent", agent_id, None, {"code": code, "until": until.isoformat()},
+                     reason=message[:255])
+        db.session.commit()
+        raise TooManyAttempts(message, code=code)
+    attempt = RealNameAttempt(agent_id=agent_id, id_number_hash=id_hash, business_day=today, outcome="pending")
+    db.session.add(attempt)
+    db.session.commit()  # the attempt itself is the record of the submission (refusals and lockouts are audited)
+    return attempt.id
+
+
+def _finish_attempt(attempt_id: int, outcome: str) -> None:
+    db.session.execute(update(RealNameAttempt).where(RealNameAttempt.id == attempt_id).values(outcome=outcome))
+
+
+def _locked_until(agent_id: int) -> datetime | None:
+    """When the agent's lockout ends, if it is locked now. Failures (and attempts still pending, which may turn
+    out to be failures) count from the end of the previous lockout: the Nth one locks for REALNAME_LOCKOUT_HOURS."""
+    cfg = current_app.config
+    threshold, hours = int(cfg["REALNAME_LOCKOUT_FAILURES"]), int(cfg["REALNAME_LOCKOUT_HOURS"])
+    failures = db.session.scalars(select(RealNameAttempt.created_at).where(
+        RealNameAttempt.agent_id == agent_id, RealNameAttempt.outcome.in_(("mismatch", "pending")))
+        .order_by(RealNameAttempt.created_at, RealNameAttempt.id)).all()
+    until, count = None, 0
+    for at in failures:
+        if until is not None and at < until:
+            continue  # in flight when the lock began
+        count += 1
+        if count >= threshold:
+            until, count = at + timedelta(hours=hours), 0
+    return until if until is not None and until > utcnow() else None
+
+
+def _next_business_day_start() -> datetime:
+    """The UTC instant at which tomorrow's business day begins (today's start + 25 h is inside tomorrow)."""
+    return business_day_start(business_day_start() + timedelta(hours=25))
+
+
+def _local_text(at: datetime) -> str:
+    return to_local(at).strftime("%Y-%m-%d %H:%M")
 
 
 def _refuse_taken(agent_id: int, id_hash: str) -> None:

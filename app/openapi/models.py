@@ -1,4 +1,4 @@
-"""API keys for the Open API, the nonces seen (when Redis is not configured), and callback attempts."""
+"""API keys for the Open API, the nonces seen, and callback attempts."""
 from __future__ import annotations
 
 from sqlalchemy import Boolean, Column, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
@@ -29,7 +29,8 @@ class ApiKey(db.Model):
 
 
 class ApiNonce(db.Model):
-    """Replay protection without Redis: one row per (key, nonce) inside the skew window."""
+    """Replay protection: one row per (key, nonce) inside the skew window; the unique constraint is the authority
+    (Redis is not used for nonces, so a Redis outage opens no replay window)."""
     __tablename__ = "api_nonce"
     id = Column(Integer, primary_key=True)
     app_key = Column(String(40), nullable=False)

@@ -11,7 +11,6 @@ import time
 from datetime import timedelta
 from urllib.parse import urlsplit
 
-from redis.exceptions import RedisError
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -131,17 +130,11 @@ def _address_allowed(key: ApiKey, remote_addr: str | None) -> bool:
 
 
 def _remember_nonce(app_key: str, nonce: str) -> bool:
-    """True the first time a nonce is seen for a key inside the window (Redis when configured, else the DB)."""
-    ttl = 2 * signing.MAX_SKEW_SECONDS
-    from workers.queues import redis_connection
+    """True the first time a nonce is seen for a key inside the window.
 
-    connection = redis_connection()
-    if connection is not None:
-        digest = hashlib.sha256(nonce.encode()).hexdigest()
-        try:
-            return bool(connection.set(f"kameng:nonce:{app_key}:{digest}", 1, nx=True, ex=ttl))
-        except RedisError as exc:  # Redis down: fall back to the database store rather than refuse every call
-            log.warning("nonce store in Redis unavailable (%s); using the database", exc)
+    The database is the one store: a unique (app_key, nonce) row. A nonce kept only in Redis could be replayed
+    while Redis is down (a fallback store has never seen it) or after Redis lost its data; one INSERT per signed
+    call is cheap next to the call itself, and the nonce-purge job keeps the table to the last 10 minutes."""
     try:
         with db.session.begin_nested():
             db.session.add(ApiNonce(app_key=app_key, nonce=nonce))

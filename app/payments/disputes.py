@@ -74,7 +74,8 @@ def _move_payable(order: Order, key_suffix: str, to_held: bool, actor_id: int | 
 # --- filing --------------------------------------------------------------------------------------------------
 
 def open_as_buyer(order_no: object, query_password: object, reason: object) -> Dispute:
-    """A storefront buyer: order number + query password. A wrong password is a 404, like an unknown order."""
+    """A storefront buyer: order number + query password. A wrong password is a 404, like an unknown order, and
+    spends from the same per-order-number budget as the lookup (payments.lookup): 429 once it is spent."""
     reason = _clean_text(reason, "维权原因")
     order = payments.lookup(order_no, query_password)
     return _open(order.id, reason, opened_by_id=None)

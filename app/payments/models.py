@@ -250,3 +250,15 @@ class ReconciliationDifference(db.Model):
     our_amount = Column(BigInteger)
 
     statement = relationship("StatementImport")
+
+
+class LookupAttempt(db.Model):
+    """One try of an order number's query password (storefront lookup API or page, buyer dispute), kept while it
+    counts against that order number's budget. A try that turns out right is deleted: only failures (and tries
+    still in flight) count. Keyed by the number as typed, known or not, so the budget tells nothing."""
+    __tablename__ = "lookup_attempt"
+    id = Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    order_no = Column(String(40), nullable=False)
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+
+    __table_args__ = (Index("ix_lookup_attempt_order_no_created_at", "order_no", "created_at"),)

@@ -13,14 +13,14 @@ from datetime import datetime, timedelta
 
 from flask import current_app
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
-from sqlalchemy import select, update
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from app.audit import service as audit
 from app.catalog.errors import OutOfStock
 from app.clock import utcnow
-from app.errors import Conflict, KamengError, NotFound, ValidationError
+from app.errors import Conflict, KamengError, NotFound, TooManyAttempts, ValidationError
 from app.extensions import db
 from app.ledger import service as ledger
 from app.ledger.service import Line
@@ -50,7 +50,7 @@ from app.payments.gateways import (  # noqa: F401  (the channels' settings, re-e
     is_enabled,
     save_channel,
 )
-from app.payments.models import ChannelOrder, OrderCheckout, Payment, PaymentNotification, Refund
+from app.payments.models import ChannelOrder, LookupAttempt, OrderCheckout, Payment, PaymentNotification, Refund
 
 log = logging.getLogger(__name__)
 LOOKUP_SALT = "kameng-order-lookup"
@@ -562,17 +562,59 @@ def expire_unpaid(limit: int = 1000) -> int:
 
 
 def lookup(order_no, query_password) -> Order:
-    """Order number + order password. A wrong password is answered exactly like an unknown order."""
+    """Order number + order password. A wrong password is answered exactly like an unknown order (404).
+
+    Every try spends from the order number's budget (SHOP_LOOKUP_ORDER_FAILURES per
+    SHOP_LOOKUP_ORDER_WINDOW_SECONDS), shared by every address and entry point (the lookup API and page, buyer
+    disputes); a right password gives its try back. Once the budget is spent the number answers 429, right
+    password or not, known order or not, until the oldest try ages out."""
     if not isinstance(order_no, str) or not isinstance(query_password, str):
         raise NotFound("订单不存在或密码错误 (order not found)")
+    order_no = order_no.strip()[:40]
+    attempt_id = _spend_lookup_try(order_no)
     row = db.session.execute(select(Order, OrderCheckout.query_password_hash)
                              .join(OrderCheckout, OrderCheckout.order_id == Order.id)
-                             .where(Order.order_no == order_no.strip()[:40])).first()
+                             .where(Order.order_no == order_no)).first()
     # Hash even when the order is unknown, so timing does not tell the two apart.
     stored = row[1] if row else _DUMMY_HASH
     if not check_password_hash(stored, query_password) or row is None:
         raise NotFound("订单不存在或密码错误 (order not found)")
+    _give_back_lookup_try(attempt_id)
     return row[0]
+
+
+def _spend_lookup_try(order_no: str) -> int:
+    """Count the order number's tries inside the window and record this one, on a connection of its own (the
+    record stays whatever the caller's transaction does). Serialized per number on PostgreSQL, so parallel
+    guesses cannot all slip under the limit. Raises TooManyAttempts once the budget is spent."""
+    limit = int(current_app.config["SHOP_LOOKUP_ORDER_FAILURES"])
+    window = timedelta(seconds=int(current_app.config["SHOP_LOOKUP_ORDER_WINDOW_SECONDS"]))
+    now = utcnow()
+    with db.engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "lookup:" + order_no})
+        recent = conn.execute(select(LookupAttempt.created_at).where(
+            LookupAttempt.order_no == order_no, LookupAttempt.created_at > now - window)
+            .order_by(LookupAttempt.created_at)).scalars().all()
+        if len(recent) >= limit:
+            retry_at = recent[len(recent) - limit] + window
+            minutes = max(1, -(-int((retry_at - now).total_seconds()) // 60))
+            raise TooManyAttempts(f"该订单号密码错误次数过多，请 {minutes} 分钟后再试 (too many wrong passwords for "
+                                  f"this order number; try again in {minutes} minutes)", code="lookup_limited")
+        return conn.execute(insert(LookupAttempt).values(order_no=order_no, created_at=now)
+                            .returning(LookupAttempt.id)).scalar_one()
+
+
+def _give_back_lookup_try(attempt_id: int) -> None:
+    with db.engine.begin() as conn:
+        conn.execute(delete(LookupAttempt).where(LookupAttempt.id == attempt_id))
+
+
+def purge_lookup_attempts() -> int:
+    """Scheduled: tries older than the window no longer count."""
+    cutoff = utcnow() - timedelta(seconds=int(current_app.config["SHOP_LOOKUP_ORDER_WINDOW_SECONDS"]))
+    with db.engine.begin() as conn:
+        return conn.execute(delete(LookupAttempt).where(LookupAttempt.created_at < cutoff)).rowcount or 0
 
 
 _DUMMY_HASH = generate_password_hash("not-a-real-password-for-timing")

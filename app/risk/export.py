@@ -18,7 +18,7 @@ from typing import IO
 
 from sqlalchemy import select
 
-from app.cells import safe_cell
+from app.cells import safe_cell, safe_row, write_xlsx_row
 from app.clock import business_tz
 from app.errors import ValidationError
 from app.extensions import db
@@ -108,7 +108,7 @@ def write_csv(out: IO[str], data: Iterator[list]) -> int:
     """CSV with a UTF-8 BOM (Excel reads the Chinese headers); returns the number of decisions written."""
     out.write("\ufeff")
     writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(header())
+    writer.writerow(safe_row(header()))
     n = 0
     for row in data:
         writer.writerow(row)
@@ -124,13 +124,13 @@ def write_xlsx(out: IO[bytes], data: Iterator[list]) -> int:
     n = 0
     with tempfile.TemporaryDirectory(prefix="kameng-risk-") as tmp:
         path = f"{tmp}/risk-log.xlsx"
-        # strings_to_formulas off: even an unprefixed '=...' would stay text (safe_cell already prefixed it).
+        # Cells go through app.cells.write_xlsx_row (string cells, formula-safe); the options are a second guard.
         book = xlsxwriter.Workbook(path, {"constant_memory": True, "tmpdir": tmp, "strings_to_formulas": False,
                                           "strings_to_numbers": False, "strings_to_urls": False})
         sheet = book.add_worksheet("风控日志")
-        sheet.write_row(0, 0, header(), book.add_format({"bold": True}))
+        write_xlsx_row(sheet, 0, header(), book.add_format({"bold": True}))
         for n, row in enumerate(data, start=1):
-            sheet.write_row(n, 0, ["" if v is None else v for v in row])
+            write_xlsx_row(sheet, n, row)
         book.close()
         with open(path, "rb") as built:
             shutil.copyfileobj(built, out)

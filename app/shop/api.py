@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 from app.catalog.service import price_for
 from app.errors import KamengError, NotFound, ValidationError
 from app.extensions import csrf, db
+from app.headers import no_store
 from app.orders.models import Order
 from app.payments import service as payments
 from app.payments.channels import sandbox
@@ -151,9 +152,7 @@ def payment_status(number: str):
     state = payments.payment_state(number)
     if state is None:
         abort(404)
-    response = jsonify(state)
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    return no_store(jsonify(state))
 
 
 @shop.get("/pay/go/<number>")
@@ -233,15 +232,16 @@ def shop_buy(product_id: int):
 
 @shop.route("/shop/lookup", methods=["GET", "POST"])
 def shop_lookup():
-    order, error = None, None
+    order, error, status = None, None, 200
     form = request.form if request.method == "POST" else {"order_no": request.args.get("order_no", "")[:40]}
     if request.method == "POST":
         try:
             order = payments.lookup(request.form.get("order_no"), request.form.get("query_password"))
-        except KamengError:
-            error = "订单不存在或密码错误"
+        except KamengError as exc:
+            # The order number's budget spent: say so (and when); anything else reads as an unknown order.
+            error, status = (exc.message, 429) if exc.status == 429 else ("订单不存在或密码错误", 404)
     return _no_store(render_template("kameng/shop/lookup.html", order=order and order_view(order, True), error=error,
-                                     form=form), 404 if error else 200)
+                                     form=form), status)
 
 
 @shop.post("/shop/dispute")
@@ -249,19 +249,20 @@ def shop_dispute():
     """The lookup page's dispute form: order number, query password again, and the reason."""
     from app.payments import disputes
 
-    order, error, notice = None, None, None
+    order, error, notice, limited = None, None, None, False
     try:
         disputes.open_as_buyer(request.form.get("order_no"), request.form.get("query_password"),
                                request.form.get("reason"))
         notice = "已提交维权，客服会尽快处理"
     except KamengError as exc:
         error = "订单不存在或密码错误" if exc.status == 404 else exc.message
-    if notice or (error and not error.startswith("订单不存在")):
+        limited = exc.status == 429  # the order number's lookup budget is spent (shared with the lookup)
+    if notice or (error and not limited and not error.startswith("订单不存在")):
         try:
             order = payments.lookup(request.form.get("order_no"), request.form.get("query_password"))
         except KamengError:
             order = None
-    status = 201 if notice else (404 if order is None else 400)
+    status = 201 if notice else 429 if limited else (404 if order is None else 400)
     return _no_store(render_template("kameng/shop/lookup.html", order=order and order_view(order, True), error=error,
                                      notice=notice, form=request.form), status)
 
@@ -276,10 +277,9 @@ def shop_order(token: str):
 
 
 def _no_store(body, status: int = 200):
-    """Answers that can carry card secrets are never cached by a browser or a proxy."""
-    response = current_app.make_response((body, status))
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    """Answers that can carry card secrets are never cached by a browser or a proxy (app.headers also adds it to
+    these paths; said here too so the view reads as what it is)."""
+    return no_store(current_app.make_response((body, status)))
 
 
 @shop.errorhandler(HTTPException)
