@@ -74,3 +74,22 @@ def blind_index_interface(model, search_column: str, hash_columns: tuple[str, ..
         filter_converter_class = Converter
 
     return Interface(model)
+
+
+# Staff who act on a whole phone number, contact or top-up account: support calls the buyer or the agent back and
+# checks a top-up with the supplier, and the admin can do what support does. Everyone else on a staff screen
+# (Manager reads, Finance approves money) sees it masked.
+WHOLE_VALUE_ROLES = frozenset({"Admin", "Support"})
+
+
+def personal_value(value) -> str:
+    """A formatter for a personal value on a staff screen: whole for WHOLE_VALUE_ROLES, masked (app.crypto.mask)
+    for other staff, '-' when empty."""
+    from flask import g
+
+    from app.crypto import mask
+
+    if value is None or value == "":
+        return "-"
+    roles = {role.name for role in getattr(getattr(g, "user", None), "roles", None) or ()}
+    return value if roles & WHOLE_VALUE_ROLES else mask(value)

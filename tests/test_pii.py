@@ -181,6 +181,14 @@ def test_support_finds_an_order_by_phone_or_account_in_any_spelling(app, db, f, 
     # Support acts on the whole value on the order page (calls the buyer back); the dispute record is masked.
     shown = support.get(f"/orders/show/{pw['card_order'].id}").get_data(as_text=True)
     assert BUYER_PHONE in shown
+    # A manager reads the same page and acts on nothing: masked.
+    manager = app.test_client()
+    f.user("pii_manager", role="Manager")
+    f.login(manager, "pii_manager")
+    read_only = manager.get(f"/orders/show/{pw['card_order'].id}").get_data(as_text=True)
+    assert pw["card_order"].order_no in read_only and BUYER_PHONE not in read_only and mask(BUYER_PHONE) in read_only
+    direct_page = manager.get(f"/orders/show/{order_of(pw['direct_no']).id}").get_data(as_text=True)
+    assert TOPUP_ACCOUNT not in direct_page and mask(TOPUP_ACCOUNT) in direct_page
     records = support.get("/dispute-records/list/").get_data(as_text=True)
     assert BUYER_PHONE not in records and mask(BUYER_PHONE) in records
 

@@ -20,7 +20,7 @@ from app.extensions import db
 from app.forms import PercentField, YuanField, checkbox, int_range
 from app.ledger import service as ledger
 from app.money import format_fen
-from app.views_common import ReadableColumnsMixin, blind_index_interface
+from app.views_common import ReadableColumnsMixin, blind_index_interface, personal_value
 
 TIER_COLUMNS = ["name", "rank", "discount_bp", "may_recruit", "may_withdraw", "min_withdrawal", "withdrawal_fee_bp",
                 "direct_commission_bp", "indirect_commission_bp", "daily_limit", "settle_days"]
@@ -124,8 +124,9 @@ def _check_login_free(item: Agent) -> None:
 
 
 class AgentView(ReadableColumnsMixin, AuditedViewMixin, ModelView):
-    """Staff manage agents; the agent page shows the phone whole (staff call agents about their accounts), the
-    search finds an agent by phone in any spelling through its blind index."""
+    """Staff manage agents; the agent page shows the phone whole to support and the admin (they call agents about
+    their accounts), masked to other staff (views_common.personal_value); the search finds an agent by phone in
+    any spelling through its blind index."""
     datamodel = blind_index_interface(Agent, "phone_hash", ("phone_hash",))
     route_base = "/agents"
     audit_target = "agent"
@@ -143,6 +144,7 @@ class AgentView(ReadableColumnsMixin, AuditedViewMixin, ModelView):
     search_columns = ["name", "tier", "parent", "active", "created_at", "phone_hash"]
     label_columns = AGENT_LABELS
     base_order = ("id", "asc")
+    formatters_columns = {"phone": personal_value}
     add_form_extra_fields = _agent_fields()
     edit_form_extra_fields = _agent_fields()
 

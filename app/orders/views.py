@@ -6,7 +6,7 @@ from flask_babel import lazy_gettext as _
 
 from app.extensions import db
 from app.orders.models import Order
-from app.views_common import CHANNEL_TEXT, ReadableColumnsMixin, blind_index_interface, text_of
+from app.views_common import CHANNEL_TEXT, ReadableColumnsMixin, blind_index_interface, personal_value, text_of
 
 ORDER_LABELS = {
     "order_no": _("订单号"), "agent": _("代理"), "product": _("商品"), "supplier": _("供应商"), "tier": _("等级"),
@@ -29,9 +29,10 @@ def upstream_status_text(status: str | None) -> str:
 class OrderView(ReadableColumnsMixin, ModelView):
     """Staff view: card secrets appear masked (their relation renders CardSecret.masked, never the plain text).
 
-    The order page shows the buyer's contact and the top-up account whole: support (and the admin) act on them,
-    calling the buyer back and checking a top-up with the supplier. Search finds an order by either of them
-    through their blind indexes (views_common.blind_index_interface)."""
+    The order page shows the buyer's contact and the top-up account whole to support and the admin, who act on
+    them (call the buyer back, check a top-up with the supplier), masked to other staff
+    (views_common.personal_value). Search finds an order by either of them through their blind indexes
+    (views_common.blind_index_interface)."""
     datamodel = blind_index_interface(Order, "contact_hash", ("contact_hash", "account_hash"))
     route_base = "/orders"
     base_permissions = ["can_list", "can_show"]
@@ -44,7 +45,8 @@ class OrderView(ReadableColumnsMixin, ModelView):
     search_columns = ["order_no", "contact_hash", "agent", "product", "status", "upstream_status", "channel",
                       "out_trade_no", "created_at"]
     label_columns = ORDER_LABELS
-    formatters_columns = {"upstream_status": upstream_status_text, "channel": text_of(CHANNEL_TEXT)}
+    formatters_columns = {"upstream_status": upstream_status_text, "channel": text_of(CHANNEL_TEXT),
+                          "contact": personal_value, "account": personal_value}
     base_order = ("id", "desc")
     show_template = "kameng/order_show.html"
 
