@@ -401,8 +401,9 @@ def place_guest_order(product_id: object, quantity: object, contact: object, cha
     unit_price = price_for(None, product)
     cost_total = product.cost * qty
     quote = None
+    redeemer = coupons.redeemer_for_contact(contact) if coupon_code else None  # one keyed hash, used twice
     if coupon_code:
-        quote = coupons.quote(coupon_code, unit_price * qty, coupons.redeemer_for_contact(contact), device=device)
+        quote = coupons.quote(coupon_code, unit_price * qty, redeemer, device=device)
     amount = quote.amount if quote else unit_price * qty
     from app.risk import service as risk
 
@@ -423,7 +424,7 @@ def place_guest_order(product_id: object, quantity: object, contact: object, cha
     db.session.add(order)
     db.session.flush()
     if quote:
-        coupons.redeem(quote, order, coupons.redeemer_for_contact(contact), device=device)
+        coupons.redeem(quote, order, redeemer, device=device)
     risk.attach_order(decision.id, order.order_no)
     risk.record("order", event)
     if quote:
