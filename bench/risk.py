@@ -502,6 +502,7 @@ def run(day: Day, data: dict, day_start: datetime | None = None, on_decision=Non
     from sqlalchemy import insert, update
 
     from app.clock import business_day_start, utcnow
+    from app.crypto import pii_hash
     from app.extensions import db
     from app.orders.models import Order
     from app.risk import counters
@@ -592,7 +593,8 @@ def run(day: Day, data: dict, day_start: datetime | None = None, on_decision=Non
                 agent["tier_id"], product_id=product.id, supplier_id=product.supplier_id, quantity=1,
                 face_price=ev.amount, unit_price=ev.amount, amount=ev.amount, cost_total=ev.amount * 9 // 10,
                 service_fee=0, status="pending_payment" if guest else "paid",
-                channel="sandbox" if guest else "wallet", contact=ev.contact, buyer_key=keys["contact"],
+                channel="sandbox" if guest else "wallet", contact=ev.contact, contact_hash=pii_hash(ev.contact),
+                buyer_key=keys["contact"],
                 device_key=keys["device"], risk_decision_id=decision.id, risk_hold=decision.outcome == "review",
                 created_at=now, updated_at=now).returning(Order.id)).scalar()
             risk.attach_order(decision.id, order_no)

@@ -74,6 +74,12 @@ def test_history_is_a_consistent_year(app):
     assert statuses["delivered"] > 0.9 * N
     assert 0 < statuses["refunded"] < 0.06 * N and 0 < statuses["closed"] < 0.05 * N
     assert any(o.upstream_status == "failed" and o.status == "refunded" for o in orders)
+    # Personal data as the app writes it: contacts and top-up accounts encrypted, their blind indexes filled.
+    assert all(o.contact_hash == crypto.pii_hash(o.contact) and o.account_hash == crypto.pii_hash(o.account)
+               for o in orders)
+    raw = _db.session.execute(text("SELECT contact, account FROM orders")).all()
+    assert any(r.contact for r in raw) and any(r.account for r in raw)
+    assert all(v is None or v.startswith("gAAAAA") for r in raw for v in r)
     assert sum(o.amount for o in orders if o.status == "delivered") == report.gmv
     channels = Counter(o.channel for o in orders)
     assert {"wallet", "alipay", "wechatpay", "sandbox"} <= set(channels)
@@ -98,7 +104,7 @@ def test_history_is_a_consistent_year(app):
     records = list(_db.session.scalars(select(RealNameVerification)))
     assert len(records) >= 10 and all(r.status == "verified" for r in records)
     sample = records[0]
-    assert crypto.decrypt(sample.id_number_enc)[-4:] == sample.id_number_masked[-4:]
+    assert sample.id_number_masked == crypto.mask(crypto.decrypt(sample.id_number_enc))
     assert sample.id_number_hash == crypto.keyed_hash("realname-id", crypto.decrypt(sample.id_number_enc))
 
     # The September phone-credit spike among 18-22-year-olds (students), in the orders themselves...

@@ -159,6 +159,8 @@ EN: dict[str, str] = {
     "商户订单号": "out_trade_no",
     "支付方式": "Payment channel",
     "充值账号": "Top-up account",
+    "手机号 / 联系方式 / 充值账号": "Phone / contact / top-up account",
+    "等于": "Equal to",
     "下单时间": "Ordered at",
     "支付时间": "Paid at",
     "到账时间": "Received at",

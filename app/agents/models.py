@@ -1,10 +1,11 @@
 """Tiers (等级) and agents (代理) in an upline tree with a materialized path."""
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, CheckConstraint, Column, DateTime, ForeignKey, Integer, String
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, Column, DateTime, ForeignKey, Integer, String, event
 from sqlalchemy.orm import relationship
 
 from app.clock import utcnow
+from app.crypto import EncryptedText, mask, pii_hash
 from app.extensions import db
 from app.money import format_bp, format_fen
 
@@ -55,7 +56,8 @@ class Agent(db.Model):
     depth = Column(Integer, nullable=False, default=0)
     tier_id = Column(Integer, ForeignKey("tier.id"), nullable=False, index=True)
     active = Column(Boolean, nullable=False, default=True)
-    phone = Column(String(32))
+    phone = Column(EncryptedText)  # encrypted at rest (app.crypto); phone_hash: its blind index, kept in sync below
+    phone_hash = Column(String(64), index=True)
     created_at = Column(DateTime, nullable=False, default=utcnow, index=True)
     # Risk control: held at registration (many agents from one IP or device): no buying or withdrawing until a
     # reviewer approves. topup_unspent: wallet money that came from channel top-ups and was not spent yet (not
@@ -75,6 +77,14 @@ class Agent(db.Model):
         ids = [int(x) for x in self.path.strip("/").split("/") if x]
         return list(reversed(ids[:-1]))
 
+    def phone_masked(self) -> str:
+        return mask(self.phone) if self.phone else ""
+
     def wallet_display(self) -> str:
         from app.ledger.service import agent_balances
         return format_fen(agent_balances(self.id)["wallet"])
+
+
+@event.listens_for(Agent.phone, "set")
+def _phone_hash(target: Agent, value, _old, _initiator) -> None:
+    target.phone_hash = pii_hash(value)

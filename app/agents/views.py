@@ -10,7 +10,7 @@ from flask_appbuilder.models.sqla.interface import SQLAInterface
 from flask_babel import lazy_gettext as _
 from sqlalchemy import select
 from wtforms import StringField
-from wtforms.validators import DataRequired, InputRequired, Length, ValidationError
+from wtforms.validators import DataRequired, InputRequired, Length, Optional, ValidationError
 
 from app.agents import service
 from app.agents.models import Agent, Tier
@@ -20,7 +20,7 @@ from app.extensions import db
 from app.forms import PercentField, YuanField, checkbox, int_range
 from app.ledger import service as ledger
 from app.money import format_fen
-from app.views_common import ReadableColumnsMixin
+from app.views_common import ReadableColumnsMixin, blind_index_interface, personal_value
 
 TIER_COLUMNS = ["name", "rank", "discount_bp", "may_recruit", "may_withdraw", "min_withdrawal", "withdrawal_fee_bp",
                 "direct_commission_bp", "indirect_commission_bp", "daily_limit", "settle_days"]
@@ -98,11 +98,20 @@ def _check_tier(item: Tier) -> None:
 
 AGENT_LABELS = {"name": _("代理名称"), "user": _("登录账号"), "parent": _("上级"), "tier": _("等级"),
                 "path": _("路径"), "depth": _("层级"), "active": _("启用"), "phone": _("手机号"),
-                "created_at": _("注册时间"), "wallet_display": _("余额")}
+                "created_at": _("注册时间"), "wallet_display": _("余额"), "phone_hash": _("手机号")}
+
+
+def phone_field() -> StringField:
+    """The phone as a one-line input (its column is encrypted Text, which FAB would make a text area)."""
+    return StringField(AGENT_LABELS["phone"], validators=[Optional(), Length(max=32)], filters=[_strip_or_none])
+
+
+def _strip_or_none(value):
+    return (value.strip() or None) if isinstance(value, str) else value
 
 
 def _agent_fields() -> dict:
-    return {"active": checkbox(AGENT_LABELS["active"], default=True)}
+    return {"active": checkbox(AGENT_LABELS["active"], default=True), "phone": phone_field()}
 
 
 def _check_login_free(item: Agent) -> None:
@@ -115,11 +124,15 @@ def _check_login_free(item: Agent) -> None:
 
 
 class AgentView(ReadableColumnsMixin, AuditedViewMixin, ModelView):
-    datamodel = SQLAInterface(Agent)
+    """Staff manage agents; the agent page shows the phone whole to support and the admin (they call agents about
+    their accounts), masked to other staff (views_common.personal_value); the search finds an agent by phone in
+    any spelling through its blind index."""
+    datamodel = blind_index_interface(Agent, "phone_hash", ("phone_hash",))
     route_base = "/agents"
     audit_target = "agent"
-    # parent moves are audited by the service as agent.move (with the old and new path)
-    audit_columns = ["name", "tier_id", "user_id", "phone", "active"]
+    # parent moves are audited by the service as agent.move (with the old and new path). The phone is audited
+    # as its blind index: the log records that it changed, never the number.
+    audit_columns = ["name", "tier_id", "user_id", "phone_hash", "active"]
     # an agent always has ledger accounts (and history): switch it off, never delete it
     base_permissions = ["can_list", "can_show", "can_add", "can_edit"]
     list_title = show_title = add_title = edit_title = _("代理")
@@ -128,9 +141,10 @@ class AgentView(ReadableColumnsMixin, AuditedViewMixin, ModelView):
                     "created_at"]
     add_columns = ["name", "user", "tier", "parent", "phone", "active"]
     edit_columns = ["name", "user", "tier", "parent", "phone", "active"]
-    search_columns = ["name", "tier", "parent", "active", "created_at", "phone"]
+    search_columns = ["name", "tier", "parent", "active", "created_at", "phone_hash"]
     label_columns = AGENT_LABELS
     base_order = ("id", "asc")
+    formatters_columns = {"phone": personal_value}
     add_form_extra_fields = _agent_fields()
     edit_form_extra_fields = _agent_fields()
 

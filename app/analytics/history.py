@@ -62,7 +62,7 @@ from app.ledger.models import Account, Journal
 from app.money import apply_rate
 from app.network.commissions import EXPENSE, max_levels
 from app.network.models import RealNameVerification
-from app.network.realname import IdFacts, mask_card, mask_id, mask_name, mask_phone
+from app.network.realname import IdFacts
 from app.orders.service import sale_lines
 from app.payments.service import BUYER_FUNDS
 from app.suppliers.models import SupplierProduct
@@ -117,7 +117,7 @@ def _parents_for(tier: str, rng: random.Random) -> tuple[str, ...]:
 
 # Copy columns of every table written, in insertion order (foreign keys point backwards in this list).
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "agent": ("id", "name", "parent_id", "path", "depth", "tier_id", "active", "phone", "created_at"),
+    "agent": ("id", "name", "parent_id", "path", "depth", "tier_id", "active", "phone", "created_at", "phone_hash"),
     "ledger_account": ("id", "code", "kind", "agent_id", "cached", "balance", "created_at"),
     "real_name": ("agent_id", "name_enc", "id_number_enc", "bank_card_enc", "phone_enc", "id_number_hash",
                   "name_masked", "id_number_masked", "bank_card_masked", "phone_masked", "age_band", "gender",
@@ -126,7 +126,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "orders": ("id", "order_no", "agent_id", "product_id", "supplier_id", "tier_id", "quantity", "face_price",
                "unit_price", "amount", "discount", "cost_total", "service_fee", "upline_path", "status",
                "upstream_status", "channel", "account", "contact", "created_at", "paid_at", "delivered_at",
-               "updated_at"),
+               "updated_at", "account_hash", "contact_hash"),
     "wallet_topup": ("id", "topup_no", "agent_id", "amount", "channel", "status", "created_at", "paid_at"),
     "ledger_journal": ("id", "idempotency_key", "kind", "content_hash", "memo", "order_id", "created_at"),
     "ledger_posting": ("journal_id", "account_id", "amount", "created_at"),
@@ -164,6 +164,11 @@ class HistoryReport:
     cpu: dict[str, float] = field(default_factory=dict)  # phase -> CPU seconds of this process
 
 
+# Personal data columns (app.crypto.EncryptedText) of the tables written: add() appends their blind indexes (the
+# rows' last columns, in this order) and the PostgreSQL COPY encrypts them (executemany through the Table does).
+ENCRYPTED: dict[str, tuple[str, ...]] = {"agent": ("phone",), "orders": ("account", "contact")}
+
+
 class _Bulk:
     """Buffered bulk writer: COPY on PostgreSQL (inside the session's transaction), executemany elsewhere."""
 
@@ -180,6 +185,9 @@ class _Bulk:
             self.conn.execute(text("SET LOCAL session_replication_role = replica"))
             self.references_checked = False
         self.rows: dict[str, list[tuple]] = {name: [] for name in COLUMNS}
+        self._pii = {t: [COLUMNS[t].index(c) for c in cols] for t, cols in ENCRYPTED.items()}
+        self._hashes: dict[str, str | None] = {}  # a contact recurs: hash it once
+        self._encrypt = crypto.encrypter()  # usable from the writer thread, which has no app context
         self.counts: dict[str, int] = defaultdict(int)
         self._next_id: dict[str, int] = {}
         self._pools: dict[str, list[int]] = defaultdict(list)  # reserved ids, next one last
@@ -220,7 +228,19 @@ class _Bulk:
         return taken
 
     def add(self, table: str, row: tuple) -> None:
+        positions = self._pii.get(table)
+        if positions:
+            row = row + tuple(self._hash(row[i]) for i in positions)
         self.rows[table].append(row)
+
+    def _hash(self, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value not in self._hashes:
+            if len(self._hashes) > 100_000:
+                self._hashes.clear()
+            self._hashes[value] = crypto.pii_hash(value)
+        return self._hashes[value]
 
     def flush(self, background: bool = False) -> None:
         """Write what is buffered; `background` (PostgreSQL): hand it to the writer thread and return."""
@@ -269,9 +289,15 @@ class _Bulk:
                     continue
                 cols = COLUMNS[table]
                 if self.pg:
+                    positions = self._pii.get(table, ())
                     raw = self.conn.connection.driver_connection
                     with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN") as copy:
                         for row in table_rows:
+                            if positions:
+                                row = list(row)
+                                for i in positions:
+                                    if row[i] is not None:
+                                        row[i] = self._encrypt(row[i])
                             copy.write_row(row)
                 else:
                     self.conn.execute(db.metadata.tables[table].insert(),
@@ -621,10 +647,10 @@ class HistoryBuilder:
         card = card_body + _luhn_digit(card_body)
         self.bulk.add("real_name", (
             a.id, crypto.encrypt(name), crypto.encrypt(number), crypto.encrypt(card), crypto.encrypt(phone),
-            crypto.keyed_hash("realname-id", number), mask_name(name), mask_id(number), mask_card(card),
-            mask_phone(phone), facts.age_band(today), facts.gender, facts.province[:16], facts.birth_year,
+            crypto.keyed_hash("realname-id", number), crypto.mask(name), crypto.mask(number), crypto.mask(card),
+            crypto.mask(phone), facts.age_band(today), facts.gender, facts.province[:16], facts.birth_year,
             "verified", f"HIST-{a.id}", verified, verified, verified))
-        a.verified_at, a.card = verified, mask_card(card)
+        a.verified_at, a.card = verified, crypto.mask(card)
 
     # ------------------------------------------------------------------------------------------------ orders
     def _day_weights(self) -> list[float]:

@@ -158,7 +158,8 @@ def _set_state(name: str, value: int) -> None:
 # --- per-order deltas (the purchase path) ---------------------------------------------------------------------
 
 # One read gathers everything the deltas need: the order, its category, the buyer's verified real-name facts and
-# whether the buyer had an earlier delivered order (agents: the (agent_id, created_at) index; guests: contact).
+# whether the buyer had an earlier delivered order (agents: the (agent_id, created_at) index; guests: the
+# contact's blind index).
 _FACTS = text("""
 SELECT o.agent_id, o.upline_path, o.product_id, p.category_id, o.channel, o.tier_id, o.supplier_id, o.quantity,
        o.amount, o.cost_total, o.service_fee, o.delivered_at, r.age_band, r.gender, r.province,
@@ -167,7 +168,7 @@ SELECT o.agent_id, o.upline_path, o.product_id, p.category_id, o.channel, o.tier
               SELECT 1 FROM orders e WHERE e.agent_id = o.agent_id AND e.delivered_at IS NOT NULL AND e.id <> o.id
                  AND (e.delivered_at < o.delivered_at OR (e.delivered_at = o.delivered_at AND e.id < o.id)))
             ELSE EXISTS (
-              SELECT 1 FROM orders e WHERE e.agent_id IS NULL AND e.contact = o.contact
+              SELECT 1 FROM orders e WHERE e.agent_id IS NULL AND e.contact_hash = o.contact_hash
                  AND e.delivered_at IS NOT NULL AND e.id <> o.id
                  AND (e.delivered_at < o.delivered_at OR (e.delivered_at = o.delivered_at AND e.id < o.id)))
        END AS repeat_buyer
@@ -192,7 +193,7 @@ def lock_buyer(order_id: int) -> None:
 
 _LOCK_BUYER = text(
     "SELECT pg_advisory_xact_lock(CASE WHEN o.agent_id IS NOT NULL THEN CAST(:k AS integer)"
-    " ELSE CAST(:k AS integer) + 1 END, COALESCE(o.agent_id, hashtext(COALESCE(o.contact, ''))))"
+    " ELSE CAST(:k AS integer) + 1 END, COALESCE(o.agent_id, hashtext(COALESCE(o.contact_hash, ''))))"
     " FROM orders o WHERE o.id = :order_id")
 
 
@@ -379,7 +380,7 @@ def _profile_sql(where: str, replace: bool = False) -> str:
     day, hour = _local_sql("o.delivered_at")
     # The first delivered order of each buyer (agent, or guest contact), over all time up to the range's end.
     firsts = ("firsts AS (SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY agent_id,"
-              " CASE WHEN agent_id IS NULL THEN contact END ORDER BY delivered_at, id) AS rn"
+              " CASE WHEN agent_id IS NULL THEN contact_hash END ORDER BY delivered_at, id) AS rn"
               " FROM orders WHERE delivered_at IS NOT NULL AND delivered_at < :hi) f WHERE rn = 1)")
     src = (f"src AS (SELECT {day} AS day, {hour} AS hour, p.category_id, o.amount,"
            f" coalesce(nullif(r.age_band, ''), '{UNKNOWN}') AS age_band,"

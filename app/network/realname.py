@@ -26,7 +26,7 @@ from stdnum.exceptions import ValidationError as StdnumError
 from app import outbound
 from app.audit import service as audit
 from app.clock import business_day_start, business_today, to_local, utcnow
-from app.crypto import decrypt, encrypt, keyed_hash
+from app.crypto import decrypt, encrypt, keyed_hash, mask
 from app.errors import Conflict, KamengError, TooManyAttempts, ValidationError
 from app.extensions import db
 from app.network.models import RealNameAttempt, RealNameVerification
@@ -117,22 +117,6 @@ def check_name(raw: str) -> str:
     if not 2 <= len(name) <= 30 or any(ord(c) < 32 for c in name) or any(c.isdigit() for c in name):
         raise ValidationError("请填写身份证上的姓名 (2-30 个字符) (name as on the ID card)", code="name")
     return name
-
-
-def mask_name(name: str) -> str:
-    return name[0] + "*" * (len(name) - 1) if len(name) <= 2 else name[0] + "*" * (len(name) - 2) + name[-1]
-
-
-def mask_id(number: str) -> str:
-    return number[:3] + "*" * (len(number) - 7) + number[-4:]
-
-
-def mask_card(card: str) -> str:
-    return card[:4] + "*" * (len(card) - 8) + card[-4:]
-
-
-def mask_phone(phone: str) -> str:
-    return phone[:3] + "****" + phone[-4:]
 
 
 # ------------------------------------------------------------------------------------------------ provider adapter
@@ -246,8 +230,8 @@ def submit(agent_id: int, name: str, id_number: str, bank_card: str, phone: str)
     rec.name_enc, rec.id_number_enc = encrypt(values["name"]), encrypt(number)
     rec.bank_card_enc, rec.phone_enc = encrypt(values["bank_card"]), encrypt(values["phone"])
     rec.id_number_hash = id_hash
-    rec.name_masked, rec.id_number_masked = mask_name(values["name"]), mask_id(number)
-    rec.bank_card_masked, rec.phone_masked = mask_card(values["bank_card"]), mask_phone(values["phone"])
+    rec.name_masked, rec.id_number_masked = mask(values["name"]), mask(number)
+    rec.bank_card_masked, rec.phone_masked = mask(values["bank_card"]), mask(values["phone"])
     rec.age_band, rec.gender = facts.age_band(to_local(now).date()), facts.gender
     rec.province, rec.birth_year = facts.province[:16], facts.birth_year
     rec.provider_ref = result.ref or None

@@ -2,10 +2,22 @@
 from __future__ import annotations
 
 from flask_babel import lazy_gettext
-from sqlalchemy import BigInteger, Boolean, Column, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+    event,
+)
 from sqlalchemy.orm import relationship
 
 from app.clock import utcnow
+from app.crypto import EncryptedText, mask, pii_hash
 from app.extensions import db
 from app.money import format_fen
 
@@ -46,8 +58,12 @@ class Order(db.Model):
     upstream_status = Column(String(16))
     channel = Column(String(24), nullable=False, default="wallet")
     out_trade_no = Column(String(64))
-    account = Column(String(128))  # direct top-up target
-    contact = Column(String(128))
+    # Personal data, encrypted at rest (app.crypto.EncryptedText: Python reads the plaintext) with a blind index
+    # each (app.crypto.pii_hash of the normalised value, kept in sync by the set events below) to find them by.
+    account = Column(EncryptedText)  # direct top-up target (a phone number, a game account)
+    contact = Column(EncryptedText)  # the storefront buyer's phone / QQ / e-mail
+    account_hash = Column(String(64))
+    contact_hash = Column(String(64))
     # Risk control: the storefront buyer's keyed hashes (normalised contact, device, paying account) that the
     # daily limits count by, the checkout's decision, and whether a paid order is held for review.
     buyer_key = Column(String(64))
@@ -75,7 +91,8 @@ class Order(db.Model):
         Index("ix_orders_status_created", "status", "created_at"),
         Index("ix_orders_created", "created_at"),
         # A storefront buyer is known by contact: "first order or returning" is looked up on every delivery.
-        Index("ix_orders_contact_delivered", "contact", "delivered_at"),
+        Index("ix_orders_contact_hash_delivered", "contact_hash", "delivered_at"),
+        Index("ix_orders_account_hash", "account_hash"),
         Index("ix_orders_buyer_key_created", "buyer_key", "created_at"),
         Index("ix_orders_device_key_created", "device_key", "created_at"),
         Index("ix_orders_payment_account_key_created", "payment_account_key", "created_at"),
@@ -87,8 +104,27 @@ class Order(db.Model):
     def status_display(self) -> str:
         return str(ORDER_STATUSES.get(self.status, self.status))
 
+    # Masked forms for screens that do not need the whole value (app.crypto.mask).
+    def contact_masked(self) -> str:
+        return mask(self.contact) if self.contact else ""
+
+    def account_masked(self) -> str:
+        return mask(self.account) if self.account else ""
+
     def amount_display(self) -> str:
         return format_fen(self.amount)
 
     def unit_price_display(self) -> str:
         return format_fen(self.unit_price)
+
+
+# The blind indexes follow every ORM write of the plaintext (constructor or assignment). Core inserts of orders
+# (benches, the demo history) set them themselves with app.crypto.pii_hash.
+@event.listens_for(Order.contact, "set")
+def _contact_hash(target: Order, value, _old, _initiator) -> None:
+    target.contact_hash = pii_hash(value)
+
+
+@event.listens_for(Order.account, "set")
+def _account_hash(target: Order, value, _old, _initiator) -> None:
+    target.account_hash = pii_hash(value)

@@ -15,6 +15,7 @@ from app.catalog.errors import ProductUnavailable
 from app.catalog.models import Product
 from app.catalog.service import price_for
 from app.clock import business_day_start, utcnow
+from app.crypto import mask
 from app.errors import NotFound, ValidationError
 from app.extensions import db
 from app.ledger import service as ledger
@@ -350,7 +351,8 @@ def _place_direct_wallet_order(agent_id, product: Product, quantity, out_trade_n
         coupons.redeem(quote, order, coupons.redeemer_for_agent(agent.id))
     transition(order.id, "paid", current="pending_payment")
     _after_risk_check(order, agent, event, decision)
-    _hold_in_buyer_funds(order, wallet, accounts, f"{product.name} × {qty} 直充 {account}")
+    # A journal memo is not encrypted: it names the account masked.
+    _hold_in_buyer_funds(order, wallet, accounts, f"{product.name} × {qty} 直充 {mask(account)}")
     if decision.outcome == "review":
         return _hold_for_review(order)  # no recharge until approved (reviews.approve starts it)
     recharge.start(order)
@@ -370,7 +372,8 @@ def sale_lines(order: Order, funding_account: str) -> list[Line]:
 def place_guest_order(product_id: object, quantity: object, contact: object, channel: str,
                       coupon: object = None, account: object = None, device_id: object = None,
                       ip: str | None = None, risk_event: str = "checkout") -> Order:
-    """A storefront order at the public price (less an optional coupon, redeemed as `contact:<contact>`), unpaid.
+    """A storefront order at the public price (less an optional coupon, redeemed as `contact:<its blind index>`),
+    unpaid.
     Flushes; the caller adds the checkout and commits (or rolls back on a refusal: nothing is written).
 
     No stock is reserved: secrets are allocated when the payment arrives (a paid order without stock is refunded).
@@ -398,8 +401,9 @@ def place_guest_order(product_id: object, quantity: object, contact: object, cha
     unit_price = price_for(None, product)
     cost_total = product.cost * qty
     quote = None
+    redeemer = coupons.redeemer_for_contact(contact) if coupon_code else None  # one keyed hash, used twice
     if coupon_code:
-        quote = coupons.quote(coupon_code, unit_price * qty, coupons.redeemer_for_contact(contact), device=device)
+        quote = coupons.quote(coupon_code, unit_price * qty, redeemer, device=device)
     amount = quote.amount if quote else unit_price * qty
     from app.risk import service as risk
 
@@ -420,7 +424,7 @@ def place_guest_order(product_id: object, quantity: object, contact: object, cha
     db.session.add(order)
     db.session.flush()
     if quote:
-        coupons.redeem(quote, order, coupons.redeemer_for_contact(contact), device=device)
+        coupons.redeem(quote, order, redeemer, device=device)
     risk.attach_order(decision.id, order.order_no)
     risk.record("order", event)
     if quote:

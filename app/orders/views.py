@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 from flask_appbuilder import ModelView
-from flask_appbuilder.models.sqla.interface import SQLAInterface
 from flask_babel import lazy_gettext as _
 
 from app.extensions import db
 from app.orders.models import Order
-from app.views_common import CHANNEL_TEXT, ReadableColumnsMixin, text_of
+from app.views_common import CHANNEL_TEXT, ReadableColumnsMixin, blind_index_interface, personal_value, text_of
 
 ORDER_LABELS = {
     "order_no": _("订单号"), "agent": _("代理"), "product": _("商品"), "supplier": _("供应商"), "tier": _("等级"),
@@ -16,6 +15,7 @@ ORDER_LABELS = {
     "account": _("充值账号"), "contact": _("联系方式"), "created_at": _("下单时间"), "paid_at": _("支付时间"),
     "delivered_at": _("到账时间"), "upline_path": _("上级链"), "card_secrets": _("卡密"),
     "upstream_status": _("上游状态"),
+    "contact_hash": _("手机号 / 联系方式 / 充值账号"),
 }
 
 
@@ -27,8 +27,13 @@ def upstream_status_text(status: str | None) -> str:
 
 
 class OrderView(ReadableColumnsMixin, ModelView):
-    """Staff view: card secrets appear masked (their relation renders CardSecret.masked, never the plain text)."""
-    datamodel = SQLAInterface(Order)
+    """Staff view: card secrets appear masked (their relation renders CardSecret.masked, never the plain text).
+
+    The order page shows the buyer's contact and the top-up account whole to support and the admin, who act on
+    them (call the buyer back, check a top-up with the supplier), masked to other staff
+    (views_common.personal_value). Search finds an order by either of them through their blind indexes
+    (views_common.blind_index_interface)."""
+    datamodel = blind_index_interface(Order, "contact_hash", ("contact_hash", "account_hash"))
     route_base = "/orders"
     base_permissions = ["can_list", "can_show"]
     list_title = show_title = _("订单")
@@ -37,10 +42,11 @@ class OrderView(ReadableColumnsMixin, ModelView):
     show_columns = ["order_no", "agent", "product", "supplier", "tier", "quantity", "unit_price_display",
                     "amount_display", "status_display", "upstream_status", "channel", "out_trade_no", "account",
                     "contact", "upline_path", "created_at", "paid_at", "delivered_at"]
-    search_columns = ["order_no", "agent", "product", "status", "upstream_status", "channel", "out_trade_no",
-                      "created_at"]
+    search_columns = ["order_no", "contact_hash", "agent", "product", "status", "upstream_status", "channel",
+                      "out_trade_no", "created_at"]
     label_columns = ORDER_LABELS
-    formatters_columns = {"upstream_status": upstream_status_text, "channel": text_of(CHANNEL_TEXT)}
+    formatters_columns = {"upstream_status": upstream_status_text, "channel": text_of(CHANNEL_TEXT),
+                          "contact": personal_value, "account": personal_value}
     base_order = ("id", "desc")
     show_template = "kameng/order_show.html"
 

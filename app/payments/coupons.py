@@ -5,7 +5,7 @@ Rules:
 - `min_spend` is compared with the amount before the discount (unit price × quantity).
 - Valid while `active` and `starts_at <= now < ends_at` (naive UTC).
 - `total_limit` (NULL = unlimited) counts redemptions in `used_count`; `per_user_limit` counts a redeemer's
-  redemptions: `contact:<contact>` on the storefront, `agent:<id>` in the portal.
+  redemptions: `contact:<blind index of the normalised contact>` on the storefront, `agent:<id>` in the portal.
 - A discount never brings an amount below 1 fen.
 - Applying writes the order's discount and coupon, a CouponRedemption (unique per order) and increments
   `used_count` with a guarded UPDATE in the caller's transaction. The UPDATE also locks the coupon row until the
@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, func, select, update
 
 from app.clock import utcnow
+from app.crypto import pii_hash
 from app.errors import KamengError, ValidationError
 from app.extensions import db
 from app.money import BP_SCALE, apply_rate, format_fen
@@ -68,23 +69,9 @@ class Quote:
         return self.gross - self.discount
 
 
-def normalize_contact(contact: str) -> str:
-    """One spelling per buyer: a Chinese (or +country) phone number as E.164 ('138 0013 8000', '+86-138-0013-8000'
-    -> '+8613800138000'), anything else (QQ, e-mail) lower-cased without spaces."""
-    import phonenumbers
-
-    text = (contact or "").strip()
-    try:
-        number = phonenumbers.parse(text, "CN")
-        if phonenumbers.is_valid_number(number):
-            return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    except phonenumbers.NumberParseException:
-        pass
-    return "".join(text.split()).lower()
-
-
 def redeemer_for_contact(contact: str) -> str:
-    return f"contact:{normalize_contact(contact)}"
+    """A storefront buyer as coupons count it: the blind index of its normalised contact (never the contact)."""
+    return f"contact:{pii_hash(contact) or ''}"
 
 
 def redeemer_for_agent(agent_id: int) -> str:
@@ -92,7 +79,9 @@ def redeemer_for_agent(agent_id: int) -> str:
 
 
 def redeemer_for_order(order: Order) -> str:
-    return redeemer_for_agent(order.agent_id) if order.agent_id else redeemer_for_contact(order.contact or "")
+    if order.agent_id:
+        return redeemer_for_agent(order.agent_id)
+    return f"contact:{order.contact_hash or ''}"  # the stored blind index: no decryption needed
 
 
 def normalize_code(code: object) -> str | None:

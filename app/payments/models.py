@@ -6,6 +6,7 @@ from sqlalchemy import BigInteger, Boolean, Column, DateTime, ForeignKey, Index,
 from sqlalchemy.orm import relationship
 
 from app.clock import utcnow
+from app.crypto import EncryptedText
 from app.extensions import db
 from app.money import format_fen
 
@@ -188,7 +189,7 @@ class CouponRedemption(db.Model):
     id = Column(Integer, primary_key=True)
     coupon_id = Column(Integer, ForeignKey("coupon.id"), nullable=False)
     order_id = Column(Integer, ForeignKey("orders.id"), nullable=False, unique=True)
-    redeemer = Column(String(160), nullable=False)  # "contact:<normalised contact>" or "agent:<id>"
+    redeemer = Column(String(160), nullable=False)  # "contact:<pii_hash of the contact>" or "agent:<id>"
     device = Column(String(128))  # the storefront buyer's device id, when the page sent one
     discount = Column(BigInteger, nullable=False)
     created_at = Column(DateTime, nullable=False, default=utcnow)
@@ -206,7 +207,7 @@ class Dispute(db.Model):
     id = Column(Integer, primary_key=True)
     order_id = Column(Integer, ForeignKey("orders.id"), nullable=False, index=True)
     opened_by_id = Column(Integer, ForeignKey("ab_user.id"))  # an agent's user; NULL for a storefront buyer
-    contact = Column(String(128))
+    contact = Column(EncryptedText)  # the order's contact, encrypted (app.crypto); found through the order
     reason = Column(String(500), nullable=False)
     status = Column(String(16), nullable=False, default="open")  # open, refunded, rejected
     resolution = Column(String(500))

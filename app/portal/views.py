@@ -11,9 +11,11 @@ from flask_appbuilder.actions import action
 from flask_appbuilder.models.sqla.filters import FilterInFunction
 from flask_appbuilder.models.sqla.interface import SQLAInterface
 from flask_babel import lazy_gettext as _
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 
 from app.agents.models import Agent
+from app.agents.views import phone_field
+from app.crypto import mask
 from app.errors import KamengError
 from app.extensions import db
 from app.ledger.models import Account, Posting
@@ -140,8 +142,23 @@ def _order_link(order_no: str):
     return Markup(f'<a href="/portal/orders/{escape(order_no)}">{escape(order_no)}</a>')
 
 
+def _is_me(agent_id) -> bool:
+    me = current_agent()
+    return me is not None and me.id == agent_id
+
+
+class _TeamInterface(SQLAInterface):
+    """An agent sees its own phone whole (its profile); an upline sees its downline's phones masked."""
+
+    def _get_attr_value(self, item, col):
+        value = super()._get_attr_value(item, col)
+        if col == "phone" and value and not _is_me(item.id):
+            return mask(value)
+        return value
+
+
 class MyDownlineView(ReadableColumnsMixin, ModelView):
-    datamodel = SQLAInterface(Agent)
+    datamodel = _TeamInterface(Agent)
     route_base = "/portal/my-team"
     base_permissions = ["can_list", "can_show", "can_edit", "disable"]
     base_filters = [["id", FilterInFunction, visible_agent_ids]]
@@ -150,15 +167,26 @@ class MyDownlineView(ReadableColumnsMixin, ModelView):
     list_columns = ["name", "tier", "parent", "depth", "active", "created_at"]
     show_columns = ["name", "tier", "parent", "depth", "phone", "active", "created_at"]
     edit_columns = ["name", "phone"]
+    edit_form_extra_fields = {"phone": phone_field()}
     search_columns = ["name", "parent", "active", "created_at"]
     label_columns = {"name": _("代理名称"), "tier": _("等级"), "parent": _("上级"), "depth": _("层级"),
                      "phone": _("手机号"), "active": _("启用"), "created_at": _("注册时间")}
     base_order = ("path", "asc")
 
+    def prefill_form(self, form, pk):
+        # An upline may set a downline's phone but never reads it: the form shows it masked.
+        if form.phone.data and not _is_me(pk):
+            form.phone.data = mask(form.phone.data)
+
     def pre_update(self, item):
         # edit loads through base_filters already; this is the belt to those braces (FAB flashes what we raise)
         if not in_scope(item.id, require_agent()):
             raise ValueError("只能修改自己团队中的代理")
+        # A downline's phone sent back as the masked form the page showed is unchanged, not a new number.
+        history = inspect(item).attrs.phone.history
+        if history.added and history.deleted and history.deleted[0] and not _is_me(item.id) \
+                and history.added[0] == mask(history.deleted[0]):
+            item.phone = history.deleted[0]
 
     @action("disable", _("停用"), _("确定停用所选下级代理？"), "fa-ban")
     def disable(self, items):

@@ -1,5 +1,5 @@
 """Identifiers risk control sees: normalised (phones as E.164), kept only as keyed hashes (HMAC-SHA256 with
-RISK_HASH_KEY) and shown masked (at most a quarter of the characters)."""
+RISK_HASH_KEY) and shown masked (app.crypto.mask: at most a quarter of the characters)."""
 from __future__ import annotations
 
 import hashlib
@@ -8,7 +8,7 @@ import ipaddress
 
 from flask import current_app
 
-from app.payments.coupons import normalize_contact
+from app.crypto import mask, normalize_contact
 
 
 def _key() -> bytes:
@@ -39,10 +39,4 @@ def digest(kind: str, value: str) -> str:
     return hmac.new(_key(), f"{family}:{normalise(kind, value)}".encode(), hashlib.sha256).hexdigest()
 
 
-def mask(value: str) -> str:
-    """At most a quarter of the characters shown, split between the two ends (13800138000 -> 1*********0)."""
-    value = value or ""
-    n = len(value)
-    shown = n // 4
-    head, tail = (shown + 1) // 2, shown // 2
-    return value[:head] + "*" * (n - head - tail) + (value[n - tail:] if tail else "")
+__all__ = ["digest", "mask", "normalise"]  # mask: app.crypto's, the one masking function
