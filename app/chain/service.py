@@ -285,7 +285,8 @@ def seal(wait: bool = True, batch: int = SEAL_BATCH) -> int:
     """Give every committed record without a place its seq and hash; returns how many. Commits (per batch).
 
     `wait=False`: when another sealer holds the lock, return 0 at once (a page view does not queue behind it).
-    The first seal of a database (no day head yet) first appends the rows from before the chain (backfill)."""
+    The first seal of a database (no day head yet) first appends the rows from before the chain (backfill); a
+    seal with `wait=False` leaves that to the periodic job and seals nothing."""
     total = 0
     while True:
         try:
@@ -293,6 +294,9 @@ def seal(wait: bool = True, batch: int = SEAL_BATCH) -> int:
                 db.session.rollback()
                 return total
             if total == 0 and db.session.scalar(select(func.count()).select_from(ChainHead)) == 0:
+                if not wait:  # the one-off backfill is the job's (or verify's), not a page view's
+                    db.session.rollback()
+                    return 0
                 backfill()
             count = _seal_batch(batch)
             db.session.commit()
