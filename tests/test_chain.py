@@ -496,3 +496,18 @@ def test_openapi_client_buys_are_answered_before_the_seal(app, world):
             holder.execute(select(func.pg_advisory_unlock(*chain.SEAL_LOCK)))
             holder.commit()
     assert chain.seal() == 2
+
+
+def test_the_demo_history_joins_the_chain(app):
+    """The demo's bulk-inserted history (written around the live code) is appended right after it is generated."""
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["kameng", "demo", "--password", "demo-pass-1", "--sandbox-key", "sandbox-key-1",
+                                 "--orders", "200", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert "appended to the tamper-evident chain" in result.output
+    db.session.rollback()
+    delivered = db.session.scalar(select(func.count()).select_from(Order).where(Order.delivered_at.is_not(None)))
+    assert delivered > 100
+    result = verify(app)
+    assert result.exit_code == 0, result.output
+    assert len(kinds_of(records())["delivery"]) == delivered
