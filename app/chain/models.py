@@ -36,12 +36,16 @@ class ChainRecord(db.Model):
 
     __table_args__ = (
         UniqueConstraint("kind", "source_key", name="uq_chain_record_source"),
-        UniqueConstraint("seq", name="uq_chain_record_seq"),
-        UniqueConstraint("hash", name="uq_chain_record_hash"),
         CheckConstraint("kind IN ('delivery', 'audit', 'risk_decision')", name="ck_chain_record_kind"),
         # The sealer's work list: the rows still waiting for their place.
         Index("ix_chain_record_unsealed", "id", postgresql_where=text("seq IS NULL"),
               sqlite_where=text("seq IS NULL")),
+        # seq and hash are unique once sealed; indexed only from then, so the delivering transaction's insert
+        # touches no index for them (queries on them say `seq IS NOT NULL`, or a condition implying it).
+        Index("uq_chain_record_seq", "seq", unique=True, postgresql_where=text("seq IS NOT NULL"),
+              sqlite_where=text("seq IS NOT NULL")),
+        Index("uq_chain_record_hash", "hash", unique=True, postgresql_where=text("seq IS NOT NULL"),
+              sqlite_where=text("seq IS NOT NULL")),
     )
 
 

@@ -253,8 +253,8 @@ def _lock(wait: bool) -> bool:
 
 
 def _last_sealed() -> tuple[int, str]:
-    row = db.session.execute(select(ChainRecord.seq, ChainRecord.hash).where(
-        ChainRecord.seq == select(func.max(ChainRecord.seq)).scalar_subquery())).first()
+    last = select(func.max(ChainRecord.seq)).where(ChainRecord.seq.is_not(None)).scalar_subquery()
+    row = db.session.execute(select(ChainRecord.seq, ChainRecord.hash).where(ChainRecord.seq == last)).first()
     return (row.seq, row.hash) if row else (0, GENESIS)
 
 
@@ -345,8 +345,9 @@ def find(record_hash: str) -> dict | None:
     """Whether a record hash is in the chain: its seq and the head of the day that sealed it (what /trust/
     publishes). Nothing about the record's content. None when it is not there."""
     h = clean_hash(record_hash)
-    row = db.session.execute(select(ChainRecord.seq, ChainRecord.kind).where(ChainRecord.hash == h)).first()
-    if row is None or row.seq is None:
+    row = db.session.execute(select(ChainRecord.seq, ChainRecord.kind).where(ChainRecord.hash == h,
+                                                                             ChainRecord.seq.is_not(None))).first()
+    if row is None:
         return None
     head = db.session.scalar(select(ChainHead).where(ChainHead.last_seq >= row.seq).order_by(ChainHead.day).limit(1))
     return {"record_hash": h, "in_chain": True, "seq": row.seq, "kind": row.kind, "day_head": head_view(head)}

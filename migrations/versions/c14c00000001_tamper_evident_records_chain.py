@@ -40,17 +40,24 @@ def upgrade():
     sa.Column('sealed_at', sa.DateTime(), nullable=True),
     sa.CheckConstraint("kind IN ('delivery', 'audit', 'risk_decision')", name='ck_chain_record_kind'),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('hash', name='uq_chain_record_hash'),
-    sa.UniqueConstraint('kind', 'source_key', name='uq_chain_record_source'),
-    sa.UniqueConstraint('seq', name='uq_chain_record_seq')
+    sa.UniqueConstraint('kind', 'source_key', name='uq_chain_record_source')
     )
     with op.batch_alter_table('chain_record', schema=None) as batch_op:
         batch_op.create_index('ix_chain_record_unsealed', ['id'], unique=False, postgresql_where=sa.text('seq IS NULL'),
                               sqlite_where=sa.text('seq IS NULL'))
+        # Unique once sealed, and indexed only from then: the delivering insert touches no index for them.
+        batch_op.create_index('uq_chain_record_seq', ['seq'], unique=True, postgresql_where=sa.text('seq IS NOT NULL'),
+                              sqlite_where=sa.text('seq IS NOT NULL'))
+        batch_op.create_index('uq_chain_record_hash', ['hash'], unique=True,
+                              postgresql_where=sa.text('seq IS NOT NULL'), sqlite_where=sa.text('seq IS NOT NULL'))
 
 
 def downgrade():
     with op.batch_alter_table('chain_record', schema=None) as batch_op:
+        batch_op.drop_index('uq_chain_record_hash', postgresql_where=sa.text('seq IS NOT NULL'),
+                            sqlite_where=sa.text('seq IS NOT NULL'))
+        batch_op.drop_index('uq_chain_record_seq', postgresql_where=sa.text('seq IS NOT NULL'),
+                            sqlite_where=sa.text('seq IS NOT NULL'))
         batch_op.drop_index('ix_chain_record_unsealed', postgresql_where=sa.text('seq IS NULL'),
                             sqlite_where=sa.text('seq IS NULL'))
 
