@@ -131,6 +131,7 @@ class Config:
     # PostgreSQL work_mem for one dashboard callback's transaction (its year aggregates stay in memory).
     DASHBOARD_WORK_MEM_MB = env_int("DASHBOARD_WORK_MEM_MB", 32)
     SUPPLIER_SYNC_SECONDS = env_int("SUPPLIER_SYNC_SECONDS", 300)  # suppliers' balance, stock and prices
+    CHAIN_SEAL_SECONDS = env_int("CHAIN_SEAL_SECONDS", 5)  # tamper-evident records get their place in the chain
     # No REDIS_URL: run the periodic jobs on a thread of the web process (`make run` sets it for `flask run`).
     INLINE_SCHEDULER = env_bool("INLINE_SCHEDULER", False)
     RECHARGE_POLL_SECONDS = env_int("RECHARGE_POLL_SECONDS", 5)  # direct top-ups: ask suppliers about due attempts

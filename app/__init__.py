@@ -73,6 +73,9 @@ def create_app(overrides: dict | None = None) -> Flask:
     from app.network.invite_views import register_public as register_invites
 
     register_invites(app)
+    from app.chain import views as chain_views
+
+    chain_views.register(app)  # /trust/: the public head hashes of the tamper-evident records
 
     from app import headers
 

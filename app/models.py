@@ -14,6 +14,7 @@ from app.catalog.models import (  # noqa: F401
     Supplier,
     TierPrice,
 )
+from app.chain.models import ChainHead, ChainRecord  # noqa: F401
 from app.ledger.models import Account, Journal, Posting  # noqa: F401
 from app.network.models import (  # noqa: F401
     Commission,

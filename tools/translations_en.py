@@ -971,4 +971,38 @@ EN: dict[str, str] = {
     "已重置 %(n)s 个用户的两步验证": "Two-factor sign-in reset for %(n)s users",
     "平台要求员工使用两步验证：请先启用两步验证。":
         "The platform requires staff to use two-factor sign-in: turn it on first.",
+    # ------------------------------------------------------------------ tamper-evident records (/trust/)
+    "zh-CN": "en",
+    "存证核验": "Record check",
+    "每一次发货、每一笔资金变动的审计记录和每一个风控决定都记入一条哈希链：每条记录的哈希覆盖它的内容和前一条记录的"
+    "哈希，事后改动或删除任何一条，之后的哈希都对不上。每天的链头哈希公布在这里，可以保存下来日后比对。":
+        "Every delivery, every audit entry that moves money and every risk control decision is written into a hash "
+        "chain: each record's hash covers its content and the previous record's hash, so changing or deleting any "
+        "record afterwards breaks every hash after it. Each day's chain head hash is published here; save it to "
+        "compare later.",
+    "每日链头": "Daily chain heads",
+    "日期": "Date",
+    "最后序号": "Last No.",
+    "当日记录数": "Records that day",
+    "链头哈希": "Head hash",
+    "近 30 天还没有记录。": "No records in the last 30 days.",
+    "当前链头": "Current head",
+    "如何核验一条记录": "How to check a record",
+    "在订单查询里，已到账的订单会显示它的存证哈希。把它填在下面：若它在链中，会显示它的序号和记入它的那一天的链头"
+    "哈希；把这个链头哈希与本页公布的（或你之前保存的）同一天的链头哈希比对，一致即说明这条记录自那天起未被改动。":
+        "The order lookup shows a delivered order's record hash. Enter it below: if it is in the chain, you see its "
+        "number and the head hash of the day it was recorded; compare that head with the one published here for "
+        "the same day (or one you saved): if they match, the record has not changed since that day.",
+    "记录哈希": "Record hash",
+    "核验": "Check",
+    "记录核验": "Record check",
+    "该记录在链中。": "This record is in the chain.",
+    "记入日期": "Recorded on",
+    "当日链头哈希": "Head hash of that day",
+    "链中没有这个哈希：它可能输错了，或记录刚刚生成、尚未记入（几秒后再试）。":
+        "This hash is not in the chain: it may be mistyped, or the record is new and not recorded yet (try again "
+        "in a few seconds).",
+    "返回每日链头": "Back to the daily heads",
+    "存证哈希": "Record hash",
+    "在存证核验页查看": "Check it on the record check page",
 }

@@ -7,6 +7,7 @@ from typing import Any
 from flask import g, has_request_context
 
 from app.audit.models import AuditEntry
+from app.chain import service as chain
 from app.extensions import db
 
 
@@ -30,6 +31,7 @@ def record(action: str, target_type: str, target_id: Any, old: Any = None, new: 
                        old_value=_dump(old), new_value=_dump(new), reason=reason,
                        actor_id=actor_id if actor_id is not None else current_actor_id())
     db.session.add(entry)
+    chain.append_audit(entry)  # money-moving actions are hash-chained (app.chain.service.MONEY_ACTIONS)
     return entry
 
 

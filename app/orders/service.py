@@ -14,6 +14,7 @@ from app.catalog import cards
 from app.catalog.errors import ProductUnavailable
 from app.catalog.models import Product
 from app.catalog.service import price_for
+from app.chain import service as chain
 from app.clock import business_day_start, utcnow
 from app.crypto import mask
 from app.errors import NotFound, ValidationError
@@ -81,7 +82,8 @@ def transition(order_id: int, to_status: str, current: str | None = None) -> Non
     orders = Order.__table__
     row = db.session.connection().execute(
         update(orders).where(orders.c.id == order_id, orders.c.status == current).values(**values)
-        .returning(orders.c.order_no, orders.c.notify_url)).first()
+        .returning(orders.c.order_no, orders.c.notify_url, orders.c.amount, orders.c.product_id, orders.c.agent_id,
+                   orders.c.delivered_at)).first()
     loaded = db.session.identity_map.get(identity_key(Order, order_id))
     if loaded is not None:
         db.session.expire(loaded, list(values))  # an Order object already loaded rereads what changed
@@ -91,6 +93,8 @@ def transition(order_id: int, to_status: str, current: str | None = None) -> Non
     # counting, so only a first delivery adds; a refund of a counted order subtracts on its delivery day.
     if to_status == "delivered" and current in ("paid", "delivering"):
         rollups.record_delivery(order_id)
+        if row.delivered_at == now:  # its first delivery (delivered_at keeps the first time): chained with it
+            chain.append_delivery(order_id, row.order_no, row.amount, row.product_id, row.agent_id, now)
     elif to_status == "refunded" and current in ("delivered", "disputed"):
         rollups.record_refund(order_id)
     if to_status in NOTIFIED_STATUSES and row.notify_url:

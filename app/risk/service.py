@@ -25,6 +25,7 @@ from flask import current_app
 from sqlalchemy import case, cast, func, insert, literal, or_, select, text
 from sqlalchemy.dialects.postgresql import INET
 
+from app.chain import service as chain
 from app.clock import business_day_start, to_local, utcnow
 from app.errors import KamengError
 from app.extensions import db
@@ -361,10 +362,13 @@ def _store(event: RiskInput, decision: Decision, versions: dict, latency_us: int
             # The caller's own commit (the order) makes this durable too; only a refused request's decision could
             # be lost in a crash in the next fraction of a second.
             conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
-            return conn.execute(insert(RiskDecision).values(**row).returning(RiskDecision.id)).scalar()
+            decision_id = conn.execute(insert(RiskDecision).values(**row).returning(RiskDecision.id)).scalar()
+            chain.append_risk_decision(decision_id, row, conn)  # hash-chained with the decision, never without
+            return decision_id
     # SQLite (one writer): in the caller's session; a block is committed now (the caller writes nothing and
     # rolls back), so the refused request still leaves its decision.
     decision_id = db.session.execute(insert(RiskDecision).values(**row).returning(RiskDecision.id)).scalar()
+    chain.append_risk_decision(decision_id, row)
     if decision.outcome == "block":
         db.session.commit()
     return decision_id

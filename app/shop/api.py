@@ -53,11 +53,16 @@ def order_view(order: Order, with_secrets: bool) -> dict:
             "product_name": order.product.name, "quantity": order.quantity, "amount": order.amount,
             "created_at": order.created_at.replace(microsecond=0).isoformat() + "Z"}
     if with_secrets:
+        from app.chain import service as chain
         from app.payments import disputes
 
         data["card_secrets"] = cards.reveal(order.id) if order.status == "delivered" else []
         data["discount"] = order.discount
         data["dispute"] = disputes.public_view(disputes.for_order(order.id))  # with any compensation coupon
+        # The delivery's place in the tamper-evident chain: checkable at /trust/ against the day's head.
+        record_hash = chain.delivery_hash(data["order_no"]) if order.delivered_at else None
+        data["record_hash"] = record_hash
+        data["trust_url"] = f"{_base_url()}/trust/record/{record_hash}" if record_hash else None
     return data
 
 
