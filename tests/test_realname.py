@@ -261,3 +261,24 @@ def test_repeated_failures_lock_the_agent_out(app, f, monkeypatch, client, db):
         assert _submit(client, "411", card_last="8").status_code == 302
         assert sim.calls == 6
     assert realname.is_verified(a.id)
+
+
+def test_asking_whether_an_id_is_taken_spends_the_budget_and_is_audited(app, f, monkeypatch, client, db):
+    """"This ID is verified for another account" is an answer too: it is counted like a provider call, so a
+    stolen ID list cannot be checked against the platform for free."""
+    from app.network.models import RealNameAttempt
+
+    monkeypatch.setitem(app.config, "REALNAME_DAILY_ATTEMPTS", 3)
+    monkeypatch.setitem(app.config, "REALNAME_ID_ATTEMPTS", 10)
+    owner, prober = f.agent(), f.agent()
+    with idv_provider(app, monkeypatch) as sim:
+        verify(owner, seq="611")
+        f.login(client, prober.name)
+        answers = [_submit(client, "611", card_last="8") for _ in range(5)]
+        assert [r.status_code for r in answers[:3]] == [400, 400, 400]  # the form's error
+        assert "已被其他账号实名认证" in answers[0].get_data(as_text=True)
+        assert [r.status_code for r in answers[3:]] == [429, 429]  # the budget is spent: no more answers
+        assert sim.calls == 1  # only the owner's verification reached the provider
+    outcomes = db.session.scalars(select(RealNameAttempt.outcome).where(RealNameAttempt.agent_id == prober.id)).all()
+    assert outcomes == ["taken"] * 3
+    assert len(_audits(db, "realname.id_taken")) == 3

@@ -76,7 +76,7 @@ class RealNameAttempt(db.Model):
     agent_id = Column(Integer, ForeignKey("agent.id"), nullable=False)
     id_number_hash = Column(String(64), nullable=False)  # keyed hash, as real_name.id_number_hash
     business_day = Column(Date, nullable=False)
-    outcome = Column(String(16), nullable=False, default="pending")  # pending, matched, mismatch, unavailable
+    outcome = Column(String(16), nullable=False, default="pending")  # pending, matched, mismatch, taken, unavailable
     created_at = Column(DateTime, nullable=False, default=utcnow)
 
     __table_args__ = (Index("ix_real_name_attempt_agent_day", "agent_id", "business_day"),

@@ -211,8 +211,10 @@ def submit(agent_id: int, name: str, id_number: str, bank_card: str, phone: str)
     if existing is not None and existing.status == "verified":
         raise Conflict("已完成实名认证，如需更换请联系客服 (already verified)", code="already_verified")
     id_hash = keyed_hash("realname-id", number)
-    _refuse_taken(agent_id, id_hash)
+    # The attempt is counted before the "ID taken" check: that answer tells whether an ID number is verified here,
+    # so it spends the same budget as asking the provider.
     attempt_id = _reserve_attempt(agent_id, id_hash)  # commits: hold no lock or snapshot while the provider answers
+    _refuse_taken(agent_id, id_hash, attempt_id)
 
     try:
         result = three_element_check(values["name"], number, values["bank_card"])
@@ -224,7 +226,7 @@ def submit(agent_id: int, name: str, id_number: str, bank_card: str, phone: str)
     if db.engine.dialect.name == "postgresql":  # serialize submissions of one ID number across agents
         db.session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:h))"), {"h": id_hash})
     if result.matched:
-        _refuse_taken(agent_id, id_hash)
+        _refuse_taken(agent_id, id_hash, attempt_id)
     rec = record_of(agent_id) or RealNameVerification(agent_id=agent_id)
     now = utcnow()
     rec.name_enc, rec.id_number_enc = encrypt(values["name"]), encrypt(number)
@@ -308,7 +310,7 @@ def _locked_until(agent_id: int) -> datetime | None:
     cfg = current_app.config
     threshold, hours = int(cfg["REALNAME_LOCKOUT_FAILURES"]), int(cfg["REALNAME_LOCKOUT_HOURS"])
     failures = db.session.scalars(select(RealNameAttempt.created_at).where(
-        RealNameAttempt.agent_id == agent_id, RealNameAttempt.outcome.in_(("mismatch", "pending")))
+        RealNameAttempt.agent_id == agent_id, RealNameAttempt.outcome.in_(("mismatch", "taken", "pending")))
         .order_by(RealNameAttempt.created_at, RealNameAttempt.id)).all()
     until, count = None, 0
     for at in failures:
@@ -329,11 +331,17 @@ def _local_text(at: datetime) -> str:
     return to_local(at).strftime("%Y-%m-%d %H:%M")
 
 
-def _refuse_taken(agent_id: int, id_hash: str) -> None:
+def _refuse_taken(agent_id: int, id_hash: str, attempt_id: int) -> None:
+    """Refuse an ID number verified for another agent; the attempt is finished as `taken` (it counts toward the
+    daily limits and the lockout, like a mismatch) and audited."""
     other = db.session.scalar(select(RealNameVerification.agent_id).where(
         RealNameVerification.id_number_hash == id_hash, RealNameVerification.status == "verified",
         RealNameVerification.agent_id != agent_id))
     if other is not None:
         db.session.rollback()
+        _finish_attempt(attempt_id, "taken")
+        audit.record("realname.id_taken", "agent", agent_id, None, None,
+                     reason="身份证号已被其他账号实名认证 (ID number verified for another account)")
+        db.session.commit()
         raise Conflict("该身份证号已被其他账号实名认证 (this ID number is already verified for another account)",
                        code="id_taken")
