@@ -2,9 +2,9 @@
 
 Defaults run on a SQLite file under instance/ with jobs inline. Configuration fails closed: only
 KAMENG_ENV=development (set by `make run`, `make test`, the tests and the benches) runs on the built-in development
-keys; with any other value, or none, the app refuses to start until SECRET_KEY and CARD_SECRET_KEY are real
-secrets from the environment, and KAMENG_ENV=production also needs an https PUBLIC_BASE_URL and gets secure
-cookies and HSTS (see settle_environment below).
+keys; with any other value (production, staging, a typo), or none, the app refuses to start until SECRET_KEY
+and CARD_SECRET_KEY are real secrets and PUBLIC_BASE_URL an https address, and it sends Secure cookies and HSTS
+(see settle_environment below).
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ class Config:
     SESSION_COOKIE_SAMESITE = "Lax"
     REMEMBER_COOKIE_HTTPONLY = True
     REMEMBER_COOKIE_SAMESITE = "Lax"
-    HSTS_SECONDS = env_int("HSTS_SECONDS", 365 * 24 * 3600)  # production only
+    HSTS_SECONDS = env_int("HSTS_SECONDS", 365 * 24 * 3600)  # every environment but development
 
     SQLALCHEMY_DATABASE_URI = database_url()
     SQLALCHEMY_TRACK_MODIFICATIONS = False
@@ -197,33 +197,30 @@ class ConfigError(RuntimeError):
 
 
 def settle_environment(config: dict) -> None:
-    """Fail closed: fill in the development keys for KAMENG_ENV=development only; otherwise refuse to start
-    without real keys (naming each one missing), and in production require an https PUBLIC_BASE_URL and turn on
-    secure cookies and HSTS."""
+    """Fail closed: fill in the development keys for KAMENG_ENV=development only; any other value, or none, must
+    bring real keys and an https PUBLIC_BASE_URL (each one missing is named) and gets Secure cookies and HSTS."""
     env = config.get("KAMENG_ENV")
     if env == "development":
         config["SECRET_KEY"] = config.get("SECRET_KEY") or _DEV_SECRET_KEY
         config["CARD_SECRET_KEY"] = config.get("CARD_SECRET_KEY") or _DEV_CARD_SECRET_KEY
         config["HSTS_SECONDS"] = 0
         return
+    # Any other environment (production, staging, a typo, none) is held to production's rules: it may face the
+    # internet, so it gets real keys, an https address, Secure cookies and HSTS.
     problems = [f"{name} (a random secret of at least 32 characters, not the development key)"
                 for name, dev_key in (("SECRET_KEY", _DEV_SECRET_KEY), ("CARD_SECRET_KEY", _DEV_CARD_SECRET_KEY))
                 if _weak_key(config.get(name), dev_key)]
-    if env == "production":
-        base_url = config.get("PUBLIC_BASE_URL") or ""
-        if not base_url.startswith("https://") or len(base_url) <= len("https://"):
-            problems.append("PUBLIC_BASE_URL (the https:// address buyers and payment channels reach)")
+    base_url = config.get("PUBLIC_BASE_URL") or ""
+    if not base_url.startswith("https://") or len(base_url) <= len("https://"):
+        problems.append("PUBLIC_BASE_URL (the https:// address buyers and payment channels reach)")
     if problems:
         shown = f"KAMENG_ENV={env}" if env else "KAMENG_ENV is not set, which"
-        raise ConfigError(f"{shown} is not development, so the built-in development keys are refused. Set in the "
-                          f"environment: " + "; ".join(problems) + ". For a local demo on development keys, set "
-                          "KAMENG_ENV=development.")
-    if env == "production":
-        config["SESSION_COOKIE_SECURE"] = True
-        config["REMEMBER_COOKIE_SECURE"] = True
-        config["PREFERRED_URL_SCHEME"] = "https"
-    else:
-        config["HSTS_SECONDS"] = 0
+        raise ConfigError(f"{shown} is not development, so it runs only on real settings (the built-in development "
+                          f"keys are refused). Set in the environment: " + "; ".join(problems) + ". For a local demo "
+                          "on development keys, set KAMENG_ENV=development.")
+    config["SESSION_COOKIE_SECURE"] = True
+    config["REMEMBER_COOKIE_SECURE"] = True
+    config["PREFERRED_URL_SCHEME"] = "https"
 
 
 def _weak_key(value: str | None, dev_key: str) -> bool:

@@ -17,7 +17,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("flask_appbuilder").setLevel(logging.WARNING)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-    if app.config.get("KAMENG_ENV") == "production" and app.config.get("OUTBOUND_ALLOW_PRIVATE"):
+    if app.config.get("KAMENG_ENV") != "development" and app.config.get("OUTBOUND_ALLOW_PRIVATE"):
         logging.getLogger(__name__).warning("OUTBOUND_ALLOW_PRIVATE is on in production: callbacks and adapters may "
                                             "reach loopback and private addresses (app/outbound.py)")
 

@@ -1,5 +1,5 @@
-"""Configuration fails closed: only KAMENG_ENV=development runs on the built-in development keys; production
-also needs an https PUBLIC_BASE_URL and gets secure, SameSite cookies and HSTS."""
+"""Configuration fails closed: only KAMENG_ENV=development runs on the built-in development keys; every other
+environment (or none) also needs an https PUBLIC_BASE_URL and gets secure, SameSite cookies and HSTS."""
 from __future__ import annotations
 
 import os
@@ -49,19 +49,22 @@ def test_one_missing_key_is_named_alone(tmp_path):
     assert "CARD_SECRET_KEY (" in message and "SECRET_KEY (" not in message.replace("CARD_SECRET_KEY (", "")
 
 
-def test_staging_with_real_keys_starts_without_the_sandbox(tmp_path):
-    app = _start(tmp_path, KAMENG_ENV="staging", **REAL)
-    assert app.config["SECRET_KEY"] == REAL["SECRET_KEY"]
-    assert "Strict-Transport-Security" not in app.test_client().get("/shop/").headers
+def test_staging_is_held_to_production_rules_and_has_no_sandbox(tmp_path):
+    with pytest.raises(ConfigError, match="PUBLIC_BASE_URL"):
+        _start(tmp_path, KAMENG_ENV="staging", **REAL)
+    app = _start(tmp_path, KAMENG_ENV="staging", PUBLIC_BASE_URL="https://staging.example.com", **REAL)
+    assert app.config["SECRET_KEY"] == REAL["SECRET_KEY"] and app.config["SESSION_COOKIE_SECURE"] is True
+    assert "Strict-Transport-Security" in app.test_client().get("/shop/", base_url="https://x").headers
     from app.payments.gateways import sandbox_allowed
     with app.app_context():
         assert sandbox_allowed() is False
 
 
+@pytest.mark.parametrize("env", ["production", "prod", None])
 @pytest.mark.parametrize("base_url", [None, "", "http://shop.example.com", "https://"])
-def test_production_needs_an_https_public_base_url(tmp_path, base_url):
+def test_production_needs_an_https_public_base_url(tmp_path, env, base_url):
     with pytest.raises(ConfigError, match="PUBLIC_BASE_URL"):
-        _start(tmp_path, KAMENG_ENV="production", PUBLIC_BASE_URL=base_url, **REAL)
+        _start(tmp_path, KAMENG_ENV=env, PUBLIC_BASE_URL=base_url, **REAL)
 
 
 def test_production_cookies_are_secure_and_samesite_and_hsts_is_sent(tmp_path):
@@ -92,7 +95,7 @@ def test_the_entry_point_without_kameng_env_says_what_is_missing_and_exits(tmp_p
 
 def test_demo_data_and_simulators_are_refused_outside_development(tmp_path):
     env = {"KAMENG_ENV": "staging", "DATABASE_URL": f"sqlite:///{tmp_path / 'k.db'}", "FAB_UPDATE_PERMS": "False",
-           **REAL}
+           "PUBLIC_BASE_URL": "https://staging.example.com", **REAL}
     demo = _entry_point(env, "kameng", "demo", "--password", "x" * 12)
     assert demo.returncode != 0 and "KAMENG_ENV=development" in demo.stdout + demo.stderr
     sim = _entry_point(env, "kameng", "channel-sim", "--channel", "alipay", "--port", "1")
