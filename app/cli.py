@@ -718,11 +718,21 @@ kameng_cli.add_command(chain_cli)
 
 
 @chain_cli.command("verify")
-def chain_verify() -> None:
+@click.option("--expect-head", "expected", multiple=True, metavar="DAY=HASH",
+              help="A day's head hash as /trust/ published it, kept outside this database; repeatable. A chain "
+                   "rewritten after an edit no longer has it.")
+def chain_verify(expected: tuple[str, ...]) -> None:
     """Seal, then recheck every record against the current rows; exit 1 naming the first altered or missing one."""
     from app.chain import service as chain
 
-    report = chain.verify()
+    published = {}
+    for item in expected:
+        day, _, value = item.partition("=")
+        try:
+            published[chain.parse_day(day)] = chain.clean_hash(value)
+        except KamengError as exc:
+            fail(f"--expect-head wants DAY=HASH: {exc.message}")
+    report = chain.verify(published)
     if not report.ok:
         first = report.problems[0]
         click.echo(f"FAIL first problem: {first.message}", err=True)

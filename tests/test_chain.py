@@ -14,7 +14,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import event, func, select, text
+from sqlalchemy import event, func, select, text, update
 from sqlalchemy.orm import Session
 
 from app.audit.models import AuditEntry
@@ -194,8 +194,6 @@ def test_verify_names_other_changes_to_a_delivery(app, client, world):
     for change, undo in [
         ("UPDATE orders SET delivered_at = delivered_at + interval '1 second' WHERE id = :id",
          "UPDATE orders SET delivered_at = delivered_at - interval '1 second' WHERE id = :id"),
-        ("UPDATE card_secret SET secret_hash = upper(secret_hash) WHERE order_id = :id",
-         "UPDATE card_secret SET secret_hash = lower(secret_hash) WHERE order_id = :id"),
         ("UPDATE orders SET agent_id = NULL WHERE id = :id", None),
     ]:
         agent_id = db.session.scalar(select(Order.agent_id).where(Order.id == order_id))
@@ -209,6 +207,50 @@ def test_verify_names_other_changes_to_a_delivery(app, client, world):
             db.session.execute(text("UPDATE orders SET agent_id = :a WHERE id = :id"), {"a": agent_id, "id": order_id})
         db.session.commit()
         assert verify(app).exit_code == 0, change
+
+
+def test_verify_sees_a_delivered_card_secret_swapped_for_another(app, client, world):
+    """The secret the buyer is shown is its ciphertext: swapping it for a spare card's (the stored hash column left
+    as it was) is an edit of the delivery."""
+    number = api_order(client, world.key, world.secret, world.product)["order_no"]
+    assert verify(app).exit_code == 0
+    order_id = db.session.scalar(select(Order.id).where(Order.order_no == number))
+    sold = db.session.execute(text("SELECT id, secret_enc FROM card_secret WHERE order_id = :id"),
+                              {"id": order_id}).one()
+    spare = db.session.execute(text("SELECT id, secret_enc FROM card_secret WHERE order_id IS NULL "
+                                    "AND product_id = :p ORDER BY id LIMIT 1"), {"p": world.product.id}).one()
+    swap = "UPDATE card_secret SET secret_enc = :enc WHERE id = :id"
+    db.session.execute(text(swap), {"enc": spare.secret_enc, "id": sold.id})
+    db.session.execute(text(swap), {"enc": sold.secret_enc, "id": spare.id})
+    db.session.commit()
+    result = verify(app)
+    assert result.exit_code == 1 and number in result.output.splitlines()[0] and "altered" in result.output
+
+
+def test_verify_against_published_heads_sees_a_rewritten_chain(app, client, world):
+    """Whoever can write the database can also recompute every digest, hash and head after an edit; a head kept
+    outside the database (as /trust/ published it) still tells."""
+    numbers = [api_order(client, world.key, world.secret, world.product)["order_no"] for _ in range(2)]
+    assert verify(app).exit_code == 0
+    day, published = db.session.execute(select(ChainHead.day, ChainHead.head_hash)).one()
+    expect = f"--expect-head={day.isoformat()}={published}"
+    assert cli(app, "verify", expect).exit_code == 0
+
+    # the attacker edits an amount and rewrites the chain from that record on, heads included
+    db.session.execute(text("UPDATE orders SET amount = amount + 5000 WHERE order_no = :no"), {"no": numbers[0]})
+    db.session.commit()
+    prev = chain.GENESIS
+    for row in records():
+        if row.kind == "delivery":
+            row.content_digest = chain._current_digests("delivery", [row.source_key])[row.source_key]
+        row.hash = prev = chain.link_hash(prev, row.content_digest, row.kind, row.source_key, row.seq)
+    db.session.execute(update(ChainHead).values(head_hash=prev))
+    db.session.commit()
+    assert verify(app).exit_code == 0  # self-consistent again: only an outside copy of a head can tell
+
+    result = cli(app, "verify", expect)
+    assert result.exit_code == 1 and "not " + published in result.output.splitlines()[0], result.output
+    assert cli(app, "verify", "--expect-head=yesterday=abc").exit_code != 0  # a typo is a clear CLI error
 
 
 @BOTH

@@ -166,11 +166,20 @@ def _delivery_digests(where) -> dict[str, str]:
     secrets: dict[int, list[str]] = defaultdict(list)
     ids = [r.id for r in rows]
     for start in range(0, len(ids), 1000):
-        for order_id, secret_hash in db.session.execute(select(CardSecret.order_id, CardSecret.secret_hash)
-                                                        .where(CardSecret.order_id.in_(ids[start:start + 1000]))):
-            secrets[order_id].append(secret_hash)
+        for card in db.session.execute(select(CardSecret.order_id, CardSecret.product_id, CardSecret.secret_enc)
+                                       .where(CardSecret.order_id.in_(ids[start:start + 1000]))):
+            secrets[card.order_id].append(_secret_hash_now(card.product_id, card.secret_enc))
     return {r.order_no: content_digest(delivery_content(r.order_no, r.amount, r.product_id, r.agent_id, r.contact,
                                                         secrets[r.id], r.delivered_at)) for r in rows}
+
+
+def _secret_hash_now(product_id: int, secret_enc: str) -> str:
+    """A delivered card secret's keyed hash recomputed from what the buyer is shown (the ciphertext), not read
+    from the stored hash column: swapping a delivered secret's ciphertext is an edit verify must see."""
+    try:
+        return crypto.keyed_hash(product_id, crypto.decrypt(secret_enc))
+    except ValueError:
+        return "undecryptable"
 
 
 def _audit_digests(where) -> dict[str, str]:
@@ -402,8 +411,10 @@ class Report:
         return not self.problems
 
 
-def verify() -> Report:
-    """Seal, then check the whole chain against itself, its day heads and the current source rows."""
+def verify(published: dict[date, str] | None = None) -> Report:
+    """Seal, then check the whole chain against itself, its day heads and the current source rows; and, with
+    `published` (day -> head hash as /trust/ showed it, kept outside this database), that those days' heads are
+    still the ones published (an edit followed by a recomputed chain changes every later head)."""
     seal()
     report = Report()
     problems: list[Problem] = []
@@ -444,7 +455,7 @@ def verify() -> Report:
         if len(problems) >= MAX_PROBLEMS:
             break
     problems.sort(key=lambda p: p.seq)
-    problems += _head_problems() + _unchained_problems()
+    problems += _head_problems() + _published_problems(published or {}) + _unchained_problems()
     report.problems = problems
     report.unsealed = db.session.scalar(select(func.count()).select_from(ChainRecord)
                                         .where(ChainRecord.seq.is_(None))) or 0
@@ -461,6 +472,19 @@ def _head_problems() -> list[Problem]:
         elif at != head.head_hash:
             found.append(Problem(head.last_seq, None, None, f"altered: the head of {head.day} (seq {head.last_seq}) "
                                                             "is not the chain's hash at that seq"))
+    return found
+
+
+def _published_problems(published: dict[date, str]) -> list[Problem]:
+    found = []
+    for day, expected in sorted(published.items()):
+        head = db.session.scalar(select(ChainHead).where(ChainHead.day == day))
+        if head is None:
+            found.append(Problem(None, None, None, f"missing: no head for {day}, which published {expected}"))
+        elif head.head_hash != expected:
+            found.append(Problem(head.last_seq, None, None,
+                                 f"altered: the head of {day} is {head.head_hash}, not {expected} as published: "
+                                 "the chain was rewritten since"))
     return found
 
 
