@@ -198,7 +198,7 @@ def test_five_wrong_codes_end_the_attempt_and_lock_the_second_step(manager, cloc
     # the right password and a right code do not get in while the second step is locked
     r = password_step(client, user.username)
     assert r.status_code == 302 and r.headers["Location"].startswith("/login/")
-    assert "验证码错误次数过多" in text(client.get("/login/").text)
+    assert "验证码错误次数过多" in text(client.get("/login/").text)  # the fifth code's message, still shown
     assert not signed_in(client)
 
     row = db.session.get(StaffTwoFactor, user.id)
