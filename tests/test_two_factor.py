@@ -198,7 +198,7 @@ def test_five_wrong_codes_end_the_attempt_and_lock_the_second_step(manager, cloc
     # the right password and a right code do not get in while the second step is locked
     r = password_step(client, user.username)
     assert r.status_code == 302 and r.headers["Location"].startswith("/login/")
-    assert "验证码错误次数过多" in text(client.get("/login/").text)
+    assert "验证码错误次数过多" in text(client.get("/login/").text)  # the fifth code's message, still shown
     assert not signed_in(client)
 
     row = db.session.get(StaffTwoFactor, user.id)
@@ -367,3 +367,165 @@ def test_the_cli_resets_a_locked_out_admin(app, f, db, clock):
     assert entry.actor_id is None and entry.reason == "ticket 42: lost phone"
     result = runner.invoke(args=["kameng", "two-factor", "reset", admin.username, "--reason", "again"])
     assert result.exit_code == 2 and "未启用两步验证" in result.output
+
+
+# --- hardening: the wrong-code count across challenges, FAB's REST login, sessions after security changes -------
+
+def flashes(client) -> list[str]:
+    """The messages waiting in the session (taken, so the next call sees only new ones)."""
+    with client.session_transaction() as s:
+        return [message for _, message in s.pop("_flashes", [])]
+
+
+def wrong_codes(client, n: int) -> None:
+    for _ in range(n):
+        client.post("/login/two-factor", data={"code": "zzzzz-zzzzz"})
+
+
+def test_typing_the_password_again_does_not_reset_the_wrong_code_count(manager, clock, db):
+    user, client, secret, _ = manager
+    password_step(client, user.username)
+    wrong_codes(client, 4)
+    assert password_step(client, user.username).headers["Location"].endswith("/login/two-factor")  # a new challenge
+    r = client.post("/login/two-factor", data={"code": "zzzzz-zzzzz"})  # the fifth since the last success
+    assert r.status_code == 302 and "/login/" in r.headers["Location"]
+    failed = audit(db, "two_factor.failed")
+    assert len(failed) == 5 and '"locked": true' in failed[-1].new_value
+    assert '"lock_minutes": 15' in failed[-1].new_value
+    db.session.expire_all()
+    row = db.session.get(StaffTwoFactor, user.id)
+    assert row.locked_until is not None and row.challenge_id is None
+    flashes(client)
+
+    # while locked, the right password is answered exactly as a wrong one (nothing confirms the password)
+    wrong = password_step(client, user.username, password="wrong-password")
+    wrong_flashes = flashes(client)
+    locked = password_step(client, user.username)
+    assert (locked.status_code, locked.headers["Location"]) == (wrong.status_code, wrong.headers["Location"])
+    assert flashes(client) == wrong_flashes and wrong_flashes
+    assert client.get("/login/two-factor").status_code == 302 and not signed_in(client)
+    [entry] = audit(db, "two_factor.locked_login")
+    assert entry.target_id == str(user.id)
+
+    # the lock runs out; the count goes on, and the next five wrong codes lock for longer
+    row = db.session.get(StaffTwoFactor, user.id)
+    row.locked_until = None
+    db.session.commit()
+    for _ in range(2):  # the password again between attempts still resets nothing
+        password_step(client, user.username)
+        wrong_codes(client, 2)
+    password_step(client, user.username)
+    wrong_codes(client, 1)
+    failed = audit(db, "two_factor.failed")
+    assert len(failed) == 10 and '"lock_minutes": 30' in failed[-1].new_value
+    assert service.lock_minutes(15) == 60 and service.lock_minutes(10_000) == service.MAX_LOCK_MINUTES
+
+    # only a successful second step clears the count
+    row = db.session.get(StaffTwoFactor, user.id)
+    row.locked_until = None
+    db.session.commit()
+    clock.step()
+    password_step(client, user.username)
+    assert client.post("/login/two-factor", data={"code": code(secret, clock)}).status_code == 302
+    assert signed_in(client)
+    db.session.expire_all()
+    assert db.session.get(StaffTwoFactor, user.id).challenge_failures == 0
+
+
+@pytest.mark.parametrize("path", ["/api/v1/security/login", "/api/v1/security/refresh"])
+def test_fab_rest_login_hands_out_no_token(app, f, path):
+    """FAB's REST login would hand out JWTs for a password alone (no second step, no login rate limit)."""
+    from tests.factories import PASSWORD
+
+    staff = f.user(f.unique("mgr"), role="Manager")
+    agent = f.agent()
+    client = app.test_client()
+    for username in (staff.username, agent.user.username):
+        r = client.post(path, json={"username": username, "password": PASSWORD, "provider": "db", "refresh": True})
+        assert 400 <= r.status_code < 500, (username, r.status_code)
+        assert r.is_json and "access_token" not in r.text and "refresh_token" not in r.text
+    r = client.post(path, headers={"Authorization": "Bearer not-a-token"})
+    assert 400 <= r.status_code < 500 and "access_token" not in r.text
+
+
+def two_sessions(app, f, username: str):
+    first, second = app.test_client(), app.test_client()
+    f.login(first, username)
+    f.login(second, username)
+    assert signed_in(first) and signed_in(second)
+    return first, second
+
+
+def test_turning_two_factor_on_or_off_signs_out_the_other_sessions(app, f, clock):
+    user = f.user(f.unique("mgr"), role="Manager")
+    first, second = two_sessions(app, f, user.username)
+    secret, _ = enrol(first, clock)
+    assert signed_in(first)  # the session that made the change goes on
+    r = second.get("/orders/list/")
+    assert r.status_code == 302 and "/login/" in r.headers["Location"]
+    assert not signed_in(second)
+
+    # sign the second in again (both steps), then turn it off from the first: the second is out again
+    clock.step()
+    password_step(second, user.username)
+    assert second.post("/login/two-factor", data={"code": code(secret, clock)}).status_code == 302
+    assert signed_in(second)
+    clock.step()
+    assert first.post("/two-factor/disable", data={"code": code(secret, clock)}).status_code == 302
+    assert signed_in(first) and not signed_in(second)
+
+
+def test_a_json_request_of_a_stale_session_gets_401(app, f, clock):
+    user = f.user(f.unique("mgr"), role="Manager")
+    first, second = two_sessions(app, f, user.username)
+    enrol(first, clock)
+    r = second.get("/orders/list/", headers={"Accept": "application/json"})
+    assert r.status_code == 401 and r.is_json
+
+
+def test_a_password_change_signs_out_the_other_sessions(app, f):
+    user = f.user(f.unique("mgr"), role="Manager")
+    first, second = two_sessions(app, f, user.username)
+    r = first.post("/resetmypassword/form", data={"password": "N3w-pass-word!", "conf_password": "N3w-pass-word!"})
+    assert r.status_code == 302
+    assert signed_in(first) and not signed_in(second)
+    f.login(second, user.username, password="N3w-pass-word!")
+    assert signed_in(second)
+
+    # an admin's reset on FAB's user screen signs out every session of that user, not the admin's
+    admin = f.user(f.unique("admin"), role="Admin")
+    admin_client = app.test_client()
+    f.login(admin_client, admin.username)
+    r = admin_client.post(f"/resetpassword/form?pk={user.id}",
+                          data={"password": "An0ther-pass!", "conf_password": "An0ther-pass!"})
+    assert r.status_code == 302
+    assert not signed_in(first) and not signed_in(second)
+    assert admin_client.get("/users/list/").status_code == 200
+
+
+def test_an_admin_two_factor_reset_signs_out_the_users_sessions(manager, app, f, clock):
+    user, client, secret, _ = manager
+    clock.step()
+    password_step(client, user.username)
+    assert client.post("/login/two-factor", data={"code": code(secret, clock)}).status_code == 302
+    assert signed_in(client)
+    admin = f.user(f.unique("admin"), role="Admin")
+    admin_client = app.test_client()
+    f.login(admin_client, admin.username)
+    admin_client.post("/two-factor-admin/action_post", data={"action": "reset_two_factor", "rowid": str(user.id)})
+    assert not service.is_enabled(user.id)
+    assert not signed_in(client) and admin_client.get("/two-factor-admin/list/").status_code == 200
+
+
+def test_a_session_without_a_fingerprint_is_signed_out_once(app, f):
+    from app.twofactor.sessions import SESSION_KEY
+
+    user = f.user(f.unique("mgr"), role="Manager")
+    client = app.test_client()
+    f.login(client, user.username)
+    with client.session_transaction() as s:
+        assert s.get(SESSION_KEY)
+        del s[SESSION_KEY]  # as made before fingerprints existed
+    assert not signed_in(client)
+    f.login(client, user.username)
+    assert signed_in(client)

@@ -971,6 +971,7 @@ EN: dict[str, str] = {
     "已重置 %(n)s 个用户的两步验证": "Two-factor sign-in reset for %(n)s users",
     "平台要求员工使用两步验证：请先启用两步验证。":
         "The platform requires staff to use two-factor sign-in: turn it on first.",
+    "登录已失效，请重新登录。": "Your session has ended: please sign in again.",
     # ------------------------------------------------------------------ tamper-evident records (/trust/)
     "zh-CN": "en",
     "存证核验": "Record check",

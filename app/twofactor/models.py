@@ -20,8 +20,9 @@ class StaffTwoFactor(db.Model):
     last_timecode = Column(BigInteger)  # the TOTP time step of the last accepted code
     challenge_id = Column(String(64))  # the sign-in waiting for its second step (also held in that session)
     challenge_expires_at = Column(DateTime)
+    # wrong second-step codes since the last successful one, across challenges (a new challenge keeps it)
     challenge_failures = Column(Integer, nullable=False, default=0)
-    locked_until = Column(DateTime)  # set when a challenge ran out of attempts
+    locked_until = Column(DateTime)  # set each time the wrong-code count reaches a multiple of MAX_FAILURES
     updated_at = Column(DateTime, nullable=False, default=utcnow, onupdate=utcnow)
 
     user = relationship("User", foreign_keys=[user_id])

@@ -6,9 +6,13 @@ challenge. Each public call that changes state is one transaction and commits.
   again and again).
 - The secret is stored encrypted (app.crypto); recovery codes only as keyed hashes, each spent by a guarded
   UPDATE on used_at.
-- The second sign-in step is a challenge kept on the user's row (id, expiry, failures), not only in the session
-  cookie: a replayed cookie cannot reset the failure count. MAX_FAILURES wrong codes end the challenge (back to
-  the password) and lock the second step for LOCK_MINUTES.
+- The second sign-in step is a challenge kept on the user's row (id, expiry), not only in the session cookie.
+- Wrong second-step codes are counted on the user's row since the last successful second step, across
+  challenges: a new challenge (the password typed again) does not reset the count, only a successful second
+  step (or enrolling again) does. Every MAX_FAILURES wrong codes end the challenge and lock the second step,
+  LOCK_MINUTES the first time and twice as long each time after (up to MAX_LOCK_MINUTES).
+- While locked, the right password is answered exactly like a wrong one (the caller shows the same page), so a
+  lock never confirms a guessed password; the attempt is audited.
 """
 from __future__ import annotations
 
@@ -38,8 +42,9 @@ from app.twofactor.models import StaffRecoveryCode, StaffTwoFactor
 STAFF_ROLES = frozenset({"Admin", "Manager", "Finance", "Support"})
 RECOVERY_CODE_COUNT = 10
 CHALLENGE_SECONDS = 300
-MAX_FAILURES = 5
-LOCK_MINUTES = 5
+MAX_FAILURES = 5  # wrong codes since the last successful second step before each lock
+LOCK_MINUTES = 15  # the first lock; each further one doubles
+MAX_LOCK_MINUTES = 24 * 60
 VALID_WINDOW = 1  # one 30-second step either side: phone clocks drift
 # Recovery codes: 10 characters without look-alikes (0/o, 1/l/i), about 49 bits each; shown as xxxxx-xxxxx.
 _RECOVERY_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
@@ -66,6 +71,7 @@ class ChallengeOver(TwoFactorError):
 
 
 class TwoFactorLocked(Forbidden):
+    """The second step is locked: the sign-in page must answer as it does for a wrong password."""
     code = "two_factor_locked"
 
 
@@ -167,6 +173,7 @@ def activate(user, code: str) -> list[str]:
         raise WrongCode("验证码不正确或已使用 (wrong or already used code)")
     row.enabled, row.enabled_at, row.locked_until = True, utcnow(), None
     _clear_challenge(row)
+    row.challenge_failures = 0
     codes = _replace_recovery_codes(row.user_id)
     audit.record("two_factor.enable", "user", user.id, {"enabled": False},
                  {"enabled": True, "recovery_codes": len(codes)}, actor_id=user.id)
@@ -209,33 +216,36 @@ def reset(user_id: int, actor_id: int | None, reason: str | None = None) -> None
 
 # ------------------------------------------------------------------------------------------------ sign-in
 
-def begin_challenge(user_id: int) -> str | None:
+def begin_challenge(user_id: int, ip: str | None = None) -> str | None:
     """After the right password: None when the user has no two-factor sign-in (log in now); otherwise a new
-    challenge id for the second step (replacing any earlier one). Raises TwoFactorLocked while locked."""
+    challenge id for the second step (replacing any earlier one; the count of wrong codes carries over). While
+    the second step is locked: audits the attempt (two_factor.locked_login) and raises TwoFactorLocked, which the
+    caller must answer as a wrong password."""
     row = _locked_row(user_id)
     if row is None or not row.enabled:
         db.session.rollback()
         return None
     now = utcnow()
     if row.locked_until is not None and row.locked_until > now:
-        db.session.rollback()
-        minutes = max(1, int((row.locked_until - now).total_seconds() // 60) + 1)
-        raise TwoFactorLocked(f"验证码错误次数过多，请 {minutes} 分钟后再登录 "
-                              f"(too many wrong codes: sign in again in {minutes} minutes)")
+        audit.record("two_factor.locked_login", "user", user_id, None,
+                     {"locked_until": row.locked_until.isoformat(), "failures": row.challenge_failures,
+                      "ip": ip})
+        db.session.commit()
+        raise TwoFactorLocked("两步验证已锁定 (two-factor sign-in is locked)")
     row.challenge_id = secrets.token_urlsafe(32)
     row.challenge_expires_at = now + timedelta(seconds=CHALLENGE_SECONDS)
-    row.challenge_failures = 0
     db.session.commit()
     return row.challenge_id
 
 
 def answer_challenge(user_id: int, challenge_id: str | None, code: str | None, ip: str | None = None) -> SecondStep:
     """The second step: a current authenticator code (never one accepted before) or an unused recovery code.
-    Wrong answers are counted on the row and audited; the last allowed one ends the challenge (ChallengeOver)
-    and locks the second step for LOCK_MINUTES."""
+    Wrong answers are counted on the row (across challenges, until a successful second step) and audited; every
+    MAX_FAILURES-th ends the challenge (ChallengeOver) and locks the second step (lock_minutes)."""
     row = _locked_row(user_id)
     now = utcnow()
     if (row is None or not row.enabled or not challenge_id or row.challenge_id is None
+            or (row.locked_until is not None and row.locked_until > now)
             or not hmac.compare_digest(row.challenge_id, str(challenge_id))
             or row.challenge_expires_at is None or row.challenge_expires_at <= now):
         db.session.rollback()
@@ -248,23 +258,24 @@ def answer_challenge(user_id: int, challenge_id: str | None, code: str | None, i
     accepted = _accept_totp(row, clean) if is_totp else _spend_recovery_code(user_id, clean)
     if not accepted:
         row.challenge_failures = (row.challenge_failures or 0) + 1
-        over = row.challenge_failures >= MAX_FAILURES
+        over = row.challenge_failures % MAX_FAILURES == 0
+        minutes = lock_minutes(row.challenge_failures) if over else 0
         audit.record("two_factor.failed", "user", user_id, None,
                      {"attempt": row.challenge_failures, "kind": "totp" if is_totp else "recovery", "ip": ip,
-                      "locked": over})
+                      "locked": over, **({"lock_minutes": minutes} if over else {})})
         if over:
             _clear_challenge(row)
-            row.locked_until = now + timedelta(minutes=LOCK_MINUTES)
+            row.locked_until = now + timedelta(minutes=minutes)
         db.session.commit()
         if over:
-            exc = ChallengeOver(f"验证码错误次数过多，请 {LOCK_MINUTES} 分钟后重新登录 "
-                                f"(too many wrong codes: sign in again in {LOCK_MINUTES} minutes)")
+            exc = ChallengeOver(f"验证码错误次数过多，请 {minutes} 分钟后重新登录 "
+                                f"(too many wrong codes: sign in again in {minutes} minutes)")
             exc.wrong_answer = True
             raise exc
-        left = MAX_FAILURES - row.challenge_failures
+        left = MAX_FAILURES - row.challenge_failures % MAX_FAILURES
         raise WrongCode(f"验证码不正确或已使用，还可尝试 {left} 次 (wrong or already used code: {left} tries left)")
     _clear_challenge(row)
-    row.locked_until = None
+    row.challenge_failures, row.locked_until = 0, None
     left = recovery_codes_left(user_id)
     if not is_totp:
         audit.record("two_factor.recovery_used", "user", user_id, None, {"recovery_codes_left": left},
@@ -273,7 +284,15 @@ def answer_challenge(user_id: int, challenge_id: str | None, code: str | None, i
     return SecondStep(recovery_used=not is_totp, recovery_left=left)
 
 
+def lock_minutes(failures: int) -> int:
+    """How long the second step locks when the wrong-code count reaches `failures` (a multiple of MAX_FAILURES):
+    LOCK_MINUTES the first time, doubling each time after, at most MAX_LOCK_MINUTES."""
+    rounds = max(1, failures // MAX_FAILURES)
+    return min(MAX_LOCK_MINUTES, LOCK_MINUTES * 2 ** min(rounds - 1, 16))
+
+
 # ------------------------------------------------------------------------------------------------ internals
+
 
 def _locked_row(user_id: int) -> StaffTwoFactor | None:
     """The user's row, locked for this transaction (PostgreSQL; SQLite serializes writers) and freshly read."""
@@ -341,12 +360,14 @@ def _replace_recovery_codes(user_id: int) -> list[str]:
 
 
 def _clear_challenge(row: StaffTwoFactor) -> None:
-    row.challenge_id, row.challenge_expires_at, row.challenge_failures = None, None, 0
+    """The challenge in progress ends; the wrong-code count stays (only a successful second step clears it)."""
+    row.challenge_id, row.challenge_expires_at = None, None
 
 
 def _turn_off(row: StaffTwoFactor) -> None:
     """Secret and recovery codes gone; last_timecode stays (time steps only grow, so it still refuses replays)."""
     row.enabled, row.enabled_at, row.secret_enc = False, None, None
     _clear_challenge(row)
+    row.challenge_failures = 0
     db.session.execute(delete(StaffRecoveryCode).where(StaffRecoveryCode.user_id == row.user_id)
                        .execution_options(synchronize_session=False))

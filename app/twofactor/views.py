@@ -17,7 +17,7 @@ from flask_login import login_user
 
 from app.errors import KamengError
 from app.extensions import db
-from app.twofactor import service
+from app.twofactor import service, sessions
 from app.twofactor.models import StaffTwoFactor
 from app.views_common import ReadableColumnsMixin
 
@@ -43,7 +43,12 @@ class KamengAuthDBView(AuthDBView):
                 flash(str(self.invalid_login_message), "warning")
                 return redirect(self.appbuilder.get_url_for_login_with(next_url))
             try:
-                challenge = service.begin_challenge(user.id)
+                challenge = service.begin_challenge(user.id, ip=request.remote_addr)
+            except service.TwoFactorLocked:
+                # answered exactly as a wrong password (message, page, risk count): a lock must not confirm it
+                _count_risk_failure(user.id)
+                flash(str(self.invalid_login_message), "warning")
+                return redirect(self.appbuilder.get_url_for_login_with(next_url))
             except KamengError as exc:
                 flash(exc.message, "danger")
                 return redirect(self.appbuilder.get_url_for_login_with(next_url))
@@ -138,6 +143,7 @@ class TwoFactorView(BaseView):
         except KamengError as exc:
             flash(exc.message, "danger")
             return self._page(status=400)
+        sessions.restamp_if_current(g.user.id)  # the user's other sessions end; this one goes on
         flash(gettext("两步验证已启用。请立即保存下面的恢复码，它们只显示这一次。"), "success")
         return self._page(recovery_codes=codes)
 
@@ -162,6 +168,7 @@ class TwoFactorView(BaseView):
         except KamengError as exc:
             flash(exc.message, "danger")
             return self._page(status=400)
+        sessions.restamp_if_current(g.user.id)
         flash(gettext("两步验证已关闭。"), "info")
         return redirect(url_for("TwoFactorView.index"))
 
@@ -194,6 +201,7 @@ class TwoFactorAdminView(ReadableColumnsMixin, ModelView):
                 db.session.rollback()
                 flash(f"{item.user}: {exc.message}", "warning")
             else:
+                sessions.restamp_if_current(item.user_id)  # an admin resetting their own: stays signed in
                 done += 1
         if done:
             flash(gettext("已重置 %(n)s 个用户的两步验证", n=done), "info")
@@ -225,4 +233,6 @@ def install_enrolment_guard(app, appbuilder) -> None:
 def register(appbuilder) -> None:
     appbuilder.add_view(TwoFactorView, "两步验证", href="/two-factor/", icon="fa-mobile", category="系统")
     appbuilder.add_view(TwoFactorAdminView, "两步验证管理", icon="fa-shield", category="系统")
-    install_enrolment_guard(current_app._get_current_object(), appbuilder)
+    app = current_app._get_current_object()
+    sessions.install(app, appbuilder)  # before the enrolment guard: a stale session is signed out first
+    install_enrolment_guard(app, appbuilder)
