@@ -220,11 +220,13 @@ def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, n
     if accounts[wallet][2] < amount:
         raise InsufficientBalance(f"余额不足：需要 {format_fen(amount)}，可用 {format_fen(accounts[wallet][2])}"
                                   " (insufficient balance)")
-    event, decision = _risk_check(agent, amount, qty, bool(quote), risk_ctx)
+    order_no = new_order_no()  # named before the decision, which is stored with it (no update afterwards)
+    event, decision = _risk_check(agent, amount, qty, bool(quote), risk_ctx, order_no)
 
     cost_total = product.cost * qty
     fee = apply_rate(cost_total, supplier.service_fee_bp)
-    order = Order(order_no=new_order_no(), agent_id=agent.id, product_id=product.id, supplier_id=supplier.id,
+    order = Order(order_no=order_no, risk_decision_id=decision.id, agent_id=agent.id, product_id=product.id,
+                  supplier_id=supplier.id,
                   tier_id=agent.tier_id, quantity=qty, face_price=product.face_price, unit_price=unit_price,
                   amount=amount, cost_total=cost_total, service_fee=fee, upline_path=agent.path,
                   status="pending_payment", channel="wallet", out_trade_no=out_trade_no, account=account,
@@ -252,7 +254,8 @@ def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, n
     return order  # committed by the caller, which expires it: its first use reloads the delivered row
 
 
-def _risk_check(agent: Agent, amount: int, qty: int, has_coupon: bool, ctx: RiskContext):
+def _risk_check(agent: Agent, amount: int, qty: int, has_coupon: bool, ctx: RiskContext,
+                order_no: str | None = None):
     """Risk control for a wallet purchase, under the wallet's lock and before the order is written: lists (the
     agent's login, address, device), the tier's limits (locked until commit), rules. A block raises."""
     from app.risk import service as risk
@@ -260,7 +263,7 @@ def _risk_check(agent: Agent, amount: int, qty: int, has_coupon: bool, ctx: Risk
     age_hours = (utcnow() - agent.created_at).total_seconds() / 3600 if agent.created_at else 1e9
     login = agent.user.username if agent.user_id and agent.user else None
     event = risk.RiskInput(event=ctx.event, amount=amount, ip=ctx.ip, device=ctx.device, agent_id=agent.id,
-                           agent_login=login, tier_id=agent.tier_id,
+                           agent_login=login, tier_id=agent.tier_id, order_no=order_no,
                            values={"account_age_hours": age_hours, "quantity": qty, "has_coupon": has_coupon})
     decision = risk.evaluate(event)
     decision.raise_if_blocked()
@@ -273,8 +276,9 @@ def _after_risk_check(order: Order, agent: Agent, event, decision) -> None:
     from app.risk import service as risk
 
     order.risk_decision_id = decision.id
-    event.order_no = order.order_no
-    risk.attach_order(decision.id, order.order_no)
+    if event.order_no != order.order_no:  # a decision taken before the order was numbered
+        event.order_no = order.order_no
+        risk.attach_order(decision.id, order.order_no)
     risk.record("order", event)
     if order.coupon_id:
         risk.record("coupon_order", event)
@@ -339,10 +343,12 @@ def _place_direct_wallet_order(agent_id, product: Product, quantity, out_trade_n
     if accounts[wallet][2] < amount:
         raise InsufficientBalance(f"余额不足：需要 {format_fen(amount)}，可用 {format_fen(accounts[wallet][2])}"
                                   " (insufficient balance)")
-    event, decision = _risk_check(agent, amount, qty, bool(quote), risk_ctx)
+    order_no = new_order_no()
+    event, decision = _risk_check(agent, amount, qty, bool(quote), risk_ctx, order_no)
     # Supplier and cost are estimates until a supplier succeeds (recharge books the one that did).
     cost_total = product.cost * qty
-    order = Order(order_no=new_order_no(), agent_id=agent.id, product_id=product.id, supplier_id=product.supplier_id,
+    order = Order(order_no=order_no, risk_decision_id=decision.id, agent_id=agent.id, product_id=product.id,
+                  supplier_id=product.supplier_id,
                   tier_id=agent.tier_id, quantity=qty, face_price=product.face_price, unit_price=unit_price,
                   amount=amount, cost_total=cost_total, service_fee=apply_rate(cost_total,
                                                                                product.supplier.service_fee_bp),
@@ -412,12 +418,13 @@ def place_guest_order(product_id: object, quantity: object, contact: object, cha
     from app.risk import service as risk
 
     # Risk control before anything is written: lists, the buyer's limits (locked until the caller commits), rules.
+    order_no = new_order_no()  # named before the decision, which is stored with it
     event = risk.RiskInput(event=risk_event, amount=amount, ip=ip, device=device, contact=contact.strip(),
-                           values={"has_coupon": bool(quote), "is_guest": True, "quantity": qty})
+                           order_no=order_no, values={"has_coupon": bool(quote), "is_guest": True, "quantity": qty})
     decision = risk.evaluate(event)
     decision.raise_if_blocked()
     keys = risk.keys_of(event)
-    order = Order(order_no=new_order_no(), agent_id=None, product_id=product.id, supplier_id=product.supplier_id,
+    order = Order(order_no=order_no, agent_id=None, product_id=product.id, supplier_id=product.supplier_id,
                   quantity=qty, face_price=product.face_price, unit_price=unit_price,
                   amount=quote.amount if quote else unit_price * qty,
                   discount=quote.discount if quote else 0, coupon_id=quote.coupon.id if quote else None,
@@ -429,7 +436,6 @@ def place_guest_order(product_id: object, quantity: object, contact: object, cha
     db.session.flush()
     if quote:
         coupons.redeem(quote, order, redeemer, device=device)
-    risk.attach_order(decision.id, order.order_no)
     risk.record("order", event)
     if quote:
         risk.record("coupon_order", event)

@@ -358,13 +358,13 @@ def _store(event: RiskInput, decision: Decision, versions: dict, latency_us: int
            "order_no": event.order_no, "agent_id": event.agent_id, "amount": event.amount or None,
            "latency_us": latency_us, "created_at": utcnow()}
     if db.session.get_bind().dialect.name == "postgresql":
-        with _decision_engine().begin() as conn:  # append-only and independent of the caller's fate
-            # The caller's own commit (the order) makes this durable too; only a refused request's decision could
-            # be lost in a crash in the next fraction of a second.
-            conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
-            decision_id = conn.execute(insert(RiskDecision).values(**row).returning(RiskDecision.id)).scalar()
-            chain.append_risk_decision(decision_id, row, conn)  # hash-chained with the decision, never without
-            return decision_id
+        # Append-only and independent of the caller's fate: one autocommitted statement on the decisions' own
+        # pool inserts the decision and its chain record together (hash-chained with it, never without): one
+        # round trip.
+        with _decision_engine().connect() as conn:
+            return conn.execute(_STORE_WITH_CHAIN, {
+                **row, "chain_kind": chain.RISK_DECISION, "chain_digest": chain.content_digest(chain.risk_content(row)),
+                "chain_at": utcnow()}).scalar_one()
     # SQLite (one writer): in the caller's session; a block is committed now (the caller writes nothing and
     # rolls back), so the refused request still leaves its decision.
     decision_id = db.session.execute(insert(RiskDecision).values(**row).returning(RiskDecision.id)).scalar()
@@ -374,15 +374,34 @@ def _store(event: RiskInput, decision: Decision, versions: dict, latency_us: int
     return decision_id
 
 
+_DECISION_COLUMNS = ("event", "outcome", "stage", "score", "hits", "features", "subject", "rule_versions", "order_no",
+                     "agent_id", "amount", "latency_us", "created_at")
+_STORE_WITH_CHAIN = text(
+    "WITH d AS (INSERT INTO risk_decision (" + ", ".join(_DECISION_COLUMNS) + ") VALUES ("
+    + ", ".join(f":{c}" for c in _DECISION_COLUMNS) + ") RETURNING id), "
+    "c AS (INSERT INTO chain_record (kind, source_key, content_digest, created_at) "
+    "SELECT :chain_kind, CAST(d.id AS text), :chain_digest, :chain_at FROM d) "
+    "SELECT id FROM d")
+
+
 def _decision_engine():
     """Decisions are written on their own small pool: a request holding its own connection never waits for a
-    second one from the request pool (which, with as many busy threads as connections, would never come)."""
+    second one from the request pool (which, with as many busy threads as connections, would never come).
+    Autocommit, and asynchronous commit: the caller's own commit (the order) flushes the WAL too; only a refused
+    request's decision could be lost in a crash in the next fraction of a second."""
     engines = current_app.extensions.setdefault("kameng_risk_engines", {})
     url = db.engine.url
     if url not in engines:
-        from sqlalchemy import create_engine
+        from sqlalchemy import create_engine, event
 
-        engines[url] = create_engine(url, pool_size=2, max_overflow=20, pool_recycle=300)
+        engine = create_engine(url, pool_size=2, max_overflow=20, pool_recycle=300, isolation_level="AUTOCOMMIT")
+
+        @event.listens_for(engine, "connect")
+        def _asynchronous_commit(dbapi_connection, _record) -> None:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute("SET synchronous_commit TO OFF")
+
+        engines[url] = engine
     return engines[url]
 
 
