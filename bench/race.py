@@ -34,7 +34,15 @@ from pathlib import Path
 
 os.environ.setdefault("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/kameng_bench_race")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Gunicorn, database_url, ensure_stock, make_app, migrate, recreate_database  # noqa: E402
+from common import (  # noqa: E402
+    Gunicorn,
+    database_url,
+    ensure_stock,
+    make_app,
+    migrate,
+    percentile,
+    recreate_database,
+)
 
 FACE_PRICE = 1000  # ¥10.00
 COST = 800
@@ -57,6 +65,7 @@ class Outcome:
     server_errors: int = 0
     other: Counter = field(default_factory=Counter)
     bad_wins: list[str] = field(default_factory=list)  # 201s that are not "delivered with one secret"
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {"win": [], "out_of_stock": []})
 
 
 def build_data(app, buyers: int, secrets: int) -> tuple[int, list[Buyer]]:
@@ -109,8 +118,10 @@ def race(base_url: str, buyers: list[Buyer], product_id: int, threads: int) -> t
 
     def buy(session, buyer: Buyer) -> None:
         client = OpenApiClient(base_url, buyer.app_key, buyer.secret, timeout=120, session=session)
+        t = time.perf_counter()
         try:
             r = client.create_order(f"race-{run_id}-{buyer.agent_id}", product_id)
+            latency = time.perf_counter() - t
         except requests.RequestException as exc:
             with lock:
                 outcome.other[f"net:{type(exc).__name__}"] += 1
@@ -126,12 +137,14 @@ def race(base_url: str, buyers: list[Buyer], product_id: int, threads: int) -> t
             elif r.status_code == 201 and isinstance(body, dict):
                 order_secrets = body.get("card_secrets") or []
                 outcome.wins[str(body.get("order_no"))] = order_secrets
+                outcome.latencies["win"].append(latency)
                 if body.get("status") != "delivered" or len(order_secrets) != 1:
                     outcome.bad_wins.append(f"{body.get('order_no')}: {body.get('status')}, "
                                             f"{len(order_secrets)} secrets")
             elif (r.status_code == 409 and isinstance(body, dict) and isinstance(body.get("error"), dict)
                   and body["error"].get("code") == "out_of_stock"):
                 outcome.out_of_stock += 1
+                outcome.latencies["out_of_stock"].append(latency)
             else:
                 code = body["error"].get("code") if isinstance(body, dict) and isinstance(
                     body.get("error"), dict) else "?"
@@ -256,6 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     for text, ok in checks:
         print(f"  [{'ok' if ok else 'FAILED'}] {text}", flush=True)
     print(f"race: {len(buyers)} purchases in {elapsed:.2f} s ({len(buyers) / elapsed:.0f} answers/s)", flush=True)
+    for kind, values in outcome.latencies.items():
+        if values:
+            values.sort()
+            print(f"  {kind:<12} answer p50 {percentile(values, 50) * 1000:7.1f} ms   "
+                  f"p99 {percentile(values, 99) * 1000:7.1f} ms   (n={len(values)})", flush=True)
     print(f"headline: race {args.buyers} buyers / {args.secrets} secrets: {len(outcome.wins)} winners, "
           f"{outcome.out_of_stock} out-of-stock, {other} other, {outcome.server_errors} 5xx, "
           f"ledger {'clean' if not problems else 'NOT clean'}, {elapsed:.1f} s", flush=True)
