@@ -104,3 +104,88 @@ def ensure_stock(product_ids: list[int], at_least: int) -> None:
         batch = cards.create_import(pid, lines, None, "cli")
         report = cards.run_import(batch.id)
         assert report["added"] == missing, report
+
+
+def find_pgbench() -> str:
+    """PostgreSQL's own pgbench: on PATH, else the newest /usr/lib/postgresql/<version>/bin/pgbench."""
+    import glob
+    import shutil
+
+    found = shutil.which("pgbench")
+    if found:
+        return found
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pgbench"),
+                        key=lambda p: [int(x) if x.isdigit() else 0 for x in p.split("/")[4].split(".")])
+    if not candidates:
+        raise SystemExit("pgbench not found (PATH, /usr/lib/postgresql/*/bin): install postgresql-contrib/client")
+    return candidates[-1]
+
+
+class Gunicorn:
+    """The real app (run:app) under gunicorn on 127.0.0.1 and a free port, with the bench's environment on top of
+    ours (rate limits raised so they are not what a bench measures). Stopped through its master (SIGTERM)."""
+
+    def __init__(self, workers: int, log_path: Path, env: dict[str, str] | None = None,
+                 worker_class: str = "sync", threads: int = 1, ready_path: str = "/open/v1/openapi.json"):
+        import subprocess
+
+        self.port = free_port()
+        self.log_path = log_path
+        self.ready_path = ready_path
+        self.description = f"{workers} {worker_class} workers" + (f" x {threads} threads" if threads > 1 else "")
+        child_env = dict(os.environ)
+        child_env.update({"FAB_CREATE_DB": "False", "FAB_UPDATE_PERMS": "False", "PYTHONUNBUFFERED": "1"})
+        child_env.update(env or {})
+        self.log = open(log_path, "w")  # noqa: SIM115 (closed in stop())
+        command = [str(Path(sys.executable).parent / "gunicorn"), "--workers", str(workers),
+                   "--worker-class", worker_class, "--bind", f"127.0.0.1:{self.port}", "--log-level", "warning",
+                   "--timeout", "60", "--backlog", "2048"]
+        if threads > 1:
+            command += ["--threads", str(threads)]
+        self.proc = subprocess.Popen(command + ["run:app"], cwd=ROOT, env=child_env, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        import time
+
+        import requests
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"gunicorn exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                if requests.get(self.base_url + self.ready_path, timeout=5).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise SystemExit(f"gunicorn did not answer within {timeout} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # the master stops its own workers
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+    def __enter__(self) -> Gunicorn:
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,11 +1,17 @@
-"""Signed Open API purchases per second over real HTTP: gunicorn (sync workers) serving run:app on PostgreSQL.
+"""Signed Open API purchases per second over real HTTP, beside PostgreSQL's own pgbench in the same run.
 
-    DATABASE_URL=postgresql://postgres@127.0.0.1:5432/kameng_bench_openapi .venv/bin/python bench/openapi.py
+    DATABASE_URL=postgresql://postgres@127.0.0.1:5432/kameng_bench_openapi .venv/bin/python bench/openapi.py \
+        [--concurrency 1,8,16,32] [--duration 5] [--workers 4 --worker-class sync --threads 1]
 
-It DROPS and recreates the bench database (its name must contain "bench"), migrates it with Alembic
-(FAB_CREATE_DB=False), starts FAB once so the roles exist, then builds one agent per client thread (each with a
-big wallet and its own API key from app.openapi.service.create_key) and card products whose stock is imported
-through app.catalog.cards (create_import / run_import) and topped up before each level.
+First the yardstick: PostgreSQL's pgbench (on PATH, else /usr/lib/postgresql/*/bin) initialises `-s 16` into its
+own database, DATABASE_URL's name + "_pgbench" (recreated, dropped afterwards), and runs the built-in tpcb-like
+script at 16 clients (`-c 16 -j 2 -T <duration>`); its "tps = ..." is parsed.
+
+Then the purchases. gunicorn serves run:app with the worker model and count given (default: 4 sync workers, what the
+README deploys with `gunicorn -w 4`). It DROPS and recreates the bench database (its name must contain "bench"),
+migrates it with Alembic (FAB_CREATE_DB=False), starts FAB once so the roles exist, then builds one agent per client
+thread (each with a big wallet and its own API key from app.openapi.service.create_key) and card products whose
+stock is imported through app.catalog.cards (create_import / run_import) and topped up before each level.
 
 REDIS_URL is read like the app reads it: when set, the served app keeps nonces (and rate-limit counters) in
 Redis; otherwise nonces go to the api_nonce table. The per-key rate limit is raised so it is not what we measure.
@@ -13,13 +19,13 @@ Redis; otherwise nonces go to the api_nonce table. The per-key rate limit is rai
 Each client thread is one reseller: app/openapi/client.py with its own requests.Session, signing every
 POST /open/v1/orders (a fresh out_trade_no each time). A 201 is a success; anything else is counted by
 status and error code. For each concurrency it prints orders/s and p50/p99 latency in ms; then the ledger
-check, and LAST the headline line: "headline: openapi http c=N X orders/s".
+check, both figures, and LAST the headline line:
+"headline: openapi c=16 X orders/s = R × pgbench tpcb-like c=16 (Y tps); p99 Z ms".
 """
 from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -33,10 +39,10 @@ from pathlib import Path
 os.environ.setdefault("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/kameng_bench_openapi")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    ROOT,
+    Gunicorn,
     database_url,
     ensure_stock,
-    free_port,
+    find_pgbench,
     make_app,
     migrate,
     percentile,
@@ -125,54 +131,37 @@ def build_data(app, resellers: int, products: int) -> list[Reseller]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The server
+# PostgreSQL's own yardstick, in the same run on the same machine
 
 
-class Gunicorn:
-    def __init__(self, workers: int, log_path: Path):
-        self.port = free_port()
-        self.log_path = log_path
-        env = dict(os.environ)
-        env.update({
-            "FAB_CREATE_DB": "False",  # the schema and roles exist; workers only start up
-            "OPENAPI_RATE_LIMIT": "100000000 per minute",  # the per-key limit is not what we measure
-            "PYTHONUNBUFFERED": "1",
-        })
-        self.log = open(log_path, "w")  # noqa: SIM115 (closed in stop())
-        self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "gunicorn"), "--workers", str(workers), "--worker-class", "sync",
-             "--bind", f"127.0.0.1:{self.port}", "--log-level", "warning", "--timeout", "60",
-             "--backlog", "2048", "run:app"],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+def run_pgbench(url: str, clients: int, seconds: float, scale: int) -> float:
+    """`pgbench -i -s SCALE` into its own (recreated) database, then tpcb-like at `clients`; returns its tps."""
+    import re
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    import psycopg
 
-    def wait_ready(self, timeout: float = 60) -> None:
-        import requests
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"gunicorn exited with {self.proc.returncode}; see {self.log_path}")
-            try:
-                if requests.get(self.base_url + "/open/v1/openapi.json", timeout=5).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        raise SystemExit(f"gunicorn did not answer within {timeout} s; see {self.log_path}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # the master stops its own workers
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+    binary = find_pgbench()
+    base, name = url.rsplit("/", 1)
+    pg_url = f"{base}/{name.split('?', 1)[0]}_pgbench"
+    recreate_database(pg_url)
+    t = time.perf_counter()
+    init = subprocess.run([binary, "-i", "-q", "-s", str(scale), pg_url], capture_output=True, text=True)
+    if init.returncode:
+        raise SystemExit(f"pgbench -i failed ({init.returncode}):\n{init.stderr[-2000:]}")
+    print(f"pgbench: {binary}, -i -s {scale} into {pg_url.rsplit('/', 1)[-1]} ({time.perf_counter() - t:.1f} s)",
+          flush=True)
+    run = subprocess.run([binary, "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(max(1, round(seconds))),
+                          pg_url], capture_output=True, text=True)
+    match = re.search(r"^tps = ([0-9.]+)", run.stdout, re.MULTILINE)
+    if run.returncode or not match:
+        raise SystemExit(f"pgbench run failed ({run.returncode}):\n{run.stdout[-2000:]}\n{run.stderr[-2000:]}")
+    latency = re.search(r"^latency average = ([0-9.]+) ms", run.stdout, re.MULTILINE)
+    tps = float(match.group(1))
+    print(f"pgbench tpcb-like c={clients} -j {min(clients, 2)} -T {max(1, round(seconds))}: {tps:.0f} tps"
+          + (f" (latency average {latency.group(1)} ms)" if latency else ""), flush=True)
+    with psycopg.connect(base + "/postgres", autocommit=True) as conn:  # ~250 MB we need no more
+        conn.execute(f'DROP DATABASE IF EXISTS "{pg_url.rsplit("/", 1)[-1]}" WITH (FORCE)')
+    return tps
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -268,16 +257,25 @@ def drive(base_url: str, resellers: list[Reseller], duration: float) -> Result:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds per concurrency level (default 8)")
-    parser.add_argument("--concurrency", default="1,8,32", help="comma-separated levels (default 1,8,32)")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per concurrency level (default 5)")
+    parser.add_argument("--concurrency", default="16",
+                        help="comma-separated levels, e.g. 1,8,16,32 (default 16; the headline needs 16)")
     parser.add_argument("--products", type=int, default=4, help="card products the resellers spread over")
-    parser.add_argument("--workers", type=int, default=4, help="gunicorn sync workers (default 4)")
+    parser.add_argument("--workers", type=int, default=4, help="gunicorn workers (default 4, as the README deploys)")
+    parser.add_argument("--worker-class", default="sync", help="gunicorn worker class (default sync)")
+    parser.add_argument("--threads", type=int, default=1, help="threads per gunicorn worker (default 1)")
+    parser.add_argument("--pgbench-clients", type=int, default=16, help="pgbench tpcb-like clients (default 16)")
+    parser.add_argument("--pgbench-seconds", type=float, default=None, help="pgbench -T (default: --duration)")
+    parser.add_argument("--pgbench-scale", type=int, default=16, help="pgbench -i -s (default 16)")
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
-    if not levels or any(c < 1 for c in levels) or args.duration <= 0:
-        parser.error("bad --concurrency or --duration")
+    if not levels or any(c < 1 for c in levels) or args.duration <= 0 or args.workers < 1 or args.threads < 1:
+        parser.error("bad --concurrency, --duration, --workers or --threads")
 
     url = database_url()
+    # PostgreSQL first, on a quiet machine: the yardstick the purchases are compared with.
+    pg_tps = run_pgbench(url, args.pgbench_clients, args.pgbench_seconds or args.duration, args.pgbench_scale)
+
     t_setup = time.perf_counter()
     redis = os.environ.get("REDIS_URL")
     print(f"bench database: {url.rsplit('@', 1)[-1]} (recreated); nonces in "
@@ -295,11 +293,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{time.perf_counter() - t_setup:.1f} s", flush=True)
 
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"kameng-bench-openapi-{os.getpid()}.log"
-    server = Gunicorn(args.workers, log_path)
+    # The per-key limit is not what we measure.
+    server = Gunicorn(args.workers, log_path, env={"OPENAPI_RATE_LIMIT": "100000000 per minute"},
+                      worker_class=args.worker_class, threads=args.threads)
     results: list[Result] = []
-    try:
-        server.wait_ready()
-        print(f"gunicorn: {args.workers} sync workers on {server.base_url} (log {log_path})", flush=True)
+    with server:
+        print(f"gunicorn: {server.description} on {server.base_url} (log {log_path})", flush=True)
         for c in levels:
             with app.app_context():
                 t = time.perf_counter()
@@ -310,8 +309,6 @@ def main(argv: list[str] | None = None) -> int:
             res = drive(server.base_url, resellers[:c], args.duration)
             results.append(res)
             print(res.line() + (f"   [stock top-up {stock_s:.1f} s]" if stock_s > 0.5 else ""), flush=True)
-    finally:
-        server.stop()
 
     with app.app_context():
         from sqlalchemy import func, select
@@ -336,11 +333,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"ledger check: ok ({orders} delivered orders, wallets down exactly {amount} fen)", flush=True)
 
-    best = max(results, key=lambda r: r.rate)
-    print(f"headline: openapi http c={best.concurrency} {best.rate:.0f} orders/s "
-          f"(p50 {percentile(sorted(best.latencies), 50) * 1000:.1f} ms, "
-          f"p99 {percentile(sorted(best.latencies), 99) * 1000:.1f} ms, gunicorn {args.workers} sync workers)",
-          flush=True)
+    # The headline compares like with like: 16 clients each side (else the level nearest to pgbench's clients).
+    best = min(results, key=lambda r: (abs(r.concurrency - args.pgbench_clients), -r.rate))
+    lat = sorted(best.latencies)
+    ratio = best.rate / pg_tps if pg_tps else float("nan")
+    print(f"gunicorn {server.description}; pgbench tpcb-like c={args.pgbench_clients} {pg_tps:.0f} tps; "
+          f"openapi c={best.concurrency} {best.rate:.1f} orders/s, p50 {percentile(lat, 50) * 1000:.1f} ms, "
+          f"p99 {percentile(lat, 99) * 1000:.1f} ms", flush=True)
+    print(f"headline: openapi c={best.concurrency} {best.rate:.0f} orders/s = {ratio:.3f} × pgbench tpcb-like "
+          f"c={args.pgbench_clients} ({pg_tps:.0f} tps); p99 {percentile(lat, 99) * 1000:.0f} ms", flush=True)
     return 1 if problems or any(r.errors for r in results) else 0
 
 
