@@ -90,3 +90,33 @@ def test_the_sandbox_exists_only_in_development(app, env):
     finally:
         app.config["KAMENG_ENV"] = before
     assert payments.channel_exists("sandbox") is True
+
+
+def test_order_passwords_are_keyed_hashes_and_older_hashes_still_open_their_orders(app, f, client):
+    """A checkout stores the order password as HMAC-SHA256 under the app's key with a salt (no plaintext, no slow
+    hash on the storefront's path); orders from before keep their werkzeug hash and still open."""
+    from app.payments.models import OrderCheckout
+
+    h.setup_sandbox()
+    product = f.product(secrets=2)
+    r = client.post("/shop/api/orders", json={"product_id": product.id, "quantity": 1, "contact": "13800001234",
+                                              "query_password": "my-order-pass", "channel": "sandbox"})
+    assert r.status_code == 201, r.get_data(as_text=True)
+    order_no = r.get_json()["order_no"]
+    stored = payments.db.session.scalar(select(OrderCheckout.query_password_hash).join(
+        payments.Order, payments.Order.id == OrderCheckout.order_id).where(payments.Order.order_no == order_no))
+    scheme, salt, mac = stored.split("$")
+    assert scheme == "hmac-sha256" and len(mac) == 64 and "my-order-pass" not in stored
+    again = client.post("/shop/api/orders", json={"product_id": product.id, "quantity": 1, "contact": "13800001234",
+                                                  "query_password": "my-order-pass", "channel": "sandbox"})
+    assert again.status_code == 201
+    lookup = client.post("/shop/api/lookup", json={"order_no": order_no, "query_password": "my-order-pass"})
+    assert lookup.status_code == 200 and lookup.get_json()["order_no"] == order_no
+    wrong = client.post("/shop/api/lookup", json={"order_no": order_no, "query_password": "my-order-pasS"})
+    assert wrong.status_code == 404
+
+    legacy = h.guest_order(product, "sandbox", password="legacy-pass-1")  # a werkzeug hash, as before
+    assert client.post("/shop/api/lookup", json={"order_no": legacy.order_no,
+                                                 "query_password": "legacy-pass-1"}).status_code == 200
+    assert client.post("/shop/api/lookup", json={"order_no": legacy.order_no,
+                                                 "query_password": "legacy-pass-2"}).status_code == 404

@@ -473,8 +473,8 @@ class HistoryBuilder:
             code = ledger.supplier_account_code(hp.supplier_id)
             if code not in self.accounts:
                 raise KamengError(f"supplier account {code} is missing")
-        from werkzeug.security import generate_password_hash
-        self.query_hash = generate_password_hash(QUERY_PASSWORD)
+        from app.crypto import hash_order_password
+        self.query_hash = hash_order_password(QUERY_PASSWORD)
 
     def _direct_supplier(self) -> Supplier:
         """The upstream the history's direct top-ups went through: a supplier row with a service fee and no

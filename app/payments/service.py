@@ -15,8 +15,8 @@ from flask import current_app
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
-from werkzeug.security import check_password_hash, generate_password_hash
 
+from app import crypto
 from app.audit import service as audit
 from app.catalog.errors import OutOfStock
 from app.clock import utcnow
@@ -75,7 +75,7 @@ def checkout(product_id, quantity, contact, query_password, channel: str, base_u
         db.session.rollback()
         raise
     expires_at = utcnow() + timedelta(minutes=int(current_app.config["ORDER_EXPIRE_MINUTES"]))
-    db.session.add(OrderCheckout(order_id=order.id, query_password_hash=generate_password_hash(query_password),
+    db.session.add(OrderCheckout(order_id=order.id, query_password_hash=crypto.hash_order_password(query_password),
                                  expires_at=expires_at))
     db.session.commit()
     pay_url = start_payment(gateway, order.order_no, order.amount, order.product.name, base_url, expires_at,
@@ -576,8 +576,8 @@ def lookup(order_no, query_password) -> Order:
                              .join(OrderCheckout, OrderCheckout.order_id == Order.id)
                              .where(Order.order_no == order_no)).first()
     # Hash even when the order is unknown, so timing does not tell the two apart.
-    stored = row[1] if row else _DUMMY_HASH
-    if not check_password_hash(stored, query_password) or row is None:
+    stored = row[1] if row else crypto.hash_order_password("not-a-real-password-for-timing")
+    if not crypto.check_order_password(stored, query_password) or row is None:
         raise NotFound("订单不存在或密码错误 (order not found)")
     _give_back_lookup_try(attempt_id)
     return row[0]
@@ -615,9 +615,6 @@ def purge_lookup_attempts() -> int:
     cutoff = utcnow() - timedelta(seconds=int(current_app.config["SHOP_LOOKUP_ORDER_WINDOW_SECONDS"]))
     with db.engine.begin() as conn:
         return conn.execute(delete(LookupAttempt).where(LookupAttempt.created_at < cutoff)).rowcount or 0
-
-
-_DUMMY_HASH = generate_password_hash("not-a-real-password-for-timing")
 
 
 def _serializer() -> URLSafeTimedSerializer:
