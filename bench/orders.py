@@ -102,7 +102,9 @@ def build_data(app, buyers: int, products: int) -> list[Buyer]:
     assert role is not None, "FAB did not create the Agent role"
     tier = Tier(name="bench-总代", rank=40, discount_bp=DISCOUNT_BP, may_recruit=True, may_withdraw=True,
                 min_withdrawal=10000, withdrawal_fee_bp=0, direct_commission_bp=0, indirect_commission_bp=0,
-                daily_limit=0, settle_days=1)
+                daily_limit=0, settle_days=1,
+                # a bench buyer buys far past a reseller's day: the tier's risk limits (editable) are not measured
+                risk_order_limit=10 ** 12, risk_daily_limit=10 ** 12)
     db.session.add(tier)
     category = Category(name="bench-游戏点卡")
     db.session.add(category)
@@ -468,6 +470,7 @@ def profile_service(app, buyer: Buyer, path: str, orders: int = 2000) -> None:
     with app.app_context():
         ensure_stock([buyer.product_id], orders + 10)
         place_wallet_order(buyer.agent_id, buyer.product_id, 1)
+        count_one_purchase(buyer)
         prof = cProfile.Profile()
         prof.enable()
         for _ in range(orders):
@@ -478,6 +481,37 @@ def profile_service(app, buyer: Buyer, path: str, orders: int = 2000) -> None:
     out = io.StringIO()
     pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(25)
     print(f"profile of {orders} orders (c=1) in {path}:\n" + out.getvalue())
+
+
+def count_one_purchase(buyer: Buyer, repeat: int = 200) -> None:
+    """Statements (each one round trip; plus BEGIN/COMMIT) of one wallet card purchase on every engine the path
+    uses, and its CPU time in this process (the mean of `repeat` purchases)."""
+    from sqlalchemy import event
+
+    from app.extensions import db
+    from app.orders.service import place_wallet_order
+    from app.risk.service import _decision_engine
+
+    statements: list[str] = []
+
+    def seen(_conn, _cursor, statement, _params, _context, _many) -> None:
+        statements.append(" ".join(statement.split()[:4]))
+
+    engines = {db.engine, _decision_engine()}
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", seen)
+    try:
+        place_wallet_order(buyer.agent_id, buyer.product_id, 1)
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", seen)
+    started = time.process_time()
+    for _ in range(repeat):
+        place_wallet_order(buyer.agent_id, buyer.product_id, 1)
+    cpu_ms = (time.process_time() - started) * 1000 / repeat
+    print(f"one purchase: {len(statements)} statements, {cpu_ms:.1f} ms CPU in Python (mean of {repeat})")
+    for statement in statements:
+        print("   ", statement[:100])
 
 
 if __name__ == "__main__":

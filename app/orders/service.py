@@ -194,7 +194,8 @@ def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, n
         raise UnsupportedProductKind(f"「{product.name}」为{product.kind_display()}商品，暂不支持钱包直接下单"
                                      " (card and direct top-up products only)")
     qty = _validate_quantity(quantity, product)
-    agent = db.session.get(Agent, agent_id, options=[joinedload(Agent.tier)])
+    # the tier prices the order, the login is matched against the risk lists: one statement for all three
+    agent = db.session.get(Agent, agent_id, options=[joinedload(Agent.tier), joinedload(Agent.user)])
     if agent is None or not agent.active:
         raise AgentInactive("代理不存在或已停用 (agent not found or disabled)")
     risk_agents.check_not_held(agent)
