@@ -413,11 +413,16 @@ def _activity_deltas(deltas: _Deltas, days: dict[int, dict[date, int]], r, sign:
                 deltas.add("retention", (s, cohort, month, r.agent_tier_id), (turned_month,))
 
 
+def fold_inline() -> bool:
+    """Whether folds follow each commit (jobs inline: no REDIS_URL) rather than the periodic job."""
+    return not current_app.config.get("REDIS_URL")
+
+
 def _fold_after_commit(session) -> None:
     """Jobs inline (no REDIS_URL: `make run`, tests): fold right after a transaction that noted deliveries or
     refunds commits, so screens are current. In a fresh app context, hence its own session and connection (the
     committing session may not run SQL here). A failure is logged; the next fold picks the rows up."""
-    if not session.info.pop(_FOLD_DUE, False) or not has_app_context() or current_app.config.get("REDIS_URL"):
+    if not session.info.pop(_FOLD_DUE, False) or not has_app_context() or not fold_inline():
         return
     app = current_app._get_current_object()
     with app.app_context():
