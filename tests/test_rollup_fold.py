@@ -19,14 +19,13 @@ from app.extensions import db as _db
 from app.payments import disputes
 from app.payments import service as payments
 from app.suppliers import recharge
-from tests import supplier_sim_helpers
+from tests import supplier_sim_helpers, test_rollups
 from tests.dashboards_helpers import login_as
 from tests.openapi_helpers import new_key
 from tests.recharge_helpers import World as RechargeWorld
 from tests.recharge_helpers import order as recharge_order
 from tests.recharge_helpers import place_api
 from tests.supplier_sim_helpers import sim_supplier
-from tests import test_rollups
 from tests.test_rollups import (
     assert_rebuild_equal,
     buy,
