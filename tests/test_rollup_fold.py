@@ -300,3 +300,20 @@ def test_dashboards_say_how_fresh_they_are(app, f, world, deferred, monkeypatch)
     flask_babel.refresh()
     assert f"Data as of {to_local(moment):%H:%M:%S}" in english
     assert snapshot()["sales"] == {}
+
+
+@BOTH
+def test_cli_job_and_schedule_fold_orders(app, world, deferred):
+    from workers import jobs
+    from workers.schedule import PERIODIC
+
+    buy(world["c"], world["p1"], 1)
+    buy(world["e"], world["p2"], 1)
+    result = app.test_cli_runner().invoke(args=["kameng", "rollups", "fold-orders"])
+    assert result.exit_code == 0 and "pending rows folded: 2" in result.output, result.output
+    buy(world["c"], world["p1"], 1)
+    assert jobs.fold_order_rollups() == 1 and jobs.fold_order_rollups() == 0
+    assert sales(0)[:3] == (3, 3, 9500 + 4750 + 9500)
+    item = next(p for p in PERIODIC if p.name == "rollup-orders")
+    assert item.func is jobs.fold_order_rollups and app.config[item.interval_setting] == 5
+    assert_rebuild_equal(today(), today())
