@@ -427,20 +427,19 @@ def _fold_after_commit(session) -> None:
     app = current_app._get_current_object()
     with app.app_context():
         try:
-            fold_orders_all()
+            # Another committer's fold may have taken this row already: then no wait for the fold lock at all.
+            if db.session.scalar(select(RollupPending.id).limit(1)) is not None:
+                fold_orders_all()
         except Exception:
             log.exception("inline rollup fold failed; the periodic fold retries")
         finally:
             db.session.remove()
 
 
-def _forget_fold(session, previous_transaction) -> None:
-    session.info.pop(_FOLD_DUE, None)
-
-
+# The flag is not cleared on rollback: a savepoint rolled back may leave the row it followed in the transaction,
+# and a flag left over from a rolled-back transaction costs the next commit one SELECT.
 if not event.contains(db.session, "after_commit", _fold_after_commit):
     event.listen(db.session, "after_commit", _fold_after_commit)
-    event.listen(db.session, "after_soft_rollback", _forget_fold)
 
 
 def data_as_of() -> datetime:
