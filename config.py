@@ -122,7 +122,9 @@ class Config:
     OUTBOX_SWEEP_SECONDS = env_int("OUTBOX_SWEEP_SECONDS", 15)
     NONCE_PURGE_SECONDS = env_int("NONCE_PURGE_SECONDS", 600)
     WITHDRAWAL_POLL_SECONDS = env_int("WITHDRAWAL_POLL_SECONDS", 60)  # paying withdrawals: ask the bank
-    # Analytics rollups: money flows folded from the ledger, delta rows compacted (app/analytics/service.py).
+    # Analytics rollups: deliveries / refunds and money flows folded, delta rows compacted (app/analytics/service.py).
+    ROLLUP_ORDERS_SECONDS = env_int("ROLLUP_ORDERS_SECONDS", 5)  # fold pending deliveries / refunds (with Redis)
+    ROLLUP_ORDERS_BATCH = env_int("ROLLUP_ORDERS_BATCH", 5000)  # pending rows per fold transaction
     ROLLUP_MONEY_SECONDS = env_int("ROLLUP_MONEY_SECONDS", 60)
     ROLLUP_COMPACT_SECONDS = env_int("ROLLUP_COMPACT_SECONDS", 300)
     ROLLUP_MONEY_BATCH = env_int("ROLLUP_MONEY_BATCH", 50000)  # journals per fold transaction

@@ -451,6 +451,14 @@ def rollups_compact(table: str | None, full: bool) -> None:
         click.echo(f"{name}: {removed} rows removed")
 
 
+@rollups_cli.command("fold-orders")
+def rollups_fold_orders() -> None:
+    """Fold pending deliveries and refunds into the order rollups; prints how many rows."""
+    from app.analytics import service as rollups
+
+    click.echo(f"pending rows folded: {rollups.fold_orders_all()}")
+
+
 @rollups_cli.command("fold-money")
 def rollups_fold_money() -> None:
     """Fold ledger journals above the watermark into the money-flow rollup; prints how many."""

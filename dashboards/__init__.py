@@ -85,7 +85,16 @@ class DashboardView(BaseView):
     @has_access
     def show(self):
         return self.render_template("kameng/dashboard.html", dashboard=self.dashboard,
-                                    src=self.dashboard.dash_path)
+                                    src=self.dashboard.dash_path, as_of=data_as_of())
+
+
+def data_as_of() -> str:
+    """China time (HH:MM:SS) up to which the order rollups are complete: the oldest delivery or refund not yet
+    folded, else now (app.analytics.service.data_as_of)."""
+    from app.analytics.service import data_as_of as rollups_as_of
+    from app.clock import to_local
+
+    return to_local(rollups_as_of()).strftime("%H:%M:%S")
 
 
 def view_class(dashboard: Dashboard) -> type[DashboardView]:

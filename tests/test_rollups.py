@@ -444,10 +444,10 @@ def test_cli_and_jobs(app, world, monkeypatch):
 @PG
 def test_one_agents_deliveries_at_once_count_it_once(app, client, f, supplier_sim):
     """Six direct top-ups of one agent delivered by six real threads at the same moment (the upstream answers all
-    after 200 ms): each delivery asks whether the agent's day and month were already active and whether it is the
-    agent's first order; only one may find it is, and it must be the one a rebuild calls first (the earliest
-    delivery time). Without the per-buyer lock taken before the delivery time, four of six called themselves
-    the first order."""
+    after 200 ms), each folded right after its commit (jobs inline): the fold asks whether the agent's day and
+    month were already active and whether the order is the agent's first; only one may be, and it must be the one
+    a rebuild calls first (the earliest delivery time). (When the rollups were written in the delivering
+    transaction without a per-buyer lock, four of six called themselves the first order.)"""
     # A top agent with no upline: no commission account is locked by its deliveries, nothing else orders them.
     buyer = f.agent(tier_obj=f.tier(discount_bp=9500), balance=100_000)
     w = RechargeWorld(None, buyer, f.product(kind="direct", face_price=1_000, cost=880), *new_key(buyer))

@@ -1006,4 +1006,5 @@ EN: dict[str, str] = {
     "返回每日链头": "Back to the daily heads",
     "存证哈希": "Record hash",
     "在存证核验页查看": "Check it on the record check page",
+    "数据更新于 %(time)s": "Data as of %(time)s",
 }

@@ -160,6 +160,13 @@ def poll_paying_withdrawals() -> dict:
     return withdrawals.poll_paying()
 
 
+def fold_order_rollups() -> int:
+    """Scheduled: fold pending deliveries and refunds into the order rollups (each pending row once, by id)."""
+    from app.analytics import service as rollups
+
+    return rollups.fold_orders_all()
+
+
 def fold_money_flows() -> int:
     """Scheduled: fold new ledger journals into rollup_money_daily (watermark; running twice adds nothing)."""
     from app.analytics import service as rollups

@@ -35,6 +35,7 @@ PERIODIC = [
     # Monthly, on the 1st (the cron runs in the worker's clock; 03:10 UTC is 11:10 in China, the month is closed).
     Periodic("team-bonus", jobs.award_team_bonus, "low", cron="10 3 1 * *"),
     Periodic("withdrawal-poll", jobs.poll_paying_withdrawals, "default", "WITHDRAWAL_POLL_SECONDS"),
+    Periodic("rollup-orders", jobs.fold_order_rollups, "low", "ROLLUP_ORDERS_SECONDS"),
     Periodic("rollup-money", jobs.fold_money_flows, "low", "ROLLUP_MONEY_SECONDS"),
     Periodic("rollup-compact", jobs.compact_rollups, "low", "ROLLUP_COMPACT_SECONDS"),
     Periodic("supplier-sync", jobs.sync_suppliers, "low", "SUPPLIER_SYNC_SECONDS"),

@@ -1,8 +1,9 @@
 """Daily rollups the dashboards read instead of scanning raw orders.
 
-Rows are appended as deltas in the transaction that delivers (or refunds) an order, so no order ever waits on a
-shared row; a compaction job merges the deltas of one key into one row, and a rebuild job recomputes any range
-from the source tables. Readers always GROUP BY, so a key split over several rows sums to the same answer.
+A delivery (refund) writes one rollup_pending row in its transaction; the fold job turns pending rows into
+delta rows (app/analytics/service.py `fold_orders`), so no order ever waits on a shared row or a lock; a
+compaction job merges the deltas of one key into one row, and a rebuild job recomputes any range from the source
+tables. Readers always GROUP BY, so a key split over several rows sums to the same answer.
 
 `scope_id` is whose figures a row counts toward: 0 for the whole platform, an agent's id for that agent's branch
 (itself and its whole downline). An order is counted once at scope 0 and once for the buyer and each agent on the
@@ -11,7 +12,7 @@ buyer's upline path snapshot, so an agent's dashboard reads `scope_id = <agent i
 """
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Date, Index, Integer, String
+from sqlalchemy import BigInteger, Column, Date, DateTime, Index, Integer, SmallInteger, String
 
 from app.extensions import db
 
@@ -126,3 +127,18 @@ class RollupState(db.Model):
     __tablename__ = "rollup_state"
     name = Column(String(32), primary_key=True)
     value = Column(BigInteger, nullable=False, default=0)
+
+
+class RollupPending(db.Model):
+    """An order delivered (sign +1) or refunded after delivery (sign -1) and not yet folded into the rollups.
+
+    Written by app.orders.service.transition in the delivering (refunding) transaction: one INSERT, no read, no
+    lock. `fold_orders` reads the order's facts, adds its deltas and deletes the row, in one transaction.
+    """
+    __tablename__ = "rollup_pending"
+    id = Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    order_id = Column(Integer, nullable=False)
+    sign = Column(SmallInteger, nullable=False)
+    created_at = Column(DateTime, nullable=False)
+
+    __table_args__ = (Index("ix_rollup_pending_order", "order_id"),)

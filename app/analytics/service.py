@@ -2,19 +2,24 @@
 
 Three writers, one answer:
 - `record_delivery` / `record_refund`, called by app.orders.service.transition inside the delivering / refunding
-  transaction, append delta rows (+ on delivery, - on refund, both on the ORIGINAL delivery day). A rejected
-  dispute (disputed -> delivered) writes nothing: the order never stopped counting.
+  transaction, write ONE rollup_pending row (order id, sign): an INSERT, no read, no lock, no shared row.
+  `fold_orders` (the periodic job `rollup-orders` every ROLLUP_ORDERS_SECONDS; with jobs inline, right after the
+  commit) turns pending rows into delta rows (+ on delivery, - on refund, both on the ORIGINAL delivery day) and
+  deletes them, one transaction per batch. A rejected dispute (disputed -> delivered) writes nothing: the order
+  never stopped counting.
 - `fold_money` appends money-flow deltas from ledger journals above a watermark (rollup_state
   'money_journal_id'), advancing it in the same transaction.
-- `rebuild(start, end)` deletes a day range and recomputes it set-based (INSERT ... SELECT) from orders,
-  real-name records and journals. Incremental rows and a rebuild give the same grouped sums.
+- `rebuild(start, end)` folds what is pending, then deletes a day range and recomputes it set-based
+  (INSERT ... SELECT) from orders, real-name records and journals, leaving out rows pending meanwhile (their fold
+  adds them). Folded rows and a rebuild give the same grouped sums.
 `compact` merges the delta rows of one key into one row; readers GROUP BY, so it changes no answer.
+Dashboards show how fresh the order rollups are (`data_as_of`: the oldest pending row, else now).
 
 Active agents (rollup_active_daily, rollup_retention_monthly) count each agent once per day (month): a delivery
 adds +1 only when it turns the agent's day (month) from no orders to some, a refund -1 only when it empties it,
-both read off rollup_agent_daily under a per-agent lock. Tier and branch are the agent's (agent.tier_id,
-agent.path) when the row is written; a rebuild takes them as they are then, so after an agent is moved or changes
-tier, a rebuild restates its past days under the new ones.
+both read off rollup_agent_daily by the fold, which runs one at a time (the maintenance lock). Tier and branch
+are the agent's (agent.tier_id, agent.path) when the row is folded; a rebuild takes them as they are then, so
+after an agent is moved or changes tier, a rebuild restates its past days under the new ones.
 
 Definitions (the dashboards rely on them):
 - day: China business day (BUSINESS_TIMEZONE) of orders.delivered_at; for money flows, of the journal.
@@ -36,25 +41,27 @@ Definitions (the dashboards rely on them):
   wallet or buyer funds) -- scopes 0 + the buying agent's upline_path for agent orders.
   Channel refunds of orders never delivered (journal kind 'refund') move no revenue and are not a flow here.
 
-Concurrency: deltas are plain INSERTs (no shared row is ever updated, so purchases never wait on each other).
-compact, fold_money and rebuild serialize on one transaction-level advisory lock (PostgreSQL); rebuild reads in
-one snapshot per table (DELETE and INSERT ... SELECT in one statement), so a delta committed meanwhile is neither
-deleted nor recounted.
+Concurrency: a purchase writes one pending row (no shared row is ever updated, no advisory lock is taken, so
+purchases never wait on each other for analytics). fold_orders, compact, fold_money and rebuild serialize on one
+transaction-level advisory lock (PostgreSQL); pending rows are picked and deleted by id (a row committed after
+higher ids were folded is folded next time, never skipped). rebuild reads in one snapshot per table (DELETE and
+INSERT ... SELECT in one statement), so a delivery committed meanwhile is neither deleted nor recounted.
 """
 from __future__ import annotations
 
-import functools
+import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 
-from flask import current_app
-from sqlalchemy import Date, DateTime, bindparam, select
+from flask import current_app, has_app_context
+from sqlalchemy import Date, DateTime, bindparam, event, func, select
 from sqlalchemy import text as _text
 
 from app.analytics.models import (
     PLATFORM_SCOPE,
+    RollupPending,
     RollupState,
 )
 from app.clock import business_tz, month_last_day, to_local, utcnow
@@ -63,11 +70,11 @@ from app.extensions import db
 
 MONEY_WATERMARK = "money_journal_id"
 ADVISORY_LOCK_KEY = 7_020_301  # any constant: compact / fold / rebuild take it for their transaction
-ACTIVITY_LOCK_KEY = 7_020_302  # with the agent id: one agent's deliveries decide "first of the day" one at a time
 COUNTED_STATUSES = ("delivered", "disputed")
 DIMENSIONS = ("age_band", "gender", "province", "hour", "buyer_type")
 UNKNOWN = "unknown"
 MAX_REBUILD_DAYS = 3 * 366
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -155,144 +162,290 @@ def _set_state(name: str, value: int) -> None:
         db.session.execute(table.insert().values(name=name, value=value))
 
 
-# --- per-order deltas (the purchase path) ---------------------------------------------------------------------
-
-# One read gathers everything the deltas need: the order, its category, the buyer's verified real-name facts and
-# whether the buyer had an earlier delivered order (agents: the (agent_id, created_at) index; guests: the
-# contact's blind index).
-_FACTS = text("""
-SELECT o.agent_id, o.upline_path, o.product_id, p.category_id, o.channel, o.tier_id, o.supplier_id, o.quantity,
-       o.amount, o.cost_total, o.service_fee, o.delivered_at, r.age_band, r.gender, r.province,
-       a.tier_id AS agent_tier_id, a.path AS agent_path, a.created_at AS agent_created_at,
-       CASE WHEN o.agent_id IS NOT NULL THEN EXISTS (
-              SELECT 1 FROM orders e WHERE e.agent_id = o.agent_id AND e.delivered_at IS NOT NULL AND e.id <> o.id
-                 AND (e.delivered_at < o.delivered_at OR (e.delivered_at = o.delivered_at AND e.id < o.id)))
-            ELSE EXISTS (
-              SELECT 1 FROM orders e WHERE e.agent_id IS NULL AND e.contact_hash = o.contact_hash
-                 AND e.delivered_at IS NOT NULL AND e.id <> o.id
-                 AND (e.delivered_at < o.delivered_at OR (e.delivered_at = o.delivered_at AND e.id < o.id)))
-       END AS repeat_buyer
-FROM orders o
-JOIN product p ON p.id = o.product_id
-LEFT JOIN real_name r ON r.agent_id = o.agent_id AND r.status = 'verified'
-LEFT JOIN agent a ON a.id = o.agent_id
-WHERE o.id = :order_id
-""").columns(delivered_at=DateTime(), agent_created_at=DateTime())  # typed: SQLite returns timestamps as text
-
-
-def lock_buyer(order_id: int) -> None:
-    """Serialize the deliveries of one buyer (an agent; a storefront guest by contact) for the rest of the
-    transaction, on PostgreSQL (SQLite has one writer at a time). transition() calls it before it takes the
-    delivery time, so one buyer's orders get their delivered_at in the order they commit, and record_delivery,
-    reading the buyer's earlier deliveries, decides 'first order' and 'first of the day (month)' exactly as a
-    rebuild does from (delivered_at, id). Other buyers never wait."""
-    if _dialect() != "postgresql":
-        return
-    db.session.execute(_LOCK_BUYER, {"k": ACTIVITY_LOCK_KEY, "order_id": order_id})
-
-
-_LOCK_BUYER = text(
-    "SELECT pg_advisory_xact_lock(CASE WHEN o.agent_id IS NOT NULL THEN CAST(:k AS integer)"
-    " ELSE CAST(:k AS integer) + 1 END, COALESCE(o.agent_id, hashtext(COALESCE(o.contact_hash, ''))))"
-    " FROM orders o WHERE o.id = :order_id")
-
+# --- per-order deltas: one pending row on the purchase path, folded by a job -------------------------------------
 
 def record_delivery(order_id: int) -> None:
-    """An order was just delivered (from paid / delivering): add it to every rollup, in the caller's transaction."""
-    _record(order_id, 1)
+    """An order was just delivered (from paid / delivering): note it for the fold, in the caller's transaction."""
+    _note(order_id, 1)
 
 
 def record_refund(order_id: int) -> None:
-    """A delivered (or disputed) order was just refunded: subtract it on its original delivery day."""
-    _record(order_id, -1)
+    """A delivered (or disputed) order was just refunded: note it; the fold subtracts it on its delivery day."""
+    _note(order_id, -1)
 
 
-def _record(order_id: int, sign: int) -> None:
-    conn = db.session.connection()
-    o = conn.execute(_FACTS, {"order_id": order_id}).first()
-    if o is None or o.delivered_at is None:
-        return
-    local = to_local(o.delivered_at)
-    scopes = order_scopes(o.agent_id, o.upline_path)
-    amount, cost = sign * o.amount, sign * o.cost_total
-    params = {"day": local.date(), "product_id": o.product_id, "category_id": o.category_id, "channel": o.channel,
-              "tier_id": o.tier_id, "supplier_id": o.supplier_id, "orders": sign, "quantity": sign * o.quantity,
-              "gmv": amount, "cost": cost, "fees": sign * o.service_fee, "margin": amount - cost,
-              "agent_id": o.agent_id,
-              "v_age_band": o.age_band or UNKNOWN, "v_gender": o.gender or UNKNOWN,
-              "v_province": o.province or UNKNOWN, "v_hour": f"{local.hour:02d}",
-              "v_buyer_type": "returning" if o.repeat_buyer else "first"}
-    params.update({f"s{i}": scope for i, scope in enumerate(scopes)})
-    if o.agent_id is not None:
-        _record_activity(conn, o, local.date(), sign)  # reads rollup_agent_daily before this order's row lands
-    for stmt in _delta_statements(_dialect(), len(scopes), o.agent_id is not None):
-        conn.execute(stmt, params)
+def _note(order_id: int, sign: int) -> None:
+    # One INSERT: no read, no lock, no shared row. The fold reads the order's facts later (see fold_orders).
+    db.session.connection().execute(_PENDING.insert().values(order_id=order_id, sign=sign, created_at=utcnow()))
+    db.session.info[_FOLD_DUE] = True
 
 
-# The agent's orders on the day and in the month, summed over rollup_agent_daily (the (agent_id, day) index).
-_AGENT_BEFORE = text("SELECT coalesce(sum(CASE WHEN day = :day THEN orders ELSE 0 END), 0), coalesce(sum(orders), 0)"
-                     " FROM rollup_agent_daily WHERE agent_id = :agent_id AND day >= :start AND day <= :end")
+_PENDING = RollupPending.__table__
+_FOLD_DUE = "kameng_rollup_fold_due"
+
+# The pending rows of a batch with every fact the deltas need: the order, its category, the buyer's verified
+# real-name facts, the agent's tier, path and joining time, and `earlier`: whether the buyer has a delivery
+# before this one ((delivered_at, id) order) that is already folded (no +1 row pending). A missing order
+# (never expected) yields NULL facts: its row is deleted without deltas.
+_BATCH = text("""
+SELECT p.id AS pid, p.sign, p.order_id, o.agent_id, o.contact_hash, o.upline_path, o.product_id, pr.category_id,
+       o.channel, o.tier_id, o.supplier_id, o.quantity, o.amount, o.cost_total, o.service_fee, o.delivered_at,
+       r.age_band, r.gender, r.province,
+       a.tier_id AS agent_tier_id, a.path AS agent_path, a.created_at AS agent_created_at,
+       CASE WHEN o.agent_id IS NOT NULL THEN EXISTS (
+              SELECT 1 FROM orders e WHERE e.agent_id = o.agent_id AND e.delivered_at IS NOT NULL AND e.id <> o.id
+                 AND (e.delivered_at < o.delivered_at OR (e.delivered_at = o.delivered_at AND e.id < o.id))
+                 AND NOT EXISTS (SELECT 1 FROM rollup_pending q WHERE q.order_id = e.id AND q.sign = 1))
+            ELSE EXISTS (
+              SELECT 1 FROM orders e WHERE e.agent_id IS NULL AND e.delivered_at IS NOT NULL AND e.id <> o.id
+                 AND (e.contact_hash = o.contact_hash OR (e.contact_hash IS NULL AND o.contact_hash IS NULL))
+                 AND (e.delivered_at < o.delivered_at OR (e.delivered_at = o.delivered_at AND e.id < o.id))
+                 AND NOT EXISTS (SELECT 1 FROM rollup_pending q WHERE q.order_id = e.id AND q.sign = 1))
+       END AS earlier
+FROM rollup_pending p
+LEFT JOIN orders o ON o.id = p.order_id
+LEFT JOIN product pr ON pr.id = o.product_id
+LEFT JOIN real_name r ON r.agent_id = o.agent_id AND r.status = 'verified'
+LEFT JOIN agent a ON a.id = o.agent_id
+ORDER BY p.id
+LIMIT :limit
+""").columns(delivered_at=DateTime(), agent_created_at=DateTime())  # typed: SQLite returns timestamps as text
+
+# A buyer's first delivery among the folded ones, and whether it still counts in the rollups (not refunded, or
+# refunded with the -1 row still pending).
+_FIRST_COLS = ("SELECT o.id AS order_id, o.agent_id, o.upline_path, o.amount, o.delivered_at, pr.category_id,"
+               " CASE WHEN o.status IN ('delivered', 'disputed') OR EXISTS (SELECT 1 FROM rollup_pending q"
+               " WHERE q.order_id = o.id AND q.sign = -1) THEN 1 ELSE 0 END AS counted"
+               " FROM orders o JOIN product pr ON pr.id = o.product_id WHERE o.delivered_at IS NOT NULL"
+               " AND NOT EXISTS (SELECT 1 FROM rollup_pending q WHERE q.order_id = o.id AND q.sign = 1) AND ")
+_FIRST_AGENT = text(_FIRST_COLS + "o.agent_id = :agent_id ORDER BY o.delivered_at, o.id LIMIT 1"
+                    ).columns(delivered_at=DateTime())
+_FIRST_GUEST = text(_FIRST_COLS + "o.agent_id IS NULL AND o.contact_hash = :contact ORDER BY o.delivered_at, o.id"
+                    " LIMIT 1").columns(delivered_at=DateTime())
+_FIRST_GUEST_NULL = text(_FIRST_COLS + "o.agent_id IS NULL AND o.contact_hash IS NULL"
+                         " ORDER BY o.delivered_at, o.id LIMIT 1").columns(delivered_at=DateTime())
+
+# The agents' orders per day over the months a batch touches (the (agent_id, day) index).
+_AGENT_DAYS = text("SELECT agent_id, day, sum(orders) FROM rollup_agent_daily WHERE agent_id IN :agents"
+                   " AND day >= :start AND day <= :end GROUP BY agent_id, day"
+                   ).bindparams(bindparam("agents", expanding=True)).columns(day=Date())
 
 
-def _record_activity(conn, o, day: date, sign: int) -> None:
-    """Keep rollup_active_daily and rollup_retention_monthly: +1 when this order makes the agent's day (month)
-    active, -1 when a refund leaves it with no order; nothing otherwise.
+def fold_orders(limit: int | None = None) -> int:
+    """Fold up to `limit` pending rows (default ROLLUP_ORDERS_BATCH), oldest id first, into the rollups and
+    delete them, in one transaction under the rollup maintenance lock. Commits. Returns how many were folded.
 
-    Whether the day was active is read from rollup_agent_daily, so two deliveries (or refunds) of one agent must
-    not both read "not yet": on PostgreSQL they serialize on lock_buyer's transaction-level advisory lock (taken
-    again here for refunds; a second take in one transaction is free); SQLite has one writer at a time.
+    Exactly what the delivering transaction used to add: sales / profile / agent deltas (+ on delivery, - on
+    refund, on the original delivery day), and active / retention +1 when an order turns an agent's day (month)
+    active, -1 when a refund empties it, decided on rollup_agent_daily, which only folds change: one fold at a
+    time (the lock), so no per-buyer lock is needed.
+
+    Pending rows are picked and deleted by id, never by a watermark: a row whose transaction commits after
+    higher ids were folded is simply in the next batch. The 'first vs returning' buyer type is kept exact with
+    respect to the folded deliveries: an order is 'first' when no folded delivery of its buyer precedes it
+    ((delivered_at, id)); when a delivery committed late precedes the buyer's folded first order, that order's
+    profile row moves from 'first' to 'returning' in the same batch. Once every row is folded this is the
+    rebuild's definition over all deliveries.
     """
-    if _dialect() == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(CAST(:k AS integer), CAST(:agent_id AS integer))"),
-                     {"k": ACTIVITY_LOCK_KEY, "agent_id": o.agent_id})
+    limit = limit if limit is not None else int(current_app.config.get("ROLLUP_ORDERS_BATCH", 5000))
+    try:
+        _lock()
+        conn = db.session.connection()
+        rows = conn.execute(_BATCH, {"limit": limit}).all()
+        if not rows:
+            db.session.rollback()
+            return 0
+        deltas = _Deltas()
+        _fold_rows(conn, rows, deltas)
+        deltas.write(conn)
+        conn.execute(_PENDING.delete().where(_PENDING.c.id.in_([r.pid for r in rows])))
+        db.session.commit()
+        return len(rows)
+    except Exception:
+        db.session.rollback()
+        raise
+
+
+def fold_orders_all(max_batches: int = 1000) -> int:
+    """Fold until nothing is pending (the periodic job, and inline after each commit): one transaction per batch."""
+    total = 0
+    for _ in range(max_batches):
+        n = fold_orders()
+        total += n
+        if n == 0:
+            break
+    return total
+
+
+@dataclass
+class _First:
+    """A buyer's first delivery among those folded so far, and whether it counts in the rollups now."""
+    order_id: int
+    facts: object  # a row with agent_id, upline_path, amount, delivered_at, category_id
+    counted: bool
+
+
+class _Deltas:
+    """The batch's deltas summed per rollup key (all-zero keys are not written)."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, dict[tuple, list[int]]] = {name: {} for name in ("sales", "profile", "agent",
+                                                                                  "active", "retention")}
+
+    def add(self, table: str, key: tuple, sums: tuple[int, ...]) -> None:
+        current = self.tables[table].setdefault(key, [0] * len(sums))
+        for i, v in enumerate(sums):
+            current[i] += v
+
+    def write(self, conn) -> None:
+        for name, rows in self.tables.items():
+            t = TABLES[name]
+            values = [dict(zip(t.key + t.sums, key + tuple(sums), strict=True))
+                      for key, sums in rows.items() if any(sums)]
+            if values:
+                conn.execute(db.metadata.tables[t.name].insert(), values)
+
+
+def _fold_rows(conn, rows, deltas: _Deltas) -> None:
+    firsts = _load_firsts(conn, rows)  # buyers whose batch has a row with no folded delivery before it
+    days = _load_agent_days(conn, rows)
+    seen: dict[tuple, list[tuple]] = {}  # buyer -> (delivered_at, id) of its deliveries folded in this batch
+    for r in rows:
+        if r.delivered_at is None:
+            continue
+        sign = int(r.sign)
+        buyer = _buyer(r)
+        position = (r.delivered_at, r.order_id)
+        earlier = bool(r.earlier) or any(p < position for p in seen.get(buyer, ()))
+        first = firsts.get(buyer)
+        if sign > 0:
+            seen.setdefault(buyer, []).append(position)
+            if not earlier:
+                if first is not None and first.counted:  # a late delivery precedes it: no longer the first
+                    _move_to_returning(deltas, first.facts)
+                firsts[buyer] = _First(r.order_id, r, True)
+        elif first is not None and first.order_id == r.order_id:
+            first.counted = False
+        _order_deltas(deltas, r, sign, "returning" if earlier else "first")
+        if r.agent_id is not None:
+            _activity_deltas(deltas, days, r, sign)
+
+
+def _buyer(r) -> tuple:
+    return ("agent", r.agent_id) if r.agent_id is not None else ("guest", r.contact_hash)
+
+
+def _load_firsts(conn, rows) -> dict[tuple, _First | None]:
+    """Each buyer's first folded delivery (None: none folded yet), for the buyers that may need it: those with a
+    batch row that no folded delivery precedes. Usually a brand-new buyer: one indexed read each."""
+    out: dict[tuple, _First | None] = {}
+    for r in rows:
+        buyer = _buyer(r)
+        if r.delivered_at is None or r.earlier or buyer in out:
+            continue
+        if r.agent_id is not None:
+            f = conn.execute(_FIRST_AGENT, {"agent_id": r.agent_id}).first()
+        elif r.contact_hash is not None:
+            f = conn.execute(_FIRST_GUEST, {"contact": r.contact_hash}).first()
+        else:
+            f = conn.execute(_FIRST_GUEST_NULL).first()
+        out[buyer] = _First(f.order_id, f, bool(f.counted)) if f is not None else None
+    return out
+
+
+def _load_agent_days(conn, rows) -> dict[int, dict[date, int]]:
+    """Orders per (agent, day) in rollup_agent_daily over the months of the batch's agent rows."""
+    agent_rows = [r for r in rows if r.agent_id is not None and r.delivered_at is not None]
+    if not agent_rows:
+        return {}
+    months = [to_local(r.delivered_at).date().replace(day=1) for r in agent_rows]
+    result = conn.execute(_AGENT_DAYS, {"agents": sorted({r.agent_id for r in agent_rows}), "start": min(months),
+                                        "end": month_last_day(max(months))})
+    days: dict[int, dict[date, int]] = {}
+    for agent_id, day, n in result:
+        days.setdefault(agent_id, {})[day] = int(n or 0)
+    return days
+
+
+def _order_deltas(deltas: _Deltas, r, sign: int, buyer_type: str) -> None:
+    local = to_local(r.delivered_at)
+    day = local.date()
+    amount, cost = sign * r.amount, sign * r.cost_total
+    values = {"age_band": r.age_band or UNKNOWN, "gender": r.gender or UNKNOWN, "province": r.province or UNKNOWN,
+              "hour": f"{local.hour:02d}", "buyer_type": buyer_type}
+    for scope in order_scopes(r.agent_id, r.upline_path):
+        deltas.add("sales", (scope, day, r.product_id, r.category_id, r.channel, r.tier_id, r.supplier_id),
+                   (sign, sign * r.quantity, amount, cost, sign * r.service_fee, amount - cost))
+        for dim in DIMENSIONS:
+            deltas.add("profile", (scope, day, dim, values[dim], r.category_id), (sign, amount))
+    if r.agent_id is not None:
+        deltas.add("agent", (day, r.agent_id), (sign, amount))
+
+
+def _move_to_returning(deltas: _Deltas, f) -> None:
+    """A counted order's buyer_type profile rows move from 'first' to 'returning' (same day, category, scopes)."""
+    day = to_local(f.delivered_at).date()
+    for scope in order_scopes(f.agent_id, f.upline_path):
+        deltas.add("profile", (scope, day, "buyer_type", "first", f.category_id), (-1, -f.amount))
+        deltas.add("profile", (scope, day, "buyer_type", "returning", f.category_id), (1, f.amount))
+
+
+def _activity_deltas(deltas: _Deltas, days: dict[int, dict[date, int]], r, sign: int) -> None:
+    """rollup_active_daily / rollup_retention_monthly: +1 when this order makes the agent's day (month) active,
+    -1 when a refund leaves it with no order; read off the agent's orders per day as folded so far (the table,
+    then this batch, in id order)."""
+    day = to_local(r.delivered_at).date()
     month = day.replace(day=1)
-    before_day, before_month = conn.execute(_AGENT_BEFORE, {
-        "agent_id": o.agent_id, "day": day, "start": month, "end": month_last_day(month)}).one()
+    agent_days = days.setdefault(r.agent_id, {})
+    before_day = agent_days.get(day, 0)
+    before_month = sum(n for d, n in agent_days.items() if d.year == day.year and d.month == day.month)
+    agent_days[day] = before_day + sign
     turned_day = int(before_day + sign > 0) - int(before_day > 0)
     turned_month = int(before_month + sign > 0) - int(before_month > 0)
-    scopes = order_scopes(o.agent_id, o.agent_path)
+    scopes = order_scopes(r.agent_id, r.agent_path)
     if turned_day:
-        _insert_rows(conn, "rollup_active_daily", ("scope_id", "day", "tier_id", "agents"),
-                     [(s, day, o.agent_tier_id, turned_day) for s in scopes])
+        for s in scopes:
+            deltas.add("active", (s, day, r.agent_tier_id), (turned_day,))
     if turned_month:
-        cohort = to_local(o.agent_created_at).date().replace(day=1)
-        _insert_rows(conn, "rollup_retention_monthly", ("scope_id", "cohort", "month", "tier_id", "agents"),
-                     [(s, cohort, month, o.agent_tier_id, turned_month) for s in scopes if s != o.agent_id])
+        cohort = to_local(r.agent_created_at).date().replace(day=1)
+        for s in scopes:
+            if s != r.agent_id:
+                deltas.add("retention", (s, cohort, month, r.agent_tier_id), (turned_month,))
 
 
-def _insert_rows(conn, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
-    """One multi-row INSERT of `rows` (tuples in `columns` order)."""
-    if not rows:
+def fold_inline() -> bool:
+    """Whether folds follow each commit (jobs inline: no REDIS_URL) rather than the periodic job."""
+    return not current_app.config.get("REDIS_URL")
+
+
+def _fold_after_commit(session) -> None:
+    """Jobs inline (no REDIS_URL: `make run`, tests): fold right after a transaction that noted deliveries or
+    refunds commits, so screens are current. In a fresh app context, hence its own session and connection (the
+    committing session may not run SQL here). A failure is logged; the next fold picks the rows up."""
+    if not session.info.pop(_FOLD_DUE, False) or not has_app_context() or not fold_inline():
         return
-    values = ", ".join("(" + ", ".join(f":{c}_{i}" for c in columns) + ")" for i in range(len(rows)))
-    params = {f"{c}_{i}": v for i, row in enumerate(rows) for c, v in zip(columns, row, strict=True)}
-    dates = [bindparam(name, type_=Date()) for name, v in params.items() if isinstance(v, date)]
-    conn.execute(_text(f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values}").bindparams(*dates), params)
+    app = current_app._get_current_object()
+    with app.app_context():
+        try:
+            # Another committer's fold may have taken this row already: then no wait for the fold lock at all.
+            if db.session.scalar(select(RollupPending.id).limit(1)) is not None:
+                fold_orders_all()
+        except Exception:
+            log.exception("inline rollup fold failed; the periodic fold retries")
+        finally:
+            db.session.remove()
 
 
-_SALES_COLS = "scope_id, day, product_id, category_id, channel, tier_id, supplier_id, orders, quantity, gmv, cost," \
-              " fees, margin"
+# The flag is not cleared on rollback: a savepoint rolled back may leave the row it followed in the transaction,
+# and a flag left over from a rolled-back transaction costs the next commit one SELECT.
+if not event.contains(db.session, "after_commit", _fold_after_commit):
+    event.listen(db.session, "after_commit", _fold_after_commit)
 
 
-@functools.lru_cache(maxsize=128)
-def _delta_statements(dialect: str, n_scopes: int, agent: bool) -> tuple:
-    """The delta INSERTs of one order with `n_scopes` scopes, built once per shape (so SQLAlchemy's compiled
-    cache serves every later order): on PostgreSQL one statement (the inserts chained as WITH ... INSERT),
-    on SQLite, which has no INSERT inside WITH, one per table."""
-    sales = (f"INSERT INTO rollup_sales_daily ({_SALES_COLS}) VALUES " + ", ".join(
-        f"(:s{i}, :day, :product_id, :category_id, :channel, :tier_id, :supplier_id, :orders, :quantity, :gmv,"
-        " :cost, :fees, :margin)" for i in range(n_scopes)))
-    profile = ("INSERT INTO rollup_profile_daily (scope_id, day, dimension, value, category_id, orders, gmv) VALUES "
-               + ", ".join(f"(:s{i}, :day, '{dim}', :v_{dim}, :category_id, :orders, :gmv)"
-                           for i in range(n_scopes) for dim in DIMENSIONS))
-    statements = [sales, profile]
-    if agent:
-        statements.append("INSERT INTO rollup_agent_daily (day, agent_id, orders, gmv)"
-                          " VALUES (:day, :agent_id, :orders, :gmv)")
-    if dialect == "postgresql":
-        *first, last = statements
-        statements = ["WITH " + ", ".join(f"d{i} AS ({sql})" for i, sql in enumerate(first)) + " " + last]
-    return tuple(text(sql) for sql in statements)
+def data_as_of() -> datetime:
+    """How fresh the order rollups are (naive UTC): the oldest unfolded delivery / refund, or now if none."""
+    oldest = db.session.scalar(select(func.min(RollupPending.created_at)))
+    return oldest or utcnow()
 
 
 # --- set-based SQL, PostgreSQL and SQLite -----------------------------------------------------------------------
@@ -352,13 +505,25 @@ def _assemble(head: str, ctes: str, tail: str, replace: bool) -> str:
     return ("WITH " + ", ".join(parts) + " " if parts else "") + f"{head} {tail}"
 
 
+def _pending(alias: str, sign: int) -> str:
+    # Uncorrelated IN: PostgreSQL hashes the (few) pending ids once instead of probing per order of a year.
+    return f"{alias}.id IN (SELECT q.order_id FROM rollup_pending q WHERE q.sign = {sign})"
+
+
+# What a rebuild counts: the orders the folded rollups count. Status delivered / disputed, but not a delivery still
+# pending (its +1 is yet to be folded), and still a refunded order whose -1 is pending. Pending rows change only
+# under the lock the rebuild holds, and a delivery or refund commits its status with its pending row, so every
+# statement of the rebuild sees the same set, and the later fold adds each pending row exactly once.
+COUNTED_FOLDED = (f"(o.status IN ('delivered', 'disputed') OR {_pending('o', -1)}) AND NOT {_pending('o', 1)}")
+
+
 def _orders_src(where: str) -> str:
     day, hour = _local_sql("o.delivered_at")
     return (f"src AS (SELECT o.id, o.agent_id, {day} AS day, {hour} AS hour, o.product_id, p.category_id, o.channel,"
             " o.tier_id, o.supplier_id, o.quantity, o.amount, o.cost_total, o.service_fee,"
             " CASE WHEN o.agent_id IS NOT NULL THEN o.upline_path END AS path"
             " FROM orders o JOIN product p ON p.id = o.product_id"
-            f" WHERE o.status IN ('delivered', 'disputed') AND {where})")
+            f" WHERE {COUNTED_FOLDED} AND {where})")
 
 
 def _sales_sql(where: str, replace: bool = False) -> str:
@@ -381,7 +546,8 @@ def _profile_sql(where: str, replace: bool = False) -> str:
     # The first delivered order of each buyer (agent, or guest contact), over all time up to the range's end.
     firsts = ("firsts AS (SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY agent_id,"
               " CASE WHEN agent_id IS NULL THEN contact_hash END ORDER BY delivered_at, id) AS rn"
-              " FROM orders WHERE delivered_at IS NOT NULL AND delivered_at < :hi) f WHERE rn = 1)")
+              " FROM orders fo WHERE delivered_at IS NOT NULL AND delivered_at < :hi"
+              f" AND NOT {_pending('fo', 1)}) f WHERE rn = 1)")
     src = (f"src AS (SELECT {day} AS day, {hour} AS hour, p.category_id, o.amount,"
            f" coalesce(nullif(r.age_band, ''), '{UNKNOWN}') AS age_band,"
            f" coalesce(nullif(r.gender, ''), '{UNKNOWN}') AS gender,"
@@ -391,7 +557,7 @@ def _profile_sql(where: str, replace: bool = False) -> str:
            " FROM orders o JOIN product p ON p.id = o.product_id"
            " LEFT JOIN real_name r ON r.agent_id = o.agent_id AND r.status = 'verified'"
            " LEFT JOIN firsts f ON f.id = o.id"
-           f" WHERE o.status IN ('delivered', 'disputed') AND {where})")
+           f" WHERE {COUNTED_FOLDED} AND {where})")
     cols = ("day", "hour", "category_id", "amount", "age_band", "gender", "province", "buyer_type")
     extra, source = _scoped("src", cols)
     head = "INSERT INTO rollup_profile_daily (scope_id, day, dimension, value, category_id, orders, gmv)"
@@ -420,7 +586,7 @@ def _agent_sql(where: str, replace: bool = False) -> str:
     return _assemble(
         "INSERT INTO rollup_agent_daily (day, agent_id, orders, gmv)", "",
         f"SELECT day, agent_id, count(*), sum(amount) FROM (SELECT {day} AS day, o.agent_id, o.amount"
-        " FROM orders o WHERE o.status IN ('delivered', 'disputed') AND o.agent_id IS NOT NULL"
+        f" FROM orders o WHERE {COUNTED_FOLDED} AND o.agent_id IS NOT NULL"
         f" AND {where}) a GROUP BY day, agent_id ORDER BY day, agent_id", replace)
 
 
@@ -434,7 +600,7 @@ def _month_sql(day_sql: str) -> str:
 def _active_pairs(period_sql: str, where: str) -> str:
     """Distinct (period, agent_id) of agents with counted orders matching `where`."""
     return (f"SELECT DISTINCT {period_sql} AS period, o.agent_id FROM orders o"
-            f" WHERE o.status IN ('delivered', 'disputed') AND o.agent_id IS NOT NULL AND {where}")
+            f" WHERE {COUNTED_FOLDED} AND o.agent_id IS NOT NULL AND {where}")
 
 
 def _active_sql(where: str, replace: bool = False) -> str:
@@ -569,11 +735,13 @@ def fold_money_all(max_batches: int = 1000) -> int:
 def rebuild(start: date, end: date) -> dict:
     """Delete and recompute every rollup for China days start..end (inclusive) from the source tables. Commits.
 
-    Orders, real-name records and the first-order test come from the tables as they are now; money flows from
+    Pending deliveries and refunds are folded first; then the orders the folded rollups count (COUNTED_FOLDED: a
+    row pending meanwhile is left to its fold), real-name records and the first-order test come from the tables as
+    they are now; money flows from
     journals up to the money watermark (fold_money adds the rest, so nothing is counted twice); retention is
     recomputed for whole months, from the month of `start` to the month of `end`. One transaction
     (the session's open one is committed first); on PostgreSQL each table's DELETE and INSERT are one statement
-    (one snapshot), so deliveries committing meanwhile are counted exactly once, by their own deltas.
+    (one snapshot), so deliveries committing meanwhile are counted exactly once, by the fold of their pending rows.
     Returns the rows written per table and the seconds it took.
     """
     if end < start:
@@ -582,6 +750,7 @@ def rebuild(start: date, end: date) -> dict:
         raise ValidationError(f"一次最多重建 {MAX_REBUILD_DAYS} 天 (range too long)")
     began = time.monotonic()
     db.session.commit()
+    fold_orders_all()  # what is pending now is in the rebuilt rows' past; later rows are left out (COUNTED_FOLDED)
     pg = _dialect() == "postgresql"
     lo, hi = day_bounds(start, end)
     mstart, mend = start.replace(day=1), end.replace(day=1)

@@ -68,8 +68,6 @@ def transition(order_id: int, to_status: str, current: str | None = None) -> Non
         raise InvalidTransition(f"订单状态不能从 {current} 变为 {to_status}")
     from app.analytics import service as rollups
 
-    if to_status == "delivered" and current in ("paid", "delivering"):
-        rollups.lock_buyer(order_id)  # before the delivery time is taken: see its docstring
     now = utcnow()
     values: dict = {"status": to_status, "updated_at": now}
     if to_status == "paid":
@@ -89,8 +87,9 @@ def transition(order_id: int, to_status: str, current: str | None = None) -> Non
         db.session.expire(loaded, list(values))  # an Order object already loaded rereads what changed
     if row is None:
         raise InvalidTransition(f"订单状态已被其他操作改变 (order {order_id} changed concurrently)")
-    # Analytics rollups in the same transaction. A rejected dispute (disputed -> delivered) never stopped
-    # counting, so only a first delivery adds; a refund of a counted order subtracts on its delivery day.
+    # Analytics: one pending row in this transaction, folded into the rollups by a job. A rejected dispute
+    # (disputed -> delivered) never stopped counting, so only a first delivery adds; a refund of a counted order
+    # subtracts on its delivery day.
     if to_status == "delivered" and current in ("paid", "delivering"):
         rollups.record_delivery(order_id)
         if row.delivered_at == now:  # its first delivery (delivered_at keeps the first time): chained with it
