@@ -13,8 +13,9 @@ migrates it with Alembic (FAB_CREATE_DB=False), starts FAB once so the roles exi
 thread (each with a big wallet and its own API key from app.openapi.service.create_key) and card products whose
 stock is imported through app.catalog.cards (create_import / run_import) and topped up before each level.
 
-REDIS_URL is read like the app reads it: when set, the served app keeps nonces (and rate-limit counters) in
-Redis; otherwise nonces go to the api_nonce table. The per-key rate limit is raised so it is not what we measure.
+REDIS_URL is read like the app reads it: when set, the served app keeps rate-limit counters in Redis and leaves
+jobs (the rollup fold, callbacks) to workers; unset, jobs run inline after each commit. Nonces are always rows of
+the api_nonce table. The per-key rate limit is raised so it is not what we measure.
 
 Each client thread is one reseller: app/openapi/client.py with its own requests.Session, signing every
 POST /open/v1/orders (a fresh out_trade_no each time). A 201 is a success; anything else is counted by
@@ -280,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
 
     t_setup = time.perf_counter()
     redis = os.environ.get("REDIS_URL")
-    print(f"bench database: {url.rsplit('@', 1)[-1]} (recreated); nonces in "
-          f"{'Redis ' + redis.rsplit('@', 1)[-1] if redis else 'PostgreSQL (REDIS_URL unset)'}", flush=True)
+    print(f"bench database: {url.rsplit('@', 1)[-1]} (recreated); "
+          f"{'Redis ' + redis.rsplit('@', 1)[-1] if redis else 'no Redis: jobs inline after each commit'}",
+          flush=True)
     recreate_database(url)
     migrate(url)
     app = make_app(url)

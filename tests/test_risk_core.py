@@ -151,3 +151,48 @@ def test_paying_account_on_the_watchlist_holds_the_order_and_failed_payments_are
     from app.payments.models import Refund
 
     h.channel_answers_refund(h.db.session.scalar(select(Refund)))
+
+
+def test_redis_amount_windows_equal_the_record_at_every_edge_without_reading_every_event(app, redis_url, monkeypatch):
+    """Amounts over a window come from per-bucket totals plus the events of the bucket the window starts in: the
+    same sums as PostgreSQL's record, to the second, and a read fetches one bucket's events, not the day's."""
+    import random
+    from datetime import timedelta
+
+    from app.clock import utcnow
+    from app.extensions import db
+    from app.risk import counters
+    from app.risk.counters import AMOUNT_BUCKET_SECONDS, Query
+
+    monkeypatch.setitem(app.config, "REDIS_URL", redis_url)
+    rng = random.Random(7)
+    now = utcnow().replace(microsecond=0)
+    keys = {"agent": "agent-key-under-test", "contact": "contact-key-under-test"}
+    for _ in range(400):
+        at = now - timedelta(seconds=rng.randrange(0, 26 * 3600))
+        counters.record("order", keys, amount=rng.randrange(1, 50_000), at=at)
+    db.session.commit()
+    queries = {"amount_agent_24h": Query("order", "agent", 24 * 3600, "amount"),
+               "amount_contact_1h": Query("order", "contact", 3600, "amount"),
+               "orders_agent_24h": Query("order", "agent", 24 * 3600)}
+    conn = counters._redis()
+    for shift in (0, 1, 59, AMOUNT_BUCKET_SECONDS - 1, AMOUNT_BUCKET_SECONDS, 3 * 3600 + 17):
+        at = now + timedelta(seconds=shift)
+        assert counters._redis_read(conn, queries, keys, at) == counters._pg_read_all(queries, keys, at), shift
+    seen = []
+    original = conn.pipeline
+
+    def counting_pipeline(*args, **kwargs):
+        pipe = original(*args, **kwargs)
+        execute = pipe.execute
+
+        def run():
+            answers = execute()
+            seen.extend(len(a) for a in answers if isinstance(a, list))
+            return answers
+        pipe.execute = run
+        return pipe
+
+    monkeypatch.setattr(conn, "pipeline", counting_pipeline)
+    counters._redis_read(conn, queries, keys, now)
+    assert max(seen) < 60  # one 5-minute bucket's events at most (400 events over 26 h: ~1-2 per bucket)

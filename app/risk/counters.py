@@ -132,6 +132,12 @@ def _redis_record(metric: str, row: dict, amount: int, at: datetime) -> None:
             pipe.zadd(events, {member: ts})
             pipe.zremrangebyscore(events, "-inf", ts - KEEP_SECONDS)
             pipe.expire(events, KEEP_SECONDS)
+            if amount:  # the amount windows read these buckets, not every event (see _redis_amount)
+                buckets = _zkey(metric, dim, key, ":amount")
+                bucket = int(ts // AMOUNT_BUCKET_SECONDS)
+                pipe.hincrby(buckets, str(bucket), amount)
+                pipe.hdel(buckets, str(bucket - AMOUNT_BUCKETS_KEPT))  # the one that just aged out, if any
+                pipe.expire(buckets, AMOUNT_WINDOW_MAX)
             for other_dim, other in row.items():
                 if other and other_dim != dim:
                     others = _zkey(metric, dim, key, f":{other_dim}")
@@ -140,6 +146,15 @@ def _redis_record(metric: str, row: dict, amount: int, at: datetime) -> None:
         pipe.execute()
     except Exception:  # the record is in PostgreSQL; a Redis outage only costs speed
         pass
+
+
+# Amounts over a window are summed from per-bucket totals (a hash per identifier) for the buckets wholly inside the
+# window, plus the events of the one bucket the window starts in: exact, and the work is bounded by the number of
+# buckets and one bucket's events, not by every event of the window (a reseller's day of orders would otherwise be
+# read back on each of its purchases).
+AMOUNT_BUCKET_SECONDS = 300
+AMOUNT_WINDOW_MAX = 24 * 3600  # the longest amount window (features.py)
+AMOUNT_BUCKETS_KEPT = AMOUNT_WINDOW_MAX // AMOUNT_BUCKET_SECONDS + 2
 
 
 def _redis_read(conn, wanted: dict[str, Query], keys: dict, now: datetime) -> dict[str, int]:
@@ -151,14 +166,24 @@ def _redis_read(conn, wanted: dict[str, Query], keys: dict, now: datetime) -> di
         if q.kind == "distinct":
             pipe.zcount(_zkey(q.metric, q.dimension, keys[q.dimension], f":{q.other}"), since, "+inf")
         elif q.kind == "amount":
-            pipe.zrangebyscore(_zkey(q.metric, q.dimension, keys[q.dimension]), since, "+inf")
+            if q.window > AMOUNT_WINDOW_MAX:
+                raise ValueError(f"amount windows are at most {AMOUNT_WINDOW_MAX} s: {name}")
+            first_whole = int((ts - q.window) // AMOUNT_BUCKET_SECONDS) + 1
+            edge_end = first_whole * AMOUNT_BUCKET_SECONDS
+            pipe.zrangebyscore(_zkey(q.metric, q.dimension, keys[q.dimension]), since, f"({edge_end}")
+            pipe.hgetall(_zkey(q.metric, q.dimension, keys[q.dimension], ":amount"))
+            order.append((name, q, first_whole))
+            continue
         else:
             pipe.zcount(_zkey(q.metric, q.dimension, keys[q.dimension]), since, "+inf")
-        order.append((name, q))
+        order.append((name, q, None))
+    answers = iter(pipe.execute())
     out = {}
-    for (name, q), value in zip(order, pipe.execute(), strict=True):
+    for name, q, first_whole in order:
         if q.kind == "amount":
-            out[name] = sum(int(m.rsplit(b":", 1)[1]) for m in value)
+            edge, buckets = next(answers), next(answers)
+            out[name] = (sum(int(m.rsplit(b":", 1)[1]) for m in edge)
+                         + sum(int(total) for bucket, total in buckets.items() if int(bucket) >= first_whole))
         else:
-            out[name] = int(value)
+            out[name] = int(next(answers))
     return out
