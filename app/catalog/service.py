@@ -5,7 +5,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 
 from app.agents.models import Tier
 from app.catalog.models import PriceRule, Product, Supplier, TierPrice
@@ -44,13 +44,15 @@ def price_for(tier: Tier | None, product: Product, at: datetime | None = None) -
         rate_filters.append(PriceRule.tier_id.is_(None))
     else:
         rate_filters.append(or_(PriceRule.tier_id.is_(None), PriceRule.tier_id == tier.id))
-    rule_rates = list(db.session.scalars(select(PriceRule.rate_bp).where(*rate_filters)))
-    rule_rate = min(rule_rates) if rule_rates else 10000
-
+    lowest_rule = select(func.min(PriceRule.rate_bp)).where(*rate_filters).scalar_subquery()
     if tier is None:
-        return apply_rate(product.face_price, rule_rate)
-    override = db.session.scalar(select(TierPrice.price).where(TierPrice.product_id == product.id,
-                                                              TierPrice.tier_id == tier.id))
+        rule_rate = db.session.scalar(select(lowest_rule))
+        return apply_rate(product.face_price, 10000 if rule_rate is None else rule_rate)
+    # the rule and the tier's fixed price in one round trip
+    override_price = select(TierPrice.price).where(TierPrice.product_id == product.id,
+                                                   TierPrice.tier_id == tier.id).scalar_subquery()
+    rule_rate, override = db.session.execute(select(lowest_rule, override_price)).one()
+    rule_rate = 10000 if rule_rate is None else rule_rate
     if override is not None:
         return apply_rate(override, rule_rate)
     return apply_rate(product.face_price, tier.discount_bp, rule_rate)

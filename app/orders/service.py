@@ -229,14 +229,14 @@ def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, n
                   supplier_id=supplier.id,
                   tier_id=agent.tier_id, quantity=qty, face_price=product.face_price, unit_price=unit_price,
                   amount=amount, cost_total=cost_total, service_fee=fee, upline_path=agent.path,
-                  status="pending_payment", channel="wallet", out_trade_no=out_trade_no, account=account,
+                  status="paid", paid_at=utcnow(), channel="wallet", out_trade_no=out_trade_no, account=account,
                   notify_url=notify_url, request_hash=request_hash, api_key_id=api_key_id,
                   discount=quote.discount if quote else 0, coupon_id=quote.coupon.id if quote else None)
     db.session.add(order)
     db.session.flush()
     if quote:
         coupons.redeem(quote, order, coupons.redeemer_for_agent(agent.id))
-    transition(order.id, "paid", current="pending_payment")
+    # Paid from the wallet in this same transaction: the order is born paid (nothing follows pending → paid).
     _after_risk_check(order, agent, event, decision)
     if decision.outcome == "review":
         from app.payments.service import BUYER_FUNDS
@@ -352,14 +352,14 @@ def _place_direct_wallet_order(agent_id, product: Product, quantity, out_trade_n
                   tier_id=agent.tier_id, quantity=qty, face_price=product.face_price, unit_price=unit_price,
                   amount=amount, cost_total=cost_total, service_fee=apply_rate(cost_total,
                                                                                product.supplier.service_fee_bp),
-                  upline_path=agent.path, status="pending_payment", channel="wallet", out_trade_no=out_trade_no,
+                  upline_path=agent.path, status="paid", paid_at=utcnow(), channel="wallet", out_trade_no=out_trade_no,
                   account=account, notify_url=notify_url, request_hash=request_hash, api_key_id=api_key_id,
                   discount=quote.discount if quote else 0, coupon_id=quote.coupon.id if quote else None)
     db.session.add(order)
     db.session.flush()
     if quote:
         coupons.redeem(quote, order, coupons.redeemer_for_agent(agent.id))
-    transition(order.id, "paid", current="pending_payment")
+    # Paid from the wallet in this same transaction: the order is born paid.
     _after_risk_check(order, agent, event, decision)
     # A journal memo is not encrypted: it names the account masked.
     _hold_in_buyer_funds(order, wallet, accounts, f"{product.name} × {qty} 直充 {mask(account)}")
