@@ -63,6 +63,9 @@ def create_app(overrides: dict | None = None) -> Flask:
     from app.outbox import service as outbox
 
     outbox.init_app(app)
+    from app.analytics import service as rollups
+
+    rollups.init_app(app)  # jobs inline: a request's deliveries are folded into the rollups when it ends
     openapi_api.register(app)
     from app.shop import api as shop_api
 

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 
-from flask import current_app, has_app_context
+from flask import current_app, g, has_app_context, has_request_context
 from sqlalchemy import Date, DateTime, bindparam, event, func, select
 from sqlalchemy import text as _text
 
@@ -424,16 +424,40 @@ def _fold_after_commit(session) -> None:
     committing session may not run SQL here). A failure is logged; the next fold picks the rows up."""
     if not session.info.pop(_FOLD_DUE, False) or not has_app_context() or not fold_inline():
         return
+    if has_request_context():
+        # A request folds when it ends (fold_due_after_request), on its own session: its connection is back in
+        # the pool by then. Folding here would take a second connection while this one is held, and as many
+        # concurrent requests as the pool has connections would then wait on each other until the pool times out.
+        g.kameng_rollup_fold_due = True
+        return
     app = current_app._get_current_object()
     with app.app_context():
         try:
-            # Another committer's fold may have taken this row already: then no wait for the fold lock at all.
-            if db.session.scalar(select(RollupPending.id).limit(1)) is not None:
-                fold_orders_all()
-        except Exception:
-            log.exception("inline rollup fold failed; the periodic fold retries")
+            _fold_pending()
         finally:
             db.session.remove()
+
+
+def _fold_pending() -> None:
+    try:
+        # Another committer's fold may have taken this row already: then no wait for the fold lock at all.
+        if db.session.scalar(select(RollupPending.id).limit(1)) is not None:
+            fold_orders_all()
+        else:
+            db.session.rollback()  # end the read's transaction: the connection goes back to the pool
+    except Exception:
+        db.session.rollback()
+        log.exception("inline rollup fold failed; the periodic fold retries")
+
+
+def fold_due_after_request(_exc=None) -> None:
+    """teardown_request: the fold a request's commits asked for (jobs inline), on the request's own session."""
+    if has_app_context() and g.pop("kameng_rollup_fold_due", False):
+        _fold_pending()
+
+
+def init_app(app) -> None:
+    app.teardown_request(fold_due_after_request)
 
 
 # The flag is not cleared on rollback: a savepoint rolled back may leave the row it followed in the transaction,

@@ -146,6 +146,15 @@ def post_journal(key: str, kind: str, lines: list[Line], memo: str | None = None
     # transaction that committed first (PostgreSQL waits for it): then the same content returns that journal
     # and different content is an IdempotencyConflict. No savepoint, no read before the insert.
     conn = db.session.connection()
+    if conn.dialect.name == "postgresql":
+        journal_id = _post_in_one_statement(conn, key, kind, content_hash, memo, order_id, actor_id, lines, accounts)
+        if journal_id is None:
+            previous = _existing(key, content_hash)
+            if previous is None:
+                raise IdempotencyConflict(f"journal {key}: the key is taken but its journal cannot be read")
+            return previous.id
+        _expire_loaded_balances([accounts[ln.account_code][0] for ln in lines if accounts[ln.account_code][1]])
+        return journal_id
     journal_id = conn.execute(
         _insert(Journal).values(idempotency_key=key, kind=kind, content_hash=content_hash, memo=memo,
                                 order_id=order_id, actor_id=actor_id, created_at=utcnow())
@@ -167,6 +176,38 @@ def post_journal(key: str, kind: str, lines: list[Line], memo: str | None = None
     return journal_id
 
 
+# PostgreSQL: the journal, its postings and the cached balances in one round trip. The postings and the balance
+# update read the journal CTE, so when the key was already taken (ON CONFLICT DO NOTHING returns no row) nothing
+# else is written either and the statement returns no row.
+_POST_JOURNAL = text(
+    "WITH j AS (INSERT INTO ledger_journal (idempotency_key, kind, content_hash, memo, order_id, actor_id, created_at)"
+    " VALUES (:key, :kind, :content_hash, :memo, :order_id, :actor_id, :now)"
+    " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id),"
+    " p AS (INSERT INTO ledger_posting (journal_id, account_id, amount, created_at)"
+    " SELECT j.id, t.account_id, t.amount, :now FROM j, unnest(:account_ids, :amounts) AS t(account_id, amount)),"
+    " b AS (UPDATE ledger_account a SET balance = a.balance + d.delta"
+    " FROM j, unnest(:cached_ids, :cached_deltas) AS d(id, delta) WHERE a.id = d.id)"
+    " SELECT id FROM j").bindparams(
+    bindparam("account_ids", type_=ARRAY(Integer)), bindparam("amounts", type_=ARRAY(BigInteger)),
+    bindparam("cached_ids", type_=ARRAY(Integer)), bindparam("cached_deltas", type_=ARRAY(BigInteger)))
+
+
+def _post_in_one_statement(conn, key, kind, content_hash, memo, order_id, actor_id, lines, accounts) -> int | None:
+    cached = [(accounts[ln.account_code][0], ln.amount) for ln in lines if accounts[ln.account_code][1]]
+    return conn.execute(_POST_JOURNAL, {
+        "key": key, "kind": kind, "content_hash": content_hash, "memo": memo, "order_id": order_id,
+        "actor_id": actor_id, "now": utcnow(),
+        "account_ids": [accounts[ln.account_code][0] for ln in lines], "amounts": [ln.amount for ln in lines],
+        "cached_ids": [c[0] for c in cached], "cached_deltas": [c[1] for c in cached]}).scalar()
+
+
+def _expire_loaded_balances(account_ids: list[int]) -> None:
+    for acc_id in account_ids:
+        loaded = db.session.identity_map.get(identity_key(Account, acc_id))
+        if loaded is not None:
+            db.session.expire(loaded, ["balance"])  # an Account object already loaded rereads its balance
+
+
 def _apply_to_cached_balances(conn, changes: list[tuple[int, int]]) -> None:
     """Add each posting to its account's cached balance: one statement for a whole batch on PostgreSQL (a
     settlement journal touches thousands of accounts), one per account elsewhere. The check constraint keeps
@@ -181,10 +222,7 @@ def _apply_to_cached_balances(conn, changes: list[tuple[int, int]]) -> None:
     else:
         for acc_id, amount in changes:
             conn.execute(update(table).where(table.c.id == acc_id).values(balance=table.c.balance + amount))
-    for acc_id, _ in changes:
-        loaded = db.session.identity_map.get(identity_key(Account, acc_id))
-        if loaded is not None:
-            db.session.expire(loaded, ["balance"])  # an Account object already loaded rereads its balance
+    _expire_loaded_balances([acc_id for acc_id, _ in changes])
 
 
 def balance_of(code: str) -> int:
