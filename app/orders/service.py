@@ -282,7 +282,9 @@ def _after_risk_check(order: Order, agent: Agent, event, decision) -> None:
     risk.record("order", event)
     if order.coupon_id:
         risk.record("coupon_order", event)
-    if order.amount:
+    # Most agents hold no unspent top-up: skip the UPDATE then. The row was read before the wallet's lock, so a
+    # top-up committed meanwhile is missed here and stays unspent: the cautious side (it stays unwithdrawable).
+    if order.amount and agent.topup_unspent:
         spend_topup(agent.id, order.amount)
 
 
