@@ -11,3 +11,26 @@ db = SQLA(model_class=Model)
 migrate = Migrate()
 # FAB's own forms carry CSRF tokens; this also guards our custom POST pages (buy, card import).
 csrf = CSRFProtect()
+
+
+def append_engine():
+    """A small autocommit pool beside the request pool, for append-only records that must stay whatever the
+    caller's transaction does (risk decisions, Open API nonces), each one statement. Separate so a request holding
+    its connection never waits for a second one from its own pool (with as many busy requests as connections, it
+    would never come). Asynchronous commit: the caller's own commit flushes the WAL too; only a refused request's
+    record could be lost in a crash in the next fraction of a second. PostgreSQL only."""
+    from flask import current_app
+    from sqlalchemy import create_engine, event
+
+    engines = current_app.extensions.setdefault("kameng_append_engines", {})
+    url = db.engine.url
+    if url not in engines:
+        engine = create_engine(url, pool_size=2, max_overflow=20, pool_recycle=300, isolation_level="AUTOCOMMIT")
+
+        @event.listens_for(engine, "connect")
+        def _asynchronous_commit(dbapi_connection, _record) -> None:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute("SET synchronous_commit TO OFF")
+
+        engines[url] = engine
+    return engines[url]

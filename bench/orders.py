@@ -488,16 +488,15 @@ def count_one_purchase(buyer: Buyer, repeat: int = 200) -> None:
     uses, and its CPU time in this process (the mean of `repeat` purchases)."""
     from sqlalchemy import event
 
-    from app.extensions import db
+    from app.extensions import append_engine, db
     from app.orders.service import place_wallet_order
-    from app.risk.service import _decision_engine
 
     statements: list[str] = []
 
     def seen(_conn, _cursor, statement, _params, _context, _many) -> None:
         statements.append(" ".join(statement.split()[:4]))
 
-    engines = {db.engine, _decision_engine()}
+    engines = {db.engine, append_engine()}
     for engine in engines:
         event.listen(engine, "before_cursor_execute", seen)
     try:

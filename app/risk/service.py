@@ -28,7 +28,7 @@ from sqlalchemy.dialects.postgresql import INET
 from app.chain import service as chain
 from app.clock import business_day_start, to_local, utcnow
 from app.errors import KamengError
-from app.extensions import db
+from app.extensions import append_engine, db
 from app.risk import counters
 from app.risk.features import COUNTERS, EVENT_DEFAULTS, RULE_FEATURES
 from app.risk.identity import digest, mask
@@ -358,10 +358,10 @@ def _store(event: RiskInput, decision: Decision, versions: dict, latency_us: int
            "order_no": event.order_no, "agent_id": event.agent_id, "amount": event.amount or None,
            "latency_us": latency_us, "created_at": utcnow()}
     if db.session.get_bind().dialect.name == "postgresql":
-        # Append-only and independent of the caller's fate: one autocommitted statement on the decisions' own
+        # Append-only and independent of the caller's fate: one autocommitted statement on the append-only
         # pool inserts the decision and its chain record together (hash-chained with it, never without): one
         # round trip.
-        with _decision_engine().connect() as conn:
+        with append_engine().connect() as conn:
             return conn.execute(_STORE_WITH_CHAIN, {
                 **row, "chain_kind": chain.RISK_DECISION, "chain_digest": chain.content_digest(chain.risk_content(row)),
                 "chain_at": utcnow()}).scalar_one()
@@ -382,27 +382,6 @@ _STORE_WITH_CHAIN = text(
     "c AS (INSERT INTO chain_record (kind, source_key, content_digest, created_at) "
     "SELECT :chain_kind, CAST(d.id AS text), :chain_digest, :chain_at FROM d) "
     "SELECT id FROM d")
-
-
-def _decision_engine():
-    """Decisions are written on their own small pool: a request holding its own connection never waits for a
-    second one from the request pool (which, with as many busy threads as connections, would never come).
-    Autocommit, and asynchronous commit: the caller's own commit (the order) flushes the WAL too; only a refused
-    request's decision could be lost in a crash in the next fraction of a second."""
-    engines = current_app.extensions.setdefault("kameng_risk_engines", {})
-    url = db.engine.url
-    if url not in engines:
-        from sqlalchemy import create_engine, event
-
-        engine = create_engine(url, pool_size=2, max_overflow=20, pool_recycle=300, isolation_level="AUTOCOMMIT")
-
-        @event.listens_for(engine, "connect")
-        def _asynchronous_commit(dbapi_connection, _record) -> None:
-            with dbapi_connection.cursor() as cursor:
-                cursor.execute("SET synchronous_commit TO OFF")
-
-        engines[url] = engine
-    return engines[url]
 
 
 def attach_order(decision_id: int | None, order_no: str) -> None:
