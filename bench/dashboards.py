@@ -37,7 +37,7 @@ from urllib.parse import urlencode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, database_url, percentile, recreate_database, sqlalchemy_url  # noqa: E402
-from orders import Gunicorn, _csrf_from, _merge_cookies, _request  # noqa: E402
+from orders import _csrf_from, _merge_cookies, _request, bench_server  # noqa: E402
 
 PASSWORD = "bench-pass-123"
 DASHBOARDS = ("gmv", "products", "agents", "profiles", "money")  # dashboards.DASHBOARDS' slugs
@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # The demo (or its first run) created every permission: workers skip FAB's sync, start faster, write nothing.
     os.environ["FAB_UPDATE_PERMS"] = "False"
-    server = Gunicorn(args.workers, Path("/tmp/kameng-bench-dashboards-gunicorn.log"))
+    server = bench_server(args.workers, Path("/tmp/kameng-bench-dashboards-gunicorn.log"))
     results: list[Measure] = []
     try:
         server.wait_ready(timeout=300)  # a loaded 2-core machine imports the app slowly

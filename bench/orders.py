@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import os
 import re
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -34,10 +31,9 @@ from urllib.parse import urlencode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    ROOT,
+    Gunicorn,
     database_url,
     ensure_stock,
-    free_port,
     make_app,
     migrate,
     percentile,
@@ -245,48 +241,10 @@ def _csrf_from(html: str) -> str:
     return value.group(1)
 
 
-class Gunicorn:
-    def __init__(self, workers: int, log_path: Path):
-        self.port = free_port()
-        self.log_path = log_path
-        env = dict(os.environ)
-        env.update({
-            "FAB_CREATE_DB": "False",  # the schema and roles exist; workers only start up
-            # 16 bench agents log in from one address within seconds; the login limit is not what we measure.
-            "AUTH_RATE_LIMIT": "100000 per minute",
-            "PYTHONUNBUFFERED": "1",
-        })
-        self.log = open(log_path, "w")  # noqa: SIM115 (closed in stop())
-        self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "gunicorn"), "--workers", str(workers), "--worker-class", "sync",
-             "--bind", f"127.0.0.1:{self.port}", "--log-level", "warning", "--timeout", "60", "run:app"],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"gunicorn exited with {self.proc.returncode}; see {self.log_path}")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-                conn.request("GET", "/login/")
-                if conn.getresponse().status == 200:
-                    conn.close()
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise SystemExit(f"gunicorn did not answer within {timeout} s; see {self.log_path}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # the master stops its own workers
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+def bench_server(workers: int, log_path: Path) -> Gunicorn:
+    """The app under gunicorn (common.Gunicorn), ready once its login page answers; the login limit is raised: the
+    bench's agents log in from one address within seconds, and that limit is not what we measure."""
+    return Gunicorn(workers, log_path, env={"AUTH_RATE_LIMIT": "100000 per minute"}, ready_path="/login/")
 
 
 def _request(port: int, method: str, path: str, body: str | None = None, cookie: str | None = None):
@@ -414,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
             run("service", c, service_calls(app, buyers))
 
     if "http" in modes:
-        server = Gunicorn(args.workers, Path("/tmp/kameng-bench-gunicorn.log"))
+        server = bench_server(args.workers, Path("/tmp/kameng-bench-gunicorn.log"))
         try:
             server.wait_ready()
             sessions = [login_session(server.port, b.username) for b in buyers]

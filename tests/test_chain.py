@@ -522,10 +522,9 @@ def test_verify_on_an_empty_database(app):
     assert result.exit_code == 0 and "chain ok: 0 record(s) checked" in result.output
 
 
+@pytest.mark.postgres_only  # the sealer's advisory lock
 def test_openapi_client_buys_are_answered_before_the_seal(app, world):
     """Appending is an insert: a delivery does not wait for the sealer (held here by another transaction)."""
-    if db.session.get_bind().dialect.name != "postgresql":
-        pytest.skip("advisory locks are PostgreSQL's")
     with db.engine.connect() as holder:
         holder.execute(select(func.pg_advisory_lock(*chain.SEAL_LOCK)))
         try:
