@@ -36,7 +36,9 @@ from app.orders.models import Order
 from app.outbox import service as outbox
 from app.risk import agents as risk_agents
 
-# The only allowed moves. Card orders paid from the wallet go paid -> delivered in one transaction.
+# The only allowed moves. An order is created pending_payment (storefront: a channel pays it later) or paid (wallet:
+# charged in the transaction that creates it); card orders paid from the wallet go paid -> delivered in that same
+# transaction.
 TRANSITIONS: dict[str, set[str]] = {
     "pending_payment": {"paid", "closed"},
     "paid": {"delivering", "delivered", "failed", "refunded", "reviewing"},
