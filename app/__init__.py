@@ -18,8 +18,8 @@ def create_app(overrides: dict | None = None) -> Flask:
     logging.getLogger("flask_appbuilder").setLevel(logging.WARNING)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     if app.config.get("KAMENG_ENV") != "development" and app.config.get("OUTBOUND_ALLOW_PRIVATE"):
-        logging.getLogger(__name__).warning("OUTBOUND_ALLOW_PRIVATE is on outside development: callbacks and adapters may "
-                                            "reach loopback and private addresses (app/outbound.py)")
+        logging.getLogger(__name__).warning("OUTBOUND_ALLOW_PRIVATE is on outside development: callbacks and "
+                                            "adapters may reach loopback and private addresses (app/outbound.py)")
 
     from app import models  # noqa: F401  (every table registered before FAB and Alembic look)
     from app.extensions import csrf, db, migrate
