@@ -80,9 +80,10 @@ def create_app(overrides: dict | None = None) -> Flask:
 
     chain_views.register(app)  # /trust/: the public head hashes of the tamper-evident records
 
-    from app import headers
+    from app import cache, headers
 
     headers.init_app(app)
+    app.before_request(cache.forget_unit)  # each request reads the cache version afresh (app.cache)
 
     from app.cli import kameng_cli
     app.cli.add_command(kameng_cli)

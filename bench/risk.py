@@ -436,7 +436,6 @@ def build_data(day: Day, active_rules: int = 50) -> dict:
     from app.risk import lists
     from app.risk.default_rules import install_defaults, version_of
     from app.risk.models import RiskRule
-    from app.risk.service import forget_rules
 
     ledger.ensure_platform_accounts()
     tiers = []
@@ -477,7 +476,6 @@ def build_data(day: Day, active_rules: int = 50) -> dict:
         db.session.flush()
         db.session.add(version_of(rule))
     db.session.commit()
-    forget_rules()
     active = db.session.query(RiskRule).filter(RiskRule.status == "active").count()
     return {"product": product, "agents": agent_rows, "active_rules": active}
 

@@ -30,7 +30,6 @@ from app.risk import agents as risk_agents
 from app.risk import lists, reviews
 from app.risk.default_rules import install_defaults
 from app.risk.models import RiskDecision
-from app.risk.service import forget_rules
 from tests import supplier_sim_helpers
 from tests.network_helpers import bank_card, id_number, idv_provider, verify
 from tests.openapi_helpers import assert_error, new_key, signed_call
@@ -47,14 +46,11 @@ BUYER_FUNDS = "platform:buyer_funds"
 
 @pytest.fixture(autouse=True)
 def _fresh_rules():
-    """The rule caches are per process and compiled rules are keyed by (rule id, version): ids restart with every
-    test's clean tables, so neither this test's rules nor another's may outlive the test."""
+    """Compiled rules are kept per process: neither this test's rules nor another's may outlive the test."""
     from app.risk import service
 
-    forget_rules()
     service._COMPILED.clear()
     yield
-    forget_rules()
     service._COMPILED.clear()
 
 
@@ -69,7 +65,6 @@ def _rule(name: str, events: str, expression: str, action: str = "review") -> No
     db.session.flush()
     db.session.add(version_of(rule))
     db.session.commit()
-    forget_rules()
 
 
 def _count(model) -> int:

@@ -63,9 +63,6 @@ def traffic(app, f, client):
     h.db.session.add(RiskRule(name="every_checkout", events="*", expression="amount > 0", action="review",
                               score=0, reason="影子：每单都命中", status="shadow"))
     h.db.session.commit()
-    from app.risk.service import forget_rules
-
-    forget_rules()
     allowed = [_checkout(client, product, contact=f"1390000000{i}", device=f"dev-ok-{i}") for i in range(3)]
     assert [r.status_code for r in allowed] == [201] * 3
     blocked = [_checkout(client, product, ip="198.51.100.7", device="=1+2+cmd|' /C calc'!A0") for _ in range(2)]

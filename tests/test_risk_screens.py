@@ -179,7 +179,8 @@ def test_saving_a_rule_bumps_its_version_and_shadow_hits_are_counted(app, db, f)
                                                                       (2, "amount >= 200", "active")]
     [updated] = audits(db, "risk_rule.update")
     assert '"version": 2' in updated.new_value
-    # active now: the running process sees the new version at once (forget_rules), and the next checkout is held
+    # active now: the running process sees the new version at once (the rule table's trigger moved the cache
+    # version), and the next checkout is held
     r = _checkout(app.test_client(), product)
     order = db.session.scalar(select(Order).where(Order.order_no == r.get_json()["order_no"]))
     assert order.risk_hold

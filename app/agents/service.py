@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import select
 
+from app import cache
 from app.agents.errors import AgentError, InvalidParent
 from app.agents.models import Agent, Tier
 from app.audit import service as audit
@@ -13,6 +16,60 @@ from app.extensions import db
 from app.ledger import service as ledger
 from app.ledger.service import Line, agent_account_code
 from app.money import format_fen
+
+
+@dataclass(frozen=True)
+class TierFacts:
+    """What a purchase needs of a tier, as an immutable value (app.cache keeps it)."""
+    id: int
+    discount_bp: int
+    daily_limit: int
+    risk_order_limit: int | None
+    risk_daily_limit: int | None
+
+
+@dataclass(frozen=True)
+class AgentFacts:
+    """What a purchase needs of an agent: its tier, upline path, login (matched against risk lists), standing."""
+    id: int
+    active: bool
+    risk_hold: bool
+    tier_id: int
+    path: str
+    user_id: int | None
+    login: str | None
+    created_at: datetime | None
+    topup_unspent: int
+    tier: TierFacts
+
+
+def agent_facts(agent_id: int) -> AgentFacts | None:
+    """The agent's purchase facts (cached until agents, tiers or logins change), or None for an unknown id."""
+    return cache.fetch("agent", agent_id, lambda: _load_agent_facts(agent_id))
+
+
+def _load_agent_facts(agent_id: int) -> AgentFacts | None:
+    from flask_appbuilder.security.sqla.models import User
+
+    row = db.session.execute(
+        select(Agent.id, Agent.active, Agent.risk_hold, Agent.tier_id, Agent.path, Agent.user_id, User.username,
+               Agent.created_at, Agent.topup_unspent, Tier.id, Tier.discount_bp, Tier.daily_limit,
+               Tier.risk_order_limit, Tier.risk_daily_limit)
+        .join(Tier, Tier.id == Agent.tier_id).outerjoin(User, User.id == Agent.user_id)
+        .where(Agent.id == agent_id)).first()
+    if row is None:
+        return None
+    return AgentFacts(*row[:9], tier=TierFacts(*row[9:]))
+
+
+def tier_facts(tier_id: int) -> TierFacts | None:
+    return cache.fetch("tier", tier_id, lambda: _load_tier_facts(tier_id))
+
+
+def _load_tier_facts(tier_id: int) -> TierFacts | None:
+    row = db.session.execute(select(Tier.id, Tier.discount_bp, Tier.daily_limit, Tier.risk_order_limit,
+                                    Tier.risk_daily_limit).where(Tier.id == tier_id)).first()
+    return TierFacts(*row) if row is not None else None
 
 
 def create_agent(name: str, tier_id: int, parent_id: int | None = None, user_id: int | None = None,

@@ -8,8 +8,9 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
 from app import crypto
@@ -225,12 +226,15 @@ def allocate(order_id: int, product_id: int, quantity: int) -> list[int]:
         # hold); the UPDATE sells them only if it got them all, else changes nothing and returns no row.
         picked = pick.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
         table = CardSecret.__table__
-        ids = sorted(db.session.connection().scalars(
+        sold = db.session.connection().execute(
             update(table).where(table.c.id.in_(select(picked.c.id)),
                                 select(func.count()).select_from(picked).scalar_subquery() == quantity)
-            .values(status="sold", order_id=order_id, sold_at=now).returning(table.c.id)))
-        if len(ids) < quantity:
+            .values(status="sold", order_id=order_id, sold_at=now).returning(table.c.id, table.c.secret_hash)).all()
+        if len(sold) < quantity:
             raise OutOfStock("库存不足 (out of stock)")
+        ids = sorted(secret_id for secret_id, _ in sold)
+        # The delivery's chain record hashes these (app.chain.append_delivery): kept for it, saving a re-read.
+        db.session.info.setdefault("allocated_hashes", {})[order_id] = [h for _, h in sorted(sold)]
         for secret_id in ids:  # a CardSecret object already loaded in this session rereads its new state
             loaded = db.session.identity_map.get(identity_key(CardSecret, secret_id))
             if loaded is not None:
@@ -289,3 +293,12 @@ def scan_low_stock() -> dict:
             alert.available = available
     db.session.commit()
     return {"raised": raised, "resolved": resolved, "open": len(open_alerts) + raised - resolved}
+
+
+def _forget_allocated(session, *_args) -> None:
+    session.info.pop("allocated_hashes", None)
+
+
+# What allocate() kept for the delivery's chain record lives only as long as its transaction.
+event.listen(Session, "after_commit", _forget_allocated)
+event.listen(Session, "after_soft_rollback", _forget_allocated)

@@ -5,10 +5,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import or_, select
 
+from app import cache
 from app.agents.models import Tier
-from app.catalog.models import PriceRule, Product, Supplier, TierPrice
+from app.catalog.models import PRODUCT_KINDS, PriceRule, Product, Supplier, TierPrice
 from app.clock import utcnow
 from app.extensions import db
 from app.ledger import service as ledger
@@ -31,30 +32,75 @@ def platform_supplier() -> Supplier:
     return supplier
 
 
-def price_for(tier: Tier | None, product: Product, at: datetime | None = None) -> int:
+@dataclass(frozen=True)
+class ProductFacts:
+    """What an order needs of a product and its supplier, as an immutable value (app.cache keeps it)."""
+    id: int
+    name: str
+    kind: str
+    active: bool
+    face_price: int
+    cost: int
+    max_per_order: int
+    supplier_id: int
+    service_fee_bp: int  # the supplier's fee on cost
+
+    def kind_display(self) -> str:
+        return PRODUCT_KINDS.get(self.kind, self.kind)
+
+
+def product_facts(product_id: int) -> ProductFacts | None:
+    """The product's order facts (cached until the catalogue changes), or None for an unknown id."""
+    return cache.fetch("product", product_id, lambda: _load_product_facts(product_id))
+
+
+def _load_product_facts(product_id: int) -> ProductFacts | None:
+    row = db.session.execute(
+        select(Product.id, Product.name, Product.kind, Product.active, Product.face_price, Product.cost,
+               Product.max_per_order, Product.supplier_id, Supplier.service_fee_bp)
+        .join(Supplier, Supplier.id == Product.supplier_id).where(Product.id == product_id)).first()
+    return ProductFacts(*row) if row is not None else None
+
+
+@dataclass(frozen=True)
+class PriceTerms:
+    """A product's pricing inputs for one tier (or the public, tier None): the tier's fixed price if set, and the
+    active time-bounded rules that can apply to it as (starts_at, ends_at, rate_bp)."""
+    override: int | None
+    rules: tuple[tuple[datetime, datetime, int], ...]
+
+
+def price_terms(product_id: int, tier_id: int | None) -> PriceTerms:
+    return cache.fetch("price", (product_id, tier_id), lambda: _load_price_terms(product_id, tier_id))
+
+
+def _load_price_terms(product_id: int, tier_id: int | None) -> PriceTerms:
+    tiers = PriceRule.tier_id.is_(None) if tier_id is None else or_(PriceRule.tier_id.is_(None),
+                                                                      PriceRule.tier_id == tier_id)
+    rules = select(PriceRule.starts_at, PriceRule.ends_at, PriceRule.rate_bp).where(
+        PriceRule.product_id == product_id, PriceRule.active.is_(True), tiers)
+    if tier_id is None:
+        return PriceTerms(None, tuple(tuple(r) for r in db.session.execute(rules)))
+    override = db.session.scalar(select(TierPrice.price).where(TierPrice.product_id == product_id,
+                                                                TierPrice.tier_id == tier_id))
+    return PriceTerms(override, tuple(tuple(r) for r in db.session.execute(rules)))
+
+
+def price_for(tier: Tier | None, product, at: datetime | None = None) -> int:
     """An agent's unit price for a product now, in fen. With no tier: the public (face) price.
 
     Base: the tier's fixed price for the product if set, else face price × tier discount.
     Then the lowest active time-bounded rule for this tier (or for all tiers) applies. Floored once.
+    `tier` and `product`: the rows or their cached facts (anything with id, discount_bp / face_price).
     """
     at = at or utcnow()
-    rate_filters = [PriceRule.product_id == product.id, PriceRule.active.is_(True),
-                    PriceRule.starts_at <= at, PriceRule.ends_at > at]
+    terms = price_terms(product.id, tier.id if tier is not None else None)
+    rates = [rate for starts, ends, rate in terms.rules if starts <= at < ends]
+    rule_rate = min(rates) if rates else 10000
     if tier is None:
-        rate_filters.append(PriceRule.tier_id.is_(None))
-    else:
-        rate_filters.append(or_(PriceRule.tier_id.is_(None), PriceRule.tier_id == tier.id))
-    lowest_rule = select(func.min(PriceRule.rate_bp)).where(*rate_filters).scalar_subquery()
-    if tier is None:
-        rule_rate = db.session.scalar(select(lowest_rule))
-        return apply_rate(product.face_price, 10000 if rule_rate is None else rule_rate)
-    # the rule and the tier's fixed price in one round trip
-    override_price = select(TierPrice.price).where(TierPrice.product_id == product.id,
-                                                   TierPrice.tier_id == tier.id).scalar_subquery()
-    rule_rate, override = db.session.execute(select(lowest_rule, override_price)).one()
-    rule_rate = 10000 if rule_rate is None else rule_rate
-    if override is not None:
-        return apply_rate(override, rule_rate)
+        return apply_rate(product.face_price, rule_rate)
+    if terms.override is not None:
+        return apply_rate(terms.override, rule_rate)
     return apply_rate(product.face_price, tier.discount_bp, rule_rate)
 
 

@@ -139,7 +139,10 @@ def append_delivery(order_id: int, order_no: str, amount: int, product_id: int, 
                     delivered_at: datetime) -> None:
     """The delivery of an order, from the values its transition to `delivered` just wrote (its card secrets are
     allocated before that transition on every path)."""
-    hashes = db.session.scalars(select(CardSecret.secret_hash).where(CardSecret.order_id == order_id)).all()
+    hashes = db.session.info.get("allocated_hashes", {}).pop(order_id, None)  # allocated in this transaction
+    if hashes is None:
+        hashes = db.session.scalars(select(CardSecret.secret_hash).where(CardSecret.order_id == order_id)
+                                    .order_by(CardSecret.id)).all()
     contact = db.session.get(Order, order_id).contact if agent_id is None else None
     _append(DELIVERY, order_no, content_digest(delivery_content(order_no, amount, product_id, agent_id, contact,
                                                                 hashes, delivered_at)))

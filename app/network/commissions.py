@@ -26,6 +26,7 @@ from datetime import timedelta
 from flask import current_app
 from sqlalchemy import func, insert, select, update
 
+from app import cache
 from app.agents.models import Agent, Tier
 from app.clock import utcnow
 from app.extensions import db
@@ -67,6 +68,10 @@ def beneficiaries(upline_path: str | None) -> list[Beneficiary]:
     ids = upline_ids(upline_path)[:levels]
     if not ids:
         return []
+    return list(cache.fetch("beneficiaries", tuple(ids), lambda: tuple(_load_beneficiaries(ids))))
+
+
+def _load_beneficiaries(ids: list[int]) -> list[Beneficiary]:
     rows = db.session.execute(
         select(Agent.id, Agent.active, Tier.direct_commission_bp, Tier.indirect_commission_bp, Tier.settle_days)
         .join(Tier, Tier.id == Agent.tier_id).where(Agent.id.in_(ids))).all()

@@ -8,16 +8,19 @@ import logging
 import re
 import secrets
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlsplit
 
+from flask import current_app
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from app import crypto
+from app import cache, crypto
 from app.agents.models import Agent
+from app.agents.service import AgentFacts, agent_facts
 from app.catalog import cards
-from app.catalog.models import Product
+from app.catalog.service import product_facts
 from app.clock import utcnow
 from app.errors import Forbidden, KamengError, NotFound, ValidationError
 from app.extensions import db
@@ -86,8 +89,32 @@ def key_secret(key: ApiKey) -> str:
 
 # --- authentication -----------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class CallerKey:
+    """An API key as authentication needs it (app.cache keeps it: the secret is decrypted once per process)."""
+    id: int
+    agent_id: int
+    app_key: str
+    active: bool
+    secret: str
+    networks: tuple  # the IP allow-list as ip_network objects; empty = any address
+
+
+def _caller_key(app_key: str) -> CallerKey | None:
+    return cache.fetch("api_key", app_key, lambda: _load_caller_key(app_key))
+
+
+def _load_caller_key(app_key: str) -> CallerKey | None:
+    row = db.session.execute(select(ApiKey.id, ApiKey.agent_id, ApiKey.app_key, ApiKey.active, ApiKey.secret_enc,
+                                    ApiKey.ip_allowlist).where(ApiKey.app_key == app_key)).first()
+    if row is None:
+        return None
+    networks = tuple(ipaddress.ip_network(net) for net in row.ip_allowlist.split(",")) if row.ip_allowlist else ()
+    return CallerKey(row.id, row.agent_id, row.app_key, row.active, crypto.decrypt(row.secret_enc), networks)
+
+
 def authenticate(method: str, path: str, headers, body: bytes, remote_addr: str | None,
-                 raw_path: str | None = None) -> ApiKey:
+                 raw_path: str | None = None) -> CallerKey:
     """Verify a signed request; any failure is Unauthorized (401). Checks are ordered so that an unsigned
     request cannot burn a legitimate caller's nonce.
 
@@ -103,30 +130,41 @@ def authenticate(method: str, path: str, headers, body: bytes, remote_addr: str 
         raise Unauthorized("X-Timestamp is not within 300 seconds of the server's clock")
     if not NONCE.fullmatch(nonce):
         raise Unauthorized("X-Nonce must be 16 to 64 printable characters")
-    key = db.session.scalar(select(ApiKey).where(ApiKey.app_key == app_key[:40]))
-    if key is None or not key.active:
-        raise Unauthorized("unknown or revoked app key")
-    if not _address_allowed(key, remote_addr):
-        raise Unauthorized("caller address is not in this key's IP allow-list")
-    secret = key_secret(key)
     paths = [path] + ([raw_path] if raw_path and raw_path != path else [])
-    if not any(signing.signature_matches(signing.sign(secret, method, p, timestamp, nonce, body), signature)
-               for p in paths):
-        raise Unauthorized("bad signature")
+    # The key as this process last knew it (no round trip); confirmed against the version the nonce's statement
+    # reads, and checked again from a fresh read when that differs (a key revoked meanwhile is refused).
+    key, seen = cache.peek("api_key", app_key[:40])
+    if key is cache.MISSING:
+        key, seen = _caller_key(app_key[:40]), cache.unit_version()
+    _check_key(key, remote_addr, paths, method, timestamp, nonce, body, signature)
     if not _remember_nonce(key.app_key, nonce):
         raise Unauthorized("nonce already used")
+    if cache.unit_version() != seen:
+        key = _caller_key(app_key[:40])
+        _check_key(key, remote_addr, paths, method, timestamp, nonce, body, signature)
     _touch(key)
     return key
 
 
-def _address_allowed(key: ApiKey, remote_addr: str | None) -> bool:
-    if not key.ip_allowlist:
+def _check_key(key: CallerKey | None, remote_addr: str | None, paths: list[str], method: str, timestamp: str,
+               nonce: str, body: bytes, signature: str) -> None:
+    if key is None or not key.active:
+        raise Unauthorized("unknown or revoked app key")
+    if not _address_allowed(key, remote_addr):
+        raise Unauthorized("caller address is not in this key's IP allow-list")
+    if not any(signing.signature_matches(signing.sign(key.secret, method, p, timestamp, nonce, body), signature)
+               for p in paths):
+        raise Unauthorized("bad signature")
+
+
+def _address_allowed(key: CallerKey, remote_addr: str | None) -> bool:
+    if not key.networks:
         return True
     try:
         address = ipaddress.ip_address(remote_addr or "")
     except ValueError:
         return False
-    return any(address in ipaddress.ip_network(net) for net in key.ip_allowlist.split(","))
+    return any(address in network for network in key.networks)
 
 
 def _remember_nonce(app_key: str, nonce: str) -> bool:
@@ -134,15 +172,18 @@ def _remember_nonce(app_key: str, nonce: str) -> bool:
 
     The database is the one store: a unique (app_key, nonce) row. A nonce kept only in Redis could be replayed
     while Redis is down (a fallback store has never seen it) or after Redis lost its data; one INSERT per signed
-    call is cheap next to the call itself, and the nonce-purge job keeps the table to the last 10 minutes."""
+    call is cheap next to the call itself, and the nonce-purge job keeps the table to the last 10 minutes.
+    On PostgreSQL the same statement reads the cache version the rest of the request reads under (app.cache)."""
     if db.session.get_bind().dialect.name == "postgresql":
         # One autocommitted statement beside the request's transaction (which it leaves alone: nothing loaded in
         # it is expired by a commit).
         from app.extensions import append_engine
 
         with append_engine().connect() as conn:
-            return conn.execute(_REMEMBER_NONCE, {"app_key": app_key, "nonce": nonce, "now": utcnow()}).first() \
-                is not None
+            fresh, version = conn.execute(_REMEMBER_NONCE, {"app_key": app_key, "nonce": nonce,
+                                                            "now": utcnow()}).one()
+        cache.observe(version)
+        return bool(fresh)
     try:
         with db.session.begin_nested():
             db.session.add(ApiNonce(app_key=app_key, nonce=nonce))
@@ -153,8 +194,9 @@ def _remember_nonce(app_key: str, nonce: str) -> bool:
         return False
 
 
-_REMEMBER_NONCE = text("INSERT INTO api_nonce (app_key, nonce, created_at) VALUES (:app_key, :nonce, :now) "
-                       "ON CONFLICT (app_key, nonce) DO NOTHING RETURNING id")
+_REMEMBER_NONCE = text("WITH n AS (INSERT INTO api_nonce (app_key, nonce, created_at) VALUES (:app_key, :nonce, :now) "
+                       "ON CONFLICT (app_key, nonce) DO NOTHING RETURNING id) "
+                       "SELECT EXISTS (SELECT 1 FROM n), (SELECT version FROM cache_version WHERE id = 1)")
 
 
 def purge_nonces() -> int:
@@ -165,10 +207,13 @@ def purge_nonces() -> int:
     return result.rowcount or 0
 
 
-def _touch(key: ApiKey) -> None:
-    now = utcnow()
-    if key.last_used_at is None or now - key.last_used_at > timedelta(seconds=60):
-        db.session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
+def _touch(key: CallerKey) -> None:
+    """A key's last use, written at most once a minute per process (the screen shows it to the minute)."""
+    touched = current_app.extensions.setdefault("kameng_keys_touched", {})  # key id -> monotonic time
+    now = time.monotonic()
+    if now - touched.get(key.id, -1e9) > 60:
+        touched[key.id] = now
+        db.session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=utcnow()))
         db.session.commit()
 
 
@@ -225,7 +270,7 @@ def request_hash(cleaned: dict) -> str:
     return hashlib.sha256(json.dumps(cleaned, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def create_order(key: ApiKey, payload, ip: str | None = None) -> tuple[Order, bool]:
+def create_order(key: CallerKey, payload, ip: str | None = None) -> tuple[Order, bool]:
     """Place a wallet-paid order, idempotent per (agent, out_trade_no). Returns (order, created).
 
     Risk control (event openapi_order) decides before anything is written: a block is 403 risk_blocked /
@@ -236,7 +281,7 @@ def create_order(key: ApiKey, payload, ip: str | None = None) -> tuple[Order, bo
     existing = _existing(key.agent_id, cleaned["out_trade_no"], digest)
     if existing is not None:
         return existing, False
-    product = db.session.get(Product, cleaned["product_id"]) if 0 < cleaned["product_id"] < 2 ** 31 else None
+    product = product_facts(cleaned["product_id"]) if 0 < cleaned["product_id"] < 2 ** 31 else None
     if product is not None and product.kind == "direct" and not cleaned["account"]:
         raise ValidationError("account is required for direct top-up products")
     try:
@@ -280,18 +325,19 @@ def find_order(agent_id: int, order_no: str | None = None, out_trade_no: str | N
 
 
 def order_json(order: Order, with_secrets: bool = True) -> dict:
+    product = product_facts(order.product_id)
     data = {
         "order_no": order.order_no, "out_trade_no": order.out_trade_no, "product_id": order.product_id,
-        "product_name": order.product.name, "kind": order.product.kind, "quantity": order.quantity,
+        "product_name": product.name, "kind": product.kind, "quantity": order.quantity,
         "unit_price": order.unit_price, "amount": order.amount, "currency": "CNY", "status": order.status,
         "account": order.account, "created_at": _iso(order.created_at), "paid_at": _iso(order.paid_at),
         "delivered_at": _iso(order.delivered_at),
     }
-    if order.product.kind == "direct":
+    if product.kind == "direct":
         data["upstream_status"] = order.upstream_status
-    if with_secrets and order.product.kind in ("card", "direct"):
+    if with_secrets and product.kind in ("card", "direct"):
         secrets = cards.reveal(order.id) if order.status in ("delivered", "disputed") else []
-        if order.product.kind == "card" or secrets:  # a direct top-up has secrets only when docking a card product
+        if product.kind == "card" or secrets:  # a direct top-up has secrets only when docking a card product
             data["card_secrets"] = secrets
     return data
 
@@ -308,8 +354,8 @@ def products_for(agent: Agent) -> list[dict]:
             for o in offers_for(agent)]
 
 
-def caller_agent(key: ApiKey) -> Agent:
-    agent = db.session.get(Agent, key.agent_id)
+def caller_agent(key: CallerKey) -> AgentFacts:
+    agent = agent_facts(key.agent_id)
     if agent is None or not agent.active:
         raise Forbidden("agent disabled")
     return agent

@@ -5,15 +5,14 @@ import secrets as pyrandom
 from dataclasses import dataclass
 
 from sqlalchemy import case, func, select, update
-from sqlalchemy.orm import joinedload
 from sqlalchemy.orm.util import identity_key
 
 from app.agents.errors import AgentInactive
 from app.agents.models import Agent
+from app.agents.service import AgentFacts, agent_facts
 from app.catalog import cards
 from app.catalog.errors import ProductUnavailable
-from app.catalog.models import Product
-from app.catalog.service import price_for
+from app.catalog.service import ProductFacts, price_for, product_facts
 from app.chain import service as chain
 from app.clock import business_day_start, utcnow
 from app.crypto import mask
@@ -109,7 +108,7 @@ def new_order_no() -> str:
     return utcnow().strftime("%y%m%d") + f"{pyrandom.randbelow(10 ** 12):012d}"
 
 
-def _validate_quantity(quantity: object, product: Product) -> int:
+def _validate_quantity(quantity: object, product: ProductFacts) -> int:
     if isinstance(quantity, int) and not isinstance(quantity, bool):
         qty = quantity
     elif isinstance(quantity, str) and quantity.strip().isdecimal():  # isdigit() admits '²', which int() refuses
@@ -123,7 +122,7 @@ def _validate_quantity(quantity: object, product: Product) -> int:
     return qty
 
 
-def _load_product(product_id: object) -> Product:
+def _load_product(product_id: object) -> ProductFacts:
     # Only an int or a digit string names a product: int(1.5) or int(True) would silently pick product 1.
     if isinstance(product_id, bool) or not isinstance(product_id, int | str):
         raise ProductUnavailable("商品不存在 (unknown product)")
@@ -133,13 +132,13 @@ def _load_product(product_id: object) -> Product:
         raise ProductUnavailable("商品不存在 (unknown product)") from None
     if not 0 < pid < 2 ** 31:  # beyond the id column's range: SQLite overflows, PostgreSQL compares as numeric
         raise ProductUnavailable("商品不存在 (unknown product)")
-    product = db.session.get(Product, pid, options=[joinedload(Product.supplier)])
+    product = product_facts(pid)
     if product is None or not product.active:
         raise ProductUnavailable("商品不存在或已下架 (product not found or not on sale)")
     return product
 
 
-def _check_daily_limit(agent: Agent, amount: int) -> None:
+def _check_daily_limit(agent: AgentFacts, amount: int) -> None:
     limit = agent.tier.daily_limit
     if not limit:
         return
@@ -149,6 +148,15 @@ def _check_daily_limit(agent: Agent, amount: int) -> None:
     if spent + amount > limit:
         raise DailyLimitExceeded(f"超出今日采购限额 {format_fen(limit)}（今日已采购 {format_fen(spent)}）"
                                  f" (daily purchase limit exceeded)")
+
+
+def _load_agent(agent_id: int) -> AgentFacts:
+    """The buying agent's facts (tier, path, login), refused when it is disabled or held by risk control."""
+    agent = agent_facts(agent_id)
+    if agent is None or not agent.active:
+        raise AgentInactive("代理不存在或已停用 (agent not found or disabled)")
+    risk_agents.check_not_held(agent)
+    return agent
 
 
 @dataclass(frozen=True)
@@ -195,15 +203,9 @@ def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, n
         raise UnsupportedProductKind(f"「{product.name}」为{product.kind_display()}商品，暂不支持钱包直接下单"
                                      " (card and direct top-up products only)")
     qty = _validate_quantity(quantity, product)
-    # the tier prices the order, the login is matched against the risk lists: one statement for all three
-    agent = db.session.get(Agent, agent_id, options=[joinedload(Agent.tier), joinedload(Agent.user)])
-    if agent is None or not agent.active:
-        raise AgentInactive("代理不存在或已停用 (agent not found or disabled)")
-    risk_agents.check_not_held(agent)
-    supplier = product.supplier
-
+    agent = _load_agent(agent_id)
     wallet = agent_account_code(agent.id, "wallet")
-    payable = supplier_account_code(supplier.id)
+    payable = supplier_account_code(product.supplier_id)
     # Lock the buyer's wallet and its commission beneficiaries' pending accounts in one ascending-id lock (the
     # only rows locked per order), then check limits under it.
     plan = commissions.beneficiaries(agent.path)
@@ -226,9 +228,9 @@ def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, n
     event, decision = _risk_check(agent, amount, qty, bool(quote), risk_ctx, order_no)
 
     cost_total = product.cost * qty
-    fee = apply_rate(cost_total, supplier.service_fee_bp)
+    fee = apply_rate(cost_total, product.service_fee_bp)
     order = Order(order_no=order_no, risk_decision_id=decision.id, agent_id=agent.id, product_id=product.id,
-                  supplier_id=supplier.id,
+                  supplier_id=product.supplier_id,
                   tier_id=agent.tier_id, quantity=qty, face_price=product.face_price, unit_price=unit_price,
                   amount=amount, cost_total=cost_total, service_fee=fee, upline_path=agent.path,
                   status="paid", paid_at=utcnow(), channel="wallet", out_trade_no=out_trade_no, account=account,
@@ -256,23 +258,22 @@ def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, n
     return order  # committed by the caller, which expires it: its first use reloads the delivered row
 
 
-def _risk_check(agent: Agent, amount: int, qty: int, has_coupon: bool, ctx: RiskContext,
+def _risk_check(agent: AgentFacts, amount: int, qty: int, has_coupon: bool, ctx: RiskContext,
                 order_no: str | None = None):
     """Risk control for a wallet purchase, under the wallet's lock and before the order is written: lists (the
     agent's login, address, device), the tier's limits (locked until commit), rules. A block raises."""
     from app.risk import service as risk
 
     age_hours = (utcnow() - agent.created_at).total_seconds() / 3600 if agent.created_at else 1e9
-    login = agent.user.username if agent.user_id and agent.user else None
     event = risk.RiskInput(event=ctx.event, amount=amount, ip=ctx.ip, device=ctx.device, agent_id=agent.id,
-                           agent_login=login, tier_id=agent.tier_id, order_no=order_no,
+                           agent_login=agent.login, tier_id=agent.tier_id, order_no=order_no,
                            values={"account_age_hours": age_hours, "quantity": qty, "has_coupon": has_coupon})
     decision = risk.evaluate(event)
     decision.raise_if_blocked()
     return event, decision
 
 
-def _after_risk_check(order: Order, agent: Agent, event, decision) -> None:
+def _after_risk_check(order: Order, agent: AgentFacts, event, decision) -> None:
     """The order exists: name it on the decision, count it for the velocity rules, and spend top-up money first
     (what is left of it is not withdrawable: app.network.withdrawals)."""
     from app.risk import service as risk
@@ -316,7 +317,7 @@ def _hold_for_review(order: Order) -> Order:
     return order
 
 
-def _place_direct_wallet_order(agent_id, product: Product, quantity, out_trade_no, account, notify_url,
+def _place_direct_wallet_order(agent_id, product: ProductFacts, quantity, out_trade_no, account, notify_url,
                                request_hash, api_key_id, coupon_code, risk_ctx: RiskContext) -> Order:
     """A direct top-up from the wallet: the money moves to buyer_funds (held until the supplier's outcome) and the
     recharge job is written to the outbox. No sale journal yet: the sale is booked at the supplier's cost once
@@ -329,10 +330,7 @@ def _place_direct_wallet_order(agent_id, product: Product, quantity, out_trade_n
 
     account = recharge.clean_account(account)
     qty = _validate_quantity(quantity, product)
-    agent = db.session.get(Agent, agent_id, options=[joinedload(Agent.tier)])
-    if agent is None or not agent.active:
-        raise AgentInactive("代理不存在或已停用 (agent not found or disabled)")
-    risk_agents.check_not_held(agent)
+    agent = _load_agent(agent_id)
     suppliers.check_available(product.id, qty)
     wallet = agent_account_code(agent.id, "wallet")
     accounts = ledger.lock_accounts([wallet, BUYER_FUNDS])  # the buyer's wallet is the only row locked
@@ -354,8 +352,7 @@ def _place_direct_wallet_order(agent_id, product: Product, quantity, out_trade_n
     order = Order(order_no=order_no, risk_decision_id=decision.id, agent_id=agent.id, product_id=product.id,
                   supplier_id=product.supplier_id,
                   tier_id=agent.tier_id, quantity=qty, face_price=product.face_price, unit_price=unit_price,
-                  amount=amount, cost_total=cost_total, service_fee=apply_rate(cost_total,
-                                                                               product.supplier.service_fee_bp),
+                  amount=amount, cost_total=cost_total, service_fee=apply_rate(cost_total, product.service_fee_bp),
                   upline_path=agent.path, status="paid", paid_at=utcnow(), channel="wallet", out_trade_no=out_trade_no,
                   account=account, notify_url=notify_url, request_hash=request_hash, api_key_id=api_key_id,
                   discount=quote.discount if quote else 0, coupon_id=quote.coupon.id if quote else None)
@@ -432,7 +429,7 @@ def place_guest_order(product_id: object, quantity: object, contact: object, cha
                   quantity=qty, face_price=product.face_price, unit_price=unit_price,
                   amount=quote.amount if quote else unit_price * qty,
                   discount=quote.discount if quote else 0, coupon_id=quote.coupon.id if quote else None,
-                  cost_total=cost_total, service_fee=apply_rate(cost_total, product.supplier.service_fee_bp),
+                  cost_total=cost_total, service_fee=apply_rate(cost_total, product.service_fee_bp),
                   status="pending_payment", channel=channel, contact=contact.strip(), account=account,
                   buyer_key=keys["contact"], device_key=keys["device"], risk_decision_id=decision.id,
                   risk_hold=decision.outcome == "review")

@@ -34,7 +34,9 @@ def record(metric: str, keys: dict[str, str | None], amount: int = 0, at: dateti
     row = {d: keys.get(d) for d in DIMENSIONS}
     if not any(row.values()):
         return
-    db.session.execute(insert(RiskEvent).values(metric=metric, amount=int(amount or 0), at=at, **row))
+    # Core on the session's connection: a plain INSERT needs none of the ORM's statement handling
+    db.session.connection().execute(insert(RiskEvent.__table__).values(metric=metric, amount=int(amount or 0), at=at,
+                                                                       **row))
     _redis_record(metric, row, int(amount or 0), at)
 
 

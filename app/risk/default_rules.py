@@ -113,9 +113,6 @@ def install_defaults(status: str = "active") -> int:
         db.session.add(version_of(rule))
         added += 1
     db.session.commit()
-    from app.risk.service import forget_rules
-
-    forget_rules()
     return added
 
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from flask import current_app
-from sqlalchemy import case, cast, func, insert, literal, or_, select, text
-from sqlalchemy.dialects.postgresql import INET
+from sqlalchemy import func, insert, or_, select, text
 
+from app import cache
 from app.chain import service as chain
 from app.clock import business_day_start, to_local, utcnow
 from app.errors import KamengError
@@ -156,25 +156,62 @@ def _list_hits(event: RiskInput) -> list[dict]:
                         ("agent", event.agent_login)):
         if value:
             wanted.append((kind, digest(kind, value)))
+    lists = _active_lists()
     now = utcnow()
-    active = (RiskListEntry.removed_at.is_(None),
-              or_(RiskListEntry.expires_at.is_(None), RiskListEntry.expires_at > now))
-    hashes = {h for _, h in wanted}
-    matches = [RiskListEntry.value_hash.in_(hashes)] if hashes else []
-    cidr_in_sql = _valid_ip(event.ip) and db.session.get_bind().dialect.name == "postgresql"
-    if cidr_in_sql:  # one statement: CASE keeps the inet cast away from rows that are not networks
-        matches.append(case((RiskListEntry.kind == "cidr",
-                             cast(RiskListEntry.value, INET).op(">>=")(cast(literal(event.ip), INET))), else_=False))
-    columns = (RiskListEntry.id, RiskListEntry.kind, RiskListEntry.masked, RiskListEntry.action, RiskListEntry.reason)
-    rows = list(db.session.execute(select(*columns).where(*active, or_(*matches)))) if matches else []
-    if _valid_ip(event.ip) and not cidr_in_sql:
+    found = [entry for _, value_hash in wanted for entry in lists.by_hash.get(value_hash, ())]
+    if _valid_ip(event.ip) and lists.networks:
         address = ipaddress.ip_address(event.ip)
-        for entry in db.session.execute(select(*columns, RiskListEntry.value)
-                                        .where(*active, RiskListEntry.kind == "cidr")):
-            if address in ipaddress.ip_network(entry.value, strict=False):
-                rows.append(entry)
-    return [{"kind": "list", "name": f"{e.kind}:{e.masked}", "list_id": e.id, "action": e.action,
-             "reason": e.reason or f"{'黑名单' if e.action == 'block' else '观察名单'} {e.kind}"} for e in rows]
+        found += [entry for network, entry in lists.networks
+                  if address.version == network.version and address in network]
+    seen, hits = set(), []
+    for entry in found:
+        if entry.id in seen or (entry.expires_at is not None and entry.expires_at <= now):
+            continue
+        seen.add(entry.id)
+        hits.append({"kind": "list", "name": f"{entry.kind}:{entry.masked}", "list_id": entry.id,
+                     "action": entry.action,
+                     "reason": entry.reason or f"{'黑名单' if entry.action == 'block' else '观察名单'} {entry.kind}"})
+    return hits
+
+
+@dataclass(frozen=True)
+class _ListEntry:
+    id: int
+    kind: str
+    masked: str
+    action: str
+    reason: str | None
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class _Lists:
+    """The entries not removed, by value hash, and the CIDR ones as networks (expiry is checked at each use)."""
+    by_hash: dict
+    networks: tuple
+
+
+def _active_lists() -> _Lists:
+    return cache.fetch("risk_lists", None, _load_lists)
+
+
+def _load_lists() -> _Lists:
+    by_hash: dict[str, tuple[_ListEntry, ...]] = {}
+    networks = []
+    rows = db.session.execute(select(RiskListEntry.id, RiskListEntry.kind, RiskListEntry.masked,
+                                     RiskListEntry.action, RiskListEntry.reason, RiskListEntry.expires_at,
+                                     RiskListEntry.value_hash, RiskListEntry.value)
+                              .where(RiskListEntry.removed_at.is_(None)).order_by(RiskListEntry.id))
+    for row in rows:
+        entry = _ListEntry(*row[:6])
+        if row.kind == "cidr":
+            try:
+                networks.append((ipaddress.ip_network(row.value, strict=False), entry))
+            except ValueError:
+                continue  # the list form refuses these; a row written otherwise matches nothing
+        elif row.value_hash:
+            by_hash[row.value_hash] = by_hash.get(row.value_hash, ()) + (entry,)
+    return _Lists(by_hash, tuple(networks))
 
 
 # --- limits ------------------------------------------------------------------------------------------------
@@ -184,9 +221,9 @@ def limits_for(event: RiskInput) -> tuple[int, int]:
     cfg = current_app.config
     per_order, per_day = int(cfg["RISK_ORDER_LIMIT_FEN"]), int(cfg["RISK_DAILY_LIMIT_FEN"])
     if event.tier_id:
-        from app.agents.models import Tier
+        from app.agents.service import tier_facts
 
-        tier = db.session.get(Tier, event.tier_id)
+        tier = tier_facts(event.tier_id)
         if tier is not None:
             per_order = tier.risk_order_limit or per_order
             per_day = tier.risk_daily_limit or per_day
@@ -237,8 +274,6 @@ def _limit_hits(event: RiskInput, keys: dict, features: dict, now: datetime) -> 
 # --- rules -------------------------------------------------------------------------------------------------
 
 _COMPILED: dict[str, object] = {}  # expression text -> compiled rule (ids restart; texts say what they do)
-_RULES_CACHE: dict = {"at": 0.0, "rows": []}
-RULES_TTL_SECONDS = 2.0
 
 
 def compile_rule(expression: str):
@@ -265,20 +300,13 @@ def _compiled(expression: str):
     return _COMPILED[expression]
 
 
-def _live_rules() -> list[tuple]:
-    """(id, version, name, events, expression, action, score, reason, status) of active and shadow rules, read at
-    most every RULES_TTL_SECONDS per process."""
-    if time.monotonic() - _RULES_CACHE["at"] > RULES_TTL_SECONDS:
-        _RULES_CACHE["rows"] = [tuple(r) for r in db.session.execute(
-            select(RiskRule.id, RiskRule.version, RiskRule.name, RiskRule.events, RiskRule.expression,
-                   RiskRule.action, RiskRule.score, RiskRule.reason, RiskRule.status)
-            .where(RiskRule.status.in_(("active", "shadow"))).order_by(RiskRule.id))]
-        _RULES_CACHE["at"] = time.monotonic()
-    return _RULES_CACHE["rows"]
-
-
-def forget_rules() -> None:
-    _RULES_CACHE["at"] = 0.0
+def _live_rules() -> tuple[tuple, ...]:
+    """(id, version, name, events, expression, action, score, reason, status) of active and shadow rules (cached
+    until a rule changes)."""
+    return cache.fetch("risk_rules", None, lambda: tuple(tuple(r) for r in db.session.execute(
+        select(RiskRule.id, RiskRule.version, RiskRule.name, RiskRule.events, RiskRule.expression,
+               RiskRule.action, RiskRule.score, RiskRule.reason, RiskRule.status)
+        .where(RiskRule.status.in_(("active", "shadow"))).order_by(RiskRule.id))))
 
 
 def _applies(events: str, event: str) -> bool:

@@ -229,12 +229,6 @@ class RiskRuleView(ReadableColumnsMixin, AuditedViewMixin, ModelView):
         db.session.add(version_of(item))
         flush_or_refuse()
 
-    def post_add(self, item):
-        service.forget_rules()
-
-    def post_update(self, item):
-        service.forget_rules()
-
 
 # ------------------------------------------------------------------------------------------------ 风控日志
 

@@ -1,0 +1,71 @@
+"""cache_version: the number every change to a cached table moves (statement-level triggers, PostgreSQL), so each
+process's in-memory catalogue, tier, price, agent, API key and risk list facts are dropped the moment they change
+
+Revision ID: c15b00000001
+Revises: c15a00000001
+Create Date: 2026-12-05 21:40:00
+
+"""
+from alembic import op
+import sqlalchemy as sa
+
+
+# revision identifiers, used by Alembic.
+revision = 'c15b00000001'
+down_revision = "c15a00000001"
+branch_labels = None
+depends_on = None
+
+# table -> the columns whose change matters ("" = any). Columns written by hot or periodic work that no cached fact
+# reads are left out (FAB's login counters, suppliers' reported balances, keys' last use), so that work does not
+# empty every process's cache.
+CACHED_TABLES = {
+    "product": "",
+    "supplier": "service_fee_bp, active, name",
+    "category": "",
+    "tier": "",
+    "tier_price": "",
+    "price_rule": "",
+    "agent": "",
+    "ab_user": "username, active",
+    "api_key": "agent_id, app_key, secret_enc, ip_allowlist, active",
+    "risk_list_entry": "",
+    "risk_rule": "",
+}
+
+# An upsert, so a wiped cache_version (tests clean tables) comes back at the next change; the sequence belongs to no
+# column, so nothing resets it and a number is never reused.
+BUMP = """
+CREATE OR REPLACE FUNCTION kameng_cache_bump() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO cache_version (id, version) VALUES (1, nextval('cache_version_seq'))
+    ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version;
+    RETURN NULL;
+END $$
+"""
+
+
+def upgrade():
+    op.create_table('cache_version',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('version', sa.BigInteger(), nullable=False),
+    sa.PrimaryKeyConstraint('id')
+    )
+    if op.get_bind().dialect.name != "postgresql":
+        return  # nothing is cached elsewhere (app/cache.py)
+    op.execute("CREATE SEQUENCE cache_version_seq")
+    op.execute("INSERT INTO cache_version (id, version) VALUES (1, nextval('cache_version_seq'))")
+    op.execute(BUMP)
+    for table, columns in CACHED_TABLES.items():
+        update = f"UPDATE OF {columns}" if columns else "UPDATE"
+        op.execute(f"CREATE TRIGGER kameng_cache_{table} AFTER INSERT OR {update} OR DELETE OR TRUNCATE ON {table} "
+                   "FOR EACH STATEMENT EXECUTE FUNCTION kameng_cache_bump()")
+
+
+def downgrade():
+    if op.get_bind().dialect.name == "postgresql":
+        for table in CACHED_TABLES:
+            op.execute(f"DROP TRIGGER IF EXISTS kameng_cache_{table} ON {table}")
+        op.execute("DROP FUNCTION IF EXISTS kameng_cache_bump()")
+        op.execute("DROP SEQUENCE IF EXISTS cache_version_seq")
+    op.drop_table('cache_version')

@@ -1,0 +1,111 @@
+"""app/cache.py: the purchase path's facts come from memory, and any change, by this process or another, is seen by
+the next request. Changes made in "another process" are written through a separate engine connection, as a second
+gunicorn worker or an admin's psql session would."""
+from __future__ import annotations
+
+import uuid
+from types import SimpleNamespace
+
+from sqlalchemy import create_engine, event, text
+
+from app.extensions import db
+from tests.openapi_helpers import new_key, signed_call
+
+
+def _buy(client, key, secret, product_id: int):
+    return signed_call(client, key, secret, "POST", "/open/v1/orders",
+                       {"out_trade_no": uuid.uuid4().hex, "product_id": product_id, "quantity": 1})
+
+
+def _elsewhere(sql: str, **params) -> None:
+    """A change committed on a connection this process's session knows nothing about."""
+    engine = create_engine(db.engine.url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(sql), params)
+    finally:
+        engine.dispose()
+
+
+class _Statements:
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def __call__(self, _conn, _cursor, statement, *_args):
+        self.seen.append(" ".join(statement.split()))
+
+    def reading(self, table: str) -> list[str]:
+        return [s for s in self.seen if s.startswith("SELECT") and f"FROM {table} " in s + " "]
+
+
+def test_a_second_purchase_reads_no_catalogue_agent_or_key_rows(app, f, client):
+    tier = f.tier(discount_bp=9000)
+    agent = f.agent(balance=100_000, tier_obj=tier)
+    product = f.product(face_price=10_000, secrets=3)
+    key, secret = new_key(agent)
+    product_id, key = product.id, SimpleNamespace(app_key=key.app_key)  # nothing for the test itself to reload
+    assert _buy(client, key, secret, product_id).status_code == 201  # fills the cache
+    statements = _Statements()
+    event.listen(db.engine, "before_cursor_execute", statements)
+    try:
+        r = _buy(client, key, secret, product_id)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", statements)
+    assert r.status_code == 201, r.text
+    assert r.get_json()["amount"] == 9_000
+    for table in ("product", "agent", "tier", "tier_price", "price_rule", "api_key", "risk_list_entry",
+                  "risk_rule"):
+        assert statements.reading(table) == [], table
+
+
+def test_a_price_changed_in_another_process_prices_the_next_order(app, f, client):
+    tier = f.tier(discount_bp=9000)
+    agent = f.agent(balance=100_000, tier_obj=tier)
+    product = f.product(face_price=10_000, secrets=3)
+    key, secret = new_key(agent)
+    assert _buy(client, key, secret, product.id).get_json()["amount"] == 9_000
+    _elsewhere("INSERT INTO tier_price (product_id, tier_id, price) VALUES (:p, :t, 7000)", p=product.id, t=tier.id)
+    assert _buy(client, key, secret, product.id).get_json()["amount"] == 7_000
+    _elsewhere("UPDATE tier SET discount_bp = 5000 WHERE id = :t", t=tier.id)
+    _elsewhere("DELETE FROM tier_price WHERE tier_id = :t", t=tier.id)
+    assert _buy(client, key, secret, product.id).get_json()["amount"] == 5_000
+
+
+def test_a_product_taken_off_sale_or_a_key_revoked_elsewhere_is_refused_at_once(app, f, client):
+    agent = f.agent(balance=100_000)
+    product = f.product(face_price=1_000, secrets=3)
+    key, secret = new_key(agent)
+    assert _buy(client, key, secret, product.id).status_code == 201
+    _elsewhere("UPDATE product SET active = false WHERE id = :p", p=product.id)
+    r = _buy(client, key, secret, product.id)
+    assert r.status_code == 404 and r.get_json()["error"]["code"] == "product_unavailable", r.text
+    _elsewhere("UPDATE api_key SET active = false WHERE id = :k", k=key.id)
+    assert _buy(client, key, secret, product.id).status_code == 401
+
+
+def test_a_blacklist_entry_added_elsewhere_blocks_the_next_order(app, f, client):
+    from app.risk import lists
+
+    agent = f.agent(balance=100_000)
+    product = f.product(face_price=1_000, secrets=3)
+    key, secret = new_key(agent)
+    assert _buy(client, key, secret, product.id).status_code == 201
+    lists.add("agent", agent.user.username, "block", reason="test")  # commits in this session
+    r = _buy(client, key, secret, product.id)
+    assert r.status_code == 403 and r.get_json()["error"]["code"] == "risk_blocked", r.text
+
+
+def test_without_a_version_row_nothing_is_served_from_memory(app, f, client):
+    tier = f.tier(discount_bp=9000)
+    agent = f.agent(balance=100_000, tier_obj=tier)
+    product = f.product(face_price=10_000, secrets=3)
+    key, secret = new_key(agent)
+    assert _buy(client, key, secret, product.id).get_json()["amount"] == 9_000
+    # a wiped version table, then a change the triggers could not record against the old number
+    _elsewhere("DELETE FROM cache_version")
+    _elsewhere("ALTER TABLE tier DISABLE TRIGGER kameng_cache_tier")
+    try:
+        _elsewhere("UPDATE tier SET discount_bp = 8000 WHERE id = :t", t=tier.id)
+        assert _buy(client, key, secret, product.id).get_json()["amount"] == 8_000
+    finally:
+        _elsewhere("ALTER TABLE tier ENABLE TRIGGER kameng_cache_tier")
