@@ -16,6 +16,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm.util import identity_key
 from sqlalchemy.types import BigInteger, Integer
 
+from app import cache
 from app.clock import utcnow
 from app.extensions import db
 from app.ledger.errors import IdempotencyConflict, InsufficientBalance, LedgerError, UnbalancedJournal
@@ -104,8 +105,10 @@ def lock_accounts(codes: list[str]) -> dict[str, tuple[int, bool, int]]:
     """Look up accounts by code; lock the cached ones in ascending id order. Returns code -> (id, cached, balance)."""
     db.session.flush()  # accounts added in this session but not yet flushed must be found (Core skips autoflush)
     conn = db.session.connection()
-    rows = conn.execute(select(Account.id, Account.code, Account.cached).where(Account.code.in_(codes))).all()
-    found = {row.code: (row.id, row.cached) for row in rows}
+    # code -> (id, cached): fixed once an account exists, so kept in memory (app.cache)
+    found = dict(cache.fetch("accounts", tuple(codes), lambda: tuple(
+        (row.code, (row.id, row.cached)) for row in conn.execute(
+            select(Account.id, Account.code, Account.cached).where(Account.code.in_(codes))))))
     missing = set(codes) - set(found)
     if missing:
         raise UnbalancedJournal(f"unknown ledger accounts: {', '.join(sorted(missing))}")

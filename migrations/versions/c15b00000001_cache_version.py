@@ -31,6 +31,7 @@ CACHED_TABLES = {
     "api_key": "agent_id, app_key, secret_enc, ip_allowlist, active",
     "risk_list_entry": "",
     "risk_rule": "",
+    "ledger_account": "code, cached",  # which id a code names (balances move on every order: left out)
 }
 
 # An upsert, so a wiped cache_version (tests clean tables) comes back at the next change; the sequence belongs to no
