@@ -9,6 +9,10 @@ keeps its entries only while the number it last saw is the database's: any other
 change committed before the read is therefore always seen; one committing during a request is seen by the next,
 as it would be with a plain SELECT at the start of the request.
 
+Within a unit, a flush or an ORM/Core INSERT, UPDATE or DELETE of a cached table through the session makes the
+next cached read read the number again (its trigger moved it inside this transaction); a raw SQL text write is not
+recognised until the unit commits or rolls back.
+
 Entries are small frozen values, never ORM objects (they outlive sessions and are shared between threads). On
 SQLite (the embedded default) nothing is cached: every read goes to the database.
 """
@@ -38,10 +42,11 @@ class CacheVersion(db.Model):
 
 
 class _Store:
-    def __init__(self) -> None:
+    def __init__(self, tables: frozenset[str]) -> None:
         self.lock = threading.Lock()
         self.version: int | None = None
         self.entries: dict[tuple[str, Hashable], object] = {}
+        self.tables = tables  # the tables whose changes move the version (those with the trigger)
 
     def observe(self, version: int | None) -> None:
         with self.lock:
@@ -55,9 +60,17 @@ def _store() -> _Store | None:
     stores = current_app.extensions
     store = stores.get("kameng_cache", MISSING)
     if store is MISSING:
-        store = _Store() if db.engine.dialect.name == "postgresql" else None
+        tables = _triggered_tables() if db.engine.dialect.name == "postgresql" else frozenset()
+        store = _Store(tables) if tables else None  # no triggers (not migrated yet): nothing could invalidate
         stores["kameng_cache"] = store
     return store
+
+
+def _triggered_tables() -> frozenset[str]:
+    with db.engine.connect() as conn:
+        return frozenset(conn.execute(text(
+            "SELECT DISTINCT c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+            "WHERE t.tgname LIKE 'kameng_cache_%'")).scalars())
 
 
 def observe(version: int | None) -> None:
@@ -134,15 +147,28 @@ def _end_of_unit(*_args) -> None:
         forget_unit()
 
 
+def _after_flush(session, _context) -> None:
+    if not has_app_context():
+        return
+    store = _store()
+    if store is not None and any(getattr(obj, "__tablename__", None) in store.tables
+                                 for obj in (*session.new, *session.dirty, *session.deleted)):
+        forget_unit()
+
+
 def _after_orm_statement(state) -> None:
-    if state.is_insert or state.is_update or state.is_delete:
-        _end_of_unit()
+    if not (state.is_insert or state.is_update or state.is_delete) or not has_app_context():
+        return
+    store = _store()
+    table = getattr(state.statement, "table", None)
+    if store is not None and getattr(table, "name", None) in store.tables:
+        forget_unit()
 
 
-# Every session (the request's, a job's), listened once on the base class: a commit, a rollback, a flush or an
-# INSERT/UPDATE/DELETE through the session may have changed cached rows (their triggers moved the version in this
-# transaction), so the next cached read reads the version again.
+# Every session (the request's, a job's), listened once on the base class: a commit or a rollback ends a unit of
+# work; a flush or an INSERT/UPDATE/DELETE through the session that wrote a cached table (its trigger moved the
+# version in this transaction) makes the next cached read read the version again.
 event.listen(Session, "after_commit", _end_of_unit)
 event.listen(Session, "after_soft_rollback", _end_of_unit)
-event.listen(Session, "after_flush", _end_of_unit)
+event.listen(Session, "after_flush", _after_flush)
 event.listen(Session, "do_orm_execute", _after_orm_statement)

@@ -109,3 +109,16 @@ def test_without_a_version_row_nothing_is_served_from_memory(app, f, client):
         assert _buy(client, key, secret, product.id).get_json()["amount"] == 8_000
     finally:
         _elsewhere("ALTER TABLE tier ENABLE TRIGGER kameng_cache_tier")
+
+
+def test_a_change_flushed_in_this_transaction_is_read_back_by_the_same_unit(app, f):
+    from app.orders import service as orders
+
+    tier = f.tier(discount_bp=9000)
+    agent = f.agent(balance=100_000, tier_obj=tier)
+    product = f.product(face_price=10_000, secrets=3)
+    assert orders.place_wallet_order(agent.id, product.id, 1).amount == 9_000
+    tier.discount_bp = 6000  # pending in this session: the purchase's first cached read flushes it
+    assert orders.place_wallet_order(agent.id, product.id, 1).amount == 6_000
+    db.session.execute(text("UPDATE product SET face_price = 20000 WHERE id = :p"), {"p": product.id})
+    assert orders.place_wallet_order(agent.id, product.id, 1).amount == 12_000

@@ -91,8 +91,8 @@ def balance():
 
 @bp.post("/orders")
 def create_order():
-    order, created = service.create_order(g.api_key, _json_body(), ip=request.remote_addr)
-    response = jsonify(service.order_json(order))
+    shown, created = service.create_order(g.api_key, _json_body(), ip=request.remote_addr)
+    response = jsonify(shown)
     response.status_code = 201 if created else 200
     return response
 

@@ -270,33 +270,35 @@ def request_hash(cleaned: dict) -> str:
     return hashlib.sha256(json.dumps(cleaned, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def create_order(key: CallerKey, payload, ip: str | None = None) -> tuple[Order, bool]:
-    """Place a wallet-paid order, idempotent per (agent, out_trade_no). Returns (order, created).
+def create_order(key: CallerKey, payload, ip: str | None = None) -> tuple[dict, bool]:
+    """Place a wallet-paid order, idempotent per (agent, out_trade_no). Returns (its order_json, created).
 
     Risk control (event openapi_order) decides before anything is written: a block is 403 risk_blocked /
     risk_limit; a review creates the order paid and held (status reviewing, no callback until its final status).
-    A replay of a known out_trade_no is answered from the stored order without a new decision."""
+    A replay of a known out_trade_no is answered from the stored order without a new decision. A new order is
+    rendered inside its transaction, just before the commit (nothing to reload afterwards)."""
     cleaned = _clean_order_request(payload)
     digest = request_hash(cleaned)
     existing = _existing(key.agent_id, cleaned["out_trade_no"], digest)
     if existing is not None:
-        return existing, False
+        return order_json(existing), False
     product = product_facts(cleaned["product_id"]) if 0 < cleaned["product_id"] < 2 ** 31 else None
     if product is not None and product.kind == "direct" and not cleaned["account"]:
         raise ValidationError("account is required for direct top-up products")
+    rendered: list[dict] = []
     try:
-        order = orders.place_wallet_order(key.agent_id, cleaned["product_id"], cleaned["quantity"],
-                                          out_trade_no=cleaned["out_trade_no"], account=cleaned["account"],
-                                          notify_url=cleaned["notify_url"], request_hash=digest,
-                                          api_key_id=key.id,
-                                          risk=orders.RiskContext(event="openapi_order", ip=ip))
+        orders.place_wallet_order(key.agent_id, cleaned["product_id"], cleaned["quantity"],
+                                  out_trade_no=cleaned["out_trade_no"], account=cleaned["account"],
+                                  notify_url=cleaned["notify_url"], request_hash=digest, api_key_id=key.id,
+                                  risk=orders.RiskContext(event="openapi_order", ip=ip),
+                                  before_commit=lambda order: rendered.append(order_json(order)))
     except IntegrityError:
         # The same out_trade_no committed concurrently: answer as a replay (or a conflict if it differs).
         existing = _existing(key.agent_id, cleaned["out_trade_no"], digest)
         if existing is None:
             raise
-        return existing, False
-    return order, True
+        return order_json(existing), False
+    return rendered[0], True
 
 
 def _existing(agent_id: int, out_trade_no: str, digest: str) -> Order | None:

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import secrets as pyrandom
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import case, func, select, update
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
 from app.agents.errors import AgentInactive
@@ -83,11 +85,13 @@ def transition(order_id: int, to_status: str, current: str | None = None) -> Non
         update(orders).where(orders.c.id == order_id, orders.c.status == current).values(**values)
         .returning(orders.c.order_no, orders.c.notify_url, orders.c.amount, orders.c.product_id, orders.c.agent_id,
                    orders.c.delivered_at)).first()
-    loaded = db.session.identity_map.get(identity_key(Order, order_id))
-    if loaded is not None:
-        db.session.expire(loaded, list(values))  # an Order object already loaded rereads what changed
     if row is None:
         raise InvalidTransition(f"订单状态已被其他操作改变 (order {order_id} changed concurrently)")
+    loaded = db.session.identity_map.get(identity_key(Order, order_id))
+    if loaded is not None:  # an Order object already loaded holds what was written (no reload)
+        for name, value in {**values, "delivered_at": row.delivered_at}.items():
+            if name in values:
+                set_committed_value(loaded, name, value)
     # Analytics: one pending row in this transaction, folded into the rollups by a job. A rejected dispute
     # (disputed -> delivered) never stopped counting, so only a first delivery adds; a refund of a counted order
     # subtracts on its delivery day.
@@ -170,7 +174,8 @@ class RiskContext:
 def place_wallet_order(agent_id: int, product_id: object, quantity: object, out_trade_no: str | None = None,
                        account: str | None = None, notify_url: str | None = None,
                        request_hash: str | None = None, api_key_id: int | None = None,
-                       coupon: object = None, risk: RiskContext | None = None) -> Order:
+                       coupon: object = None, risk: RiskContext | None = None,
+                       before_commit: Callable[[Order], object] | None = None) -> Order:
     """Validate, price on the server, pass risk control, charge the wallet, allocate card secrets and deliver; one
     transaction. A direct (直充) product is paid into buyer_funds instead and handed to app.suppliers.recharge
     (status paid). An order risk control sends to review is paid into buyer_funds and held (status reviewing)
@@ -178,10 +183,14 @@ def place_wallet_order(agent_id: int, product_id: object, quantity: object, out_
 
     Commits on success. On any refusal (stock, balance, limit, input, coupon, risk) rolls back: nothing is charged
     or sold. `coupon`: an optional coupon code (app.payments.coupons), redeemed as `agent:<id>`.
+    `before_commit`: called with the placed order just before the commit, while every row it reads is in hand (the
+    Open API renders its answer there rather than reloading the order after the commit).
     """
     try:
         order = _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, notify_url,
                                     request_hash, api_key_id, coupon, risk or RiskContext())
+        if before_commit is not None:
+            before_commit(order)
         db.session.commit()
         return order
     except Exception:
