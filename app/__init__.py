@@ -39,7 +39,7 @@ def create_app(overrides: dict | None = None) -> Flask:
 
     app.config.setdefault("FAB_ROLES", ROLES)
     with app.app_context():
-        appbuilder = AppBuilder(update_perms=app.config.get("FAB_UPDATE_PERMS", True))
+        appbuilder = AppBuilder(update_perms=_may_update_perms(app))
         appbuilder.init_app(app, db.session)
         from app.views import register_views
         register_views(appbuilder)
@@ -89,3 +89,17 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.cli.add_command(kameng_cli)
     return app
 
+
+
+def _may_update_perms(app: Flask) -> bool:
+    """FAB writes its permissions at start-up; before the first `flask db upgrade` its tables do not exist yet and
+    each attempt would log a traceback (hundreds of them), so it waits for the next start."""
+    if not app.config.get("FAB_UPDATE_PERMS", True):
+        return False
+    if app.config.get("FAB_CREATE_DB", True):
+        return True  # FAB creates its tables first
+    from sqlalchemy import inspect
+
+    from app.extensions import db
+
+    return inspect(db.engine).has_table("ab_permission_view")

@@ -14,7 +14,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import CheckConstraint, create_engine, inspect
+from sqlalchemy import CheckConstraint, create_engine, inspect, text
 
 from tests.conftest import PG_URL, _recreate_pg_database, _sqlalchemy_url
 
@@ -109,3 +109,30 @@ def test_a_fresh_database_has_exactly_the_model_tables(tmp_path):
         tables = set(inspect(create_engine(_sqlalchemy_url(url))).get_table_names())
         assert tables == set(db.metadata.tables) | {"alembic_version"}
         db.engine.dispose()
+
+
+def test_the_readmes_production_upgrade_command_runs_clean(tmp_path):
+    """`FAB_CREATE_DB=False flask --app run db upgrade` on an empty database: FAB waits for its tables instead of
+    logging a traceback per permission it cannot write (hundreds of them), and the next start writes them."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    url = f"sqlite:///{tmp_path / 'readme.db'}"
+    env = {**os.environ, "DATABASE_URL": url, "KAMENG_ENV": "development", "FAB_CREATE_DB": "False"}
+    env.pop("FAB_UPDATE_PERMS", None)
+    root = Path(__file__).resolve().parent.parent
+    flask = [sys.executable, "-m", "flask", "--app", "run"]
+    done = subprocess.run([*flask, "db", "upgrade"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr + done.stdout and "ERROR" not in done.stderr, done.stderr[:2000]
+    env.pop("FAB_CREATE_DB")  # the README's next command, as written there
+    admin = subprocess.run([*flask, "fab", "create-admin", "--username", "admin", "--firstname", "A", "--lastname",
+                            "B", "--email", "a@example.com", "--password", "a-long-password-1"],
+                           cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert admin.returncode == 0, admin.stderr[-2000:]
+    assert "Traceback" not in admin.stderr and "ERROR" not in admin.stderr, admin.stderr[:2000]
+    permissions = create_engine(_sqlalchemy_url(url)).connect().execute(
+        text("SELECT count(*) FROM ab_permission_view")).scalar()
+    assert permissions > 100
