@@ -1,17 +1,17 @@
 """Read-mostly facts kept in each process's memory: products, suppliers' fees, tiers and their prices, price rules,
 agents, API keys, risk lists and rules. The purchase path reads them on every order; they change a few times a day.
 
-Invalidation is exact, not timed. On PostgreSQL a statement-level trigger on every source table moves the one row
-of `cache_version` to a new number from a sequence, in the transaction that changes the rows (migration
-c15b00000001 lists the tables). A unit of work (a request, a job) reads that number once, before its first cached
-read (the Open API reads it in the statement that records the request's nonce: no extra round trip). The process
-keeps its entries only while the number it last saw is the database's: any other number empties them first. A
-change committed before the read is therefore always seen; one committing during a request is seen by the next,
-as it would be with a plain SELECT at the start of the request.
+Invalidation is exact, not timed. On PostgreSQL a deferred trigger on every source table moves the one row of
+`cache_version` to a new number from a sequence when the transaction that changed rows commits (once per
+transaction; migration c15b00000001 lists the tables). A unit of work (a request, a job) reads that number once,
+before its first cached read (the Open API reads it in the statement that records the request's nonce: no extra
+round trip). The process keeps its entries only while the number it last saw is the database's: any other number
+empties them first. A change committed before the read is therefore always seen; one committing during a request
+is seen by the next, as it would be with a plain SELECT at the start of the request.
 
-Within a unit, a flush or an ORM/Core INSERT, UPDATE or DELETE of a cached table through the session makes the
-next cached read read the number again (its trigger moved it inside this transaction); a raw SQL text write is not
-recognised until the unit commits or rolls back.
+Within a unit, after a flush or an ORM/Core INSERT, UPDATE or DELETE of a cached table through the session, every
+cached read goes to the database until the unit commits or rolls back (it must see its own uncommitted change, and
+nothing read in that state is kept); a raw SQL text write is not recognised until then.
 
 Entries are small frozen values, never ORM objects (they outlive sessions and are shared between threads). On
 SQLite (the embedded default) nothing is cached: every read goes to the database.
@@ -94,6 +94,7 @@ def _unit_version(store: _Store) -> int | None:
 
 def forget_unit() -> None:
     g.pop("kameng_cache_version", None)
+    g.pop("kameng_cache_bypass", None)
 
 
 def fetch(namespace: str, key: Hashable, load: Callable[[], T]) -> T:
@@ -104,7 +105,9 @@ def fetch(namespace: str, key: Hashable, load: Callable[[], T]) -> T:
         return load()
     session = db.session
     if session.new or session.dirty or session.deleted:
-        session.flush()  # what the loader's query would autoflush; the flush makes the version be read again
+        session.flush()  # what the loader's query would autoflush (a cached table flushed: bypass, below)
+    if g.get("kameng_cache_bypass"):
+        return load()
     version = _unit_version(store)
     if version is None:  # no version row (a wiped table): nothing can be trusted
         return load()
@@ -123,6 +126,14 @@ def fetch(namespace: str, key: Hashable, load: Callable[[], T]) -> T:
                 store.entries.clear()
             store.entries[entry_key] = value
     return value
+
+
+def changed_without_triggers() -> None:
+    """A bulk load that skips triggers (session_replication_role = replica) moves the version itself, with its own
+    commit."""
+    if db.session.get_bind().dialect.name == "postgresql":
+        db.session.execute(text("INSERT INTO cache_version (id, version) VALUES (1, nextval('cache_version_seq')) "
+                                "ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version"))
 
 
 def peek(namespace: str, key: Hashable) -> tuple[object, int | None]:
@@ -153,7 +164,7 @@ def _after_flush(session, _context) -> None:
     store = _store()
     if store is not None and any(getattr(obj, "__tablename__", None) in store.tables
                                  for obj in (*session.new, *session.dirty, *session.deleted)):
-        forget_unit()
+        g.kameng_cache_bypass = True
 
 
 def _after_orm_statement(state) -> None:
@@ -162,12 +173,12 @@ def _after_orm_statement(state) -> None:
     store = _store()
     table = getattr(state.statement, "table", None)
     if store is not None and getattr(table, "name", None) in store.tables:
-        forget_unit()
+        g.kameng_cache_bypass = True
 
 
 # Every session (the request's, a job's), listened once on the base class: a commit or a rollback ends a unit of
-# work; a flush or an INSERT/UPDATE/DELETE through the session that wrote a cached table (its trigger moved the
-# version in this transaction) makes the next cached read read the version again.
+# work; a flush or an INSERT/UPDATE/DELETE through the session that wrote a cached table sends the unit's cached
+# reads to the database until then.
 event.listen(Session, "after_commit", _end_of_unit)
 event.listen(Session, "after_soft_rollback", _end_of_unit)
 event.listen(Session, "after_flush", _after_flush)

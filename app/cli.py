@@ -243,6 +243,11 @@ def current_env() -> str:
 @click.option("--orders", default=0, show_default=True, type=click.IntRange(min=0),
               help="Also generate a year of history with this many orders (agents, payments, commissions, "
                    "rollups). Running it again adds another history.")
+@click.option("--history-once", is_flag=True,
+              help="Generate the --orders history only when this database has none yet (make run).")
+@click.option("--no-fold-wait", is_flag=True,
+              help="Leave the newest journals' money flows to the periodic fold instead of waiting ~30 s for its "
+                   "safety lag (the server started next folds them).")
 @click.option("--seed", default=None, type=int, help="Random seed of the history (default: fixed).")
 @click.option("--supplier-url", default=None, help="Connect the demo's direct products to this upstream simulator "
                                                    "(flask kameng supplier-sim).")
@@ -250,8 +255,8 @@ def current_env() -> str:
 @click.option("--channel-sim", "channel_sims", multiple=True, metavar="CHANNEL=URL",
               help="Configure and enable a payment channel against its simulator (flask kameng channel-sim) with "
                    "newly generated keys, e.g. alipay=http://127.0.0.1:8711. Repeatable.")
-def demo(password: str | None, sandbox_key: str | None, orders: int, seed: int | None, supplier_url: str | None,
-         supplier_key: str | None, channel_sims: tuple[str, ...]) -> None:
+def demo(password: str | None, sandbox_key: str | None, orders: int, history_once: bool, no_fold_wait: bool,
+         seed: int | None, supplier_url: str | None, supplier_key: str | None, channel_sims: tuple[str, ...]) -> None:
     """Load demo users, agents, tiers, categories, products and card secrets; print the logins."""
     from app.demo import connect_demo_supplier, load_demo
     from app.payments import service as payments
@@ -287,8 +292,10 @@ def demo(password: str | None, sandbox_key: str | None, orders: int, seed: int |
     click.echo("Demo data loaded. Logins:")
     for username, pwd, role in logins:
         click.echo(f"  {username:<10} {pwd:<20} {role}")
-    if orders:
-        _demo_history(orders, seed)
+    if orders and history_once and _has_history():
+        click.echo("Demo history: already loaded (--history-once), not generated again")
+    elif orders:
+        _demo_history(orders, seed, wait_for_fold=not no_fold_wait)
 
 
 def _connect_channel_sim(channel: str, url: str) -> None:
@@ -304,15 +311,35 @@ def _connect_channel_sim(channel: str, url: str) -> None:
     click.echo(f"Payment channel {channel} enabled against its simulator at {url}")
 
 
-def _demo_history(orders: int, seed: int | None) -> None:
+def _has_history() -> bool:
+    from sqlalchemy import select
+
+    from app.catalog.models import CardImport
+    from app.extensions import db
+
+    return db.session.scalar(select(CardImport.id).where(CardImport.source == "history").limit(1)) is not None
+
+
+def _history_step(message: str) -> None:
+    if not message.startswith("orders:"):  # those move the bar
+        click.echo(f"\n  … {message}")
+
+
+def _demo_history(orders: int, seed: int | None, wait_for_fold: bool = True) -> None:
     from app.analytics import history
     from app.money import format_fen
 
-    try:
-        report = history.generate(orders, seed=history.DEFAULT_SEED if seed is None else seed,
-                                  progress=lambda msg: click.echo(f"  … {msg}"))
-    except KamengError as exc:
-        fail(exc.message)
+    click.echo(f"Generating a year of demo history: {orders:,} orders (agents, payments, commissions, rollups)")
+    with click.progressbar(length=orders, label="  历史订单 orders", show_pos=True, width=30) as bar:
+        def advance(done: int, _total: int) -> None:
+            bar.update(done - bar.pos)
+
+        try:
+            report = history.generate(orders, seed=history.DEFAULT_SEED if seed is None else seed,
+                                      chunk=max(1000, orders // 20), advance=advance, progress=_history_step,
+                                      wait_for_fold=wait_for_fold)
+        except KamengError as exc:
+            fail(exc.message)
     click.echo(f"History #{report.run} (seed {report.seed}), {report.start} .. {report.end}:")
     click.echo(f"  agents +{report.agents}, orders {report.orders:,} "
                f"({', '.join(f'{k} {v:,}' for k, v in sorted(report.statuses.items()))}), GMV {format_fen(report.gmv)}")

@@ -6,8 +6,9 @@ from __future__ import annotations
 import uuid
 from types import SimpleNamespace
 
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import create_engine, event, text, update
 
+from app.catalog.models import Product
 from app.extensions import db
 from tests.openapi_helpers import new_key, signed_call
 
@@ -120,5 +121,6 @@ def test_a_change_flushed_in_this_transaction_is_read_back_by_the_same_unit(app,
     assert orders.place_wallet_order(agent.id, product.id, 1).amount == 9_000
     tier.discount_bp = 6000  # pending in this session: the purchase's first cached read flushes it
     assert orders.place_wallet_order(agent.id, product.id, 1).amount == 6_000
-    db.session.execute(text("UPDATE product SET face_price = 20000 WHERE id = :p"), {"p": product.id})
-    assert orders.place_wallet_order(agent.id, product.id, 1).amount == 12_000
+    product_id = product.id
+    db.session.execute(update(Product).where(Product.id == product_id).values(face_price=20_000))
+    assert orders.place_wallet_order(agent.id, product_id, 1).amount == 12_000

@@ -359,6 +359,22 @@ def test_cli_demo_with_orders(app):
     assert bad.exit_code == 2 and "-5" in bad.output
 
 
+@BOTH
+def test_make_runs_history_is_loaded_once(app):
+    """`make run` asks for the history on every start: the first generates it, the next ones leave it."""
+    runner = app.test_cli_runner()
+    args = ["kameng", "demo", "--password", "demo-pass-1", "--sandbox-key", "sandbox-key-1", "--orders", "300",
+            "--seed", "5", "--history-once", "--no-fold-wait"]
+    first = runner.invoke(args=args)
+    assert first.exit_code == 0, first.output
+    assert "History #1 (seed 5)" in first.output and "for the money-flow fold" not in first.output
+    again = runner.invoke(args=args)
+    assert again.exit_code == 0, again.output
+    assert "already loaded" in again.output and "History #" not in again.output
+    assert _db.session.scalar(select(func.count()).select_from(Order)) == 300
+    assert runner.invoke(args=["kameng", "ledger-check"]).exit_code == 0
+
+
 @PG
 def test_history_needs_the_demo_catalog(app):
     with pytest.raises(KamengError, match="demo"):

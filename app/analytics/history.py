@@ -184,6 +184,9 @@ class _Bulk:
             # check constraints still apply; the tests run the same generator with the triggers on.
             self.conn.execute(text("SET LOCAL session_replication_role = replica"))
             self.references_checked = False
+            from app import cache
+
+            cache.changed_without_triggers()  # the cache's triggers are skipped too
         self.rows: dict[str, list[tuple]] = {name: [] for name in COLUMNS}
         self._pii = {t: [COLUMNS[t].index(c) for c in cols] for t, cols in ENCRYPTED.items()}
         self._hashes: dict[str, str | None] = {}  # a contact recurs: hash it once
@@ -354,7 +357,7 @@ def _group(category_name: str) -> str:
 class HistoryBuilder:
     def __init__(self, orders: int, seed: int = DEFAULT_SEED, days: int = 365, chunk: int = 50_000,
                  end: datetime | None = None, progress: Callable[[str], None] | None = None,
-                 check_references: bool = False) -> None:
+                 check_references: bool = False, advance: Callable[[int, int], None] | None = None) -> None:
         if orders < 1:
             raise KamengError("--orders must be at least 1")
         if days < 7:
@@ -368,6 +371,7 @@ class HistoryBuilder:
         lag = int(current_app.config.get("ROLLUP_MONEY_LAG_SECONDS", 30)) + 30
         self.end = (end or utcnow() - timedelta(seconds=lag)).replace(microsecond=0)
         self.progress = progress or (lambda _msg: None)
+        self.advance = advance or (lambda _done, _total: None)  # orders written so far, of the total
         self.rng = random.Random(seed)
         self.tz = business_tz()
         self.end_local = self._local(self.end)
@@ -734,6 +738,7 @@ class HistoryBuilder:
                 bulk.flush(background=True)
                 rate = generated / max(time.perf_counter() - started, 1e-6)
                 self.progress(f"orders: {generated}/{self.n_orders} ({rate:,.0f}/s) through {day}")
+                self.advance(generated, self.n_orders)
 
     def _day_orders(self, d: int, day: date, n: int) -> list[tuple]:
         rng = self.rng
@@ -1360,27 +1365,30 @@ def _province(region: str) -> str:
 
 def generate(orders: int, seed: int = DEFAULT_SEED, days: int = 365, chunk: int = 50_000,
              end: datetime | None = None, progress: Callable[[str], None] | None = None,
-             rollups: bool = True, check_references: bool = False) -> HistoryReport:
+             rollups: bool = True, check_references: bool = False,
+             advance: Callable[[int, int], None] | None = None, wait_for_fold: bool = True) -> HistoryReport:
     """Write a history of `orders` orders over the last `days` days (see the module docstring), commit it, then
     rebuild the rollups over its days and fold its money flows. Returns counts, GMV and per-phase timings.
 
     `check_references`: keep PostgreSQL's foreign-key triggers on during the load (slower; the tests do).
+    `advance(done, total)`: called as orders are written (a progress bar). `wait_for_fold=False`: journals younger
+    than the money-flow fold's lag are left to the periodic `rollup-money` job instead of being waited for.
     """
     started = time.perf_counter()
     builder = HistoryBuilder(orders, seed=seed, days=days, chunk=chunk, end=end, progress=progress,
-                             check_references=check_references)
+                             check_references=check_references, advance=advance)
     try:
         report = builder.run()
     except Exception:
         db.session.rollback()
         raise
     if rollups:
-        _rollups(report, progress or (lambda _m: None))
+        _rollups(report, progress or (lambda _m: None), wait_for_fold)
     report.timings["total"] = round(time.perf_counter() - started, 2)
     return report
 
 
-def _rollups(report: HistoryReport, progress: Callable[[str], None]) -> None:
+def _rollups(report: HistoryReport, progress: Callable[[str], None], wait_for_fold: bool = True) -> None:
     """Rollups of the history's days, rebuilt from the source tables, then its journals folded into the money
     flows (the rebuild covers journals up to the fold's watermark, the fold the rest: nothing counted twice)."""
     from app.analytics import service as analytics
@@ -1397,7 +1405,7 @@ def _rollups(report: HistoryReport, progress: Callable[[str], None]) -> None:
         mark = db.session.scalar(select(RollupState.value).where(RollupState.name == analytics.MONEY_WATERMARK))
         newest = db.session.scalar(select(func.max(Journal.id)))
         db.session.rollback()
-        if waited or newest is None or newest <= (mark or 0):
+        if waited or not wait_for_fold or newest is None or newest <= (mark or 0):
             break
         # Journals younger than the fold's safety lag (the demo's own top-ups, just posted) hold it back: wait
         # the lag out once rather than fold around it.
