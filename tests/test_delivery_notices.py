@@ -296,6 +296,26 @@ def test_a_queued_email_for_an_order_refunded_meanwhile_is_not_sent(app, client,
     assert notice.status == "failed" and "refunded" in notice.last_error and smtp.messages == []
 
 
+def test_an_unexpected_error_is_retried_and_never_stores_the_secret(app, client, shop, smtp, monkeypatch, caplog):
+    caplog.set_level(logging.DEBUG)
+    product, _ = shop
+    app.config["NOTICE_RETRY_SECONDS"] = "0"
+    order = checkout(client, product)
+
+    def broken(order_, recipient, secrets, locale, url, sender=None):
+        raise RuntimeError(f"template broke on {secrets[0]} for {recipient}")
+
+    monkeypatch.setattr(mailer, "compose", broken)
+    pay(client, order)
+    notice, secret = notice_of(order), sold_secret(order)
+    assert notice.status == "queued" and notice.last_error.startswith("RuntimeError")
+    assert secret not in notice.last_error and EMAIL not in notice.last_error and mask(secret) in notice.last_error
+    monkeypatch.undo()
+    sweep()
+    assert notice_of(order).status == "sent" and secret in mh.text_of(smtp.wait(1)[0])
+    assert_no_secret_outside_the_mail(secret, caplog)
+
+
 def test_english_storefront_gets_an_english_email(app, client, shop, smtp):
     import flask_babel
 

@@ -191,6 +191,11 @@ def send(notice_id: int) -> Outcome:
             sms.send(notice.recipient, order.order_no)
     except DeliveryError as exc:
         return _failed(notice, _scrub(exc.message, notice.recipient, secrets), exc.temporary)
+    except Exception as exc:  # noqa: BLE001 - a bug or a bad row must not leave the notice claimed for ever
+        db.session.rollback()
+        notice = db.session.get(DeliveryNotice, notice_id)
+        error = f"{type(exc).__name__}: {str(exc)[:120]}"  # no traceback: its frames could show the message
+        return _failed(notice, _scrub(error, notice.recipient, secrets), temporary=True)
     notice.status, notice.sent_at, notice.last_error, notice.updated_at = "sent", utcnow(), None, utcnow()
     notice.next_attempt_at = None
     db.session.commit()
