@@ -17,6 +17,8 @@ def create_app(overrides: dict | None = None) -> Flask:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("flask_appbuilder").setLevel(logging.WARNING)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    # urllib3 logs every request line at DEBUG: 易支付's V1 query carries the merchant key in its query string.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.INFO)
     if app.config.get("KAMENG_ENV") != "development" and app.config.get("OUTBOUND_ALLOW_PRIVATE"):
         logging.getLogger(__name__).warning("OUTBOUND_ALLOW_PRIVATE is on outside development: callbacks and "
                                             "adapters may reach loopback and private addresses (app/outbound.py)")
