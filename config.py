@@ -46,6 +46,19 @@ def env_list(name: str) -> list[str]:
     return [part.strip() for part in raw.split(",") if part.strip()]
 
 
+def smtp_tls_mode(raw: str | None) -> str:
+    """SMTP_TLS: starttls (true, yes, 1, starttls: the default), ssl (implicit TLS, port 465) or none (false, no,
+    0, none: plain, for a relay on the same host or a test server)."""
+    value = (raw or "starttls").strip().lower()
+    if value in ("1", "true", "yes", "on", "starttls"):
+        return "starttls"
+    if value in ("ssl", "tls", "implicit"):
+        return "ssl"
+    if value in ("0", "false", "no", "off", "none", "plain"):
+        return "none"
+    raise RuntimeError(f"SMTP_TLS must be starttls, ssl or none, got {raw!r}")
+
+
 def database_url() -> str:
     url = env_str("DATABASE_URL")
     if url is None:
@@ -192,6 +205,25 @@ class Config:
 
     # Staff two-factor sign-in (app/twofactor): the default of the 平台设置 switch that makes it mandatory.
     STAFF_2FA_REQUIRED = env_bool("STAFF_2FA_REQUIRED", False)
+
+    # Delivery notices (app/notices): the buyer's optional e-mail with the card secrets, and an SMS with the order
+    # number and lookup link. Every value here can be overridden in 平台设置 (the password and the SMS secret stored
+    # encrypted there). SMTP_PORT 0 = the mode's usual port (587 starttls, 465 ssl, 25 none).
+    SMTP_HOST = env_str("SMTP_HOST")
+    SMTP_PORT = env_int("SMTP_PORT", 0)
+    SMTP_USER = env_str("SMTP_USER")
+    SMTP_PASSWORD = env_str("SMTP_PASSWORD")
+    SMTP_FROM = env_str("SMTP_FROM")
+    SMTP_TLS = smtp_tls_mode(env_str("SMTP_TLS"))
+    SMTP_TIMEOUT = env_int("SMTP_TIMEOUT", 15)  # seconds, per connection step
+    SMS_ENABLED = env_bool("SMS_ENABLED", False)
+    SMS_ENDPOINT = env_str("SMS_ENDPOINT", "https://dysmsapi.aliyuncs.com/")  # Aliyun Dysmsapi (RPC style)
+    SMS_ACCESS_KEY_ID = env_str("SMS_ACCESS_KEY_ID")
+    SMS_ACCESS_KEY_SECRET = env_str("SMS_ACCESS_KEY_SECRET")
+    SMS_SIGN_NAME = env_str("SMS_SIGN_NAME")
+    SMS_TEMPLATE_CODE = env_str("SMS_TEMPLATE_CODE")  # a template holding ${order_no}; the lookup link is in its text
+    # Seconds between a notice's attempts after the first (then it is given up and listed for support).
+    NOTICE_RETRY_SECONDS = env_str("NOTICE_RETRY_SECONDS", "60,300,1800,7200,21600")
 
 
 class ConfigError(RuntimeError):

@@ -17,6 +17,8 @@ def create_app(overrides: dict | None = None) -> Flask:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("flask_appbuilder").setLevel(logging.WARNING)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    # urllib3 logs every request line at DEBUG: 易支付's V1 query carries the merchant key in its query string.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.INFO)
     if app.config.get("KAMENG_ENV") != "development" and app.config.get("OUTBOUND_ALLOW_PRIVATE"):
         logging.getLogger(__name__).warning("OUTBOUND_ALLOW_PRIVATE is on outside development: callbacks and "
                                             "adapters may reach loopback and private addresses (app/outbound.py)")
@@ -51,6 +53,8 @@ def create_app(overrides: dict | None = None) -> Flask:
         register_risk_views(appbuilder)
         from app.settings.views import register as register_settings_views
         register_settings_views(appbuilder)
+        from app.notices.views import register as register_notice_views
+        register_notice_views(appbuilder)
         from app.twofactor.views import register as register_two_factor_views
         register_two_factor_views(appbuilder)
         from app.portal.filters import register_template_helpers
@@ -58,6 +62,7 @@ def create_app(overrides: dict | None = None) -> Flask:
         from dashboards import init_dashboards
         init_dashboards(app, appbuilder)
 
+    from app.notices import service as notices  # noqa: F401  (registers the delivery notice outbox handler)
     from app.openapi import api as openapi_api
     from app.openapi import callbacks  # noqa: F401  (registers the outbox handler)
     from app.outbox import service as outbox

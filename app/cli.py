@@ -158,7 +158,7 @@ def recharge_poll() -> None:
 
 
 @kameng_cli.command("reconcile")
-@click.option("--channel", required=True, type=click.Choice(["sandbox", "alipay", "wechatpay", "unionpay"]))
+@click.option("--channel", required=True, type=click.Choice(["sandbox", "alipay", "wechatpay", "unionpay", "epay"]))
 @click.option("--day", default=None, help="The statement's day (YYYY-MM-DD, China time); default: from the payments "
                                           "(with FILE) or yesterday (without).")
 @click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
@@ -220,7 +220,7 @@ def refund(order_no: str, reason: str) -> None:
 
 
 @kameng_cli.command("channel-sim")
-@click.option("--channel", required=True, type=click.Choice(["alipay", "wechatpay", "unionpay"]))
+@click.option("--channel", required=True, type=click.Choice(["alipay", "wechatpay", "unionpay", "epay"]))
 @click.option("--port", required=True, type=int)
 def channel_sim(channel: str, port: int) -> None:
     """Run a payment gateway simulator on 127.0.0.1 (app/payments/simulators: its protocol and control API)."""
@@ -419,6 +419,45 @@ def payout_sim(port: int, key: str | None, slow_seconds: float) -> None:
     if not key:
         fail("a signing key is required: --key or PAYOUT_KEY")
     _run_simulator(PayoutSimulator(key, slow_seconds), port)
+
+
+@kameng_cli.command("sms-sim")
+@click.option("--port", default=8715, show_default=True, type=int)
+def sms_sim(port: int) -> None:
+    """Run the Aliyun SMS (Dysmsapi SendSms) simulator on 127.0.0.1 (protocol: app/notices/sms_simulator.py)."""
+    from app.notices.sms_simulator import AliyunSmsSimulator
+
+    if current_env() != "development":
+        fail("the SMS simulator runs only with KAMENG_ENV=development")
+    _run_simulator(AliyunSmsSimulator(), port)
+
+
+@kameng_cli.command("notice-resend")
+@click.argument("order_no")
+@click.option("--kind", default="email", show_default=True, type=click.Choice(["email", "sms"]))
+def notice_resend(order_no: str, kind: str) -> None:
+    """Send an order's delivery e-mail (or SMS) again, as support's resend on 发货通知 does (audited)."""
+    from sqlalchemy import select
+
+    from app.extensions import db
+    from app.notices import service as notices
+    from app.notices.models import DeliveryNotice
+    from app.orders.models import Order
+    from app.outbox.service import dispatch_due
+
+    notice_id = db.session.scalar(select(DeliveryNotice.id).join(Order, Order.id == DeliveryNotice.order_id)
+                                  .where(Order.order_no == order_no.strip()[:40], DeliveryNotice.kind == kind))
+    if notice_id is None:
+        fail(f"order {order_no!r} has no {kind} notice")
+    try:
+        notices.resend(notice_id, actor_id=None)
+    except KamengError as exc:
+        fail(exc.message)
+    dispatch_due()  # send now (or hand it to the workers)
+    db.session.rollback()
+    row = db.session.get(DeliveryNotice, notice_id)
+    click.echo(json.dumps({"order_no": order_no, "kind": kind, "to": row.recipient_masked, "status": row.status,
+                           "last_error": row.last_error}, ensure_ascii=False))
 
 
 @kameng_cli.command("supplier-sim")

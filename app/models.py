@@ -27,6 +27,7 @@ from app.network.models import (  # noqa: F401
     TeamBonusRule,
     Withdrawal,
 )
+from app.notices.models import DeliveryNotice  # noqa: F401
 from app.openapi.models import ApiKey, ApiNonce, CallbackAttempt  # noqa: F401
 from app.orders.models import Order  # noqa: F401
 from app.outbox.models import OutboxMessage  # noqa: F401

@@ -62,6 +62,9 @@ SCREENS: dict[str, dict[str, tuple[str, ...]]] = {
     "订单": {MENU: STAFF},
     "订单查询": {MENU: STAFF},
     "OrderView": read(M, F, S),
+    # 发货通知 (app/notices): delivery e-mails and SMS; support resends a failed one (audited), Manager reads.
+    "发货通知失败": {MENU: (M, S)},
+    "DeliveryNoticeView": {**read(M, S), "resend": (S,)},
     # ------------------------------------------------------------------------------------- 代理管理 (app/agents)
     "代理管理": {MENU: STAFF},
     "代理列表": {MENU: (M, S)},

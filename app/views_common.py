@@ -10,7 +10,7 @@ from flask_babel import lazy_gettext as _
 
 # Payment channels as orders, payments, refunds and top-ups store them (app.payments.models.CHANNEL_NAMES).
 CHANNEL_TEXT = {"sandbox": _("沙箱支付"), "alipay": _("支付宝"), "wechatpay": _("微信支付"), "unionpay": _("银联"),
-                "wallet": _("钱包余额")}
+                "epay": _("易支付"), "wallet": _("钱包余额")}
 
 
 def dash(value):

@@ -36,6 +36,7 @@ PLATFORM_ACCOUNTS = {
     "platform:clearing:alipay": "clearing",
     "platform:clearing:wechatpay": "clearing",
     "platform:clearing:unionpay": "clearing",
+    "platform:clearing:epay": "clearing",  # 易支付 (issue 17)
 }
 
 

@@ -99,6 +99,10 @@ def transition(order_id: int, to_status: str, current: str | None = None) -> Non
         rollups.record_delivery(order_id)
         if row.delivered_at == now:  # its first delivery (delivered_at keeps the first time): chained with it
             chain.append_delivery(order_id, row.order_no, row.amount, row.product_id, row.agent_id, now)
+            if row.agent_id is None:  # a storefront buyer's e-mail / SMS leave by the outbox after this commit
+                from app.notices import service as notices
+
+                notices.queue_for_delivery(order_id)
     elif to_status == "refunded" and current in ("delivered", "disputed"):
         rollups.record_refund(order_id)
     if to_status in NOTIFIED_STATUSES and row.notify_url:

@@ -14,8 +14,8 @@ from app.errors import NotFound, ValidationError
 from app.extensions import db
 from app.payments.models import CHANNEL_NAMES, PaymentChannel
 
-CHANNEL_CODES = ("sandbox", "alipay", "wechatpay", "unionpay")
-REMOTE_CHANNELS = ("alipay", "wechatpay", "unionpay")  # gateways we ask (query, close, refund, bill)
+CHANNEL_CODES = ("sandbox", "alipay", "wechatpay", "unionpay", "epay")
+REMOTE_CHANNELS = ("alipay", "wechatpay", "unionpay", "epay")  # gateways we ask (query, close, refund, bill)
 BUYER_FUNDS = "platform:buyer_funds"  # money received for an order and not yet earned or refunded
 
 
@@ -79,6 +79,8 @@ def get_channel(code: str):
         from app.payments.channels.alipay import AlipayChannel as adapter
     elif code == "wechatpay":
         from app.payments.channels.wechatpay import WechatPayChannel as adapter
+    elif code == "epay":
+        from app.payments.channels.epay import EpayChannel as adapter
     else:
         from app.payments.channels.unionpay import UnionPayChannel as adapter
     return adapter.from_settings(settings)

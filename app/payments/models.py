@@ -11,7 +11,7 @@ from app.extensions import db
 from app.money import format_fen
 
 CHANNEL_NAMES = {"sandbox": "沙箱支付", "alipay": "支付宝", "wechatpay": "微信支付", "unionpay": "银联",
-                 "wallet": "钱包余额"}
+                 "epay": "易支付", "wallet": "钱包余额"}
 
 
 class PaymentChannel(db.Model):

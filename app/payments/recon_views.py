@@ -20,7 +20,8 @@ from app.views_common import CHANNEL_TEXT, ReadableColumnsMixin, text_of
 
 CHANNEL_CHOICES = [("sandbox", "沙箱支付 (CSV: trade_no,order_no,amount[,kind])"),
                    ("alipay", "支付宝 (业务明细 CSV, GBK)"), ("wechatpay", "微信支付 (交易账单 CSV)"),
-                   ("unionpay", "银联 (INN…ZM 对账文件)")]
+                   ("unionpay", "银联 (INN…ZM 对账文件)"),
+                   ("epay", "易支付 (订单导出 CSV: trade_no,out_trade_no,money)")]
 
 
 class ReconciliationView(BaseView):

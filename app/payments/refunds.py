@@ -49,6 +49,9 @@ TRANSITIONS: dict[str, set[str]] = {
     "succeeded": set(),
 }
 ABNORMAL = "abnormal: "  # last_error prefix: the channel took the refund but could not pay the buyer
+# last_error prefix: the channel has no refund call (an epay provider without api.php?act=refund): staff refund it
+# in the provider's back office and confirm (confirm_paid); asking the channel again would change nothing.
+MANUAL = "manual: "
 # Channels that keep an abnormal refund (WeChat Pay: settled with its abnormal-refund handling): never asked again.
 # Elsewhere an abnormal answer moved no money (Alipay: our balance there was too low) and may be asked again.
 HOLDS_ABNORMAL = ("wechatpay", "unionpay")
@@ -131,8 +134,11 @@ def transition(refund: Refund, to_status: str, *, message: str | None = None, ch
         refund.finished_at, refund.next_attempt_at = now, None
     elif to_status == "failed":
         refund.finished_at, refund.next_attempt_at = now, None
-        _alert("refund_abnormal" if is_abnormal(refund) else "refund_failed", refund,
-               f"退款失败，请人工处理：{message or ''}")
+        if is_manual(refund):
+            _alert("refund_manual", refund, f"渠道不支持接口退款，请在渠道商户后台人工退款后确认：{message or ''}")
+        else:
+            _alert("refund_abnormal" if is_abnormal(refund) else "refund_failed", refund,
+                   f"退款失败，请人工处理：{message or ''}")
     elif to_status == "processing":
         refund.next_attempt_at = next_attempt_at or now + backoff(refund.attempts)
     elif to_status == "requested":  # staff retry after a failure: a new refund number, asked at once
@@ -267,6 +273,8 @@ def book(refund_id: int, result: RefundResult) -> str:
         elif result.status == "abnormal":
             transition(refund, "failed", message=f"{ABNORMAL}{result.message or '渠道退款异常'}",
                        channel_refund_no=result.channel_refund_no)
+        elif result.status == "manual":
+            transition(refund, "failed", message=f"{MANUAL}{result.message or '渠道不支持接口退款'}")
         else:
             transition(refund, "failed", message=result.message or "渠道拒绝退款",
                        channel_refund_no=result.channel_refund_no)
@@ -334,6 +342,11 @@ def is_abnormal(refund: Refund) -> bool:
     return (refund.last_error or "").startswith(ABNORMAL) and refund.destination in HOLDS_ABNORMAL
 
 
+def is_manual(refund: Refund) -> bool:
+    """A refund the channel cannot make (no refund call): it waits for staff to refund by hand and confirm."""
+    return (refund.last_error or "").startswith(MANUAL)
+
+
 def _failed(refund: Refund, what: str) -> None:
     if refund.status != "failed":
         raise Conflict(f"退款状态为「{STATUS_TEXT.get(refund.status, refund.status)}」，不能{what}")
@@ -348,10 +361,22 @@ def retry(refund_id: int, actor_id: int | None) -> Refund:
         if is_abnormal(refund):
             raise Conflict("渠道退款异常：请在渠道商户平台处理（异常退款）后「确认已退款」(abnormal: settle it at the "
                            "channel, then confirm)")
+        if is_manual(refund) and not _channel_refunds_now(refund):
+            raise Conflict("该渠道不支持接口退款：请在渠道商户后台人工退款后「确认已退款」(no refund API: refund it "
+                           "by hand at the channel, then confirm)")
         audit.record("refund.retry", "refund", refund.id, {"status": "failed", "last_error": refund.last_error},
                      {"status": "requested"}, actor_id=actor_id)
         transition(refund, "requested")
     return refund
+
+
+def _channel_refunds_now(refund: Refund) -> bool:
+    """Whether the refund's channel has a refund call now (an admin may have turned epay's refund API on since)."""
+    try:
+        gateway = gateways.get_channel(refund.destination)
+    except KamengError:
+        return False
+    return bool(getattr(gateway, "refund_api", True))
 
 
 def confirm_paid(refund_id: int, actor_id: int | None, note: str) -> Refund:

@@ -60,13 +60,17 @@ LOOKUP_SALT = "kameng-order-lookup"
 
 def checkout(product_id, quantity, contact, query_password, channel: str, base_url: str,
              coupon: object = None, account: object = None, device_id: object = None,
-             ip: str | None = None) -> tuple[Order, str]:
+             ip: str | None = None, email: object = None, locale: str = "zh") -> tuple[Order, str]:
     """A buyer's order at the public price (less an optional coupon), unpaid, with its payment started. Stock is
-    not reserved. A refused coupon writes nothing. `account`: the top-up target, required for direct products."""
+    not reserved. A refused coupon writes nothing. `account`: the top-up target, required for direct products.
+    `email`: the card secrets are also e-mailed (in `locale`) once the order is delivered (app.notices)."""
+    from app.notices import service as notices
+
     if not isinstance(query_password, str) or not 6 <= len(query_password) <= 64:
         raise ValidationError("查询密码须为 6-64 个字符 (query_password must be 6-64 characters)")
     if not isinstance(channel, str) or channel not in enabled_channels():
         raise ValidationError(f"支付方式不可用 (payment channel {channel!r} is not available)")
+    email = notices.clean_email(email)
     gateway = get_channel(channel)
     try:
         order = orders.place_guest_order(product_id, quantity, contact, channel, coupon=coupon, account=account,
@@ -77,19 +81,21 @@ def checkout(product_id, quantity, contact, query_password, channel: str, base_u
     expires_at = utcnow() + timedelta(minutes=int(current_app.config["ORDER_EXPIRE_MINUTES"]))
     db.session.add(OrderCheckout(order_id=order.id, query_password_hash=crypto.hash_order_password(query_password),
                                  expires_at=expires_at))
+    notices.register(order.id, email, order.contact, locale, base_url)  # sent once delivered, never before
     db.session.commit()
     pay_url = start_payment(gateway, order.order_no, order.amount, order.product.name, base_url, expires_at,
-                            return_path=f"/shop/paid/{order.order_no}", order_id=order.id)
+                            return_path=f"/shop/paid/{order.order_no}", order_id=order.id, client_ip=ip)
     return order, pay_url
 
 
 def start_payment(gateway, number: str, amount: int, subject: str, base_url: str, expires_at: datetime,
-                  return_path: str, order_id: int | None = None, topup_id: int | None = None) -> str:
+                  return_path: str, order_id: int | None = None, topup_id: int | None = None,
+                  client_ip: str | None = None) -> str:
     """Create the payment at the channel and remember it (what the buyer is sent to, what a later query, close
     or refund needs). Returns the absolute URL the buyer opens. Commits."""
     start = gateway.create_payment(PaymentRequest(
         order_no=number, amount=amount, subject=subject, notify_url=f"{base_url}/pay/notify/{gateway.code}",
-        return_url=f"{base_url}{return_path}", expires_at=expires_at))
+        return_url=f"{base_url}{return_path}", expires_at=expires_at, client_ip=client_ip))
     pay_url = start.pay_url
     if start.form is not None:  # the buyer's browser POSTs a signed form to the gateway: our page carries it
         pay_url = f"/pay/go/{number}"
@@ -279,6 +285,8 @@ def payment_account_of(channel: str, raw: dict) -> str | None:
         return raw.get("accNo")
     if channel == "sandbox":
         return raw.get("payer")
+    if channel == "epay":
+        return raw.get("buyer")  # some providers add the payer's account; V1's field list does not have it
     return None
 
 

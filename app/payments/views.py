@@ -34,6 +34,12 @@ CHANNEL_FIELDS = {
                  ("middle_cert", "银联中级证书 (PEM)", False, True), ("root_cert", "银联根证书 (PEM)", False, True),
                  ("gateway", "网关地址（留空为正式环境）", False, False),
                  ("file_gateway", "对账文件地址（留空为正式环境）", False, False)],
+    "epay": [("pid", "商户ID pid", False, False), ("key", "商户密钥 KEY", True, False),
+             ("gateway", "接口地址（易支付站点，如 https://pay.example.com/）", False, False),
+             ("pay_type", "支付方式 type：alipay / wxpay / qqpay（留空由收银台选择）", False, False),
+             ("mode", "下单方式：submit（页面跳转）或 mapi（服务端下单）", False, False),
+             ("refund_api", "接口退款：yes（支持 api.php?act=refund）或 no（在商户后台人工退款）", False, False),
+             ("sitename", "网站名称 sitename（选填）", False, False)],
 }
 
 
@@ -93,6 +99,14 @@ def _parse_setting(name: str, value: str):
         raise ValidationError("APIv3 密钥必须是 32 个字符")
     if name == "key" and value and len(value) < 8:
         raise ValidationError("签名密钥至少 8 个字符")
+    if name == "pay_type" and value not in ("", "alipay", "wxpay", "qqpay"):
+        raise ValidationError("支付方式 type 须为 alipay、wxpay、qqpay 或留空")
+    if name == "mode" and value not in ("", "submit", "mapi"):
+        raise ValidationError("下单方式须为 submit 或 mapi")
+    if name == "refund_api" and value not in ("", "yes", "no"):
+        raise ValidationError("接口退款须为 yes 或 no")
+    if name == "pid" and value and not value.isdigit():
+        raise ValidationError("商户ID pid 须为数字")
     return value
 
 
@@ -150,7 +164,8 @@ NOTIFICATION_OUTCOME_TEXT = {
 }
 REFUND_STATUS_TEXT = {"requested": _("已申请"), "processing": _("渠道处理中"), "succeeded": _("退款成功"),
                       "failed": _("退款失败")}
-ALERT_KIND_TEXT = {"refund_failed": _("退款失败"), "refund_abnormal": _("退款异常"), "refund_stuck": _("退款无应答")}
+ALERT_KIND_TEXT = {"refund_failed": _("退款失败"), "refund_abnormal": _("退款异常"), "refund_stuck": _("退款无应答"),
+                   "refund_manual": _("需人工退款")}
 
 
 class PaymentView(ReadableColumnsMixin, ModelView):

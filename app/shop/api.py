@@ -30,6 +30,13 @@ def _base_url() -> str:
     return (current_app.config.get("PUBLIC_BASE_URL") or request.host_url).rstrip("/")
 
 
+def _locale() -> str:
+    """The storefront's language now (zh or en): the delivery e-mail is written in it."""
+    from flask_babel import get_locale
+
+    return str(get_locale() or "zh")
+
+
 def _error(exc: KamengError):
     response = jsonify(exc.to_dict())
     response.status_code = exc.status if 400 <= exc.status < 500 else 400
@@ -80,7 +87,8 @@ def api_create_order():
         order, pay_url = payments.checkout(data.get("product_id"), data.get("quantity"), data.get("contact"),
                                            data.get("query_password"), data.get("channel"), _base_url(),
                                            coupon=data.get("coupon"), account=data.get("account"),
-                                           device_id=data.get("device_id"), ip=request.remote_addr)
+                                           device_id=data.get("device_id"), ip=request.remote_addr,
+                                           email=data.get("email"), locale=_locale())
     except KamengError as exc:
         return _error(exc)
     # The signed lookup link goes only to whoever checked out (this answer): it shows the order without the password.
@@ -118,8 +126,14 @@ def api_lookup():
 
 # --- notifications, payment pages and the sandbox cashier --------------------------------------------------
 
-@shop.post("/pay/notify/<channel>")
+# 易支付 notifies with a GET (the signed fields in the query string); every other channel POSTs.
+GET_NOTIFY_CHANNELS = ("epay",)
+
+
+@shop.route("/pay/notify/<channel>", methods=["GET", "POST"])
 def notify(channel: str):
+    if request.method == "GET" and channel not in GET_NOTIFY_CHANNELS:
+        abort(405)
     return _notification(payments.handle_notification, channel)
 
 
@@ -131,24 +145,34 @@ def refund_notify(channel: str):
 def _notification(handle, channel: str):
     if not payments.channel_exists(channel):  # the sandbox does not exist in production
         abort(404)
-    answer = handle(channel, request.headers, request.form.to_dict(), request.get_data(cache=True),
-                    request.remote_addr)
+    fields = request.args.to_dict() if request.method == "GET" else request.form.to_dict()
+    answer = handle(channel, request.headers, fields, request.get_data(cache=True), request.remote_addr)
     return current_app.response_class(answer.body, status=answer.status, content_type=answer.content_type)
 
 
 @shop.get("/pay/wechatpay/qr/<number>")
 def wechat_qr(number: str):
     """WeChat native pay: the QR code of the channel's code_url; the page polls and moves on once paid."""
+    return _qr_page("wechatpay", number)
+
+
+@shop.get("/pay/epay/qr/<number>")
+def epay_qr(number: str):
+    """易支付 mapi.php answered a QR code (qrcode) instead of a pay URL: the same page as WeChat's."""
+    return _qr_page("epay", number)
+
+
+def _qr_page(channel: str, number: str):
     import segno
 
     co = payments.channel_order(number)
-    if co is None or co.channel != "wechatpay" or not co.code_url:
+    if co is None or co.channel != channel or not co.code_url:
         abort(404)
     state = payments.payment_state(co.out_trade_no)
     if state is None:
         abort(404)
     qr_svg = segno.make(co.code_url, error="m").svg_inline(scale=6, dark="#111", light="#fff")
-    return render_template("kameng/shop/wechat_qr.html", co=co, qr_svg=qr_svg, state=state)
+    return render_template("kameng/shop/wechat_qr.html", co=co, qr_svg=qr_svg, state=state, channel=channel)
 
 
 @shop.get("/pay/status/<number>")
@@ -226,7 +250,8 @@ def shop_buy(product_id: int):
                                                coupon=request.form.get("coupon"),
                                                account=request.form.get("account"),
                                                device_id=request.form.get("device_id"),
-                                               ip=request.remote_addr)
+                                               ip=request.remote_addr, email=request.form.get("email"),
+                                               locale=_locale())
             return redirect(pay_url)
         except KamengError as exc:
             error = exc.message

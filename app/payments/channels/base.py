@@ -47,6 +47,7 @@ class PaymentRequest:
     notify_url: str  # where the channel POSTs the payment notification
     return_url: str  # where the buyer's browser goes after paying (page pay)
     expires_at: datetime | None = None  # naive UTC: the channel must refuse payment after this
+    client_ip: str | None = None  # the buyer's address, for channels that want it (epay mapi.php clientip)
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,8 @@ class RefundRequest:
 @dataclass(frozen=True)
 class RefundResult:
     status: str  # "succeeded", "processing" (ask again / wait for the notification), "failed" (nothing refunded,
-    #              may be retried), "abnormal" (the channel took it but could not pay the buyer: needs staff)
+    #              may be retried), "abnormal" (the channel took it but could not pay the buyer: needs staff),
+    #              "manual" (the channel has no refund call: staff refund it in its back office, then confirm)
     channel_refund_no: str | None = None
     message: str = ""
     meta: dict = field(default_factory=dict)  # identifiers a later query needs (UnionPay: the refund's txnTime)

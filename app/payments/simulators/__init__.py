@@ -1,6 +1,6 @@
-"""Local simulators of the payment gateways (Alipay, WeChat Pay v3, UnionPay 全渠道), each speaking its gateway's
-real protocol over HTTP (signatures, notifications and their retries, queries, close, refunds, bills), for the
-demo and the tests. Plain WSGI apps, thread-safe; `flask kameng channel-sim --channel C --port P` serves one.
+"""Local simulators of the payment gateways (Alipay, WeChat Pay v3, UnionPay 全渠道, 易支付), each speaking its
+gateway's real protocol over HTTP (signatures, notifications and their retries, queries, close, refunds, bills),
+for the demo and the tests. Plain WSGI apps, thread-safe; `flask kameng channel-sim --channel C --port P` serves one.
 
 Every simulator has the same control API (JSON, unsigned; for tests and demos only):
 
@@ -27,7 +27,7 @@ Every simulator has the same control API (JSON, unsigned; for tests and demos on
 """
 from __future__ import annotations
 
-SIMULATED_CHANNELS = ("alipay", "wechatpay", "unionpay")
+SIMULATED_CHANNELS = ("alipay", "wechatpay", "unionpay", "epay")
 
 
 def simulator_for(channel: str):
@@ -44,6 +44,10 @@ def simulator_for(channel: str):
         from app.payments.simulators.unionpay import UnionPaySimulator
 
         return UnionPaySimulator()
+    if channel == "epay":
+        from app.payments.simulators.epay import EpaySimulator
+
+        return EpaySimulator()
     raise ValueError(f"no simulator for channel {channel!r}")
 
 
@@ -55,6 +59,8 @@ def merchant_settings(channel: str, url: str) -> dict:
         from app.payments.simulators import wechatpay as module
     elif channel == "unionpay":
         from app.payments.simulators import unionpay as module
+    elif channel == "epay":
+        from app.payments.simulators import epay as module
     else:
         raise ValueError(f"no simulator for channel {channel!r}")
     return module.merchant_settings(url.rstrip("/"))

@@ -1,0 +1,277 @@
+"""Delivery notices: a storefront buyer's optional e-mail (the order, its card secrets, the lookup link) and SMS (the
+order number and the lookup link, never a secret).
+
+- `register()` (checkout, in the order's transaction) writes one `waiting` row per notice the buyer gets: an
+  e-mail when the buyer gave an address, an SMS when the SMS provider is on and the contact is a mainland mobile.
+- `queue_for_delivery()` (orders.transition, in the transaction that delivers the order) turns those rows `queued`
+  and writes one outbox message each: nothing leaves for an order that is rolled back, unpaid, or held by risk
+  control (a held order is `reviewing`, not delivered; approved, it is delivered by the normal path and queued).
+- `send()` is the job (outbox topic `delivery_notice`, RQ job id `notice-<id>-<round>`): it claims the row with a
+  guarded update (a second run of the same job finds nothing to do), sends through SMTP (app.notices.mailer) or
+  the SMS provider (app.notices.sms), and books the outcome. A temporary failure is retried after
+  NOTICE_RETRY_SECONDS (the outbox sweeper dispatches it again); after the last one, or at once on a permanent
+  refusal, the row is `failed` and on support's list (发货通知), where `resend()` queues it again (audited).
+
+No card secret is ever written to a log, the outbox, a job's arguments or an error column: the job takes the
+notice's id and reads the secrets itself, and errors are scrubbed of the recipient and the secrets.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from email.utils import formataddr, parseaddr
+
+from flask import current_app
+from sqlalchemy import or_, select, update
+
+from app.audit import service as audit
+from app.clock import utcnow
+from app.crypto import mask
+from app.errors import Conflict, NotFound, ValidationError
+from app.extensions import db
+from app.notices.models import DeliveryNotice
+from app.outbox import service as outbox
+
+log = logging.getLogger(__name__)
+TOPIC = "delivery_notice"
+# A job that took a notice and has not finished after this long is taken to have died: the notice is taken again
+# (an e-mail may then leave twice, which beats never).
+STALE_CLAIM = timedelta(minutes=10)
+_EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@(?=.{4,253}$)"
+                    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+
+
+_PHONE_SPELLING = re.compile(r"^\+?[\d\s()-]{7,24}$")
+
+
+class InvalidEmail(ValidationError):
+    code = "invalid_email"
+
+
+# --- addresses -------------------------------------------------------------------------------------------------
+
+def clean_email(value: object) -> str | None:
+    """The buyer's optional e-mail: None when absent, else one plain address (no display name, no spaces, no line
+    breaks: it goes into a header) of at most 254 characters. InvalidEmail otherwise."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str) or len(value.strip()) > 254 or not _EMAIL.match(value.strip()):
+        raise InvalidEmail("邮箱地址格式不正确 (email must be a plain e-mail address)")
+    return value.strip()
+
+
+def parse_sender(value: str) -> str:
+    """SMTP_FROM as a header: "shop@example.com" or "卡盟 <shop@example.com>". ValidationError otherwise."""
+    if not isinstance(value, str) or any(c in value for c in "\r\n"):
+        raise ValidationError("发件人须为邮箱地址或「名称 <邮箱地址>」(SMTP_FROM must be an address)")
+    name, address = parseaddr(value)
+    if not address or not _EMAIL.match(address):
+        raise ValidationError("发件人须为邮箱地址或「名称 <邮箱地址>」(SMTP_FROM must be an address)")
+    return formataddr((name, address)) if name else address
+
+
+def mobile_number(contact: object) -> str | None:
+    """A mainland China mobile number as the SMS provider takes it (11 digits), or None for anything else."""
+    import phonenumbers
+
+    if not isinstance(contact, str) or not _PHONE_SPELLING.match(contact.strip()):
+        return None  # "QQ 13800138000" is a QQ number, not a phone, whatever digits it holds
+    try:
+        number = phonenumbers.parse(contact.strip(), "CN")
+    except phonenumbers.NumberParseException:
+        return None
+    if number.country_code != 86 or not phonenumbers.is_valid_number(number):
+        return None
+    if phonenumbers.number_type(number) not in (phonenumbers.PhoneNumberType.MOBILE,
+                                                phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE):
+        return None
+    return str(number.national_number)
+
+
+# --- checkout and delivery (in the callers' transactions) ------------------------------------------------------
+
+def register(order_id: int, email: str | None, contact: str | None, locale: str, link_base: str) -> None:
+    """The notices a storefront order's buyer gets once it is delivered; in the checkout's transaction."""
+    from app.notices import sms
+
+    locale = "en" if str(locale or "").lower().startswith("en") else "zh"
+    if email:
+        db.session.add(DeliveryNotice(order_id=order_id, kind="email", recipient=email, locale=locale,
+                                      link_base=link_base[:255], status="waiting"))
+    phone = mobile_number(contact)
+    if phone and sms.enabled():
+        db.session.add(DeliveryNotice(order_id=order_id, kind="sms", recipient=phone, locale=locale,
+                                      link_base=link_base[:255], status="waiting"))
+
+
+def queue_for_delivery(order_id: int) -> None:
+    """The order is being delivered (the caller's transaction): its waiting notices leave after the commit."""
+    table = DeliveryNotice.__table__
+    now = utcnow()
+    ids = db.session.connection().execute(
+        update(table).where(table.c.order_id == order_id, table.c.status == "waiting")
+        .values(status="queued", next_attempt_at=now, updated_at=now).returning(table.c.id)).scalars().all()
+    for notice_id in ids:
+        _schedule(notice_id, 0)
+
+
+def _schedule(notice_id: int, round_no: int) -> None:
+    outbox.write(TOPIC, f"notice:{notice_id}:send:{round_no}", {"notice_id": notice_id, "round": round_no})
+
+
+# --- the job ---------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # sent, retry (this notice failed; again after delay), failed, busy (not due, or another job
+    #              holds it: ask again after delay), skipped (nothing left to do: sent, failed, waiting, gone)
+    delay: timedelta | None = None
+    error: str | None = None
+
+
+class DeliveryError(Exception):
+    """A notice that did not leave. `temporary`: worth another try (server down, timeout, 4xx); otherwise the
+    refusal is final (a 5xx refusal of the address, a number the provider calls illegal)."""
+
+    def __init__(self, message: str, temporary: bool = True):
+        super().__init__(message)
+        self.message, self.temporary = message, temporary
+
+
+@outbox.handler(TOPIC, job_id=lambda payload: f"notice-{payload['notice_id']}-{payload.get('round', 0)}")
+def _run(message) -> None:
+    outcome = send(json.loads(message.payload)["notice_id"])
+    if outcome.status in ("retry", "busy"):
+        outbox.retry_later(message, outcome.delay or timedelta(0), outcome.error or outcome.status)
+    elif outcome.status == "failed":
+        outbox.finish(message, "failed", outcome.error)
+    else:
+        outbox.finish(message, "done")
+
+
+def retry_delays() -> list[timedelta]:
+    raw = str(current_app.config.get("NOTICE_RETRY_SECONDS") or "")
+    try:
+        return [timedelta(seconds=max(0, int(part))) for part in raw.split(",") if part.strip()]
+    except ValueError:
+        raise ValidationError(f"NOTICE_RETRY_SECONDS must be seconds separated by commas, got {raw!r}") from None
+
+
+def send(notice_id: int) -> Outcome:
+    """Send one queued notice that is due and book the outcome; commits. Safe to run twice (the claim)."""
+    now = utcnow()
+    table = DeliveryNotice.__table__
+    claimed = db.session.execute(
+        update(table).where(table.c.id == notice_id, or_(
+            (table.c.status == "queued") & (table.c.next_attempt_at <= now),
+            (table.c.status == "sending") & (table.c.claimed_at < now - STALE_CLAIM)))
+        .values(status="sending", claimed_at=now, attempts=table.c.attempts + 1, updated_at=now)).rowcount
+    db.session.commit()
+    if not claimed:
+        return _not_claimed(notice_id, now)
+    notice = db.session.get(DeliveryNotice, notice_id)
+    order = notice.order
+    secrets: list[str] = []
+    try:
+        if order.status != "delivered":  # refunded or disputed since: its secrets are not sent any more
+            raise DeliveryError(f"订单状态为「{order.status_display()}」，未发送 (order is {order.status})",
+                                temporary=False)
+        if notice.kind == "email":
+            from app.catalog import cards
+            from app.notices import mailer
+
+            secrets = cards.reveal(order.id) if order.product.kind == "card" else []
+            mailer.send(mailer.compose(order, notice.recipient, secrets, notice.locale, lookup_url(notice, order)))
+        else:
+            from app.notices import sms
+
+            sms.send(notice.recipient, order.order_no)
+    except DeliveryError as exc:
+        return _failed(notice, _scrub(exc.message, notice.recipient, secrets), exc.temporary)
+    except Exception as exc:  # noqa: BLE001 - a bug or a bad row must not leave the notice claimed for ever
+        db.session.rollback()
+        notice = db.session.get(DeliveryNotice, notice_id)
+        error = f"{type(exc).__name__}: {str(exc)[:120]}"  # no traceback: its frames could show the message
+        return _failed(notice, _scrub(error, notice.recipient, secrets), temporary=True)
+    notice.status, notice.sent_at, notice.last_error, notice.updated_at = "sent", utcnow(), None, utcnow()
+    notice.next_attempt_at = None
+    db.session.commit()
+    log.info("delivery notice %s (%s to %s) for order %s sent", notice.id, notice.kind, notice.recipient_masked,
+             order.order_no)
+    return Outcome("sent")
+
+
+def _not_claimed(notice_id: int, now) -> Outcome:
+    """Why a run found nothing to take: a retry not yet due or a job holding the notice (this message waits and
+    asks again: a job that died is replaced after STALE_CLAIM), or nothing left to do."""
+    row = db.session.execute(select(DeliveryNotice.status, DeliveryNotice.next_attempt_at, DeliveryNotice.claimed_at)
+                             .where(DeliveryNotice.id == notice_id)).first()
+    db.session.rollback()
+    if row is not None and row.status == "queued" and row.next_attempt_at is not None:
+        return Outcome("busy", max(row.next_attempt_at - now, timedelta(0)), "not due yet")
+    if row is not None and row.status == "sending" and row.claimed_at is not None:
+        return Outcome("busy", max(row.claimed_at + STALE_CLAIM - now, timedelta(0)), "another job is sending it")
+    return Outcome("skipped")
+
+
+def _failed(notice: DeliveryNotice, error: str, temporary: bool) -> Outcome:
+    delays = retry_delays()
+    notice.last_error, notice.updated_at = error[:255], utcnow()
+    if temporary and notice.attempts <= len(delays):
+        delay = delays[notice.attempts - 1]
+        notice.status, notice.next_attempt_at = "queued", utcnow() + delay
+        db.session.commit()
+        log.warning("delivery notice %s (%s to %s): attempt %s failed, retrying in %ss: %s", notice.id, notice.kind,
+                    notice.recipient_masked, notice.attempts, int(delay.total_seconds()), error)
+        return Outcome("retry", delay, error)
+    notice.status, notice.next_attempt_at = "failed", None
+    db.session.commit()
+    log.warning("delivery notice %s (%s to %s) failed after %s attempt(s): %s", notice.id, notice.kind,
+                notice.recipient_masked, notice.attempts, error)
+    return Outcome("failed", error=error)
+
+
+def _scrub(text: str, recipient: str, secrets: list[str]) -> str:
+    """An error as stored and logged: the recipient masked, no card secret (a server may echo what it was sent)."""
+    for value in sorted([recipient, *secrets], key=len, reverse=True):
+        if value:
+            text = text.replace(value, mask(value))
+    return text
+
+
+def lookup_url(notice: DeliveryNotice, order) -> str:
+    """The storefront's lookup page for the order (the order password still needed): never the signed link."""
+    from urllib.parse import quote
+
+    base = (current_app.config.get("PUBLIC_BASE_URL") or notice.link_base or "").rstrip("/")
+    return f"{base}/shop/lookup?order_no={quote(order.order_no, safe='')}"
+
+
+# --- support ---------------------------------------------------------------------------------------------------
+
+def resend(notice_id: int, actor_id: int | None) -> DeliveryNotice:
+    """Support sends a notice again (failed, or sent and not received): queued now, audited. The order must still
+    be delivered (a refunded order's secrets are void). Commits."""
+    notice = db.session.scalar(select(DeliveryNotice).where(DeliveryNotice.id == notice_id).with_for_update())
+    if notice is None:
+        db.session.rollback()
+        raise NotFound("通知不存在 (no such notice)")
+    if notice.status not in ("failed", "sent"):
+        db.session.rollback()
+        raise Conflict("该通知正在发送或等待发货，无需重发 (the notice is queued or waiting)")
+    if notice.order.status != "delivered":
+        db.session.rollback()
+        raise Conflict(f"订单状态为「{notice.order.status_display()}」，不能重发 (only delivered orders)")
+    before = {"status": notice.status, "attempts": notice.attempts, "last_error": notice.last_error}
+    notice.resends += 1
+    notice.status, notice.attempts, notice.next_attempt_at = "queued", 0, utcnow()
+    notice.claimed_at, notice.updated_at = None, utcnow()
+    audit.record("notice.resend", "delivery_notice", notice.id, before,
+                 {"status": "queued", "kind": notice.kind, "to": notice.recipient_masked,
+                  "order_no": notice.order.order_no}, actor_id=actor_id)
+    _schedule(notice.id, notice.resends)
+    db.session.commit()
+    return notice
