@@ -2,7 +2,7 @@
 易支付's clearing account
 
 Revision ID: c17a00000001
-Revises: c15a00000001
+Revises: c15b00000001
 Create Date: 2026-12-12 00:00:00
 
 """
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision = 'c17a00000001'
-down_revision = "c15a00000001"
+down_revision = "c15b00000001"
 branch_labels = None
 depends_on = None
 
