@@ -302,10 +302,16 @@ def create_order(key: CallerKey, payload, ip: str | None = None) -> tuple[dict, 
 
 
 def _existing(agent_id: int, out_trade_no: str, digest: str) -> Order | None:
-    order = db.session.scalar(select(Order).where(Order.agent_id == agent_id, Order.out_trade_no == out_trade_no))
-    if order is not None and order.request_hash != digest:
+    """The order already placed under this out_trade_no, if any (a plain row probe first: usually there is none)."""
+    orders_table = Order.__table__
+    found = db.session.connection().execute(
+        select(orders_table.c.id, orders_table.c.request_hash)
+        .where(orders_table.c.agent_id == agent_id, orders_table.c.out_trade_no == out_trade_no)).first()
+    if found is None:
+        return None
+    if found.request_hash != digest:
         raise OutTradeNoConflict("out_trade_no was already used with a different request body")
-    return order
+    return db.session.get(Order, found.id)
 
 
 def find_order(agent_id: int, order_no: str | None = None, out_trade_no: str | None = None) -> Order:
