@@ -60,9 +60,10 @@ LOOKUP_SALT = "kameng-order-lookup"
 
 def checkout(product_id, quantity, contact, query_password, channel: str, base_url: str,
              coupon: object = None, account: object = None, device_id: object = None,
-             ip: str | None = None) -> tuple[Order, str]:
+             ip: str | None = None, shop=None) -> tuple[Order, str]:
     """A buyer's order at the public price (less an optional coupon), unpaid, with its payment started. Stock is
-    not reserved. A refused coupon writes nothing. `account`: the top-up target, required for direct products."""
+    not reserved. A refused coupon writes nothing. `account`: the top-up target, required for direct products.
+    `shop`: an agent's shop (app.agentshops.service.ShopPricing): its price, snapshotted with the shop."""
     if not isinstance(query_password, str) or not 6 <= len(query_password) <= 64:
         raise ValidationError("查询密码须为 6-64 个字符 (query_password must be 6-64 characters)")
     if not isinstance(channel, str) or channel not in enabled_channels():
@@ -70,7 +71,7 @@ def checkout(product_id, quantity, contact, query_password, channel: str, base_u
     gateway = get_channel(channel)
     try:
         order = orders.place_guest_order(product_id, quantity, contact, channel, coupon=coupon, account=account,
-                                         device_id=device_id, ip=ip)
+                                         device_id=device_id, ip=ip, shop=shop)
     except Exception:
         db.session.rollback()
         raise
