@@ -24,7 +24,7 @@ from app.clock import utcnow
 from app.extensions import db as _db
 from app.ledger import service as ledger
 from app.ledger.invariants import check_ledger
-from app.ledger.models import Account, Journal, Posting
+from app.ledger.models import Journal
 from app.money import apply_rate
 from app.network import commissions, settlement
 from app.network.models import Commission

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from app.agentshops import materials, service
 from app.agentshops.models import THEMES, AgentShop, AgentShopDomain
 from app.errors import KamengError
-from app.money import format_bp, format_fen
+from app.money import format_bp
 from app.orders.models import Order
 from app.orders.views import ORDER_LABELS
 from app.scope import current_agent, require_agent
@@ -218,8 +218,7 @@ def own_shop_ids():
     return select(AgentShop.id).where(AgentShop.agent_id == (agent.id if agent is not None else -1))
 
 
-SHOP_ORDER_LABELS = {**ORDER_LABELS, "shop_profit": _("分站利润"), "contact_masked": _("买家联系方式"),
-                     "shop_base_amount": _("拿货价合计")}
+SHOP_ORDER_LABELS = {**ORDER_LABELS, "contact_masked": _("买家联系方式")}
 
 
 class MyShopOrderView(ReadableColumnsMixin, ModelView):
@@ -229,13 +228,12 @@ class MyShopOrderView(ReadableColumnsMixin, ModelView):
     base_permissions = ["can_list", "can_show"]
     base_filters = [["shop_id", FilterInFunction, own_shop_ids]]
     list_title = show_title = _("分站订单")
-    list_columns = ["order_no", "product", "quantity", "amount_display", "shop_profit", "status_display",
+    list_columns = ["order_no", "product", "quantity", "amount_display", "shop_profit_display", "status_display",
                     "contact_masked", "created_at"]
-    show_columns = ["order_no", "product", "quantity", "unit_price_display", "amount_display", "shop_base_amount",
-                    "shop_profit", "status_display", "contact_masked", "created_at", "delivered_at"]
+    show_columns = ["order_no", "product", "quantity", "unit_price_display", "amount_display", "shop_base_display",
+                    "shop_profit_display", "status_display", "contact_masked", "created_at", "delivered_at"]
     search_columns = ["order_no", "status", "created_at"]
     label_columns = SHOP_ORDER_LABELS
-    formatters_columns = {"shop_profit": format_fen, "shop_base_amount": format_fen}
     base_order = ("id", "desc")
 
 

@@ -89,6 +89,7 @@ class Order(db.Model):
     supplier = relationship("Supplier")
     tier = relationship("Tier")
     card_secrets = relationship("CardSecret", foreign_keys="CardSecret.order_id", back_populates="order")
+    shop = relationship("AgentShop")  # app.agentshops
 
     __table_args__ = (
         UniqueConstraint("agent_id", "out_trade_no", name="uq_orders_agent_out_trade_no"),
@@ -122,6 +123,12 @@ class Order(db.Model):
 
     def unit_price_display(self) -> str:
         return format_fen(self.unit_price)
+
+    def shop_profit_display(self) -> str:
+        return format_fen(self.shop_profit) if self.shop_profit is not None else "-"
+
+    def shop_base_display(self) -> str:
+        return format_fen(self.shop_base_amount) if self.shop_base_amount is not None else "-"
 
 
 # The blind indexes follow every ORM write of the plaintext (constructor or assignment). Core inserts of orders

@@ -20,10 +20,10 @@ class SettingsForm(DynamicForm):
                                         description=_("单笔钱包采购金额超过此数时，须先完成实名认证"))
     staff_2fa_required = BooleanField(_("员工必须使用两步验证"),
                                       description=_("开启后，管理员、经理、财务和客服登录后须先启用两步验证才能使用其他页面"))
-    shop_markup_min_bp = PercentField(_("分站最低加价 %"), max_bp=service.MAX_SHOP_MARKUP_BP,
+    shop_markup_min_bp = PercentField(_("分站最低加价（百分比）"), max_bp=service.MAX_SHOP_MARKUP_BP,
                                       validators=[Optional()],
                                       description=_("代理分站售价相对其拿货价的最低加价"))
-    shop_markup_max_bp = PercentField(_("分站最高加价 %"), max_bp=service.MAX_SHOP_MARKUP_BP,
+    shop_markup_max_bp = PercentField(_("分站最高加价（百分比）"), max_bp=service.MAX_SHOP_MARKUP_BP,
                                       validators=[Optional()],
                                       description=_("代理分站售价相对其拿货价的最高加价；分站售价永远不低于代理拿货价"))
 
