@@ -315,6 +315,11 @@ def demo(password: str | None, sandbox_key: str | None, orders: int, seed: int |
     click.echo("Demo data loaded. Logins:")
     for username, pwd, role in logins:
         click.echo(f"  {username:<10} {pwd:<20} {role}")
+    from app.demo import demo_shops
+
+    shops = demo_shops()
+    if shops:
+        click.echo("Agent shops (分站): " + ", ".join(f"{login} {path}" for login, path in shops))
     if orders:
         _demo_history(orders, seed)
 

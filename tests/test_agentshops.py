@@ -632,3 +632,18 @@ def test_money_flows_count_shop_profit(app, world, client):
     assert money[(w["seller"].id, day, "shop_profit_accrued")] == (900, 1)
     assert money[(w["seller"].id, day, "shop_profit_reversed")] == (900, 1)
     assert money[(w["mid"].id, day, "commission_accrued")] == (270, 1)  # mid's branch: its own commission
+
+
+def test_the_tier_form_grants_may_open_shop_audited(app, f):
+    from tests.test_admin_screens import tier_form
+
+    admin = app.test_client()
+    user = f.user(f.unique("admin"), role="Admin")
+    f.login(admin, user.username)
+    tier = f.tier(name="铜牌")
+    r = admin.post(f"/tiers/edit/{tier.id}", data=tier_form(name="铜牌", may_open_shop="y"), follow_redirects=True)
+    assert r.status_code == 200
+    _db.session.expire_all()
+    assert _db.session.get(type(tier), tier.id).may_open_shop is True
+    entry = _db.session.scalar(select(AuditEntry).where(AuditEntry.action == "tier.update"))
+    assert json.loads(entry.old_value)["may_open_shop"] is False and json.loads(entry.new_value)["may_open_shop"]

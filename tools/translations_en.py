@@ -1008,6 +1008,7 @@ EN: dict[str, str] = {
     "在存证核验页查看": "Check it on the record check page",
     "数据更新于 %(time)s": "Data as of %(time)s",
     # agent shops (分站, app/agentshops) and the storefront pages they share
+    "可开设分站": "May open a shop",
     "综合": "General",
     "游戏": "Games",
     "校园": "Campus",
