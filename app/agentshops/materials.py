@@ -169,16 +169,22 @@ def draw_price_list(shop: AgentShop, rows: list[tuple[str, int]], link: str, day
     image = Image.new("RGB", PRICE_LIST_SIZE, background)
     _band(image, shop, 260, 72, f"今日价格表 · {day}")
     draw = ImageDraw.Draw(image)
-    top, row_height = 300, 80
-    for i, (name, price) in enumerate(rows[:PRICE_LIST_ROWS]):
+    rows = rows[:PRICE_LIST_ROWS]
+    top, bottom = 300, PRICE_LIST_QR_TOP - 40
+    # Fewer products get taller rows and larger type: the list fills the space above the QR code.
+    row_height = max(80, min(150, (bottom - top) // max(1, len(rows))))
+    name_size, price_size = row_height * 36 // 80, row_height * 42 // 80
+    for i, (name, price) in enumerate(rows):
         y = top + i * row_height
         if i % 2 == 0:
             draw.rectangle((40, y, width - 40, y + row_height - 8), fill=stripe)
         price_text = format_fen(price)
-        price_font = load_font(42)
+        price_font = load_font(min(price_size, 64))
         price_width = draw.textlength(price_text, font=price_font)
-        draw.text((70, y + 14), name, font=_fit(draw, name, 36, int(width - 180 - price_width)), fill=text)
-        draw.text((width - 70 - price_width, y + 10), price_text, font=price_font, fill=accent)
+        name_font = _fit(draw, name, min(name_size, 56), int(width - 180 - price_width))
+        middle = y + (row_height - 8) // 2
+        draw.text((70, middle), name, font=name_font, fill=text, anchor="lm")
+        draw.text((width - 70, middle), price_text, font=price_font, fill=accent, anchor="rm")
     if not rows:
         _centered(draw, width, top + 40, "暂无商品", load_font(40), GREY)
     qr_top = PRICE_LIST_QR_TOP
