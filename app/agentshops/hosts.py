@@ -5,20 +5,21 @@ A WSGI middleware inside ProxyFix (so a trusted proxy's X-Forwarded-Host is what
   under /s/<code>/ (`/` is the shop's home, `/buy/3` its checkout, `/api/products` its API), except static files
   and payment pages (/static/, /pay/), which are the platform's on every host. Nothing else answers there: the
   admin, the portal and the platform's storefront are not reachable through an agent's domain.
-- outside development, a Host that is neither the platform's own (PUBLIC_BASE_URL, PLATFORM_HOSTS) nor an
-  approved domain is answered 421 Misdirected Request, before any view runs: a domain an agent only requested,
-  or one pointed at us by anybody, serves nothing.
+- outside development, a Host that is neither the platform's own (PUBLIC_BASE_URL, PLATFORM_HOSTS, the loopback
+  names) nor an approved domain is answered 421 Misdirected Request, before any view runs: a domain an agent only
+  requested, or one pointed at us by anybody, serves nothing.
 - in development any other Host is the platform (localhost, 127.0.0.1, a LAN address).
 """
 from __future__ import annotations
 
 import logging
 
-from flask import Flask
+from flask import Flask, Response, request
 
 from app.agentshops import service
 
 SHOP_HOST_KEY = "kameng.shop_host"  # environ: the code of the shop this request's Host is the domain of
+REFUSED_KEY = "kameng.host_refused"  # environ: a Host nobody serves here
 PLATFORM_PREFIXES = ("/static/", "/pay/")
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,9 @@ class ShopHostRouter:
                 environ["PATH_INFO"] = f"/s/{code}{path}"
             environ[SHOP_HOST_KEY] = code
             return self.wsgi_app(environ, start_response)
-        if development:
-            return self.wsgi_app(environ, start_response)
-        body = b"421 Misdirected Request: this host is not served here\n"
-        start_response("421 Misdirected Request", [("Content-Type", "text/plain; charset=utf-8"),
-                                                   ("Content-Length", str(len(body))), ("Cache-Control", "no-store")])
-        return [body]
+        if not development:
+            environ[REFUSED_KEY] = True  # answered 421 by the first before_request (with the security headers)
+        return self.wsgi_app(environ, start_response)
 
     def _platform_hosts(self) -> set[str]:
         if self._platform is None:
@@ -68,6 +66,15 @@ class ShopHostRouter:
         return hosts.get(host)
 
 
+def refuse_unknown_host():
+    """before_request, first of all: a Host the router found nobody serves gets 421 and nothing else runs."""
+    if request.environ.get(REFUSED_KEY):
+        return Response("421 Misdirected Request: this host is not served here\n", status=421,
+                        mimetype="text/plain")
+    return None
+
+
 def init_app(app: Flask) -> None:
-    """Install the router inside ProxyFix (call before create_app wraps the app in ProxyFix)."""
+    """Install the router inside ProxyFix (call before create_app wraps the app in ProxyFix), and the refusal."""
     app.wsgi_app = ShopHostRouter(app.wsgi_app, app)
+    app.before_request_funcs.setdefault(None, []).insert(0, refuse_unknown_host)

@@ -467,12 +467,17 @@ def normalize_host(host: str | None) -> str:
     return host.rsplit(":", 1)[0].rstrip(".") if ":" in host else host.rstrip(".")
 
 
+# Loopback names are always the platform: only a client on the server itself (a health check, a tunnel) sends them,
+# never a browser following somebody's domain.
+LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "[::1]"}
+
+
 def platform_hosts(config=None) -> set[str]:
-    """The platform's own host names: PUBLIC_BASE_URL's and PLATFORM_HOSTS."""
+    """The platform's own host names: PUBLIC_BASE_URL's, PLATFORM_HOSTS and the loopback names."""
     from urllib.parse import urlsplit
 
     config = config if config is not None else current_app.config
-    hosts = {normalize_host(h) for h in config.get("PLATFORM_HOSTS") or []}
+    hosts = {normalize_host(h) for h in config.get("PLATFORM_HOSTS") or []} | LOOPBACK_HOSTS
     base = config.get("PUBLIC_BASE_URL")
     if base:
         hosts.add(normalize_host(urlsplit(base).netloc))
