@@ -648,3 +648,44 @@ def test_the_tier_form_grants_may_open_shop_audited(app, f):
     assert _db.session.get(type(tier), tier.id).may_open_shop is True
     entry = _db.session.scalar(select(AuditEntry).where(AuditEntry.action == "tier.update"))
     assert json.loads(entry.old_value)["may_open_shop"] is False and json.loads(entry.new_value)["may_open_shop"]
+
+
+def test_the_gmv_dashboard_shows_the_agents_shop_in_its_scope_only(app, world, client, f):
+    from app.clock import to_local
+    from tests.dashboards_helpers import agent_client, call_callback, filters, kpi_values, outputs
+
+    w = world
+    delivered_shop_order(client, w)
+    stranger = f.agent()  # another branch: sees nothing of it
+    day = to_local(utcnow()).date()
+    for agent, expected in ((w["seller"], ("1", "¥99.00", "¥9.00")), (w["root"], ("1", "¥99.00", "¥9.00")),
+                            (stranger, ("0", "¥0.00", "¥0.00"))):
+        c = agent_client(app, f, agent)
+        got = outputs(call_callback(c, "gmv", "gmv-shop-kpis.children", filters(day, day)))
+        kpis = kpi_values(got["gmv-shop-kpis.children"])
+        assert (kpis["kpi-shop-orders"], kpis["kpi-shop-gmv"], kpis["kpi-shop-profit"]) == expected, agent
+        rows = got["gmv-by-shop-table.data"]
+        assert [r["label"] for r in rows] == (["小王的点卡店"] if expected[0] == "1" else [])
+        # the shop's sale counts in the branch's GMV as well
+        assert kpi_values(got["gmv-kpis.children"])["kpi-gmv"] == expected[1]
+
+
+def test_upline_commissions_stop_at_commission_max_levels(app, f, client):
+    shops.forget_hosts()
+    h.setup_sandbox()
+    top = f.agent(tier_obj=f.tier(direct_commission_bp=500, indirect_commission_bp=400))
+    root = f.agent(parent=top, tier_obj=f.tier(direct_commission_bp=500, indirect_commission_bp=ROOT_INDIRECT_BP))
+    mid = f.agent(parent=root, tier_obj=f.tier(direct_commission_bp=MID_DIRECT_BP))
+    tier = f.tier(discount_bp=SELLER_BP)
+    tier.may_open_shop = True
+    _db.session.commit()
+    seller = f.agent(parent=mid, tier_obj=tier)
+    product = f.product(face_price=FACE, cost=COST, secrets=2)
+    shop = shops.open_shop(seller.id, "三层之下的店", MARKUP_BP)
+    assert app.config["COMMISSION_MAX_LEVELS"] == 2
+    order = delivered_shop_order(client, {"code": shop.code, "product": product})
+    earned = {c.agent_id: (c.level, c.amount) for c in _db.session.scalars(
+        select(Commission).where(Commission.order_id == order.id))}
+    assert earned == {seller.id: (0, 900), mid.id: (1, 270), root.id: (2, 90)}  # top: beyond two levels
+    assert balances(top)["pending"] == 0
+    ledger_ok()
