@@ -633,6 +633,12 @@ def test_money_flows_count_shop_profit(app, world, client):
     assert money[(w["seller"].id, day, "shop_profit_accrued")] == (900, 1)
     assert money[(w["seller"].id, day, "shop_profit_reversed")] == (900, 1)
     assert money[(w["mid"].id, day, "commission_accrued")] == (270, 1)  # mid's branch: its own commission
+    # the shop's sale counts in the seller's branch (revenue of the sale and its reversal net to zero)
+    assert (w["seller"].id, day, "refunds") in money
+    from datetime import date as _date
+
+    rollups.rebuild(_date.fromisoformat(day), _date.fromisoformat(day))
+    assert grouped("money") == money
 
 
 def test_the_tier_form_grants_may_open_shop_audited(app, f):
