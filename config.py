@@ -203,6 +203,14 @@ class Config:
     PAYOUT_KEY = env_str("PAYOUT_KEY")
     PAYOUT_TIMEOUT = env_int("PAYOUT_TIMEOUT", 10)
 
+    # Agent shops (分站, app/agentshops): the defaults of the 平台设置 bounds of a shop's markup over the agent's own
+    # price (basis points), the platform's own host names besides PUBLIC_BASE_URL's (outside development any other
+    # Host that is not an approved shop domain is answered 421), and how long approved domains are cached.
+    SHOP_MARKUP_MIN_BP = env_int("SHOP_MARKUP_MIN_BP", 0)
+    SHOP_MARKUP_MAX_BP = env_int("SHOP_MARKUP_MAX_BP", 5000)
+    PLATFORM_HOSTS = env_list("PLATFORM_HOSTS")
+    SHOP_DOMAIN_CACHE_SECONDS = env_int("SHOP_DOMAIN_CACHE_SECONDS", 30)
+
     # Staff two-factor sign-in (app/twofactor): the default of the 平台设置 switch that makes it mandatory.
     STAFF_2FA_REQUIRED = env_bool("STAFF_2FA_REQUIRED", False)
 

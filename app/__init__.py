@@ -30,6 +30,9 @@ def create_app(overrides: dict | None = None) -> Flask:
     csrf.init_app(app)
     migrate.init_app(app, db, directory=str(app.root_path + "/../migrations"))
 
+    from app.agentshops import hosts as shop_hosts
+
+    shop_hosts.init_app(app)  # an approved agent-shop domain is served as that shop; inside ProxyFix
     if app.config.get("TRUSTED_PROXIES"):
         from werkzeug.middleware.proxy_fix import ProxyFix
         n = int(app.config["TRUSTED_PROXIES"])
@@ -78,6 +81,9 @@ def create_app(overrides: dict | None = None) -> Flask:
     from app.suppliers import api as supplier_api  # also registers the recharge outbox handler
 
     supplier_api.register(app)
+    from app.agentshops import api as agentshop_api
+
+    agentshop_api.register(app)  # /s/<code>/: agents' shops (分站)
     from app.network.invite_views import register_public as register_invites
 
     register_invites(app)

@@ -137,6 +137,34 @@ def api_key_revoke(app_key: str) -> None:
     click.echo(f"revoked {app_key}")
 
 
+shop_cli = AppGroup("shop", help="Agent shops (分站).")
+kameng_cli.add_command(shop_cli)
+
+
+@shop_cli.command("create")
+@click.option("--agent", "username", required=True, help="The agent's login name.")
+@click.option("--markup-bp", type=int, default=None, help="Shop-wide markup over the agent's own price, in basis "
+              "points (default: the minimum allowed in 平台设置).")
+@click.option("--name", default=None, help="The shop's name (default: the agent's name + 的小店).")
+def shop_create(username: str, markup_bp: int | None, name: str | None) -> None:
+    """Open an agent's shop; prints {"code": ..., "url": ...} as one line of JSON."""
+    from flask import current_app
+
+    from app.agentshops import service as shops
+    from app.scope import agent_of
+
+    user = current_app.appbuilder.sm.find_user(username=username)
+    agent = agent_of(user) if user else None
+    if agent is None:
+        fail(f"no agent with login {username!r}")
+    try:
+        shop = shops.open_shop(agent.id, name if name is not None else f"{agent.name}的小店", markup_bp)
+    except KamengError as exc:
+        fail(exc.message)
+    base = (current_app.config.get("PUBLIC_BASE_URL") or "http://127.0.0.1:5000").rstrip("/")
+    click.echo(json.dumps({"code": shop.code, "url": f"{base}{shop.path()}"}, ensure_ascii=False))
+
+
 @kameng_cli.command("outbox-sweep")
 def outbox_sweep() -> None:
     """Dispatch due outbox messages now (callback retries, anything Redis missed)."""
@@ -292,6 +320,11 @@ def demo(password: str | None, sandbox_key: str | None, orders: int, history_onc
     click.echo("Demo data loaded. Logins:")
     for username, pwd, role in logins:
         click.echo(f"  {username:<10} {pwd:<20} {role}")
+    from app.demo import demo_shops
+
+    shops = demo_shops()
+    if shops:
+        click.echo("Agent shops (分站): " + ", ".join(f"{login} {path}" for login, path in shops))
     if orders and history_once and _has_history():
         click.echo("Demo history: already loaded (--history-once), not generated again")
     elif orders:

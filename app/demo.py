@@ -16,11 +16,12 @@ from app.extensions import db
 from app.ledger import service as ledger
 
 TIERS = [
-    # name, rank, discount_bp, may_recruit, may_withdraw, direct bp, indirect bp, daily limit fen, settle days
-    ("总代", 40, 9000, True, True, 300, 100, 0, 1),
-    ("区域代理", 30, 9300, True, True, 200, 50, 0, 1),
-    ("普通代理", 20, 9600, False, True, 0, 0, 5_000_000, 7),
-    ("会员", 10, 9900, False, False, 0, 0, 1_000_000, 7),
+    # name, rank, discount_bp, may_recruit, may_withdraw, direct bp, indirect bp, daily limit fen, settle days,
+    # may open a shop (分站)
+    ("总代", 40, 9000, True, True, 300, 100, 0, 1, True),
+    ("区域代理", 30, 9300, True, True, 200, 50, 0, 1, True),
+    ("普通代理", 20, 9600, False, True, 0, 0, 5_000_000, 7, True),
+    ("会员", 10, 9900, False, False, 0, 0, 1_000_000, 7, False),
 ]
 CATEGORIES = ["游戏点卡", "话费充值", "视频会员"]
 PRODUCTS = [
@@ -35,6 +36,10 @@ PRODUCTS = [
 # Direct products and their codes at the demo's upstream simulator (`flask kameng supplier-sim`): code, cost fen
 DEMO_UPSTREAM = {"王者荣耀 点券直充 60元": ("WZRY-60", 5450), "中国移动话费 100元 直充": ("CMCC-100", 9850)}
 DEMO_SUPPLIER = "模拟上游（演示）"
+# The demo's agent shops (分站), one per theme: agent, name, theme, markup bp, buyer contact, notice
+SHOPS = [("agent1", "一号玩家点卡铺", "game", 800, "QQ 800100100", "点卡秒发，24 小时自动发货；大额批发请联系店主。"),
+         ("agent2", "校园生活小站", "campus", 1000, "微信 campus-shop", "开学季视频会员特惠，宿舍直送不用等。"),
+         ("agent3", "小三的数码卡券店", "general", 1200, "手机 13800000003", None)]
 STAFF = [("admin", "Admin"), ("manager", "Manager"), ("finance", "Finance"), ("support", "Support")]
 AGENTS = [("agent1", "总代", None), ("agent2", "区域代理", "agent1"), ("agent3", "普通代理", "agent2"),
           ("member1", "会员", "agent3")]
@@ -69,12 +74,12 @@ def load_demo(password: str | None = None) -> list[tuple[str, str, str]]:
         logins.append((username, password, role))
 
     tiers = {}
-    for name, rank, disc, recruit, withdraw, direct, indirect, limit, settle in TIERS:
+    for name, rank, disc, recruit, withdraw, direct, indirect, limit, settle, shop in TIERS:
         tier = db.session.scalar(select(Tier).where(Tier.name == name))
         if tier is None:
             tier = Tier(name=name, rank=rank, discount_bp=disc, may_recruit=recruit, may_withdraw=withdraw,
                         min_withdrawal=10000, withdrawal_fee_bp=60, direct_commission_bp=direct,
-                        indirect_commission_bp=indirect, daily_limit=limit, settle_days=settle)
+                        indirect_commission_bp=indirect, daily_limit=limit, settle_days=settle, may_open_shop=shop)
             db.session.add(tier)
             db.session.flush()
         tiers[name] = tier
@@ -116,7 +121,35 @@ def load_demo(password: str | None = None) -> list[tuple[str, str, str]]:
             batch = cards.create_import(product.id, lines, None, "demo")
             cards.run_import(batch.id)
     db.session.commit()
+    _demo_shops(by_name)
     return logins
+
+
+def _demo_shops(agents: dict[str, Agent]) -> None:
+    """Each demo shop once (an agent whose tier may open one), its first products featured on the price list."""
+    from app.agentshops import service as shops
+
+    card_products = list(db.session.scalars(select(Product.id).where(Product.kind.in_(("card", "direct")))
+                                            .order_by(Product.id)))
+    for username, name, theme, markup, contact, notice in SHOPS:
+        agent = agents[username]
+        if shops.shop_of(agent.id) is not None or shops.open_refusal(agent) is not None:
+            continue
+        low, high = shops.markup_bounds()
+        shop = shops.open_shop(agent.id, name, min(max(markup, low), high), theme, notice, contact)
+        shops.set_products(shop.id, agent.id, [shops.ProductSetting(pid, "", False, True)
+                                               for pid in card_products[:5]])
+
+
+def demo_shops() -> list[tuple[str, str]]:
+    """(agent login, shop path) of the demo's shops, for the demo command to print."""
+    from flask_appbuilder.security.sqla.models import User
+
+    from app.agentshops.models import AgentShop
+
+    return [(login, f"/s/{code}/") for login, code in db.session.execute(
+        select(User.username, AgentShop.code).join(Agent, Agent.user_id == User.id)
+        .join(AgentShop, AgentShop.agent_id == Agent.id).order_by(AgentShop.id)).all()]
 
 
 def connect_demo_supplier(url: str, key: str, app_key: str = "kameng-demo") -> Supplier:

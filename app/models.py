@@ -2,7 +2,15 @@
 from flask_appbuilder.security.sqla.models import User  # noqa: F401  (ab_user, for relationships)
 
 from app.agents.models import Agent, Tier  # noqa: F401
-from app.analytics.models import AgentDaily, MoneyDaily, ProfileDaily, RollupState, SalesDaily  # noqa: F401
+from app.agentshops.models import AgentShop, AgentShopDomain, AgentShopMaterial, AgentShopProduct  # noqa: F401
+from app.analytics.models import (  # noqa: F401
+    AgentDaily,
+    MoneyDaily,
+    ProfileDaily,
+    RollupState,
+    SalesDaily,
+    ShopDaily,
+)
 from app.audit.models import AuditEntry  # noqa: F401
 from app.cache import CacheVersion  # noqa: F401
 from app.catalog.models import (  # noqa: F401

@@ -72,6 +72,12 @@ SCREENS: dict[str, dict[str, tuple[str, ...]]] = {
     "代理等级": {MENU: (M,)},
     "TierView": crud(M),
     "余额调整": {MENU: NOBODY},
+    # 分站 (app/agentshops): Manager and Support read every shop; suspending, resuming and deciding custom domains
+    # stay with Admin (audited).
+    "分站列表": {MENU: (M, S)},
+    "ShopAdminView": {**read(M, S), "suspend": NOBODY, "resume": NOBODY},
+    "分站域名": {MENU: (M,)},
+    "ShopDomainView": {**read(M), "approve_domain": NOBODY, "reject_domain": NOBODY},
     "WalletAdjustView": {"can_this_form_get": NOBODY, "can_this_form_post": NOBODY},
     # 提现 and 实名 (app/network/network_views.py): Finance decides, Manager reads.
     "提现审核": {MENU: (M, F)},
@@ -223,6 +229,10 @@ SCREENS: dict[str, dict[str, tuple[str, ...]]] = {
     "TeamTreeView": {INDEX: (A,)},
     "我的佣金": {MENU: (A,)},
     "MyCommissionView": read(A),
+    "我的分站": {MENU: (A,)},
+    "MyShopView": {"can_read": (A,), "can_write": (A,)},  # its own shop only (app.agentshops.service.own_shop)
+    "分站订单": {MENU: (A,)},
+    "MyShopOrderView": read(A),  # its own shop's orders, contacts masked, no card secrets
     # ------------------------------------------------------------------------------------- FAB's own screens
     # Users, roles and permissions stay with Admin; everyone has their own account page and password.
     "UserDBModelView": {**crud(), "resetpasswords": NOBODY, **_self_service("UserDBModelView")},

@@ -65,6 +65,9 @@ def register_views(appbuilder: AppBuilder) -> None:
     add(JobsView, "任务队列", href="/jobs/", icon="fa-tasks", category=SYSTEM)
 
     portal.register(appbuilder, PORTAL)
+    from app.agentshops.views import register as register_shop_views
+
+    register_shop_views(appbuilder, admin_category=AGENTS, portal_category=PORTAL)
     install_request_guards(appbuilder)
 
 

@@ -42,6 +42,11 @@ def layout() -> html.Div:
         html.Div([html.Div(c.graph("gmv-by-category"), className="kd-col"),
                   html.Div(c.graph("gmv-by-channel"), className="kd-col")], className="kd-row"),
         *[c.table(f"gmv-by-{by}-table", _figure_columns(first[by]), title=titles[by]) for by in BREAKDOWN_TABLES],
+        # agent shops (分站): the shops in the scope, whatever the category and tier filters
+        html.H4(_("分站（不按分类、等级筛选）"), className="kd-table-title"),
+        c.kpi_row("gmv-shop-kpis"),
+        c.table("gmv-by-shop-table", [("label", _("分站")), ("orders", _("订单数")), ("gmv", _("GMV")),
+                                      ("profit", _("分站利润"))], title=_("按分站")),
     )
 
 
@@ -51,11 +56,13 @@ def build(dash_app: Dash) -> None:
     c.register_table_export(dash_app, "gmv-series", "gmv-trend.csv")
     for by in BREAKDOWN_TABLES:
         c.register_table_export(dash_app, f"gmv-by-{by}-table", f"gmv-by-{by}.csv")
+    c.register_table_export(dash_app, "gmv-by-shop-table", "gmv-by-shop.csv")
 
     outputs = [Output("gmv-note", "children"), Output("gmv-kpis", "children"), Output("gmv-trend", "figure"),
                Output("gmv-margin-trend", "figure"), Output("gmv-series", "data"),
                Output("gmv-by-category", "figure"), Output("gmv-by-channel", "figure"),
-               *[Output(f"gmv-by-{by}-table", "data") for by in BREAKDOWN_TABLES]]
+               *[Output(f"gmv-by-{by}-table", "data") for by in BREAKDOWN_TABLES],
+               Output("gmv-shop-kpis", "children"), Output("gmv-by-shop-table", "data")]
 
     @dash_app.callback(*outputs, inputs=c.filter_inputs(granularity=True))
     def update(**values):
@@ -96,8 +103,17 @@ def render(f: c.Filters) -> tuple:
                     "margin": c.fen(r["margin"]), "margin_rate": format_bp(r["margin_bp"])}
                    for label, r in zip(labels, rows, strict=True)]
     tables = [[_table_row(r) for r in breakdowns[by]] for by in BREAKDOWN_TABLES]
+    shops = q.shops(f.scope_id, f.start, f.end)
+    shop_now, shop_before = shops["current"], shops["previous"]
+    shop_kpis = [
+        c.kpi_card(_("分站订单"), shop_now["orders"], shop_before["orders"], card_id="kpi-shop-orders"),
+        c.kpi_card(_("分站 GMV"), shop_now["gmv"], shop_before["gmv"], money=True, card_id="kpi-shop-gmv"),
+        c.kpi_card(_("分站利润"), shop_now["profit"], shop_before["profit"], money=True, card_id="kpi-shop-profit"),
+    ]
+    shop_rows = [{"label": r["label"], "orders": r["orders"], "gmv": c.fen(r["gmv"]), "profit": c.fen(r["profit"])}
+                 for r in shops["shops"]]
     return (note, kpis, trend, margin, series_rows, _pie(breakdowns["category"], _("各分类 GMV")),
-            _pie(breakdowns["channel"], _("各支付渠道 GMV")), *tables)
+            _pie(breakdowns["channel"], _("各支付渠道 GMV")), *tables, shop_kpis, shop_rows)
 
 
 def _label(row: dict) -> str:

@@ -18,7 +18,8 @@ PERIOD_TABLE = "mf-periods"
 TOTALS_TABLE = "mf-totals"
 # Charts: which flows are drawn together.
 GROUPS = {
-    "mf-commissions": ("commission_accrued", "commission_settled", "commission_reversed"),
+    "mf-commissions": ("commission_accrued", "commission_settled", "commission_reversed", "shop_profit_accrued",
+                       "shop_profit_reversed"),
     "mf-withdrawals": ("withdrawal_requested", "withdrawal_paid", "withdrawal_fee"),
     "mf-platform": ("revenue", "fees", "supplier_cost", "refunds"),
 }
@@ -29,11 +30,14 @@ def flow_labels() -> dict[str, str]:
         "commission_accrued": _("佣金计提"), "commission_settled": _("佣金结算"), "commission_reversed": _("佣金冲回"),
         "withdrawal_requested": _("提现申请"), "withdrawal_paid": _("提现到账"), "withdrawal_fee": _("提现手续费"),
         "revenue": _("平台收入"), "fees": _("供应商服务费"), "supplier_cost": _("供应商成本"), "refunds": _("退款"),
+        # agent shops (分站): settled shop profit is in 佣金结算 (one settlement moves both)
+        "shop_profit_accrued": _("分站利润计提"), "shop_profit_reversed": _("分站利润冲回"),
     }
 
 
 def group_titles() -> dict[str, str]:
-    return {"mf-commissions": _("佣金"), "mf-withdrawals": _("提现"), "mf-platform": _("平台收入、费用与退款")}
+    return {"mf-commissions": _("佣金与分站利润"), "mf-withdrawals": _("提现"),
+            "mf-platform": _("平台收入、费用与退款")}
 
 
 def layout() -> html.Div:

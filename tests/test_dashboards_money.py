@@ -60,7 +60,7 @@ def test_series_by_day_week_month(money_rows):
     assert q.table(0, *MARCH, "month") == [{
         "period": date(2026, 3, 1), "commission_accrued": 150, "commission_settled": 0, "commission_reversed": 0,
         "withdrawal_requested": 0, "withdrawal_paid": 5000, "withdrawal_fee": 0, "revenue": 1000, "fees": 30,
-        "supplier_cost": 0, "refunds": 700}]
+        "supplier_cost": 0, "refunds": 700, "shop_profit_accrued": 0, "shop_profit_reversed": 0}]
 
 
 @BOTH
@@ -85,7 +85,7 @@ def test_manager_sees_every_figure(app, f, money_rows):
     kpis = kpi_values(out["mf-kpis.children"])
     assert kpis["kpi-commission_accrued"] == "¥1.50" and kpis["kpi-withdrawal_paid"] == "¥50.00"
     assert kpis["kpi-revenue"] == "¥10.00" and kpis["kpi-fees"] == "¥0.30" and kpis["kpi-refunds"] == "¥7.00"
-    assert kpis["kpi-supplier_cost"] == "¥0.00" and len(kpis) == 10
+    assert kpis["kpi-supplier_cost"] == "¥0.00" and len(kpis) == len(q.FLOWS) == 12
     totals = {r["flow"]: (r["amount"], r["count"]) for r in out["mf-totals.data"]}
     assert totals["佣金计提"] == ("¥1.50", 2) and totals["提现到账"] == ("¥50.00", 1) and totals["退款"] == ("¥7.00", 1)
     weeks = {r["period"]: r for r in out["mf-periods.data"]}
@@ -136,7 +136,7 @@ def test_csv_export_of_the_totals_table(app, f, money_rows):
     assert download["filename"] == "money-flows-totals.csv"
     lines = download["content"].lstrip("\ufeff").splitlines()
     assert lines[0] == "资金流向,金额,笔数" and "佣金计提,¥1.50,2" in lines and '提现到账,¥50.00,1' in lines
-    assert len(lines) == 11
+    assert len(lines) == 1 + len(q.FLOWS) == 13
 
 
 def test_real_purchase_commission_and_sale_flows(app, f, monkeypatch):

@@ -7,7 +7,9 @@ demo's direct products (直充) are in stock; stopped at the end, also on failur
 in a temporary directory (`flask db upgrade`, as `make migrate` does), loads the demo with a modest history
 (`flask kameng demo --orders N --supplier-url ... --supplier-key ...`), serves the app on a free port (werkzeug, in
 a thread of this process, jobs inline) and, in Debian's Chromium through Playwright, logs in as admin, manager and
-agent1 (the 总代 with the largest branch) and writes one PNG per page (viewport 1366 wide, zh-CN). Dashboards
+agent1 (the 总代 with the largest branch) and writes one PNG per page (viewport 1366 wide, zh-CN); the demo's
+three agent shops (one per theme) are shown to an anonymous buyer on a phone-sized viewport (390 × 844), and a
+product poster and a price list are saved as the portal serves them. Dashboards
 are shown on their FAB page (navigation + the embedded Dash app); the shot waits until Dash has no callback in
 flight and every graph has drawn its traces. It fails (exit 1) when a page answers an error, a dashboard shows a
 callback error, or a graph stays empty.
@@ -15,6 +17,7 @@ callback error, or a graph stays empty.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import subprocess
@@ -37,13 +40,18 @@ TIMEOUT_MS = 60_000
 SIM_KEY = "kameng-screenshots-simulator-key"
 
 
+PHONE = {"width": 390, "height": 844}
+
+
 @dataclass(frozen=True)
 class Shot:
     name: str  # docs/screenshots/<name>.png
-    user: str
-    path: str
+    user: str | None  # None: an anonymous visitor
+    path: str  # "{shop:LOGIN}" stands for that agent's shop (/s/<code>/)
     title: str  # for the README
     dashboard: bool = False
+    viewport: dict | None = None  # default VIEWPORT
+    download: bool = False  # save the PNG the path answers (a poster) instead of a screenshot
 
 
 SHOTS = [
@@ -65,6 +73,14 @@ SHOTS = [
     Shot("dash-profiles", "manager", "/analytics/profiles/", "用户画像 (manager)", dashboard=True),
     Shot("dash-money", "manager", "/analytics/money/", "资金流向 (manager)", dashboard=True),
     Shot("dash-gmv-agent", "agent1", "/analytics/gmv/", "GMV 概览 (agent1, own branch)", dashboard=True),
+    Shot("portal-shop", "agent1", "/portal/shop/", "我的分站 (agent1)"),
+    Shot("portal-shop-materials", "agent1", "/portal/shop/materials", "推广素材 (agent1)"),
+    Shot("shop-poster", "agent1", "/portal/shop/poster/1.png", "商品海报 (agent1's shop)", download=True),
+    Shot("shop-pricelist", "agent1", "/portal/shop/pricelist.png", "价格表 1080×1920 (agent1's shop)", download=True),
+    Shot("shop-game", None, "{shop:agent1}", "分站 · 游戏 (phone)", viewport=PHONE),
+    Shot("shop-campus", None, "{shop:agent2}", "分站 · 校园 (phone)", viewport=PHONE),
+    Shot("shop-general", None, "{shop:agent3}", "分站 · 综合 (phone)", viewport=PHONE),
+    Shot("shop-buy", None, "{shop:agent1}buy/1", "分站下单 (phone)", viewport=PHONE),
 ]
 
 # True once Dash has nothing in flight and every graph with data has drawn its traces (plotly's .trace groups).
@@ -144,8 +160,9 @@ def build_database(workdir: Path, orders: int, supplier_url: str) -> str:
 
 
 def serve(url: str, supplier_url: str):
-    """The app on a free port, served from a thread; returns (base_url, stop). The demo's direct products point at
-    this run's simulator (a reused database still names the port of the run that built it)."""
+    """The app on a free port, served from a thread; returns (base_url, stop, {agent login: its shop's path}). The
+    demo's direct products point at this run's simulator (a reused database still names the port of the run that
+    built it)."""
     os.environ["DATABASE_URL"] = url  # config reads it at import
     os.environ.pop("REDIS_URL", None)
     os.environ.setdefault("OUTBOUND_ALLOW_PRIVATE", "true")  # the supplier simulator listens on 127.0.0.1
@@ -169,6 +186,9 @@ def serve(url: str, supplier_url: str):
         report = sync.sync_all()
         if report["failed"]:
             raise SystemExit(f"supplier sync failed: {sync.report_lines(report)}")
+        from app.demo import demo_shops
+
+        shop_paths = dict(demo_shops())
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="screenshots-server", daemon=True)
     thread.start()
@@ -178,7 +198,7 @@ def serve(url: str, supplier_url: str):
         thread.join(10)
         server.server_close()
 
-    return f"http://127.0.0.1:{server.server_port}", stop
+    return f"http://127.0.0.1:{server.server_port}", stop, shop_paths
 
 
 def log_in(context, base: str, username: str):
@@ -193,12 +213,27 @@ def log_in(context, base: str, username: str):
     return page
 
 
-def shoot(page, base: str, shot: Shot, out: Path) -> list[str]:
+def resolve(path: str, shop_paths: dict[str, str]) -> str:
+    for login, shop_path in shop_paths.items():
+        path = path.replace("{shop:" + login + "}", shop_path)
+    return path
+
+
+def shoot(page, base: str, shot: Shot, out: Path, shop_paths: dict[str, str]) -> list[str]:
     """Open the page, wait for it (and its dashboard) to render, write the PNG; return problems found."""
     problems = []
-    response = page.goto(base + shot.path, wait_until="networkidle")
+    path = resolve(shot.path, shop_paths)
+    if "{shop:" in path:
+        return [f"{shot.name}: the demo has no shop for {shot.path}"]
+    if shot.download:
+        answer = page.request.get(base + path)
+        if answer.status >= 400 or answer.headers.get("content-type") != "image/png":
+            return [f"{path} answered {answer.status} {answer.headers.get('content-type')}"]
+        (out / f"{shot.name}.png").write_bytes(answer.body())
+        return []
+    response = page.goto(base + path, wait_until="networkidle")
     if response is None or response.status >= 400:
-        return [f"{shot.path} answered {response.status if response else 'nothing'}"]
+        return [f"{path} answered {response.status if response else 'nothing'}"]
     if shot.dashboard:
         frame = page.frame_locator("#dashboard-frame")
         frame.locator(".kd-page").wait_for()
@@ -242,17 +277,18 @@ def main(argv: list[str] | None = None) -> int:
         problems: list[str] = []
         try:
             url = args.database or build_database(Path(tmp), args.orders, supplier_url)
-            base, stop = serve(url, supplier_url)
+            base, stop, shop_paths = serve(url, supplier_url)
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
                 try:
-                    for user in dict.fromkeys(s.user for s in shots):
-                        context = browser.new_context(locale="zh-CN", viewport=VIEWPORT, device_scale_factor=1)
+                    for user, viewport in dict.fromkeys((s.user, json.dumps(s.viewport)) for s in shots):
+                        context = browser.new_context(locale="zh-CN", viewport=json.loads(viewport) or VIEWPORT,
+                                                      device_scale_factor=1)
                         context.set_default_timeout(TIMEOUT_MS)
-                        page = log_in(context, base, user)
-                        for shot in (s for s in shots if s.user == user):
+                        page = log_in(context, base, user) if user else context.new_page()
+                        for shot in (s for s in shots if (s.user, json.dumps(s.viewport)) == (user, viewport)):
                             t = time.perf_counter()
-                            found = shoot(page, base, shot, out)
+                            found = shoot(page, base, shot, out, shop_paths)
                             problems += found
                             print(f"{shot.name + '.png':<32} {time.perf_counter() - t:5.1f} s"
                                   f"{'  PROBLEM: ' + '; '.join(found) if found else ''}", flush=True)

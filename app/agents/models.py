@@ -27,6 +27,7 @@ class Tier(db.Model):
     risk_order_limit = Column(BigInteger)
     risk_daily_limit = Column(BigInteger)
     settle_days = Column(Integer, nullable=False, default=7)
+    may_open_shop = Column(Boolean, nullable=False, default=False, server_default="0")  # 分站 (app.agentshops)
 
     __table_args__ = (
         CheckConstraint("discount_bp > 0 AND discount_bp <= 20000", name="ck_tier_discount"),

@@ -23,13 +23,14 @@ from app.money import format_fen
 from app.views_common import ReadableColumnsMixin, blind_index_interface, personal_value
 
 TIER_COLUMNS = ["name", "rank", "discount_bp", "may_recruit", "may_withdraw", "min_withdrawal", "withdrawal_fee_bp",
-                "direct_commission_bp", "indirect_commission_bp", "daily_limit", "settle_days"]
+                "direct_commission_bp", "indirect_commission_bp", "daily_limit", "settle_days", "may_open_shop"]
 TIER_LABELS = {
     "name": _("名称"), "rank": _("级别（越大越高）"), "discount_bp": _("拿货折扣 %"), "may_recruit": _("可发展下级"),
     "may_withdraw": _("可提现"), "min_withdrawal": _("最低提现（元）"), "withdrawal_fee_bp": _("提现手续费 %"),
     "direct_commission_bp": _("直推佣金 %"), "indirect_commission_bp": _("间推佣金 %"),
     "daily_limit": _("每日采购限额（元，0 为不限）"), "settle_days": _("结算天数 T+N"),
     "discount_display": _("拿货折扣"), "daily_limit_display": _("每日限额"),
+    "may_open_shop": _("可开设分站"),
 }
 
 
@@ -44,6 +45,7 @@ def _tier_fields() -> dict:
         "daily_limit": YuanField(TIER_LABELS["daily_limit"]),
         "may_recruit": checkbox(TIER_LABELS["may_recruit"]),
         "may_withdraw": checkbox(TIER_LABELS["may_withdraw"]),
+        "may_open_shop": checkbox(TIER_LABELS["may_open_shop"]),
     }
 
 

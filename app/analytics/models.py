@@ -108,8 +108,9 @@ class MoneyDaily(db.Model):
     """Money flows per day: commissions accrued / settled / reversed, withdrawals, revenue, fees, refunds.
 
     flow: commission_accrued, commission_settled, commission_reversed, withdrawal_requested, withdrawal_paid,
-    withdrawal_fee, revenue, fees, supplier_cost, refunds. scope_id as above (an agent's branch: flows of the
-    agents in it).
+    withdrawal_fee, revenue, fees, supplier_cost, refunds, shop_profit_accrued, shop_profit_reversed (agent
+    shops; settled shop profit is in commission_settled: one settlement moves both). scope_id as above (an
+    agent's branch: flows of the agents in it).
     """
     __tablename__ = "rollup_money_daily"
     id = Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
@@ -120,6 +121,22 @@ class MoneyDaily(db.Model):
     count = Column(Integer, nullable=False, default=0)
 
     __table_args__ = (Index("ix_rollup_money_scope_day", "scope_id", "day"),)
+
+
+class ShopDaily(db.Model):
+    """Agent shops (分站): orders, GMV and the agents' shop profit per day and shop (counted delivered orders, a
+    refund subtracted on the delivery day). scope_id 0 and every agent on the shop's agent's path (itself
+    included), so an agent reads its own shop and its downline's."""
+    __tablename__ = "rollup_shop_daily"
+    id = Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    scope_id = Column(Integer, nullable=False)
+    day = Column(Date, nullable=False)
+    shop_id = Column(Integer, nullable=False)
+    orders = Column(Integer, nullable=False, default=0)
+    gmv = Column(BigInteger, nullable=False, default=0)  # paid amount, fen
+    profit = Column(BigInteger, nullable=False, default=0)  # the agents' shop profit, fen
+
+    __table_args__ = (Index("ix_rollup_shop_scope_day", "scope_id", "day"),)
 
 
 class RollupState(db.Model):

@@ -26,7 +26,10 @@ Definitions (the dashboards rely on them):
 - Counted orders: status delivered or disputed. GMV = orders.amount, cost = cost_total, fees = service_fee,
   margin = amount - cost_total.
 - Scopes: 0 (platform) for every order; an agent-bought order also counts for every id on its upline_path
-  snapshot (the buyer included). Guest (storefront) orders count only at 0, tier NULL.
+  snapshot (the buyer included). Guest (storefront) orders count only at 0, tier NULL, except those bought in an
+  agent's shop (app.agentshops), which also count for every id on the shop's agent's path (its upline_path).
+- Agent shops: rollup_shop_daily sums, per scope, day and shop, the counted shop orders, their GMV and the shop
+  profit snapshotted in them (orders.shop_profit).
 - Profile dimensions: age_band / gender / province from the buyer's *verified* real-name record ('unknown' when
   there is none, and for guests); hour = '00'..'23' China hour of delivered_at; buyer_type = 'first' when the
   buyer (agent_id, or the guest's contact) had no order delivered before this one (delivered_at, then id, as
@@ -35,10 +38,13 @@ Definitions (the dashboards rely on them):
   commission_accrued (commission_accrual: each beneficiary's pending credit), commission_settled (settlement:
   each agent's pending debit), commission_reversed (commission_reversal: each agent's debits),
   withdrawal_requested (withdrawal_freeze: frozen credit), withdrawal_paid (withdrawal_paid: net to
-  platform:payouts), withdrawal_fee (withdrawal_paid: platform:fees) -- scopes 0 + the agent's path;
+  platform:payouts), withdrawal_fee (withdrawal_paid: platform:fees), shop_profit_accrued (shop_profit: the
+  agent's pending credit), shop_profit_reversed (shop_profit_reversal: its debits) -- scopes 0 + the agent's path
+  (settled shop profit is in commission_settled: one settlement journal moves both);
   revenue (platform:revenue), fees (platform:fees), supplier_cost (supplier payable) of sale and sale_reversal
   journals (count +1 per sale, -1 per reversal), refunds (sale_reversal: the amount returned to the buyer's
-  wallet or buyer funds) -- scopes 0 + the buying agent's upline_path for agent orders.
+  wallet or buyer funds) -- scopes 0 + the buying agent's upline_path for agent orders (the shop's agent's for
+  shop orders).
   Channel refunds of orders never delivered (journal kind 'refund') move no revenue and are not a flow here.
 
 Concurrency: a purchase writes one pending row (no shared row is ever updated, no advisory lock is taken, so
@@ -99,7 +105,10 @@ TABLES = {
     # A rebuild recomputes whole months: the months of :start and :end and those between.
     "retention": RollupTable("rollup_retention_monthly", ("scope_id", "cohort", "month", "tier_id"), ("agents",),
                              period="month >= :mstart AND month <= :mend"),
+    "shop": RollupTable("rollup_shop_daily", ("scope_id", "day", "shop_id"), ("orders", "gmv", "profit")),
 }
+# The path an order counts along (SQL over orders o): an agent's order its buyer's, a shop order its agent's.
+SCOPE_PATH = "CASE WHEN o.agent_id IS NOT NULL OR o.shop_id IS NOT NULL THEN o.upline_path END"
 
 
 # --- shared helpers ------------------------------------------------------------------------------------------
@@ -124,9 +133,10 @@ def path_ids(path: str | None) -> list[int]:
     return [int(x) for x in (path or "").strip("/").split("/") if x]
 
 
-def order_scopes(agent_id: int | None, upline_path: str | None) -> list[int]:
-    """Where an order counts: the platform, and for an agent's order every agent on its path snapshot."""
-    if agent_id is None:
+def order_scopes(agent_id: int | None, upline_path: str | None, shop_id: int | None = None) -> list[int]:
+    """Where an order counts: the platform, and for an agent's order (or an agent shop's) every agent on its path
+    snapshot."""
+    if agent_id is None and shop_id is None:
         return [PLATFORM_SCOPE]
     return [PLATFORM_SCOPE] + path_ids(upline_path)
 
@@ -190,6 +200,7 @@ _FOLD_DUE = "kameng_rollup_fold_due"
 _BATCH = text("""
 SELECT p.id AS pid, p.sign, p.order_id, o.agent_id, o.contact_hash, o.upline_path, o.product_id, pr.category_id,
        o.channel, o.tier_id, o.supplier_id, o.quantity, o.amount, o.cost_total, o.service_fee, o.delivered_at,
+       o.shop_id, o.shop_profit,
        r.age_band, r.gender, r.province,
        a.tier_id AS agent_tier_id, a.path AS agent_path, a.created_at AS agent_created_at,
        CASE WHEN o.agent_id IS NOT NULL THEN EXISTS (
@@ -213,7 +224,8 @@ LIMIT :limit
 
 # A buyer's first delivery among the folded ones, and whether it still counts in the rollups (not refunded, or
 # refunded with the -1 row still pending).
-_FIRST_COLS = ("SELECT o.id AS order_id, o.agent_id, o.upline_path, o.amount, o.delivered_at, pr.category_id,"
+_FIRST_COLS = ("SELECT o.id AS order_id, o.agent_id, o.upline_path, o.shop_id, o.amount, o.delivered_at,"
+               " pr.category_id,"
                " CASE WHEN o.status IN ('delivered', 'disputed') OR EXISTS (SELECT 1 FROM rollup_pending q"
                " WHERE q.order_id = o.id AND q.sign = -1) THEN 1 ELSE 0 END AS counted"
                " FROM orders o JOIN product pr ON pr.id = o.product_id WHERE o.delivered_at IS NOT NULL"
@@ -290,7 +302,7 @@ class _Deltas:
 
     def __init__(self) -> None:
         self.tables: dict[str, dict[tuple, list[int]]] = {name: {} for name in ("sales", "profile", "agent",
-                                                                                  "active", "retention")}
+                                                                                  "active", "retention", "shop")}
 
     def add(self, table: str, key: tuple, sums: tuple[int, ...]) -> None:
         current = self.tables[table].setdefault(key, [0] * len(sums))
@@ -373,19 +385,23 @@ def _order_deltas(deltas: _Deltas, r, sign: int, buyer_type: str) -> None:
     amount, cost = sign * r.amount, sign * r.cost_total
     values = {"age_band": r.age_band or UNKNOWN, "gender": r.gender or UNKNOWN, "province": r.province or UNKNOWN,
               "hour": f"{local.hour:02d}", "buyer_type": buyer_type}
-    for scope in order_scopes(r.agent_id, r.upline_path):
+    scopes = order_scopes(r.agent_id, r.upline_path, r.shop_id)
+    for scope in scopes:
         deltas.add("sales", (scope, day, r.product_id, r.category_id, r.channel, r.tier_id, r.supplier_id),
                    (sign, sign * r.quantity, amount, cost, sign * r.service_fee, amount - cost))
         for dim in DIMENSIONS:
             deltas.add("profile", (scope, day, dim, values[dim], r.category_id), (sign, amount))
     if r.agent_id is not None:
         deltas.add("agent", (day, r.agent_id), (sign, amount))
+    if r.shop_id is not None:
+        for scope in scopes:
+            deltas.add("shop", (scope, day, r.shop_id), (sign, amount, sign * (r.shop_profit or 0)))
 
 
 def _move_to_returning(deltas: _Deltas, f) -> None:
     """A counted order's buyer_type profile rows move from 'first' to 'returning' (same day, category, scopes)."""
     day = to_local(f.delivered_at).date()
-    for scope in order_scopes(f.agent_id, f.upline_path):
+    for scope in order_scopes(f.agent_id, f.upline_path, f.shop_id):
         deltas.add("profile", (scope, day, "buyer_type", "first", f.category_id), (-1, -f.amount))
         deltas.add("profile", (scope, day, "buyer_type", "returning", f.category_id), (1, f.amount))
 
@@ -545,7 +561,7 @@ def _orders_src(where: str) -> str:
     day, hour = _local_sql("o.delivered_at")
     return (f"src AS (SELECT o.id, o.agent_id, {day} AS day, {hour} AS hour, o.product_id, p.category_id, o.channel,"
             " o.tier_id, o.supplier_id, o.quantity, o.amount, o.cost_total, o.service_fee,"
-            " CASE WHEN o.agent_id IS NOT NULL THEN o.upline_path END AS path"
+            f" {SCOPE_PATH} AS path"
             " FROM orders o JOIN product p ON p.id = o.product_id"
             f" WHERE {COUNTED_FOLDED} AND {where})")
 
@@ -577,7 +593,7 @@ def _profile_sql(where: str, replace: bool = False) -> str:
            f" coalesce(nullif(r.gender, ''), '{UNKNOWN}') AS gender,"
            f" coalesce(nullif(r.province, ''), '{UNKNOWN}') AS province,"
            " CASE WHEN f.id IS NULL THEN 'returning' ELSE 'first' END AS buyer_type,"
-           " CASE WHEN o.agent_id IS NOT NULL THEN o.upline_path END AS path"
+           f" {SCOPE_PATH} AS path"
            " FROM orders o JOIN product p ON p.id = o.product_id"
            " LEFT JOIN real_name r ON r.agent_id = o.agent_id AND r.status = 'verified'"
            " LEFT JOIN firsts f ON f.id = o.id"
@@ -603,6 +619,17 @@ def _profile_sql(where: str, replace: bool = False) -> str:
                      f"SELECT x.scope_id, x.day, d.dimension, {value}, x.category_id, count(*), sum(x.amount)"
                      f" FROM {source} CROSS JOIN dims d GROUP BY x.scope_id, x.day, d.dimension, {value},"
                      " x.category_id ORDER BY x.scope_id, d.dimension, x.day", replace)
+
+
+def _shop_sql(where: str, replace: bool = False) -> str:
+    """Agent shops' orders, GMV and profit per day and shop, at 0 and every agent on the shop's agent's path."""
+    day, _ = _local_sql("o.delivered_at")
+    src = (f"src AS (SELECT {day} AS day, o.shop_id, o.amount, coalesce(o.shop_profit, 0) AS profit,"
+           f" {SCOPE_PATH} AS path FROM orders o WHERE {COUNTED_FOLDED} AND o.shop_id IS NOT NULL AND {where})")
+    extra, source = _scoped("src", ("day", "shop_id", "amount", "profit"))
+    return _assemble("INSERT INTO rollup_shop_daily (scope_id, day, shop_id, orders, gmv, profit)", src + extra,
+                     f"SELECT x.scope_id, x.day, x.shop_id, count(*), sum(x.amount), sum(x.profit) FROM {source}"
+                     " GROUP BY x.scope_id, x.day, x.shop_id ORDER BY x.scope_id, x.day", replace)
 
 
 def _agent_sql(where: str, replace: bool = False) -> str:
@@ -674,10 +701,11 @@ def _money_sql(journal_where: str, replace: bool = False) -> str:
         "events AS ("
         # one posting, one agent event
         f"SELECT {day} AS day, CASE j0.kind WHEN 'commission_accrual' THEN 'commission_accrued'"
+        " WHEN 'shop_profit' THEN 'shop_profit_accrued'"
         " WHEN 'settlement' THEN 'commission_settled' ELSE 'withdrawal_requested' END AS flow,"
         " a.agent_id, CAST(NULL AS integer) AS order_id,"
         " CASE j0.kind WHEN 'settlement' THEN -p.amount ELSE p.amount END AS amount, 1 AS cnt"
-        f" {joined} WHERE {journal_where} AND ((j0.kind IN ('commission_accrual', 'settlement')"
+        f" {joined} WHERE {journal_where} AND ((j0.kind IN ('commission_accrual', 'shop_profit', 'settlement')"
         " AND a.kind = 'pending') OR (j0.kind = 'withdrawal_freeze' AND a.kind = 'frozen'))"
         # one posting, one order event (sales and their reversals)
         f" UNION ALL SELECT day, flow, NULL, order_id, amount, cnt FROM (SELECT {day} AS day, {order_flow} AS flow,"
@@ -686,9 +714,10 @@ def _money_sql(journal_where: str, replace: bool = False) -> str:
         f" AND a.kind <> 'payable' THEN 1 ELSE {sale_sign} END AS cnt"
         f" {joined} WHERE {journal_where} AND j0.kind IN ('sale', 'sale_reversal')) s WHERE flow IS NOT NULL"
         # per journal and agent
-        f" UNION ALL SELECT {day}, 'commission_reversed', a.agent_id, NULL, -sum(p.amount), 1 {joined}"
-        f" WHERE {journal_where} AND j0.kind = 'commission_reversal' AND a.agent_id IS NOT NULL"
-        f" GROUP BY j0.id, {day}, a.agent_id"
+        f" UNION ALL SELECT {day}, CASE j0.kind WHEN 'commission_reversal' THEN 'commission_reversed'"
+        " ELSE 'shop_profit_reversed' END, a.agent_id, NULL, -sum(p.amount), 1"
+        f" {joined} WHERE {journal_where} AND j0.kind IN ('commission_reversal', 'shop_profit_reversal')"
+        f" AND a.agent_id IS NOT NULL GROUP BY j0.id, j0.kind, {day}, a.agent_id"
         f" UNION ALL SELECT {day}, 'withdrawal_paid', max(a.agent_id), NULL,"
         " sum(CASE WHEN a.code = 'platform:payouts' THEN p.amount ELSE 0 END), 1"
         f" {joined} WHERE {journal_where} AND j0.kind = 'withdrawal_paid' GROUP BY j0.id, {day}"
@@ -698,10 +727,10 @@ def _money_sql(journal_where: str, replace: bool = False) -> str:
         " HAVING sum(CASE WHEN a.code = 'platform:fees' THEN p.amount ELSE 0 END) <> 0"
         "),"
         " src AS (SELECT e.day, e.flow, sum(e.amount) AS amount, sum(e.cnt) AS cnt,"
-        " CASE WHEN e.agent_id IS NOT NULL THEN ag.path WHEN o.agent_id IS NOT NULL THEN o.upline_path END AS path"
+        f" CASE WHEN e.agent_id IS NOT NULL THEN ag.path ELSE {SCOPE_PATH} END AS path"
         " FROM events e LEFT JOIN agent ag ON ag.id = e.agent_id LEFT JOIN orders o ON o.id = e.order_id"
         " GROUP BY e.day, e.flow,"
-        " CASE WHEN e.agent_id IS NOT NULL THEN ag.path WHEN o.agent_id IS NOT NULL THEN o.upline_path END)")
+        f" CASE WHEN e.agent_id IS NOT NULL THEN ag.path ELSE {SCOPE_PATH} END)")
     extra, source = _scoped("src", ("day", "flow", "amount", "cnt"))
     return _assemble("INSERT INTO rollup_money_daily (scope_id, day, flow, amount, count)", ctes + extra,
                      f"SELECT x.scope_id, x.day, x.flow, sum(x.amount), sum(x.cnt) FROM {source}"
@@ -795,6 +824,7 @@ def rebuild(start: date, end: date) -> dict:
         written["active"] = db.session.execute(text(_active_sql(in_range, pg)), params).rowcount
         written["retention"] = db.session.execute(text(_retention_sql(
             "o.delivered_at >= :mlo AND o.delivered_at < :mhi", pg)), params).rowcount
+        written["shop"] = db.session.execute(text(_shop_sql(in_range, pg)), params).rowcount
         written["money"] = db.session.execute(text(_money_sql(
             "j0.created_at >= :lo AND j0.created_at < :hi AND j0.id <= :mark", pg)), params).rowcount
         db.session.commit()
@@ -813,7 +843,8 @@ def rebuild(start: date, end: date) -> dict:
 # cache. Written in index order they fill ~190 pages: 9 ms (sales ranking) and 26 ms (provinces), same data.
 _CLUSTERED = {"rollup_sales_daily": "scope_id, day", "rollup_profile_daily": "scope_id, dimension, day",
               "rollup_agent_daily": "day, agent_id", "rollup_money_daily": "scope_id, day",
-              "rollup_active_daily": "scope_id, day", "rollup_retention_monthly": "scope_id, cohort"}
+              "rollup_active_daily": "scope_id, day", "rollup_retention_monthly": "scope_id, cohort",
+              "rollup_shop_daily": "scope_id, day"}
 
 
 def _analyze() -> None:

@@ -28,6 +28,7 @@ PLATFORM_ACCOUNTS = {
     "platform:revenue": "revenue",
     "platform:fees": "fees",
     "platform:commission_expense": "commission_expense",
+    "platform:shop_profit_expense": "shop_profit_expense",  # agent shops' profit (app.agentshops)
     "platform:payouts": "payouts",
     "platform:adjustments": "adjustments",
     "platform:buyer_funds": "buyer_funds",  # paid for an order, not yet earned or refunded

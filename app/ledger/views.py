@@ -17,13 +17,13 @@ JOURNAL_KIND_TEXT = {
     "commission_reversal": _("佣金冲回"), "commission_freeze": _("佣金冻结"), "commission_release": _("佣金解冻"),
     "settlement": _("佣金结算"), "team_bonus": _("团队业绩奖"), "withdrawal_freeze": _("提现冻结"),
     "withdrawal_paid": _("提现打款"), "withdrawal_release": _("提现驳回解冻"), "dispute_freeze": _("维权冻结"),
-    "dispute_release": _("维权解冻"),
+    "dispute_release": _("维权解冻"), "shop_profit": _("分站利润"), "shop_profit_reversal": _("分站利润冲回"),
 }
 ACCOUNT_KIND_TEXT = {
     "wallet": _("余额"), "pending": _("待结算佣金"), "frozen": _("冻结"), "payable": _("应付供应商"),
     "receivable": _("应收"), "clearing": _("支付通道清算"), "revenue": _("平台收入"), "fees": _("手续费收入"),
     "commission_expense": _("佣金支出"), "payouts": _("提现打款"), "adjustments": _("人工调整"),
-    "buyer_funds": _("买家待确认款"), "disputes_held": _("维权冻结应付"),
+    "buyer_funds": _("买家待确认款"), "disputes_held": _("维权冻结应付"), "shop_profit_expense": _("分站利润支出"),
 }
 
 

@@ -24,7 +24,7 @@ ADMIN_CATEGORY = "代理管理"
 STATUS_TEXT = {"pending": _("待结算"), "frozen": _("维权冻结"), "settled": _("已结算"), "reversed": _("已冲回")}
 RUN_STATUS_TEXT = {"running": _("进行中"), "done": _("已完成"), "failed": _("失败")}
 TRIGGER_TEXT = {"scheduled": _("定时任务"), "manual": _("手动"), "cli": _("命令行")}
-LEVEL_TEXT = {1: _("直接"), 2: _("间接"), 3: _("三级")}
+LEVEL_TEXT = {0: _("分站利润"), 1: _("直接"), 2: _("间接"), 3: _("三级")}
 
 
 def format_bp(bp: int | None) -> str:

@@ -16,6 +16,11 @@ Rules (DESIGN.md, "Agents, tiers, commissions"):
   demand; a debt is a debit there, so `receivable_owed()` (minus the sum of its postings) is positive while the
   agent owes. Settlement recovers it first. A wallet never goes negative.
 
+- Agent shops (app.agentshops): a shop order's uplines earn on the agent's own price (`order.shop_base_amount`),
+  as on any purchase by the agent; the agent's shop profit is a row of its own at level 0 (SHOP_PROFIT_LEVEL),
+  accrued by `shopprofit:<order_no>` (platform:shop_profit_expense), and frozen, settled and reversed with the
+  order's commissions (its reversal journal `shopprofit:<order_no>:reverse` credits shop_profit_expense).
+
 Lock order everywhere: commission rows first, then ledger accounts (ascending id, one lock_accounts call).
 """
 from __future__ import annotations
@@ -37,6 +42,8 @@ from app.money import apply_rate
 from app.network.models import Commission
 
 EXPENSE = "platform:commission_expense"
+SHOP_EXPENSE = "platform:shop_profit_expense"
+SHOP_PROFIT_LEVEL = 0  # the shop's own agent: its shop profit (app.agentshops), not an upline's commission
 STATUS_LABELS = {"pending": "待结算", "frozen": "维权冻结", "settled": "已结算", "reversed": "已冲回"}
 
 
@@ -87,13 +94,16 @@ def _load_beneficiaries(ids: list[int]) -> list[Beneficiary]:
     return result
 
 
-def accrue(order, plan: list[Beneficiary], locked: dict | None = None, delivered_at=None) -> int:
+def accrue(order, plan: list[Beneficiary], locked: dict | None = None, delivered_at=None,
+           base: int | None = None) -> int:
     """Book the order's commissions (rows + one journal) in the caller's transaction. Returns the total.
 
     `locked`: accounts already locked by the caller (the wallet purchase locks the beneficiaries' pending
     accounts together with the buyer's wallet, in one ascending-id lock); it must include commission_expense.
+    `base`: what the rates apply to, when not the paid amount (an agent shop's order: the agent's own price).
     """
-    amounts = [(b, apply_rate(order.amount, b.rate_bp)) for b in plan]
+    base = order.amount if base is None else base
+    amounts = [(b, apply_rate(base, b.rate_bp)) for b in plan]
     amounts = [(b, amt) for b, amt in amounts if amt > 0]
     if not amounts:
         return 0
@@ -101,7 +111,7 @@ def accrue(order, plan: list[Beneficiary], locked: dict | None = None, delivered
     delivered = delivered_at or now
     db.session.connection().execute(insert(Commission.__table__), [
         {"order_id": order.id, "agent_id": b.agent_id, "level": b.level, "rate_bp": b.rate_bp,
-         "base_amount": order.amount, "amount": amt, "status": "pending",
+         "base_amount": base, "amount": amt, "status": "pending",
          "settle_after": delivered + timedelta(days=b.settle_days), "created_at": now}
         for b, amt in amounts])
     total = sum(amt for _, amt in amounts)
@@ -111,8 +121,21 @@ def accrue(order, plan: list[Beneficiary], locked: dict | None = None, delivered
     return total
 
 
+def record_shop_profit(order, agent_id: int, amount: int, rate_bp: int, base: int, settle_after) -> None:
+    """The shop profit's row (level 0) of a shop order delivered, in the caller's transaction; the caller
+    (app.agentshops.service.accrue_on_delivery) posts its journal under the same lock."""
+    db.session.connection().execute(insert(Commission.__table__), [
+        {"order_id": order.id, "agent_id": agent_id, "level": SHOP_PROFIT_LEVEL, "rate_bp": rate_bp,
+         "base_amount": base, "amount": amount, "status": "pending", "settle_after": settle_after,
+         "created_at": utcnow()}])
+
+
 def accrue_for_delivered(order) -> int:
     """Accrual for an order delivered outside the wallet purchase (a channel payment): locks on its own."""
+    if order.shop_id is not None:  # sold in an agent's shop: its shop profit, and its uplines on its own price
+        from app.agentshops import service as shops
+
+        return shops.accrue_on_delivery(order)
     if order.agent_id is None or not order.upline_path:
         return 0
     if db.session.scalar(select(Commission.id).where(Commission.order_id == order.id).limit(1)) is not None:
@@ -167,14 +190,34 @@ def reverse_for_order(order, extra_lock: list[str] | None = None, actor_id: int 
         return 0
     settled_agents = [c.agent_id for c in rows if c.status == "settled"]
     ensure_receivables(settled_agents)
-    codes = set(extra_lock or []) | {EXPENSE}
+    upline_rows = [c for c in rows if c.level != SHOP_PROFIT_LEVEL]
+    shop_rows = [c for c in rows if c.level == SHOP_PROFIT_LEVEL]
+    codes = set(extra_lock or []) | {EXPENSE} | ({SHOP_EXPENSE} if shop_rows else set())
     for c in rows:
         kind = {"pending": "pending", "frozen": "frozen", "settled": "wallet"}[c.status]
         codes.add(agent_account_code(c.agent_id, kind))
         if c.status == "settled":
             codes.add(agent_account_code(c.agent_id, "receivable"))
     locked = ledger.lock_accounts(sorted(codes))
-    lines = [Line(EXPENSE, sum(c.amount for c in rows))]
+    # Commissions and a shop's profit go back in a journal each, under the one lock taken above.
+    for group, expense, key, kind, memo in (
+            (upline_rows, EXPENSE, f"commission:{order.order_no}:reverse", "commission_reversal", "佣金冲回"),
+            (shop_rows, SHOP_EXPENSE, f"shopprofit:{order.order_no}:reverse", "shop_profit_reversal", "分站利润冲回")):
+        if group:
+            locked = _post_reversal(order, group, expense, key, kind, f"{memo} {order.order_no}", actor_id, locked)
+    now = utcnow()
+    db.session.execute(update(Commission).where(Commission.id.in_([c.id for c in rows]))
+                       .values(status="reversed", reversed_at=now), execution_options={"synchronize_session": False})
+    for c in rows:
+        db.session.expire(c)
+    return sum(c.amount for c in rows)
+
+
+def _post_reversal(order, rows: list[Commission], expense: str, key: str, kind: str, memo: str,
+                   actor_id: int | None, locked: dict) -> dict:
+    """One reversal journal for `rows`: pending/frozen back to `expense`; settled from the wallet as far as it holds,
+    the rest a receivable. Returns `locked` with the balances this journal left (for a next one)."""
+    lines = [Line(expense, sum(c.amount for c in rows))]
     for c in rows:
         if c.status in ("pending", "frozen"):
             lines.append(Line(agent_account_code(c.agent_id, c.status), -c.amount))
@@ -185,14 +228,12 @@ def reverse_for_order(order, extra_lock: list[str] | None = None, actor_id: int 
                 lines.append(Line(wallet, -take))
             if c.amount - take:
                 lines.append(Line(agent_account_code(c.agent_id, "receivable"), -(c.amount - take)))
-    ledger.post_journal(f"commission:{order.order_no}:reverse", "commission_reversal", lines,
-                        memo=f"佣金冲回 {order.order_no}", order_id=order.id, actor_id=actor_id, locked=locked)
-    now = utcnow()
-    db.session.execute(update(Commission).where(Commission.id.in_([c.id for c in rows]))
-                       .values(status="reversed", reversed_at=now), execution_options={"synchronize_session": False})
-    for c in rows:
-        db.session.expire(c)
-    return sum(c.amount for c in rows)
+    ledger.post_journal(key, kind, lines, memo=memo, order_id=order.id, actor_id=actor_id, locked=locked)
+    after = dict(locked)
+    for ln in lines:
+        acc_id, cached, balance = after[ln.account_code]
+        after[ln.account_code] = (acc_id, cached, balance + ln.amount if cached else balance)
+    return after
 
 
 def _move_order_commissions(order, src: str, dst: str, key: str, memo: str, actor_id: int | None) -> int:

@@ -102,14 +102,16 @@ class SettlementRun(db.Model):
 
 
 class Commission(db.Model):
-    """A commission on one delivered order for one upline (level 1 = direct, 2 = indirect, at most 3)."""
+    """A commission on one delivered order for one upline (level 1 = direct, 2 = indirect, at most 3), or, at level
+    0, the shop profit of the agent whose shop sold it (app.agentshops): pending, frozen, settled and reversed
+    exactly like a commission."""
     __tablename__ = "commission"
     id = Column(Integer, primary_key=True)
     order_id = Column(Integer, ForeignKey("orders.id"), nullable=False)
     agent_id = Column(Integer, ForeignKey("agent.id"), nullable=False)  # the beneficiary
     level = Column(Integer, nullable=False)
     rate_bp = Column(Integer, nullable=False)
-    base_amount = Column(BigInteger, nullable=False)  # the buyer's paid amount
+    base_amount = Column(BigInteger, nullable=False)  # the buyer's paid amount (a shop order: the agent's price)
     amount = Column(BigInteger, nullable=False)
     status = Column(String(16), nullable=False, default="pending")  # pending, settled, reversed
     settle_after = Column(DateTime, nullable=False)
@@ -123,7 +125,7 @@ class Commission(db.Model):
 
     __table_args__ = (
         UniqueConstraint("order_id", "agent_id", name="uq_commission_order_agent"),
-        CheckConstraint("level BETWEEN 1 AND 3", name="ck_commission_level"),
+        CheckConstraint("level BETWEEN 0 AND 3", name="ck_commission_level"),
         CheckConstraint("amount >= 0", name="ck_commission_amount"),
         Index("ix_commission_status_settle_after", "status", "settle_after"),
         Index("ix_commission_agent_status", "agent_id", "status"),

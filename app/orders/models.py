@@ -74,6 +74,11 @@ class Order(db.Model):
     notify_url = Column(String(512))  # Open API: where state changes are POSTed (signed)
     request_hash = Column(String(64))  # Open API: hash of the creating request, for idempotency per out_trade_no
     api_key_id = Column(Integer, ForeignKey("api_key.id", name="fk_orders_api_key_id_api_key"))  # signs callbacks
+    # Bought in an agent's shop (app.agentshops): the shop, the agent's own price for the order (what its uplines'
+    # commissions are a share of) and the agent's profit (shop price - its price), snapshotted at checkout.
+    shop_id = Column(Integer, ForeignKey("agent_shop.id", name="fk_orders_shop_id_agent_shop"))
+    shop_base_amount = Column(BigInteger)
+    shop_profit = Column(BigInteger)
     created_at = Column(DateTime, nullable=False, default=utcnow)
     paid_at = Column(DateTime)
     delivered_at = Column(DateTime)
@@ -84,6 +89,7 @@ class Order(db.Model):
     supplier = relationship("Supplier")
     tier = relationship("Tier")
     card_secrets = relationship("CardSecret", foreign_keys="CardSecret.order_id", back_populates="order")
+    shop = relationship("AgentShop")  # app.agentshops
 
     __table_args__ = (
         UniqueConstraint("agent_id", "out_trade_no", name="uq_orders_agent_out_trade_no"),
@@ -96,6 +102,7 @@ class Order(db.Model):
         Index("ix_orders_buyer_key_created", "buyer_key", "created_at"),
         Index("ix_orders_device_key_created", "device_key", "created_at"),
         Index("ix_orders_payment_account_key_created", "payment_account_key", "created_at"),
+        Index("ix_orders_shop_created", "shop_id", "created_at"),
     )
 
     def __repr__(self) -> str:
@@ -116,6 +123,12 @@ class Order(db.Model):
 
     def unit_price_display(self) -> str:
         return format_fen(self.unit_price)
+
+    def shop_profit_display(self) -> str:
+        return format_fen(self.shop_profit) if self.shop_profit is not None else "-"
+
+    def shop_base_display(self) -> str:
+        return format_fen(self.shop_base_amount) if self.shop_base_amount is not None else "-"
 
 
 # The blind indexes follow every ORM write of the plaintext (constructor or assignment). Core inserts of orders

@@ -395,13 +395,15 @@ def sale_lines(order: Order, funding_account: str) -> list[Line]:
 
 def place_guest_order(product_id: object, quantity: object, contact: object, channel: str,
                       coupon: object = None, account: object = None, device_id: object = None,
-                      ip: str | None = None, risk_event: str = "checkout") -> Order:
+                      ip: str | None = None, risk_event: str = "checkout", shop=None) -> Order:
     """A storefront order at the public price (less an optional coupon, redeemed as `contact:<its blind index>`),
     unpaid.
     Flushes; the caller adds the checkout and commits (or rolls back on a refusal: nothing is written).
 
     No stock is reserved: secrets are allocated when the payment arrives (a paid order without stock is refunded).
     A direct product needs `account` (the top-up target) and a supplier able to take it now.
+    `shop`: bought in an agent's shop (an app.agentshops.service.ShopPricing): the shop's price instead of the
+    public one, and the shop, the agent's own price, its profit and its path snapshotted in the order.
     """
     product = _load_product(product_id)
     if product.kind not in ("card", "direct"):
@@ -422,7 +424,9 @@ def place_guest_order(product_id: object, quantity: object, contact: object, cha
     from app.payments import coupons
 
     coupon_code = coupons.normalize_code(coupon)
-    unit_price = price_for(None, product)
+    # --- agent shops (app.agentshops): the shop's price; its agent's price and profit are snapshotted below
+    shop_price = shop.price(product) if shop is not None else None
+    unit_price = shop_price.unit_price if shop_price else price_for(None, product)
     cost_total = product.cost * qty
     quote = None
     redeemer = coupons.redeemer_for_contact(contact) if coupon_code else None  # one keyed hash, used twice
@@ -446,6 +450,10 @@ def place_guest_order(product_id: object, quantity: object, contact: object, cha
                   status="pending_payment", channel=channel, contact=contact.strip(), account=account,
                   buyer_key=keys["contact"], device_key=keys["device"], risk_decision_id=decision.id,
                   risk_hold=decision.outcome == "review")
+    if shop_price is not None:  # agent shops: what the delivery credits the agent and its uplines earn on
+        order.shop_id, order.upline_path = shop.shop_id, shop.agent_path
+        order.shop_base_amount = shop_price.base_unit_price * qty
+        order.shop_profit = (shop_price.unit_price - shop_price.base_unit_price) * qty
     db.session.add(order)
     db.session.flush()
     if quote:

@@ -16,6 +16,7 @@ ORDER_LABELS = {
     "delivered_at": _("到账时间"), "upline_path": _("上级链"), "card_secrets": _("卡密"),
     "upstream_status": _("上游状态"),
     "contact_hash": _("手机号 / 联系方式 / 充值账号"),
+    "shop": _("分站"), "shop_base_display": _("代理拿货价合计"), "shop_profit_display": _("分站利润"),
 }
 
 
@@ -41,9 +42,10 @@ class OrderView(ReadableColumnsMixin, ModelView):
                     "channel", "created_at"]
     show_columns = ["order_no", "agent", "product", "supplier", "tier", "quantity", "unit_price_display",
                     "amount_display", "status_display", "upstream_status", "channel", "out_trade_no", "account",
-                    "contact", "upline_path", "created_at", "paid_at", "delivered_at"]
+                    "contact", "upline_path", "shop", "shop_base_display", "shop_profit_display", "created_at",
+                    "paid_at", "delivered_at"]
     search_columns = ["order_no", "contact_hash", "agent", "product", "status", "upstream_status", "channel",
-                      "out_trade_no", "created_at"]
+                      "out_trade_no", "shop", "created_at"]
     label_columns = ORDER_LABELS
     formatters_columns = {"upstream_status": upstream_status_text, "channel": text_of(CHANNEL_TEXT),
                           "contact": personal_value, "account": personal_value}

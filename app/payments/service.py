@@ -60,10 +60,11 @@ LOOKUP_SALT = "kameng-order-lookup"
 
 def checkout(product_id, quantity, contact, query_password, channel: str, base_url: str,
              coupon: object = None, account: object = None, device_id: object = None,
-             ip: str | None = None, email: object = None, locale: str = "zh") -> tuple[Order, str]:
+             ip: str | None = None, email: object = None, locale: str = "zh", shop=None) -> tuple[Order, str]:
     """A buyer's order at the public price (less an optional coupon), unpaid, with its payment started. Stock is
     not reserved. A refused coupon writes nothing. `account`: the top-up target, required for direct products.
-    `email`: the card secrets are also e-mailed (in `locale`) once the order is delivered (app.notices)."""
+    `email`: the card secrets are also e-mailed (in `locale`) once the order is delivered (app.notices).
+    `shop`: an agent's shop (app.agentshops.service.ShopPricing): its price, snapshotted with the shop."""
     from app.notices import service as notices
 
     if not isinstance(query_password, str) or not 6 <= len(query_password) <= 64:
@@ -74,7 +75,7 @@ def checkout(product_id, quantity, contact, query_password, channel: str, base_u
     gateway = get_channel(channel)
     try:
         order = orders.place_guest_order(product_id, quantity, contact, channel, coupon=coupon, account=account,
-                                         device_id=device_id, ip=ip)
+                                         device_id=device_id, ip=ip, shop=shop)
     except Exception:
         db.session.rollback()
         raise

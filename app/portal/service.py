@@ -1,6 +1,7 @@
 """Read models for the agent portal: what an agent may see, always through app.scope."""
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
@@ -80,12 +81,17 @@ def secrets_for_owner(agent: Agent, order: Order) -> list[str]:
     return cards.reveal(order.id)
 
 
-def public_offers() -> list[dict]:
-    """The storefront catalogue: public (face) price after time-bounded rules for everyone; stock yes or no."""
+def public_offers(price_of: Callable[[Product], int] | None = None, exclude: Collection[int] = ()) -> list[dict]:
+    """The storefront catalogue: public (face) price after time-bounded rules for everyone; stock yes or no.
+
+    An agent's shop (app.agentshops) lists the same catalogue at its own prices (`price_of`), without the products
+    it hides (`exclude`)."""
     products = db.session.execute(
         select(Product, Category.name).join(Category, Category.id == Product.category_id)
         .where(Product.active.is_(True), Category.active.is_(True), Product.kind.in_(("card", "direct")))
         .order_by(Category.sort_order, Product.id)).all()
+    products = [(p, category) for p, category in products if p.id not in exclude]
     levels = stock_levels(p for p, _ in products)
-    return [{"id": p.id, "name": p.name, "category": category, "kind": p.kind, "price": price_for(None, p),
+    price_of = price_of or (lambda product: price_for(None, product))
+    return [{"id": p.id, "name": p.name, "category": category, "kind": p.kind, "price": price_of(p),
              "in_stock": levels[p.id].in_stock} for p, category in products]

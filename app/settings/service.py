@@ -24,7 +24,11 @@ SETTINGS = {"realname_required_above": "REALNAME_REQUIRED_ABOVE",
             "smtp_password": "SMTP_PASSWORD", "smtp_from": "SMTP_FROM", "smtp_tls": "SMTP_TLS",
             "sms_enabled": "SMS_ENABLED", "sms_endpoint": "SMS_ENDPOINT", "sms_access_key_id": "SMS_ACCESS_KEY_ID",
             "sms_access_key_secret": "SMS_ACCESS_KEY_SECRET", "sms_sign_name": "SMS_SIGN_NAME",
-            "sms_template_code": "SMS_TEMPLATE_CODE"}
+            "sms_template_code": "SMS_TEMPLATE_CODE",
+            # agent shops (app/agentshops): the markups agents may set, in basis points of their own price
+            "shop_markup_min_bp": "SHOP_MARKUP_MIN_BP",
+            "shop_markup_max_bp": "SHOP_MARKUP_MAX_BP"}
+MAX_SHOP_MARKUP_BP = 100_000  # a shop price of at most 11 times the agent's own
 # Stored encrypted (app.crypto) and never written to the audit log: only whether they are set.
 SECRET_SETTINGS = frozenset({"smtp_password", "sms_access_key_secret"})
 _TEXT_SETTINGS = frozenset({"smtp_host", "smtp_user", "smtp_from", "sms_endpoint", "sms_access_key_id",
@@ -50,6 +54,30 @@ def get(key: str):
     return current_app.config.get(SETTINGS[key]) if value is _UNSET else value
 
 
+def _check_markup_bound(value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SHOP_MARKUP_BP:
+        raise ValidationError(f"加价比例须在 0% 到 {MAX_SHOP_MARKUP_BP // 100}% 之间 "
+                              f"(markup must be 0-{MAX_SHOP_MARKUP_BP} basis points)")
+
+
+def shop_markup_bounds() -> tuple[int, int]:
+    """(minimum, maximum) markup of an agent shop's prices over the agent's own, in basis points."""
+    return int(get("shop_markup_min_bp") or 0), int(get("shop_markup_max_bp") or 0)
+
+
+def set_shop_markup_bounds(minimum: int, maximum: int, actor_id: int | None) -> None:
+    """Both bounds together (the minimum may not exceed the maximum); each change audited. Commits."""
+    _check_markup_bound(minimum)
+    _check_markup_bound(maximum)
+    if minimum > maximum:
+        raise ValidationError("最低加价不能高于最高加价 (the minimum markup is above the maximum)")
+    current = shop_markup_bounds()
+    if current[0] != minimum:
+        set_value("shop_markup_min_bp", minimum, actor_id)
+    if current[1] != maximum:
+        set_value("shop_markup_max_bp", maximum, actor_id)
+
+
 def forget_cached() -> None:
     """Drop cached values (tests that empty the database between cases)."""
     _cache.clear()
@@ -64,6 +92,8 @@ def set_value(key: str, value, actor_id: int | None) -> None:
     if key in ("staff_2fa_required", "sms_enabled") and not isinstance(value, bool):
         raise ValidationError("必须为是或否 (must be yes or no)")
     _check(key, value)
+    if key in ("shop_markup_min_bp", "shop_markup_max_bp"):
+        _check_markup_bound(value)
     old = get(key)
     row = db.session.get(PlatformSetting, key)
     if row is None:

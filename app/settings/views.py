@@ -11,8 +11,8 @@ from wtforms import BooleanField, IntegerField, PasswordField, SelectField, Stri
 from wtforms.validators import Optional
 
 from app.errors import KamengError
-from app.forms import YuanField
-from app.money import format_fen
+from app.forms import PercentField, YuanField
+from app.money import format_bp, format_fen
 from app.settings import service
 
 
@@ -21,6 +21,12 @@ class SettingsForm(DynamicForm):
                                         description=_("单笔钱包采购金额超过此数时，须先完成实名认证"))
     staff_2fa_required = BooleanField(_("员工必须使用两步验证"),
                                       description=_("开启后，管理员、经理、财务和客服登录后须先启用两步验证才能使用其他页面"))
+    shop_markup_min_bp = PercentField(_("分站最低加价（百分比）"), max_bp=service.MAX_SHOP_MARKUP_BP,
+                                      validators=[Optional()],
+                                      description=_("代理分站售价相对其拿货价的最低加价"))
+    shop_markup_max_bp = PercentField(_("分站最高加价（百分比）"), max_bp=service.MAX_SHOP_MARKUP_BP,
+                                      validators=[Optional()],
+                                      description=_("代理分站售价相对其拿货价的最高加价；分站售价永远不低于代理拿货价"))
     # Delivery notices (app/notices): blank text = the environment's value (SMTP_*, SMS_*); blank secret = unchanged.
     smtp_host = StringField(_("发信服务器 SMTP_HOST"), validators=[Optional()], widget=BS3TextFieldWidget(),
                             description=_("发货邮件经此服务器发出；留空则使用环境变量的值"))
@@ -63,6 +69,7 @@ class PlatformSettingsView(SimpleFormView):
         form.smtp_port.data = int(service.get("smtp_port") or 0)
         form.smtp_tls.data = service.get("smtp_tls") or "starttls"
         form.sms_enabled.data = bool(service.get("sms_enabled"))
+        form.shop_markup_min_bp.data, form.shop_markup_max_bp.data = service.shop_markup_bounds()
 
     def form_post(self, form):
         value = form.realname_required_above.data or 0
@@ -77,6 +84,17 @@ class PlatformSettingsView(SimpleFormView):
             service.set_value("staff_2fa_required", required, actor_id=g.user.id)
             flash(gettext("已保存：员工必须使用两步验证") if required else gettext("已保存：员工可不使用两步验证"),
                   "success")
+        current = service.shop_markup_bounds()  # a bound left empty stays as it is
+        bounds = (current[0] if form.shop_markup_min_bp.data is None else form.shop_markup_min_bp.data,
+                  current[1] if form.shop_markup_max_bp.data is None else form.shop_markup_max_bp.data)
+        if bounds != current:  # audited only when they change
+            try:
+                service.set_shop_markup_bounds(*bounds, actor_id=g.user.id)
+            except KamengError as exc:
+                flash(exc.message, "danger")
+                return None
+            flash(gettext("已保存：分站加价范围 %(low)s 到 %(high)s", low=format_bp(bounds[0]),
+                          high=format_bp(bounds[1])), "success")
         try:
             changed = self._save_notice_settings(form)
         except KamengError as exc:

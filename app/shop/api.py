@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from dataclasses import dataclass
 from urllib.parse import quote
 
 from flask import Blueprint, Flask, abort, current_app, jsonify, redirect, render_template, request
@@ -24,6 +25,27 @@ shop = Blueprint("shop", __name__)
 STATUS_TEXT = {"pending_payment": "待支付", "paid": "已支付", "delivering": "发货中", "delivered": "已到账",
                "refunded": "已退款", "closed": "已关闭", "failed": "发货失败，退款中", "disputed": "处理中",
                "reviewing": "风控审核中"}
+
+
+@dataclass(frozen=True)
+class StorefrontPage:
+    """Where the storefront's pages render: the platform's /shop/, or an agent's shop (app.agentshops), whose
+    theme layout, links and prices they take. The same handlers and templates serve both."""
+    layout: str = "kameng/shop/base.html"
+    base: str = "/shop/"  # the path the page's links start from
+    shop: object = None  # the AgentShop
+    pricing: object = None  # its app.agentshops.service.ShopPricing
+
+    def price(self, product) -> int:
+        """The product's price here (ProductUnavailable when the shop hides it)."""
+        return self.pricing.price(product).unit_price if self.pricing is not None else price_for(None, product)
+
+    def owns(self, order: Order) -> bool:
+        """A shop's lookup shows only its own orders (the platform's shows any)."""
+        return self.shop is None or order.shop_id == self.shop.id
+
+
+PLATFORM_PAGE = StorefrontPage()
 
 
 def _base_url() -> str:
@@ -82,13 +104,18 @@ def api_products():
 
 @shop.post("/shop/api/orders")
 def api_create_order():
+    return create_order_answer()
+
+
+def create_order_answer(pricing=None):
+    """POST /shop/api/orders, and an agent shop's POST /s/<code>/api/orders at its prices (`pricing`)."""
     try:
         data = _json()
         order, pay_url = payments.checkout(data.get("product_id"), data.get("quantity"), data.get("contact"),
                                            data.get("query_password"), data.get("channel"), _base_url(),
                                            coupon=data.get("coupon"), account=data.get("account"),
                                            device_id=data.get("device_id"), ip=request.remote_addr,
-                                           email=data.get("email"), locale=_locale())
+                                           email=data.get("email"), locale=_locale(), shop=pricing)
     except KamengError as exc:
         return _error(exc)
     # The signed lookup link goes only to whoever checked out (this answer): it shows the order without the password.
@@ -196,8 +223,12 @@ def pay_form(number: str):
 @shop.route("/shop/paid/<order_no>", methods=["GET", "POST"])
 def shop_paid(order_no: str):
     """Where a channel sends the buyer back after paying (UnionPay with a form POST): the lookup, which asks for the
-    order password. What the channel appended is ignored: the notification (or the query job) is what counts."""
-    return redirect("/shop/lookup?order_no=" + quote(order_no[:40], safe=""), code=303)
+    order password (an agent shop's order: its shop's lookup). What the channel appended is ignored: the
+    notification (or the query job) is what counts."""
+    from app.agentshops import service as agentshops
+
+    lookup = agentshops.lookup_path_of(order_no[:40]) or "/shop/lookup"
+    return redirect(lookup + "?order_no=" + quote(order_no[:40], safe=""), code=303)
 
 
 def _sandbox_only():
@@ -230,15 +261,24 @@ def sandbox_cashier(order_no: str):
 
 @shop.get("/shop/")
 def shop_index():
-    return render_template("kameng/shop/index.html", offers=public_offers())
+    return render_template("kameng/shop/index.html", offers=public_offers(), page=PLATFORM_PAGE)
 
 
 @shop.route("/shop/buy/<int:product_id>", methods=["GET", "POST"])
 def shop_buy(product_id: int):
+    return buy_page(product_id, PLATFORM_PAGE)
+
+
+def buy_page(product_id: int, page: StorefrontPage):
+    """A product's checkout form (and its POST): the storefront's, or an agent shop's at its prices."""
     from app.catalog.models import Product
 
     product = db.session.get(Product, product_id) if product_id < 2 ** 31 else None
     if product is None or not product.active:
+        abort(404)
+    try:
+        price = page.price(product)
+    except KamengError:  # hidden in this shop
         abort(404)
     channels = payments.enabled_channels()
     error = None
@@ -251,36 +291,51 @@ def shop_buy(product_id: int):
                                                account=request.form.get("account"),
                                                device_id=request.form.get("device_id"),
                                                ip=request.remote_addr, email=request.form.get("email"),
-                                               locale=_locale())
+                                               locale=_locale(), shop=page.pricing)
             return redirect(pay_url)
         except KamengError as exc:
             error = exc.message
-    return render_template("kameng/shop/buy.html", product=product, price=price_for(None, product),
+    return render_template("kameng/shop/buy.html", product=product, price=price, page=page,
                            channels=[(c, CHANNEL_NAMES.get(c, c)) for c in channels], error=error,
                            form=request.form), (400 if error else 200)
 
 
 @shop.route("/shop/lookup", methods=["GET", "POST"])
 def shop_lookup():
+    return lookup_page(PLATFORM_PAGE)
+
+
+def lookup_page(page: StorefrontPage):
+    """Order number + order password: the order and, once delivered, its card secrets (a shop: its own orders)."""
     order, error, status = None, None, 200
     form = request.form if request.method == "POST" else {"order_no": request.args.get("order_no", "")[:40]}
     if request.method == "POST":
         try:
             order = payments.lookup(request.form.get("order_no"), request.form.get("query_password"))
+            if not page.owns(order):
+                raise NotFound("订单不存在或密码错误 (order not found)")
         except KamengError as exc:
             # The order number's budget spent: say so (and when); anything else reads as an unknown order.
+            order = None
             error, status = (exc.message, 429) if exc.status == 429 else ("订单不存在或密码错误", 404)
     return _no_store(render_template("kameng/shop/lookup.html", order=order and order_view(order, True), error=error,
-                                     form=form), status)
+                                     form=form, page=page), status)
 
 
 @shop.post("/shop/dispute")
 def shop_dispute():
+    return dispute_page(PLATFORM_PAGE)
+
+
+def dispute_page(page: StorefrontPage):
     """The lookup page's dispute form: order number, query password again, and the reason."""
     from app.payments import disputes
 
     order, error, notice, limited = None, None, None, False
     try:
+        if page.shop is not None and not page.owns(payments.lookup(request.form.get("order_no"),
+                                                                   request.form.get("query_password"))):
+            raise NotFound("订单不存在或密码错误 (order not found)")  # a shop files disputes on its own orders only
         disputes.open_as_buyer(request.form.get("order_no"), request.form.get("query_password"),
                                request.form.get("reason"))
         notice = "已提交维权，客服会尽快处理"
@@ -294,7 +349,7 @@ def shop_dispute():
             order = None
     status = 201 if notice else 429 if limited else (404 if order is None else 400)
     return _no_store(render_template("kameng/shop/lookup.html", order=order and order_view(order, True), error=error,
-                                     notice=notice, form=request.form), status)
+                                     notice=notice, form=request.form, page=page), status)
 
 
 @shop.get("/shop/order/<token>")

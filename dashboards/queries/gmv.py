@@ -10,7 +10,7 @@ from datetime import date, timedelta
 from sqlalchemy import func, select, text
 
 from app.agents.models import Tier
-from app.analytics.models import SalesDaily
+from app.analytics.models import SalesDaily, ShopDaily
 from app.catalog.models import Category, Product, Supplier
 from app.extensions import db
 from app.payments.models import CHANNEL_NAMES
@@ -172,3 +172,34 @@ def _labels(by: str, keys: list) -> dict:
         return {}
     # A NULL tier (storefront guests) gets no label here: the dashboard names it.
     return {k: name for k, name in db.session.execute(select(model.id, model.name).where(model.id.in_(ids)))}
+
+
+# --- agent shops (分站) ----------------------------------------------------------------------------------------------
+
+def _shop_sums(scope_id: int, start: date, end: date) -> dict:
+    row = db.session.execute(select(func.coalesce(func.sum(ShopDaily.orders), 0),
+                                    func.coalesce(func.sum(ShopDaily.gmv), 0),
+                                    func.coalesce(func.sum(ShopDaily.profit), 0))
+                             .where(ShopDaily.scope_id == scope_id, ShopDaily.day >= start,
+                                    ShopDaily.day <= end)).one()
+    return {"orders": int(row[0]), "gmv": int(row[1]), "profit": int(row[2])}
+
+
+def shops(scope_id: int, start: date, end: date, limit: int = 50) -> dict:
+    """Agent shops in the scope (the platform: every shop; an agent: its own and its downline's): orders, GMV and
+    the agents' shop profit over the range and the previous period, and per shop, largest GMV first. From
+    rollup_shop_daily (no category or tier: a shop's figures are the whole shop's)."""
+    from app.agentshops.models import AgentShop
+
+    prev_start, prev_end = previous_period(start, end)
+    rows = db.session.execute(
+        select(ShopDaily.shop_id, func.sum(ShopDaily.orders), func.sum(ShopDaily.gmv), func.sum(ShopDaily.profit))
+        .where(ShopDaily.scope_id == scope_id, ShopDaily.day >= start, ShopDaily.day <= end)
+        .group_by(ShopDaily.shop_id).order_by(func.sum(ShopDaily.gmv).desc(), ShopDaily.shop_id).limit(limit)).all()
+    names = dict(db.session.execute(select(AgentShop.id, AgentShop.name).where(
+        AgentShop.id.in_([r[0] for r in rows]))).all()) if rows else {}
+    per_shop = [{"shop_id": shop_id, "label": names.get(shop_id, str(shop_id)), "orders": int(n or 0),
+                 "gmv": int(gmv or 0), "profit": int(profit or 0)} for shop_id, n, gmv, profit in rows
+                if n or gmv or profit]
+    return {"current": _shop_sums(scope_id, start, end), "previous": _shop_sums(scope_id, prev_start, prev_end),
+            "shops": per_shop}

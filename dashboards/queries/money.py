@@ -16,7 +16,8 @@ from app.extensions import db
 from dashboards.queries.periods import as_date, bucket, check_range, periods
 
 FLOWS = ("commission_accrued", "commission_settled", "commission_reversed", "withdrawal_requested",
-         "withdrawal_paid", "withdrawal_fee", "revenue", "fees", "supplier_cost", "refunds")
+         "withdrawal_paid", "withdrawal_fee", "revenue", "fees", "supplier_cost", "refunds", "shop_profit_accrued",
+         "shop_profit_reversed")
 
 
 def _daily(scope_id: int, start: date, end: date, flows: tuple[str, ...] | None):
