@@ -86,6 +86,7 @@ from werkzeug.wrappers import Request, Response
 from app import outbound
 from app.payments.channels import rsa
 from app.payments.channels.alipay import CHINA, TIME_FORMAT, content_to_sign, yuan
+from app.payments.simulators import behaviour_update
 
 AMOUNT_RE = re.compile(r"^\d+(\.\d{1,2})?$")
 MAX_AMOUNT = 100_000_000_00  # fen: 100000000.00 yuan
@@ -244,16 +245,10 @@ class AlipaySimulator:
             return _json({"app_id": self.app_id})
 
     def set_behaviour(self, payload: dict) -> Response:
+        update, problem = behaviour_update(payload, DEFAULT_BEHAVIOUR, CHOICES)
+        if problem:
+            return _json({"error": problem}, 400)
         with self.lock:
-            update = {}
-            for key, value in payload.items():
-                if key not in DEFAULT_BEHAVIOUR:
-                    return _json({"error": f"unknown behaviour {key!r}"}, 400)
-                if key in CHOICES and value not in CHOICES[key]:
-                    return _json({"error": f"{key} must be one of {CHOICES[key]}"}, 400)
-                if key not in CHOICES and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                    return _json({"error": f"{key} must be a non-negative integer"}, 400)
-                update[key] = value
             self.behaviour.update(update)
             return _json(dict(self.behaviour))
 

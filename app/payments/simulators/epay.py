@@ -50,6 +50,7 @@ from werkzeug.wrappers import Request, Response
 
 from app import outbound
 from app.payments.channels.epay import sign, yuan
+from app.payments.simulators import behaviour_update
 
 AMOUNT_RE = re.compile(r"^\d+(\.\d{1,2})?$")
 ORDER_NO_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -165,16 +166,10 @@ class EpaySimulator:
     # --- control ---------------------------------------------------------------------------------------------
 
     def set_behaviour(self, payload: dict) -> Response:
+        update, problem = behaviour_update(payload, DEFAULT_BEHAVIOUR, CHOICES)
+        if problem:
+            return _json({"error": problem}, 400)
         with self.lock:
-            update = {}
-            for key, value in payload.items():
-                if key not in DEFAULT_BEHAVIOUR:
-                    return _json({"error": f"unknown behaviour {key!r}"}, 400)
-                if key in CHOICES and value not in CHOICES[key]:
-                    return _json({"error": f"{key} must be one of {CHOICES[key]}"}, 400)
-                if key not in CHOICES and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                    return _json({"error": f"{key} must be a non-negative integer"}, 400)
-                update[key] = value
             self.behaviour.update(update)
             return _json(dict(self.behaviour))
 
