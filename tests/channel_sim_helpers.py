@@ -12,7 +12,9 @@ and returns a GatewayHandle with the simulator's control API (see app/payments/s
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
 
 import pytest
@@ -129,3 +131,30 @@ def refund_of(order_no: str) -> Refund | None:
     db.session.rollback()
     return db.session.scalar(select(Refund).join(Order, Order.id == Refund.order_id)
                              .where(Order.order_no == order_no).order_by(Refund.id.desc()).limit(1))
+
+
+@contextlib.contextmanager
+def served_with_own_base_url(pg_url: str, **overrides):
+    """The real app (CSRF on) served from a thread, its PUBLIC_BASE_URL its own address (so the channels' notify
+    URLs reach it); yields that base URL."""
+    from werkzeug.serving import make_server
+
+    from tests.conftest import make_app
+
+    served_app = make_app(pg_url, WTF_CSRF_ENABLED=True, **overrides)
+    server = make_server("127.0.0.1", 0, served_app, threaded=True)
+    base = f"http://127.0.0.1:{server.server_port}"
+    served_app.config["PUBLIC_BASE_URL"] = base
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield base
+    finally:
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
+        with served_app.app_context():
+            from app.extensions import db
+
+            db.session.remove()
+            db.engine.dispose()

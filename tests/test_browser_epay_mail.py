@@ -5,7 +5,6 @@ lookup link, with the order password, shows the same secret in the browser."""
 from __future__ import annotations
 
 import re
-import threading
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,6 @@ from app.notices.models import DeliveryNotice
 from app.orders.models import Order
 from tests import channel_sim_helpers as csh
 from tests import mail_helpers as mh
-from tests.conftest import make_app
 from tests.test_browser import TIMEOUT_MS, browser  # noqa: F401  (fixture)
 
 gateway = csh.gateway
@@ -37,26 +35,9 @@ def mailbox():
 @pytest.fixture
 def served(app, pg_url, mailbox):
     """The real app (CSRF on) served from a thread; its PUBLIC_BASE_URL its own address; its SMTP the mailbox."""
-    from werkzeug.serving import make_server
-
-    served_app = make_app(pg_url, WTF_CSRF_ENABLED=True, SMTP_HOST="127.0.0.1", SMTP_PORT=mailbox.port,
-                          SMTP_TLS="none", SMTP_FROM="卡盟商城 <shop@kameng.example>", SMTP_TIMEOUT=5)
-    server = make_server("127.0.0.1", 0, served_app, threaded=True)
-    base = f"http://127.0.0.1:{server.server_port}"
-    served_app.config["PUBLIC_BASE_URL"] = base
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with csh.served_with_own_base_url(pg_url, SMTP_HOST="127.0.0.1", SMTP_PORT=mailbox.port, SMTP_TLS="none",
+                                      SMTP_FROM="卡盟商城 <shop@kameng.example>", SMTP_TIMEOUT=5) as base:
         yield base
-    finally:
-        server.shutdown()
-        thread.join(10)
-        server.server_close()
-        with served_app.app_context():
-            from app.extensions import db
-
-            db.session.remove()
-            db.engine.dispose()
 
 
 def test_buyer_pays_with_epay_and_finds_the_secret_in_the_email(app, db, f, gateway, served, mailbox,  # noqa: F811

@@ -4,7 +4,6 @@ the lookup, and the card secret appears only after the buyer enters the order pa
 from __future__ import annotations
 
 import re
-import threading
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,6 @@ from sqlalchemy import select
 
 from app.orders.models import Order
 from tests import channel_sim_helpers as csh
-from tests.conftest import make_app
 from tests.test_browser import TIMEOUT_MS, browser  # noqa: F401  (fixture)
 
 gateway = csh.gateway
@@ -24,25 +22,8 @@ pytestmark = pytest.mark.browser
 @pytest.fixture
 def served(app, pg_url):
     """The real app (CSRF on) served from a thread, its PUBLIC_BASE_URL its own address (the notify URL)."""
-    from werkzeug.serving import make_server
-
-    served_app = make_app(pg_url, WTF_CSRF_ENABLED=True)
-    server = make_server("127.0.0.1", 0, served_app, threaded=True)
-    base = f"http://127.0.0.1:{server.server_port}"
-    served_app.config["PUBLIC_BASE_URL"] = base
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with csh.served_with_own_base_url(pg_url) as base:
         yield base
-    finally:
-        server.shutdown()
-        thread.join(10)
-        server.server_close()
-        with served_app.app_context():
-            from app.extensions import db
-
-            db.session.remove()
-            db.engine.dispose()
 
 
 def test_buyer_pays_with_wechat_native_and_reads_the_secret_after_the_password(app, db, f, gateway,  # noqa: F811
