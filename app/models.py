@@ -2,6 +2,7 @@
 from flask_appbuilder.security.sqla.models import User  # noqa: F401  (ab_user, for relationships)
 
 from app.agents.models import Agent, Tier  # noqa: F401
+from app.alerts.models import Alert, AlertChannel, AlertDelivery, AlertRule  # noqa: F401
 from app.analytics.models import AgentDaily, MoneyDaily, ProfileDaily, RollupState, SalesDaily  # noqa: F401
 from app.audit.models import AuditEntry  # noqa: F401
 from app.cache import CacheVersion  # noqa: F401
