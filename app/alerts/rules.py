@@ -184,7 +184,7 @@ def refund_failed(rule: RuleConfig, now: datetime, open_keys: set[str]) -> list[
                              | (Refund.status.in_(refunds.OPEN_STATUSES) & (Refund.attempts >= attempts)))
         .order_by(Refund.id)).all()
     order_nos = dict(db.session.execute(select(Order.id, Order.order_no).where(
-        Order.id.in_([r.order_id for r in rows if r.order_id])))) if rows else {}
+        Order.id.in_([r.order_id for r in rows if r.order_id]))).all()) if rows else {}
     found = []
     for refund in rows:
         if refund.status == "failed":

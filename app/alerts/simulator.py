@@ -100,11 +100,12 @@ class RobotSimulator:
 
     def robot(self, request: Request, kind: str, token: str) -> Response:
         with self.lock:
+            status = int(self.behaviour.get("http_status") or 200)
+            if status != 200:  # the robot's front end is down: nothing is looked at or accepted
+                self.requests.append({"kind": kind, "token": token, "code": None, "http_status": status})
+                return Response("server error", status=status)
             code, message = self._check(request, kind, token)
             self.requests.append({"kind": kind, "token": token, "code": code})
-            status = int(self.behaviour.get("http_status") or 200)
-        if status != 200:
-            return Response("server error", status=status)
         if kind == "feishu":
             body = {"code": code, "msg": message, "data": {}}
             if code == 0:
