@@ -568,3 +568,131 @@ def test_the_fence_refuses_a_private_webhook_outside_development(app, f, robots)
         app.config["OUTBOUND_ALLOW_PRIVATE"] = True
     [delivery] = deliveries()
     assert "destination refused" in delivery.last_error and robots.requests() == []
+
+
+# --- screens -----------------------------------------------------------------------------------------------------
+
+def _staff(app, f, role: str):
+    user = f.user(f.unique(role.lower()), role=role)
+    return f.login(app.test_client(), user.username)
+
+
+def test_the_alert_log_is_read_by_admin_manager_and_support_only(app, f, robots):
+    ah.robot_channel(robots, "wecom", signed=False)
+    low_stock_product(f)
+    ah.evaluate(kinds=["low_stock"])
+    [alert] = alerts_of()
+    for role in ("Admin", "Manager", "Support"):
+        client = _staff(app, f, role)
+        page = client.get("/alerts/list/")
+        assert page.status_code == 200 and "补货提醒：腾讯Q币 10元 库存 2（阈值 5）" in page.text, role
+        shown = client.get(f"/alerts/show/{alert.id}")
+        assert shown.status_code == 200 and "low_stock:" in shown.text and "已发送" in shown.text, role
+    for role in ("Finance", "Agent"):
+        client = _staff(app, f, role)
+        assert client.get("/alerts/list/").status_code in (302, 403), role
+        assert client.get("/alert-channels/list/").status_code in (302, 403), role
+    support = _staff(app, f, "Support")
+    assert support.get("/alert-channels/list/").status_code in (302, 403)
+    assert support.get("/alert-rules/list/").status_code in (302, 403)
+
+
+def test_an_admin_adds_a_signed_robot_in_the_form_and_sends_a_test_message(app, f, robots):
+    robot = robots.register("dingtalk", signed=True)
+    admin = _staff(app, f, "Admin")
+    r = admin.post("/alert-channels/add", data={"name": "运营群", "kind": "dingtalk", "enabled": "y",
+                                                 "webhook": robot["webhook"], "secret": robot["secret"],
+                                                 "min_severity": "warning", "locale": "zh"}, follow_redirects=True)
+    assert r.status_code == 200
+    channel = db.session.scalar(select(AlertChannel).where(AlertChannel.name == "运营群"))
+    assert channel is not None and channel.secret_enc and robot["token"] not in channel.webhook_enc
+    listing = admin.get("/alert-channels/list/").text
+    assert robot["token"] not in listing and robot["secret"] not in listing and "已设置" in listing
+    # the test message goes through the job to the robot, which verified its signature
+    r = admin.post("/alert-channels/action_post", data={"action": "test", "rowid": str(channel.id)},
+                   follow_redirects=True)
+    assert "已向「运营群」发送测试消息" in r.text
+    [message] = robots.messages("dingtalk")
+    assert "【测试】测试消息：告警渠道「运营群」可以收到告警" in text_of(message)
+    audits = db.session.scalars(select(AuditEntry.new_value).where(AuditEntry.target_type == "alert_channel")).all()
+    assert audits and all(robot["secret"] not in (a or "") and robot["token"] not in (a or "") for a in audits)
+    # editing with the secret left blank keeps it; a webhook of the wrong robot is refused with a message
+    r = admin.post(f"/alert-channels/edit/{channel.id}", data={"name": "运营群", "enabled": "y", "webhook": "",
+                                                                "secret": "", "min_severity": "critical",
+                                                                "locale": "en"}, follow_redirects=True)
+    db.session.expire_all()
+    channel = db.session.get(AlertChannel, channel.id)
+    assert channel.secret_enc and channel.min_severity == "critical" and channel.locale == "en"
+    r = admin.post(f"/alert-channels/edit/{channel.id}", data={
+        "name": "运营群", "enabled": "y", "webhook": "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=k",
+        "min_severity": "critical", "locale": "en"}, follow_redirects=True)
+    assert r.status_code == 200 and "access_token" in r.text
+
+
+def test_a_manager_reads_channels_and_rules_but_changes_nothing(app, f, robots):
+    channel, _ = ah.robot_channel(robots, "feishu")
+    manager = _staff(app, f, "Manager")
+    assert manager.get("/alert-channels/list/").status_code == 200
+    assert manager.get("/alert-rules/list/").status_code == 200
+    assert manager.get("/alert-channels/add").status_code in (302, 403)
+    manager.post("/alert-channels/action_post", data={"action": "test", "rowid": str(channel.id)})
+    assert robots.messages() == [] and deliveries() == []
+    rule = db.session.scalar(select(AlertRule).where(AlertRule.kind == "delivery_sla"))
+    assert manager.post(f"/alert-rules/edit/{rule.id}", data={"threshold": "5"}).status_code in (302, 403)
+    db.session.expire_all()
+    assert db.session.get(AlertRule, rule.id).threshold is None
+
+
+def test_an_admin_sets_a_rules_threshold_and_a_bad_one_is_a_form_error(app, f):
+    admin = _staff(app, f, "Admin")
+    assert admin.get("/alert-rules/list/").status_code == 200  # the rules' rows exist from here on
+    rule = db.session.scalar(select(AlertRule).where(AlertRule.kind == "delivery_sla"))
+    r = admin.post(f"/alert-rules/edit/{rule.id}", data={"enabled": "y", "severity": "critical", "threshold": "5",
+                                                         "window_minutes": ""}, follow_redirects=True)
+    assert r.status_code == 200
+    db.session.expire_all()
+    rule = db.session.get(AlertRule, rule.id)
+    assert (rule.threshold, rule.severity) == (5, "critical")
+    r = admin.post(f"/alert-rules/edit/{rule.id}", data={"enabled": "y", "severity": "critical",
+                                                         "threshold": "-3"}, follow_redirects=True)
+    assert r.status_code == 200
+    db.session.expire_all()
+    assert db.session.get(AlertRule, rule.id).threshold == 5
+    late = _order(f, minutes_ago=7)
+    ah.evaluate(kinds=["delivery_sla"])
+    [alert] = alerts_of("delivery_sla")
+    assert alert.severity == "critical" and json.loads(alert.facts)["orders"] == [late.order_no]
+
+
+def test_an_english_channel_gets_english_words(app, f, robots):
+    robot = robots.register("feishu", signed=True)
+    alerts.create_channel("ops-en", "feishu", webhook=robot["webhook"], secret=robot["secret"], locale="en",
+                          min_severity="info")
+    low_stock_product(f)
+    ah.evaluate(kinds=["low_stock"])
+    [message] = robots.messages()
+    words = text_of(message)
+    assert "[Alert] Warning · Restock: 腾讯Q币 10元 has 2 left (threshold 5)" in words and "Rule: Low stock" in words
+
+
+def test_with_redis_the_periodic_job_queues_messages_on_rq_and_a_worker_sends_them(app, f, robots, redis_url):
+    from workers.queues import get_queue
+    from workers.runner import run_worker
+    from workers.schedule import PERIODIC
+
+    [periodic] = [p for p in PERIODIC if p.name == "alerts-evaluate"]
+    ah.robot_channel(robots, "dingtalk")
+    low_stock_product(f)
+    app.config["REDIS_URL"] = redis_url
+    try:
+        periodic.func()  # the job as the cron enqueues it
+        from app.outbox.service import dispatch_due
+
+        dispatch_due()  # what the worker does after each job
+        [delivery] = deliveries()
+        assert delivery.status == "queued" and robots.messages() == []  # nothing sent in the evaluation itself
+        assert f"alert-{delivery.id}-0" in get_queue("high").get_job_ids()
+        run_worker(["high"], burst=True, with_cron=False)
+    finally:
+        app.config["REDIS_URL"] = None
+    assert [d.status for d in deliveries()] == ["sent"] and len(robots.messages("dingtalk")) == 1

@@ -78,25 +78,24 @@ def compose(alert, event: str, locale: str) -> Message:
     with force_locale("en" if locale == "en" else "zh"):
         what = headline(alert.rule, facts)
         if alert.rule == "test":
-            title = f"{gettext('【测试】')}{what}"
+            title = gettext("【测试】%(what)s", what=what)
         elif event == "resolved":
-            title = f"{gettext('【恢复】')}{what}"
+            title = gettext("【恢复】%(what)s", what=what)
         else:
-            title = f"{gettext('【告警】')}{severity_name(alert.severity)} · {what}"
-        lines = [f"{gettext('类型')}：{rule_name(alert.rule)}",
-                 f"{gettext('首次发现')}：{_time(alert.opened_at)}"]
+            title = gettext("【告警】%(severity)s · %(what)s", severity=severity_name(alert.severity), what=what)
+        lines = [gettext("类型：%(rule)s", rule=rule_name(alert.rule)),
+                 gettext("首次发现：%(at)s", at=_time(alert.opened_at))]
         if event == "resolved" and alert.resolved_at:
             minutes = max(0, int((alert.resolved_at - alert.opened_at).total_seconds() // 60))
-            lasted = gettext("持续 %(n)s 分钟", n=minutes)
-            lines.append(f"{gettext('恢复时间')}：{_time(alert.resolved_at)}（{lasted}）")
+            lines.append(gettext("恢复时间：%(at)s（持续 %(n)s 分钟）", at=_time(alert.resolved_at), n=minutes))
         items = facts.get("orders") or facts.get("jobs")
         if items and event == "raised":
-            label = gettext("订单") if facts.get("orders") else gettext("任务")
-            more = "…" if (facts.get("count") or 0) > len(items) else ""
-            lines.append(f"{label}：{', '.join(map(str, items))}{more}")
+            listed = ", ".join(map(str, items)) + ("…" if (facts.get("count") or 0) > len(items) else "")
+            lines.append(gettext("订单：%(items)s", items=listed) if facts.get("orders")
+                         else gettext("任务：%(items)s", items=listed))
         if alert.rule == "refund_failed" and event == "raised":
-            lines.append(f"{gettext('退款单号')}：{facts.get('refund_no')}")
-        lines.append(f"{gettext('告警编号')}：#{alert.id}")
+            lines.append(gettext("退款单号：%(no)s", no=facts.get("refund_no")))
+        lines.append(gettext("告警编号：#%(id)s", id=alert.id))
     return Message(title=title, lines=lines, link=link(alert))
 
 
