@@ -39,6 +39,7 @@ from sqlalchemy import func, select
 from app.extensions import db
 
 SAMPLE = 5  # order numbers or job ids a message lists at most
+JOB_SAMPLE = 200  # failed jobs read per queue and evaluation
 
 
 @dataclass(frozen=True)
@@ -213,11 +214,14 @@ def job_failed(rule: RuleConfig, now: datetime, open_keys: set[str]) -> list[Fin
     found = []
     for name in QUEUES:
         registry = FailedJobRegistry(queue=get_queue(name))
+        # The newest JOB_SAMPLE failures are read (one round trip): a burst of thousands stays cheap to evaluate
+        # every minute; a function failing only beyond them is found once the newer ones are retried.
+        ids = registry.get_job_ids(0, JOB_SAMPLE - 1, desc=True)
         grouped: dict[str, list[str]] = defaultdict(list)
-        for job_id in registry.get_job_ids():
+        for job_id, job in zip(ids, Job.fetch_many(ids, connection=connection), strict=True):
             try:
-                function = Job.fetch(job_id, connection=connection).func_name or "?"
-            except Exception:  # expired hash or data that no longer unpickles: still a failed job
+                function = (job.func_name if job is not None else None) or "?"
+            except Exception:  # data that no longer unpickles: still a failed job
                 function = "?"
             grouped[function.rsplit(".", 1)[-1]].append(job_id)
         found += [Finding(f"job_failed:{name}:{function}", {"queue": name, "function": function,

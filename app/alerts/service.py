@@ -443,7 +443,9 @@ def apply_channel(channel: AlertChannel, *, webhook: str | None = None, secret: 
         if not present:
             raise ValidationError(message)
         channel.webhook_enc = crypto.encrypt(webhook)
-        channel.webhook_masked = f"{parts.scheme}://{parts.hostname}{parts.path[:24]}…{crypto.mask(webhook)[-6:]}"[:96]
+        # The robot's token (a query value, or Feishu's last path segment) shows only its last 4 characters.
+        path = parts.path.rsplit("/", 1)[0] + "/" if channel.kind == "feishu" else parts.path
+        channel.webhook_masked = f"{parts.scheme}://{parts.hostname}{path[:48]}…{webhook[-4:]}"[:96]
     if not channel.webhook_enc:
         raise ValidationError("请填写 Webhook 地址 (webhook is required)")
     if channel.kind == "wecom":
