@@ -696,3 +696,60 @@ def test_with_redis_the_periodic_job_queues_messages_on_rq_and_a_worker_sends_th
     finally:
         app.config["REDIS_URL"] = None
     assert [d.status for d in deliveries()] == ["sent"] and len(robots.messages("dingtalk")) == 1
+
+
+# --- the receiver refuses what a real robot refuses ------------------------------------------------------------
+
+def test_the_receiver_checks_units_signatures_tokens_and_sizes(app, robots):
+    import requests
+
+    now = time.time()
+    ding = robots.register("dingtalk")
+    text_body = {"msgtype": "text", "text": {"content": "x"}}
+
+    def ding_post(ts: int, sign: str, token: str = ding["token"]) -> int:
+        url = f"{robots.url}/robot/send?access_token={token}&timestamp={ts}&sign={quote(sign, safe='')}"
+        return requests.post(url, json=text_body, timeout=5).json()["errcode"]
+
+    ms = int(now * 1000)
+    assert ding_post(ms, robot_protocol.dingtalk_sign(ding["secret"], ms)) == 0
+    seconds = int(now)  # seconds where milliseconds are due: more than an hour off (1970)
+    assert ding_post(seconds, robot_protocol.dingtalk_sign(ding["secret"], seconds)) == 310000
+    assert ding_post(ms, robot_protocol.dingtalk_sign("SECother", ms)) == 310000
+    assert ding_post(ms, robot_protocol.dingtalk_sign(ding["secret"], ms), token="nope") == 300001
+
+    feishu = robots.register("feishu")
+
+    def feishu_post(body: dict, token: str = feishu["token"]) -> int:
+        return requests.post(f"{robots.url}/open-apis/bot/v2/hook/{token}", json=body, timeout=5).json()["code"]
+
+    post = {"msg_type": "text", "content": {"text": "x"}}
+    ts = int(now)
+    assert feishu_post({"timestamp": str(ts), "sign": robot_protocol.feishu_sign(feishu["secret"], ts), **post}) == 0
+    assert feishu_post({"timestamp": ts, "sign": robot_protocol.feishu_sign(feishu["secret"], ts), **post}) == 0
+    ms_ts = int(now * 1000)  # milliseconds where seconds are due
+    assert feishu_post({"timestamp": ms_ts, "sign": robot_protocol.feishu_sign(feishu["secret"], ms_ts),
+                        **post}) == 19021
+    dingtalk_style = base64.b64encode(hmac.new(feishu["secret"].encode(), f"{ts}\n{feishu['secret']}".encode(),
+                                               hashlib.sha256).digest()).decode()
+    assert feishu_post({"timestamp": ts, "sign": dingtalk_style, **post}) == 19021  # keyed the other way round
+    assert feishu_post(post) == 19021  # a signed robot takes nothing unsigned
+    assert feishu_post(post, token="nope") == 19001
+    big = {"timestamp": ts, "sign": robot_protocol.feishu_sign(feishu["secret"], ts), "msg_type": "text",
+           "content": {"text": "长" * 8000}}
+    assert feishu_post(big) == 9499  # over 20 KB
+
+    wecom = robots.register("wecom", signed=False)
+    url = f"{robots.url}/cgi-bin/webhook/send?key={wecom['token']}"
+    assert requests.post(url, json={"msgtype": "text", "text": {"content": "长" * 700}}, timeout=5).json()[
+        "errcode"] == 40058  # 2100 bytes of text
+
+
+def test_long_messages_are_cut_to_fit_each_robot(app, robots):
+    message = robot_protocol.Message("标题" * 50, ["订单：" + "K" * 300] * 200, "https://kameng.example/alerts/show/1")
+    for kind in ("dingtalk", "wecom", "feishu"):
+        robot = robots.register(kind, signed=kind != "wecom")
+        robot_protocol.send_robot(kind, robot["webhook"], robot["secret"], message)  # SendError unless accepted
+    assert [m["kind"] for m in robots.messages()] == ["dingtalk", "wecom", "feishu"]
+    wecom_text = robots.messages("wecom")[0]["body"]["text"]["content"]
+    assert len(wecom_text.encode()) <= 2048 and wecom_text.endswith("…")
