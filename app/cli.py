@@ -913,3 +913,38 @@ def alerts_test(channel_id: int) -> None:
         click.echo(f"#{delivery.id} {delivery.status} attempts={delivery.attempts} {delivery.last_error or ''}")
         if delivery.status == "failed":
             sys.exit(1)
+
+
+@alerts_cli.command("demo-channels")
+@click.option("--robot-sim", "url", required=True, help="The robot receiver (flask kameng robot-sim), e.g. "
+                                                       "http://127.0.0.1:8716")
+def alerts_demo_channels(url: str) -> None:
+    """Development only: register a DingTalk and a Feishu robot (both signed) at the robot receiver and point the
+    demo's alert channels at them (idempotent: a receiver restarted forgets its robots, so they are registered again
+    and the channels updated)."""
+    from sqlalchemy import select
+
+    from app import outbound
+    from app.alerts import service as alerts
+    from app.alerts.models import AlertChannel
+    from app.extensions import db
+
+    if current_env() != "development":
+        fail("the demo's alert channels are set up only with KAMENG_ENV=development")
+    for name, kind in (("演示钉钉群", "dingtalk"), ("演示飞书群", "feishu")):
+        try:
+            robot = outbound.post(url.rstrip("/") + "/_sim/robots", json={"kind": kind, "signed": True},
+                                  timeout=5).json()
+        except (*outbound.FAILURES, ValueError) as exc:
+            fail(f"the robot receiver at {url} did not answer: {outbound.short_reason(exc)}")
+        channel = db.session.scalar(select(AlertChannel).where(AlertChannel.name == name))
+        try:
+            if channel is None:
+                channel = alerts.create_channel(name, kind, webhook=robot["webhook"], secret=robot["secret"],
+                                                min_severity="info")
+            else:
+                alerts.apply_channel(channel, webhook=robot["webhook"], secret=robot["secret"])
+                db.session.commit()
+        except KamengError as exc:
+            fail(exc.message)
+        click.echo(f"alert channel {channel.name}: {channel.webhook_masked}")
