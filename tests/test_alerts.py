@@ -151,6 +151,7 @@ def test_a_clock_more_than_an_hour_off_is_refused_and_within_the_hour_accepted(a
 
 # --- de-duplication and recovery ---------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("app", ["postgresql", "sqlite"], indirect=True)  # make run's default is SQLite
 def test_recovery_is_told_once_and_a_new_episode_is_a_new_alert(app, f, robots):
     ding, _ = ah.robot_channel(robots, "dingtalk")
     feishu, _ = ah.robot_channel(robots, "feishu")
@@ -753,3 +754,24 @@ def test_long_messages_are_cut_to_fit_each_robot(app, robots):
     assert [m["kind"] for m in robots.messages()] == ["dingtalk", "wecom", "feishu"]
     wecom_text = robots.messages("wecom")[0]["body"]["text"]["content"]
     assert len(wecom_text.encode()) <= 2048 and wecom_text.endswith("…")
+
+
+def test_commands_refuse_clearly(app):
+    from app.cli import kameng_cli
+
+    runner = app.test_cli_runner()
+    result = runner.invoke(kameng_cli, ["alerts", "evaluate", "--rule", "nope"])
+    assert result.exit_code == 2 and "unknown rule nope" in result.output
+    result = runner.invoke(kameng_cli, ["alerts", "test", "999"])
+    assert result.exit_code == 2 and "告警渠道不存在" in result.output
+    result = runner.invoke(kameng_cli, ["alerts", "channel-add", "--name", "x", "--kind", "dingtalk",
+                                        "--webhook", "https://oapi.dingtalk.com/robot/send"])
+    assert result.exit_code == 2 and "access_token" in result.output
+    app.config["KAMENG_ENV"] = "production"
+    try:
+        result = runner.invoke(kameng_cli, ["robot-sim", "--port", "1"])
+        assert result.exit_code == 2 and "only with KAMENG_ENV=development" in result.output
+    finally:
+        app.config["KAMENG_ENV"] = "development"
+    result = runner.invoke(kameng_cli, ["alerts", "evaluate", "--rule", "low_stock"])
+    assert result.exit_code == 0 and json.loads(result.output)["low_stock"] == {"opened": 0, "resolved": 0, "open": 0}
