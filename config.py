@@ -232,6 +232,10 @@ class Config:
     SMS_TEMPLATE_CODE = env_str("SMS_TEMPLATE_CODE")  # a template holding ${order_no}; the lookup link is in its text
     # Seconds between a notice's attempts after the first (then it is given up and listed for support).
     NOTICE_RETRY_SECONDS = env_str("NOTICE_RETRY_SECONDS", "60,300,1800,7200,21600")
+    # Alerts (app/alerts): how often the rules are evaluated; seconds between a message's attempts after the first
+    # (then it is listed as failed on the alert's page).
+    ALERT_EVALUATE_SECONDS = env_int("ALERT_EVALUATE_SECONDS", 60)
+    ALERT_RETRY_SECONDS = env_str("ALERT_RETRY_SECONDS", "30,120,600,1800,7200")
 
 
 class ConfigError(RuntimeError):

@@ -58,6 +58,8 @@ def create_app(overrides: dict | None = None) -> Flask:
         register_settings_views(appbuilder)
         from app.notices.views import register as register_notice_views
         register_notice_views(appbuilder)
+        from app.alerts.views import register as register_alert_views
+        register_alert_views(appbuilder)
         from app.twofactor.views import register as register_two_factor_views
         register_two_factor_views(appbuilder)
         from app.portal.filters import register_template_helpers
@@ -65,6 +67,7 @@ def create_app(overrides: dict | None = None) -> Flask:
         from dashboards import init_dashboards
         init_dashboards(app, appbuilder)
 
+    from app.alerts import service as alerts  # noqa: F401  (registers the alert delivery outbox handler)
     from app.notices import service as notices  # noqa: F401  (registers the delivery notice outbox handler)
     from app.openapi import api as openapi_api
     from app.openapi import callbacks  # noqa: F401  (registers the outbox handler)

@@ -866,3 +866,118 @@ def chain_head(day: str | None) -> None:
     if head is None:
         fail(f"no record was sealed on or before {when or 'today'}", code=1)
     click.echo(json.dumps(head))
+
+
+# --- alerts (app/alerts) -----------------------------------------------------------------------------------------
+
+@kameng_cli.command("robot-sim")
+@click.option("--port", default=8716, show_default=True, type=int)
+def robot_sim(port: int) -> None:
+    """Run the DingTalk / WeCom / Feishu group robot receiver on 127.0.0.1 (protocol: app/alerts/simulator.py)."""
+    from app.alerts.simulator import RobotSimulator
+
+    if current_env() != "development":
+        fail("the robot simulator runs only with KAMENG_ENV=development")
+    sim = RobotSimulator()
+    sim.base_url = f"http://127.0.0.1:{port}"
+    _run_simulator(sim, port)
+
+
+alerts_cli = AppGroup("alerts", help="Alerts (告警): evaluate the rules, channels, test messages.")
+kameng_cli.add_command(alerts_cli)
+
+
+@alerts_cli.command("evaluate")
+@click.option("--rule", "rules", multiple=True, help="Only this rule kind (repeatable).")
+def alerts_evaluate(rules: tuple[str, ...]) -> None:
+    """Evaluate the alert rules now (the alerts-evaluate job) and print what opened and resolved."""
+    from app.alerts import service as alerts
+    from app.alerts.rules import RULES
+    from app.outbox.service import dispatch_due
+
+    unknown = [r for r in rules if r not in RULES]
+    if unknown:
+        fail(f"unknown rule {', '.join(unknown)}; rules: {', '.join(RULES)}")
+    report = alerts.evaluate(kinds=list(rules) or None)
+    dispatch_due()  # the messages leave now (queued on RQ, or sent here without Redis)
+    click.echo(json.dumps(report, ensure_ascii=False))
+    if any("error" in entry for entry in report.values()):
+        sys.exit(1)
+
+
+@alerts_cli.command("channel-add")
+@click.option("--name", required=True)
+@click.option("--kind", required=True, type=click.Choice(["dingtalk", "wecom", "feishu", "email"]))
+@click.option("--webhook", default=None, help="The robot's webhook address (robots).")
+@click.option("--secret", default=None, help="DingTalk 加签 / Feishu 签名校验 secret.")
+@click.option("--recipients", default=None, help="Comma-separated addresses (email).")
+@click.option("--min-severity", default="warning", show_default=True,
+              type=click.Choice(["info", "warning", "critical"]))
+def alerts_channel_add(name: str, kind: str, webhook: str | None, secret: str | None, recipients: str | None,
+                       min_severity: str) -> None:
+    """Add an alert channel (as 系统 → 告警渠道 does); prints its id and masked address."""
+    from app.alerts import service as alerts
+
+    try:
+        channel = alerts.create_channel(name, kind, webhook=webhook, secret=secret, recipients=recipients,
+                                        min_severity=min_severity)
+    except KamengError as exc:
+        fail(exc.message)
+    click.echo(json.dumps({"id": channel.id, "name": channel.name, "kind": channel.kind,
+                           "webhook": channel.webhook_masked, "recipients": channel.recipients_masked},
+                          ensure_ascii=False))
+
+
+@alerts_cli.command("test")
+@click.argument("channel_id", type=int)
+def alerts_test(channel_id: int) -> None:
+    """Send a test message to a channel (as 告警渠道's 发送测试消息 does) and print where it stands."""
+    from app.alerts import service as alerts
+    from app.extensions import db
+    from app.outbox.service import dispatch_due
+
+    try:
+        alert = alerts.send_test(channel_id, actor_id=None)
+    except KamengError as exc:
+        fail(exc.message)
+    dispatch_due()
+    db.session.expire_all()
+    for delivery in alert.deliveries:
+        click.echo(f"#{delivery.id} {delivery.status} attempts={delivery.attempts} {delivery.last_error or ''}")
+        if delivery.status == "failed":
+            sys.exit(1)
+
+
+@alerts_cli.command("demo-channels")
+@click.option("--robot-sim", "url", required=True, help="The robot receiver (flask kameng robot-sim), e.g. "
+                                                       "http://127.0.0.1:8716")
+def alerts_demo_channels(url: str) -> None:
+    """Development only: register a DingTalk and a Feishu robot (both signed) at the robot receiver and point the
+    demo's alert channels at them (idempotent: a receiver restarted forgets its robots, so they are registered again
+    and the channels updated)."""
+    from sqlalchemy import select
+
+    from app import outbound
+    from app.alerts import service as alerts
+    from app.alerts.models import AlertChannel
+    from app.extensions import db
+
+    if current_env() != "development":
+        fail("the demo's alert channels are set up only with KAMENG_ENV=development")
+    for name, kind in (("演示钉钉群", "dingtalk"), ("演示飞书群", "feishu")):
+        try:
+            robot = outbound.post(url.rstrip("/") + "/_sim/robots", json={"kind": kind, "signed": True},
+                                  timeout=5).json()
+        except (*outbound.FAILURES, ValueError) as exc:
+            fail(f"the robot receiver at {url} did not answer: {outbound.short_reason(exc)}")
+        channel = db.session.scalar(select(AlertChannel).where(AlertChannel.name == name))
+        try:
+            if channel is None:
+                channel = alerts.create_channel(name, kind, webhook=robot["webhook"], secret=robot["secret"],
+                                                min_severity="info")
+            else:
+                alerts.apply_channel(channel, webhook=robot["webhook"], secret=robot["secret"])
+                db.session.commit()
+        except KamengError as exc:
+            fail(exc.message)
+        click.echo(f"alert channel {channel.name}: {channel.webhook_masked}")

@@ -3,6 +3,7 @@ from flask_appbuilder.security.sqla.models import User  # noqa: F401  (ab_user, 
 
 from app.agents.models import Agent, Tier  # noqa: F401
 from app.agentshops.models import AgentShop, AgentShopDomain, AgentShopMaterial, AgentShopProduct  # noqa: F401
+from app.alerts.models import Alert, AlertChannel, AlertDelivery, AlertRule  # noqa: F401
 from app.analytics.models import (  # noqa: F401
     AgentDaily,
     MoneyDaily,

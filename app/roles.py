@@ -184,6 +184,15 @@ SCREENS: dict[str, dict[str, tuple[str, ...]]] = {
                  "can_cancel": NOBODY},  # operations: job arguments and requeueing stay with Admin
     "平台设置": {MENU: NOBODY},
     "PlatformSettingsView": {"can_this_form_get": NOBODY, "can_this_form_post": NOBODY},  # a form, no read view
+    # 告警 (app/alerts): the log is read by Manager and Support (and Admin); channels (their secrets write-only and
+    # masked) and rules are changed by Admin only, read by Manager; a test message and a resend stay with Admin.
+    "告警记录": {MENU: (M, S)},
+    "AlertView": read(M, S),
+    "AlertDeliveryView": {**read(M, S), "resend": NOBODY},
+    "告警渠道": {MENU: (M,)},
+    "AlertChannelView": {**crud(M), "test": NOBODY},
+    "告警规则": {MENU: (M,)},
+    "AlertRuleView": {**read(M), EDIT: NOBODY},
     "API 密钥管理": {MENU: (M,)},
     "ApiKeyAdminView": {**read(M), "revoke": NOBODY},
     "回调记录": {MENU: (M,)},

@@ -63,6 +63,7 @@ SHOTS = [
     Shot("admin-jobs", "admin", "/jobs/", "任务队列 (admin)"),
     Shot("admin-ledger", "admin", "/ledger/journals/list/", "财务账本: 凭证 (admin)"),
     Shot("admin-withdrawals-review", "admin", "/withdrawal-review/", "提现审核 (admin)"),
+    Shot("alert_log", "admin", "/alerts/list/", "告警记录 (admin)"),
     Shot("portal-home", "agent1", "/", "代理中心首页 (agent1)"),
     Shot("portal-buy", "agent1", "/portal/buy", "进货 (agent1)"),
     Shot("portal-my-orders", "agent1", "/portal/my-orders/list/", "我的订单 (agent1)"),
@@ -159,7 +160,7 @@ def build_database(workdir: Path, orders: int, supplier_url: str) -> str:
     return url
 
 
-def serve(url: str, supplier_url: str):
+def serve(url: str, supplier_url: str, with_alerts: bool = False):
     """The app on a free port, served from a thread; returns (base_url, stop, {agent login: its shop's path}). The
     demo's direct products point at this run's simulator (a reused database still names the port of the run that
     built it)."""
@@ -189,6 +190,8 @@ def serve(url: str, supplier_url: str):
         from app.demo import demo_shops
 
         shop_paths = dict(demo_shops())
+        if with_alerts:
+            alert_episodes()
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="screenshots-server", daemon=True)
     thread.start()
@@ -199,6 +202,50 @@ def serve(url: str, supplier_url: str):
         server.server_close()
 
     return f"http://127.0.0.1:{server.server_port}", stop, shop_paths
+
+
+def alert_episodes() -> None:
+    """What the alert log shows: a DingTalk and a Feishu group robot (the robot receiver, app/alerts/simulator.py,
+    in a thread of this process, verifying signatures) told by the alerts-evaluate job of the demo's conditions,
+    plus two episodes an operator could cause: a card product's restock threshold raised above its stock (an open
+    alert), and the supplier's low-balance threshold raised above its balance and lowered again (an alert and its
+    recovery)."""
+    from sqlalchemy import select
+
+    from app.alerts import service as alerts
+    from app.alerts.simulator import RobotSimulator
+    from app.catalog import cards
+    from app.catalog.models import Product, Supplier
+    from app.extensions import db
+    from app.network.simulators import serve as serve_sim
+    from app.outbox.service import dispatch_due
+    from app.suppliers import sync
+
+    sim = RobotSimulator()
+    _server, sim_url = serve_sim(sim)
+    sim.base_url = sim_url
+    for name, kind in (("运营值班群（钉钉）", "dingtalk"), ("技术值班群（飞书）", "feishu")):
+        robot = sim.register(kind, signed=True)
+        alerts.create_channel(name, kind, webhook=robot["webhook"], secret=robot["secret"], min_severity="info")
+    alerts.evaluate()
+    dispatch_due()
+    product = db.session.scalars(select(Product).where(Product.kind == "card").order_by(Product.id)).first()
+    product.low_stock_threshold = cards.available_counts([product.id]).get(product.id, 0) + 20
+    supplier = db.session.scalars(select(Supplier).where(Supplier.protocol.is_not(None))).first()
+    threshold = supplier.low_balance_threshold
+    supplier.low_balance_threshold = (supplier.balance or 0) + 100_000
+    db.session.commit()
+    cards.scan_low_stock()
+    sync.sync_all()
+    alerts.evaluate()
+    dispatch_due()
+    supplier = db.session.get(Supplier, supplier.id)
+    supplier.low_balance_threshold = threshold
+    db.session.commit()
+    sync.sync_all()
+    alerts.evaluate()
+    dispatch_due()
+    print(f"alerts: {len(sim.messages)} robot messages accepted, {len(sim.requests)} requests", flush=True)
 
 
 def log_in(context, base: str, username: str):
@@ -277,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         problems: list[str] = []
         try:
             url = args.database or build_database(Path(tmp), args.orders, supplier_url)
-            base, stop, shop_paths = serve(url, supplier_url)
+            base, stop, shop_paths = serve(url, supplier_url, with_alerts=any(s.name == "alert_log" for s in shots))
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
                 try:

@@ -1197,4 +1197,103 @@ EN: dict[str, str] = {
     "按分站": "By shop",
     "分站利润计提": "Shop profit accrued",
     "佣金与分站利润": "Commissions and shop profit",
+    # alerts (app/alerts)
+    "补货提醒：%(product)s 库存 %(available)s（阈值 %(threshold)s）":
+        "Restock: %(product)s has %(available)s left (threshold %(threshold)s)",
+    "供应商余额不足：%(supplier)s 余额 %(balance)s（阈值 %(threshold)s）":
+        "Supplier balance low: %(supplier)s has %(balance)s (threshold %(threshold)s)",
+    "直充结果未知：%(supplier)s 有 %(count)s 笔超过 %(minutes)s 分钟未确认":
+        "Top-up result unknown: %(count)s at %(supplier)s unconfirmed for over %(minutes)s minutes",
+    "直充处理超时：%(supplier)s 有 %(count)s 笔超过 %(minutes)s 分钟仍在处理":
+        "Top-ups late: %(count)s at %(supplier)s still processing after %(minutes)s minutes",
+    "发货超时：%(count)s 笔订单付款后超过 %(minutes)s 分钟未发货":
+        "Delivery late: %(count)s orders not delivered %(minutes)s minutes after payment",
+    "支付金额不符：%(channel)s 近 %(window)s 分钟 %(count)s 笔":
+        "Payment amount mismatch: %(count)s at %(channel)s in the last %(window)s minutes",
+    "对账差异：%(channel)s %(day)s 有 %(count)s 条差异":
+        "Reconciliation: %(channel)s %(day)s has %(count)s differences",
+    "退款异常（买家账户无法入账）": "Refund abnormal (the buyer's account refused it)",
+    "退款需人工处理": "Refund to be made by hand",
+    "退款渠道无应答": "Refund unanswered by the channel",
+    "%(state)s：订单 %(order_no)s（%(channel)s，%(amount)s）":
+        "%(state)s: order %(order_no)s (%(channel)s, %(amount)s)",
+    "任务失败：%(function)s（队列 %(queue)s）%(count)s 个": "Jobs failed: %(count)s × %(function)s (queue %(queue)s)",
+    "风控拦截激增：近 %(window)s 分钟拦截 %(blocks)s 次、转人工审核 %(reviews)s 次":
+        "Risk spike: %(blocks)s blocked and %(reviews)s held for review in the last %(window)s minutes",
+    "测试消息：告警渠道「%(channel)s」可以收到告警": "Test message: alert channel \"%(channel)s\" receives alerts",
+    "库存不足": "Low stock",
+    "供应商余额不足": "Supplier balance low",
+    "直充结果未知": "Top-up result unknown",
+    "直充处理超时": "Top-ups late",
+    "发货超时": "Delivery late",
+    "支付金额不符": "Payment amount mismatch",
+    "任务失败": "Job failed",
+    "风控拦截激增": "Risk spike",
+    "测试消息": "Test message",
+    "提示": "Info",
+    "警告": "Warning",
+    "严重": "Critical",
+    "【测试】%(what)s": "[Test] %(what)s",
+    "【恢复】%(what)s": "[Recovered] %(what)s",
+    "【告警】%(severity)s · %(what)s": "[Alert] %(severity)s · %(what)s",
+    "类型：%(rule)s": "Rule: %(rule)s",
+    "首次发现：%(at)s": "First seen: %(at)s",
+    "恢复时间：%(at)s（持续 %(n)s 分钟）": "Recovered: %(at)s (lasted %(n)s minutes)",
+    "订单：%(items)s": "Orders: %(items)s",
+    "任务：%(items)s": "Jobs: %(items)s",
+    "退款单号：%(no)s": "Refund number: %(no)s",
+    "告警编号：#%(id)s": "Alert #%(id)s",
+    "钉钉群机器人": "DingTalk group robot",
+    "企业微信群机器人": "WeCom group robot",
+    "飞书群机器人": "Feishu group robot",
+    "告警中": "Open",
+    "已恢复": "Recovered",
+    "恢复": "Recovery",
+    "告警": "Alert",
+    "已设置": "Set",
+    "中文": "Chinese",
+    "English": "English",
+    "告警发送记录": "Alert messages",
+    "消息": "Message",
+    "最近请求": "Last request",
+    "重新发送所选的失败消息？": "Send the selected failed messages again?",
+    "已重新排队发送 #%(id)s": "#%(id)s queued to send again",
+    "告警记录": "Alert log",
+    "首次发现": "First seen",
+    "级别": "Severity",
+    "内容": "Content",
+    "检测次数": "Times seen",
+    "最近检测": "Last seen",
+    "详情": "Details",
+    "告警键": "Alert key",
+    "Webhook 地址": "Webhook address",
+    "从群机器人设置中复制的完整地址；加密保存，不再显示；编辑时留空表示不修改":
+        "The full address copied from the robot's settings; stored encrypted and never shown again; leave blank "
+        "on edit to keep it",
+    "签名密钥": "Signing secret",
+    "钉钉「加签」或飞书「签名校验」的密钥（企业微信不需要）；编辑时留空表示不修改":
+        "The DingTalk (加签) or Feishu (签名校验) secret (WeCom has none); leave blank on edit to keep it",
+    "清除签名密钥": "Remove the signing secret",
+    "收件人邮箱": "Recipients",
+    "邮件渠道：多个地址用逗号分隔，经平台设置中的发信服务器发送；编辑时留空表示不修改":
+        "E-mail channels: addresses separated by commas, sent through the SMTP server of the platform settings; "
+        "leave blank on edit to keep them",
+    "最低级别": "Minimum severity",
+    "消息语言": "Message language",
+    "告警渠道": "Alert channels",
+    "最近发送": "Last sent",
+    "该渠道已有发送记录，不能删除（可以改为停用）":
+        "This channel has sent messages and cannot be deleted (switch it off instead)",
+    "发送测试消息": "Send a test message",
+    "向所选渠道发送一条测试消息？": "Send a test message to the selected channels?",
+    "已向「%(name)s」发送测试消息，结果见告警发送记录":
+        "Test message sent to \"%(name)s\"; see the alert messages for the result",
+    "告警规则": "Alert rules",
+    "时间窗口（分钟）": "Window (minutes)",
+    "直充未知、直充超时、发货超时：分钟数；退款：渠道无应答次数；对账：追踪的天数；风控激增：次数。留空使用默认值":
+        "Top-up unknown, top-ups late, delivery late: minutes; refunds: unanswered calls; reconciliation: days "
+        "followed; risk spike: decisions. Blank = the default",
+    "支付金额不符和风控激增统计的时间窗口；留空使用默认值":
+        "The window payment mismatches and risk spikes are counted in; blank = the default",
+    "默认": "Default",
 }

@@ -193,3 +193,10 @@ def seal_chain() -> int:
     from app.chain import service as chain
 
     return chain.seal()
+
+
+def evaluate_alerts() -> dict:
+    """Scheduled: evaluate the alert rules; new alerts and recoveries leave through the outbox (app/alerts)."""
+    from app.alerts import service as alerts
+
+    return alerts.evaluate()

@@ -41,6 +41,7 @@ PERIODIC = [
     Periodic("supplier-sync", jobs.sync_suppliers, "low", "SUPPLIER_SYNC_SECONDS"),
     Periodic("recharge-poll", jobs.poll_recharges, "high", "RECHARGE_POLL_SECONDS"),
     Periodic("chain-seal", jobs.seal_chain, "default", "CHAIN_SEAL_SECONDS"),
+    Periodic("alerts-evaluate", jobs.evaluate_alerts, "default", "ALERT_EVALUATE_SECONDS"),
 ]
 
 
