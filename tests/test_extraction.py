@@ -345,9 +345,9 @@ def test_the_demo_sells_up_to_500_cards_per_order_and_a_200_card_order_goes_thro
     r = portal.post("/portal/buy", data={"product_id": iqiyi.id, "quantity": "200"}, follow_redirects=True)
     assert r.status_code == 200
     order = db.session.scalar(select(Order).where(Order.product_id == iqiyi.id))
-    if order.status == "reviewing":
-        approved = app.test_cli_runner().invoke(args=["kameng", "risk", "review", "approve", order.order_no])
-        assert approved.exit_code == 0, approved.output
+    assert order.status == "reviewing" and order.quantity == 200
+    approved = app.test_cli_runner().invoke(args=["kameng", "risk", "review", "approve", order.order_no])
+    assert approved.exit_code == 0, approved.output
     db.session.rollback()
     order = db.session.get(Order, order.id)
     assert order.status == "delivered" and len(sold_secrets(order.id)) == 200
@@ -360,3 +360,37 @@ def test_the_demo_sells_up_to_500_cards_per_order_and_a_200_card_order_goes_thro
     db.session.rollback()
     assert db.session.scalar(select(func.max(CardSecret.uses)).where(CardSecret.product_id == reusable.id)) == 2
     assert check_ledger() == []
+
+
+@pytest.mark.parametrize("app", ["postgresql", "sqlite"], indirect=True)
+def test_extraction_service_on_both_databases(app, f):
+    agent = f.agent(balance=100_000, with_user=False)
+    p = f.product(face_price=100, cost=0, max_per_order=50)
+    reusable = f.product(face_price=100, cost=0, max_uses=3)
+    f.stock(p, 5)
+    f.stock(reusable, 2)
+    normal = orders.place_wallet_order(agent.id, p.id, 3)
+    shared = orders.place_wallet_order(agent.id, reusable.id, 2)
+    normal_no, normal_id, shared_id = normal.order_no, normal.id, shared.id
+    expected = sold_secrets(normal_id)
+    for fmt in ("txt", "txt", "csv"):
+        result = extraction.extract_order(agent.id, normal_no, fmt, via="portal")
+        body = b"".join(result.chunks)
+        assert (result.orders, result.secrets) == (1, 3)
+    assert body.decode("utf-8-sig").splitlines()[1:] == [f"{normal_no},{normal.product.name},{s},"
+                                                         f"{to_text(normal.delivered_at)}" for s in expected]
+    assert downloads_of(normal_id) == 3
+    today = business_today()
+    result = extraction.extract_range(agent.id, today, today, "txt", via="portal")
+    assert (result.orders, result.secrets) == (2, 5)
+    assert len(b"".join(result.chunks).split(b"\r\n")) == 6
+    assert (downloads_of(normal_id), downloads_of(shared_id)) == (4, 1)
+    db.session.rollback()
+    assert all(u.revealed_at for u in db.session.scalars(select(CardSecretUse)))
+    assert check_ledger() == []
+
+
+def to_text(at) -> str:
+    from app.clock import to_local
+
+    return to_local(at).strftime("%Y-%m-%d %H:%M:%S")
