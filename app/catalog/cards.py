@@ -338,6 +338,15 @@ def void_order_secrets(order_id: int) -> int:
     return changed
 
 
+def _in_id_order(table, *where):
+    """`table.id IN (those rows, locked in id order)`: every statement that updates several use rows or secrets
+    locks them in ascending id order, as the allocation does, so two of them never wait on each other in a circle
+    (a refund, a reveal, a download and a purchase touching the same rows). SQLite has no row locks: a subquery."""
+    inner = table.alias()
+    return table.c.id.in_(select(inner.c.id).where(*(w(inner) for w in where)).order_by(inner.c.id)
+                          .with_for_update())
+
+
 def _give_back_unrevealed_uses(order_id: int) -> int:
     """Mark the order's never-revealed uses returned, then count each secret down. The first UPDATE takes the use
     rows' locks: a reveal running at the same moment either marked a use first (then it is not given back) or
@@ -345,13 +354,14 @@ def _give_back_unrevealed_uses(order_id: int) -> int:
     now = utcnow()
     uses = CardSecretUse.__table__
     returned = [row.secret_id for row in db.session.connection().execute(
-        update(uses).where(uses.c.order_id == order_id, uses.c.revealed_at.is_(None), uses.c.returned_at.is_(None))
+        update(uses).where(_in_id_order(uses, lambda u: u.c.order_id == order_id, lambda u: u.c.revealed_at.is_(None),
+                                        lambda u: u.c.returned_at.is_(None)))
         .values(returned_at=now).returning(uses.c.secret_id))]
     if not returned:
         return 0
     table = CardSecret.__table__
     db.session.connection().execute(
-        update(table).where(table.c.id.in_(returned), table.c.uses > 0)
+        update(table).where(_in_id_order(table, lambda t: t.c.id.in_(returned)), table.c.uses > 0)
         .values(uses=table.c.uses - 1, status=case((table.c.status == "void", "void"), else_="available")))
     for secret_id in returned:
         loaded = db.session.identity_map.get(identity_key(CardSecret, secret_id))
@@ -388,17 +398,20 @@ def _reveal_uses(order_id: int, offset: int, limit: int | None) -> list[str]:
 
     # Marked before read: a use a concurrent refund gave back is neither marked nor shown (see above). Only the
     # page shown is marked.
-    record_reveal(CardSecretUse.id.in_(shown(lambda use: use.id).scalar_subquery()) if paged
-                  else CardSecretUse.order_id == order_id)
+    record_reveal((lambda u: u.c.id.in_(shown(lambda use: use.id).scalar_subquery())) if paged
+                  else (lambda u: u.c.order_id == order_id))
     return [crypto.decrypt(t) for t in db.session.scalars(shown(lambda use: CardSecret.secret_enc))]
 
 
 def record_reveal(where) -> int:
-    """Mark the reusable uses matching `where` (a condition on CardSecretUse) revealed now, once, in the caller's
-    transaction; given-back uses never are. Returns how many were newly marked."""
-    result = db.session.execute(
-        update(CardSecretUse).where(where, CardSecretUse.revealed_at.is_(None), CardSecretUse.returned_at.is_(None))
-        .values(revealed_at=utcnow()).execution_options(synchronize_session=False))
+    """Mark the reusable uses matching `where(use_table)` (a condition on a card_secret_use table) revealed now,
+    once, in the caller's transaction, rows locked in id order; given-back uses never are. Returns how many were
+    newly marked."""
+    uses = CardSecretUse.__table__
+    result = db.session.connection().execute(
+        update(uses).where(_in_id_order(uses, where, lambda u: u.c.revealed_at.is_(None),
+                                        lambda u: u.c.returned_at.is_(None)))
+        .values(revealed_at=utcnow()))
     return result.rowcount or 0
 
 

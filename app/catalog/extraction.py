@@ -152,7 +152,7 @@ def _extract(agent_id: int, where: list, fmt: str, via: str, filename: str, targ
     if secrets > MAX_SECRETS:
         raise ValidationError(f"卡密数量 {secrets} 超过单次提取上限 {MAX_SECRETS}，请缩小日期范围 "
                               f"(more than {MAX_SECRETS} secrets: narrow the range)")
-    cards.record_reveal(CardSecretUse.order_id.in_(order_ids))
+    cards.record_reveal(lambda uses: uses.c.order_id.in_(order_ids))
     _count_download(order_ids)
     audit.record("card.extract", "order", target, None,
                  {"via": via, "format": fmt, "agent_id": agent_id, "orders": orders, "secrets": secrets, **details})
