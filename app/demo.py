@@ -28,10 +28,16 @@ PRODUCTS = [
     # name, category, kind, face fen, cost fen, secrets
     ("腾讯Q币 100元卡", "游戏点卡", "card", 10000, 8800, 60),
     ("网易一卡通 50元", "游戏点卡", "card", 5000, 4400, 60),
-    ("爱奇艺黄金会员月卡", "视频会员", "card", 2500, 1800, 60),
+    ("爱奇艺黄金会员月卡", "视频会员", "card", 2500, 1800, 300),  # enough for a 200-card order (批量提卡)
     ("王者荣耀 点券直充 60元", "游戏点卡", "direct", 6000, 5400, 0),
     ("中国移动话费 100元 直充", "话费充值", "direct", 10000, 9700, 0),
     ("腾讯视频VIP年卡（人工发货）", "视频会员", "manual", 17800, 15000, 0),
+]
+CARD_MAX_PER_ORDER = 500  # resellers buy card secrets in bulk (批量提卡); other kinds stay at 10
+# A reusable card product (循环卡密): each of its secrets is sold to up to max_uses orders.
+REUSABLE_PRODUCTS = [
+    # name, category, face fen, cost fen, secrets, max_uses
+    ("王者荣耀 新手攻略视频 下载码（循环卡密）", "游戏点卡", 990, 0, 10, 100),
 ]
 # Direct products and their codes at the demo's upstream simulator (`flask kameng supplier-sim`): code, cost fen
 DEMO_UPSTREAM = {"王者荣耀 点券直充 60元": ("WZRY-60", 5450), "中国移动话费 100元 直充": ("CMCC-100", 9850)}
@@ -108,16 +114,25 @@ def load_demo(password: str | None = None) -> list[tuple[str, str, str]]:
         categories[name] = cat
     db.session.commit()
 
-    for name, cat, kind, face, cost, count in PRODUCTS:
+    catalogue = [(name, cat, kind, face, cost, count, None) for name, cat, kind, face, cost, count in PRODUCTS]
+    catalogue += [(name, cat, "card", face, cost, count, uses)
+                  for name, cat, face, cost, count, uses in REUSABLE_PRODUCTS]
+    for name, cat, kind, face, cost, count, max_uses in catalogue:
         product = db.session.scalar(select(Product).where(Product.name == name))
         if product is None:
             product = Product(name=name, category_id=categories[cat].id, supplier_id=supplier.id, kind=kind,
-                              face_price=face, cost=cost, max_per_order=10, low_stock_threshold=10)
+                              face_price=face, cost=cost, low_stock_threshold=10,
+                              max_per_order=CARD_MAX_PER_ORDER if kind == "card" else 10,
+                              reusable=max_uses is not None, max_uses=max_uses)
             db.session.add(product)
             db.session.commit()
-        if count and cards.available_counts([product.id]).get(product.id, 0) < count:
+        elif kind == "card" and product.max_per_order < CARD_MAX_PER_ORDER:
+            product.max_per_order = CARD_MAX_PER_ORDER  # a demo loaded before bulk extraction
+            db.session.commit()
+        stock = cards.available_counts([product.id]).get(product.id, 0) // (max_uses or 1)
+        if count and stock < count:
             lines = "\n".join(f"DEMO{product.id:02d}-{pyrandom.token_hex(6).upper()} "
-                              f"{pyrandom.randbelow(10 ** 8):08d}" for _ in range(count))
+                              f"{pyrandom.randbelow(10 ** 8):08d}" for _ in range(count - stock))
             batch = cards.create_import(product.id, lines, None, "demo")
             cards.run_import(batch.id)
     db.session.commit()

@@ -17,9 +17,11 @@ from app.cache import CacheVersion  # noqa: F401
 from app.catalog.models import (  # noqa: F401
     CardImport,
     CardSecret,
+    CardSecretUse,
     Category,
     PriceRule,
     Product,
+    SecretDownload,
     StockAlert,
     Supplier,
     TierPrice,

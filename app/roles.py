@@ -216,6 +216,9 @@ SCREENS: dict[str, dict[str, tuple[str, ...]]] = {
     "采购商品": {MENU: (A,)},
     "PortalView": {"can_buy": (A,), "can_buy_post": (A,), "can_order": (A,), "can_topup": (A,),
                    "can_topup_post": (A,)},
+    # 批量提卡: an agent downloads its own orders' secrets (scoped in app.catalog.extraction)
+    "批量提卡": {MENU: (A,)},
+    "ExtractView": {"can_order_secrets": (A,), "can_extract": (A,), "can_extract_post": (A,)},
     "充值": {MENU: (A,)},
     "我的订单": {MENU: (A,)},
     "MyOrderView": read(A),

@@ -71,9 +71,11 @@ def product(name: str | None = None, kind: str = "card", face_price: int = 10000
             secrets: int = 0, supplier_fee_bp: int = 0, max_per_order: int = 10, **kw) -> Product:
     supplier = catalog.create_supplier(unique("sup"), supplier_fee_bp) if supplier_fee_bp else \
         catalog.platform_supplier()
+    max_uses = kw.pop("max_uses", None)  # a reusable card product (循环卡密) when given
     p = Product(name=name or unique("prod"), category_id=category().id, supplier_id=supplier.id, kind=kind,
                 face_price=face_price, cost=cost, max_per_order=max_per_order,
-                low_stock_threshold=kw.pop("low_stock_threshold", 5))
+                low_stock_threshold=kw.pop("low_stock_threshold", 5), reusable=max_uses is not None,
+                max_uses=max_uses)
     db.session.add(p)
     db.session.commit()
     if secrets:

@@ -79,7 +79,7 @@ def test_api_conforms_to_its_openapi_document(app, f, shop):
         operations = [result.ok() for result in schema.get_all_operations()]
         assert {op.label for op in operations} == {
             "GET /open/v1/products", "GET /open/v1/balance", "POST /open/v1/orders", "GET /open/v1/orders",
-            "GET /open/v1/orders/{order_no}"}
+            "GET /open/v1/orders/{order_no}", "GET /open/v1/orders/{order_no}/secrets"}
 
         for operation in operations:
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
@@ -90,6 +90,7 @@ def test_api_conforms_to_its_openapi_document(app, f, shop):
     seen = statuses["POST /open/v1/orders"]
     assert {201, 200, 400, 409}.issubset(seen), seen
     assert 200 in statuses["GET /open/v1/orders/{order_no}"] and 404 in statuses["GET /open/v1/orders/{order_no}"]
+    assert {200, 400, 404}.issubset(statuses["GET /open/v1/orders/{order_no}/secrets"])
 
     db.session.rollback()
     orders = db.session.execute(select(Order.order_no, Order.amount)).all()
@@ -114,6 +115,11 @@ def _examples(operation, seed_no: str) -> list:
     if label == "GET /open/v1/orders/{order_no}":
         return [operation.Case(path_parameters={"order_no": seed_no}),
                 operation.Case(path_parameters={"order_no": "000000000000000000"})]
+    if label == "GET /open/v1/orders/{order_no}/secrets":
+        return [operation.Case(path_parameters={"order_no": seed_no}),
+                operation.Case(path_parameters={"order_no": seed_no}, query={"format": "csv"}),
+                operation.Case(path_parameters={"order_no": seed_no}, query={"format": "xlsx"}),
+                operation.Case(path_parameters={"order_no": "000000000000000000"}, query={"format": "txt"})]
     if label == "GET /open/v1/orders":
         return [operation.Case(query={"out_trade_no": "seed-1"}), operation.Case(query={"out_trade_no": "none"})]
     return []

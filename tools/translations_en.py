@@ -1296,4 +1296,27 @@ EN: dict[str, str] = {
     "支付金额不符和风控激增统计的时间窗口；留空使用默认值":
         "The window payment mismatches and risk spikes are counted in; blank = the default",
     "默认": "Default",
+    # reusable cards (循环卡密) and bulk extraction (批量提卡)
+    "循环卡密": "Reusable card",
+    "每个卡密可售次数": "Uses per card secret",
+    "循环卡密（共享账号、教程、下载码）：每个卡密最多卖给多少个订单；有库存后不能再切换循环模式，可调整次数":
+        "Reusable cards (shared accounts, tutorials, download keys): how many orders each secret may be sold to; "
+        "once the product has stock the mode cannot be switched, the number can change",
+    "已售次数（循环卡密）": "Uses sold (reusable cards)",
+    "批量提卡": "Bulk extraction",
+    "下载自己在所选日期（业务时区，含首尾两天）内已到账订单的全部卡密，最多 %(days)s 天、%(max)s 个卡密。"
+    "每次下载都会记入审计日志并计入订单的下载次数。":
+        "Download every card secret of your own delivered orders placed on the chosen days (business time zone, "
+        "both days included), at most %(days)s days and %(max)s secrets. Each download is written to the audit "
+        "log and counted on the orders.",
+    "格式": "Format",
+    "TXT 每行一个卡密；CSV / XLSX 含订单号、商品和到账时间，以 = + - @ 开头的卡密前加一个单引号，"
+    "防止表格软件当作公式执行。":
+        "TXT: one secret per line. CSV / XLSX: order number, product and delivery time too; a secret starting "
+        "with = + - @ gets a leading apostrophe so that no spreadsheet runs it as a formula.",
+    "第 %(page)s / %(pages)s 页，共 %(count)s 个": "page %(page)s of %(pages)s, %(count)s in all",
+    "上一页": "Previous page",
+    "下一页": "Next page",
+    "下载卡密": "Download card secrets",
+    "已下载 %(n)s 次": "downloaded %(n)s times",
 }

@@ -451,8 +451,9 @@ class HistoryBuilder:
         if missing:
             raise KamengError(f"demo tiers missing ({', '.join(missing)}): load the demo data first")
         self.tier_by_id = {t.id: t for t in self.tiers.values()}
-        products = list(db.session.scalars(select(Product).where(
-            Product.active.is_(True), Product.kind.in_(("card", "direct"))).order_by(Product.id)))
+        products = list(db.session.scalars(select(Product).where(  # reusable cards (循环卡密) are not in the history
+            Product.active.is_(True), Product.kind.in_(("card", "direct")), Product.reusable.is_(False))
+            .order_by(Product.id)))
         if not any(p.kind == "card" for p in products):
             raise KamengError("no card product in the catalog: load the demo data first")
         categories = {c.id: c.name for c in db.session.scalars(select(Category))}

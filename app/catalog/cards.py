@@ -8,14 +8,14 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import event, func, select, update
+from sqlalchemy import case, event, func, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.util import identity_key
 
 from app import crypto
 from app.catalog.errors import ImportRejected, OutOfStock, ProductUnavailable
-from app.catalog.models import CardImport, CardSecret, Product, StockAlert
+from app.catalog.models import CardImport, CardSecret, CardSecretUse, Product, StockAlert
 from app.clock import utcnow
 from app.extensions import db
 
@@ -185,12 +185,16 @@ def run_import(import_id: int, progress: Callable[[int, int], None] | None = Non
 def _insert_secrets(batch: CardImport, parsed: ParsedLines, progress) -> None:
     dialect = db.engine.dialect.name
     insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    # A reusable product's secrets each carry its limit (NULL: sold once).
+    max_uses = db.session.scalar(select(Product.max_uses).where(Product.id == batch.product_id,
+                                                                Product.reusable.is_(True)))
     for start in range(0, len(parsed.secrets), CHUNK):
         chunk = parsed.secrets[start:start + CHUNK]
         now = utcnow()
         rows = [{"product_id": batch.product_id, "secret_enc": crypto.encrypt(secret),
                  "secret_hash": crypto.keyed_hash(batch.product_id, secret), "masked": crypto.mask(secret),
-                 "status": "available", "batch_id": batch.id, "created_at": now} for _, secret in chunk]
+                 "status": "available", "batch_id": batch.id, "created_at": now, "max_uses": max_uses, "uses": 0}
+                for _, secret in chunk]
         # A concurrent import of the same secret loses quietly; the final count tells what was added.
         db.session.execute(insert_fn(CardSecret).on_conflict_do_nothing(
             index_elements=["product_id", "secret_hash"]), rows)
@@ -216,7 +220,10 @@ def allocate(order_id: int, product_id: int, quantity: int) -> list[int]:
     PostgreSQL: SELECT ... FOR UPDATE SKIP LOCKED, so concurrent buyers never wait on each other's rows.
     Elsewhere: a guarded UPDATE ... WHERE status='available' with a row-count check.
     Raises OutOfStock (the caller rolls back) when there are not enough.
+    A reusable product (循环卡密) takes its own branch, _allocate_uses; this one is unchanged for every other.
     """
+    if _reusable_product(product_id):
+        return _allocate_uses(order_id, product_id, quantity)
     now = utcnow()
     pick = (select(CardSecret.id).where(CardSecret.product_id == product_id, CardSecret.status == "available")
             .order_by(CardSecret.id).limit(quantity))
@@ -250,26 +257,172 @@ def allocate(order_id: int, product_id: int, quantity: int) -> list[int]:
     return ids
 
 
+def _reusable_product(product_id: int) -> bool:
+    from app.catalog.service import product_facts
+
+    facts = product_facts(product_id)  # the purchase path has it cached already: no statement
+    return facts is not None and facts.reusable
+
+
+def _allocate_uses(order_id: int, product_id: int, quantity: int) -> list[int]:
+    """A reusable product: `quantity` distinct secrets with uses left, each one use more, and a use row per secret.
+
+    Many buyers want the same few rows, so SKIP LOCKED would answer out of stock while a row is merely busy: here
+    the pick waits for a row's lock (FOR UPDATE), and PostgreSQL re-checks a row it waited for against the WHERE
+    (one used up meanwhile is passed over for the next). The UPDATE is a guarded counter, `uses < max_uses`
+    re-checked in its own WHERE, and the table's CHECK (uses <= max_uses) backs it; rows are locked in id order,
+    so two buyers of several secrets never deadlock. Distinct ids: one order never gets a secret twice (and the
+    use table's unique (secret, order) says so too). All or nothing: fewer than `quantity` raises OutOfStock.
+    Lowest ids first: a secret (a shared account) is used up before the next one is handed out; so an order of n
+    cards needs n secrets with uses left, and the last uses of a lone secret go to single-card orders.
+    """
+    now = utcnow()
+    table, uses = CardSecret.__table__, CardSecretUse.__table__
+    pick = (select(table.c.id).where(table.c.product_id == product_id, table.c.status == "available",
+                                     table.c.uses < table.c.max_uses)
+            .order_by(table.c.id).limit(quantity))
+    bump = {"uses": table.c.uses + 1, "sold_at": now,
+            "status": case((table.c.uses + 1 >= table.c.max_uses, "sold"), else_="available")}
+    if db.engine.dialect.name == "postgresql":
+        db.session.flush()
+        # One round trip: lock the rows (waiting), count them up if all `quantity` were had, record the uses.
+        picked = pick.with_for_update().cte("picked").prefix_with("MATERIALIZED")
+        sold = (update(table).where(table.c.id.in_(select(picked.c.id)), table.c.uses < table.c.max_uses,
+                                    select(func.count()).select_from(picked).scalar_subquery() == quantity)
+                .values(**bump).returning(table.c.id, table.c.secret_hash).cte("sold"))
+        used = insert(uses).from_select(["secret_id", "order_id", "sold_at"],
+                                        select(sold.c.id, literal(order_id), literal(now))).cte("used")
+        rows = db.session.connection().execute(
+            select(sold.c.id, sold.c.secret_hash).add_cte(used).order_by(sold.c.id)).all()
+    else:  # SQLite: one writer at a time; the guarded UPDATE's row count is the check
+        ids = list(db.session.scalars(pick))
+        rows = []
+        if len(ids) == quantity:
+            result = db.session.execute(update(table).where(table.c.id.in_(ids), table.c.uses < table.c.max_uses)
+                                        .values(**bump))
+            if result.rowcount == quantity:
+                db.session.execute(insert(uses), [{"secret_id": i, "order_id": order_id, "sold_at": now}
+                                                  for i in ids])
+                rows = db.session.execute(select(table.c.id, table.c.secret_hash).where(table.c.id.in_(ids))
+                                          .order_by(table.c.id)).all()
+    if len(rows) < quantity:
+        raise OutOfStock("库存不足 (out of stock)")
+    db.session.info.setdefault("allocated_hashes", {})[order_id] = [h for _, h in rows]
+    ids = [secret_id for secret_id, _ in rows]
+    for secret_id in ids:  # a CardSecret object already loaded in this session rereads its new counter
+        loaded = db.session.identity_map.get(identity_key(CardSecret, secret_id))
+        if loaded is not None:
+            db.session.expire(loaded, ["status", "uses", "sold_at"])
+    return ids
+
+
+def _order_is_reusable(order_id: int) -> bool:
+    """Whether an order's product is reusable. The callers have the order loaded (the identity map answers) and
+    the product's facts are cached: no statement."""
+    from app.orders.models import Order
+
+    order = db.session.get(Order, order_id)
+    return order is not None and _reusable_product(order.product_id)
+
+
 def void_order_secrets(order_id: int) -> int:
-    """A refunded order's secrets were shown to the buyer: keep them with the order, never sell them again."""
+    """A refunded order's secrets, in the caller's transaction. Normal secrets were shown to the buyer: kept with
+    the order, never sold again (void). A reusable secret's use goes back to the secret (one more sale possible)
+    only when the buyer was never shown it; a revealed use stays counted. Returns the secrets voided or given back.
+    """
     result = db.session.execute(update(CardSecret).where(CardSecret.order_id == order_id, CardSecret.status == "sold")
                                 .values(status="void"))
+    changed = result.rowcount or 0
+    if _order_is_reusable(order_id):
+        changed += _give_back_unrevealed_uses(order_id)
+    return changed
+
+
+def _in_id_order(table, *where):
+    """`table.id IN (those rows, locked in id order)`: every statement that updates several use rows or secrets
+    locks them in ascending id order, as the allocation does, so two of them never wait on each other in a circle
+    (a refund, a reveal, a download and a purchase touching the same rows). SQLite has no row locks: a subquery."""
+    inner = table.alias()
+    return table.c.id.in_(select(inner.c.id).where(*(w(inner) for w in where)).order_by(inner.c.id)
+                          .with_for_update())
+
+
+def _give_back_unrevealed_uses(order_id: int) -> int:
+    """Mark the order's never-revealed uses returned, then count each secret down. The first UPDATE takes the use
+    rows' locks: a reveal running at the same moment either marked a use first (then it is not given back) or
+    waits and finds it returned (then it does not show it), never both."""
+    now = utcnow()
+    uses = CardSecretUse.__table__
+    returned = [row.secret_id for row in db.session.connection().execute(
+        update(uses).where(_in_id_order(uses, lambda u: u.c.order_id == order_id, lambda u: u.c.revealed_at.is_(None),
+                                        lambda u: u.c.returned_at.is_(None)))
+        .values(returned_at=now).returning(uses.c.secret_id))]
+    if not returned:
+        return 0
+    table = CardSecret.__table__
+    db.session.connection().execute(
+        update(table).where(_in_id_order(table, lambda t: t.c.id.in_(returned)), table.c.uses > 0)
+        .values(uses=table.c.uses - 1, status=case((table.c.status == "void", "void"), else_="available")))
+    for secret_id in returned:
+        loaded = db.session.identity_map.get(identity_key(CardSecret, secret_id))
+        if loaded is not None:
+            db.session.expire(loaded, ["status", "uses"])
+    return len(returned)
+
+
+def reveal(order_id: int, offset: int = 0, limit: int | None = None) -> list[str]:
+    """The plain secrets of an order (in id order; `offset`/`limit` for one page). Callers must have checked that
+    the viewer owns the order.
+
+    A reusable product's uses are marked revealed first, in the caller's transaction, which the caller commits
+    before showing them (a refund gives back only uses never revealed): every way a buyer sees secrets (storefront
+    lookup, Open API, portal, e-mail, downloads) comes through here. Normal secrets are voided on refund whatever
+    was shown, so their reveal writes nothing.
+    """
+    if _order_is_reusable(order_id):
+        return _reveal_uses(order_id, offset, limit)
+    query = select(CardSecret.secret_enc).where(CardSecret.order_id == order_id).order_by(CardSecret.id)
+    if offset or limit is not None:
+        query = query.offset(offset).limit(limit)
+    return [crypto.decrypt(t) for t in db.session.scalars(query)]
+
+
+def _reveal_uses(order_id: int, offset: int, limit: int | None) -> list[str]:
+    paged = bool(offset) or limit is not None
+
+    def shown(column_of):
+        use = aliased(CardSecretUse)  # its own FROM: never correlated to the UPDATE below
+        query = (select(column_of(use)).select_from(use).join(CardSecret, CardSecret.id == use.secret_id)
+                 .where(use.order_id == order_id, use.returned_at.is_(None)).order_by(CardSecret.id))
+        return query.offset(offset).limit(limit) if paged else query
+
+    # Marked before read: a use a concurrent refund gave back is neither marked nor shown (see above). Only the
+    # page shown is marked.
+    record_reveal((lambda u: u.c.id.in_(shown(lambda use: use.id).scalar_subquery())) if paged
+                  else (lambda u: u.c.order_id == order_id))
+    return [crypto.decrypt(t) for t in db.session.scalars(shown(lambda use: CardSecret.secret_enc))]
+
+
+def record_reveal(where) -> int:
+    """Mark the reusable uses matching `where(use_table)` (a condition on a card_secret_use table) revealed now,
+    once, in the caller's transaction, rows locked in id order; given-back uses never are. Returns how many were
+    newly marked."""
+    uses = CardSecretUse.__table__
+    result = db.session.connection().execute(
+        update(uses).where(_in_id_order(uses, where, lambda u: u.c.revealed_at.is_(None),
+                                        lambda u: u.c.returned_at.is_(None)))
+        .values(revealed_at=utcnow()))
     return result.rowcount or 0
 
 
-def reveal(order_id: int) -> list[str]:
-    """The plain secrets of an order. Callers must have checked that the viewer owns the order."""
-    tokens = db.session.scalars(select(CardSecret.secret_enc).where(CardSecret.order_id == order_id)
-                                .order_by(CardSecret.id))
-    return [crypto.decrypt(t) for t in tokens]
-
-
 def available_counts(product_ids: list[int] | None = None) -> dict[int, int]:
-    query = (select(CardSecret.product_id, func.count()).where(CardSecret.status == "available")
+    """Units each card product can still sell: its available secrets, a reusable secret counting its uses left."""
+    left = case((CardSecret.max_uses.is_(None), 1), else_=CardSecret.max_uses - CardSecret.uses)
+    query = (select(CardSecret.product_id, func.sum(left)).where(CardSecret.status == "available")
              .group_by(CardSecret.product_id))
     if product_ids is not None:
         query = query.where(CardSecret.product_id.in_(product_ids))
-    return {pid: n for pid, n in db.session.execute(query).all()}
+    return {pid: int(n) for pid, n in db.session.execute(query).all()}
 
 
 def scan_low_stock() -> dict:

@@ -21,6 +21,7 @@ from app.extensions import db
 from app.money import format_fen
 
 PRODUCT_KINDS = {"card": "卡密", "direct": "直充", "manual": "人工"}
+MAX_USES_LIMIT = 100_000  # a reusable secret's uses: far above any shared account's, and a typo is refused
 
 
 class Category(db.Model):
@@ -78,6 +79,11 @@ class Product(db.Model):
     active = Column(Boolean, nullable=False, default=True)
     description = Column(Text)
     created_at = Column(DateTime, nullable=False, default=utcnow)
+    # Reusable cards (循环卡密): each secret is sold to up to `max_uses` orders (a shared account, a tutorial, a
+    # download key). Fixed once the product has stock (app.catalog.service.check_reuse_change); max_uses is copied
+    # onto every secret it imports and follows edits (apply_max_uses).
+    reusable = Column(Boolean, nullable=False, default=False, server_default="0")
+    max_uses = Column(Integer)
 
     category = relationship("Category")
     supplier = relationship("Supplier")
@@ -87,6 +93,8 @@ class Product(db.Model):
         CheckConstraint("face_price > 0 AND cost >= 0", name="ck_product_prices"),
         CheckConstraint("max_per_order >= 1 AND max_per_order <= 1000", name="ck_product_max_qty"),
         CheckConstraint("low_stock_threshold >= 0", name="ck_product_threshold"),
+        CheckConstraint(f"(reusable AND kind = 'card' AND max_uses >= 1 AND max_uses <= {MAX_USES_LIMIT}) "
+                        "OR (NOT reusable AND max_uses IS NULL)", name="ck_product_reuse"),
     )
 
     def __repr__(self) -> str:
@@ -178,6 +186,9 @@ class CardImport(db.Model):
 
 
 class CardSecret(db.Model):
+    """One card secret. A normal secret belongs to at most one order (`order_id`, set when sold). A reusable one
+    (`max_uses` set) belongs to no single order: each sale is a CardSecretUse row, `uses` counts those not given
+    back, and it stays `available` while uses < max_uses, `sold` once they are equal (the database checks both)."""
     __tablename__ = "card_secret"
     id = Column(Integer, primary_key=True)
     product_id = Column(Integer, ForeignKey("product.id"), nullable=False)
@@ -188,7 +199,9 @@ class CardSecret(db.Model):
     order_id = Column(Integer, ForeignKey("orders.id"), index=True)
     batch_id = Column(Integer, ForeignKey("card_import.id"), index=True)
     created_at = Column(DateTime, nullable=False, default=utcnow)
-    sold_at = Column(DateTime)
+    sold_at = Column(DateTime)  # a reusable secret: its latest sale
+    max_uses = Column(Integer)  # NULL: a normal secret (sold once)
+    uses = Column(Integer, nullable=False, default=0, server_default="0")
 
     product = relationship("Product")
     order = relationship("Order", foreign_keys=[order_id], back_populates="card_secrets")
@@ -197,8 +210,47 @@ class CardSecret(db.Model):
     __table_args__ = (
         UniqueConstraint("product_id", "secret_hash", name="uq_card_secret_product_hash"),
         CheckConstraint("status IN ('available', 'sold', 'void')", name="ck_card_secret_status"),
+        # The guarded counter's backstop: a reusable secret never passes max_uses, never belongs to one order, and
+        # is available exactly while it has uses left; a normal secret has no counter.
+        CheckConstraint("(max_uses IS NULL AND uses = 0) OR (max_uses >= 1 AND uses >= 0 AND uses <= max_uses "
+                        "AND order_id IS NULL AND (status = 'void' OR (status = 'available' AND uses < max_uses) "
+                        "OR (status = 'sold' AND uses = max_uses)))", name="ck_card_secret_uses"),
         Index("ix_card_secret_product_status", "product_id", "status", "id"),
     )
+
+    def uses_display(self) -> str:
+        return f"{self.uses}/{self.max_uses}" if self.max_uses is not None else "-"
+
+
+class CardSecretUse(db.Model):
+    """One sale of a reusable secret to one order (an order never gets the same secret twice). `revealed_at`: when
+    the buyer was first shown it (storefront lookup, Open API, portal, e-mail, a download); a refund gives the use
+    back (`returned_at`, the secret's counter down by one) only when it was never revealed."""
+    __tablename__ = "card_secret_use"
+    id = Column(Integer, primary_key=True)
+    secret_id = Column(Integer, ForeignKey("card_secret.id"), nullable=False)
+    order_id = Column(Integer, ForeignKey("orders.id"), nullable=False)
+    sold_at = Column(DateTime, nullable=False)
+    revealed_at = Column(DateTime)
+    returned_at = Column(DateTime)
+
+    secret = relationship("CardSecret")
+    order = relationship("Order")
+
+    __table_args__ = (
+        UniqueConstraint("secret_id", "order_id", name="uq_card_secret_use_secret_order"),
+        CheckConstraint("returned_at IS NULL OR revealed_at IS NULL", name="ck_card_secret_use_return"),
+        Index("ix_card_secret_use_order", "order_id"),
+    )
+
+
+class SecretDownload(db.Model):
+    """How often an order's card secrets were downloaded (批量提卡: the portal's files and the Open API's), one row
+    per order, counted in the download's transaction; who downloaded what is in the audit log (card.extract)."""
+    __tablename__ = "order_secret_download"
+    order_id = Column(Integer, ForeignKey("orders.id"), primary_key=True, autoincrement=False)
+    downloads = Column(Integer, nullable=False)
+    last_downloaded_at = Column(DateTime, nullable=False)
 
 
 class StockAlert(db.Model):

@@ -44,6 +44,7 @@ class ProductFacts:
     max_per_order: int
     supplier_id: int
     service_fee_bp: int  # the supplier's fee on cost
+    reusable: bool = False  # 循环卡密: each secret sold up to its max_uses times (app.catalog.cards)
 
     def kind_display(self) -> str:
         return PRODUCT_KINDS.get(self.kind, self.kind)
@@ -57,9 +58,52 @@ def product_facts(product_id: int) -> ProductFacts | None:
 def _load_product_facts(product_id: int) -> ProductFacts | None:
     row = db.session.execute(
         select(Product.id, Product.name, Product.kind, Product.active, Product.face_price, Product.cost,
-               Product.max_per_order, Product.supplier_id, Supplier.service_fee_bp)
+               Product.max_per_order, Product.supplier_id, Supplier.service_fee_bp, Product.reusable)
         .join(Supplier, Supplier.id == Product.supplier_id).where(Product.id == product_id)).first()
-    return ProductFacts(*row) if row is not None else None
+    return ProductFacts(*row[:-1], reusable=bool(row[-1])) if row is not None else None
+
+
+# --- reusable cards (循环卡密) ------------------------------------------------------------------------------
+
+def check_reuse_change(product: Product) -> None:
+    """A product's reusable mode as an admin sets it (form values on the row, not yet written): only card products,
+    with a limit per secret; and fixed once the product has stock, since its secrets were imported as one kind or
+    the other (a normal secret has no counter, a reusable one no single order). ValueError names the problem."""
+    from app.catalog.models import MAX_USES_LIMIT, CardSecret
+
+    if not product.reusable:
+        product.max_uses = None
+    elif product.kind != "card":
+        raise ValueError("只有卡密类商品可以设为循环卡密 (only card products can be reusable)")
+    elif product.max_uses is None or not 1 <= product.max_uses <= MAX_USES_LIMIT:
+        raise ValueError(f"循环卡密的每卡可售次数须在 1 到 {MAX_USES_LIMIT} 之间 (max uses per secret: 1 to "
+                         f"{MAX_USES_LIMIT})")
+    if product.id is None:
+        return
+    with db.session.no_autoflush:
+        was = db.session.execute(select(Product.reusable).where(Product.id == product.id)).scalar()
+        if was is not None and bool(was) != bool(product.reusable) and db.session.scalar(
+                select(CardSecret.id).where(CardSecret.product_id == product.id).limit(1)) is not None:
+            raise ValueError("该商品已有卡密库存，不能切换循环卡密模式；请新建商品 (the product has stock: its "
+                             "reusable mode cannot change, create a new product)")
+
+
+def apply_max_uses(product_id: int, max_uses: int) -> int:
+    """A reusable product's new limit per secret, applied to its stock in the caller's transaction: each secret gets
+    the new limit (never below the uses it already sold) and is available again while it has uses left. Each row
+    is updated under its row lock, so a purchase running meanwhile re-checks the new values. Returns rows changed."""
+    from sqlalchemy import case, update
+
+    from app.catalog.models import CardSecret
+
+    limit = case((CardSecret.uses > max_uses, CardSecret.uses), else_=max_uses)
+    result = db.session.execute(
+        update(CardSecret).where(CardSecret.product_id == product_id, CardSecret.max_uses.is_not(None),
+                                 CardSecret.max_uses != limit)
+        .values(max_uses=limit, status=case((CardSecret.status == "void", "void"),
+                                            (CardSecret.uses < limit, "available"), else_="sold"))
+        .execution_options(synchronize_session=False))
+    return result.rowcount or 0
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from flask_appbuilder.models.sqla.interface import SQLAInterface
 from flask_babel import gettext
 from flask_babel import lazy_gettext as _
 from markupsafe import Markup, escape
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 from wtforms import StringField
 
 from app import crypto
@@ -21,6 +21,7 @@ from app.auditing import AuditedViewMixin
 from app.catalog import cards
 from app.catalog import service as catalog_service
 from app.catalog.models import (
+    MAX_USES_LIMIT,
     CardImport,
     CardSecret,
     Category,
@@ -192,14 +193,15 @@ PRODUCT_LABELS = {
     "kind_display": _("类型"), "face_price": _("面值（元）"), "face_display": _("面值"), "cost": _("成本（元）"),
     "cost_display": _("成本"), "max_per_order": _("单笔最多"), "low_stock_threshold": _("补货提醒阈值"),
     "active": _("上架"), "description": _("说明"), "created_at": _("创建时间"), "stock_display": _("库存"),
+    "reusable": _("循环卡密"), "max_uses": _("每个卡密可售次数"),
 }
 PRODUCT_COLUMNS = ["name", "category", "supplier", "kind", "face_price", "cost", "max_per_order",
-                   "low_stock_threshold", "active", "description"]
+                   "low_stock_threshold", "reusable", "max_uses", "active", "description"]
 
 
 def _product_fields() -> dict:
-    from wtforms import SelectField
-    from wtforms.validators import InputRequired
+    from wtforms import IntegerField, SelectField
+    from wtforms.validators import InputRequired, Optional
     return {
         # InputRequired, not DataRequired: a cost of "0" is an answer, an empty box is not
         "face_price": YuanField(PRODUCT_LABELS["face_price"], min_fen=1, validators=[InputRequired()]),
@@ -208,6 +210,11 @@ def _product_fields() -> dict:
         "kind": SelectField(PRODUCT_LABELS["kind"], choices=[("card", "卡密"), ("direct", "直充"),
                                                               ("manual", "人工")]),
         "active": checkbox(PRODUCT_LABELS["active"], default=True),
+        "reusable": checkbox(PRODUCT_LABELS["reusable"], default=False),
+        "max_uses": IntegerField(PRODUCT_LABELS["max_uses"], widget=BS3TextFieldWidget(),
+                                 validators=[Optional(), int_range(1, MAX_USES_LIMIT)],
+                                 description=_("循环卡密（共享账号、教程、下载码）：每个卡密最多卖给多少个订单；"
+                                               "有库存后不能再切换循环模式，可调整次数")),
     }
 
 
@@ -250,12 +257,13 @@ class ProductView(ReadableColumnsMixin, AuditedViewMixin, ModelView):
     route_base = "/products"
     audit_target = "product"
     audit_columns = ["name", "kind", "face_price", "cost", "max_per_order", "low_stock_threshold", "active",
-                     "category_id", "supplier_id"]
+                     "category_id", "supplier_id", "reusable", "max_uses"]
     list_title = show_title = add_title = edit_title = _("商品")
     list_columns = ["name", "category", "kind_display", "face_display", "cost_display", "supplier", "stock_display",
                     "active"]
     show_columns = ["name", "category", "supplier", "kind_display", "face_display", "cost_display",
-                    "max_per_order", "low_stock_threshold", "stock_display", "active", "description", "created_at"]
+                    "max_per_order", "low_stock_threshold", "reusable", "max_uses", "stock_display", "active",
+                    "description", "created_at"]
     order_columns = ["name", "active"]  # stock_display is computed, not a column to sort by
     add_columns = edit_columns = PRODUCT_COLUMNS
     search_columns = ["name", "category", "supplier", "kind", "active"]
@@ -271,6 +279,9 @@ class ProductView(ReadableColumnsMixin, AuditedViewMixin, ModelView):
     def pre_update(self, item):
         _check_product(item)
         super().pre_update(item)
+        if item.reusable and inspect(item).attrs.max_uses.history.has_changes():
+            # The new limit per secret applies to the stock too, in the same transaction as the product's edit.
+            catalog_service.apply_max_uses(item.id, item.max_uses)
 
 
 def _check_product(item: Product) -> None:
@@ -284,6 +295,7 @@ def _check_product(item: Product) -> None:
         raise ValueError("补货提醒阈值不能为负")
     if item.category is None or item.supplier is None:
         raise ValueError("请选择分类和供应商")
+    catalog_service.check_reuse_change(item)
 
 
 class TierPriceView(ReadableColumnsMixin, AuditedViewMixin, ModelView):
@@ -363,11 +375,12 @@ class CardSecretView(ReadableColumnsMixin, ModelView):
     route_base = "/card-secrets"
     base_permissions = ["can_list", "can_show"]
     list_title = show_title = _("卡密库存")
-    list_columns = ["product", "masked", "status", "order", "batch", "created_at", "sold_at"]
+    list_columns = ["product", "masked", "status", "uses_display", "order", "batch", "created_at", "sold_at"]
     show_columns = list_columns
     search_columns = ["product", "status", "created_at", "sold_at"]
     label_columns = {"product": _("商品"), "masked": _("卡密（脱敏）"), "status": _("状态"), "order": _("订单"),
-                     "batch": _("导入批次"), "created_at": _("入库时间"), "sold_at": _("售出时间")}
+                     "batch": _("导入批次"), "created_at": _("入库时间"), "sold_at": _("售出时间"),
+                     "uses_display": _("已售次数（循环卡密）")}
     formatters_columns = {"status": text_of(CARD_STATUS_TEXT)}
     base_order = ("id", "desc")
 

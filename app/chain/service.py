@@ -6,7 +6,8 @@ What is chained, appended in the transaction that writes the record (each has on
 - `delivery`: `app.orders.service.transition`, on an order's first move to `delivered` (a wallet purchase, a channel
   payment, a review approval and a direct top-up's success all pass there). Content: order number, amount (fen),
   product id, buyer (the agent's id; a storefront buyer as the keyed hash of the normalised contact, read through
-  the ORM attribute `Order.contact`), the sorted keyed hashes of its card secrets, the delivery time.
+  the ORM attribute `Order.contact`), the sorted keyed hashes of its card secrets (a reusable secret's through its
+  use row for the order, kept when a refund gives the use back), the delivery time.
 - `audit`: `app.audit.service.record`, for the actions in MONEY_ACTIONS. Content: the entry's stored fields.
 - `risk_decision`: `app.risk.service._store` (on PostgreSQL in the decision's own transaction on its own pool).
   Content: the stored fields but `order_no`, which `attach_order` fills in afterwards (the one update a decision
@@ -45,12 +46,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import String, cast, exists, func, insert, select, update
+from sqlalchemy import String, cast, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from app import crypto
 from app.audit.models import AuditEntry
-from app.catalog.models import CardSecret
+from app.catalog.models import CardSecret, CardSecretUse
 from app.chain.models import ChainHead, ChainRecord
 from app.clock import to_local, utcnow
 from app.errors import ValidationError
@@ -141,11 +142,18 @@ def append_delivery(order_id: int, order_no: str, amount: int, product_id: int, 
     allocated before that transition on every path)."""
     hashes = db.session.info.get("allocated_hashes", {}).pop(order_id, None)  # allocated in this transaction
     if hashes is None:
-        hashes = db.session.scalars(select(CardSecret.secret_hash).where(CardSecret.order_id == order_id)
+        hashes = db.session.scalars(select(CardSecret.secret_hash).where(_delivered_to(order_id))
                                     .order_by(CardSecret.id)).all()
     contact = db.session.get(Order, order_id).contact if agent_id is None else None
     _append(DELIVERY, order_no, content_digest(delivery_content(order_no, amount, product_id, agent_id, contact,
                                                                 hashes, delivered_at)))
+
+
+def _delivered_to(order_id):
+    """The condition on CardSecret: delivered to this order, as a normal secret (its order_id) or as a use of a
+    reusable one (every use row, also one a refund gave back: the delivery covered it)."""
+    return or_(CardSecret.order_id == order_id, CardSecret.id.in_(
+        select(CardSecretUse.secret_id).where(CardSecretUse.order_id == order_id)))
 
 
 def append_audit(entry: AuditEntry) -> None:
@@ -169,9 +177,14 @@ def _delivery_digests(where) -> dict[str, str]:
     secrets: dict[int, list[str]] = defaultdict(list)
     ids = [r.id for r in rows]
     for start in range(0, len(ids), 1000):
-        for card in db.session.execute(select(CardSecret.order_id, CardSecret.product_id, CardSecret.secret_enc)
-                                       .where(CardSecret.order_id.in_(ids[start:start + 1000]))):
-            secrets[card.order_id].append(_secret_hash_now(card.product_id, card.secret_enc))
+        chunk = ids[start:start + 1000]
+        normal = (select(CardSecret.order_id, CardSecret.product_id, CardSecret.secret_enc)
+                  .where(CardSecret.order_id.in_(chunk)))
+        reused = (select(CardSecretUse.order_id, CardSecret.product_id, CardSecret.secret_enc)
+                  .join(CardSecret, CardSecret.id == CardSecretUse.secret_id).where(CardSecretUse.order_id.in_(chunk)))
+        for query in (normal, reused):
+            for card in db.session.execute(query):
+                secrets[card.order_id].append(_secret_hash_now(card.product_id, card.secret_enc))
     return {r.order_no: content_digest(delivery_content(r.order_no, r.amount, r.product_id, r.agent_id, r.contact,
                                                         secrets[r.id], r.delivered_at)) for r in rows}
 

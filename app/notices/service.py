@@ -184,6 +184,8 @@ def send(notice_id: int) -> Outcome:
             from app.notices import mailer
 
             secrets = cards.reveal(order.id) if order.product.kind == "card" else []
+            # A reusable secret's use is marked revealed before it leaves (a refund gives back only unseen uses).
+            db.session.commit()
             mailer.send(mailer.compose(order, notice.recipient, secrets, notice.locale, lookup_url(notice, order)))
         else:
             from app.notices import sms

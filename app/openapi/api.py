@@ -4,11 +4,12 @@ from __future__ import annotations
 import json
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, g, jsonify, render_template, request
+from flask import Blueprint, Flask, Response, g, jsonify, render_template, request, stream_with_context
 from werkzeug.exceptions import HTTPException
 
+from app.catalog import extraction
 from app.errors import KamengError, ValidationError
-from app.extensions import csrf
+from app.extensions import csrf, db
 from app.ledger.service import agent_balances
 from app.openapi import service
 from app.openapi.spec import build_spec
@@ -99,13 +100,31 @@ def create_order():
 
 @bp.get("/orders/<order_no>")
 def get_order(order_no: str):
-    return jsonify(service.order_json(service.find_order(g.api_agent.id, order_no=order_no)))
+    return _shown(service.order_json(service.find_order(g.api_agent.id, order_no=order_no)))
 
 
 @bp.get("/orders")
 def find_order():
     out_trade_no = request.args.get("out_trade_no", "")
-    return jsonify(service.order_json(service.find_order(g.api_agent.id, out_trade_no=out_trade_no or None)))
+    return _shown(service.order_json(service.find_order(g.api_agent.id, out_trade_no=out_trade_no or None)))
+
+
+def _shown(data: dict):
+    """An order answer carrying secrets: a reusable secret's reveal (app.catalog.cards.reveal) is committed before
+    the answer leaves."""
+    db.session.commit()
+    return jsonify(data)
+
+
+@bp.get("/orders/<order_no>/secrets")
+def order_secrets(order_no: str):
+    """批量提卡: one of the caller's own delivered orders' secrets as a file, ?format=txt (default) or csv. A format
+    other than these is 400 invalid_format; another agent's order is 404 exactly as a missing one. Each download is
+    audited and counted (app.catalog.extraction)."""
+    fmt = extraction.parse_format(request.args.get("format", "txt"), extraction.API_FORMATS)
+    result = extraction.extract_order(g.api_agent.id, order_no, fmt, via="openapi", api_key=g.api_key.app_key)
+    return Response(stream_with_context(result.chunks), mimetype=result.mimetype, headers={
+        "Content-Disposition": f'attachment; filename="{result.filename}"', "Cache-Control": "no-store"})
 
 
 def register(app: Flask) -> None:

@@ -15,6 +15,16 @@ timestamp, a reused nonce, an unknown or revoked key, or an address outside the 
 headers, signed with the same secret (PATH is the notify_url's path), when an order becomes delivered, failed,
 refunded, closed or disputed; a 2xx answer stops the retries (after 15 s, 1 m, 5 m, 30 m, 2 h, 6 h)."""
 
+SECRETS_FILE = """One of the caller's own orders, delivered or disputed: its card secrets, streamed.
+
+* `format=txt` (default): `text/plain; charset=utf-8`, one secret per line (CRLF), exactly as delivered.
+* `format=csv`: `text/csv; charset=utf-8` with a BOM, CRLF, a header row `订单号,商品,卡密,到账时间` (order number,
+  product, secret, delivery time in the business time zone). A cell starting with `=`, `+`, `-`, `@`, tab or CR gets
+  a leading apostrophe so no spreadsheet runs it as a formula: use TXT to import the exact secrets.
+
+Every download is audited and counted on the order. A reusable secret's use (循环卡密) in the file counts as shown
+to the buyer: a later refund no longer gives that use back."""
+
 ERROR = {"type": "object", "required": ["error"], "additionalProperties": False, "properties": {
     "error": {"type": "object", "required": ["code", "message"], "properties": {
         "code": {"type": "string", "example": "insufficient_balance"},
@@ -130,6 +140,22 @@ def build_spec() -> dict:
                 "operationId": "getOrder", "summary": "One of the caller's orders by order number",
                 "parameters": [{"name": "order_no", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "responses": {"200": _ok("order", order_ref), "404": _error("not found"), **COMMON_ERRORS}}},
+            "/open/v1/orders/{order_no}/secrets": {"get": {
+                "operationId": "downloadOrderSecrets",
+                "summary": "Bulk extraction (批量提卡): a delivered order's card secrets as a file",
+                "description": SECRETS_FILE,
+                "parameters": [
+                    {"name": "order_no", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "format", "in": "query", "required": False,
+                     "schema": {"type": "string", "enum": ["txt", "csv"], "default": "txt"}}],
+                "responses": {
+                    "200": {"description": "the file (Content-Disposition: attachment)", "content": {
+                        "text/plain": {"schema": {"type": "string"}},
+                        "text/csv": {"schema": {"type": "string"}}}},
+                    "404": _error("not found (also another agent's order)"),
+                    "409": _error("order_not_delivered (no secrets yet, or refunded)"),
+                    **COMMON_ERRORS,
+                    "400": _error("invalid_format (format other than txt or csv), or no_secrets")}}},
         },
         "components": {
             "schemas": {"Error": ERROR, "Order": ORDER, "Product": PRODUCT, "OrderRequest": ORDER_REQUEST},

@@ -73,12 +73,24 @@ def order_for_viewer(agent: Agent, order_no: str) -> tuple[Order, bool]:
     return order, order.agent_id == agent.id
 
 
-def secrets_for_owner(agent: Agent, order: Order) -> list[str]:
+SECRETS_PER_PAGE = 100  # the order page shows a 500-card order a page at a time; the file has them all
+
+
+def secrets_for_owner(agent: Agent, order: Order, page: int = 1) -> list[str]:
+    """One page of an order's secrets, for its owner only. A reusable secret's reveal is recorded and committed
+    before it is shown (a refund then keeps its use)."""
     if order.agent_id != agent.id:
         raise Forbidden("只有下单人可以查看卡密")
     if order.status not in ("delivered", "disputed"):
         return []
-    return cards.reveal(order.id)
+    shown = cards.reveal(order.id, offset=(max(page, 1) - 1) * SECRETS_PER_PAGE, limit=SECRETS_PER_PAGE)
+    db.session.commit()
+    return shown
+
+
+def secret_pages(order: Order) -> int:
+    """Pages of the order page's secrets list (an order of n cards has n secrets once delivered)."""
+    return max(1, -(-order.quantity // SECRETS_PER_PAGE))
 
 
 def public_offers(price_of: Callable[[Product], int] | None = None, exclude: Collection[int] = ()) -> list[dict]:

@@ -5,7 +5,9 @@ search_form_query_rel_fields, actions and custom pages by re-checking in_scope()
 """
 from __future__ import annotations
 
-from flask import abort, flash, redirect, request, url_for
+from datetime import timedelta
+
+from flask import Response, abort, flash, redirect, request, stream_with_context, url_for
 from flask_appbuilder import BaseView, IndexView, ModelView, expose, has_access
 from flask_appbuilder.actions import action
 from flask_appbuilder.models.sqla.filters import FilterInFunction
@@ -15,8 +17,10 @@ from sqlalchemy import inspect, select
 
 from app.agents.models import Agent
 from app.agents.views import phone_field
+from app.catalog import extraction
+from app.clock import business_today
 from app.crypto import mask
-from app.errors import KamengError
+from app.errors import KamengError, NotFound
 from app.extensions import db
 from app.ledger.models import Account, Posting
 from app.money import format_fen
@@ -84,9 +88,13 @@ class PortalView(BaseView):
             order, owner = portal.order_for_viewer(agent, order_no)
         except KamengError:
             abort(404)
-        secrets = portal.secrets_for_owner(agent, order) if owner else []
-        return self.render_template("kameng/order.html", order=order, owner=owner, secrets=secrets)
-
+        pages = portal.secret_pages(order)
+        page = min(max(request.args.get("page", 1, type=int) or 1, 1), pages)
+        secrets = portal.secrets_for_owner(agent, order, page) if owner else []
+        downloads = extraction.download_counts([order.id]).get(order.id, 0) if owner else 0
+        return self.render_template("kameng/order.html", order=order, owner=owner, secrets=secrets, page=page,
+                                    pages=pages, per_page=portal.SECRETS_PER_PAGE, downloads=downloads,
+                                    formats=list(extraction.FORMATS))
 
     @expose("/topup", methods=["GET"])
     @has_access
@@ -119,6 +127,66 @@ class PortalView(BaseView):
             flash(exc.message, "danger")
             return redirect(url_for("PortalView.topup"))
         return redirect(pay_url)
+
+
+class ExtractView(BaseView):
+    """批量提卡 (bulk extraction): my own delivered orders' card secrets as TXT / CSV / XLSX files, one order (the
+    order page's buttons) or a range of business days (this page). Downloads are POSTs carrying the form's CSRF
+    token: each one records reveals, counts the download and is audited (app.catalog.extraction)."""
+    route_base = "/portal"
+    default_view = "extract"
+
+    @expose("/orders/<order_no>/secrets", methods=["POST"])
+    @has_access
+    def order_secrets(self, order_no):
+        """下载卡密: one of my own orders' secrets as TXT / CSV / XLSX (a POST with the form's CSRF token: the
+        download records reveals and counts). Another agent's order, a downline's too, is 404 as a missing one."""
+        agent = require_agent()
+        try:
+            fmt = extraction.parse_format(request.form.get("format"))
+            result = extraction.extract_order(agent.id, order_no, fmt, via="portal")
+        except NotFound:
+            abort(404)
+        except KamengError as exc:
+            db.session.rollback()
+            flash(exc.message, "danger")
+            return redirect(url_for("PortalView.order", order_no=order_no))
+        return _download(result)
+
+    @expose("/extract", methods=["GET"])
+    @has_access
+    def extract(self):
+        """批量提卡: my delivered orders of a range of business days as one file."""
+        require_agent()
+        today = business_today()
+        return self.render_template("kameng/extract.html", fmt="txt", until=request.args.get("until") or today,
+                                    since=request.args.get("since") or today - timedelta(days=6),
+                                    formats=list(extraction.FORMATS), max_days=extraction.MAX_RANGE_DAYS,
+                                    max_secrets=extraction.MAX_SECRETS)
+
+    @expose("/extract", methods=["POST"])
+    @has_access
+    def extract_post(self):
+        agent = require_agent()
+        try:
+            since, until = extraction.parse_range(request.form.get("since"), request.form.get("until"))
+            fmt = extraction.parse_format(request.form.get("format"))
+            result = extraction.extract_range(agent.id, since, until, fmt, via="portal")
+        except KamengError as exc:
+            db.session.rollback()
+            flash(exc.message, "danger")
+            return self.render_template("kameng/extract.html", since=request.form.get("since", ""),
+                                        until=request.form.get("until", ""), fmt=request.form.get("format"),
+                                        formats=list(extraction.FORMATS), max_days=extraction.MAX_RANGE_DAYS,
+                                        max_secrets=extraction.MAX_SECRETS), 400
+        return _download(result)
+
+
+def _download(result: extraction.Extraction) -> Response:
+    """A recorded extraction, streamed as an attachment that no cache keeps."""
+    return Response(stream_with_context(result.chunks), mimetype=result.mimetype, headers={
+        "Content-Disposition": f'attachment; filename="{result.filename}"', "Cache-Control": "no-store",
+        "Pragma": "no-cache"})
 
 
 class MyOrderView(ReadableColumnsMixin, ModelView):
@@ -224,6 +292,7 @@ def register(appbuilder, category: str) -> None:
                         category_icon="fa-user")
     appbuilder.add_link("充值", href="/portal/topup", icon="fa-plus-circle", category=category)
     appbuilder.add_view(MyOrderView, "我的订单", icon="fa-list", category=category)
+    appbuilder.add_view(ExtractView, "批量提卡", href="/portal/extract", icon="fa-download", category=category)
     appbuilder.add_view(MyDownlineView, "我的团队", icon="fa-sitemap", category=category)
     appbuilder.add_view(MyStatementView, "我的账单", icon="fa-book", category=category)
     from app.network.network_views import register as register_network_views

@@ -92,6 +92,7 @@ def order_view(order: Order, with_secrets: bool) -> dict:
         record_hash = chain.delivery_hash(data["order_no"]) if order.delivered_at else None
         data["record_hash"] = record_hash
         data["trust_url"] = f"{_base_url()}/trust/record/{record_hash}" if record_hash else None
+        db.session.commit()  # a reusable secret's reveal (cards.reveal) is recorded before the buyer sees it
     return data
 
 
