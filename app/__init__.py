@@ -55,6 +55,8 @@ def create_app(overrides: dict | None = None) -> Flask:
         register_settings_views(appbuilder)
         from app.notices.views import register as register_notice_views
         register_notice_views(appbuilder)
+        from app.support.views import register as register_support_views
+        register_support_views(appbuilder)
         from app.twofactor.views import register as register_two_factor_views
         register_two_factor_views(appbuilder)
         from app.portal.filters import register_template_helpers
