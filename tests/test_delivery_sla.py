@@ -261,7 +261,7 @@ def test_a_lost_recharge_job_is_moved_on_at_the_deadline(app, client, w, supplie
     assert [b.action for b in alerts] == ["breached"]
 
 
-# --- protocol, job, screens ---------------------------------------------------------------------------------------------
+# --- protocol, job, screens ----------------------------------------------------------------------------------------
 
 def test_simulator_withdrawal_protocol(app, supplier_sim):
     """POST /api/cancel over real HTTP through the adapter: an order never received is barred (a later submit of

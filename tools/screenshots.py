@@ -44,9 +44,17 @@ class Shot:
     path: str
     title: str  # for the README
     dashboard: bool = False
+    fill: tuple[tuple[str, str], ...] = ()  # (selector, value) typed into the page, then `submit` is clicked
+    submit: str | None = None
 
 
 SHOTS = [
+    Shot("workbench-admin", "admin", "/", "工作台 (admin)"),
+    Shot("workbench-support", "support", "/", "工作台 (support)"),
+    # a storefront buyer of the demo history (its most frequent phone numbers), searched in another spelling
+    Shot("support-search", "support", "/support-search/", "客服查单 (support)", fill=(("#q", "150 0765 4334"),),
+         submit="#support-search-form [type=submit]"),
+    Shot("support-compensation", "support", "/compensation/", "批量补偿 (support)", submit="#preview-button"),
     Shot("admin-orders", "admin", "/orders/list/", "订单 (admin)"),
     Shot("admin-products", "admin", "/products/list/", "商品 (admin)"),
     Shot("admin-suppliers", "admin", "/suppliers/list/", "供应商 (admin)"),
@@ -213,6 +221,11 @@ def shoot(page, base: str, shot: Shot, out: Path) -> list[str]:
             problems.append(f"{shot.path}: Dash errors {errors}")
         page.wait_for_timeout(800)  # plotly's transitions and the iframe's resize to its content
     else:
+        for selector, value in shot.fill:
+            page.fill(selector, value)
+        if shot.submit:
+            with page.expect_navigation():
+                page.click(shot.submit)
         page.wait_for_timeout(300)
     page.screenshot(path=str(out / f"{shot.name}.png"), full_page=True)
     return problems

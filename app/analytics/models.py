@@ -137,6 +137,7 @@ class DeliveryDaily(db.Model):
     index: longer than the last bound), or FAILED_BUCKET (-1): paid, then failed or refunded without ever being
     delivered. A delivery counts once, also when the order is refunded later (it was delivered that fast); a risk
     control rejection is not a delivery failure and is not counted. `total_ms` sums the exact times (the mean).
+    `supplier_id`: the supplier that delivered it; for a top-up never delivered, the last supplier it was sent to.
     """
     __tablename__ = "rollup_delivery_daily"
     id = Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)

@@ -426,9 +426,14 @@ def _activity_deltas(deltas: _Deltas, days: dict[int, dict[date, int]], r, sign:
                 deltas.add("retention", (s, cohort, month, r.agent_tier_id), (turned_month,))
 
 
+# Whose delivery (or failure) it was: the supplier that delivered it (orders.supplier_id), or for a top-up that was
+# never delivered the last supplier it was submitted to (orders.supplier_id still names the product's default).
+_DELIVERY_SUPPLIER = ("CASE WHEN o.delivered_at IS NULL THEN coalesce((SELECT ra.supplier_id FROM recharge_attempt ra"
+                      " WHERE ra.order_id = o.id ORDER BY ra.seq DESC LIMIT 1), o.supplier_id)"
+                      " ELSE o.supplier_id END")
 # The facts of a batch's deliveries and failures the delivery-time rollup needs (paid_at, delivered_at).
-_DELIVERY_FACTS = text("SELECT o.id, o.product_id, o.supplier_id, o.paid_at, o.delivered_at FROM orders o"
-                       " WHERE o.id IN :ids").bindparams(bindparam("ids", expanding=True)).columns(
+_DELIVERY_FACTS = text(f"SELECT o.id, o.product_id, {_DELIVERY_SUPPLIER} AS supplier_id, o.paid_at, o.delivered_at"
+                       " FROM orders o WHERE o.id IN :ids").bindparams(bindparam("ids", expanding=True)).columns(
     paid_at=DateTime(), delivered_at=DateTime())
 
 
@@ -703,7 +708,7 @@ def _delivery_sql(where: str, replace: bool = False) -> str:
     dialect = _dialect()
     day, _ = _local_sql("o.paid_at")
     ms = delivery.elapsed_ms_sql("o.paid_at", "o.delivered_at", dialect)
-    src = (f"src AS (SELECT {day} AS day, o.product_id, o.supplier_id, o.delivered_at,"
+    src = (f"src AS (SELECT {day} AS day, o.product_id, {_DELIVERY_SUPPLIER} AS supplier_id, o.delivered_at,"
            f" CASE WHEN o.delivered_at IS NULL THEN 0 ELSE {ms} END AS ms FROM orders o WHERE {where}"
            f" AND ((o.delivered_at IS NOT NULL AND NOT {_pending('o', 1)})"
            f" OR (o.delivered_at IS NULL AND o.status IN ('failed', 'refunded') AND NOT o.risk_hold"
