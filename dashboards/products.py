@@ -114,7 +114,10 @@ def _rate(bp: int | None) -> str:
 
 
 def _seconds(ms: int | None) -> str:
-    return "—" if ms is None else _("%(n)s 秒", n=f"{ms / 1000:.1f}")
+    if ms is None:
+        return "—"
+    seconds = f"{ms / 1000:.1f}"
+    return _("%(n)s 秒", n=seconds)
 
 
 def _when(at) -> str:

@@ -163,7 +163,8 @@ def format_ms(ms: int | None, overflow: bool = False) -> str:
     if ms is None:
         return "—"
     if ms < 1_000:
-        return _("≤ %(n)s 秒", n=f"{ms / 1000:g}")
+        seconds = f"{ms / 1000:g}"
+        return _("≤ %(n)s 秒", n=seconds)
     if ms < 120_000 or ms % 60_000:
         return _("≤ %(n)s 秒", n=ms // 1000)
     return _("≤ %(n)s 分钟", n=ms // 60_000)
