@@ -314,6 +314,8 @@ def test_support_sees_the_overdue_top_up(app, client, f, w, supplier_sim):
     assert page.status_code == 200 and order_no in page.text and "无法撤单" in page.text
     home = support.get("/").text  # the workbench: its to-do list counts it
     assert 'data-key="sla_overdue" data-count="1"' in home
+    shown = support.get(f"/orders/show/{order(order_no).id}").text  # the order's timeline says what the SLA did
+    assert 'data-source="sla"' in shown and "到账承诺" in shown and "无法撤单" in shown
     finance, _ = login_as(app, f, "Finance")
     assert finance.get("/delivery-sla/").status_code == 403
     assert 'data-key="sla_overdue"' not in finance.get("/").text

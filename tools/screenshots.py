@@ -44,8 +44,21 @@ class Shot:
     path: str
     title: str  # for the README
     dashboard: bool = False
-    fill: tuple[tuple[str, str], ...] = ()  # (selector, value) typed into the page, then `submit` is clicked
+    fill: tuple = ()  # (selector, value or a function giving it) typed into the page, then `submit` is clicked
     submit: str | None = None
+
+
+def _china_now():
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    return datetime.now(UTC).astimezone(ZoneInfo("Asia/Shanghai")).replace(second=0, microsecond=0, tzinfo=None)
+
+
+def _one_day():
+    from datetime import timedelta
+
+    return timedelta(days=1)
 
 
 SHOTS = [
@@ -54,7 +67,10 @@ SHOTS = [
     # a storefront buyer of the demo history (its most frequent phone numbers), searched in another spelling
     Shot("support-search", "support", "/support-search/", "客服查单 (support)", fill=(("#q", "150 0765 4334"),),
          submit="#support-search-form [type=submit]"),
-    Shot("support-compensation", "support", "/compensation/", "批量补偿 (support)", submit="#preview-button"),
+    # an incident window of the history: since yesterday's start (China time) until now
+    Shot("support-compensation", "support", "/compensation/", "批量补偿 (support)",
+         fill=(("#start", lambda: _china_now().replace(hour=0, minute=0) - _one_day()), ("#end", _china_now)),
+         submit="#preview-button"),
     Shot("admin-orders", "admin", "/orders/list/", "订单 (admin)"),
     Shot("admin-products", "admin", "/products/list/", "商品 (admin)"),
     Shot("admin-suppliers", "admin", "/suppliers/list/", "供应商 (admin)"),
@@ -222,7 +238,8 @@ def shoot(page, base: str, shot: Shot, out: Path) -> list[str]:
         page.wait_for_timeout(800)  # plotly's transitions and the iframe's resize to its content
     else:
         for selector, value in shot.fill:
-            page.fill(selector, value)
+            value = value() if callable(value) else value
+            page.fill(selector, value.strftime("%Y-%m-%dT%H:%M") if hasattr(value, "strftime") else value)
         if shot.submit:
             with page.expect_navigation():
                 page.click(shot.submit)

@@ -1065,6 +1065,8 @@ EN: dict[str, str] = {
     "请扫码完成支付，支付后本页自动跳转": "Scan the code to pay; this page moves on once paid",
     "易支付": "Epay (易支付)",
     # ------------------------------------------------------------------------------------------ workbench (issue 18)
+    "到账承诺": "Delivery promise",
+    "到账用时": "Delivery time",
     "超过 %(n)s 小时": "over %(n)s h",
     "≤ %(n)s 秒": "≤ %(n)s s",
     "≤ %(n)s 分钟": "≤ %(n)s min",
