@@ -2,6 +2,8 @@
 queue), 批量补偿 (preview, then one coupon per buyer, audited) and 补偿记录. Staff only (app/roles.py)."""
 from __future__ import annotations
 
+from datetime import timedelta
+
 from flask import flash, g, redirect, request, url_for
 from flask_appbuilder import BaseView, ModelView, expose, has_access
 from flask_appbuilder.models.sqla.interface import SQLAInterface
@@ -78,8 +80,9 @@ class CompensationView(BaseView):
     @expose("/")
     @has_access
     def index(self):
-        now = to_local(utcnow()).replace(second=0, microsecond=0)
-        return self._form_page({"start": (now.replace(minute=0)).strftime("%Y-%m-%dT%H:%M"),
+        # By default the last hour up to the next minute (the end is excluded: an order placed this minute is in).
+        now = to_local(utcnow()).replace(second=0, microsecond=0) + timedelta(minutes=1)
+        return self._form_page({"start": (now - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M"),
                                 "end": now.strftime("%Y-%m-%dT%H:%M"), "valid_days": "30"})
 
     @expose("/preview", methods=["POST"])
