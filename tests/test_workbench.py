@@ -273,7 +273,9 @@ def test_agent_home_shows_its_own_day_team_shop_and_notices(app, f, monkeypatch)
                               net_amount=10_000, bank_card_masked="6222****1234",
                               status="pending_review"))
     db.session.commit()
-    workbench.register_shop_link(lambda a: ("我的分站 /s/demo/", "/s/demo/") if a.id == parent.id else None)
+    monkeypatch.setattr(workbench, "_SHOP_LINKS", [])  # the registry is the process's: this test's provider only
+    parent_id = parent.id
+    workbench.register_shop_link(lambda a: ("我的分站 /s/demo/", "/s/demo/") if a.id == parent_id else None)
 
     page = agent_client(app, f, parent).get("/")
     assert page.status_code == 200
