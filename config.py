@@ -152,6 +152,13 @@ class Config:
     RECHARGE_POLL_SECONDS = env_int("RECHARGE_POLL_SECONDS", 5)  # direct top-ups: ask suppliers about due attempts
     # An attempt still unknown after this long is flagged for support (it keeps being polled; never auto-refunded).
     RECHARGE_UNKNOWN_ALERT_MINUTES = env_int("RECHARGE_UNKNOWN_ALERT_MINUTES", 30)
+    # The delivery promise (app/suppliers/sla.py): a direct top-up not delivered this long after payment is withdrawn
+    # from its supplier and failed over (DELIVERY_SLA_FAILOVER), or refunded when no supplier is left
+    # (DELIVERY_SLA_REFUND); never when its state at the supplier is unknown. The `delivery-sla` job's interval.
+    DELIVERY_SLA_MINUTES = env_int("DELIVERY_SLA_MINUTES", 10)
+    DELIVERY_SLA_FAILOVER = env_bool("DELIVERY_SLA_FAILOVER", True)
+    DELIVERY_SLA_REFUND = env_bool("DELIVERY_SLA_REFUND", True)
+    DELIVERY_SLA_SCAN_SECONDS = env_int("DELIVERY_SLA_SCAN_SECONDS", 60)
 
     # Payments and the storefront
     ORDER_EXPIRE_MINUTES = env_int("ORDER_EXPIRE_MINUTES", 15)  # unpaid storefront orders close after this

@@ -60,6 +60,8 @@ def create_app(overrides: dict | None = None) -> Flask:
         register_notice_views(appbuilder)
         from app.alerts.views import register as register_alert_views
         register_alert_views(appbuilder)
+        from app.support.views import register as register_support_views
+        register_support_views(appbuilder)
         from app.twofactor.views import register as register_two_factor_views
         register_two_factor_views(appbuilder)
         from app.portal.filters import register_template_helpers
@@ -68,15 +70,16 @@ def create_app(overrides: dict | None = None) -> Flask:
         init_dashboards(app, appbuilder)
 
     from app.alerts import service as alerts  # noqa: F401  (registers the alert delivery outbox handler)
+    from app.analytics import service as rollups
     from app.notices import service as notices  # noqa: F401  (registers the delivery notice outbox handler)
     from app.openapi import api as openapi_api
     from app.openapi import callbacks  # noqa: F401  (registers the outbox handler)
     from app.outbox import service as outbox
 
+    # Teardowns run in reverse order: the outbox first (with jobs inline it runs the request's jobs, a top-up
+    # delivered or failed among them), then the fold of every delivery and failure the request and its jobs wrote.
+    rollups.init_app(app)
     outbox.init_app(app)
-    from app.analytics import service as rollups
-
-    rollups.init_app(app)  # jobs inline: a request's deliveries are folded into the rollups when it ends
     openapi_api.register(app)
     from app.shop import api as shop_api
 

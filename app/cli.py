@@ -185,6 +185,18 @@ def recharge_poll() -> None:
     click.echo(json.dumps(report))
 
 
+@kameng_cli.command("delivery-sla")
+def delivery_sla() -> None:
+    """Enforce the delivery promise now (the delivery-sla job): direct top-ups past DELIVERY_SLA_MINUTES are withdrawn
+    from their supplier and failed over or refunded; prints how many ended how."""
+    from app.outbox.service import dispatch_due
+    from workers.jobs import enforce_delivery_sla
+
+    report = enforce_delivery_sla()
+    dispatch_due()  # refunds through a channel and callbacks the SLA wrote to the outbox leave now
+    click.echo(json.dumps(report))
+
+
 @kameng_cli.command("reconcile")
 @click.option("--channel", required=True, type=click.Choice(["sandbox", "alipay", "wechatpay", "unionpay", "epay"]))
 @click.option("--day", default=None, help="The statement's day (YYYY-MM-DD, China time); default: from the payments "

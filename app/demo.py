@@ -137,6 +137,7 @@ def load_demo(password: str | None = None) -> list[tuple[str, str, str]]:
             cards.run_import(batch.id)
     db.session.commit()
     _demo_shops(by_name)
+    _demo_announcements()
     return logins
 
 
@@ -189,3 +190,21 @@ def connect_demo_supplier(url: str, key: str, app_key: str = "kameng-demo") -> S
                                            cost=cost, priority=100, active=True))
     db.session.commit()
     return supplier
+
+
+DEMO_ANNOUNCEMENTS = (
+    ("春节期间正常发货", "卡密即时到账；直充 1 分钟内到账，超过 10 分钟未到账将自动改派或退款。", "agents", True),
+    ("新代理等级政策", "区域代理直推佣金上调至 5%，详情见代理等级。", "agents", False),
+    ("今晚 23:00 上游维护", "中国移动话费直充 23:00-23:30 可能变慢，超时订单会自动改派，请留意到账超时队列。",
+     "staff", True),
+)
+
+
+def _demo_announcements() -> None:
+    """Notices (公告) on the agents' and staff's home pages; added once (by title)."""
+    from app.announcements.models import Announcement
+
+    for title, body, audience, pinned in DEMO_ANNOUNCEMENTS:
+        if db.session.scalar(select(Announcement.id).where(Announcement.title == title)) is None:
+            db.session.add(Announcement(title=title, body=body, audience=audience, pinned=pinned))
+    db.session.commit()

@@ -12,6 +12,7 @@ from app.analytics.models import (  # noqa: F401
     SalesDaily,
     ShopDaily,
 )
+from app.announcements.models import Announcement  # noqa: F401
 from app.audit.models import AuditEntry  # noqa: F401
 from app.cache import CacheVersion  # noqa: F401
 from app.catalog.models import (  # noqa: F401
@@ -61,4 +62,5 @@ from app.payments.models import (  # noqa: F401
 from app.risk.models import RiskDecision, RiskEvent, RiskListEntry, RiskRule, RiskRuleVersion  # noqa: F401
 from app.settings.models import PlatformSetting  # noqa: F401
 from app.suppliers.models import RechargeAttempt, RechargeEvent, SupplierAlert, SupplierProduct  # noqa: F401
+from app.support.models import CompensationBatch, CompensationOrder  # noqa: F401
 from app.twofactor.models import StaffRecoveryCode, StaffTwoFactor  # noqa: F401

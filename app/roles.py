@@ -58,6 +58,10 @@ def _self_service(view: str) -> dict[str, tuple[str, ...]]:
 
 
 SCREENS: dict[str, dict[str, tuple[str, ...]]] = {
+    # ------------------------------------------------------------------------------------- 工作台 (app/workbench)
+    # Every staff role's home: today against yesterday and its own to-do list (each item only if its screen opens).
+    "工作台": {MENU: STAFF},
+    "WorkbenchView": {INDEX: STAFF},
     # ------------------------------------------------------------------------------------- 订单 (app/orders)
     "订单": {MENU: STAFF},
     "订单查询": {MENU: STAFF},
@@ -159,6 +163,17 @@ SCREENS: dict[str, dict[str, tuple[str, ...]]] = {
     "优惠券": {MENU: (M,)},
     "CouponView": crud(M),
     "MyDisputeView": {"can_file": (A,)},
+    # 客服工具 (app/support): find orders by phone / contact / account (masked results), the delivery promise's
+    # overdue top-ups, bulk compensation (Support issues, audited; Manager sees the page and the records).
+    "客服查单": {MENU: (M, S)},
+    "SupportSearchView": {INDEX: (M, S)},
+    "到账超时": {MENU: (M, S)},
+    "DeliverySlaView": {INDEX: (M, S)},
+    "批量补偿": {MENU: (M, S)},
+    "CompensationView": {INDEX: (M, S), "can_preview": (S,), "can_issue": (S,)},
+    "补偿记录": {MENU: (M, S)},
+    "CompensationBatchView": read(M, S),
+    "CompensationOrderView": read(M, S),
     # ------------------------------------------------------------------------------------- 风控 (app/risk)
     "风控": {MENU: (M, S)},
     "风控审核": {MENU: (M, S)},
@@ -177,6 +192,8 @@ SCREENS: dict[str, dict[str, tuple[str, ...]]] = {
     "TwoFactorView": {perm: STAFF for name, perm in SELF_SERVICE if name == "TwoFactorView"},
     "两步验证管理": {MENU: (M,)},
     "TwoFactorAdminView": {**read(M), "reset_two_factor": NOBODY},
+    "公告": {MENU: (M,)},
+    "AnnouncementView": crud(M),  # notices on the agents' and staff's home pages; Admin writes them (audited)
     "审计日志": {MENU: (M, F)},
     "AuditView": {**read(M, F), "can_export": (M, F)},
     "任务队列": {MENU: NOBODY},

@@ -37,6 +37,9 @@ PORTAL = "代理中心"
 
 
 def register_views(appbuilder: AppBuilder) -> None:
+    from app.workbench import views as workbench
+
+    workbench.register(appbuilder)  # 工作台 first in the menu: staff's home
     add = appbuilder.add_view
     add(OrderView, "订单查询", icon="fa-list-alt", category=ORDERS, category_icon="fa-shopping-cart")
 
@@ -62,6 +65,9 @@ def register_views(appbuilder: AppBuilder) -> None:
     add(PostingView, "分录", icon="fa-list", category=LEDGER)
 
     add(AuditView, "审计日志", icon="fa-shield", category=SYSTEM, category_icon="fa-cog")
+    from app.announcements.views import AnnouncementView
+
+    add(AnnouncementView, "公告", icon="fa-bullhorn", category=SYSTEM)
     add(JobsView, "任务队列", href="/jobs/", icon="fa-tasks", category=SYSTEM)
 
     portal.register(appbuilder, PORTAL)

@@ -7,13 +7,14 @@ from dash import Dash, Output, html
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext
 
+from app.analytics.delivery import format_ms
 from app.clock import business_today, to_local
 from dashboards import components as c
 from dashboards.queries import products as q
 
 TOP_CHART = 10
 TABLES = {"pr-ranking": "product-ranking.csv", "pr-stock": "card-stock.csv", "pr-upstream": "direct-upstream.csv",
-          "pr-alerts": "low-stock-alerts.csv"}
+          "pr-alerts": "low-stock-alerts.csv", "pr-delivery": "delivery-times.csv"}
 KINDS = {"card": lazy_gettext("卡密"), "direct": lazy_gettext("直充"), "manual": lazy_gettext("人工")}
 
 
@@ -37,6 +38,10 @@ def layout() -> html.Div:
                                 ("synced_at", _("同步时间"))], title=_("直充商品上游货源")),
         c.table("pr-alerts", [("product", _("商品")), ("available", _("提醒时库存")), ("threshold", _("补货阈值")),
                               ("created_at", _("提醒时间"))], title=_("未处理的补货提醒")),
+        c.table("pr-delivery", [("product", _("商品")), ("supplier", _("供应商")), ("delivered", _("到账")),
+                                ("failed", _("失败")), ("success_rate", _("成功率")), ("p50", "p50"), ("p95", "p95"),
+                                ("mean", _("平均")), ("within_promise", _("1 分钟内")), ("late", _("超过到账承诺"))],
+                title=_("到账时长（按支付日，全平台，不随代理分支筛选）")),
     )
 
 
@@ -60,6 +65,8 @@ def render(f: c.Filters) -> tuple:
     stock = q.stock(business_today(), f.category_id)
     upstream = q.upstream(f.category_id)
     alerts = q.open_alerts(f.category_id)
+    delivery_rows = q.delivery_times(f.start, f.end, f.category_id)
+    overall = q.delivery_overall(f.start, f.end)
 
     note = _("销售排行：%(start)s 至 %(end)s；库存与提醒为当前数据。", start=f.start.isoformat(), end=f.end.isoformat())
     kpis = [
@@ -69,6 +76,8 @@ def render(f: c.Filters) -> tuple:
         c.kpi_card(_("低于阈值的卡密商品"), sum(1 for r in stock if r["low"]), card_id="kpi-low"),
         c.kpi_card(_("直充无货源"), sum(1 for r in upstream if not r["available"]), card_id="kpi-no-upstream"),
         c.kpi_card(_("未处理补货提醒"), len(alerts), card_id="kpi-alerts"),
+        c.kpi_card(_("到账时长 p95"), 0, text=format_ms(overall.p95_ms, overall.overflow_p95),
+                   card_id="kpi-delivery-p95"),
     ]
     top = list(reversed(ranking[:TOP_CHART]))
     top_fig = c.figure(title=_("GMV 前十商品"))
@@ -91,7 +100,24 @@ def render(f: c.Filters) -> tuple:
                       "synced_at": _when(r["synced_at"])} for r in upstream]
     alert_rows = [{"product": r["product"], "available": r["available"], "threshold": r["threshold"],
                    "created_at": _when(r["created_at"])} for r in alerts]
-    return note, kpis, top_fig, days_fig, ranking_rows, stock_rows, upstream_rows, alert_rows
+    delivery = [{"product": r["product"], "supplier": r["supplier"], "delivered": r["stats"].delivered,
+                 "failed": r["stats"].failed, "success_rate": _rate(r["stats"].success_rate_bp),
+                 "p50": format_ms(r["stats"].p50_ms, r["stats"].overflow_p50),
+                 "p95": format_ms(r["stats"].p95_ms, r["stats"].overflow_p95),
+                 "mean": _seconds(r["stats"].mean_ms), "within_promise": r["stats"].within_promise,
+                 "late": r["stats"].late} for r in delivery_rows]
+    return note, kpis, top_fig, days_fig, ranking_rows, stock_rows, upstream_rows, alert_rows, delivery
+
+
+def _rate(bp: int | None) -> str:
+    return "—" if bp is None else f"{bp / 100:.2f}%"
+
+
+def _seconds(ms: int | None) -> str:
+    if ms is None:
+        return "—"
+    seconds = f"{ms / 1000:.1f}"
+    return _("%(n)s 秒", n=seconds)
 
 
 def _when(at) -> str:

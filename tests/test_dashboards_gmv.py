@@ -404,7 +404,8 @@ def test_products_dashboard_ranking_stock_days_upstream_and_alerts(app, f):
     week = outputs(call_callback(client, "products", "pr-kpis.children", filters(day - timedelta(days=6), day)))
     assert kpi_values(week["pr-kpis.children"]) == {
         "kpi-products": "1", "kpi-units": "14", "kpi-gmv": "¥1,400.00", "kpi-low": "1", "kpi-no-upstream": "1",
-        "kpi-alerts": "1"}
+        "kpi-alerts": "1", "kpi-delivery-p95": "—"}  # no delivery-time rollup rows here (tests/test_workbench.py)
+    assert week["pr-delivery.data"] == []
     assert [(r["rank"], r["product"], r["quantity"], r["gmv"]) for r in week["pr-ranking.data"]] == [
         (1, p1.name, 14, "¥1,400.00")]
     month = outputs(call_callback(client, "products", "pr-ranking.data", filters(day - timedelta(days=29), day)))

@@ -108,8 +108,8 @@ def test_home_page_follows_the_language(app, agent_client, admin, client):
 
     switch(agent_client, "en")
     page = get(agent_client, "/")
-    for text in ("Available balance", "Commission pending settlement", "Frozen", "Team size", "Purchase discount",
-                 "Buy products", "My statement"):
+    for text in ("Available balance", "Commission pending settlement", "Frozen", "Team sales today", "Earned today",
+                 "Purchase discount", "Buy products", "My statement"):
         assert text in page, text
     assert "可用余额" not in page and "待结算佣金" not in page
 
@@ -117,6 +117,7 @@ def test_home_page_follows_the_language(app, agent_client, admin, client):
     page = get(client, "/")
     assert "Order lookup" in page and "Agent list" in page and "Import card secrets" in page
     assert "订单查询" not in page and "代理列表" not in page
+    assert "Workbench" in page and "To do" in page and "Delivery success rate" in page and "工作台" not in page
 
 
 def _catalog():

@@ -317,9 +317,11 @@ def test_compaction_keeps_sums_and_reduces_rows(app, world, monkeypatch):
     assert after["profile"] < counts["profile"]
     # C and E each turned active once (a row per scope: 4 + 3), however many orders; both count at scope 0
     assert counts["active"] == 7 and after["active"] == 6 and removed["active"] == 1
+    # delivery times: one row per (day, product, supplier, bucket): 7 deliveries in a few buckets of 2 products
+    assert counts["delivery"] == 7 and removed["delivery"] == counts["delivery"] - after["delivery"] > 0
     # nothing new since: a second run merges nothing; a new delta is merged by the next run
     assert rollups.compact() == {"sales": 0, "profile": 0, "agent": 0, "money": 0, "active": 0, "retention": 0,
-                                 "shop": 0}
+                                 "shop": 0, "delivery": 0}
     buy(w["c"], w["p1"], 1)
     assert rollups.compact("agent")["agent"] == 1 and row_count("rollup_agent_daily") == 2
     assert rollups.compact(full=True)["agent"] == 0

@@ -52,9 +52,33 @@ class Shot:
     dashboard: bool = False
     viewport: dict | None = None  # default VIEWPORT
     download: bool = False  # save the PNG the path answers (a poster) instead of a screenshot
+    fill: tuple = ()  # (selector, value or a function giving it) typed into the page, then `submit` is clicked
+    submit: str | None = None
+
+
+def _china_now():
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    return datetime.now(UTC).astimezone(ZoneInfo("Asia/Shanghai")).replace(second=0, microsecond=0, tzinfo=None)
+
+
+def _one_day():
+    from datetime import timedelta
+
+    return timedelta(days=1)
 
 
 SHOTS = [
+    Shot("workbench-admin", "admin", "/", "工作台 (admin)"),
+    Shot("workbench-support", "support", "/", "工作台 (support)"),
+    # a storefront buyer of the demo history (its most frequent phone numbers), searched in another spelling
+    Shot("support-search", "support", "/support-search/", "客服查单 (support)", fill=(("#q", "150 0765 4334"),),
+         submit="#support-search-form [type=submit]"),
+    # an incident window of the history: since yesterday's start (China time) until now
+    Shot("support-compensation", "support", "/compensation/", "批量补偿 (support)",
+         fill=(("#start", lambda: _china_now().replace(hour=0, minute=0) - _one_day()), ("#end", _china_now)),
+         submit="#preview-button"),
     Shot("admin-orders", "admin", "/orders/list/", "订单 (admin)"),
     Shot("admin-products", "admin", "/products/list/", "商品 (admin)"),
     Shot("admin-suppliers", "admin", "/suppliers/list/", "供应商 (admin)"),
@@ -295,6 +319,12 @@ def shoot(page, base: str, shot: Shot, out: Path, shop_paths: dict[str, str]) ->
             problems.append(f"{shot.path}: Dash errors {errors}")
         page.wait_for_timeout(800)  # plotly's transitions and the iframe's resize to its content
     else:
+        for selector, value in shot.fill:
+            value = value() if callable(value) else value
+            page.fill(selector, value.strftime("%Y-%m-%dT%H:%M") if hasattr(value, "strftime") else value)
+        if shot.submit:
+            with page.expect_navigation():
+                page.click(shot.submit)
         page.wait_for_timeout(300)
     page.screenshot(path=str(out / f"{shot.name}.png"), full_page=True)
     return problems

@@ -146,6 +146,14 @@ def poll_recharges() -> dict:
     return {"claimed": len(claimed)}
 
 
+def enforce_delivery_sla() -> dict:
+    """Scheduled: direct top-ups past DELIVERY_SLA_MINUTES are withdrawn and failed over or refunded (never when
+    their state at the supplier is unknown); support is alerted (app/suppliers/sla.py)."""
+    from app.suppliers import sla
+
+    return sla.check()
+
+
 def sync_suppliers() -> dict:
     """Scheduled: pull balances, stock and prices from connected suppliers; raise/resolve their alerts."""
     from app.suppliers import sync

@@ -40,6 +40,7 @@ PERIODIC = [
     Periodic("rollup-compact", jobs.compact_rollups, "low", "ROLLUP_COMPACT_SECONDS"),
     Periodic("supplier-sync", jobs.sync_suppliers, "low", "SUPPLIER_SYNC_SECONDS"),
     Periodic("recharge-poll", jobs.poll_recharges, "high", "RECHARGE_POLL_SECONDS"),
+    Periodic("delivery-sla", jobs.enforce_delivery_sla, "high", "DELIVERY_SLA_SCAN_SECONDS"),
     Periodic("chain-seal", jobs.seal_chain, "default", "CHAIN_SEAL_SECONDS"),
     Periodic("alerts-evaluate", jobs.evaluate_alerts, "default", "ALERT_EVALUATE_SECONDS"),
 ]

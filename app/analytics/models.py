@@ -146,11 +146,34 @@ class RollupState(db.Model):
     value = Column(BigInteger, nullable=False, default=0)
 
 
-class RollupPending(db.Model):
-    """An order delivered (sign +1) or refunded after delivery (sign -1) and not yet folded into the rollups.
+class DeliveryDaily(db.Model):
+    """How fast paid orders were delivered: a histogram of paid → delivered times per China day of payment
+    (orders.paid_at), product and supplier, for the whole platform only (staff read it; no agent scope).
 
-    Written by app.orders.service.transition in the delivering (refunding) transaction: one INSERT, no read, no
-    lock. `fold_orders` reads the order's facts, adds its deltas and deletes the row, in one transaction.
+    `bucket` is an index into app.analytics.delivery.BUCKETS_MS (the delivery took at most that many ms; the last
+    index: longer than the last bound), or FAILED_BUCKET (-1): paid, then failed or refunded without ever being
+    delivered. A delivery counts once, also when the order is refunded later (it was delivered that fast); a risk
+    control rejection is not a delivery failure and is not counted. `total_ms` sums the exact times (the mean).
+    `supplier_id`: the supplier that delivered it; for a top-up never delivered, the last supplier it was sent to.
+    """
+    __tablename__ = "rollup_delivery_daily"
+    id = Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    day = Column(Date, nullable=False)
+    product_id = Column(Integer, nullable=False)
+    supplier_id = Column(Integer, nullable=False)
+    bucket = Column(SmallInteger, nullable=False)
+    orders = Column(Integer, nullable=False, default=0)
+    total_ms = Column(BigInteger, nullable=False, default=0)
+
+    __table_args__ = (Index("ix_rollup_delivery_day", "day"),)
+
+
+class RollupPending(db.Model):
+    """An order delivered (sign +1), refunded after delivery (sign -1), or ended without a delivery after it was
+    paid (sign 0: failed, or refunded from paid / delivering) and not yet folded into the rollups.
+
+    Written by app.orders.service.transition in the delivering (refunding, failing) transaction: one INSERT, no
+    read, no lock. `fold_orders` reads the order's facts, adds its deltas and deletes the row, in one transaction.
     """
     __tablename__ = "rollup_pending"
     id = Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)

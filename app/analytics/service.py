@@ -23,6 +23,9 @@ after an agent is moved or changes tier, a rebuild restates its past days under 
 
 Definitions (the dashboards rely on them):
 - day: China business day (BUSINESS_TIMEZONE) of orders.delivered_at; for money flows, of the journal.
+- Delivery times (rollup_delivery_daily, platform only): day of orders.paid_at; a delivery in its time bucket,
+  a paid order that ended without one (pending sign 0, written by transition) in the failed bucket
+  (app/analytics/delivery.py).
 - Counted orders: status delivered or disputed. GMV = orders.amount, cost = cost_total, fees = service_fee,
   margin = amount - cost_total.
 - Scopes: 0 (platform) for every order; an agent-bought order also counts for every id on its upline_path
@@ -106,6 +109,9 @@ TABLES = {
     "retention": RollupTable("rollup_retention_monthly", ("scope_id", "cohort", "month", "tier_id"), ("agents",),
                              period="month >= :mstart AND month <= :mend"),
     "shop": RollupTable("rollup_shop_daily", ("scope_id", "day", "shop_id"), ("orders", "gmv", "profit")),
+    # Delivery times by day of PAYMENT (app/analytics/delivery.py): platform only, no scope.
+    "delivery": RollupTable("rollup_delivery_daily", ("day", "product_id", "supplier_id", "bucket"),
+                            ("orders", "total_ms")),
 }
 # The path an order counts along (SQL over orders o): an agent's order its buyer's, a shop order its agent's.
 SCOPE_PATH = "CASE WHEN o.agent_id IS NOT NULL OR o.shop_id IS NOT NULL THEN o.upline_path END"
@@ -182,6 +188,12 @@ def record_delivery(order_id: int) -> None:
 def record_refund(order_id: int) -> None:
     """A delivered (or disputed) order was just refunded: note it; the fold subtracts it on its delivery day."""
     _note(order_id, -1)
+
+
+def record_failure(order_id: int) -> None:
+    """A paid order just ended without a delivery (failed, or refunded from paid / delivering): note it for the
+    delivery-time rollup (a failure on its day of payment). The other rollups ignore it: it was never delivered."""
+    _note(order_id, 0)
 
 
 def _note(order_id: int, sign: int) -> None:
@@ -269,6 +281,7 @@ def fold_orders(limit: int | None = None) -> int:
             return 0
         deltas = _Deltas()
         _fold_rows(conn, rows, deltas)
+        _delivery_deltas(conn, rows, deltas)
         deltas.write(conn)
         conn.execute(_PENDING.delete().where(_PENDING.c.id.in_([r.pid for r in rows])))
         db.session.commit()
@@ -301,8 +314,8 @@ class _Deltas:
     """The batch's deltas summed per rollup key (all-zero keys are not written)."""
 
     def __init__(self) -> None:
-        self.tables: dict[str, dict[tuple, list[int]]] = {name: {} for name in ("sales", "profile", "agent",
-                                                                                  "active", "retention", "shop")}
+        # Every table the fold writes (money flows are folded from journals by fold_money).
+        self.tables: dict[str, dict[tuple, list[int]]] = {name: {} for name in TABLES if name != "money"}
 
     def add(self, table: str, key: tuple, sums: tuple[int, ...]) -> None:
         current = self.tables[table].setdefault(key, [0] * len(sums))
@@ -427,6 +440,38 @@ def _activity_deltas(deltas: _Deltas, days: dict[int, dict[date, int]], r, sign:
         for s in scopes:
             if s != r.agent_id:
                 deltas.add("retention", (s, cohort, month, r.agent_tier_id), (turned_month,))
+
+
+# Whose delivery (or failure) it was: the supplier that delivered it (orders.supplier_id), or for a top-up that was
+# never delivered the last supplier it was submitted to (orders.supplier_id still names the product's default).
+_DELIVERY_SUPPLIER = ("CASE WHEN o.delivered_at IS NULL THEN coalesce((SELECT ra.supplier_id FROM recharge_attempt ra"
+                      " WHERE ra.order_id = o.id ORDER BY ra.seq DESC LIMIT 1), o.supplier_id)"
+                      " ELSE o.supplier_id END")
+# The facts of a batch's deliveries and failures the delivery-time rollup needs (paid_at, delivered_at).
+_DELIVERY_FACTS = text(f"SELECT o.id, o.product_id, {_DELIVERY_SUPPLIER} AS supplier_id, o.paid_at, o.delivered_at"
+                       " FROM orders o WHERE o.id IN :ids").bindparams(bindparam("ids", expanding=True)).columns(
+    paid_at=DateTime(), delivered_at=DateTime())
+
+
+def _delivery_deltas(conn, rows, deltas: _Deltas) -> None:
+    """rollup_delivery_daily: +1 in the delivery's time bucket (sign +1) or in the failed bucket (sign 0), on the
+    China day of payment. A refund (-1) leaves the delivery where it was: it was delivered that fast."""
+    from app.analytics import delivery
+
+    wanted = [r for r in rows if int(r.sign) in (0, 1)]
+    if not wanted:
+        return
+    facts = {f.id: f for f in conn.execute(_DELIVERY_FACTS, {"ids": sorted({r.order_id for r in wanted})})}
+    for r in wanted:
+        f = facts.get(r.order_id)
+        if f is None or f.paid_at is None:
+            continue
+        day = to_local(f.paid_at).date()
+        if int(r.sign) == 1 and f.delivered_at is not None:
+            ms = delivery.elapsed_ms(f.paid_at, f.delivered_at)
+            deltas.add("delivery", (day, f.product_id, f.supplier_id, delivery.bucket_of(ms)), (1, ms))
+        elif int(r.sign) == 0 and f.delivered_at is None:
+            deltas.add("delivery", (day, f.product_id, f.supplier_id, delivery.FAILED_BUCKET), (1, 0))
 
 
 def fold_inline() -> bool:
@@ -681,6 +726,26 @@ def _retention_sql(where: str, replace: bool = False) -> str:
                      " GROUP BY x.scope_id, x.cohort, x.month, x.tier_id ORDER BY x.scope_id, x.cohort", replace)
 
 
+def _delivery_sql(where: str, replace: bool = False) -> str:
+    """Delivery-time histogram of the orders paid in the range (`where` on o.paid_at): every order delivered (its
+    +1 folded), and every order that ended without a delivery after it was paid (its 0 folded): failed or refunded,
+    never delivered, not a risk control rejection (risk_hold). The fold's definition, set-based."""
+    from app.analytics import delivery
+
+    dialect = _dialect()
+    day, _ = _local_sql("o.paid_at")
+    ms = delivery.elapsed_ms_sql("o.paid_at", "o.delivered_at", dialect)
+    src = (f"src AS (SELECT {day} AS day, o.product_id, {_DELIVERY_SUPPLIER} AS supplier_id, o.delivered_at,"
+           f" CASE WHEN o.delivered_at IS NULL THEN 0 ELSE {ms} END AS ms FROM orders o WHERE {where}"
+           f" AND ((o.delivered_at IS NOT NULL AND NOT {_pending('o', 1)})"
+           f" OR (o.delivered_at IS NULL AND o.status IN ('failed', 'refunded') AND NOT o.risk_hold"
+           f" AND NOT {_pending('o', 0)})))")
+    bucket = f"CASE WHEN x.delivered_at IS NULL THEN {delivery.FAILED_BUCKET} ELSE {delivery.bucket_sql('x.ms')} END"
+    return _assemble("INSERT INTO rollup_delivery_daily (day, product_id, supplier_id, bucket, orders, total_ms)",
+                     src, f"SELECT x.day, x.product_id, x.supplier_id, {bucket}, count(*), sum(x.ms) FROM src x"
+                     f" GROUP BY x.day, x.product_id, x.supplier_id, {bucket} ORDER BY x.day", replace)
+
+
 def _money_sql(journal_where: str, replace: bool = False) -> str:
     """Money-flow deltas of the journals matching `journal_where` (columns of ledger_journal j0).
 
@@ -827,6 +892,8 @@ def rebuild(start: date, end: date) -> dict:
         written["shop"] = db.session.execute(text(_shop_sql(in_range, pg)), params).rowcount
         written["money"] = db.session.execute(text(_money_sql(
             "j0.created_at >= :lo AND j0.created_at < :hi AND j0.id <= :mark", pg)), params).rowcount
+        written["delivery"] = db.session.execute(text(_delivery_sql(
+            "o.paid_at >= :lo AND o.paid_at < :hi", pg)), params).rowcount
         db.session.commit()
     except Exception:
         db.session.rollback()
@@ -844,7 +911,8 @@ def rebuild(start: date, end: date) -> dict:
 _CLUSTERED = {"rollup_sales_daily": "scope_id, day", "rollup_profile_daily": "scope_id, dimension, day",
               "rollup_agent_daily": "day, agent_id", "rollup_money_daily": "scope_id, day",
               "rollup_active_daily": "scope_id, day", "rollup_retention_monthly": "scope_id, cohort",
-              "rollup_shop_daily": "scope_id, day"}
+              "rollup_shop_daily": "scope_id, day",
+              "rollup_delivery_daily": "day"}
 
 
 def _analyze() -> None:

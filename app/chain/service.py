@@ -75,6 +75,7 @@ MONEY_ACTIONS = frozenset({
     "order.refund", "refund.retry", "refund.confirm",  # refunds
     "dispute.open", "dispute.resolve",  # freezes the supplier's payable and commissions; refunds or releases
     "risk.review.approve", "risk.review.reject",  # held money delivered or refunded
+    "compensation.issue",  # bulk compensation coupons (批量补偿): value given to buyers
 })
 AUDIT_FIELDS = ("created_at", "actor_id", "action", "target_type", "target_id", "old_value", "new_value", "reason")
 RISK_FIELDS = ("event", "outcome", "stage", "score", "hits", "features", "subject", "rule_versions", "agent_id",

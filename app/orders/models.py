@@ -130,6 +130,15 @@ class Order(db.Model):
     def shop_base_display(self) -> str:
         return format_fen(self.shop_base_amount) if self.shop_base_amount is not None else "-"
 
+    def delivery_time_display(self) -> str:
+        """Paid → delivered, as app.analytics.delivery measures it ('-' until delivered)."""
+        if self.paid_at is None or self.delivered_at is None:
+            return "-"
+        from app.analytics.delivery import elapsed_ms
+
+        ms = elapsed_ms(self.paid_at, self.delivered_at)
+        return f"{ms / 1000:.3f} s" if ms < 60_000 else f"{ms // 60_000} min {ms % 60_000 // 1000} s"
+
 
 # The blind indexes follow every ORM write of the plaintext (constructor or assignment). Core inserts of orders
 # (benches, the demo history) set them themselves with app.crypto.pii_hash.

@@ -105,6 +105,8 @@ def transition(order_id: int, to_status: str, current: str | None = None) -> Non
                 notices.queue_for_delivery(order_id)
     elif to_status == "refunded" and current in ("delivered", "disputed"):
         rollups.record_refund(order_id)
+    elif to_status in ("failed", "refunded") and current in ("paid", "delivering"):
+        rollups.record_failure(order_id)  # paid, never delivered: the delivery-time rollup counts a failure
     if to_status in NOTIFIED_STATUSES and row.notify_url:
         # The order's new state is POSTed to notify_url after this transaction commits (outbox).
         outbox.write("order_callback", f"order:{row.order_no}:notify:{to_status}",

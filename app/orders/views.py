@@ -14,7 +14,7 @@ ORDER_LABELS = {
     "status_display": _("状态"), "channel": _("支付方式"), "out_trade_no": _("商户订单号"),
     "account": _("充值账号"), "contact": _("联系方式"), "created_at": _("下单时间"), "paid_at": _("支付时间"),
     "delivered_at": _("到账时间"), "upline_path": _("上级链"), "card_secrets": _("卡密"),
-    "upstream_status": _("上游状态"),
+    "upstream_status": _("上游状态"), "delivery_time_display": _("到账用时"),
     "contact_hash": _("手机号 / 联系方式 / 充值账号"),
     "shop": _("分站"), "shop_base_display": _("代理拿货价合计"), "shop_profit_display": _("分站利润"),
 }
@@ -43,7 +43,7 @@ class OrderView(ReadableColumnsMixin, ModelView):
     show_columns = ["order_no", "agent", "product", "supplier", "tier", "quantity", "unit_price_display",
                     "amount_display", "status_display", "upstream_status", "channel", "out_trade_no", "account",
                     "contact", "upline_path", "shop", "shop_base_display", "shop_profit_display", "created_at",
-                    "paid_at", "delivered_at"]
+                    "paid_at", "delivered_at", "delivery_time_display"]
     search_columns = ["order_no", "contact_hash", "agent", "product", "status", "upstream_status", "channel",
                       "out_trade_no", "shop", "created_at"]
     label_columns = ORDER_LABELS

@@ -13,8 +13,8 @@ Rules:
   checkouts can exceed neither limit.
 - An order closed unpaid gives its use back (the redemption is deleted, used_count decremented); a refunded order
   does not (the coupon was used on a sale that happened).
-- A compensation coupon (issued when a dispute is resolved) is bound to the disputed order's buyer: only that
-  redeemer may use it.
+- A compensation coupon (issued when a dispute is resolved, or by a bulk compensation) is bound to the order's
+  buyer: only that redeemer may use it (`owner`, or the dispute's order).
 """
 from __future__ import annotations
 
@@ -114,6 +114,8 @@ def _load(code: str) -> Coupon:
 
 def _owner(coupon: Coupon) -> str | None:
     """The only redeemer allowed to use a compensation coupon, or None for an ordinary coupon."""
+    if coupon.owner:  # bulk compensation (app.support.compensation) names it on the coupon
+        return coupon.owner
     dispute = db.session.scalar(select(Dispute).where(Dispute.compensation_coupon_id == coupon.id))
     return redeemer_for_order(dispute.order) if dispute is not None else None
 
@@ -211,12 +213,13 @@ def check_definition(c: Coupon) -> None:
 
 def create_coupon(code: str | None, name: str, kind: str, value: int, *, min_spend: int = 0,
                   starts_at: datetime | None = None, ends_at: datetime | None = None, per_user_limit: int = 1,
-                  total_limit: int | None = None, active: bool = True) -> Coupon:
-    """Add a coupon to the session and flush (the caller commits)."""
+                  total_limit: int | None = None, active: bool = True, owner: str | None = None) -> Coupon:
+    """Add a coupon to the session and flush (the caller commits). `owner`: the only redeemer who may use it."""
     starts_at = starts_at or utcnow()
     coupon = Coupon(code=code or new_code(), name=name, kind=kind, value=value, min_spend=min_spend,
                     starts_at=starts_at, ends_at=ends_at or starts_at + timedelta(days=COMPENSATION_DAYS),
-                    per_user_limit=per_user_limit, total_limit=total_limit, used_count=0, active=active)
+                    per_user_limit=per_user_limit, total_limit=total_limit, used_count=0, active=active,
+                    owner=owner)
     try:
         check_definition(coupon)
     except ValueError as exc:

@@ -176,6 +176,9 @@ class Coupon(db.Model):
     used_count = Column(Integer, nullable=False, default=0)
     active = Column(Boolean, nullable=False, default=True)
     created_at = Column(DateTime, nullable=False, default=utcnow)
+    # A compensation coupon's only redeemer (app.payments.coupons: "agent:<id>" or "contact:<blind index>");
+    # NULL for a coupon anyone may use (a dispute's coupon is bound through its dispute instead).
+    owner = Column(String(160), index=True)
 
     def __repr__(self) -> str:
         return self.code

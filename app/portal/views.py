@@ -37,15 +37,24 @@ def own_account_ids():
 
 
 class HomeView(IndexView):
-    """Landing page: agents see their wallet and shortcuts; staff see the admin shortcuts."""
+    """Landing page: staff go to their workbench (工作台); agents see their home (balances, today's sales and
+    commission, team, shop, notices); visitors the sign-in button."""
     index_template = "kameng/home.html"
 
     @expose("/")
     def index(self):
         agent = current_agent()
-        context = {"agent": agent, "staff": is_staff()}
+        staff = is_staff()
+        if staff and agent is None and self.appbuilder.sm.has_access("can_index", "WorkbenchView"):
+            from app.workbench import views as workbench
+
+            return self.render_template(workbench.TEMPLATE, appbuilder=self.appbuilder,
+                                        **workbench.context(self.appbuilder))
+        context = {"agent": agent, "staff": staff}
         if agent is not None:
-            context["summary"] = portal.summary(agent)
+            from app.workbench import service as workbench
+
+            context["home"] = workbench.agent_home(agent)
         return self.render_template(self.index_template, appbuilder=self.appbuilder, **context)
 
 

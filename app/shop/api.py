@@ -88,6 +88,9 @@ def order_view(order: Order, with_secrets: bool) -> dict:
         data["card_secrets"] = cards.reveal(order.id) if order.status == "delivered" else []
         data["discount"] = order.discount
         data["dispute"] = disputes.public_view(disputes.for_order(order.id))  # with any compensation coupon
+        from app.support import compensation
+
+        data["compensation_coupons"] = compensation.coupons_for_order(order.id)  # a bulk compensation's coupon
         # The delivery's place in the tamper-evident chain: checkable at /trust/ against the day's head.
         record_hash = chain.delivery_hash(data["order_no"]) if order.delivered_at else None
         data["record_hash"] = record_hash

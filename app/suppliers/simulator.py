@@ -20,6 +20,11 @@ away or a replayed nonce: 401 {"error": "..."}. Bodies are JSON (UTF-8). Money i
   that is not an 11-digit mobile number starting with 1.
 - `POST /api/query` {"order_no"} → the same shape, or {"order_no", "status": "not_found"} for an order the
   upstream never recorded.
+- `POST /api/cancel` {"order_no"} (撤单: withdraw an order before it credits) → the same shape, where the order
+  stands afterwards: "failed" when it will never credit (withdrawn now; failed before; or never received, in
+  which case the number is recorded as withdrawn and a later submit of it answers "failed" without crediting),
+  "success" when it already credited, "submitted"/"processing" when the operator already has it and it can no
+  longer be withdrawn (behaviour `cancel` "refuse"). A withdrawn order's final callback is sent as for a failure.
 - `GET /api/balance` → {"balance": fen}.
 - `GET /api/products` → {"products": [{"code", "name", "stock": int|null (null = unlimited), "price": fen,
   "available": bool}]}.
@@ -34,8 +39,8 @@ can arrive after a query already told the caller the final state (a late callbac
 
 Behaviour per product code (or "*" for every code without its own), set by `POST /_sim/behaviour`
 {"code", "mode", "latency_ms", "pending_polls", "final", "answer", "complete_after_ms", "callback",
-"callback_delay_ms", "duplicate_callbacks", "timeout_ms"}; omitted keys take the defaults below. The behaviour
-in force when an order is first submitted stays with that order.
+"callback_delay_ms", "duplicate_callbacks", "timeout_ms", "cancel"}; omitted keys take the defaults below. The
+behaviour in force when an order is first submitted stays with that order.
 - mode `success` (default): credit at once, answer success.
 - mode `fail`: answer failed (上游拒绝); nothing credited.
 - mode `pending`: answer `answer` ("processing" by default, or "submitted"); queries answer processing
@@ -50,13 +55,15 @@ in force when an order is first submitted stays with that order.
 - `latency_ms`: extra delay for this code's answers, on top of the global latency.
 - `callback`: "final" (default: on the final state), "all" (also on the first answer: submitted/processing),
   "none" (never). true/false mean "final"/"none".
+- `cancel`: "allow" (default: a pending order can be withdrawn by /api/cancel) or "refuse" (it cannot).
+A slow supplier, for the delivery promise: mode `pending` with a large `pending_polls` keeps answering processing.
 
 Control API (tests and demo; no signature, only from 127.0.0.1): `POST /_sim/behaviour` (above; answers the
 behaviour stored), `GET /_sim/behaviour`, `POST /_sim/reset` (forget orders and behaviours; balance and
 products back to the start), `POST /_sim/balance` {"balance"}, `POST /_sim/stock` {"code", "stock", "price",
 "name"?, "available"?} (creates or updates a product), `GET /_sim/orders` → {"orders": [{"order_no", "trade_no",
 "code", "account", "quantity", "amount", "status", "message", "credits", "submits", "queries",
-"callbacks_sent", "callback_answers", "notify_url"}]}, `GET /_sim/state` → {"balance", "products"}.
+"callbacks_sent", "callback_answers", "notify_url", "cancels"}]}, `GET /_sim/state` → {"balance", "products"}.
 The global latency (`latency_ms`) applies to every /api answer, not to the control API.
 """
 from __future__ import annotations
@@ -101,7 +108,7 @@ DEFAULT_PRODUCTS: dict[str, tuple[str, int | None, int]] = {
 DEFAULT_BEHAVIOUR = {
     "mode": "success", "latency_ms": 0, "pending_polls": 2, "final": "success", "answer": "processing",
     "complete_after_ms": None, "callback": "final", "callback_delay_ms": 0, "duplicate_callbacks": 0,
-    "timeout_ms": 3000,
+    "timeout_ms": 3000, "cancel": "allow",
 }
 
 
@@ -139,6 +146,8 @@ def clean_behaviour(data: dict) -> tuple[str, dict]:
         raise BadRequest("final must be success or failed")
     if behaviour["answer"] not in ("submitted", "processing"):
         raise BadRequest("answer must be submitted or processing")
+    if behaviour["cancel"] not in ("allow", "refuse"):
+        raise BadRequest("cancel must be allow or refuse")
     callback = behaviour["callback"]
     behaviour["callback"] = {True: "final", False: "none"}.get(callback, callback) if isinstance(callback, bool) \
         else callback
@@ -279,7 +288,8 @@ class SupplierSimulator:
             return _json({"error": problem}, 401)
         route = (request.method, request.path)
         handlers = {("POST", "/api/recharge"): self._recharge, ("POST", "/api/query"): self._query,
-                    ("GET", "/api/balance"): self._balance, ("GET", "/api/products"): self._products}
+                    ("POST", "/api/cancel"): self._cancel, ("GET", "/api/balance"): self._balance,
+                    ("GET", "/api/products"): self._products}
         handler = handlers.get(route)
         if handler is None:
             return _json({"error": "not found"}, 404)
@@ -344,7 +354,7 @@ class SupplierSimulator:
                      "account": account, "quantity": quantity, "amount": 0, "notify_url": notify_url,
                      "status": "submitted", "message": "", "credits": 0, "submits": 1, "queries": 0,
                      "callbacks_sent": 0, "callback_answers": [], "created_at": time.time(),
-                     "behaviour": behaviour, "polls_left": behaviour["pending_polls"]}
+                     "behaviour": behaviour, "polls_left": behaviour["pending_polls"], "cancels": 0}
             self.orders[order_no] = order
             refusal = self._refusal(order)
             mode = behaviour["mode"]
@@ -476,6 +486,33 @@ class SupplierSimulator:
                     order["status"] = "processing"
                 else:
                     send += self._finish(order, behaviour["final"])
+            answer = self._answer(order)
+        self._schedule(send)
+        return _json(answer), behaviour["latency_ms"]
+
+    def _cancel(self, data: dict) -> tuple[Response, int]:
+        order_no = data.get("order_no")
+        if not isinstance(order_no, str) or not order_no.strip() or len(order_no) > 128:
+            raise BadRequest("order_no is required (a string of at most 128 characters)")
+        send = []
+        with self.lock:
+            order = self.orders.get(order_no)
+            if order is None:  # never received: barred, so a submit still in flight can never credit it
+                behaviour = self._behaviour_for("*")
+                order = {"order_no": order_no, "trade_no": "SIM" + secrets.token_hex(8).upper(), "code": None,
+                         "account": None, "quantity": 0, "amount": 0, "notify_url": None, "status": "failed",
+                         "message": "已撤单：未收到此单 (withdrawn before it was received)", "credits": 0,
+                         "submits": 0, "queries": 0, "callbacks_sent": 0, "callback_answers": [],
+                         "created_at": time.time(), "behaviour": behaviour, "polls_left": 0, "cancels": 1}
+                self.orders[order_no] = order
+            else:
+                order["cancels"] += 1
+                behaviour = order["behaviour"]
+                if order["status"] in ("submitted", "processing"):
+                    if behaviour["cancel"] == "allow":
+                        send += self._finish(order, "failed", "已撤单 (withdrawn at the caller's request)")
+                    else:
+                        order["message"] = "运营商处理中，无法撤单 (already at the operator: cannot be withdrawn)"
             answer = self._answer(order)
         self._schedule(send)
         return _json(answer), behaviour["latency_ms"]

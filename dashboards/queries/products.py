@@ -4,6 +4,7 @@ availability, open low-stock alerts.
 Sales come from rollup_sales_daily (GROUP BY, (scope_id, day) index). Stock left is not a rollup: it is the count
 of available card secrets per product (app.catalog.cards.available_counts, indexed). Days of stock use the
 platform's sales rate of the last 7 business days (stock is the platform's, whichever branch is being viewed).
+Delivery times come from rollup_delivery_daily (days of payment, the whole platform: app/analytics/delivery.py).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from sqlalchemy import func, select
 
 from app.analytics.models import PLATFORM_SCOPE, SalesDaily
 from app.catalog import cards
-from app.catalog.models import Category, Product, StockAlert
+from app.catalog.models import Category, Product, StockAlert, Supplier
 from app.extensions import db
 from app.suppliers.models import SupplierProduct
 from app.suppliers.service import available_direct_products
@@ -130,3 +131,33 @@ def open_alerts(category_id: int | None = None) -> list[dict]:
         query = query.where(Product.category_id == category_id)
     return [{"id": r.id, "product_id": r.product_id, "product": r.name, "available": r.available,
              "threshold": r.threshold, "created_at": r.created_at} for r in db.session.execute(query)]
+
+
+def delivery_times(start: date, end: date, category_id: int | None = None) -> list[dict]:
+    """Per product and supplier, the orders paid on days start..end: delivered, failed, success rate, p50 / p95
+    (bucket bounds), mean, within the promise, later than the SLA. Slowest p95 first."""
+    from app.analytics import delivery
+
+    query = select(Product.id).order_by(Product.id)
+    if category_id is not None:
+        query = query.where(Product.category_id == category_id)
+    stats = delivery.by_product_supplier(start, end, list(db.session.scalars(query)) if category_id else None)
+    names = _products(sorted({p for p, _ in stats}))
+    suppliers = dict(db.session.execute(select(Supplier.id, Supplier.name).where(
+        Supplier.id.in_(sorted({s for _, s in stats}) or [-1]))).all())
+    out = []
+    for (product_id, supplier_id), st in stats.items():
+        product = names.get(product_id, {})
+        out.append({"product_id": product_id, "product": product.get("name", str(product_id)),
+                    "kind": product.get("kind", ""), "supplier_id": supplier_id,
+                    "supplier": suppliers.get(supplier_id, str(supplier_id)), "stats": st})
+    out.sort(key=lambda r: (not r["stats"].overflow_p95, -(r["stats"].p95_ms or 0), -r["stats"].failed,
+                            r["product"], r["supplier"]))
+    return out
+
+
+def delivery_overall(start: date, end: date) -> object:
+    """The platform's delivery stats of the orders paid on days start..end."""
+    from app.analytics import delivery
+
+    return delivery.platform_stats(start, end)

@@ -23,6 +23,10 @@ class InvalidCallback(Exception):
     """A callback that is not signed by this supplier, or does not parse."""
 
 
+class CancelNotSupported(Exception):
+    """The upstream's protocol has no way to withdraw an order: whatever it is doing, it may still credit."""
+
+
 @dataclass(frozen=True)
 class Connection:
     """What an adapter needs to talk to one supplier (the secret already decrypted)."""
@@ -76,6 +80,14 @@ class SupplierAdapter(ABC):
     @abstractmethod
     def query(self, order_no: str) -> UpstreamResult:
         """Where the upstream stands on our order (NOT_FOUND if it never received it)."""
+
+    def cancel(self, order_no: str) -> UpstreamResult:
+        """Ask the upstream to withdraw our order (撤单) before it credits. The answer is where the order stands
+        afterwards: FAILED only when it will never credit (withdrawn now, failed before, or never received and now
+        barred from being submitted), SUCCESS when it already credited, SUBMITTED / PROCESSING when it can no longer
+        be withdrawn. Raise UpstreamUnreachable when the outcome is unknown, CancelNotSupported when the protocol
+        has no such call (the default)."""
+        raise CancelNotSupported(f"{self.protocol} upstreams cannot withdraw an order")
 
     @abstractmethod
     def parse_callback(self, headers: dict, body: bytes) -> CallbackResult:

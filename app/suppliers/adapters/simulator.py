@@ -110,6 +110,12 @@ class SimulatorAdapter(SupplierAdapter):
             raise UpstreamUnreachable(f"query refused: HTTP {status}: {str(data.get('error', ''))[:200]}")
         return self._result(data, ANSWER_STATUSES + (NOT_FOUND,))
 
+    def cancel(self, order_no: str) -> UpstreamResult:
+        status, data = self._call("POST", "/api/cancel", {"order_no": order_no})
+        if status >= 400:
+            raise UpstreamUnreachable(f"cancel refused: HTTP {status}: {str(data.get('error', ''))[:200]}")
+        return self._result(data, ANSWER_STATUSES)
+
     def parse_callback(self, headers: dict, body: bytes) -> CallbackResult:
         if len(body) > CALLBACK_MAX_BYTES:
             raise InvalidCallback("callback body too large")

@@ -1,0 +1,1 @@
+"""Platform notices (公告): short texts admins post for agents, staff or both, shown on their home pages."""
