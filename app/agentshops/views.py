@@ -321,7 +321,16 @@ class ShopDomainView(ReadableColumnsMixin, ModelView):
         return self._decide(items, False)
 
 
+def _home_shop_link(agent) -> tuple[str, str] | None:
+    """The agent home's shop card (app.workbench): the shop's name and address, once it has one."""
+    shop = service.shop_of(agent.id)
+    return (shop.name, shop_url(shop)) if shop is not None else None
+
+
 def register(appbuilder, admin_category: str, portal_category: str) -> None:
+    from app.workbench.service import register_shop_link
+
+    register_shop_link(_home_shop_link)
     appbuilder.add_view(MyShopView, "我的分站", href="/portal/shop/", icon="fa-shopping-basket",
                         category=portal_category)
     appbuilder.add_view(MyShopOrderView, "分站订单", icon="fa-list-ul", category=portal_category)
