@@ -1,6 +1,7 @@
 """`flask kameng worker`: RQ workers inside the Flask app, with the scheduler and the periodic jobs."""
 from __future__ import annotations
 
+import logging
 import threading
 
 from flask import Flask, current_app
@@ -9,6 +10,8 @@ from rq import SimpleWorker
 from workers.queues import QUEUES, get_queue, redis_connection
 from workers.schedule import build_cron
 
+log = logging.getLogger(__name__)
+
 
 class AppWorker(SimpleWorker):
     """Runs jobs in-process (no fork: ~360 jobs/s measured) inside the Flask app context."""
@@ -16,6 +19,10 @@ class AppWorker(SimpleWorker):
     flask_app: Flask | None = None
 
     def perform_job(self, job, queue, *args, **kwargs):
+        from app.ops import logs
+
+        # Log lines of this job carry the id of the request that enqueued it (and the job's own id).
+        tokens = logs.bind((job.meta or {}).get("request_id"), job.id)
         with self.flask_app.app_context():
             try:
                 result = super().perform_job(job, queue, *args, **kwargs)
@@ -25,15 +32,21 @@ class AppWorker(SimpleWorker):
             finally:
                 from app.extensions import db
                 db.session.remove()
+                logs.unbind(tokens)
 
 
 def _cron_loop(app: Flask, stop: threading.Event) -> None:
     with app.app_context():
         cron = build_cron(app, redis_connection())
         while not stop.is_set():
-            if cron.enqueue_jobs():
-                cron.save()
-            stop.wait(max(1.0, min(cron.calculate_sleep_interval(), 30.0)))
+            try:
+                if cron.enqueue_jobs():
+                    cron.save()
+                wait = max(1.0, min(cron.calculate_sleep_interval(), 30.0))
+            except Exception:  # Redis restarting: the periodic jobs go on once it answers (the thread must live)
+                log.warning("periodic jobs not enqueued (Redis unreachable?); retrying", exc_info=True)
+                wait = 2.0
+            stop.wait(wait)
 
 
 def run_worker(queues: list[str] | None = None, burst: bool = False, with_cron: bool = True) -> bool:
