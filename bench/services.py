@@ -25,12 +25,15 @@ def free_port() -> int:
 
 
 def wait_until(condition, timeout: float, what: str, interval: float = 0.1) -> float:
-    """Wait until condition() is true; return the seconds it took, or raise naming `what`."""
+    """Wait until condition() is true; return the seconds it took, or raise naming `what`. A RuntimeError from the
+    condition (a process that exited) ends the wait at once; other errors count as "not yet"."""
     started = time.monotonic()
     while True:
         try:
             if condition():
                 return time.monotonic() - started
+        except RuntimeError:
+            raise
         except Exception:
             pass
         if time.monotonic() - started > timeout:

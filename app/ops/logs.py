@@ -100,6 +100,10 @@ def _assign_request_id() -> None:
     _JOB_ID.set(None)
 
 
+def _forget_request_id(_exc) -> None:
+    _REQUEST_ID.set(None)
+
+
 def _answer_request_id(response):
     request_id = request.environ.get("kameng.request_id")
     if request_id:
@@ -119,3 +123,5 @@ def init_app(app: Flask) -> None:
     # First of all before_request functions: whatever logs during the others carries the id.
     app.before_request_funcs.setdefault(None, []).insert(0, _assign_request_id)
     app.after_request(_answer_request_id)
+    # Cleared once the request's teardown (which may dispatch its outbox jobs under the id) is over.
+    app.teardown_appcontext(_forget_request_id)
