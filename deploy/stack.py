@@ -292,6 +292,17 @@ http {{
         finally:
             client.close()
 
+    def worker_registered(self, name: str) -> bool:
+        """Whether the process behind `name` (worker0, ...) is registered in Redis as an RQ worker."""
+        from redis import Redis
+
+        pid = self.procs[name].pid
+        client = Redis.from_url(self.redis.url(0), socket_timeout=2, socket_connect_timeout=2)
+        try:
+            return any(client.hget(key, "pid") == str(pid).encode() for key in client.smembers("rq:workers"))
+        finally:
+            client.close()
+
     # --- faults ---------------------------------------------------------------------------------------------
 
     def kill(self, name: str) -> None:

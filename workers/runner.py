@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from flask import Flask, current_app
 from rq import SimpleWorker
@@ -35,6 +36,16 @@ class AppWorker(SimpleWorker):
                 logs.unbind(tokens)
 
 
+    def heartbeat(self, timeout: int | None = None, pipeline=None):
+        """Also re-register when Redis lost this worker (a restart without persistence): RQ registers a worker
+        once, at birth, so it would go on working unseen by the jobs page and the metrics."""
+        if pipeline is None and not self.connection.hexists(self.key, "birth"):
+            self.connection.delete(self.key)  # a heartbeat's own leftovers, without the worker's fields
+            self.register_birth()
+            self.log.warning("Worker %s: registered again (Redis had lost its registration)", self.name)
+        return super().heartbeat(timeout, pipeline)
+
+
 def _cron_loop(app: Flask, stop: threading.Event) -> None:
     with app.app_context():
         cron = build_cron(app, redis_connection())
@@ -55,15 +66,30 @@ def run_worker(queues: list[str] | None = None, burst: bool = False, with_cron: 
         raise RuntimeError("REDIS_URL is not set: without Redis, jobs run inline in the web process")
     app = current_app._get_current_object()
     names = queues or list(QUEUES)
-    worker = AppWorker([get_queue(n) for n in names], connection=connection)
-    worker.flask_app = app
     stop = threading.Event()
     cron_thread = None
     if with_cron and not burst:
         cron_thread = threading.Thread(target=_cron_loop, args=(app, stop), daemon=True, name="kameng-cron")
         cron_thread.start()
     try:
-        return worker.work(burst=burst, with_scheduler=True)
+        while True:
+            worker = AppWorker([get_queue(n) for n in names], connection=connection)
+            worker.flask_app = app
+            worked = worker.work(burst=burst, with_scheduler=True)
+            if burst or worker._stop_requested:
+                return worked
+            # RQ quits on a Redis error it meets outside a job (e.g. finishing one while Redis restarts). The job
+            # itself is safe (idempotent, re-dispatched by the outbox sweeper): work again once Redis answers.
+            log.warning("worker %s stopped without being asked (Redis unreachable?); starting again", worker.name)
+            for _ in range(20):
+                time.sleep(0.5)
+                if worker._stop_requested:
+                    return worked
+                try:
+                    if connection.ping():
+                        break
+                except Exception:
+                    continue
     finally:
         stop.set()
         if cron_thread:
