@@ -260,3 +260,29 @@ def test_redis_down_cards_are_sold_paid_and_looked_up_and_limits_hold(app, pg_ur
             assert get_queue("high").count == 1
             assert check_ledger() == []
             db.session.remove()
+
+
+def test_a_worker_registers_again_after_redis_lost_it(app, redis_url):
+    """Redis restarted without persistence forgets every worker; RQ registers a worker only at birth, so it would
+    work on unseen by the jobs page and kameng_workers. Its next heartbeat registers it again."""
+    from redis import Redis
+    from rq import Worker
+
+    from workers.queues import get_queue
+    from workers.runner import AppWorker
+
+    app.config["REDIS_URL"] = redis_url
+    try:
+        connection = Redis.from_url(redis_url)
+        worker = AppWorker([get_queue("high")], connection=connection)
+        worker.register_birth()
+        assert Worker.count(connection=connection) == 1
+        connection.flushdb()  # what a restart of a Redis that keeps nothing leaves
+        assert Worker.count(connection=connection) == 0
+        worker.heartbeat()
+        assert [w.name for w in Worker.all(connection=connection)] == [worker.name]
+        worker.heartbeat()  # registered: an ordinary heartbeat
+        assert Worker.count(connection=connection) == 1
+        worker.register_death()
+    finally:
+        app.config["REDIS_URL"] = None
