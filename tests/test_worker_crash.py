@@ -8,7 +8,7 @@ conflicting row held by the test's own connection), kills with SIGKILL, and then
   with every line once.
 
 Payouts and refunds call an outside system: their crash windows (the answer lost with the process) are closed by
-polls that ask the bank or channel again (tests/test_withdrawal_poll.py, tests/test_payments_hardening.py).
+polls that ask the bank or channel again (tests/test_withdrawal_poll.py, tests/test_payment_gateways.py, tests/test_payments_hardening.py).
 """
 from __future__ import annotations
 

@@ -35,7 +35,6 @@ class AppWorker(SimpleWorker):
                 db.session.remove()
                 logs.unbind(tokens)
 
-
     def heartbeat(self, timeout: int | None = None, pipeline=None):
         """Also re-register when Redis lost this worker (a restart without persistence): RQ registers a worker
         once, at birth, so it would go on working unseen by the jobs page and the metrics."""
