@@ -365,11 +365,15 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16, help="client threads (mix: half Open API purchases, a "
                                                                 "quarter storefront, the rest top-ups and dashboards)")
     parser.add_argument("--drain-seconds", type=int, default=300, help="how long the backlog may take to drain")
+    parser.add_argument("--supplier-latency-ms", type=int, default=300,
+                        help="the supplier simulator's answer time: a worker killed is then likely inside a top-up")
     parser.add_argument("--keep", action="store_true", help="keep the logs")
     args = parser.parse_args()
     duration = args.minutes * 60
-    print(f"soak: {args.minutes:g} min, {args.clients} clients, faults at 1/5, 2/5, 3/5, 4/5", flush=True)
-    stack = Stack(extra_env={"RISK_ORDER_LIMIT_FEN": str(10 ** 12), "RISK_DAILY_LIMIT_FEN": str(10 ** 12),
+    print(f"soak: {args.minutes:g} min, {args.clients} clients, faults at 1/5, 2/5, 3/5, 4/5, the supplier answers "
+          f"in {args.supplier_latency_ms} ms", flush=True)
+    stack = Stack(supplier_latency_ms=args.supplier_latency_ms,
+                  extra_env={"RISK_ORDER_LIMIT_FEN": str(10 ** 12), "RISK_DAILY_LIMIT_FEN": str(10 ** 12),
                              "DELIVERY_SLA_SECONDS": "600"})
     journal = Journal()
     supervisor = Supervisor(stack, journal)
