@@ -8,7 +8,8 @@ conflicting row held by the test's own connection), kills with SIGKILL, and then
   with every line once.
 
 Payouts and refunds call an outside system: their crash windows (the answer lost with the process) are closed by
-polls that ask the bank or channel again (tests/test_withdrawal_poll.py, tests/test_payment_gateways.py, tests/test_payments_hardening.py).
+polls that ask the bank or channel again (tests/test_withdrawal_poll.py, tests/test_payment_gateways.py,
+tests/test_payments_hardening.py).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import uuid
 from datetime import timedelta
 
 import psycopg
@@ -29,23 +31,24 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.postgres_only
 
 
-def start_job(pg_url: str, code: str) -> subprocess.Popen:
-    """Python `code` run inside the app (against the test database) in a process of its own, as a worker would."""
+def start_job(pg_url: str, code: str, name: str) -> subprocess.Popen:
+    """Python `code` run inside the app (against the test database) in a process of its own, as a worker would;
+    its database sessions carry `name` as their application_name."""
     script = textwrap.dedent("""
         from app import create_app
         app = create_app({"FAB_CREATE_DB": False, "FAB_UPDATE_PERMS": False, "REDIS_URL": None})
         with app.app_context():
         """) + textwrap.indent(textwrap.dedent(code), "    ")
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    env.update(DATABASE_URL=pg_url, KAMENG_ENV="development", PYTHONUNBUFFERED="1")
+    env.update(DATABASE_URL=pg_url, KAMENG_ENV="development", PYTHONUNBUFFERED="1", PGAPPNAME=name)
     return subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def waiting_on_a_lock(conn: psycopg.Connection, pid_of_test: int) -> bool:
-    """Whether some other backend of this database waits on a lock (the job process, blocked by the test)."""
-    row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> %s "
-                       "AND wait_event_type = 'Lock'", (pid_of_test,)).fetchone()
+def waiting_on_a_lock(conn: psycopg.Connection, name: str) -> bool:
+    """Whether the job process (its sessions named `name`) waits on a lock: the one the test holds."""
+    row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+                       "AND wait_event_type = 'Lock'", (name,)).fetchone()
     return row[0] > 0
 
 
@@ -76,14 +79,14 @@ def test_settlement_killed_between_batches_finishes_once_on_the_next_run(app, f,
 
     with psycopg.connect(pg_url) as holder:
         holder.execute("SELECT id FROM ledger_account WHERE code = %s FOR UPDATE", (b_wallet,))  # batch 2 waits
-        test_pid = holder.info.backend_pid
+        name = f"kameng-crash-{uuid.uuid4().hex[:8]}"
         proc = start_job(pg_url, """
             from app.network import settlement
             settlement.settle(trigger="scheduled", batch_size=1)
-            """)
+            """, name)
         try:
             with psycopg.connect(pg_url, autocommit=True) as watcher:
-                wait_until(lambda: proc.poll() is None and waiting_on_a_lock(watcher, test_pid), 90,
+                wait_until(lambda: proc.poll() is None and waiting_on_a_lock(watcher, name), 90,
                            "the settlement blocked in its second batch")
             kill(proc)
         finally:
@@ -129,15 +132,15 @@ def test_card_import_killed_mid_way_is_resumed_and_counts_each_line_once(app, f,
                        "VALUES (%s, %s, %s, %s, 'available', now())",
                        (product.id, crypto.encrypt(lines[2]), crypto.keyed_hash(product.id, lines[2]),
                         crypto.mask(lines[2])))
-        test_pid = holder.info.backend_pid
+        name = f"kameng-crash-{uuid.uuid4().hex[:8]}"
         proc = start_job(pg_url, f"""
             from app.catalog import cards
             cards.CHUNK = 2
             cards.run_import({batch_id})
-            """)
+            """, name)
         try:
             with psycopg.connect(pg_url, autocommit=True) as watcher:
-                wait_until(lambda: proc.poll() is None and waiting_on_a_lock(watcher, test_pid), 90,
+                wait_until(lambda: proc.poll() is None and waiting_on_a_lock(watcher, name), 90,
                            "the import blocked in its second chunk")
             kill(proc)
         finally:
