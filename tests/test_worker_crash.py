@@ -45,11 +45,27 @@ def start_job(pg_url: str, code: str, name: str) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def waiting_on_a_lock(conn: psycopg.Connection, name: str) -> bool:
-    """Whether the job process (its sessions named `name`) waits on a lock: the one the test holds."""
+def blocked_by(conn: psycopg.Connection, name: str, holder_pid: int) -> bool:
+    """Whether the job process (its sessions named `name`) waits on a lock the test's `holder_pid` holds."""
     row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
-                       "AND wait_event_type = 'Lock'", (name,)).fetchone()
+                       "AND %s = ANY(pg_blocking_pids(pid))", (name, holder_pid)).fetchone()
     return row[0] > 0
+
+
+def lock_waits(conn: psycopg.Connection, name: str) -> list:
+    """What the job process waits on, and who holds it (for a failure message)."""
+    return conn.execute("SELECT a.state, left(a.query, 160), pg_blocking_pids(a.pid), "
+                        "(SELECT array_agg(b.application_name || ' ' || b.state || ': ' || left(b.query, 120)) "
+                        " FROM pg_stat_activity b WHERE b.pid = ANY(pg_blocking_pids(a.pid))) "
+                        "FROM pg_stat_activity a WHERE a.application_name = %s", (name,)).fetchall()
+
+
+def wait_blocked(proc: subprocess.Popen, conn: psycopg.Connection, name: str, holder_pid: int, what: str,
+                 ready=lambda: True) -> None:
+    try:
+        wait_until(lambda: proc.poll() is None and ready() and blocked_by(conn, name, holder_pid), 90, what)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}; the job's sessions: {lock_waits(conn, name)}; exit {proc.poll()}") from None
 
 
 def kill(proc: subprocess.Popen) -> None:
@@ -74,11 +90,13 @@ def test_settlement_killed_between_batches_finishes_once_on_the_next_run(app, f,
         amounts.append(orders.place_wallet_order(buyer.id, product.id, 1).amount // 10)
         uplines.append(up)
     a, b = uplines
+    a_id = a.id
     b_wallet = ledger.agent_account_code(b.id, "wallet")
     db.session.commit()
 
     with psycopg.connect(pg_url) as holder:
         holder.execute("SELECT id FROM ledger_account WHERE code = %s FOR UPDATE", (b_wallet,))  # batch 2 waits
+        test_pid = holder.info.backend_pid
         name = f"kameng-crash-{uuid.uuid4().hex[:8]}"
         proc = start_job(pg_url, """
             from app.network import settlement
@@ -86,8 +104,10 @@ def test_settlement_killed_between_batches_finishes_once_on_the_next_run(app, f,
             """, name)
         try:
             with psycopg.connect(pg_url, autocommit=True) as watcher:
-                wait_until(lambda: proc.poll() is None and waiting_on_a_lock(watcher, name), 90,
-                           "the settlement blocked in its second batch")
+                # Batch 1 committed (A's commission settled), batch 2 waiting on the test's lock.
+                wait_blocked(proc, watcher, name, test_pid, "the settlement blocked in its second batch",
+                             ready=lambda: watcher.execute("SELECT status FROM commission WHERE agent_id = %s",
+                                                           (a_id,)).fetchone()[0] == "settled")
             kill(proc)
         finally:
             if proc.poll() is None:
@@ -132,6 +152,7 @@ def test_card_import_killed_mid_way_is_resumed_and_counts_each_line_once(app, f,
                        "VALUES (%s, %s, %s, %s, 'available', now())",
                        (product.id, crypto.encrypt(lines[2]), crypto.keyed_hash(product.id, lines[2]),
                         crypto.mask(lines[2])))
+        test_pid = holder.info.backend_pid
         name = f"kameng-crash-{uuid.uuid4().hex[:8]}"
         proc = start_job(pg_url, f"""
             from app.catalog import cards
@@ -140,8 +161,7 @@ def test_card_import_killed_mid_way_is_resumed_and_counts_each_line_once(app, f,
             """, name)
         try:
             with psycopg.connect(pg_url, autocommit=True) as watcher:
-                wait_until(lambda: proc.poll() is None and waiting_on_a_lock(watcher, name), 90,
-                           "the import blocked in its second chunk")
+                wait_blocked(proc, watcher, name, test_pid, "the import blocked in its second chunk")
             kill(proc)
         finally:
             if proc.poll() is None:
