@@ -106,6 +106,11 @@ class Config:
     AUTH_RATE_LIMIT = env_str("AUTH_RATE_LIMIT", "10 per 20 second")
     RATELIMIT_ENABLED = env_bool("RATELIMIT_ENABLED", True)
     RATELIMIT_STORAGE_URI = env_str("REDIS_URL", "memory://")
+    # Redis down: each process counts limits in its own memory meanwhile (never a 500, never unlimited), and goes
+    # back to Redis once it answers; short timeouts so a stalled Redis cannot hold a request.
+    RATELIMIT_IN_MEMORY_FALLBACK_ENABLED = True
+    RATELIMIT_SWALLOW_ERRORS = True
+    RATELIMIT_STORAGE_OPTIONS = {"socket_timeout": 1, "socket_connect_timeout": 1}
     WTF_CSRF_ENABLED = env_bool("WTF_CSRF_ENABLED", True)
     BABEL_DEFAULT_LOCALE = "zh"
     BABEL_DEFAULT_FOLDER = "translations"
@@ -217,6 +222,15 @@ class Config:
     SHOP_MARKUP_MAX_BP = env_int("SHOP_MARKUP_MAX_BP", 5000)
     PLATFORM_HOSTS = env_list("PLATFORM_HOSTS")
     SHOP_DOMAIN_CACHE_SECONDS = env_int("SHOP_DOMAIN_CACHE_SECONDS", 30)
+    # Production operations (app/ops): outages, probes, metrics, logs
+    OUTAGE_RETRY_AFTER_SECONDS = env_int("OUTAGE_RETRY_AFTER_SECONDS", 5)  # Retry-After of the 503 answers
+    DATABASE_CONNECT_TIMEOUT = env_int("DATABASE_CONNECT_TIMEOUT", 5)  # seconds; a new connection gives up after
+    DATABASE_POOL_TIMEOUT = env_int("DATABASE_POOL_TIMEOUT", 10)  # seconds waiting for a pooled connection: 503
+    METRICS_TOKEN = env_str("METRICS_TOKEN")  # /metrics for `Authorization: Bearer <token>`
+    METRICS_ALLOW = env_list("METRICS_ALLOW")  # /metrics for these addresses / networks (e.g. 10.0.0.0/8)
+    METRICS_CACHE_SECONDS = env_int("METRICS_CACHE_SECONDS", 5)  # database and queue figures reused this long
+    LOG_FORMAT = env_str("LOG_FORMAT")  # json (default outside development) or text
+    LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 
     # Staff two-factor sign-in (app/twofactor): the default of the 平台设置 switch that makes it mandatory.
     STAFF_2FA_REQUIRED = env_bool("STAFF_2FA_REQUIRED", False)
@@ -271,6 +285,10 @@ def settle_environment(config: dict) -> None:
         raise ConfigError(f"{shown} is not development, so it runs only on real settings (the built-in development "
                           f"keys are refused). Set in the environment: " + "; ".join(problems) + ". For a local demo "
                           "on development keys, set KAMENG_ENV=development.")
+    token = config.get("METRICS_TOKEN")
+    if token and len(token) < 32:
+        raise ConfigError("METRICS_TOKEN must be a random secret of at least 32 characters (or unset, with "
+                          "METRICS_ALLOW naming the addresses that may read /metrics).")
     config["SESSION_COOKIE_SECURE"] = True
     config["REMEMBER_COOKIE_SECURE"] = True
     config["PREFERRED_URL_SCHEME"] = "https"

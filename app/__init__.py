@@ -14,7 +14,9 @@ def create_app(overrides: dict | None = None) -> Flask:
     if overrides:
         app.config.update(overrides)
     settle_environment(app.config)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from app.ops.logs import configure_from
+
+    configure_from(app.config)  # JSON lines outside development (LOG_FORMAT), each with its request id
     logging.getLogger("flask_appbuilder").setLevel(logging.WARNING)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     # urllib3 logs every request line at DEBUG: 易支付's V1 query carries the merchant key in its query string.
@@ -25,7 +27,9 @@ def create_app(overrides: dict | None = None) -> Flask:
 
     from app import models  # noqa: F401  (every table registered before FAB and Alembic look)
     from app.extensions import csrf, db, migrate
+    from app.ops.outage import engine_options
 
+    engine_options(app.config)  # pre-ping, recycle, connect timeout: the pool survives a database restart
     db.init_app(app)
     csrf.init_app(app)
     migrate.init_app(app, db, directory=str(app.root_path + "/../migrations"))
@@ -104,6 +108,9 @@ def create_app(overrides: dict | None = None) -> Flask:
 
     from app.cli import kameng_cli
     app.cli.add_command(kameng_cli)
+    from app import ops
+
+    ops.init_app(app)  # probes, outage answers, metrics, request ids: last, so they see everything above
     return app
 
 

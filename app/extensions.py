@@ -25,7 +25,10 @@ def append_engine():
     engines = current_app.extensions.setdefault("kameng_append_engines", {})
     url = db.engine.url
     if url not in engines:
-        engine = create_engine(url, pool_size=2, max_overflow=20, pool_recycle=300, isolation_level="AUTOCOMMIT")
+        # No pre-ping here (a round trip per purchase): after a database restart the first statement on a dead
+        # connection fails (a 503, app.ops.outage), which invalidates every older connection of this pool at once.
+        engine = create_engine(url, pool_size=2, max_overflow=20, pool_recycle=300, isolation_level="AUTOCOMMIT",
+                               connect_args={"connect_timeout": 5})
 
         @event.listens_for(engine, "connect")
         def _asynchronous_commit(dbapi_connection, _record) -> None:

@@ -48,6 +48,8 @@ def content_security_policy(nonce: str, frameable: bool) -> str:
 
 def needs_no_store(response: Response) -> bool:
     """Whether this answer may carry card secrets or personal data (see the module's docstring)."""
+    if request.environ.get("kameng.outage"):  # an outage answer (app.ops.outage): the user may not be readable
+        return True
     mimetype = response.mimetype or ""
     if mimetype == "application/json" or mimetype.endswith("+json") or mimetype in DOWNLOAD_TYPES:
         return True

@@ -277,6 +277,11 @@ class OutboundSession(requests.Session):
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         """Send once (no redirects, no proxies), then read the whole answer under the size cap and deadline."""
         started = time.monotonic()
+        from app.ops.logs import correlation_id
+
+        correlation = correlation_id()  # the request or job this call is made for: the receiver can quote it
+        if correlation:
+            request.headers.setdefault("X-Request-ID", correlation)
         kwargs["allow_redirects"] = False
         kwargs["stream"] = True
         kwargs["proxies"] = {}

@@ -426,6 +426,7 @@ def test_only_an_approved_domain_is_served_as_the_shop(app, world, f, pg_url):
     for host in ("shop.example.test", "evil.example.org", "203.0.113.7:8000"):
         assert pc.get("/", headers={"Host": host}).status_code == 421
         assert pc.get(f"/s/{code}/", headers={"Host": host}).status_code == 421
+        assert pc.get("/healthz", headers={"Host": host}).status_code == 200  # a load balancer's probe, any host
 
     # an admin approves it (audited): now it is the shop, and only the shop
     admin = app.test_client()

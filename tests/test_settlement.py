@@ -130,3 +130,33 @@ def test_scheduled_job_runs_in_a_real_worker(app, f, redis_url):
     run = db.session.scalar(select(SettlementRun).order_by(SettlementRun.id.desc()))
     assert (run.trigger, run.status, run.settled_count) == ("scheduled", "done", 1)
     assert _bal(up.id)["wallet"] == o.amount // 10
+
+
+def test_a_batch_claims_no_more_than_its_size_whatever_the_plan(app, f):
+    """Statistics taken while the table held one commission make PostgreSQL plan the claim as a nested-loop semi
+    join; a LIMIT ... FOR UPDATE SKIP LOCKED inside IN (...) then ran again for every outer row, passing over the
+    rows the statement had just claimed, and one batch of 1 claimed all three. Picked once (a materialized CTE), a
+    batch takes at most its size."""
+    from app.network.models import SettlementRun
+
+    up, kids, p = _setup(f, buyers=3)
+    orders.place_wallet_order(kids[0].id, p.id, 1)
+    db.session.commit()
+    db.session.connection().exec_driver_sql("ANALYZE commission")
+    db.session.commit()
+    for k in kids[1:]:
+        orders.place_wallet_order(k.id, p.id, 1)
+    run = SettlementRun(trigger="manual", cutoff=utcnow(), status="running", started_at=utcnow(), settled_count=0,
+                        settled_amount=0, recovered_amount=0)
+    db.session.add(run)
+    db.session.flush()
+    claimed = settlement._claim(db.session.connection(), run.id, utcnow(), 1, utcnow())
+    assert len(claimed) == 1
+    db.session.rollback()
+    # And end to end: batches of one settle the three in three batches, each once.
+    done = settlement.settle(batch_size=1)
+    assert (done.status, done.settled_count) == ("done", 3)
+    from app.ledger.models import Journal
+
+    assert db.session.scalar(select(func.count()).select_from(Journal).where(Journal.kind == "settlement")) == 3
+    assert check_ledger() == []

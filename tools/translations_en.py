@@ -1452,4 +1452,12 @@ EN: dict[str, str] = {
     "现在的状态": "Status now",
     "记录": "Record",
     "近 7 天没有超时": "Nothing late in the last 7 days",
+    # app/ops: the maintenance page shown while the database is unreachable
+    "系统维护中": "Down for maintenance",
+    "系统维护中，请稍后再试。": "Down for maintenance, please try again shortly.",
+    "服务暂时不可用，通常几秒钟内就会恢复。本页面会自动刷新，您也可以稍后手动刷新。":
+        "The service is briefly unavailable and usually back within seconds. This page reloads by itself; you can "
+        "also reload it later.",
+    "已完成的付款和订单不会丢失，请勿重复付款。":
+        "Payments and orders already made are not lost: please do not pay again.",
 }

@@ -12,6 +12,62 @@ def import_cards(import_id: int) -> dict:
     return cards.run_import(import_id, progress=report_progress)
 
 
+# An import that ran inline (a web request, the CLI) and is still queued or running after this long was cut off.
+IMPORT_STALL_AFTER_MINUTES = 10
+
+
+def resume_imports() -> list[int]:
+    """Scheduled: card imports a dead process left queued or running (a worker or web process killed mid-import,
+    Redis restarted and lost the job) run again. run_import carries on where it stopped: the chunks already
+    committed conflict on (product, secret hash) and are counted once, so the batch ends with each line once.
+    An import whose job RQ still has queued or running is left alone. Returns the ids resumed."""
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from app.catalog.models import CardImport
+    from app.clock import utcnow
+    from app.extensions import db
+    from workers.queues import enqueue
+
+    stalled_before = utcnow() - timedelta(minutes=IMPORT_STALL_AFTER_MINUTES)
+    batches = db.session.execute(select(CardImport.id, CardImport.job_id, CardImport.created_at)
+                                 .where(CardImport.status.in_(("queued", "running")))
+                                 .order_by(CardImport.id)).all()
+    db.session.rollback()
+    resumed = []
+    for batch_id, job_id, created_at in batches:
+        if _import_job_alive(job_id) if job_id else created_at > stalled_before:
+            continue
+        logging.getLogger(__name__).warning("card import %s was left unfinished; running it again", batch_id)
+        try:
+            enqueue(import_cards, batch_id, job_id=job_id or f"card-import-{batch_id}", queue="low")
+        except Exception:  # (inline: the import's own error, recorded on the batch) the others still resume
+            logging.getLogger(__name__).exception("card import %s could not be resumed", batch_id)
+            db.session.rollback()
+            continue
+        resumed.append(batch_id)
+    return resumed
+
+
+def _import_job_alive(job_id: str) -> bool:
+    """Whether RQ still has the import's job waiting or running (a killed worker's job stays `started` until RQ's
+    registry clean-up finds its heartbeat expired and fails it)."""
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+
+    from workers.queues import redis_connection
+
+    connection = redis_connection()
+    if connection is None:
+        return False
+    try:
+        status = Job.fetch(job_id, connection=connection).get_status()
+    except NoSuchJobError:
+        return False
+    return str(getattr(status, "value", status)) in ("queued", "started", "deferred", "scheduled")
+
+
 def scan_low_stock() -> dict:
     """Scheduled: raise and resolve restock alerts (补货提醒)."""
     return cards.scan_low_stock()

@@ -50,8 +50,13 @@ def enqueue(func: Callable, *args: Any, job_id: str, queue: str = "default", tim
     # A deterministic id enqueued again (the sweeper re-dispatching a job whose worker died) starts afresh: its old
     # entry in the failed registry would otherwise show a job that is about to succeed as failed.
     rq_queue.failed_job_registry.remove(job_id)
+    from app.ops.logs import current_request_id
+
+    # The request (or job) that enqueues is named in the job's meta: the worker's log lines for it carry its id.
+    request_id = current_request_id()
     job = rq_queue.enqueue(func, *args, job_id=job_id, job_timeout=timeout, result_ttl=86400,
-                           failure_ttl=30 * 86400, **kwargs)
+                           failure_ttl=30 * 86400, meta={"request_id": request_id} if request_id else None,
+                           **kwargs)
     return job.id
 
 

@@ -20,6 +20,7 @@ class Periodic:
 
 PERIODIC = [
     Periodic("low-stock-scan", jobs.scan_low_stock, "low", "LOW_STOCK_SCAN_SECONDS"),
+    Periodic("import-resume", jobs.resume_imports, "low", cron="*/5 * * * *"),
     Periodic("outbox-sweep", jobs.sweep_outbox, "high", "OUTBOX_SWEEP_SECONDS"),
     Periodic("nonce-purge", jobs.purge_nonces, "low", "NONCE_PURGE_SECONDS"),
     Periodic("lookup-attempt-purge", jobs.purge_lookup_attempts, "low", cron="7 * * * *"),

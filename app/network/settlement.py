@@ -36,9 +36,16 @@ def _claim(conn, run_id: int, cutoff: datetime, batch_size: int, now: datetime) 
     due = (select(table.c.id).where(table.c.status == "pending", table.c.settle_after <= cutoff)
            .order_by(table.c.id).limit(batch_size))
     if conn.dialect.name == "postgresql":
-        due = due.with_for_update(skip_locked=True)
+        # Picked once, in a materialized CTE. As a plain IN (subquery) PostgreSQL may plan a nested-loop semi join
+        # that re-runs the LIMIT ... FOR UPDATE SKIP LOCKED for every outer row; each re-run passes over the rows
+        # this statement has just updated and returns the next due ones, so one batch claimed every due row
+        # (seen here: batch_size=1 settled two commissions in one transaction).
+        picked = due.with_for_update(skip_locked=True).cte("due").prefix_with("MATERIALIZED")
+        ids = select(picked.c.id).scalar_subquery()
+    else:
+        ids = due.scalar_subquery()
     return conn.execute(
-        update(table).where(table.c.id.in_(due.scalar_subquery()), table.c.status == "pending")
+        update(table).where(table.c.id.in_(ids), table.c.status == "pending")
         .values(status="settled", settlement_run_id=run_id, settled_at=now)
         .returning(table.c.agent_id, table.c.amount)).all()
 

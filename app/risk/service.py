@@ -29,6 +29,7 @@ from app.chain import service as chain
 from app.clock import business_day_start, to_local, utcnow
 from app.errors import KamengError
 from app.extensions import append_engine, db
+from app.ops import metrics
 from app.risk import counters
 from app.risk.features import COUNTERS, EVENT_DEFAULTS, RULE_FEATURES
 from app.risk.identity import digest, mask
@@ -127,6 +128,7 @@ def evaluate(event: RiskInput, now: datetime | None = None) -> Decision:
             outcome, stage = ruled, "rule"
     decision = Decision(outcome, stage, score, hits, features, limit=limit_hit)
     decision.id = _store(event, decision, versions, int((time.perf_counter() - started) * 1e6))
+    metrics.count_risk_decision(event.event, outcome)
     return decision
 
 
