@@ -205,20 +205,11 @@ class Outcome:
 @outbox.handler(TOPIC, job_id=lambda payload: f"alert-{payload['delivery_id']}-{payload.get('round', 0)}")
 def _run(message) -> None:
     outcome = send(json.loads(message.payload)["delivery_id"])
-    if outcome.status in ("retry", "busy"):
-        outbox.retry_later(message, outcome.delay or timedelta(0), outcome.error or outcome.status)
-    elif outcome.status == "failed":
-        outbox.finish(message, "failed", outcome.error)
-    else:
-        outbox.finish(message, "done")
+    outbox.settle(message, outcome.status, outcome.delay, outcome.error)
 
 
 def retry_delays() -> list[timedelta]:
-    raw = str(current_app.config.get("ALERT_RETRY_SECONDS") or "")
-    try:
-        return [timedelta(seconds=max(0, int(part))) for part in raw.split(",") if part.strip()]
-    except ValueError:
-        raise ValidationError(f"ALERT_RETRY_SECONDS must be seconds separated by commas, got {raw!r}") from None
+    return outbox.retry_schedule("ALERT_RETRY_SECONDS")
 
 
 def rate_wait(channel: AlertChannel, now: datetime) -> timedelta | None:

@@ -144,20 +144,11 @@ class DeliveryError(Exception):
 @outbox.handler(TOPIC, job_id=lambda payload: f"notice-{payload['notice_id']}-{payload.get('round', 0)}")
 def _run(message) -> None:
     outcome = send(json.loads(message.payload)["notice_id"])
-    if outcome.status in ("retry", "busy"):
-        outbox.retry_later(message, outcome.delay or timedelta(0), outcome.error or outcome.status)
-    elif outcome.status == "failed":
-        outbox.finish(message, "failed", outcome.error)
-    else:
-        outbox.finish(message, "done")
+    outbox.settle(message, outcome.status, outcome.delay, outcome.error)
 
 
 def retry_delays() -> list[timedelta]:
-    raw = str(current_app.config.get("NOTICE_RETRY_SECONDS") or "")
-    try:
-        return [timedelta(seconds=max(0, int(part))) for part in raw.split(",") if part.strip()]
-    except ValueError:
-        raise ValidationError(f"NOTICE_RETRY_SECONDS must be seconds separated by commas, got {raw!r}") from None
+    return outbox.retry_schedule("NOTICE_RETRY_SECONDS")
 
 
 def send(notice_id: int) -> Outcome:

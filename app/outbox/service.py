@@ -141,3 +141,27 @@ def init_app(app) -> None:
         event.listen(db.session, "after_commit", _after_commit)
         event.listen(db.session, "after_soft_rollback", _after_rollback)
     app.teardown_request(lambda exc: dispatch_due())
+
+
+def settle(message: OutboxMessage, status: str, delay: timedelta | None = None, error: str | None = None) -> None:
+    """A handler's outcome on its message: retry / busy wait `delay` and run again, failed ends it with the error,
+    anything else (sent, skipped) ends it done."""
+    if status in ("retry", "busy"):
+        retry_later(message, delay or timedelta(0), error or status)
+    elif status == "failed":
+        finish(message, "failed", error)
+    else:
+        finish(message, "done")
+
+
+def retry_schedule(setting: str) -> list[timedelta]:
+    """A setting of comma-separated seconds (e.g. NOTICE_RETRY_SECONDS) as the waits between attempts."""
+    from flask import current_app
+
+    from app.errors import ValidationError
+
+    raw = str(current_app.config.get(setting) or "")
+    try:
+        return [timedelta(seconds=max(0, int(part))) for part in raw.split(",") if part.strip()]
+    except ValueError:
+        raise ValidationError(f"{setting} must be seconds separated by commas, got {raw!r}") from None
