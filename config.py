@@ -127,7 +127,9 @@ class Config:
     BUSINESS_TIMEZONE = env_str("BUSINESS_TIMEZONE", "Asia/Shanghai")
     LOW_STOCK_SCAN_SECONDS = env_int("LOW_STOCK_SCAN_SECONDS", 300)
     TRUSTED_PROXIES = env_int("TRUSTED_PROXIES", 0)
-    RATELIMIT_HEADERS_ENABLED = True
+    # X-RateLimit-* on every answer cost two Redis round trips per request; a refused one gets Retry-After
+    # (app/headers.py)
+    RATELIMIT_HEADERS_ENABLED = False
     OPENAPI_RATE_LIMIT = env_str("OPENAPI_RATE_LIMIT", "1200 per minute")
     # Outbound HTTP (app/outbound.py): callbacks, suppliers, channels, identity, payouts and alerts call global
     # addresses only; true lets them reach loopback/private ones (`make run` and tests, whose simulators listen on

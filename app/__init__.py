@@ -27,10 +27,13 @@ def create_app(overrides: dict | None = None) -> Flask:
 
     from app import models  # noqa: F401  (every table registered before FAB and Alembic look)
     from app.extensions import csrf, db, migrate
-    from app.ops.outage import engine_options
+    from app.ops.outage import engine_options, ping_idle_connections
 
-    engine_options(app.config)  # pre-ping, recycle, connect timeout: the pool survives a database restart
+    engine_options(app.config)  # recycle, connect timeout: the pool survives a database restart
     db.init_app(app)
+    with app.app_context():
+        if db.engine.dialect.name == "postgresql":
+            ping_idle_connections(db.engine)
     csrf.init_app(app)
     migrate.init_app(app, db, directory=str(app.root_path + "/../migrations"))
 

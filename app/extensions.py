@@ -25,10 +25,13 @@ def append_engine():
     engines = current_app.extensions.setdefault("kameng_append_engines", {})
     url = db.engine.url
     if url not in engines:
-        # No pre-ping here (a round trip per purchase): after a database restart the first statement on a dead
-        # connection fails (a 503, app.ops.outage), which invalidates every older connection of this pool at once.
+        # Pinged only after sitting idle, as the request pool (app.ops.outage.ping_idle_connections): no round
+        # trip per purchase, and a connection a restart killed is replaced before use.
         engine = create_engine(url, pool_size=2, max_overflow=20, pool_recycle=300, isolation_level="AUTOCOMMIT",
                                connect_args={"connect_timeout": 5})
+        from app.ops.outage import ping_idle_connections
+
+        ping_idle_connections(engine)
 
         @event.listens_for(engine, "connect")
         def _asynchronous_commit(dbapi_connection, _record) -> None:

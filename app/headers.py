@@ -14,7 +14,9 @@
 from __future__ import annotations
 
 import base64
+import math
 import secrets
+import time
 
 from flask import Flask, Response, current_app, request
 from flask_login import current_user
@@ -92,6 +94,24 @@ def register_dash_hashes(app: Flask, hashes: list[str]) -> None:
     known.extend(h for h in hashes if h not in known)
 
 
+def retry_after_on_rate_limit(response: Response) -> Response:
+    """after_request: `Retry-After` on an answer refused by a Flask-Limiter limit, from that limit's window.
+
+    Flask-Limiter's X-RateLimit-* headers on every answer are off (RATELIMIT_HEADERS_ENABLED): reading the window
+    back cost two Redis round trips per request; a refused caller is the one that needs to know when to retry."""
+    if response.status_code != 429 or "Retry-After" in response.headers:
+        return response
+    limiter = getattr(getattr(current_app, "appbuilder", None), "sm", None)
+    limit = getattr(limiter, "limiter", None) and limiter.limiter.current_limit
+    if limit is not None and limit.breached:
+        try:
+            response.headers["Retry-After"] = str(max(1, math.ceil(limit.window[0] - time.time())))
+        except Exception:  # noqa: BLE001 - Redis gone meanwhile: the refusal stands without the hint
+            pass
+    return response
+
+
 def init_app(app: Flask) -> None:
     app.jinja_env.globals["csp_nonce"] = csp_nonce
     app.after_request(secure_headers)
+    app.after_request(retry_after_on_rate_limit)

@@ -82,7 +82,9 @@ def test_purchase_writes_one_pending_row_and_takes_no_lock(app, world, deferred)
     with Statements() as st:
         order = buy(w["c"], w["p1"], 1)
     rollup_sql = [s for s in st.sql if "rollup_" in s]
-    assert len(rollup_sql) == 1 and rollup_sql[0].startswith("INSERT INTO rollup_pending"), rollup_sql
+    # One INSERT (on PostgreSQL written by the order's own move to delivered, as a data-modifying CTE)
+    assert len(rollup_sql) == 1 and rollup_sql[0].count("INSERT INTO rollup_pending") == 1, rollup_sql
+    assert "UPDATE rollup_" not in rollup_sql[0]
     # The only advisory lock left on the purchase path is risk control's per-identifier limit lock (key 7301):
     # none of the rollups' (the per-buyer 7020302, the maintenance 7020301).
     locks = [p for s, p in zip(st.sql, st.params, strict=True) if "advisory" in s.lower()]

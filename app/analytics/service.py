@@ -65,7 +65,7 @@ from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 
 from flask import current_app, g, has_app_context, has_request_context
-from sqlalchemy import Date, DateTime, bindparam, event, func, select
+from sqlalchemy import Date, DateTime, bindparam, event, func, insert, literal, select
 from sqlalchemy import text as _text
 
 from app.analytics.models import (
@@ -200,6 +200,28 @@ def _note(order_id: int, sign: int) -> None:
     # One INSERT: no read, no lock, no shared row. The fold reads the order's facts later (see fold_orders).
     db.session.connection().execute(_PENDING.insert().values(order_id=order_id, sign=sign, created_at=utcnow()))
     db.session.info[_FOLD_DUE] = True
+
+
+def pending_sign(from_status: str, to_status: str) -> int | None:
+    """What an order's move means to the rollups: 1 a first delivery, -1 a refund of a counted order, 0 a paid order
+    that ends undelivered (the delivery-time rollup counts a failure), None nothing. A rejected dispute
+    (disputed -> delivered) never stopped counting."""
+    if to_status == "delivered" and from_status in ("paid", "delivering"):
+        return 1
+    if to_status == "refunded" and from_status in ("delivered", "disputed"):
+        return -1
+    if to_status in ("failed", "refunded") and from_status in ("paid", "delivering"):
+        return 0
+    return None
+
+
+def note_moved(moved, sign: int):
+    """`_note` as a data-modifying CTE over `moved` (a CTE returning the order's id): the pending row is written by
+    the statement that moves the order (app.orders.service.transition on PostgreSQL), no round trip of its own."""
+    db.session.info[_FOLD_DUE] = True
+    return (insert(_PENDING).from_select(["order_id", "sign", "created_at"],
+                                         select(moved.c.id, literal(sign), literal(utcnow())))
+            .cte("rollup_noted"))
 
 
 _PENDING = RollupPending.__table__

@@ -236,12 +236,16 @@ def allocate(order_id: int, product_id: int, quantity: int) -> list[int]:
         sold = db.session.connection().execute(
             update(table).where(table.c.id.in_(select(picked.c.id)),
                                 select(func.count()).select_from(picked).scalar_subquery() == quantity)
-            .values(status="sold", order_id=order_id, sold_at=now).returning(table.c.id, table.c.secret_hash)).all()
+            .values(status="sold", order_id=order_id, sold_at=now)
+            .returning(table.c.id, table.c.secret_hash, table.c.secret_enc)).all()
         if len(sold) < quantity:
             raise OutOfStock("库存不足 (out of stock)")
-        ids = sorted(secret_id for secret_id, _ in sold)
-        # The delivery's chain record hashes these (app.chain.append_delivery): kept for it, saving a re-read.
-        db.session.info.setdefault("allocated_hashes", {})[order_id] = [h for _, h in sorted(sold)]
+        sold.sort()
+        ids = [row.id for row in sold]
+        # The delivery's chain record hashes these (app.chain.append_delivery) and the answer to the buyer shows
+        # them (reveal): kept for this transaction, saving two re-reads.
+        db.session.info.setdefault("allocated_hashes", {})[order_id] = [row.secret_hash for row in sold]
+        db.session.info.setdefault("allocated_secrets", {})[order_id] = [row.secret_enc for row in sold]
         for secret_id in ids:  # a CardSecret object already loaded in this session rereads its new state
             loaded = db.session.identity_map.get(identity_key(CardSecret, secret_id))
             if loaded is not None:
@@ -381,6 +385,9 @@ def reveal(order_id: int, offset: int = 0, limit: int | None = None) -> list[str
     """
     if _order_is_reusable(order_id):
         return _reveal_uses(order_id, offset, limit)
+    allocated = db.session.info.get("allocated_secrets", {}).get(order_id)  # sold in this very transaction
+    if allocated is not None and not offset and limit is None:
+        return [crypto.decrypt(t) for t in allocated]
     query = select(CardSecret.secret_enc).where(CardSecret.order_id == order_id).order_by(CardSecret.id)
     if offset or limit is not None:
         query = query.offset(offset).limit(limit)
@@ -450,8 +457,10 @@ def scan_low_stock() -> dict:
 
 def _forget_allocated(session, *_args) -> None:
     session.info.pop("allocated_hashes", None)
+    session.info.pop("allocated_secrets", None)
 
 
-# What allocate() kept for the delivery's chain record lives only as long as its transaction.
+# What allocate() kept for the delivery's chain record and the buyer's answer lives only as long as its
+# transaction.
 event.listen(Session, "after_commit", _forget_allocated)
 event.listen(Session, "after_soft_rollback", _forget_allocated)

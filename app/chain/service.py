@@ -46,7 +46,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import String, cast, exists, func, insert, or_, select, update
+from sqlalchemy import String, cast, exists, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from app import crypto
@@ -141,13 +141,32 @@ def append_delivery(order_id: int, order_no: str, amount: int, product_id: int, 
                     delivered_at: datetime) -> None:
     """The delivery of an order, from the values its transition to `delivered` just wrote (its card secrets are
     allocated before that transition on every path)."""
+    contact = db.session.get(Order, order_id).contact if agent_id is None else None
+    _append(DELIVERY, order_no, _delivery_digest(order_id, order_no, amount, product_id, agent_id, contact,
+                                                 delivered_at))
+
+
+def delivery_moved(moved, order: Order, delivered_at: datetime):
+    """`append_delivery` of a loaded `order` as a data-modifying CTE over `moved` (its transition's UPDATE,
+    returning order_no and delivered_at): the record is written by the statement that delivers the order
+    (app.orders.service.transition on PostgreSQL), and only if that move is its first delivery (its delivered_at
+    is this move's time)."""
+    digest = _delivery_digest(order.id, order.order_no, order.amount, order.product_id, order.agent_id,
+                              order.contact if order.agent_id is None else None, delivered_at)
+    return (insert(ChainRecord.__table__)
+            .from_select(["kind", "source_key", "content_digest", "created_at"],
+                         select(literal(DELIVERY), moved.c.order_no, literal(digest), literal(utcnow()))
+                         .where(moved.c.delivered_at == delivered_at))
+            .cte("chain_appended"))
+
+
+def _delivery_digest(order_id: int, order_no: str, amount: int, product_id: int, agent_id: int | None,
+                     contact: str | None, delivered_at: datetime) -> str:
     hashes = db.session.info.get("allocated_hashes", {}).pop(order_id, None)  # allocated in this transaction
     if hashes is None:
         hashes = db.session.scalars(select(CardSecret.secret_hash).where(_delivered_to(order_id))
                                     .order_by(CardSecret.id)).all()
-    contact = db.session.get(Order, order_id).contact if agent_id is None else None
-    _append(DELIVERY, order_no, content_digest(delivery_content(order_no, amount, product_id, agent_id, contact,
-                                                                hashes, delivered_at)))
+    return content_digest(delivery_content(order_no, amount, product_id, agent_id, contact, hashes, delivered_at))
 
 
 def _delivered_to(order_id):

@@ -5,7 +5,7 @@ import secrets as pyrandom
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, func, inspect, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
@@ -81,36 +81,53 @@ def transition(order_id: int, to_status: str, current: str | None = None) -> Non
         values["delivered_at"] = func.coalesce(Order.delivered_at, now)
     db.session.flush()  # pending changes first, as the ORM would (a Core statement does not autoflush)
     orders = Order.__table__
-    row = db.session.connection().execute(
-        update(orders).where(orders.c.id == order_id, orders.c.status == current).values(**values)
-        .returning(orders.c.order_no, orders.c.notify_url, orders.c.amount, orders.c.product_id, orders.c.agent_id,
-                   orders.c.delivered_at)).first()
+    move = (update(orders).where(orders.c.id == order_id, orders.c.status == current).values(**values)
+            .returning(orders.c.id, orders.c.order_no, orders.c.notify_url, orders.c.amount, orders.c.product_id,
+                       orders.c.agent_id, orders.c.delivered_at))
+    loaded = db.session.identity_map.get(identity_key(Order, order_id))
+    # Analytics: one pending row in this transaction, folded into the rollups by a job. A first delivery is chained
+    # with it. On PostgreSQL both are written by the UPDATE's own statement (data-modifying CTEs): one round trip.
+    sign = rollups.pending_sign(current, to_status)
+    first_delivery = sign == 1
+    noted = chained = db.engine.dialect.name == "postgresql" and sign is not None
+    if noted:
+        moved = move.cte("moved")
+        follow = [rollups.note_moved(moved, sign)]
+        chained = first_delivery and _values_at_hand(loaded)  # for the delivery record's digest
+        if chained:
+            follow.append(chain.delivery_moved(moved, loaded, now))
+        row = db.session.connection().execute(select(moved).add_cte(*follow)).first()
+    else:
+        row = db.session.connection().execute(move).first()
     if row is None:
         raise InvalidTransition(f"订单状态已被其他操作改变 (order {order_id} changed concurrently)")
-    loaded = db.session.identity_map.get(identity_key(Order, order_id))
     if loaded is not None:  # an Order object already loaded holds what was written (no reload)
         for name, value in {**values, "delivered_at": row.delivered_at}.items():
             if name in values:
                 set_committed_value(loaded, name, value)
-    # Analytics: one pending row in this transaction, folded into the rollups by a job. A rejected dispute
-    # (disputed -> delivered) never stopped counting, so only a first delivery adds; a refund of a counted order
-    # subtracts on its delivery day.
-    if to_status == "delivered" and current in ("paid", "delivering"):
-        rollups.record_delivery(order_id)
-        if row.delivered_at == now:  # its first delivery (delivered_at keeps the first time): chained with it
+    if sign is not None and not noted:
+        {1: rollups.record_delivery, -1: rollups.record_refund, 0: rollups.record_failure}[sign](order_id)
+    if first_delivery and row.delivered_at == now:  # its first delivery (delivered_at keeps the first time)
+        if not chained:
             chain.append_delivery(order_id, row.order_no, row.amount, row.product_id, row.agent_id, now)
-            if row.agent_id is None:  # a storefront buyer's e-mail / SMS leave by the outbox after this commit
-                from app.notices import service as notices
+        if row.agent_id is None:  # a storefront buyer's e-mail / SMS leave by the outbox after this commit
+            from app.notices import service as notices
 
-                notices.queue_for_delivery(order_id)
-    elif to_status == "refunded" and current in ("delivered", "disputed"):
-        rollups.record_refund(order_id)
-    elif to_status in ("failed", "refunded") and current in ("paid", "delivering"):
-        rollups.record_failure(order_id)  # paid, never delivered: the delivery-time rollup counts a failure
+            notices.queue_for_delivery(order_id)
     if to_status in NOTIFIED_STATUSES and row.notify_url:
         # The order's new state is POSTed to notify_url after this transaction commits (outbox).
         outbox.write("order_callback", f"order:{row.order_no}:notify:{to_status}",
                      {"order_id": order_id, "status": to_status})
+
+
+def _values_at_hand(order: Order | None) -> bool:
+    """Whether a loaded order holds what its delivery record covers without a reload."""
+    if order is None:
+        return False
+    unloaded = inspect(order).unloaded
+    if unloaded & {"order_no", "amount", "product_id", "agent_id"}:
+        return False
+    return order.agent_id is not None or "contact" not in unloaded  # a storefront buyer is recorded by contact
 
 
 def new_order_no() -> str:
