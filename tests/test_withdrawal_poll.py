@@ -64,7 +64,7 @@ def test_timeout_then_poll_finds_it_paid_ledger_exact_paid_once(app, timed_out, 
     ctx, bank = _start(app, monkeypatch, a, w)
     try:
         report = withdrawals.poll_paying()
-        assert report == {"requeued": 0, "paying": 1, "asked": 1, "paid": 1, "failed": 0, "unknown": 0}
+        assert report == {"requeued": 0, "paying": 1, "asked": 1, "paid": 1, "failed": 0, "unknown": 0, "resent": 0}
         w = _db.session.get(Withdrawal, w.id)
         assert w.status == "paid" and w.paid_at and w.payout_ref.startswith("PAY") and w.failure_reason is None
         assert bank.executed == 1 and bank.queries == 1
@@ -105,7 +105,8 @@ def test_timeout_then_poll_finds_it_failed_funds_returned(app, timed_out, monkey
     assert _keys(w.withdrawal_no) == {f"withdrawal:{w.withdrawal_no}:freeze", f"withdrawal:{w.withdrawal_no}:release"}
 
 
-def test_unknown_is_left_paying_and_asked_at_most_once_a_minute(app, timed_out, monkeypatch):
+def test_unknown_is_left_paying_asked_at_most_once_a_minute_and_sent_again_if_never_received(app, timed_out,
+                                                                                            monkeypatch):
     a, w = timed_out
     monkeypatch.setitem(app.config, "PAYOUT_URL", "http://127.0.0.1:9")  # nothing listens: the payout never arrives
     monkeypatch.setitem(app.config, "PAYOUT_KEY", "k")
@@ -118,15 +119,16 @@ def test_unknown_is_left_paying_and_asked_at_most_once_a_minute(app, timed_out, 
         state = _state(w.id)
         assert state[0] == "paying"
         assert withdrawals.poll_paying() == {"requeued": 0, "paying": 1, "asked": 0, "paid": 0, "failed": 0,
-                                             "unknown": 0}
+                                             "unknown": 0, "resent": 0}
         assert withdrawals.poll_paying(now=utcnow() + timedelta(seconds=30))["asked"] == 0
         assert bank.queries == 1 and _state(w.id) == state
-        assert withdrawals.poll_paying(now=utcnow() + timedelta(seconds=61))["unknown"] == 1
-        assert bank.queries == 2 and bank.executed == 0
-        # the admin retry sends it (the card's slow answer times out again); the next poll finds it paid
-        withdrawals.retry(w.id, None)
+        # still not found a minute later: it never reached the bank, and the payout job is queued again
+        assert withdrawals.poll_paying(now=utcnow() + timedelta(seconds=61))["resent"] == 1
+        assert bank.queries == 2 and bank.executed == 0 and _state(w.id) == state
+        # the worker sends it under the same number (the card's slow answer times out again); the next poll finds
+        # it paid
         run_worker()
-        assert _state(w.id)[0] == "paying" and bank.executed == 1
+        assert _state(w.id)[0] == "paying" and bank.executed == 1 and list(bank.transfers) == [w.withdrawal_no]
         assert withdrawals.poll_paying(now=utcnow() + timedelta(seconds=130))["paid"] == 1
         assert withdrawals.poll_paying(now=utcnow() + timedelta(hours=1))["paying"] == 0
         assert _state(w.id)[0] == "paid" and bank.executed == 1
@@ -170,7 +172,8 @@ def test_poll_is_scheduled_every_minute_with_a_stable_name(app):
 
     job = {p.name: p for p in PERIODIC}["withdrawal-poll"]
     assert job.func is poll_paying_withdrawals and app.config[job.interval_setting] == 60
-    assert poll_paying_withdrawals() == {"requeued": 0, "paying": 0, "asked": 0, "paid": 0, "failed": 0, "unknown": 0}
+    assert poll_paying_withdrawals() == {"requeued": 0, "paying": 0, "asked": 0, "paid": 0, "failed": 0, "unknown": 0,
+                                         "resent": 0}
 
 
 def test_an_approval_that_never_reached_a_worker_is_queued_again_by_the_poll(app, f, monkeypatch):

@@ -7,9 +7,10 @@ conflicting row held by the test's own connection), kills with SIGKILL, and then
 - a card import: the chunks committed before the kill stay, the `import-resume` job runs the batch again and it ends
   with every line once.
 
-Payouts and refunds call an outside system: their crash windows (the answer lost with the process) are closed by
-polls that ask the bank or channel again (tests/test_withdrawal_poll.py, tests/test_payment_gateways.py,
-tests/test_payments_hardening.py).
+Payouts and refunds call an outside system: a real worker killed inside that call (the request lost on the way,
+the answer still coming, the answer back but not committed) is tested in tests/test_payout_refund_crash.py; the
+polls that close those windows by asking the bank or channel again in tests/test_withdrawal_poll.py,
+tests/test_payment_gateways.py and tests/test_payments_hardening.py.
 """
 from __future__ import annotations
 

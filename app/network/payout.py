@@ -2,7 +2,8 @@
 
 The bank side is idempotent on our request number (the withdrawal number): sending the same transfer again
 returns the first result, so a retry after a timeout asks rather than pays again. `query` asks for a transfer's
-status without sending it (the withdrawal poll): success, failed, or unknown (not found, processing, no answer).
+status without sending it (the withdrawal poll): success, failed, not_found (the bank never received that request
+number), or unknown (processing, no answer).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from app.network.realname import signed_post
 
 @dataclass(frozen=True)
 class PayoutResult:
-    status: str  # success, failed, unknown (timeout or no answer: NOT a failure)
+    status: str  # success, failed, unknown (timeout or no answer: NOT a failure); query also not_found
     ref: str | None = None
     reason: str | None = None
 
@@ -60,6 +61,8 @@ def query(out_no: str) -> PayoutResult:
         data = None
     if resp.status_code != 200 or not isinstance(data, dict):
         return PayoutResult("unknown", reason=f"打款查询应答异常 (payout query answered HTTP {resp.status_code})")
+    if data.get("status") == "not_found":
+        return PayoutResult("not_found", reason="银行未收到该笔打款 (the bank has no transfer with this number)")
     if data.get("status") not in ("success", "failed"):
         return PayoutResult("unknown", reason=f"打款结果未知：{str(data.get('status'))[:32]} (payout result unknown)")
     return PayoutResult(data["status"], ref=str(data.get("ref") or "")[:64] or None,

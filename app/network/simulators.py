@@ -9,6 +9,8 @@ payout channel. Both check the request signature (app.network.realname.sign) and
   first result and pays once (`executed` counts real transfers).
 - Payout status: POST /v1/transfers/query {"out_no"} → {"status": "success"|"failed"|"not_found", "ref", "reason"}
   (`queries` counts them). `bounce(out_no)` turns a sent transfer into failed (the bank returned it, 退票).
+- `hold()` keeps new transfer requests waiting at the door, not yet booked (`held` counts them: a request on its
+  way to the bank); `release(drop=...)` lets them in, or drops them unbooked with a 503 (lost on the way).
 """
 from __future__ import annotations
 
@@ -86,6 +88,10 @@ class PayoutSimulator(_SignedJsonApp):
         self.transfers: dict[str, dict] = {}
         self.executed = 0
         self.queries = 0
+        self.held = 0
+        self._door = threading.Event()
+        self._door.set()
+        self._drop_held = False
 
     def route(self, path: str, payload: dict) -> Response:
         if path == "/v1/transfers/query":
@@ -107,10 +113,26 @@ class PayoutSimulator(_SignedJsonApp):
         with self.lock:
             self.transfers[out_no].update(status="failed", reason=reason)
 
+    def hold(self) -> None:
+        self._drop_held = False
+        self._door.clear()
+
+    def release(self, drop: bool = False) -> None:
+        self._drop_held = drop
+        self._door.set()
+
     def handle(self, payload: dict) -> Response:
         out_no, card, amount = str(payload.get("out_no", "")), str(payload.get("card", "")), payload.get("amount")
         if not out_no or not card or not isinstance(amount, int) or amount <= 0:
             return _json({"error": "bad transfer"}, 400)
+        if not self._door.is_set():
+            with self.lock:
+                self.held += 1
+            self._door.wait()
+            with self.lock:
+                self.held -= 1
+            if self._drop_held:
+                return _json({"error": "request lost"}, 503)
         with self.lock:
             first = out_no not in self.transfers
             if first:

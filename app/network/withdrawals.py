@@ -3,8 +3,10 @@
 Journals: `withdrawal:<no>:freeze` (wallet → frozen), `withdrawal:<no>:release` (frozen → wallet, on a reject or
 a failed payout), `withdrawal:<no>:paid` (frozen → platform:payouts + platform:fees). Each key posts once, and
 the status moves by guarded steps under the withdrawal's row lock: a job run twice pays once. A withdrawal left
-paying (the bank did not answer in time) is resolved by the withdrawal-poll job, which asks the bank for the
-transfer's status (payout.query) and books it through the same guarded step (poll_paying).
+paying (the bank did not answer in time, or the worker died mid-call) is resolved by the withdrawal-poll job, which
+asks the bank for the transfer's status (payout.query) and books it through the same guarded step (poll_paying);
+a transfer the bank still does not know at a later ask never reached it, and the payout job sends it again under
+the same request number, which the bank pays at most once.
 """
 from __future__ import annotations
 
@@ -305,10 +307,13 @@ def _book(withdrawal_id: int, no: str, result: payout.PayoutResult) -> str:
 POLL_ACTION = "withdrawal.poll"
 
 
-def _polled_since(withdrawal_id: int, since) -> bool:
-    return db.session.scalar(select(AuditEntry.id).where(
-        AuditEntry.action == POLL_ACTION, AuditEntry.target_type == "withdrawal",
-        AuditEntry.target_id == str(withdrawal_id), AuditEntry.created_at > since).limit(1)) is not None
+def _polled_since(withdrawal_id: int, since=None) -> bool:
+    """Whether the poll asked the bank about this withdrawal after `since` (at all, when None)."""
+    query = select(AuditEntry.id).where(AuditEntry.action == POLL_ACTION, AuditEntry.target_type == "withdrawal",
+                                        AuditEntry.target_id == str(withdrawal_id))
+    if since is not None:
+        query = query.where(AuditEntry.created_at > since)
+    return db.session.scalar(query.limit(1)) is not None
 
 
 def poll_one(withdrawal_id: int, now=None) -> str | None:
@@ -317,7 +322,13 @@ def poll_one(withdrawal_id: int, now=None) -> str | None:
     Backoff: a withdrawal is asked at most once per WITHDRAWAL_POLL_SECONDS (at least 60 s); each ask is an audit
     entry `withdrawal.poll`, written and committed under the row lock before the HTTP call, so two pollers never
     ask twice and a concurrent admin retry (the payout job) and the poll serialize on the row: whichever books
-    first wins, the other sees the status is no longer paying. Returns the status left, None when skipped.
+    first wins, the other sees the status is no longer paying. Returns the status left, None when skipped, and
+    "resent" when the payout job was queued again (see below).
+
+    Not found at the bank on a second ask (a poll interval after the first, so no payout call of ours can still be
+    on its way): the transfer never reached the bank (the worker died before sending it, or the request was lost).
+    The payout job sends it again under the same request number; the bank dedupes on it, so even a request that
+    did arrive late is paid once. A first "not found" only waits: the bank may not have booked it yet.
     """
     now = now or utcnow()
     gap = max(60, int(current_app.config.get("WITHDRAWAL_POLL_SECONDS", 60) or 60))
@@ -326,7 +337,7 @@ def poll_one(withdrawal_id: int, now=None) -> str | None:
         if w.status != "paying" or _polled_since(w.id, now - timedelta(seconds=gap)):
             db.session.rollback()
             return None
-        no = w.withdrawal_no
+        no, asked_before = w.withdrawal_no, _polled_since(w.id)
         entry = audit.record(POLL_ACTION, "withdrawal", w.id, None, {"status": "paying"}, actor_id=None)
         entry.created_at = now
         db.session.commit()
@@ -334,7 +345,16 @@ def poll_one(withdrawal_id: int, now=None) -> str | None:
         db.session.rollback()
         raise
     result = payout.query(no)
-    if result.status == "unknown":
+    if result.status == "not_found" and asked_before:
+        resend = payout.PayoutResult("unknown", reason="银行未收到该笔打款，已按原单号重新发送 "
+                                                       "(never reached the bank; sent again under the same number)")
+        status = _book(withdrawal_id, no, resend)
+        if status != "paying":
+            return status
+        log.warning("withdrawal %s never reached the bank: the payout is sent again under its number", no)
+        schedule_payout(withdrawal_id, no)
+        return "resent"
+    if result.status not in ("success", "failed"):
         log.info("withdrawal %s still unknown at the bank: %s", no, result.reason)
     return _book(withdrawal_id, no, result)
 
@@ -343,7 +363,8 @@ REQUEUE_APPROVED_AFTER = timedelta(minutes=2)
 
 
 def poll_paying(now=None, limit: int = 500) -> dict:
-    """The withdrawal-poll job: every withdrawal left paying (oldest first), asked with backoff (see poll_one)."""
+    """The withdrawal-poll job: every withdrawal left paying (oldest first), asked with backoff (see poll_one).
+    "resent": payouts the bank never received, queued again (inline without Redis: already booked then)."""
     now = now or utcnow()
     # Approved but never handed to a worker (Redis was down at approval): queue the payout again. pay() is
     # idempotent and the job id is deterministic, so a payout that is merely slow is not sent twice.
@@ -355,13 +376,14 @@ def poll_paying(now=None, limit: int = 500) -> dict:
     db.session.rollback()
     for withdrawal_id, withdrawal_no in stranded:
         schedule_payout(withdrawal_id, withdrawal_no)
-    report = {"requeued": len(stranded), "paying": len(ids), "asked": 0, "paid": 0, "failed": 0, "unknown": 0}
+    report = {"requeued": len(stranded), "paying": len(ids), "asked": 0, "paid": 0, "failed": 0, "unknown": 0,
+              "resent": 0}
     for withdrawal_id in ids:
         status = poll_one(withdrawal_id, now)
         if status is None:
             continue
         report["asked"] += 1
-        report[{"paid": "paid", "failed": "failed"}.get(status, "unknown")] += 1
+        report[{"paid": "paid", "failed": "failed", "resent": "resent"}.get(status, "unknown")] += 1
     return report
 
 
