@@ -244,11 +244,10 @@ def retry(withdrawal_id: int, actor_id: int | None) -> Withdrawal:
 
 
 def schedule_payout(withdrawal_id: int, withdrawal_no: str) -> None:
-    from workers.jobs import pay_withdrawal
-    from workers.queues import enqueue
+    from app.queueing import enqueue
 
     try:
-        enqueue(pay_withdrawal, withdrawal_id, job_id=f"payout-{withdrawal_no}", queue="default")
+        enqueue("payout", withdrawal_id, job_id=f"payout-{withdrawal_no}", queue="default")
     except Exception:  # Redis down: the withdrawal stays approved; an admin retry queues it again
         log.exception("payout of %s not queued; retry from the review queue", withdrawal_no)
 

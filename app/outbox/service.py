@@ -48,22 +48,21 @@ def write(topic: str, key: str, payload: dict) -> None:
 
 def dispatch(message_ids: list[int]) -> None:
     """Hand messages to RQ (queue high), or run them now when there is no Redis."""
-    from workers.jobs import run_outbox_message
-    from workers.queues import enqueue, redis_connection
+    from app.queueing import enqueue, redis_connection
 
     for message_id in message_ids:
         db.session.execute(update(OutboxMessage).where(OutboxMessage.id == message_id)
                            .values(dispatched_at=utcnow()))
         db.session.commit()
         if redis_connection() is None:
-            run_outbox_message(message_id)
+            run(message_id)  # what the job would do (workers.jobs.run_outbox_message), here and now
             continue
         try:
             row = db.session.execute(select(OutboxMessage.topic, OutboxMessage.payload, OutboxMessage.attempts)
                                      .where(OutboxMessage.id == message_id)).one()
             job_id = (JOB_IDS[row.topic](json.loads(row.payload)) if row.topic in JOB_IDS
                       else f"outbox-{message_id}-{row.attempts}")
-            enqueue(run_outbox_message, message_id, job_id=job_id, queue="high")
+            enqueue("outbox", message_id, job_id=job_id, queue="high")
         except Exception as exc:  # Redis down: the sweeper will dispatch it later; nothing is lost
             log.warning("outbox %s not dispatched (%s); the sweeper will retry", message_id, exc)
             # Not handed over after all: due again at the next sweep, not only after REDISPATCH_AFTER.
