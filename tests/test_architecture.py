@@ -7,6 +7,7 @@ still a dependency, only a later one.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -203,3 +204,118 @@ def test_every_job_name_a_service_enqueues_is_registered():
     assert asked, "no service enqueues by name: the scan is looking at the wrong calls"
     unknown = [f"{where} enqueues {name!r}" for name, where in sorted(asked.items()) if name not in JOBS]
     assert not unknown, "job names no job registers (workers/jobs.py register_jobs):\n" + "\n".join(unknown)
+
+
+# --- status moves --------------------------------------------------------------------------------------------
+
+# The one function that writes `status` (app/states.py); every entity's move goes through it.
+STATUS_WRITERS = {("app/states.py", "move"), ("app/states.py", "move_all"),
+                  # A reusable card secret's status is computed per row (CASE uses < max_uses) in the statement that
+                  # counts its uses: its moves of CARD_SECRET_STATES (available <-> sold) happen in these three.
+                  ("app/catalog/cards.py", "_allocate_uses"), ("app/catalog/cards.py", "_give_back_unrevealed_uses"),
+                  ("app/catalog/service.py", "apply_max_uses")}
+# Not our entities' lifecycles: an exception's HTTP status, a channel answer's HTTP status, and the simulators of
+# outside systems (their in-memory state stands for the other side's database).
+NOT_ENTITIES = ("app/errors.py", "app/payments/channels/", "app/payments/simulators/", "app/network/simulators.py",
+                "app/notices/sms_simulator.py", "app/alerts/simulator.py", "app/suppliers/simulator.py")
+
+
+def _root_call(node: ast.AST) -> str | None:
+    """The innermost call of a chain: `update(t).where(...).values(...)` → update, `insert(t).values()` → insert."""
+    name = None
+    while isinstance(node, (ast.Call, ast.Attribute)):
+        if isinstance(node, ast.Call):
+            if isinstance(node.func, ast.Name):
+                return node.func.id
+            if isinstance(node.func, ast.Attribute):
+                name = node.func.attr
+            node = node.func.value if isinstance(node.func, ast.Attribute) else node.func
+        else:
+            node = node.value
+    return name
+
+
+def _is_status_key(key: ast.AST | None) -> bool:
+    return ((isinstance(key, ast.Constant) and key.value == "status")
+            or (isinstance(key, ast.Attribute) and key.attr == "status"))
+
+
+def _status_writes(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, function) of every write of a `status` column outside a row's creation."""
+    found: list[tuple[int, str]] = []
+
+    def visit(node: ast.AST, function: str) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            function = node.name
+            # dicts spread into .values(**d) in this function: d = {"status": ...} is a write too
+            spread = {kw.value.id for call in ast.walk(node) if isinstance(call, ast.Call)
+                      for kw in call.keywords if kw.arg is None and isinstance(kw.value, ast.Name)
+                      and isinstance(call.func, ast.Attribute) and call.func.attr == "values"}
+            for sub in ast.walk(node):
+                if (isinstance(sub, (ast.Assign, ast.AnnAssign)) and isinstance(sub.value, ast.Dict)
+                        and any(_is_status_key(k) for k in sub.value.keys)):
+                    targets = sub.targets if isinstance(sub, ast.Assign) else [sub.target]
+                    if any(isinstance(t, ast.Name) and t.id in spread for t in targets):
+                        found.append((sub.lineno, function))
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+            targets = list(node.targets) if isinstance(node, ast.Assign) else [node.target]
+            while targets:
+                target = targets.pop()
+                if isinstance(target, (ast.Tuple, ast.List)):
+                    targets += target.elts
+                elif isinstance(target, ast.Attribute) and target.attr == "status":
+                    found.append((node.lineno, function))
+        elif isinstance(node, ast.Call):
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+            if name in ("values", "update", "on_conflict_do_update"):
+                dicts = [a for a in node.args if isinstance(a, ast.Dict)]
+                dicts += [kw.value for kw in node.keywords if kw.arg == "set_" and isinstance(kw.value, ast.Dict)]
+                writes = (any(kw.arg == "status" for kw in node.keywords)
+                          or any(_is_status_key(k) for d in dicts for k in d.keys))
+                creating = name == "values" and "insert" in (_root_call(node.func.value) or "")
+                if writes and not creating:
+                    found.append((node.lineno, function))
+            elif name == "setattr" and len(node.args) > 1 and isinstance(node.args[1], ast.Constant) \
+                    and node.args[1].value == "status":
+                found.append((node.lineno, function))
+            elif name == "text" and node.args and isinstance(node.args[0], ast.Constant) \
+                    and isinstance(node.args[0].value, str) \
+                    and re.search(r"(?is)\bupdate\b.+\bset\b.*\bstatus\s*=", node.args[0].value):
+                found.append((node.lineno, function))
+        for child in ast.iter_child_nodes(node):
+            visit(child, function)
+
+    visit(tree, "<module>")
+    return sorted(set(found))
+
+
+def test_only_the_state_machines_write_status():
+    offenders = []
+    for package in ("app", "workers", "dashboards"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            relative = str(path.relative_to(ROOT))
+            if relative.startswith(NOT_ENTITIES):
+                continue
+            for line, function in _status_writes(ast.parse(path.read_text(encoding="utf-8"))):
+                if (relative, function) not in STATUS_WRITERS:
+                    offenders.append(f"{relative}:{line} ({function})")
+    assert not offenders, ("status written outside app/states.py (move a row with its entity's move function):\n"
+                           + "\n".join(offenders))
+
+
+def test_the_status_scan_sees_each_kind_of_write():
+    source = '''
+def f(w, t):
+    w.status = "paid"
+    w.status, w.at = "paid", 1
+    db.session.execute(update(T).where(T.id == 1).values(status="paid"))
+    db.session.execute(update(T).values({T.status: "paid"}))
+    values = {"status": "paid"}
+    db.session.execute(update(T).values(**values))
+    setattr(w, "status", "paid")
+    db.session.execute(text("UPDATE t SET status = 'paid' WHERE id = 1"))
+    db.session.execute(insert(T).values(status="new"))
+    T(status="new")
+    audit.record("x", {"status": "paid"})
+'''
+    assert [line for line, _ in _status_writes(ast.parse(source))] == [3, 4, 5, 6, 7, 9, 10]

@@ -9,6 +9,7 @@ from sqlalchemy import case, func, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
+from app import states
 from app.agents.errors import AgentInactive
 from app.agents.models import Agent
 from app.agents.service import AgentFacts, agent_facts
@@ -36,6 +37,7 @@ from app.orders.errors import (
 from app.orders.models import Order
 from app.outbox import service as outbox
 from app.risk import agents as risk_agents
+from app.states import Machine
 
 # The only allowed moves. An order is created pending_payment (storefront: a channel pays it later) or paid (wallet:
 # charged in the transaction that creates it); card orders paid from the wallet go paid -> delivered in that same
@@ -51,6 +53,8 @@ TRANSITIONS: dict[str, set[str]] = {
     "refunded": set(),
     "closed": {"refunded"},  # a late payment for an expired order is recorded, then refunded at once
 }
+ORDER_STATES = Machine("order", Order, TRANSITIONS, initial=("pending_payment", "paid"), title="订单",
+                       illegal=InvalidTransition, lost=InvalidTransition)
 # States a reseller acts on: these are POSTed to the order's notify_url.
 NOTIFIED_STATUSES = ("delivered", "failed", "refunded", "closed", "disputed")
 # Statuses whose amount counts toward a tier's daily purchase limit.
@@ -67,31 +71,21 @@ def transition(order_id: int, to_status: str, current: str | None = None) -> Non
         current = db.session.scalar(select(Order.status).where(Order.id == order_id))
     if current is None:
         raise NotFound(f"订单不存在 (unknown order {order_id})")
-    if to_status not in TRANSITIONS.get(current, set()):
-        raise InvalidTransition(f"订单状态不能从 {current} 变为 {to_status}")
     from app.analytics import service as rollups
 
     now = utcnow()
-    values: dict = {"status": to_status, "updated_at": now}
+    values: dict = {"updated_at": now}
     if to_status == "paid":
         values["paid_at"] = now
     elif to_status == "delivered":
         # A dispute rejected returns the order to delivered: it was delivered when it first was (settlement
         # counts from then), so keep the first time.
         values["delivered_at"] = func.coalesce(Order.delivered_at, now)
-    db.session.flush()  # pending changes first, as the ORM would (a Core statement does not autoflush)
-    orders = Order.__table__
-    row = db.session.connection().execute(
-        update(orders).where(orders.c.id == order_id, orders.c.status == current).values(**values)
-        .returning(orders.c.order_no, orders.c.notify_url, orders.c.amount, orders.c.product_id, orders.c.agent_id,
-                   orders.c.delivered_at)).first()
-    if row is None:
-        raise InvalidTransition(f"订单状态已被其他操作改变 (order {order_id} changed concurrently)")
+    row = states.move(ORDER_STATES, order_id, current, to_status, **values,
+                      returning=("order_no", "notify_url", "amount", "product_id", "agent_id", "delivered_at"))
     loaded = db.session.identity_map.get(identity_key(Order, order_id))
-    if loaded is not None:  # an Order object already loaded holds what was written (no reload)
-        for name, value in {**values, "delivered_at": row.delivered_at}.items():
-            if name in values:
-                set_committed_value(loaded, name, value)
+    if loaded is not None and "delivered_at" in values:  # the time the database kept (the first delivery's)
+        set_committed_value(loaded, "delivered_at", row.delivered_at)
     # Analytics: one pending row in this transaction, folded into the rollups by a job. A rejected dispute
     # (disputed -> delivered) never stopped counting, so only a first delivery adds; a refund of a counted order
     # subtracts on its delivery day.

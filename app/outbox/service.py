@@ -12,9 +12,10 @@ from datetime import timedelta
 from flask import g, has_app_context
 from sqlalchemy import event, or_, select, update
 
+from app import states
 from app.clock import utcnow
 from app.extensions import db
-from app.outbox.models import OutboxMessage
+from app.outbox.models import OUTBOX_STATES, OutboxMessage
 
 log = logging.getLogger(__name__)
 HANDLERS: dict[str, Callable[[OutboxMessage], None]] = {}
@@ -85,9 +86,15 @@ def run(message_id: int) -> None:
 
 
 def finish(message: OutboxMessage, status: str, error: str | None = None) -> None:
-    message.status = status
-    message.last_error = (error or None) and error[:255]
-    message.finished_at = utcnow()
+    """The one place a message's status changes (OUTBOX_STATES); commits. A run that lost the race to another run
+    of the same message (delivery is at least once) leaves the first outcome standing."""
+    try:
+        states.move(OUTBOX_STATES, message.id, message.status, status, last_error=(error or None) and error[:255],
+                    finished_at=utcnow())
+    except states.LostMove:
+        db.session.rollback()
+        log.info("outbox %s was finished by another run", message.id)
+        return
     db.session.commit()
 
 
