@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from flask_babel import gettext
 from sqlalchemy import ColumnElement, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
@@ -37,7 +38,7 @@ class Machine:
     model: type
     moves: dict[str, set[str]]
     initial: tuple[str, ...]
-    title: str = ""
+    title: str = ""  # what the diagram calls it (docs/states.md)
     illegal: type[Conflict] = IllegalMove
     lost: type[Conflict] = LostMove
     notes: dict[str, str] = field(default_factory=dict)  # "from->to": why, shown on the diagram
@@ -63,6 +64,16 @@ class Machine:
 MACHINES: dict[str, Machine] = {}
 
 
+def _illegal(machine: Machine, current: str, new: str, row: object) -> str:
+    return gettext("状态不能从 %(current)s 变为 %(new)s (%(entity)s %(row)s)", current=current, new=new,
+                   entity=machine.name, row=row if row is not None else "")
+
+
+def _lost(machine: Machine, current: str, row: object) -> str:
+    return gettext("状态已被其他操作改变，请刷新后重试 (%(entity)s %(row)s is no longer %(current)s)",
+                   entity=machine.name, row=row, current=current)
+
+
 def move(machine: Machine, row_id: int, current: str, new: str, *, returning: Iterable[str] = (),
          **values: object):
     """Move one row from `current` to `new` (and write `values` with it), guarded on `current`. Does not commit.
@@ -71,8 +82,7 @@ def move(machine: Machine, row_id: int, current: str, new: str, *, returning: It
     A loaded ORM object of the row is updated in place (no reload). Returns the RETURNING row, if asked for.
     """
     if not machine.allows(current, new):
-        raise machine.illegal(f"{machine.title or machine.name} 状态不能从 {current} 变为 {new} "
-                              f"({machine.name} {row_id}: {current} -> {new} is not allowed)")
+        raise machine.illegal(_illegal(machine, current, new, row_id))
     db.session.flush()  # the caller's pending changes first, as the ORM would (a Core statement does not autoflush)
     table = machine.model.__table__
     statement = (update(table).where(table.c.id == row_id, table.c.status == current)
@@ -83,8 +93,7 @@ def move(machine: Machine, row_id: int, current: str, new: str, *, returning: It
     result = db.session.connection().execute(statement)
     row = result.first() if names else None
     if (row is None) if names else result.rowcount != 1:
-        raise machine.lost(f"{machine.title or machine.name} 状态已被其他操作改变 "
-                           f"({machine.name} {row_id} is no longer {current})")
+        raise machine.lost(_lost(machine, current, row_id))
     loaded = db.session.identity_map.get(identity_key(machine.model, row_id))
     if loaded is not None:  # an object already loaded holds what was written
         for name, value in {"status": new, **values}.items():
@@ -101,8 +110,7 @@ def move_all(machine: Machine, current: str, new: str, *where: ColumnElement[boo
     reversal of an order's commissions). With `expect`, anything but that many rows raises machine.lost. Returns the
     RETURNING rows if asked for, else the count. Loaded objects of the model reread what it wrote when next used."""
     if not machine.allows(current, new):
-        raise machine.illegal(f"{machine.title or machine.name} 状态不能从 {current} 变为 {new} "
-                              f"({machine.name}: {current} -> {new} is not allowed)")
+        raise machine.illegal(_illegal(machine, current, new, None))
     db.session.flush()
     table = machine.model.__table__
     statement = update(table).where(table.c.status == current, *where).values(status=new, **values)
@@ -113,8 +121,7 @@ def move_all(machine: Machine, current: str, new: str, *where: ColumnElement[boo
     rows = result.all() if names else None
     count = len(rows) if names else result.rowcount
     if expect is not None and count != expect:
-        raise machine.lost(f"{machine.title or machine.name} 状态已被其他操作改变 "
-                           f"({machine.name}: {count} of {expect} rows were still {current})")
+        raise machine.lost(_lost(machine, current, f"{count}/{expect}"))
     if count:
         written = ["status", *values]
         for loaded in [o for o in db.session.identity_map.values() if isinstance(o, machine.model)]:

@@ -122,12 +122,12 @@ class AgentShopDomain(db.Model):
 SHOP_STATES = Machine("agent_shop", AgentShop, {
     "active": {"suspended"},
     "suspended": {"active"},
-}, initial=("active",), title="分站")
+}, initial=("active",), title="agent shop")
 DOMAIN_STATES = Machine("agent_shop_domain", AgentShopDomain, {
     "requested": {"approved", "rejected"},
     "approved": {"rejected", "requested"},  # revoked; or the agent asks for another domain
     "rejected": {"approved", "requested"},
-}, initial=("requested",), title="分站域名")
+}, initial=("requested",), title="agent shop domain")
 
 
 class AgentShopMaterial(db.Model):

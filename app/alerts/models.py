@@ -135,11 +135,11 @@ class AlertDelivery(db.Model):
     )
 
 
-ALERT_STATES = Machine("alert", Alert, {"open": {"resolved"}, "resolved": set()}, initial=("open",), title="告警")
+ALERT_STATES = Machine("alert", Alert, {"open": {"resolved"}, "resolved": set()}, initial=("open",), title="alert")
 ALERT_DELIVERY_STATES = Machine("alert_delivery", AlertDelivery, {
     "queued": {"sending"},
     # sending -> sending: a claim older than STALE_CLAIM (its job died) is taken over
     "sending": {"sent", "queued", "failed", "sending"},
     "sent": set(),
     "failed": {"queued"},  # staff send it again
-}, initial=("queued",), title="告警发送")
+}, initial=("queued",), title="alert delivery")

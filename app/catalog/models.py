@@ -191,7 +191,7 @@ IMPORT_STATES = Machine("card_import", CardImport, {
     "running": {"done", "failed"},  # a run cut off stays running and is run again (workers.jobs.resume_imports)
     "failed": {"running"},  # run again: the chunks already in count once
     "done": set(),
-}, initial=("queued",), title="卡密导入批次")
+}, initial=("queued",), title="card import batch")
 
 
 class CardSecret(db.Model):
@@ -238,7 +238,7 @@ CARD_SECRET_STATES = Machine("card_secret", CardSecret, {
     "available": {"sold"},
     "sold": {"void", "available"},  # a refund voids it; a reusable one's use given back
     "void": set(),
-}, initial=("available",), title="卡密")
+}, initial=("available",), title="card secret")
 
 
 class CardSecretUse(db.Model):

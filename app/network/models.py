@@ -73,7 +73,7 @@ REALNAME_STATES = Machine("realname", RealNameVerification, {
     "pending": {"verified", "failed"},
     "failed": {"verified"},  # a new submission after a mismatch (another mismatch stays failed)
     "verified": set(),  # changing a verified identity goes through support
-}, initial=("pending", "verified", "failed"), title="实名认证")
+}, initial=("pending", "verified", "failed"), title="real-name verification")
 
 
 class RealNameAttempt(db.Model):
@@ -113,7 +113,7 @@ SETTLEMENT_RUN_STATES = Machine("settlement_run", SettlementRun, {
     "running": {"done", "failed"},
     "done": set(),
     "failed": set(),
-}, initial=("running",), title="佣金结算批次")
+}, initial=("running",), title="settlement run")
 
 
 class Commission(db.Model):
@@ -155,7 +155,7 @@ COMMISSION_STATES = Machine("commission", Commission, {
     "frozen": {"pending", "reversed"},  # the dispute rejected, or refunded
     "settled": {"reversed"},  # from the wallet, the rest a receivable
     "reversed": set(),
-}, initial=("pending",), title="佣金")
+}, initial=("pending",), title="commission")
 
 
 class Withdrawal(db.Model):
@@ -194,7 +194,7 @@ WITHDRAWAL_STATES = Machine("withdrawal", Withdrawal, {
     "rejected": set(),
     "paid": set(),
     "failed": set(),
-}, initial=("pending_review",), title="提现")
+}, initial=("pending_review",), title="withdrawal")
 
 
 class TeamBonusRule(db.Model):

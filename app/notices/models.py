@@ -60,7 +60,7 @@ NOTICE_STATES = Machine("delivery_notice", DeliveryNotice, {
     "sending": {"sent", "queued", "failed", "sending"},
     "sent": {"queued"},  # staff send it again
     "failed": {"queued"},
-}, initial=("waiting",), title="到账通知")
+}, initial=("waiting",), title="delivery notice (e-mail / SMS)")
 
 
 @event.listens_for(DeliveryNotice.recipient, "set")

@@ -53,7 +53,7 @@ TRANSITIONS: dict[str, set[str]] = {
     "refunded": set(),
     "closed": {"refunded"},  # a late payment for an expired order is recorded, then refunded at once
 }
-ORDER_STATES = Machine("order", Order, TRANSITIONS, initial=("pending_payment", "paid"), title="订单",
+ORDER_STATES = Machine("order", Order, TRANSITIONS, initial=("pending_payment", "paid"), title="order",
                        illegal=InvalidTransition, lost=InvalidTransition)
 # States a reseller acts on: these are POSTed to the order's notify_url.
 NOTIFIED_STATUSES = ("delivered", "failed", "refunded", "closed", "disputed")

@@ -29,4 +29,4 @@ OUTBOX_STATES = Machine("outbox_message", OutboxMessage, {
     "pending": {"done", "failed"},  # retries stay pending (next_attempt_at moves)
     "done": set(),
     "failed": set(),
-}, initial=("pending",), title="发件箱消息")
+}, initial=("pending",), title="outbox message")

@@ -83,7 +83,7 @@ TOPUP_STATES = Machine("wallet_topup", WalletTopUp, {
     "pending_payment": {"paid", "closed"},
     "closed": {"paid"},  # paid after it expired: credited all the same
     "paid": set(),
-}, initial=("pending_payment",), title="钱包充值")
+}, initial=("pending_payment",), title="wallet top-up")
 
 
 class Refund(db.Model):
@@ -146,12 +146,12 @@ PAYMENT_STATES = Machine("payment", Payment, {
     "paid": {"refunding"},
     "refunding": {"refunded"},  # a failed refund keeps it refunding until staff retry or confirm
     "refunded": set(),
-}, initial=("paid",), title="收款")
+}, initial=("paid",), title="payment")
 CHANNEL_ORDER_STATES = Machine("channel_order", ChannelOrder, {
     "open": {"paid", "closed"},
     "closed": {"paid"},  # paid after it was closed: recorded (then refunded or credited)
     "paid": set(),
-}, initial=("open",), title="渠道订单")
+}, initial=("open",), title="channel order (payment started at a channel)")
 
 
 class PaymentAlert(db.Model):
@@ -249,7 +249,7 @@ DISPUTE_STATES = Machine("dispute", Dispute, {
     "open": {"refunded", "rejected"},
     "refunded": set(),
     "rejected": set(),
-}, initial=("open",), title="维权")
+}, initial=("open",), title="dispute")
 
 
 class StatementImport(db.Model):

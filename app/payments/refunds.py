@@ -50,7 +50,7 @@ TRANSITIONS: dict[str, set[str]] = {
     "failed": {"requested", "succeeded"},  # staff: ask again, or confirm the channel paid it another way
     "succeeded": set(),
 }
-REFUND_STATES = Machine("refund", Refund, TRANSITIONS, initial=("requested", "succeeded"), title="退款")
+REFUND_STATES = Machine("refund", Refund, TRANSITIONS, initial=("requested", "succeeded"), title="refund")
 ABNORMAL = "abnormal: "  # last_error prefix: the channel took the refund but could not pay the buyer
 # last_error prefix: the channel has no refund call (an epay provider without api.php?act=refund): staff refund it
 # in the provider's back office and confirm (confirm_paid); asking the channel again would change nothing.

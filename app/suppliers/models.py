@@ -97,7 +97,7 @@ ATTEMPT_STATES = Machine("supplier_attempt", RechargeAttempt, {
     **{status: {"submitted", "processing", "unknown", "success", "failed"} - {status} for status in _ATTEMPT_OPEN},
     "success": set(),
     "failed": set(),
-}, initial=("submitting",), title="直充提交")
+}, initial=("submitting",), title="supplier attempt (direct top-up)")
 
 
 class RechargeEvent(db.Model):
