@@ -39,8 +39,9 @@ def render() -> str:
         lines.append(f"| [{machine.name}](#{machine.name.replace('_', '-')}) | `{machine.model.__tablename__}` | "
                      f"{len(machine.moves)} | {', '.join(machine.final()) or '-'} |")
     for machine in found:
-        lines += ["", f"## {machine.name}", "", f"{machine.title}: `{machine.model.__module__}.{machine.model.__name__}`"
-                  f" (table `{machine.model.__tablename__}`).", "", "```mermaid", "stateDiagram-v2"]
+        model = machine.model
+        lines += ["", f"## {machine.name}", "", f"{machine.title}: `{model.__module__}.{model.__name__}`"
+                  f" (table `{model.__tablename__}`).", "", "```mermaid", "stateDiagram-v2"]
         for status in machine.initial:
             lines.append(f"    [*] --> {status}")
         for status, targets in machine.moves.items():
