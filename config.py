@@ -86,6 +86,8 @@ class Config:
     SQLALCHEMY_TRACK_MODIFICATIONS = False
     SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
     REDIS_URL = env_str("REDIS_URL")
+    # The module mapping the job names services enqueue (app.queueing) to job functions: the worker side's.
+    JOB_REGISTRY = "workers.jobs"
 
     # Flask-AppBuilder
     APP_NAME = "卡盟 Kameng"

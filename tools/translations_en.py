@@ -1460,4 +1460,10 @@ EN: dict[str, str] = {
         "also reload it later.",
     "已完成的付款和订单不会丢失，请勿重复付款。":
         "Payments and orders already made are not lost: please do not pay again.",
+    # ---------------------------------------------------------------------------- state machines (app/states.py)
+    "状态不能从 %(current)s 变为 %(new)s (%(entity)s %(row)s)":
+        "The status cannot change from %(current)s to %(new)s (%(entity)s %(row)s)",
+    "状态已被其他操作改变，请刷新后重试 (%(entity)s %(row)s is no longer %(current)s)":
+        "The status was changed by another operation; reload and try again (%(entity)s %(row)s is no longer "
+        "%(current)s)",
 }

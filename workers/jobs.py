@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from app.catalog import cards
+from app.queueing import register_jobs
 from workers.queues import report_progress
 
 
@@ -264,3 +265,13 @@ def evaluate_alerts() -> dict:
     from app.alerts import service as alerts
 
     return alerts.evaluate()
+
+
+# The jobs services ask for by name (app.queueing.enqueue("payout", ...)): the names are the services' vocabulary,
+# the functions stay on this side, so no service imports a job.
+register_jobs({
+    "import_cards": import_cards,
+    "outbox": run_outbox_message,
+    "payout": pay_withdrawal,
+    "rebuild_rollups": rebuild_rollups,
+})

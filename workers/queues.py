@@ -1,63 +1,12 @@
-"""RQ set-up in one place: named queues, and enqueueing that runs inline when REDIS_URL is unset."""
+"""The workers' side of RQ: queues, connection and enqueueing are app.queueing's (services use them too, without
+importing workers/); what only a running job needs lives here."""
 from __future__ import annotations
 
-import logging
-import re
-from collections.abc import Callable
-from typing import Any
+from rq import get_current_job
 
-from flask import current_app
-from redis import Redis
-from rq import Queue, get_current_job
+from app.queueing import QUEUES, enqueue, get_queue, redis_connection
 
-QUEUES = ("high", "default", "low")
-_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-log = logging.getLogger(__name__)
-
-
-def redis_connection() -> Redis | None:
-    url = current_app.config.get("REDIS_URL")
-    if not url:
-        return None
-    conns = current_app.extensions.setdefault("kameng_redis", {})
-    if url not in conns:
-        # Blocking waits (worker dequeue) need a timeout above redis-py 8's 5 s default.
-        conns[url] = Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5)
-    return conns[url]
-
-
-def get_queue(name: str) -> Queue:
-    if name not in QUEUES:
-        raise ValueError(f"unknown queue {name!r}")
-    connection = redis_connection()
-    if connection is None:
-        raise RuntimeError("REDIS_URL is not set: jobs run inline")
-    return Queue(name, connection=connection)
-
-
-def enqueue(func: Callable, *args: Any, job_id: str, queue: str = "default", timeout: int = 1800,
-            **kwargs: Any) -> str | None:
-    """Enqueue a job with a deterministic id; with no Redis, run it now in this process.
-
-    Returns the job id when queued, None when it ran inline.
-    """
-    if not _JOB_ID.match(job_id):
-        raise ValueError(f"job id {job_id!r} must be [A-Za-z0-9_-]")
-    if redis_connection() is None:
-        func(*args, **kwargs)
-        return None
-    rq_queue = get_queue(queue)
-    # A deterministic id enqueued again (the sweeper re-dispatching a job whose worker died) starts afresh: its old
-    # entry in the failed registry would otherwise show a job that is about to succeed as failed.
-    rq_queue.failed_job_registry.remove(job_id)
-    from app.ops.logs import current_request_id
-
-    # The request (or job) that enqueues is named in the job's meta: the worker's log lines for it carry its id.
-    request_id = current_request_id()
-    job = rq_queue.enqueue(func, *args, job_id=job_id, job_timeout=timeout, result_ttl=86400,
-                           failure_ttl=30 * 86400, meta={"request_id": request_id} if request_id else None,
-                           **kwargs)
-    return job.id
+__all__ = ["QUEUES", "enqueue", "get_queue", "redis_connection", "report_progress"]
 
 
 def report_progress(done: int, total: int) -> None:

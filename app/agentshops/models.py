@@ -26,6 +26,7 @@ from sqlalchemy.orm import relationship
 from app.clock import utcnow
 from app.extensions import db
 from app.money import format_bp
+from app.states import Machine
 
 THEMES = {"general": lazy_gettext("综合"), "game": lazy_gettext("游戏"), "campus": lazy_gettext("校园")}
 SHOP_STATUSES = {"active": lazy_gettext("营业中"), "suspended": lazy_gettext("已暂停")}
@@ -116,6 +117,17 @@ class AgentShopDomain(db.Model):
 
     def status_display(self) -> str:
         return str(DOMAIN_STATUSES.get(self.status, self.status))
+
+
+SHOP_STATES = Machine("agent_shop", AgentShop, {
+    "active": {"suspended"},
+    "suspended": {"active"},
+}, initial=("active",), title="agent shop")
+DOMAIN_STATES = Machine("agent_shop_domain", AgentShopDomain, {
+    "requested": {"approved", "rejected"},
+    "approved": {"rejected", "requested"},  # revoked; or the agent asks for another domain
+    "rejected": {"approved", "requested"},
+}, initial=("requested",), title="agent shop domain")
 
 
 class AgentShopMaterial(db.Model):

@@ -31,6 +31,7 @@ from flask import current_app
 from sqlalchemy import func, select
 from sqlalchemy.orm import joinedload
 
+from app import states
 from app.agents.models import Agent, Tier
 from app.agentshops.errors import (
     DomainTaken,
@@ -41,7 +42,7 @@ from app.agentshops.errors import (
     ShopNotAllowed,
     ShopNotFound,
 )
-from app.agentshops.models import THEMES, AgentShop, AgentShopDomain, AgentShopProduct
+from app.agentshops.models import DOMAIN_STATES, SHOP_STATES, THEMES, AgentShop, AgentShopDomain, AgentShopProduct
 from app.audit import service as audit
 from app.catalog.errors import ProductUnavailable
 from app.catalog.models import Category, Product
@@ -533,9 +534,11 @@ def request_domain(shop_id: int, agent_id: int, domain: object, actor_id: int | 
             db.session.rollback()
             return row
         if row is None:
-            row = AgentShopDomain(shop_id=shop.id, domain=name)
+            row = AgentShopDomain(shop_id=shop.id, domain=name, status="requested")
             db.session.add(row)
-        row.domain, row.status, row.requested_at = name, "requested", utcnow()
+        elif row.status != "requested":
+            states.move(DOMAIN_STATES, row.id, row.status, "requested")
+        row.domain, row.requested_at = name, utcnow()
         row.decided_at = row.decided_by_id = None
         db.session.flush()
         audit.record("shop.domain.request", "agent_shop", shop.id, old, {"domain": name, "status": "requested"},
@@ -559,7 +562,7 @@ def decide_domain(domain_id: int, approve: bool, actor_id: int | None, reason: s
             db.session.rollback()
             return row
         old = row.status
-        row.status, row.decided_at, row.decided_by_id = target, utcnow(), actor_id
+        states.move(DOMAIN_STATES, row.id, old, target, decided_at=utcnow(), decided_by_id=actor_id)
         audit.record(f"shop.domain.{'approve' if approve else 'reject'}", "agent_shop", row.shop_id,
                      {"domain": row.domain, "status": old}, {"domain": row.domain, "status": target},
                      reason=reason, actor_id=actor_id)
@@ -614,9 +617,8 @@ def set_status(shop_id: int, status: str, actor_id: int | None, reason: str | No
             db.session.rollback()
             return shop
         old = shop.status
-        shop.status = status
-        shop.suspended_at = utcnow() if status == "suspended" else None
-        shop.updated_at = utcnow()
+        states.move(SHOP_STATES, shop.id, old, status, suspended_at=utcnow() if status == "suspended" else None,
+                    updated_at=utcnow())
         audit.record("shop.suspend" if status == "suspended" else "shop.resume", "agent_shop", shop.id,
                      {"status": old}, {"status": status}, reason=reason, actor_id=actor_id)
         db.session.commit()

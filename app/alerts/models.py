@@ -14,6 +14,7 @@ from sqlalchemy.orm import relationship
 
 from app.clock import utcnow
 from app.extensions import db
+from app.states import Machine
 
 CHANNEL_KINDS = {"dingtalk": lazy_gettext("钉钉群机器人"), "wecom": lazy_gettext("企业微信群机器人"),
                  "feishu": lazy_gettext("飞书群机器人"), "email": lazy_gettext("邮件")}
@@ -132,3 +133,13 @@ class AlertDelivery(db.Model):
         Index("ix_alert_delivery_channel_attempted", "channel_id", "attempted_at"),
         Index("ix_alert_delivery_status_next", "status", "next_attempt_at"),
     )
+
+
+ALERT_STATES = Machine("alert", Alert, {"open": {"resolved"}, "resolved": set()}, initial=("open",), title="alert")
+ALERT_DELIVERY_STATES = Machine("alert_delivery", AlertDelivery, {
+    "queued": {"sending"},
+    # sending -> sending: a claim older than STALE_CLAIM (its job died) is taken over
+    "sending": {"sent", "queued", "failed", "sending"},
+    "sent": set(),
+    "failed": {"queued"},  # staff send it again
+}, initial=("queued",), title="alert delivery")

@@ -206,7 +206,7 @@ def job_failed(rule: RuleConfig, now: datetime, open_keys: set[str]) -> list[Fin
     from rq.job import Job
     from rq.registry import FailedJobRegistry
 
-    from workers.queues import QUEUES, get_queue, redis_connection
+    from app.queueing import QUEUES, get_queue, redis_connection
 
     connection = redis_connection()
     if connection is None:

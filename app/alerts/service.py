@@ -26,12 +26,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import or_, select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from app import crypto
+from app import crypto, states
 from app.alerts import messages, robots
 from app.alerts.models import (
+    ALERT_DELIVERY_STATES,
+    ALERT_STATES,
     CHANNEL_KINDS,
     SEVERITIES,
     SEVERITY_RANK,
@@ -130,7 +132,7 @@ def resolve(key: str, now: datetime | None = None) -> Alert | None:
     alert = _open_alert(key)
     if alert is None:
         return None
-    alert.status, alert.open_key, alert.resolved_at = "resolved", None, now
+    states.move(ALERT_STATES, alert.id, alert.status, "resolved", open_key=None, resolved_at=now)
     told = db.session.scalars(select(AlertChannel).join(AlertDelivery, AlertDelivery.channel_id == AlertChannel.id)
                               .where(AlertDelivery.alert_id == alert.id, AlertDelivery.event == "raised",
                                      AlertChannel.enabled.is_(True)).distinct()).all()
@@ -244,11 +246,11 @@ def send(delivery_id: int) -> Outcome:
         db.session.commit()
         return Outcome("busy", wait, "rate limit")
     table = AlertDelivery.__table__
-    claimed = db.session.execute(
-        update(table).where(table.c.id == delivery_id, or_(
-            (table.c.status == "queued") & (table.c.next_attempt_at <= now),
-            (table.c.status == "sending") & (table.c.claimed_at < now - STALE_CLAIM)))
-        .values(status="sending", claimed_at=now, attempted_at=now, attempts=table.c.attempts + 1)).rowcount
+    claim = {"claimed_at": now, "attempted_at": now, "attempts": table.c.attempts + 1}
+    claimed = (states.move_all(ALERT_DELIVERY_STATES, "queued", "sending", table.c.id == delivery_id,
+                               table.c.next_attempt_at <= now, **claim)
+               or states.move_all(ALERT_DELIVERY_STATES, "sending", "sending", table.c.id == delivery_id,
+                                  table.c.claimed_at < now - STALE_CLAIM, **claim))
     db.session.commit()
     if not claimed:
         return _not_claimed(delivery_id, now)
@@ -276,11 +278,17 @@ def send(delivery_id: int) -> Outcome:
         db.session.rollback()
         delivery = db.session.get(AlertDelivery, delivery_id)
         return _failed(delivery, _scrub(f"{type(exc).__name__}: {str(exc)[:120]}", recipients, webhook), True, None)
-    delivery.status, delivery.sent_at, delivery.last_error, delivery.next_attempt_at = "sent", utcnow(), None, None
+    move_delivery(delivery, "sent", sent_at=utcnow(), last_error=None, next_attempt_at=None)
     channel.last_sent_at, channel.last_error = utcnow(), None
     db.session.commit()
     log.info("alert %s: %s message sent to channel %s", alert.key, delivery.event, channel.name)
     return Outcome("sent")
+
+
+def move_delivery(delivery: AlertDelivery, new: str, **values: object) -> None:
+    """The one place a delivery's status changes (ALERT_DELIVERY_STATES), guarded on the status the caller holds.
+    Does not commit."""
+    states.move(ALERT_DELIVERY_STATES, delivery.id, delivery.status, new, **values)
 
 
 def _not_claimed(delivery_id: int, now: datetime) -> Outcome:
@@ -301,19 +309,19 @@ def _failed(delivery: AlertDelivery, error: str, temporary: bool, retry_after: t
     if retry_after is not None:
         # The robot said "too fast": that request does not use up a retry; try again when it allows.
         delivery.attempts = max(0, delivery.attempts - 1)
-        delivery.status, delivery.next_attempt_at = "queued", utcnow() + retry_after
+        move_delivery(delivery, "queued", next_attempt_at=utcnow() + retry_after)
         db.session.commit()
         log.warning("alert delivery %s throttled by channel %s; again in %ss", delivery.id, delivery.channel.name,
                     int(retry_after.total_seconds()))
         return Outcome("retry", retry_after, error)
     if temporary and delivery.attempts <= len(delays):
         delay = delays[delivery.attempts - 1]
-        delivery.status, delivery.next_attempt_at = "queued", utcnow() + delay
+        move_delivery(delivery, "queued", next_attempt_at=utcnow() + delay)
         db.session.commit()
         log.warning("alert delivery %s to %s: attempt %s failed, retrying in %ss: %s", delivery.id,
                     delivery.channel.name, delivery.attempts, int(delay.total_seconds()), error)
         return Outcome("retry", delay, error)
-    delivery.status, delivery.next_attempt_at = "failed", None
+    move_delivery(delivery, "failed", next_attempt_at=None)
     db.session.commit()
     log.warning("alert delivery %s to %s failed after %s attempt(s): %s", delivery.id, delivery.channel.name,
                 delivery.attempts, error)
@@ -371,7 +379,7 @@ def resend(delivery_id: int, actor_id: int | None) -> AlertDelivery:
         db.session.rollback()
         raise Conflict("只有发送失败的消息可以重发 (only failed deliveries)")
     before = {"status": delivery.status, "attempts": delivery.attempts, "last_error": delivery.last_error}
-    delivery.status, delivery.attempts, delivery.next_attempt_at, delivery.claimed_at = "queued", 0, utcnow(), None
+    move_delivery(delivery, "queued", attempts=0, next_attempt_at=utcnow(), claimed_at=None)
     audit.record("alert_delivery.resend", "alert_delivery", delivery.id, before, {"status": "queued"},
                  actor_id=actor_id)
     _schedule(delivery.id, int(utcnow().timestamp()))  # a new outbox message (and job id) per resend

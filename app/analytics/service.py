@@ -946,10 +946,9 @@ def _analyze() -> None:
 
 def schedule_rebuild(start: date, end: date) -> str | None:
     """Queue the rebuild job on the low queue (its id names the range, so a second request joins the first)."""
-    from workers.jobs import rebuild_rollups
-    from workers.queues import enqueue
+    from app.queueing import enqueue
 
-    return enqueue(rebuild_rollups, start.isoformat(), end.isoformat(),
+    return enqueue("rebuild_rollups", start.isoformat(), end.isoformat(),
                    job_id=f"rollups-rebuild-{start:%Y%m%d}-{end:%Y%m%d}", queue="low", timeout=3600)
 
 

@@ -13,9 +13,17 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.util import identity_key
 
-from app import crypto
+from app import crypto, states
 from app.catalog.errors import ImportRejected, OutOfStock, ProductUnavailable
-from app.catalog.models import CardImport, CardSecret, CardSecretUse, Product, StockAlert
+from app.catalog.models import (
+    CARD_SECRET_STATES,
+    IMPORT_STATES,
+    CardImport,
+    CardSecret,
+    CardSecretUse,
+    Product,
+    StockAlert,
+)
 from app.clock import utcnow
 from app.extensions import db
 
@@ -153,7 +161,8 @@ def run_import(import_id: int, progress: Callable[[int, int], None] | None = Non
         raise ImportRejected(f"导入批次不存在 (unknown import {import_id})")
     if batch.status == "done":
         return report_of(batch)
-    batch.status = "running"
+    if batch.status != "running":  # running: a run cut off, carried on here
+        move_import(batch, "running")
     db.session.commit()
     try:
         text = crypto.decrypt(batch.payload_enc)
@@ -168,18 +177,23 @@ def run_import(import_id: int, progress: Callable[[int, int], None] | None = Non
         batch.report = json.dumps({"duplicate_lines": parsed.duplicates[:500],
                                    "stock_duplicates": stock_dupes,
                                    "rejected_lines": parsed.rejected[:500]}, ensure_ascii=False)
-        batch.status = "done"
-        batch.payload_enc = None  # the plain lines are no longer needed anywhere
-        batch.finished_at = utcnow()
+        # the plain lines are no longer needed anywhere
+        move_import(batch, "done", payload_enc=None, finished_at=utcnow())
         db.session.commit()
     except Exception as exc:
         db.session.rollback()
         batch = db.session.get(CardImport, import_id)
-        batch.status = "failed"
-        batch.error = str(exc)[:255]
-        db.session.commit()
+        if batch.status == "running":  # (another run that finished it meanwhile keeps its result)
+            move_import(batch, "failed", error=str(exc)[:255])
+            db.session.commit()
         raise
     return report_of(batch)
+
+
+def move_import(batch: CardImport, new: str, **values: object) -> None:
+    """The one place an import batch's status changes (IMPORT_STATES), guarded on the status the caller holds.
+    Does not commit."""
+    states.move(IMPORT_STATES, batch.id, batch.status, new, **values)
 
 
 def _insert_secrets(batch: CardImport, parsed: ParsedLines, progress) -> None:
@@ -233,11 +247,9 @@ def allocate(order_id: int, product_id: int, quantity: int) -> list[int]:
         # hold); the UPDATE sells them only if it got them all, else changes nothing and returns no row.
         picked = pick.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
         table = CardSecret.__table__
-        sold = db.session.connection().execute(
-            update(table).where(table.c.id.in_(select(picked.c.id)),
-                                select(func.count()).select_from(picked).scalar_subquery() == quantity)
-            .values(status="sold", order_id=order_id, sold_at=now)
-            .returning(table.c.id, table.c.secret_hash, table.c.secret_enc)).all()
+        sold = states.move_all(CARD_SECRET_STATES, "available", "sold", table.c.id.in_(select(picked.c.id)),
+                               select(func.count()).select_from(picked).scalar_subquery() == quantity,
+                               returning=("id", "secret_hash", "secret_enc"), order_id=order_id, sold_at=now)
         if len(sold) < quantity:
             raise OutOfStock("库存不足 (out of stock)")
         sold.sort()
@@ -246,17 +258,12 @@ def allocate(order_id: int, product_id: int, quantity: int) -> list[int]:
         # them (reveal): kept for this transaction, saving two re-reads.
         db.session.info.setdefault("allocated_hashes", {})[order_id] = [row.secret_hash for row in sold]
         db.session.info.setdefault("allocated_secrets", {})[order_id] = [row.secret_enc for row in sold]
-        for secret_id in ids:  # a CardSecret object already loaded in this session rereads its new state
-            loaded = db.session.identity_map.get(identity_key(CardSecret, secret_id))
-            if loaded is not None:
-                db.session.expire(loaded, ["status", "order_id", "sold_at"])
         return ids
     ids = list(db.session.scalars(pick))
     if len(ids) < quantity:
         raise OutOfStock("库存不足 (out of stock)")
-    result = db.session.execute(update(CardSecret).where(CardSecret.id.in_(ids), CardSecret.status == "available")
-                                .values(status="sold", order_id=order_id, sold_at=now))
-    if result.rowcount != quantity:
+    if states.move_all(CARD_SECRET_STATES, "available", "sold", CardSecret.id.in_(ids), order_id=order_id,
+                       sold_at=now) != quantity:
         raise OutOfStock("库存不足 (out of stock)")
     return ids
 
@@ -334,9 +341,7 @@ def void_order_secrets(order_id: int) -> int:
     the order, never sold again (void). A reusable secret's use goes back to the secret (one more sale possible)
     only when the buyer was never shown it; a revealed use stays counted. Returns the secrets voided or given back.
     """
-    result = db.session.execute(update(CardSecret).where(CardSecret.order_id == order_id, CardSecret.status == "sold")
-                                .values(status="void"))
-    changed = result.rowcount or 0
+    changed = states.move_all(CARD_SECRET_STATES, "sold", "void", CardSecret.order_id == order_id) or 0
     if _order_is_reusable(order_id):
         changed += _give_back_unrevealed_uses(order_id)
     return changed

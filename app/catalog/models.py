@@ -19,6 +19,7 @@ from sqlalchemy.orm import relationship
 from app.clock import utcnow
 from app.extensions import db
 from app.money import format_fen
+from app.states import Machine
 
 PRODUCT_KINDS = {"card": "卡密", "direct": "直充", "manual": "人工"}
 MAX_USES_LIMIT = 100_000  # a reusable secret's uses: far above any shared account's, and a typo is refused
@@ -185,6 +186,14 @@ class CardImport(db.Model):
         return f"{self.processed}/{self.total_lines} ({100 * self.processed // self.total_lines}%)"
 
 
+IMPORT_STATES = Machine("card_import", CardImport, {
+    "queued": {"running"},
+    "running": {"done", "failed"},  # a run cut off stays running and is run again (workers.jobs.resume_imports)
+    "failed": {"running"},  # run again: the chunks already in count once
+    "done": set(),
+}, initial=("queued",), title="card import batch")
+
+
 class CardSecret(db.Model):
     """One card secret. A normal secret belongs to at most one order (`order_id`, set when sold). A reusable one
     (`max_uses` set) belongs to no single order: each sale is a CardSecretUse row, `uses` counts those not given
@@ -220,6 +229,16 @@ class CardSecret(db.Model):
 
     def uses_display(self) -> str:
         return f"{self.uses}/{self.max_uses}" if self.max_uses is not None else "-"
+
+
+# A reusable secret (max_uses) goes sold -> available when a use is given back or its limit is raised: those moves
+# are computed per row by a CASE in app/catalog/cards.py and catalog/service.py (tests/test_architecture.py names
+# them), inside the one statement that also counts its uses.
+CARD_SECRET_STATES = Machine("card_secret", CardSecret, {
+    "available": {"sold"},
+    "sold": {"void", "available"},  # a refund voids it; a reusable one's use given back
+    "void": set(),
+}, initial=("available",), title="card secret")
 
 
 class CardSecretUse(db.Model):

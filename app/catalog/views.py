@@ -36,9 +36,8 @@ from app.extensions import db
 from app.forms import PercentField, YuanField, checkbox, int_range
 from app.ledger import service as ledger
 from app.money import format_fen
+from app.queueing import enqueue
 from app.views_common import ReadableColumnsMixin, text_of
-from workers import jobs
-from workers.queues import enqueue
 
 
 class CategoryView(ReadableColumnsMixin, AuditedViewMixin, ModelView):
@@ -464,7 +463,7 @@ class CardImportFormView(BaseView):
         if batch.total_lines > current_app.config["CARD_IMPORT_JOB_THRESHOLD"]:
             batch.job_id = f"card-import-{batch.id}"
             db.session.commit()
-            enqueue(jobs.import_cards, batch.id, job_id=batch.job_id, queue="low")
+            enqueue("import_cards", batch.id, job_id=batch.job_id, queue="low")
             flash(f"已提交后台导入任务（{batch.total_lines} 行），可在批次页查看进度", "info")
         else:
             report = cards.run_import(batch.id)

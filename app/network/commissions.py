@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select
 
-from app import cache
+from app import cache, states
 from app.agents.models import Agent, Tier
 from app.clock import utcnow
 from app.extensions import db
@@ -39,7 +39,7 @@ from app.ledger import service as ledger
 from app.ledger.models import Account, Posting
 from app.ledger.service import Line, agent_account_code
 from app.money import apply_rate
-from app.network.models import Commission
+from app.network.models import COMMISSION_STATES, Commission
 
 EXPENSE = "platform:commission_expense"
 SHOP_EXPENSE = "platform:shop_profit_expense"
@@ -206,8 +206,10 @@ def reverse_for_order(order, extra_lock: list[str] | None = None, actor_id: int 
         if group:
             locked = _post_reversal(order, group, expense, key, kind, f"{memo} {order.order_no}", actor_id, locked)
     now = utcnow()
-    db.session.execute(update(Commission).where(Commission.id.in_([c.id for c in rows]))
-                       .values(status="reversed", reversed_at=now), execution_options={"synchronize_session": False})
+    for current in sorted({c.status for c in rows}):
+        ids = [c.id for c in rows if c.status == current]
+        states.move_all(COMMISSION_STATES, current, "reversed", Commission.id.in_(ids), expect=len(ids),
+                        reversed_at=now)
     for c in rows:
         db.session.expire(c)
     return sum(c.amount for c in rows)
@@ -248,8 +250,7 @@ def _move_order_commissions(order, src: str, dst: str, key: str, memo: str, acto
                   Line(agent_account_code(c.agent_id, dst), c.amount)]
     ledger.post_journal(key, f"commission_{'freeze' if dst == 'frozen' else 'release'}", lines, memo=memo,
                         order_id=order.id, actor_id=actor_id, locked=locked)
-    db.session.execute(update(Commission).where(Commission.id.in_([c.id for c in rows])).values(status=dst),
-                       execution_options={"synchronize_session": False})
+    states.move_all(COMMISSION_STATES, src, dst, Commission.id.in_([c.id for c in rows]), expect=len(rows))
     for c in rows:
         db.session.expire(c)
     return sum(c.amount for c in rows)

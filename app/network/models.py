@@ -21,6 +21,7 @@ from sqlalchemy.orm import relationship
 from app.clock import utcnow
 from app.extensions import db
 from app.money import format_fen
+from app.states import Machine
 
 
 class InviteCode(db.Model):
@@ -68,6 +69,13 @@ class RealNameVerification(db.Model):
     agent = relationship("Agent")
 
 
+REALNAME_STATES = Machine("realname", RealNameVerification, {
+    "pending": {"verified", "failed"},
+    "failed": {"verified"},  # a new submission after a mismatch (another mismatch stays failed)
+    "verified": set(),  # changing a verified identity goes through support
+}, initial=("pending", "verified", "failed"), title="real-name verification")
+
+
 class RealNameAttempt(db.Model):
     """One real-name submission that passed the local checks and went (or was about to go) to the provider: what
     the daily limits (per agent, per ID number) and the lockout after failures count, in the database."""
@@ -99,6 +107,13 @@ class SettlementRun(db.Model):
     finished_at = Column(DateTime)
 
     actor = relationship("User", foreign_keys=[actor_id])
+
+
+SETTLEMENT_RUN_STATES = Machine("settlement_run", SettlementRun, {
+    "running": {"done", "failed"},
+    "done": set(),
+    "failed": set(),
+}, initial=("running",), title="settlement run")
 
 
 class Commission(db.Model):
@@ -135,6 +150,14 @@ class Commission(db.Model):
         return format_fen(self.amount)
 
 
+COMMISSION_STATES = Machine("commission", Commission, {
+    "pending": {"settled", "frozen", "reversed"},  # T+N settlement; a dispute freezes it; a refund reverses it
+    "frozen": {"pending", "reversed"},  # the dispute rejected, or refunded
+    "settled": {"reversed"},  # from the wallet, the rest a receivable
+    "reversed": set(),
+}, initial=("pending",), title="commission")
+
+
 class Withdrawal(db.Model):
     """提现: requested (amount to frozen), reviewed, paid out by a job through the payout adapter."""
     __tablename__ = "withdrawal"
@@ -162,6 +185,16 @@ class Withdrawal(db.Model):
 
     def amount_display(self) -> str:
         return format_fen(self.amount)
+
+
+WITHDRAWAL_STATES = Machine("withdrawal", Withdrawal, {
+    "pending_review": {"approved", "rejected"},
+    "approved": {"paying"},
+    "paying": {"paid", "failed"},  # a timeout leaves it paying: asked again (poll_paying), booked once
+    "rejected": set(),
+    "paid": set(),
+    "failed": set(),
+}, initial=("pending_review",), title="withdrawal")
 
 
 class TeamBonusRule(db.Model):

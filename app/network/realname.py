@@ -23,13 +23,13 @@ from stdnum import luhn
 from stdnum.cn import ric
 from stdnum.exceptions import ValidationError as StdnumError
 
-from app import outbound
+from app import outbound, states
 from app.audit import service as audit
 from app.clock import business_day_start, business_today, to_local, utcnow
 from app.crypto import decrypt, encrypt, keyed_hash, mask
 from app.errors import Conflict, KamengError, TooManyAttempts, ValidationError
 from app.extensions import db
-from app.network.models import RealNameAttempt, RealNameVerification
+from app.network.models import REALNAME_STATES, RealNameAttempt, RealNameVerification
 
 STATUS_TEXT = {"pending": "审核中", "verified": "已认证", "failed": "认证失败"}
 
@@ -227,7 +227,12 @@ def submit(agent_id: int, name: str, id_number: str, bank_card: str, phone: str)
         db.session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:h))"), {"h": id_hash})
     if result.matched:
         _refuse_taken(agent_id, id_hash, attempt_id)
-    rec = record_of(agent_id) or RealNameVerification(agent_id=agent_id)
+    status = "verified" if result.matched else "failed"
+    rec = record_of(agent_id)
+    if rec is None:
+        rec = RealNameVerification(agent_id=agent_id, status=status)
+    elif rec.status != status:
+        states.move(REALNAME_STATES, rec.id, rec.status, status)
     now = utcnow()
     rec.name_enc, rec.id_number_enc = encrypt(values["name"]), encrypt(number)
     rec.bank_card_enc, rec.phone_enc = encrypt(values["bank_card"]), encrypt(values["phone"])
@@ -237,7 +242,6 @@ def submit(agent_id: int, name: str, id_number: str, bank_card: str, phone: str)
     rec.age_band, rec.gender = facts.age_band(to_local(now).date()), facts.gender
     rec.province, rec.birth_year = facts.province[:16], facts.birth_year
     rec.provider_ref = result.ref or None
-    rec.status = "verified" if result.matched else "failed"
     rec.failure_reason = None if result.matched else (
         "姓名、身份证号与银行卡不匹配 (name, ID and bank card do not match)")
     rec.verified_at = now if result.matched else None

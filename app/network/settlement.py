@@ -19,6 +19,7 @@ from datetime import datetime
 
 from sqlalchemy import select, update
 
+from app import states
 from app.audit import service as audit
 from app.clock import utcnow
 from app.extensions import db
@@ -26,7 +27,7 @@ from app.ledger import service as ledger
 from app.ledger.models import Account
 from app.ledger.service import Line
 from app.network.commissions import receivable_owed
-from app.network.models import Commission, SettlementRun
+from app.network.models import COMMISSION_STATES, SETTLEMENT_RUN_STATES, Commission, SettlementRun
 
 DEFAULT_BATCH = 5000
 
@@ -44,10 +45,8 @@ def _claim(conn, run_id: int, cutoff: datetime, batch_size: int, now: datetime) 
         ids = select(picked.c.id).scalar_subquery()
     else:
         ids = due.scalar_subquery()
-    return conn.execute(
-        update(table).where(table.c.id.in_(ids), table.c.status == "pending")
-        .values(status="settled", settlement_run_id=run_id, settled_at=now)
-        .returning(table.c.agent_id, table.c.amount)).all()
+    return states.move_all(COMMISSION_STATES, "pending", "settled", table.c.id.in_(ids),
+                           returning=("agent_id", "amount"), settlement_run_id=run_id, settled_at=now)
 
 
 def _settle_batch(run_id: int, batch_no: int, cutoff: datetime, batch_size: int) -> tuple[int, int, int]:
@@ -120,17 +119,19 @@ def settle(trigger: str = "manual", actor_id: int | None = None, cutoff: datetim
             db.session.commit()
     except Exception as exc:
         db.session.rollback()
-        db.session.execute(update(SettlementRun).where(SettlementRun.id == run_id).values(
-            status="failed", error=str(exc)[:255], finished_at=utcnow()),
-            execution_options={"synchronize_session": False})
+        move_run(run_id, "running", "failed", error=str(exc)[:255], finished_at=utcnow())
         db.session.commit()
         raise
-    db.session.execute(update(SettlementRun).where(SettlementRun.id == run_id).values(
-        status="done", finished_at=utcnow()), execution_options={"synchronize_session": False})
+    move_run(run_id, "running", "done", finished_at=utcnow())
     db.session.commit()
     run = db.session.get(SettlementRun, run_id)
     db.session.refresh(run)
     return run
+
+
+def move_run(run_id: int, current: str, new: str, **values: object) -> None:
+    """The one place a settlement run's status changes (SETTLEMENT_RUN_STATES). Does not commit."""
+    states.move(SETTLEMENT_RUN_STATES, run_id, current, new, **values)
 
 
 def report(run: SettlementRun) -> dict:

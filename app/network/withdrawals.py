@@ -19,6 +19,7 @@ from flask import current_app
 from sqlalchemy import func, select
 from sqlalchemy.orm import joinedload
 
+from app import states
 from app.agents.errors import AgentInactive
 from app.agents.models import Agent
 from app.audit import service as audit
@@ -31,7 +32,7 @@ from app.ledger.errors import InsufficientBalance
 from app.ledger.service import Line, agent_account_code
 from app.money import apply_rate, format_fen
 from app.network import payout, realname
-from app.network.models import RealNameVerification, Withdrawal
+from app.network.models import WITHDRAWAL_STATES, RealNameVerification, Withdrawal
 from app.payments.models import WalletTopUp
 from app.risk import agents as risk_agents
 
@@ -195,13 +196,19 @@ def _release(w: Withdrawal, memo: str) -> None:
                          Line(agent_account_code(w.agent_id, "wallet"), w.amount)], memo=memo)
 
 
+def move(w: Withdrawal, new: str, **values: object) -> None:
+    """The one place a withdrawal's status changes (WITHDRAWAL_STATES), guarded on the status the caller holds
+    (under the row lock). Does not commit."""
+    states.move(WITHDRAWAL_STATES, w.id, w.status, new, **values)
+
+
 def approve(withdrawal_id: int, actor_id: int | None) -> Withdrawal:
     """Approve a request under review; the payout job is queued after the commit."""
     try:
         w = _locked(withdrawal_id)
         if w.status != "pending_review":
             raise InvalidReview(f"该提现当前状态为「{STATUS_TEXT.get(w.status, w.status)}」，不能批准")
-        w.status, w.reviewed_by_id, w.reviewed_at = "approved", actor_id, utcnow()
+        move(w, "approved", reviewed_by_id=actor_id, reviewed_at=utcnow())
         audit.record("withdrawal.approve", "withdrawal", w.id, {"status": "pending_review"},
                      {"status": "approved", "amount": w.amount}, actor_id=actor_id)
         db.session.commit()
@@ -221,7 +228,7 @@ def reject(withdrawal_id: int, actor_id: int | None, reason: str | None) -> With
         w = _locked(withdrawal_id)
         if w.status != "pending_review":
             raise InvalidReview(f"该提现当前状态为「{STATUS_TEXT.get(w.status, w.status)}」，不能驳回")
-        w.status, w.reviewed_by_id, w.reviewed_at, w.review_reason = "rejected", actor_id, utcnow(), reason[:255]
+        move(w, "rejected", reviewed_by_id=actor_id, reviewed_at=utcnow(), review_reason=reason[:255])
         _release(w, f"提现驳回 {w.withdrawal_no}")
         audit.record("withdrawal.reject", "withdrawal", w.id, {"status": "pending_review"},
                      {"status": "rejected"}, reason=reason[:255], actor_id=actor_id)
@@ -246,11 +253,10 @@ def retry(withdrawal_id: int, actor_id: int | None) -> Withdrawal:
 
 
 def schedule_payout(withdrawal_id: int, withdrawal_no: str) -> None:
-    from workers.jobs import pay_withdrawal
-    from workers.queues import enqueue
+    from app.queueing import enqueue
 
     try:
-        enqueue(pay_withdrawal, withdrawal_id, job_id=f"payout-{withdrawal_no}", queue="default")
+        enqueue("payout", withdrawal_id, job_id=f"payout-{withdrawal_no}", queue="default")
     except Exception:  # Redis down: the withdrawal stays approved; an admin retry queues it again
         log.exception("payout of %s not queued; retry from the review queue", withdrawal_no)
 
@@ -266,7 +272,8 @@ def pay(withdrawal_id: int) -> str:
         if w.status not in ("approved", "paying"):
             db.session.rollback()
             return w.status
-        w.status = "paying"
+        if w.status != "paying":  # paying: a run cut off (or a timeout) sends it again, the bank dedupes
+            move(w, "paying")
         w.payout_ref = w.payout_ref or w.withdrawal_no
         no, agent_id, net = w.withdrawal_no, w.agent_id, w.net_amount
         name, card = realname.bank_card_of(agent_id)
@@ -290,11 +297,11 @@ def _book(withdrawal_id: int, no: str, result: payout.PayoutResult) -> str:
             lines = [Line(agent_account_code(w.agent_id, "frozen"), -w.amount), Line("platform:payouts", w.net_amount),
                      Line("platform:fees", w.fee)]
             ledger.post_journal(f"withdrawal:{no}:paid", "withdrawal_paid", lines, memo=f"提现打款 {no}")
-            w.status, w.paid_at, w.failure_reason = "paid", utcnow(), None
+            move(w, "paid", paid_at=utcnow(), failure_reason=None)
             w.payout_ref = result.ref or w.payout_ref
         elif result.status == "failed":
             _release(w, f"提现打款失败退回 {no}")
-            w.status, w.failure_reason = "failed", (result.reason or "打款失败 (payout failed)")[:255]
+            move(w, "failed", failure_reason=(result.reason or "打款失败 (payout failed)")[:255])
         else:
             w.failure_reason = (result.reason or "打款结果未知 (payout result unknown)")[:255]
         db.session.commit()

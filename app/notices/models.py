@@ -10,6 +10,7 @@ from sqlalchemy.orm import relationship
 from app.clock import utcnow
 from app.crypto import EncryptedText, mask, pii_hash
 from app.extensions import db
+from app.states import Machine
 
 KINDS = {"email": lazy_gettext("邮件"), "sms": lazy_gettext("短信")}
 # waiting: the order is not delivered yet (unpaid, or held by risk control); queued: handed to the job (first try or
@@ -50,6 +51,16 @@ class DeliveryNotice(db.Model):
 
     def __repr__(self) -> str:
         return f"{self.kind}:{self.recipient_masked}"
+
+
+NOTICE_STATES = Machine("delivery_notice", DeliveryNotice, {
+    "waiting": {"queued"},  # the order is delivered: it leaves after that commit
+    "queued": {"sending"},
+    # sending -> sending: a claim older than STALE_CLAIM (its job died) is taken over
+    "sending": {"sent", "queued", "failed", "sending"},
+    "sent": {"queued"},  # staff send it again
+    "failed": {"queued"},
+}, initial=("waiting",), title="delivery notice (e-mail / SMS)")
 
 
 @event.listens_for(DeliveryNotice.recipient, "set")

@@ -25,14 +25,15 @@ from datetime import timedelta
 from email.utils import formataddr, parseaddr
 
 from flask import current_app
-from sqlalchemy import or_, select, update
+from sqlalchemy import select
 
+from app import states
 from app.audit import service as audit
 from app.clock import utcnow
 from app.crypto import mask
 from app.errors import Conflict, NotFound, ValidationError
 from app.extensions import db
-from app.notices.models import DeliveryNotice
+from app.notices.models import NOTICE_STATES, DeliveryNotice
 from app.outbox import service as outbox
 
 log = logging.getLogger(__name__)
@@ -111,10 +112,9 @@ def queue_for_delivery(order_id: int) -> None:
     """The order is being delivered (the caller's transaction): its waiting notices leave after the commit."""
     table = DeliveryNotice.__table__
     now = utcnow()
-    ids = db.session.connection().execute(
-        update(table).where(table.c.order_id == order_id, table.c.status == "waiting")
-        .values(status="queued", next_attempt_at=now, updated_at=now).returning(table.c.id)).scalars().all()
-    for notice_id in ids:
+    rows = states.move_all(NOTICE_STATES, "waiting", "queued", table.c.order_id == order_id, returning=("id",),
+                           next_attempt_at=now, updated_at=now)
+    for (notice_id,) in rows:
         _schedule(notice_id, 0)
 
 
@@ -155,11 +155,11 @@ def send(notice_id: int) -> Outcome:
     """Send one queued notice that is due and book the outcome; commits. Safe to run twice (the claim)."""
     now = utcnow()
     table = DeliveryNotice.__table__
-    claimed = db.session.execute(
-        update(table).where(table.c.id == notice_id, or_(
-            (table.c.status == "queued") & (table.c.next_attempt_at <= now),
-            (table.c.status == "sending") & (table.c.claimed_at < now - STALE_CLAIM)))
-        .values(status="sending", claimed_at=now, attempts=table.c.attempts + 1, updated_at=now)).rowcount
+    claim = {"claimed_at": now, "attempts": table.c.attempts + 1, "updated_at": now}
+    claimed = (states.move_all(NOTICE_STATES, "queued", "sending", table.c.id == notice_id,
+                               table.c.next_attempt_at <= now, **claim)
+               or states.move_all(NOTICE_STATES, "sending", "sending", table.c.id == notice_id,
+                                  table.c.claimed_at < now - STALE_CLAIM, **claim))
     db.session.commit()
     if not claimed:
         return _not_claimed(notice_id, now)
@@ -189,12 +189,18 @@ def send(notice_id: int) -> Outcome:
         notice = db.session.get(DeliveryNotice, notice_id)
         error = f"{type(exc).__name__}: {str(exc)[:120]}"  # no traceback: its frames could show the message
         return _failed(notice, _scrub(error, notice.recipient, secrets), temporary=True)
-    notice.status, notice.sent_at, notice.last_error, notice.updated_at = "sent", utcnow(), None, utcnow()
+    move(notice, "sent", sent_at=utcnow(), last_error=None, updated_at=utcnow())
     notice.next_attempt_at = None
     db.session.commit()
     log.info("delivery notice %s (%s to %s) for order %s sent", notice.id, notice.kind, notice.recipient_masked,
              order.order_no)
     return Outcome("sent")
+
+
+def move(notice: DeliveryNotice, new: str, **values: object) -> None:
+    """The one place a notice's status changes (NOTICE_STATES), guarded on the status the caller holds. Does not
+    commit."""
+    states.move(NOTICE_STATES, notice.id, notice.status, new, **values)
 
 
 def _not_claimed(notice_id: int, now) -> Outcome:
@@ -215,12 +221,12 @@ def _failed(notice: DeliveryNotice, error: str, temporary: bool) -> Outcome:
     notice.last_error, notice.updated_at = error[:255], utcnow()
     if temporary and notice.attempts <= len(delays):
         delay = delays[notice.attempts - 1]
-        notice.status, notice.next_attempt_at = "queued", utcnow() + delay
+        move(notice, "queued", next_attempt_at=utcnow() + delay)
         db.session.commit()
         log.warning("delivery notice %s (%s to %s): attempt %s failed, retrying in %ss: %s", notice.id, notice.kind,
                     notice.recipient_masked, notice.attempts, int(delay.total_seconds()), error)
         return Outcome("retry", delay, error)
-    notice.status, notice.next_attempt_at = "failed", None
+    move(notice, "failed", next_attempt_at=None)
     db.session.commit()
     log.warning("delivery notice %s (%s to %s) failed after %s attempt(s): %s", notice.id, notice.kind,
                 notice.recipient_masked, notice.attempts, error)
@@ -260,7 +266,7 @@ def resend(notice_id: int, actor_id: int | None) -> DeliveryNotice:
         raise Conflict(f"订单状态为「{notice.order.status_display()}」，不能重发 (only delivered orders)")
     before = {"status": notice.status, "attempts": notice.attempts, "last_error": notice.last_error}
     notice.resends += 1
-    notice.status, notice.attempts, notice.next_attempt_at = "queued", 0, utcnow()
+    move(notice, "queued", attempts=0, next_attempt_at=utcnow())
     notice.claimed_at, notice.updated_at = None, utcnow()
     audit.record("notice.resend", "delivery_notice", notice.id, before,
                  {"status": "queued", "kind": notice.kind, "to": notice.recipient_masked,

@@ -293,7 +293,7 @@ def _queue_families(app: Flask) -> list:
             StartedJobRegistry,
         )
 
-        from workers.queues import QUEUES
+        from app.queueing import QUEUES
 
         jobs = GaugeMetricFamily("kameng_jobs", "RQ jobs by queue and state (failed: kept for 30 days)",
                                  labels=["queue", "state"])

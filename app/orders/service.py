@@ -9,6 +9,7 @@ from sqlalchemy import case, func, inspect, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
+from app import states
 from app.agents.errors import AgentInactive
 from app.agents.models import Agent
 from app.agents.service import AgentFacts, agent_facts
@@ -36,6 +37,7 @@ from app.orders.errors import (
 from app.orders.models import Order
 from app.outbox import service as outbox
 from app.risk import agents as risk_agents
+from app.states import Machine
 
 # The only allowed moves. An order is created pending_payment (storefront: a channel pays it later) or paid (wallet:
 # charged in the transaction that creates it); card orders paid from the wallet go paid -> delivered in that same
@@ -51,6 +53,8 @@ TRANSITIONS: dict[str, set[str]] = {
     "refunded": set(),
     "closed": {"refunded"},  # a late payment for an expired order is recorded, then refunded at once
 }
+ORDER_STATES = Machine("order", Order, TRANSITIONS, initial=("pending_payment", "paid"), title="order",
+                       illegal=InvalidTransition, lost=InvalidTransition)
 # States a reseller acts on: these are POSTed to the order's notify_url.
 NOTIFIED_STATUSES = ("delivered", "failed", "refunded", "closed", "disputed")
 # Statuses whose amount counts toward a tier's daily purchase limit.
@@ -67,44 +71,31 @@ def transition(order_id: int, to_status: str, current: str | None = None) -> Non
         current = db.session.scalar(select(Order.status).where(Order.id == order_id))
     if current is None:
         raise NotFound(f"订单不存在 (unknown order {order_id})")
-    if to_status not in TRANSITIONS.get(current, set()):
-        raise InvalidTransition(f"订单状态不能从 {current} 变为 {to_status}")
     from app.analytics import service as rollups
 
     now = utcnow()
-    values: dict = {"status": to_status, "updated_at": now}
+    values: dict = {"updated_at": now}
     if to_status == "paid":
         values["paid_at"] = now
     elif to_status == "delivered":
         # A dispute rejected returns the order to delivered: it was delivered when it first was (settlement
         # counts from then), so keep the first time.
         values["delivered_at"] = func.coalesce(Order.delivered_at, now)
-    db.session.flush()  # pending changes first, as the ORM would (a Core statement does not autoflush)
-    orders = Order.__table__
-    move = (update(orders).where(orders.c.id == order_id, orders.c.status == current).values(**values)
-            .returning(orders.c.id, orders.c.order_no, orders.c.notify_url, orders.c.amount, orders.c.product_id,
-                       orders.c.agent_id, orders.c.delivered_at))
     loaded = db.session.identity_map.get(identity_key(Order, order_id))
-    # Analytics: one pending row in this transaction, folded into the rollups by a job. A first delivery is chained
-    # with it. On PostgreSQL both are written by the UPDATE's own statement (data-modifying CTEs): one round trip.
+    # Analytics: one pending row in this transaction, folded into the rollups by a job; a first delivery is chained
+    # with it. On PostgreSQL both are written by the move's own statement (data-modifying CTEs): one round trip.
     sign = rollups.pending_sign(current, to_status)
     first_delivery = sign == 1
-    noted = chained = db.engine.dialect.name == "postgresql" and sign is not None
-    if noted:
-        moved = move.cte("moved")
-        follow = [rollups.note_moved(moved, sign)]
-        chained = first_delivery and _values_at_hand(loaded)  # for the delivery record's digest
-        if chained:
-            follow.append(chain.delivery_moved(moved, loaded, now))
-        row = db.session.connection().execute(select(moved).add_cte(*follow)).first()
-    else:
-        row = db.session.connection().execute(move).first()
-    if row is None:
-        raise InvalidTransition(f"订单状态已被其他操作改变 (order {order_id} changed concurrently)")
-    if loaded is not None:  # an Order object already loaded holds what was written (no reload)
-        for name, value in {**values, "delivered_at": row.delivered_at}.items():
-            if name in values:
-                set_committed_value(loaded, name, value)
+    noted = db.engine.dialect.name == "postgresql" and sign is not None
+    chained = noted and first_delivery and _values_at_hand(loaded)  # what the delivery record's digest covers
+
+    def follow(moved):
+        return [rollups.note_moved(moved, sign)] + ([chain.delivery_moved(moved, loaded, now)] if chained else [])
+
+    row = states.move(ORDER_STATES, order_id, current, to_status, **values, follow=follow if noted else None,
+                      returning=("id", "order_no", "notify_url", "amount", "product_id", "agent_id", "delivered_at"))
+    if loaded is not None and "delivered_at" in values:  # the time the database kept (the first delivery's)
+        set_committed_value(loaded, "delivered_at", row.delivered_at)
     if sign is not None and not noted:
         {1: rollups.record_delivery, -1: rollups.record_refund, 0: rollups.record_failure}[sign](order_id)
     if first_delivery and row.delivered_at == now:  # its first delivery (delivered_at keeps the first time)

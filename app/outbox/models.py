@@ -5,6 +5,7 @@ from sqlalchemy import Column, DateTime, Index, Integer, String, Text
 
 from app.clock import utcnow
 from app.extensions import db
+from app.states import Machine
 
 
 class OutboxMessage(db.Model):
@@ -22,3 +23,10 @@ class OutboxMessage(db.Model):
     finished_at = Column(DateTime)
 
     __table_args__ = (Index("ix_outbox_status_next", "status", "next_attempt_at"),)
+
+
+OUTBOX_STATES = Machine("outbox_message", OutboxMessage, {
+    "pending": {"done", "failed"},  # retries stay pending (next_attempt_at moves)
+    "done": set(),
+    "failed": set(),
+}, initial=("pending",), title="outbox message")

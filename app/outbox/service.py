@@ -12,9 +12,10 @@ from datetime import timedelta
 from flask import g, has_app_context
 from sqlalchemy import event, or_, select, update
 
+from app import states
 from app.clock import utcnow
 from app.extensions import db
-from app.outbox.models import OutboxMessage
+from app.outbox.models import OUTBOX_STATES, OutboxMessage
 
 log = logging.getLogger(__name__)
 HANDLERS: dict[str, Callable[[OutboxMessage], None]] = {}
@@ -48,22 +49,21 @@ def write(topic: str, key: str, payload: dict) -> None:
 
 def dispatch(message_ids: list[int]) -> None:
     """Hand messages to RQ (queue high), or run them now when there is no Redis."""
-    from workers.jobs import run_outbox_message
-    from workers.queues import enqueue, redis_connection
+    from app.queueing import enqueue, redis_connection
 
     for message_id in message_ids:
         db.session.execute(update(OutboxMessage).where(OutboxMessage.id == message_id)
                            .values(dispatched_at=utcnow()))
         db.session.commit()
         if redis_connection() is None:
-            run_outbox_message(message_id)
+            run(message_id)  # what the job would do (workers.jobs.run_outbox_message), here and now
             continue
         try:
             row = db.session.execute(select(OutboxMessage.topic, OutboxMessage.payload, OutboxMessage.attempts)
                                      .where(OutboxMessage.id == message_id)).one()
             job_id = (JOB_IDS[row.topic](json.loads(row.payload)) if row.topic in JOB_IDS
                       else f"outbox-{message_id}-{row.attempts}")
-            enqueue(run_outbox_message, message_id, job_id=job_id, queue="high")
+            enqueue("outbox", message_id, job_id=job_id, queue="high")
         except Exception as exc:  # Redis down: the sweeper will dispatch it later; nothing is lost
             log.warning("outbox %s not dispatched (%s); the sweeper will retry", message_id, exc)
             # Not handed over after all: due again at the next sweep, not only after REDISPATCH_AFTER.
@@ -86,9 +86,15 @@ def run(message_id: int) -> None:
 
 
 def finish(message: OutboxMessage, status: str, error: str | None = None) -> None:
-    message.status = status
-    message.last_error = (error or None) and error[:255]
-    message.finished_at = utcnow()
+    """The one place a message's status changes (OUTBOX_STATES); commits. A run that lost the race to another run
+    of the same message (delivery is at least once) leaves the first outcome standing."""
+    try:
+        states.move(OUTBOX_STATES, message.id, message.status, status, last_error=(error or None) and error[:255],
+                    finished_at=utcnow())
+    except states.LostMove:
+        db.session.rollback()
+        log.info("outbox %s was finished by another run", message.id)
+        return
     db.session.commit()
 
 

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from flask import current_app, has_app_context
 from sqlalchemy import select
 
+from app import states
 from app.agents.models import Agent
 from app.audit import service as audit
 from app.clock import utcnow
@@ -31,7 +32,7 @@ from app.orders import service as orders
 from app.orders.models import Order
 from app.payments import coupons
 from app.payments import service as payments
-from app.payments.models import Coupon, Dispute
+from app.payments.models import DISPUTE_STATES, Coupon, Dispute
 
 HELD = "platform:disputes_held"
 DEFAULT_RESPONSE_MINUTES = 30
@@ -122,6 +123,11 @@ def _open(order_id: int, reason: str, opened_by_id: int | None) -> Dispute:
     return dispute
 
 
+
+def move(dispute_id: int, current: str, new: str, **values: object) -> None:
+    """The one place a dispute's status changes (DISPUTE_STATES), guarded on `current`. Does not commit."""
+    states.move(DISPUTE_STATES, dispute_id, current, new, **values)
+
 # --- resolving -----------------------------------------------------------------------------------------------
 
 def resolve(dispute_id: int, outcome: str, resolution: object, actor_id: int | None,
@@ -143,10 +149,8 @@ def resolve(dispute_id: int, outcome: str, resolution: object, actor_id: int | N
         if compensation_fen and compensation_fen > order.amount:
             raise ValidationError(f"补偿金额不能超过订单金额 {format_fen(order.amount)}")
         _move_payable(order, "release", to_held=False, actor_id=actor_id)
-        dispute.status = "refunded" if outcome == "refund" else "rejected"
-        dispute.resolution = resolution
-        dispute.resolved_by_id = actor_id
-        dispute.resolved_at = utcnow()
+        move(dispute.id, "open", "refunded" if outcome == "refund" else "rejected", resolution=resolution,
+             resolved_by_id=actor_id, resolved_at=utcnow())
         coupon = None
         if compensation_fen:
             coupon = coupons.create_coupon(None, f"维权补偿 {order.order_no}", "fixed", compensation_fen,

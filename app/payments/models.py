@@ -9,6 +9,7 @@ from app.clock import utcnow
 from app.crypto import EncryptedText
 from app.extensions import db
 from app.money import format_fen
+from app.states import Machine
 
 CHANNEL_NAMES = {"sandbox": "沙箱支付", "alipay": "支付宝", "wechatpay": "微信支付", "unionpay": "银联",
                  "epay": "易支付", "wallet": "钱包余额"}
@@ -78,6 +79,13 @@ class WalletTopUp(db.Model):
     agent = relationship("Agent")
 
 
+TOPUP_STATES = Machine("wallet_topup", WalletTopUp, {
+    "pending_payment": {"paid", "closed"},
+    "closed": {"paid"},  # paid after it expired: credited all the same
+    "paid": set(),
+}, initial=("pending_payment",), title="wallet top-up")
+
+
 class Refund(db.Model):
     """One refund of money: to an agent's wallet (done at once), or of one channel payment back through its channel
     (a state machine driven by jobs, app.payments.refunds). `order_id` is empty for a top-up's second payment."""
@@ -132,6 +140,18 @@ class ChannelOrder(db.Model):
 
     __table_args__ = (UniqueConstraint("channel", "out_trade_no", name="uq_channel_order_channel_no"),
                       Index("ix_channel_order_status_created", "status", "created_at"))
+
+
+PAYMENT_STATES = Machine("payment", Payment, {
+    "paid": {"refunding"},
+    "refunding": {"refunded"},  # a failed refund keeps it refunding until staff retry or confirm
+    "refunded": set(),
+}, initial=("paid",), title="payment")
+CHANNEL_ORDER_STATES = Machine("channel_order", ChannelOrder, {
+    "open": {"paid", "closed"},
+    "closed": {"paid"},  # paid after it was closed: recorded (then refunded or credited)
+    "paid": set(),
+}, initial=("open",), title="channel order (payment started at a channel)")
 
 
 class PaymentAlert(db.Model):
@@ -223,6 +243,13 @@ class Dispute(db.Model):
     opened_by = relationship("User", foreign_keys=[opened_by_id])
     resolved_by = relationship("User", foreign_keys=[resolved_by_id])
     compensation_coupon = relationship("Coupon", foreign_keys=[compensation_coupon_id])
+
+
+DISPUTE_STATES = Machine("dispute", Dispute, {
+    "open": {"refunded", "rejected"},
+    "refunded": set(),
+    "rejected": set(),
+}, initial=("open",), title="dispute")
 
 
 class StatementImport(db.Model):

@@ -27,8 +27,9 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import select, update
+from sqlalchemy import select
 
+from app import states
 from app.audit import service as audit
 from app.clock import utcnow
 from app.errors import Conflict, KamengError, NotFound, ValidationError
@@ -38,7 +39,8 @@ from app.ledger.service import Line
 from app.outbox import service as outbox
 from app.payments import gateways
 from app.payments.channels.base import ChannelUnavailable, RefundNotice, RefundRequest, RefundResult
-from app.payments.models import Payment, PaymentAlert, Refund, WalletTopUp
+from app.payments.models import PAYMENT_STATES, Payment, PaymentAlert, Refund, WalletTopUp
+from app.states import Machine
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ TRANSITIONS: dict[str, set[str]] = {
     "failed": {"requested", "succeeded"},  # staff: ask again, or confirm the channel paid it another way
     "succeeded": set(),
 }
+REFUND_STATES = Machine("refund", Refund, TRANSITIONS, initial=("requested", "succeeded"), title="refund")
 ABNORMAL = "abnormal: "  # last_error prefix: the channel took the refund but could not pay the buyer
 # last_error prefix: the channel has no refund call (an epay provider without api.php?act=refund): staff refund it
 # in the provider's back office and confirm (confirm_paid); asking the channel again would change nothing.
@@ -78,7 +81,7 @@ def request_channel_refund(payment: Payment, reason: str, actor_id: int | None =
     """Ask for a channel payment to be paid back in full. Does not commit; the channel is asked after commit."""
     if payment.status != "paid":
         raise Conflict("该笔收款已退款或正在退款 (this payment is already refunded or being refunded)")
-    payment.status = "refunding"
+    states.move(PAYMENT_STATES, payment.id, "paid", "refunding")
     refund = Refund(order_id=payment.order_id, payment_id=payment.id, amount=payment.amount,
                     destination=payment.channel, reason=reason[:255], status="requested",
                     out_refund_no=new_refund_no(), next_attempt_at=utcnow(), actor_id=actor_id, updated_at=utcnow())
@@ -118,9 +121,9 @@ def transition(refund: Refund, to_status: str, *, message: str | None = None, ch
     if to_status not in TRANSITIONS.get(refund.status, set()):
         return False
     now = utcnow()
-    moved = db.session.execute(update(Refund).where(Refund.id == refund.id, Refund.status == refund.status)
-                               .values(status=to_status, updated_at=now)).rowcount
-    if not moved:
+    try:
+        states.move(REFUND_STATES, refund.id, refund.status, to_status, updated_at=now)
+    except states.LostMove:
         return False
     db.session.refresh(refund)
     if channel_refund_no:
@@ -154,7 +157,7 @@ def _book_success(refund: Refund) -> None:
                         [Line(gateways.BUYER_FUNDS, -refund.amount),
                          Line(gateways.clearing_account(payment.channel), refund.amount)],
                         memo=f"{refund.out_refund_no} {refund.reason}"[:255], order_id=refund.order_id)
-    payment.status = "refunded"
+    states.move(PAYMENT_STATES, payment.id, payment.status, "refunded")
 
 
 def _alert(kind: str, refund: Refund, message: str) -> None:

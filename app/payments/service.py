@@ -16,7 +16,7 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from app import crypto
+from app import crypto, states
 from app.audit import service as audit
 from app.catalog.errors import OutOfStock
 from app.clock import utcnow
@@ -50,7 +50,15 @@ from app.payments.gateways import (  # noqa: F401  (the channels' settings, re-e
     is_enabled,
     save_channel,
 )
-from app.payments.models import ChannelOrder, LookupAttempt, OrderCheckout, Payment, PaymentNotification, Refund
+from app.payments.models import (
+    CHANNEL_ORDER_STATES,
+    ChannelOrder,
+    LookupAttempt,
+    OrderCheckout,
+    Payment,
+    PaymentNotification,
+    Refund,
+)
 
 log = logging.getLogger(__name__)
 LOOKUP_SALT = "kameng-order-lookup"
@@ -213,8 +221,9 @@ def _count_failed_payment(order_no: str) -> None:
 
 
 def mark_channel_order_paid(code: str, number: str) -> None:
-    db.session.execute(update(ChannelOrder).where(ChannelOrder.channel == code, ChannelOrder.out_trade_no == number,
-                                                  ChannelOrder.status != "paid").values(status="paid"))
+    for current in ("open", "closed"):
+        states.move_all(CHANNEL_ORDER_STATES, current, "paid", ChannelOrder.channel == code,
+                        ChannelOrder.out_trade_no == number)
 
 
 def record_payment(code: str, note: Notification, confirmed_by: int | None, *, order_id: int | None = None,
@@ -484,8 +493,7 @@ def ask_channel(co_id: int) -> str:
 
 
 def _close_channel_order(co_id: int) -> None:
-    db.session.execute(update(ChannelOrder).where(ChannelOrder.id == co_id, ChannelOrder.status == "open")
-                       .values(status="closed", closed_at=utcnow()))
+    states.move_all(CHANNEL_ORDER_STATES, "open", "closed", ChannelOrder.id == co_id, closed_at=utcnow())
 
 
 def query_open_payments(now: datetime | None = None, limit: int = 200) -> dict:

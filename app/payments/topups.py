@@ -17,6 +17,7 @@ from datetime import timedelta
 from flask import current_app
 from sqlalchemy import select, update
 
+from app import states
 from app.agents.errors import AgentInactive
 from app.agents.models import Agent
 from app.clock import utcnow
@@ -26,7 +27,7 @@ from app.ledger import service as ledger
 from app.ledger.service import Line
 from app.money import format_fen, parse_yuan
 from app.payments.channels.base import Notification
-from app.payments.models import WalletTopUp
+from app.payments.models import TOPUP_STATES, WalletTopUp
 
 MIN_TOPUP = 100  # ¥1.00
 MAX_TOPUP = 5_000_000  # ¥50,000.00
@@ -133,8 +134,7 @@ def apply_topup_payment(code: str, note: Notification, remote_addr: str | None =
                         [Line(clearing_account(code), -note.amount), Line(wallet, note.amount)],
                         memo=f"{topup.topup_no} 钱包充值", actor_id=confirmed_by)
     _count_unspent(topup.agent_id, note.amount)
-    topup.status = "paid"
-    topup.paid_at = utcnow()
+    move(topup.id, topup.status, "paid", paid_at=utcnow())
     mark_channel_order_paid(code, topup.topup_no)
     db.session.commit()
     return log("accepted", "paid after the top-up had closed: credited" if late else None)
@@ -166,11 +166,19 @@ def expire_unpaid(limit: int = 1000) -> int:
     for topup_id, topup_no in rows:
         if not service.close_at_channel(topup_no):
             continue
-        closed += db.session.execute(update(WalletTopUp).where(WalletTopUp.id == topup_id,
-                                                               WalletTopUp.status == "pending_payment")
-                                     .values(status="closed")).rowcount
+        try:
+            move(topup_id, "pending_payment", "closed")
+        except states.LostMove:  # paid meanwhile: it stays paid
+            db.session.rollback()
+            continue
         db.session.commit()
+        closed += 1
     return closed
+
+
+def move(topup_id: int, current: str, new: str, **values: object) -> None:
+    """The one place a top-up's status changes (TOPUP_STATES), guarded on `current`. Does not commit."""
+    states.move(TOPUP_STATES, topup_id, current, new, **values)
 
 
 def topups_of(agent_id: int, limit: int = 50) -> list[WalletTopUp]:

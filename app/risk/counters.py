@@ -110,7 +110,7 @@ def _column(dimension: str) -> str:
 # --- Redis (the fast path) ---------------------------------------------------------------------------------
 
 def _redis():
-    from workers.queues import redis_connection
+    from app.queueing import redis_connection
 
     return redis_connection()
 

@@ -21,6 +21,7 @@ from sqlalchemy.orm import relationship
 from app.clock import utcnow
 from app.extensions import db
 from app.money import format_fen
+from app.states import Machine
 
 UPSTREAM_STATUSES = {
     "submitting": "提交中",
@@ -87,6 +88,16 @@ class RechargeAttempt(db.Model):
 
     def status_display(self) -> str:
         return UPSTREAM_STATUSES.get(self.status, self.status)
+
+
+# An open attempt takes whatever the upstream answers next (a lost answer is "unknown" until a poll knows better);
+# success and failed are final.
+_ATTEMPT_OPEN = ("submitting", "submitted", "processing", "unknown")
+ATTEMPT_STATES = Machine("supplier_attempt", RechargeAttempt, {
+    **{status: {"submitted", "processing", "unknown", "success", "failed"} - {status} for status in _ATTEMPT_OPEN},
+    "success": set(),
+    "failed": set(),
+}, initial=("submitting",), title="supplier attempt (direct top-up)")
 
 
 class RechargeEvent(db.Model):

@@ -27,7 +27,7 @@ from flask import current_app
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from app import crypto
+from app import crypto, states
 from app.catalog.models import CardSecret, Supplier
 from app.clock import utcnow
 from app.errors import KamengError
@@ -52,7 +52,7 @@ from app.suppliers.adapters.base import (
     UpstreamUnreachable,
 )
 from app.suppliers.errors import AttemptNotFound, CallbackRejected, InvalidAccount, SupplierNotFound
-from app.suppliers.models import RechargeAttempt, RechargeEvent
+from app.suppliers.models import ATTEMPT_STATES, RechargeAttempt, RechargeEvent
 from app.suppliers.service import candidates, supplier_or_none
 
 log = logging.getLogger(__name__)
@@ -242,16 +242,13 @@ def _apply(attempt_id: int, result: UpstreamResult | None, source: str, in_place
     if status == SUCCESS:
         try:
             _apply_success(order, attempt, result, source, remote_addr)
-        except InvalidTransition:  # SQLite (no row locks): another worker delivered it first
+        except (InvalidTransition, states.LostMove):  # SQLite (no row locks): another worker delivered it first
             db.session.rollback()
             return "ignored"
         db.session.commit()
         return "delivered"
     if status == FAILED:
-        attempt.status = "failed"
-        attempt.finished_at = now
-        attempt.next_poll_at = None
-        attempt.last_error = message[:255] or None
+        move(attempt, "failed", finished_at=now, next_poll_at=None, last_error=message[:255] or None)
         _event(order.id, attempt, source, "failed", _detail("充值失败", attempt, message), remote_addr)
         _set_upstream_status(order.id, "failed")
         if not in_place:
@@ -265,7 +262,8 @@ def _apply(attempt_id: int, result: UpstreamResult | None, source: str, in_place
         attempt.polls += 1
     if status == "unknown" and attempt.status in ("submitted", "processing") and not polled:
         status = attempt.status  # a lost answer does not undo what the upstream told us before
-    attempt.status = status
+    if status != attempt.status:
+        move(attempt, status)
     attempt.next_poll_at = now + backoff(attempt.polls)
     if status == "unknown":
         attempt.last_error = message[:255] or None
@@ -278,15 +276,18 @@ def _apply(attempt_id: int, result: UpstreamResult | None, source: str, in_place
     return "unknown" if status == "unknown" else "pending"
 
 
+def move(attempt: RechargeAttempt, new: str, **values: object) -> None:
+    """The one place an attempt's status changes (ATTEMPT_STATES): guarded on the status the caller holds, and
+    written with `values`. Does not commit."""
+    states.move(ATTEMPT_STATES, attempt.id, attempt.status, new, **values)
+
+
 def _apply_success(order: Order, attempt: RechargeAttempt, result: UpstreamResult, source: str,
                    remote_addr: str | None) -> None:
     """Deliver: the sale from buyer_funds at this supplier's cost, commissions, secrets, balance, delivered."""
     now = utcnow()
     supplier = db.session.get(Supplier, attempt.supplier_id)
-    attempt.status = "success"
-    attempt.finished_at = now
-    attempt.next_poll_at = None
-    attempt.last_error = None
+    move(attempt, "success", finished_at=now, next_poll_at=None, last_error=None)
     order.supplier_id = supplier.id
     order.cost_total = attempt.cost
     order.service_fee = apply_rate(attempt.cost, supplier.service_fee_bp)
@@ -316,9 +317,8 @@ def _late(order: Order, attempt: RechargeAttempt, result: UpstreamResult | None,
     """
     status = result.status if result is not None else None
     if attempt.status in OPEN_STATUSES and status in (SUCCESS, FAILED):
-        attempt.status = "success" if status == SUCCESS else "failed"
-        attempt.finished_at = attempt.updated_at = utcnow()
-        attempt.next_poll_at = None
+        now = utcnow()
+        move(attempt, "success" if status == SUCCESS else "failed", finished_at=now, updated_at=now, next_poll_at=None)
         detail = ("订单已结束但上游回报充值成功，请人工核实 (upstream credited a closed order: check by hand)"
                   if status == SUCCESS else "订单已结束，上游回报失败")
         _event(order.id, attempt, source, status, detail, remote_addr)
