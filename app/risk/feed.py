@@ -87,7 +87,9 @@ class FeedUnavailable(KamengError):
 # --- time --------------------------------------------------------------------------------------------------
 
 def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.replace(microsecond=0).isoformat() + "Z"
+    """Full precision: a partner's next `since` is this feed's generated_at, so a change in the same second as the
+    feed is neither lost nor carried again."""
+    return None if moment is None else moment.isoformat() + "Z"
 
 
 def parse_time(raw, what: str = "time") -> datetime:

@@ -10,6 +10,7 @@ from flask import Response, flash, g, redirect, request, url_for
 from flask_appbuilder import BaseView, ModelView, expose, has_access
 from flask_appbuilder.actions import action
 from flask_appbuilder.models.sqla.interface import SQLAInterface
+from flask_appbuilder.security.decorators import permission_name
 from flask_babel import gettext
 from flask_babel import lazy_gettext as _
 from sqlalchemy import func, select
@@ -71,6 +72,7 @@ class RiskFeedView(BaseView):
 
     @expose("/legal-basis", methods=["POST"])
     @has_access
+    @permission_name("manage")
     def record_legal_basis(self):
         try:
             row = feed.record_legal_basis(request.form.get("basis", ""), request.form.get("text", ""), g.user.id)
@@ -81,6 +83,7 @@ class RiskFeedView(BaseView):
 
     @expose("/identity", methods=["POST"])
     @has_access
+    @permission_name("manage")
     def identity(self):
         try:
             row = feed.create_identity(request.form.get("publisher_id", ""), g.user.id,
@@ -92,6 +95,7 @@ class RiskFeedView(BaseView):
 
     @expose("/keys/rotate", methods=["POST"])
     @has_access
+    @permission_name("manage")
     def rotate(self):
         try:
             key, secret = feed.rotate_key(g.user.id)
@@ -102,6 +106,7 @@ class RiskFeedView(BaseView):
 
     @expose("/keys/add", methods=["POST"])
     @has_access
+    @permission_name("manage")
     def add_key(self):
         try:
             key, _secret = feed.add_key(request.form.get("key_id", ""), request.form.get("secret", ""),
@@ -113,6 +118,7 @@ class RiskFeedView(BaseView):
 
     @expose("/keys/<key_id>/retire", methods=["POST"])
     @has_access
+    @permission_name("manage")
     def retire(self, key_id: str):
         try:
             feed.retire_key(key_id[:32], g.user.id)
@@ -123,6 +129,7 @@ class RiskFeedView(BaseView):
 
     @expose("/partners/add", methods=["POST"])
     @has_access
+    @permission_name("manage")
     def add_partner(self):
         form = request.form
         try:
@@ -135,6 +142,7 @@ class RiskFeedView(BaseView):
 
     @expose("/partners/<int:partner_id>/key", methods=["POST"])
     @has_access
+    @permission_name("manage")
     def partner_key(self, partner_id: int):
         try:
             key, secret = feed.create_partner_key(partner_id, ip_allowlist=request.form.get("ip_allowlist"),
@@ -145,6 +153,7 @@ class RiskFeedView(BaseView):
 
     @expose("/partners/<int:partner_id>/active", methods=["POST"])
     @has_access
+    @permission_name("manage")
     def partner_active(self, partner_id: int):
         try:
             feed.set_partner_active(partner_id, request.form.get("active") == "1", g.user.id)
@@ -154,6 +163,7 @@ class RiskFeedView(BaseView):
 
     @expose("/export", methods=["POST"])
     @has_access
+    @permission_name("manage")
     def export(self):
         name = "kameng-risk-feed.json"
         try:
@@ -165,6 +175,7 @@ class RiskFeedView(BaseView):
 
     @expose("/import", methods=["POST"])
     @has_access
+    @permission_name("manage")
     def import_feed(self):
         upload = request.files.get("file")
         if upload is None or not upload.filename:
