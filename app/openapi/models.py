@@ -53,11 +53,7 @@ class CallbackAttempt(db.Model):
     __tablename__ = "callback_attempt"
     id = Column(Integer, primary_key=True)
     order_id = Column(Integer, ForeignKey("orders.id"), nullable=False, index=True)
-    agent_id = Column(Integer, ForeignKey("agent.id"), index=True)  # an agent's key (scope "agent")
-    # What the key may call: "agent" (an agent's own orders, products, balance) or "risk_feed" (a partner platform
-    # pulling the shared risk feed, app.risk.feed; partner_id set, no agent).
-    scope = Column(String(16), nullable=False, default="agent", server_default="agent")
-    partner_id = Column(Integer, ForeignKey("risk_feed_partner.id", name="fk_api_key_partner_id_risk_feed_partner"))
+    agent_id = Column(Integer, ForeignKey("agent.id"), nullable=False, index=True)
     outbox_id = Column(Integer, ForeignKey("outbox_message.id"), nullable=False)
     attempt = Column(Integer, nullable=False)
     url = Column(String(512), nullable=False)
