@@ -11,9 +11,9 @@ from flask.cli import AppGroup
 from app.cli import fail
 from app.errors import KamengError
 
-feed_cli = AppGroup("feed", help="共享名单: the signed feed of list entries shared with partner platforms.")
-key_cli = AppGroup("key", help="Sharing keys (共享密钥): the HMAC keys partners hash values under.")
-partner_cli = AppGroup("partner", help="Partner platforms (合作方): trusted publishers and feed subscribers.")
+feed_cli = AppGroup("feed", help="The shared risk feed: signed list entries exchanged with partner platforms.")
+key_cli = AppGroup("key", help="Sharing keys: the HMAC keys partners hash values under.")
+partner_cli = AppGroup("partner", help="Partner platforms: trusted publishers and feed subscribers.")
 feed_cli.add_command(key_cli)
 feed_cli.add_command(partner_cli)
 
