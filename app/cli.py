@@ -608,6 +608,15 @@ risk_rules_cli = AppGroup("rules", help="风控规则.")
 risk_cli.add_command(risk_rules_cli)
 
 
+def _feed_cli() -> AppGroup:
+    from app.risk.feed_cli import feed_cli  # it uses fail(), above
+
+    return feed_cli
+
+
+risk_cli.add_command(_feed_cli())
+
+
 @risk_list_cli.command("add")
 @click.option("--kind", required=True, help="ip, cidr, device, contact, phone, id_number, payment_account or agent.")
 @click.option("--value", required=True)

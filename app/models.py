@@ -59,6 +59,14 @@ from app.payments.models import (  # noqa: F401
     StatementImport,
     WalletTopUp,
 )
+from app.risk.feed_models import (  # noqa: F401
+    RiskFeedEntry,
+    RiskFeedPartner,
+    RiskFeedPublisher,
+    RiskLegalBasis,
+    RiskListShare,
+    RiskSharingKey,
+)
 from app.risk.models import RiskDecision, RiskEvent, RiskListEntry, RiskRule, RiskRuleVersion  # noqa: F401
 from app.settings.models import PlatformSetting  # noqa: F401
 from app.suppliers.models import RechargeAttempt, RechargeEvent, SupplierAlert, SupplierProduct  # noqa: F401

@@ -184,6 +184,12 @@ SCREENS: dict[str, dict[str, tuple[str, ...]]] = {
     "RiskRuleView": {**read(M), ADD: NOBODY, EDIT: NOBODY},
     "风控日志": {MENU: (M, S)},
     "RiskDecisionView": read(M, S),
+    # 共享名单 (app/risk/feed*): Manager reads the page and the imported entries (Support too: a held order names
+    # its source); keys, identity, partners, legal basis, export and import stay with Admin (audited).
+    "共享名单": {MENU: (M,)},
+    "RiskFeedView": {INDEX: (M,), "can_manage": NOBODY},
+    "共享名单条目": {MENU: (M, S)},
+    "RiskFeedEntryView": {**read(M, S), "remove": NOBODY},
     # ------------------------------------------------------------------------------------- 系统
     "系统": {MENU: STAFF},
     # Two-factor sign-in (app/twofactor): each staff member's own enrolment; the list of who has it on is read by

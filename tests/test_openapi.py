@@ -585,7 +585,8 @@ def test_openapi_document_and_docs_are_public(app, client):
     spec = client.get("/open/v1/openapi.json")
     assert spec.status_code == 200 and spec.get_json()["openapi"].startswith("3.")
     assert set(spec.get_json()["paths"]) == {"/open/v1/products", "/open/v1/balance", "/open/v1/orders",
-                                             "/open/v1/orders/{order_no}", "/open/v1/orders/{order_no}/secrets"}
+                                             "/open/v1/orders/{order_no}", "/open/v1/orders/{order_no}/secrets",
+                                             "/open/v1/risk/feed"}
     assert client.get("/open/v1/docs").status_code == 200
 
 

@@ -79,7 +79,8 @@ def test_api_conforms_to_its_openapi_document(app, f, shop):
         operations = [result.ok() for result in schema.get_all_operations()]
         assert {op.label for op in operations} == {
             "GET /open/v1/products", "GET /open/v1/balance", "POST /open/v1/orders", "GET /open/v1/orders",
-            "GET /open/v1/orders/{order_no}", "GET /open/v1/orders/{order_no}/secrets"}
+            "GET /open/v1/orders/{order_no}", "GET /open/v1/orders/{order_no}/secrets",
+            "GET /open/v1/risk/feed"}  # an agent's key: 403 forbidden_scope (tests/test_risk_feed.py pulls it)
 
         for operation in operations:
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):

@@ -8,7 +8,7 @@ from flask import Blueprint, Flask, Response, g, jsonify, render_template, reque
 from werkzeug.exceptions import HTTPException
 
 from app.catalog import extraction
-from app.errors import KamengError, ValidationError
+from app.errors import Forbidden, KamengError, ValidationError
 from app.extensions import csrf, db
 from app.ledger.service import agent_balances
 from app.openapi import service
@@ -16,6 +16,7 @@ from app.openapi.spec import build_spec
 
 bp = Blueprint("openapi", __name__, url_prefix="/open/v1")
 PUBLIC_ENDPOINTS = {"openapi.spec", "openapi.docs"}
+PARTNER_ENDPOINTS = {"openapi.risk_feed"}  # partner keys (scope risk_feed) only; agent keys get 403
 
 
 def error(code: str, message: str, status: int):
@@ -31,6 +32,10 @@ def authenticate():
     body = request.get_data(cache=True)
     g.api_key = service.authenticate(request.method, request.path, request.headers, body, request.remote_addr,
                                      raw_path=_raw_path())
+    if request.endpoint in PARTNER_ENDPOINTS:
+        if g.api_key.scope != "risk_feed" or g.api_key.partner_id is None:
+            raise Forbidden("this key has no partner feed permission (risk_feed)", code="forbidden_scope")
+        return None
     g.api_agent = service.caller_agent(g.api_key)
     return None
 
@@ -125,6 +130,16 @@ def order_secrets(order_no: str):
     result = extraction.extract_order(g.api_agent.id, order_no, fmt, via="openapi", api_key=g.api_key.app_key)
     return Response(stream_with_context(result.chunks), mimetype=result.mimetype, headers={
         "Content-Disposition": f'attachment; filename="{result.filename}"', "Cache-Control": "no-store"})
+
+
+@bp.get("/risk/feed")
+def risk_feed():
+    """The signed risk feed for a partner platform (app.risk.feed), ?since= for what changed after a time. The body
+    is the signed document's exact bytes; each pull is audited."""
+    from app.risk import feed
+
+    body = feed.serve(g.api_key.partner_id, g.api_key.app_key, request.args.get("since"))
+    return Response(body, mimetype="application/json", headers={"Cache-Control": "no-store"})
 
 
 def register(app: Flask) -> None:

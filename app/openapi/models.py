@@ -1,7 +1,7 @@
 """API keys for the Open API, the nonces seen, and callback attempts."""
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, CheckConstraint, Column, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import relationship
 
 from app.clock import utcnow
@@ -11,7 +11,11 @@ from app.extensions import db
 class ApiKey(db.Model):
     __tablename__ = "api_key"
     id = Column(Integer, primary_key=True)
-    agent_id = Column(Integer, ForeignKey("agent.id"), nullable=False, index=True)
+    agent_id = Column(Integer, ForeignKey("agent.id"), index=True)  # an agent's key (scope "agent")
+    # What the key may call: "agent" (an agent's own orders, products, balance) or "risk_feed" (a partner platform
+    # pulling the shared risk feed, app.risk.feed; partner_id set, no agent).
+    scope = Column(String(16), nullable=False, default="agent", server_default="agent")
+    partner_id = Column(Integer, ForeignKey("risk_feed_partner.id", name="fk_api_key_partner_id_risk_feed_partner"))
     name = Column(String(64), nullable=False, default="")
     app_key = Column(String(40), unique=True, nullable=False)
     secret_enc = Column(Text, nullable=False)  # encrypted; shown in full once, at creation
@@ -23,6 +27,10 @@ class ApiKey(db.Model):
     last_used_at = Column(DateTime)
 
     agent = relationship("Agent")
+    partner = relationship("RiskFeedPartner")
+
+    __table_args__ = (CheckConstraint("(scope = 'agent' AND agent_id IS NOT NULL) OR "
+                                      "(scope = 'risk_feed' AND partner_id IS NOT NULL)", name="ck_api_key_owner"),)
 
     def __repr__(self) -> str:
         return self.app_key

@@ -71,6 +71,19 @@ def create_key(agent_id: int, name: str = "", ip_allowlist: str | None = None) -
     return key, secret
 
 
+def create_partner_key(partner_id: int, name: str = "", ip_allowlist: str | None = None) -> tuple[ApiKey, str]:
+    """A partner platform's key (scope risk_feed: it may pull the shared risk feed and nothing else); returns it
+    with its plain secret, shown once. Commits."""
+    allowlist = parse_allowlist(ip_allowlist)
+    secret = secrets.token_hex(32)
+    key = ApiKey(partner_id=partner_id, scope="risk_feed", name=(name or "").strip()[:64],
+                 app_key="ak" + secrets.token_hex(15), secret_enc=crypto.encrypt(secret), secret_hint=secret[-4:],
+                 ip_allowlist=allowlist, active=True)
+    db.session.add(key)
+    db.session.commit()
+    return key, secret
+
+
 def revoke_key(key_id: int, agent_id: int | None = None) -> ApiKey:
     """Revoke a key. With agent_id, only that agent's own key (agents revoke their own; admins any). Commits."""
     key = db.session.get(ApiKey, key_id)
@@ -98,6 +111,8 @@ class CallerKey:
     active: bool
     secret: str
     networks: tuple  # the IP allow-list as ip_network objects; empty = any address
+    scope: str = "agent"  # "agent", or "risk_feed" for a partner platform's key (app.risk.feed)
+    partner_id: int | None = None
 
 
 def _caller_key(app_key: str) -> CallerKey | None:
@@ -106,11 +121,13 @@ def _caller_key(app_key: str) -> CallerKey | None:
 
 def _load_caller_key(app_key: str) -> CallerKey | None:
     row = db.session.execute(select(ApiKey.id, ApiKey.agent_id, ApiKey.app_key, ApiKey.active, ApiKey.secret_enc,
-                                    ApiKey.ip_allowlist).where(ApiKey.app_key == app_key)).first()
+                                    ApiKey.ip_allowlist, ApiKey.scope, ApiKey.partner_id)
+                             .where(ApiKey.app_key == app_key)).first()
     if row is None:
         return None
     networks = tuple(ipaddress.ip_network(net) for net in row.ip_allowlist.split(",")) if row.ip_allowlist else ()
-    return CallerKey(row.id, row.agent_id, row.app_key, row.active, crypto.decrypt(row.secret_enc), networks)
+    return CallerKey(row.id, row.agent_id, row.app_key, row.active, crypto.decrypt(row.secret_enc), networks,
+                     row.scope, row.partner_id)
 
 
 def authenticate(method: str, path: str, headers, body: bytes, remote_addr: str | None,
@@ -363,6 +380,8 @@ def products_for(agent: Agent) -> list[dict]:
 
 
 def caller_agent(key: CallerKey) -> AgentFacts:
+    if key.scope != "agent" or key.agent_id is None:
+        raise Forbidden("this key may only pull the risk feed (partner key)", code="forbidden_scope")
     agent = agent_facts(key.agent_id)
     if agent is None or not agent.active:
         raise Forbidden("agent disabled")

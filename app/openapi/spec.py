@@ -25,6 +25,15 @@ SECRETS_FILE = """One of the caller's own orders, delivered or disputed: its car
 Every download is audited and counted on the order. A reusable secret's use (循环卡密) in the file counts as shown
 to the buyer: a later refund no longer gives that use back."""
 
+RISK_FEED = """For partner platforms, with a partner key (an agent's key is answered 403 forbidden_scope).
+
+`{"feed": {...}, "signature": BASE64}`: the signature is Ed25519 by the publisher's key over the feed object
+serialised as canonical JSON (keys sorted, no spaces, ASCII). Each entry carries `key_id` (the shared key it is
+hashed under), `kind`, `value` = lowercase hex HMAC-SHA256(shared key, FAMILY ":" NORMALISED VALUE) (FAMILY is
+`contact` for phones and contacts, else the kind; phones in E.164), `reason`, `evidence`, `first_seen`,
+`last_seen`, `expires_at` and, for entries removed since `since`, `removed: true`. No value is ever in plaintext.
+`since` (ISO time or unix seconds) gives only what changed after it: use the previous feed's `generated_at`."""
+
 ERROR = {"type": "object", "required": ["error"], "additionalProperties": False, "properties": {
     "error": {"type": "object", "required": ["code", "message"], "properties": {
         "code": {"type": "string", "example": "insufficient_balance"},
@@ -156,6 +165,20 @@ def build_spec() -> dict:
                     "409": _error("order_not_delivered (no secrets yet, or refunded)"),
                     **COMMON_ERRORS,
                     "400": _error("invalid_format (format other than txt or csv), or no_secrets")}}},
+            "/open/v1/risk/feed": {"get": {
+                "operationId": "getRiskFeed",
+                "summary": "Partner platforms: the signed shared risk list (共享名单), partner keys only",
+                "description": RISK_FEED,
+                "parameters": [{"name": "since", "in": "query", "required": False,
+                                "schema": {"type": "string", "example": "2026-12-01T00:00:00Z"}}],
+                "responses": {
+                    "200": _ok("the signed feed document", {"type": "object", "required": ["feed", "signature"],
+                                                            "properties": {"feed": {"type": "object"},
+                                                                           "signature": {"type": "string"}}}),
+                    "409": _error("feed_unavailable (no publisher identity, sharing key or legal basis yet)"),
+                    **COMMON_ERRORS,
+                    "400": _error("invalid_request (since is not an ISO time or unix seconds)"),
+                    "403": _error("forbidden_scope (an agent's key: only partner keys may pull the feed)")}}},
         },
         "components": {
             "schemas": {"Error": ERROR, "Order": ORDER, "Product": PRODUCT, "OrderRequest": ORDER_REQUEST},

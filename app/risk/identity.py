@@ -35,8 +35,14 @@ def normalise(kind: str, value: str) -> str:
 def digest(kind: str, value: str) -> str:
     """The keyed hash of a normalised identifier; the kind is part of it (a phone and a contact of the same text
     hash alike on purpose: a contact is usually a phone)."""
+    return digest_normalised(_key(), kind, normalise(kind, value))
+
+
+def digest_normalised(key: bytes, kind: str, normalised: str) -> str:
+    """HMAC-SHA256(key, family:normalised) in hex: under RISK_HASH_KEY for our own lists, under a key partners
+    share for the shared feed (app.risk.feed), so two platforms hashing one phone get one value."""
     family = "contact" if kind in ("phone", "contact") else kind
-    return hmac.new(_key(), f"{family}:{normalise(kind, value)}".encode(), hashlib.sha256).hexdigest()
+    return hmac.new(key, f"{family}:{normalised}".encode(), hashlib.sha256).hexdigest()
 
 
-__all__ = ["digest", "mask", "normalise"]  # mask: app.crypto's, the one masking function
+__all__ = ["digest", "digest_normalised", "mask", "normalise"]  # mask: app.crypto's, the one masking function

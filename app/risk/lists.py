@@ -10,6 +10,7 @@ from app.audit import service as audit
 from app.clock import utcnow
 from app.errors import NotFound, ValidationError
 from app.extensions import db
+from app.risk import feed
 from app.risk.identity import digest, mask, normalise
 from app.risk.models import LIST_ACTIONS, LIST_KINDS, PERSONAL_KINDS, RiskListEntry
 
@@ -48,13 +49,17 @@ def add(kind: str, value, action: str, reason: str | None = None, days: int | No
     normalised = normalise(kind, value)
     masked = normalised if kind == "cidr" else mask(normalised)  # a network is not personal data: staff read it
     return add_hashed(kind, digest(kind, value), masked, action, reason, days, actor_id,
-                      value=None if kind in PERSONAL_KINDS or len(normalised) > 64 else normalised)
+                      value=None if kind in PERSONAL_KINDS or len(normalised) > 64 else normalised,
+                      share_value=normalised)
 
 
 def add_hashed(kind: str, value_hash: str, masked: str, action: str, reason: str | None = None,
-               days: int | None = None, actor_id: int | None = None, value: str | None = None) -> RiskListEntry:
+               days: int | None = None, actor_id: int | None = None, value: str | None = None,
+               share_value: str | None = None) -> RiskListEntry:
     """Add an entry known only by its keyed hash (commits): a held order keeps its buyer's device and contact only
-    as the hashes the lists match on (Order.device_key, Order.buyer_key), so the reviewer lists those."""
+    as the hashes the lists match on (Order.device_key, Order.buyer_key), so the reviewer lists those.
+    `share_value`: the normalised value where it is known, kept encrypted so the shared feed (app.risk.feed) can
+    hash it under the partners' key; an entry without it is not shared."""
     if kind not in LIST_KINDS:
         raise ValidationError(f"类型须为 {', '.join(LIST_KINDS)} 之一 (unknown kind {kind!r})")
     if action not in LIST_ACTIONS:
@@ -69,6 +74,8 @@ def add_hashed(kind: str, value_hash: str, masked: str, action: str, reason: str
     audit.record("risk_list.add", "risk_list_entry", entry.id, None,
                  {"kind": kind, "value": entry.masked, "action": action, "expires_at": str(entry.expires_at or "")},
                  reason=entry.reason, actor_id=actor_id)
+    if share_value is not None:
+        feed.remember(entry.id, share_value)
     db.session.commit()
     return entry
 
@@ -81,6 +88,7 @@ def remove(entry_id: int, actor_id: int | None = None) -> RiskListEntry:
     entry.removed_at, entry.removed_by_id = utcnow(), actor_id
     audit.record("risk_list.remove", "risk_list_entry", entry.id, {"kind": entry.kind, "value": entry.masked,
                                                                    "action": entry.action}, None, actor_id=actor_id)
+    feed.touched(entry.id)
     db.session.commit()
     return entry
 
@@ -96,6 +104,7 @@ def expire(entry_id: int, days: int, actor_id: int | None = None) -> RiskListEnt
     entry.expires_at = utcnow() + timedelta(days=days)
     audit.record("risk_list.expire", "risk_list_entry", entry.id, {"expires_at": before},
                  {"expires_at": str(entry.expires_at)}, actor_id=actor_id)
+    feed.touched(entry.id)
     db.session.commit()
     return entry
 

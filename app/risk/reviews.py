@@ -88,8 +88,18 @@ def reject(order_no: str, reason: str, actor_id: int | None, add_to_list: list[t
         ident = found.get(name)
         if ident is not None and not _blacklisted(ident.value_hash):
             lists.add_hashed(ident.kind, ident.value_hash, ident.masked, "block", reason=list_reason,
-                             actor_id=actor_id)
+                             actor_id=actor_id, share_value=_share_value(order, ident))
     return order
+
+
+def _share_value(order: Order, ident) -> str | None:
+    """The buyer's contact, normalised, when it is what the identifier hashes (the shared feed re-hashes it under
+    the partners' key); a device or paying account is kept only as its hash, so it is not shared."""
+    from app.risk.identity import digest, normalise
+
+    if ident.kind == "contact" and order.contact and digest("contact", order.contact) == ident.value_hash:
+        return normalise("contact", order.contact)
+    return None
 
 
 def expire_holds(now: datetime | None = None, limit: int = 200) -> int:

@@ -30,7 +30,7 @@ from app.clock import business_day_start, to_local, utcnow
 from app.errors import KamengError
 from app.extensions import append_engine, db
 from app.ops import metrics
-from app.risk import counters
+from app.risk import counters, feed
 from app.risk.features import COUNTERS, EVENT_DEFAULTS, RULE_FEATURES
 from app.risk.identity import digest, mask
 from app.risk.models import RiskDecision, RiskListEntry, RiskRule, RiskRuleVersion
@@ -173,7 +173,7 @@ def _list_hits(event: RiskInput) -> list[dict]:
         hits.append({"kind": "list", "name": f"{entry.kind}:{entry.masked}", "list_id": entry.id,
                      "action": entry.action,
                      "reason": entry.reason or f"{'黑名单' if entry.action == 'block' else '观察名单'} {entry.kind}"})
-    return hits
+    return hits + feed.hits_for(event, now)  # partners' shared entries: review only, with their source
 
 
 @dataclass(frozen=True)
