@@ -606,6 +606,10 @@ risk_review_cli = AppGroup("review", help="风控审核: held orders.")
 risk_cli.add_command(risk_review_cli)
 risk_rules_cli = AppGroup("rules", help="风控规则.")
 risk_cli.add_command(risk_rules_cli)
+from app.risk.learning.cli import anomaly_cli, model_cli  # noqa: E402  (the learning half's own commands)
+
+risk_cli.add_command(model_cli)
+risk_cli.add_command(anomaly_cli)
 
 
 @risk_list_cli.command("add")

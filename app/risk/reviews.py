@@ -17,6 +17,7 @@ from app.errors import Conflict, KamengError, NotFound, ValidationError
 from app.extensions import db
 from app.orders import service as orders
 from app.orders.models import Order
+from app.risk.learning import label_store
 
 EXPIRED_REASON = "审核超时，自动拒绝并退款 (review not decided in time)"
 
@@ -46,6 +47,7 @@ def approve(order_no: str, actor_id: int | None, note: str | None = None) -> Ord
                      reason=(note or "")[:255] or None, actor_id=actor_id)
         orders.transition(order.id, "paid", current="reviewing")
         order.risk_hold = False
+        label_store.label_order(order, label_store.LEGIT, "review_approve")  # what the model learns from
         payments.deliver_paid_order(order)
         db.session.commit()
     except Exception:
@@ -74,6 +76,8 @@ def reject(order_no: str, reason: str, actor_id: int | None, add_to_list: list[t
                      {"status": "refunded"}, reason=reason[:255], actor_id=actor_id)
         payments.refund_held_funds(order, f"风控拒绝：{reason}"[:255], actor_id)
         orders.transition(order.id, "refunded", current="reviewing")
+        if reason != EXPIRED_REASON:  # a hold nobody decided in time says nothing about fraud
+            label_store.label_order(order, label_store.FRAUD, "review_reject")
         db.session.commit()
     except Exception:
         db.session.rollback()
