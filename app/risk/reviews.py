@@ -174,6 +174,32 @@ def reasons_of(order: Order, decisions: list | None = None) -> list[str]:
     return reasons
 
 
+@dataclass
+class ModelReason:
+    """What the fraud model said about a held order: its version, score, whether it was the active model (its score
+    was the `model_score` rules read) or a shadow, and the features that pushed the score up most."""
+    version: int
+    score: float
+    active: bool
+    top: list[dict]
+
+
+def model_reasons_of(order: Order, decisions: list | None = None) -> list[ModelReason]:
+    """The models' scores of the order's decisions (each version once, its highest score), active ones first."""
+    best: dict[tuple[int, bool], ModelReason] = {}
+    for decision in decisions if decisions is not None else decisions_of(order):
+        scored = json.loads(decision.model) if decision.model else None
+        if not scored:
+            continue
+        entries = ([(scored["active"], True)] if scored.get("active") else []) + \
+            [(entry, False) for entry in scored.get("shadow") or ()]
+        for entry, active in entries:
+            key = (entry["version"], active)
+            if key not in best or entry["score"] > best[key].score:
+                best[key] = ModelReason(entry["version"], entry["score"], active, entry.get("top") or [])
+    return sorted(best.values(), key=lambda r: (not r.active, -r.version))
+
+
 def buyer_identifiers(order: Order, decisions: list | None = None) -> dict[str, Identifier]:
     """The buyer's device, contact and paying account as the lists would match them, each masked: from the order's
     keyed hashes (the plaintext device and paying account are not kept) and the decisions' masked subject."""

@@ -292,7 +292,7 @@ def _held(order: Order, now) -> dict:
     decisions = reviews.decisions_of(order)
     age = reviews.age_minutes(order, now)
     return {"order": order, "age": age, "overdue": age > reviews.sla_minutes(), "decisions": decisions,
-            "reasons": reviews.reasons_of(order, decisions),
+            "reasons": reviews.reasons_of(order, decisions), "model": reviews.model_reasons_of(order, decisions),
             "identifiers": reviews.buyer_identifiers(order, decisions), "history": reviews.history(order)}
 
 
