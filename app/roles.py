@@ -184,6 +184,8 @@ SCREENS: dict[str, dict[str, tuple[str, ...]]] = {
     "RiskRuleView": {**read(M), ADD: NOBODY, EDIT: NOBODY},
     "风控日志": {MENU: (M, S)},
     "RiskDecisionView": read(M, S),
+    "风控模型": {MENU: (M,)},
+    "RiskModelView": {**read(M), "can_promote": NOBODY},  # promotion: Admin only (re-checked against the rules)
     # ------------------------------------------------------------------------------------- 系统
     "系统": {MENU: STAFF},
     # Two-factor sign-in (app/twofactor): each staff member's own enrolment; the list of who has it on is read by

@@ -1460,4 +1460,40 @@ EN: dict[str, str] = {
         "also reload it later.",
     "已完成的付款和订单不会丢失，请勿重复付款。":
         "Payments and orders already made are not lost: please do not pay again.",
+    # ------------------------------------------------------------------------------ risk learning (app/risk/learning)
+    "风控模型": "Fraud models",
+    "训练时间": "Trained at",
+    "随机种子": "Seed",
+    "模型（留出集）": "Model (holdout)",
+    "生效规则（同一留出集）": "Active rules (same holdout)",
+    "启用人": "Promoted by",
+    "停用时间": "Retired at",
+    "模型摘要": "Model digest",
+    "模型版本不存在": "No such model version",
+    "模型 v%(version)s 已启用": "Model v%(version)s is now active",
+    "模型": "Model",
+    "评分": "score",
+    "启用条件：在该版本的留出集上，1% 审核率召回高于生效规则，且 PR-AUC 不低于生效规则"
+    "（启用时按当前生效规则重新核对）。模型分数作为特征 model_score 交给规则使用。":
+        "Promotion requires, on this version's holdout, a higher recall at a 1% review rate than the active rules "
+        "and a PR-AUC not lower than theirs (re-checked against the rules active at promotion). The model's score "
+        "reaches the rules as the feature model_score.",
+    "启用此版本": "Promote this version",
+    "异常分": "Anomaly score",
+    "关联群": "Linked group",
+    "直推下级": "Direct recruits",
+    "有采购的下级": "Recruits who bought",
+    "共用设备的代理": "Agents sharing a device",
+    "共用 IP 的代理": "Agents sharing an IP",
+    "代理异常（待复核）": "Agent anomalies (to review)",
+    "模型 PR-AUC": "Model PR-AUC",
+    "模型 1% 审核率召回": "Model recall at 1% review",
+    "规则 PR-AUC": "Rules PR-AUC",
+    "规则 1% 审核率召回": "Rules recall at 1% review",
+    "风控模型版本": "Fraud model versions",
+    "1% 审核率召回": "recall at 1% review",
+    "已退役": "Retired",
+    "下级从不采购": "Downline never buys",
+    "关联账号群（共用设备/IP）": "Linked accounts (shared device / IP)",
+    "孤立森林异常": "Isolation-forest outlier",
 }

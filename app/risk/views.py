@@ -358,3 +358,6 @@ def register(appbuilder) -> None:
     appbuilder.add_view(RiskListView, "风控名单", icon="fa-ban", category=RISK)
     appbuilder.add_view(RiskRuleView, "风控规则", icon="fa-sliders", category=RISK)
     appbuilder.add_view(RiskDecisionView, "风控日志", icon="fa-history", category=RISK)
+    from app.risk.learning.views import register as register_learning
+
+    register_learning(appbuilder)

@@ -9,8 +9,8 @@ from flask.cli import AppGroup
 
 from app.errors import KamengError
 
-model_cli = AppGroup("model", help="风控模型: train, list and promote fraud model versions.")
-anomaly_cli = AppGroup("anomaly", help="代理异常: unsupervised scores over the agent tree.")
+model_cli = AppGroup("model", help="Fraud model versions: train, list, promote.")
+anomaly_cli = AppGroup("anomaly", help="Agent-tree anomalies: unsupervised scores per agent.")
 
 
 def _fail(message: str, code: int = 2) -> None:
