@@ -62,3 +62,7 @@ def test_the_job_flags_a_recruiter_whose_downline_never_buys_and_a_device_cluste
 
     listed = flagged_agents()
     assert {r["agent"] for r in listed} == {"farmer", *(a.name for a in ring)}
+    from dashboards import risk as risk_dashboard
+
+    anomalies, models = risk_dashboard.render_learning()
+    assert [r["reasons"] for r in anomalies if r["agent"] == "farmer"] == ["下级从不采购"] and models == []

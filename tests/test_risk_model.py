@@ -158,3 +158,16 @@ def test_the_active_model_score_reaches_a_rule_and_its_reasons_show_in_the_revie
     h.db.session.commit()
     [label] = h.db.session.scalars(select(RiskLabel).where(RiskLabel.subject == f"order:{number}"))
     assert (label.label, label.source) == (1, "refund_fraud")
+
+
+def test_model_train_works_on_a_fresh_demo(app):
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["kameng", "demo", "--password", "demo-pass-1", "--sandbox-key", "sandbox-key-1",
+                                 "--risk-events", "500"])
+    assert result.exit_code == 0, result.output
+    assert "Risk history: " in result.output and "labelled decisions" in result.output
+    code, out = _cli(app, "train")
+    assert code == 0, out
+    assert out.startswith("model v1 (shadow, seed 7)")
+    again = runner.invoke(args=["kameng", "demo", "--password", "demo-pass-1", "--risk-events", "500"])
+    assert again.exit_code == 0 and "Risk history: already loaded" in again.output
