@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 from flask.cli import AppGroup
@@ -14,8 +13,9 @@ anomaly_cli = AppGroup("anomaly", help="Agent-tree anomalies: unsupervised score
 
 
 def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"Error: {message}", err=True)
-    sys.exit(code)
+    from app.cli import fail  # the CLI's one way of refusing (app.cli imports this module after defining it)
+
+    fail(message, code)
 
 
 @model_cli.command("train")
