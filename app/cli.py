@@ -295,8 +295,12 @@ def current_env() -> str:
 @click.option("--channel-sim", "channel_sims", multiple=True, metavar="CHANNEL=URL",
               help="Configure and enable a payment channel against its simulator (flask kameng channel-sim) with "
                    "newly generated keys, e.g. alipay=http://127.0.0.1:8711. Repeatable.")
+@click.option("--risk-events", default=0, show_default=True, type=click.IntRange(min=0),
+              help="A labelled synthetic risk day of about this many events (what `flask kameng risk model train` "
+                   "learns from); make demo and make run ask for 1500. Loaded once per database.")
 def demo(password: str | None, sandbox_key: str | None, orders: int, history_once: bool, no_fold_wait: bool,
-         seed: int | None, supplier_url: str | None, supplier_key: str | None, channel_sims: tuple[str, ...]) -> None:
+         seed: int | None, supplier_url: str | None, supplier_key: str | None, channel_sims: tuple[str, ...],
+         risk_events: int) -> None:
     """Load demo users, agents, tiers, categories, products and card secrets; print the logins."""
     from app.demo import connect_demo_supplier, load_demo
     from app.payments import service as payments
@@ -321,6 +325,8 @@ def demo(password: str | None, sandbox_key: str | None, orders: int, history_onc
         from app.risk.default_rules import install_defaults
 
         install_defaults()
+        if risk_events:
+            _demo_risk_history(risk_events)
         if supplier_url:
             supplier = connect_demo_supplier(supplier_url, supplier_key)
             click.echo(f"Direct top-ups (直充) go to {supplier.name} at {supplier.endpoint}")
@@ -341,6 +347,22 @@ def demo(password: str | None, sandbox_key: str | None, orders: int, history_onc
         click.echo("Demo history: already loaded (--history-once), not generated again")
     elif orders:
         _demo_history(orders, seed, wait_for_fold=not no_fold_wait)
+
+
+def _demo_risk_history(events: int) -> None:
+    """The synthetic risk history (app/risk/learning/synthetic.py), labelled, once per database."""
+    from sqlalchemy import select
+
+    from app.extensions import db
+    from app.risk.learning import synthetic
+    from app.risk.models import RiskLabel
+
+    if db.session.scalar(select(RiskLabel.id).where(RiskLabel.source == "synthetic").limit(1)) is not None:
+        click.echo("Risk history: already loaded")
+        return
+    loaded = synthetic.load_history(events=events)
+    click.echo(f"Risk history: {loaded['events']} synthetic events, {loaded['labels']} labelled decisions "
+               "(train a model: flask kameng risk model train)")
 
 
 def _connect_channel_sim(channel: str, url: str) -> None:
@@ -606,6 +628,10 @@ risk_review_cli = AppGroup("review", help="风控审核: held orders.")
 risk_cli.add_command(risk_review_cli)
 risk_rules_cli = AppGroup("rules", help="风控规则.")
 risk_cli.add_command(risk_rules_cli)
+from app.risk.learning.cli import anomaly_cli, model_cli  # noqa: E402  (the learning half's own commands)
+
+risk_cli.add_command(model_cli)
+risk_cli.add_command(anomaly_cli)
 
 
 def _feed_cli() -> AppGroup:

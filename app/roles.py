@@ -190,6 +190,8 @@ SCREENS: dict[str, dict[str, tuple[str, ...]]] = {
     "RiskFeedView": {INDEX: (M,), "can_manage": NOBODY},
     "共享名单条目": {MENU: (M, S)},
     "RiskFeedEntryView": {**read(M, S), "remove": NOBODY},
+    "风控模型": {MENU: (M,)},
+    "RiskModelView": {**read(M), "can_promote": NOBODY},  # promotion: Admin only (re-checked against the rules)
     # ------------------------------------------------------------------------------------- 系统
     "系统": {MENU: STAFF},
     # Two-factor sign-in (app/twofactor): each staff member's own enrolment; the list of who has it on is read by

@@ -10,6 +10,7 @@ from collections import defaultdict
 
 from dash import Dash, Input, Output, State, dcc, html
 from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 
 from app.analytics.models import PLATFORM_SCOPE
 from app.errors import Forbidden, ValidationError
@@ -18,11 +19,16 @@ from app.risk.labels import EVENT_TEXT, OUTCOME_TEXT, RULE_ACTION_TEXT, STAGE_TE
 from app.risk.models import EVENTS
 from dashboards import components as c
 from dashboards.queries import risk as q
+from dashboards.queries import risk_learning as ql
 from dashboards.queries.periods import bucket, periods
 
 FILTERS = {"category": False, "tier": False, "branch": False, "granularity": True}
 TABLES = {"rk-rules": "risk-rules.csv", "rk-ips": "risk-top-ips.csv", "rk-devices": "risk-top-devices.csv",
-          "rk-daily": "risk-decisions.csv"}
+          "rk-daily": "risk-decisions.csv", "rk-anomalies": "risk-agent-anomalies.csv",
+          "rk-models": "risk-models.csv"}
+ANOMALY_REASONS = {"downline_never_buys": _l("下级从不采购"), "linked_cluster": _l("关联账号群（共用设备/IP）"),
+                   "outlier": _l("孤立森林异常")}
+MODEL_STATUS = {"shadow": _l("影子"), "active": _l("生效"), "retired": _l("已退役")}
 OUTCOMES = list(OUTCOME_TEXT.items())
 OUTCOME_COLORS = {"allow": "#00cc96", "review": "#FFA15A", "block": "#EF553B"}
 EVENT_NAMES = EVENT_TEXT
@@ -61,6 +67,13 @@ def layout() -> html.Div:
         ], className="kd-row"),
         c.table("rk-daily", [("period", _("时间")), ("allow", _("放行")), ("review", _("人工审核")),
                              ("block", _("拦截")), ("total", _("合计"))], title=_("决策明细")),
+        c.table("rk-anomalies", [("agent", _("代理")), ("score", _("异常分")), ("reasons", _("原因")),
+                                 ("cluster", _("关联群")), ("recruits", _("直推下级")),
+                                 ("recruits_buying", _("有采购的下级")), ("device_sharers", _("共用设备的代理")),
+                                 ("ip_sharers", _("共用 IP 的代理"))], title=_("代理异常（待复核）")),
+        c.table("rk-models", [("version", _("版本")), ("status", _("状态")), ("pr_auc", _("模型 PR-AUC")),
+                              ("recall", _("模型 1% 审核率召回")), ("rules_pr_auc", _("规则 PR-AUC")),
+                              ("rules_recall", _("规则 1% 审核率召回"))], title=_("风控模型版本")),
     )
 
 
@@ -78,6 +91,12 @@ def build(dash_app: Dash) -> None:
     @dash_app.callback(*outputs, inputs={**c.filter_inputs(**FILTERS), "event": Input("rk-event", "value")})
     def update(event=None, **values):
         return render(staff_filters(**values), parse_event(event))
+
+    @dash_app.callback(Output("rk-anomalies", "data"), Output("rk-models", "data"),
+                       inputs=c.filter_inputs(**FILTERS))
+    def update_learning(**values):
+        staff_filters(**values)  # platform-wide: the same refusal as the page's other data
+        return render_learning()
 
     @dash_app.callback(Output("rk-log-download", "data"), Input("rk-log-export", "n_clicks"),
                        State("f-range", "start_date"), State("f-range", "end_date"), prevent_initial_call=True)
@@ -178,6 +197,17 @@ def render(f: c.Filters, event: str | None = None) -> tuple:
                   "action": str(ACTIONS.get(r["action"], r["action"] or "")),
                   "hits": r["hits"], "shadow_hits": r["shadow_hits"]} for r in rules]
     return (note, kpis, outcome_fig, trend_fig, bars, ages, rule_rows, _ranked(ips), _ranked(devices), daily_rows)
+
+
+def render_learning() -> tuple[list[dict], list[dict]]:
+    """The flagged agents (the anomaly job's latest run) and the model versions, as table rows."""
+    anomalies = [{**{k: r[k] for k in ("agent", "score", "cluster", "recruits", "recruits_buying", "device_sharers",
+                                       "ip_sharers")},
+                  "reasons": "、".join(str(ANOMALY_REASONS.get(code, code)) for code in r["reasons"])}
+                 for r in ql.flagged_agents()]
+    models = [{**{k: r[k] for k in ("version", "pr_auc", "recall", "rules_pr_auc", "rules_recall")},
+               "status": str(MODEL_STATUS.get(r["status"], r["status"]))} for r in ql.model_versions()]
+    return anomalies, models
 
 
 def hit_label(rule: dict) -> str:

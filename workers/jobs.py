@@ -267,6 +267,28 @@ def evaluate_alerts() -> dict:
     return alerts.evaluate()
 
 
+def train_risk_model() -> int | None:
+    """Scheduled weekly: collect labels and train a new fraud model version (a shadow until an admin promotes it
+    where it beats the rules). Returns the version, or None when the labelled history is too small."""
+    from flask import current_app
+
+    from app.errors import ValidationError
+    from app.risk.learning import model
+
+    try:
+        return model.train(seed=int(current_app.config.get("RISK_MODEL_SEED", 7))).version
+    except ValidationError as exc:
+        logging.getLogger(__name__).warning("risk model not trained: %s", exc.message)
+        return None
+
+
+def score_agent_anomalies() -> dict:
+    """Scheduled daily: the agent tree's anomaly scores, in batch (never on the request path)."""
+    from app.risk.learning import anomaly
+
+    return anomaly.run()
+
+
 # The jobs services ask for by name (app.queueing.enqueue("payout", ...)): the names are the services' vocabulary,
 # the functions stay on this side, so no service imports a job.
 register_jobs({

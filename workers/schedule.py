@@ -44,6 +44,10 @@ PERIODIC = [
     Periodic("delivery-sla", jobs.enforce_delivery_sla, "high", "DELIVERY_SLA_SCAN_SECONDS"),
     Periodic("chain-seal", jobs.seal_chain, "default", "CHAIN_SEAL_SECONDS"),
     Periodic("alerts-evaluate", jobs.evaluate_alerts, "default", "ALERT_EVALUATE_SECONDS"),
+    # Risk learning: a new fraud model version weekly (Monday 03:20 UTC, a shadow until promoted); agent anomaly
+    # scores daily (03:40 UTC), both on the low queue, off the request path.
+    Periodic("risk-model-train", jobs.train_risk_model, "low", cron="20 3 * * 1"),
+    Periodic("risk-agent-anomalies", jobs.score_agent_anomalies, "low", cron="40 3 * * *"),
 ]
 
 

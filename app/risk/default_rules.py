@@ -95,6 +95,12 @@ DEFAULT_RULES = [
     {"name": "withdraw_fresh_verification", "events": "withdrawal",
      "expression": "verified_age_hours < 24", "action": "review", "score": 0,
      "reason": "刚完成实名认证即提现 (a withdrawal from a freshly verified account)"},
+    # The fraud model's score (app/risk/learning/model.py): rules decide what it means. Installed as a shadow rule
+    # (it only records what it would have held) until an admin turns it on beside an active model; with no
+    # active model model_score is 0.0 and it never fires.
+    {"name": "model_score_high", "events": SHOP + "," + AGENT_BUYS + ",wallet_topup,withdrawal",
+     "expression": "model_score > 0.9", "action": "review", "score": 0, "status": "shadow",
+     "reason": "风控模型评分高 (the fraud model scores it above 0.9)"},
     {"name": "login_bruteforce", "events": "login", "expression": "logins_failed_ip_1h >= 20", "action": "block",
      "score": 0, "reason": "同一 IP 多次登录失败 (password guessing from one IP)"},
 ]
@@ -107,7 +113,9 @@ def install_defaults(status: str = "active") -> int:
     for spec in DEFAULT_RULES:
         if spec["name"] in existing:
             continue
-        rule = RiskRule(status=status, version=1, **spec)
+        # a rule that ships as a shadow stays one unless everything is installed as a draft
+        spec = {**spec, "status": "draft" if status == "draft" else spec.get("status", status)}
+        rule = RiskRule(version=1, **spec)
         db.session.add(rule)
         db.session.flush()
         db.session.add(version_of(rule))

@@ -61,4 +61,8 @@ EVENT_DEFAULTS: dict[str, object] = {
     "hour_local": 0,  # business-time hour of the day
 }
 
-RULE_FEATURES = {**dict.fromkeys(COUNTERS, 0), **EVENT_DEFAULTS}
+# What the active fraud model (app/risk/learning/model.py) makes of the rest, 0..1; with no active model it stays at
+# this neutral value (no evidence), so a rule like `model_score > 0.9` simply does not fire. Set only by evaluate.
+MODEL_DEFAULTS: dict[str, object] = {"model_score": 0.0}
+
+RULE_FEATURES = {**dict.fromkeys(COUNTERS, 0), **EVENT_DEFAULTS, **MODEL_DEFAULTS}

@@ -2,11 +2,25 @@
 events that counters are computed from when Redis is not there (and that rebuild Redis when it is)."""
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import relationship
 
 from app.clock import utcnow
 from app.extensions import db
+from app.states import Machine
 
 LIST_KINDS = ("ip", "cidr", "device", "contact", "phone", "id_number", "payment_account", "agent")
 PERSONAL_KINDS = ("contact", "phone", "id_number", "payment_account")  # stored as a keyed hash + a masked form
@@ -97,6 +111,9 @@ class RiskDecision(db.Model):
     amount = Column(BigInteger)
     latency_us = Column(Integer, nullable=False)
     created_at = Column(DateTime, nullable=False, default=utcnow, index=True)
+    # JSON {"active": {"version", "score", "top": [...]}, "shadow": [...]}: the models that scored it and the
+    # features that pushed each score most (LightGBM contributions); NULL when no model scored it.
+    model = Column(Text)
 
     __table_args__ = (Index("ix_risk_decision_outcome_created", "outcome", "created_at"),)
 
@@ -117,3 +134,75 @@ class RiskEvent(db.Model):
 
     __table_args__ = tuple(Index(f"ix_risk_event_{d}", d, "metric", "at")
                            for d in ("ip", "device", "contact", "payment_account", "agent"))
+
+
+LABEL_SOURCES = ("review_approve", "review_reject", "refund_fraud", "dispute_lost", "list_block", "synthetic")
+MODEL_STATUSES = ("shadow", "active", "retired")
+
+
+class RiskLabel(db.Model):
+    """What an outcome taught: fraud (1) or legitimate (0), about one decision's subject (an order, or a decision
+    when there is no order), from a review, a refund as fraud, a lost dispute or a blocked list hit. One row per
+    subject: a stronger later event (fraud after an approval) replaces a weaker one, a repeat changes nothing."""
+    __tablename__ = "risk_label"
+    id = Column(Integer, primary_key=True)
+    subject = Column(String(80), nullable=False, unique=True)  # order:<order_no> or decision:<id>
+    decision_id = Column(BigInteger, index=True)  # the decision whose features are learnt from
+    order_no = Column(String(40))
+    label = Column(SmallInteger, nullable=False)  # 1 fraud, 0 legitimate
+    source = Column(String(16), nullable=False)
+    at = Column(DateTime, nullable=False)  # when the outcome became known
+    decided_at = Column(DateTime, index=True)  # the decision's time: the time split orders by it
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+
+
+class RiskModel(db.Model):
+    """One trained model version: its booster as text (LightGBM model_to_string), the features it reads, its seed,
+    its holdout figures and the active rules' figures on the same holdout. shadow: scored and recorded only;
+    active: its score is the `model_score` feature rules read; retired: no longer scored."""
+    __tablename__ = "risk_model"
+    id = Column(Integer, primary_key=True)
+    version = Column(Integer, nullable=False, unique=True)
+    status = Column(String(8), nullable=False, default="shadow")
+    seed = Column(Integer, nullable=False)
+    features = Column(Text, nullable=False)  # JSON list, in the booster's column order
+    metrics = Column(Text, nullable=False)  # JSON: the model's holdout figures, sizes, the split time
+    rules_metrics = Column(Text, nullable=False)  # JSON: the active rules' figures on the same holdout
+    holdout = Column(Text, nullable=False)  # JSON list of the holdout's decision ids (promotion re-checks on them)
+    params = Column(Text, nullable=False)  # JSON: LightGBM parameters and rounds
+    booster = Column(Text, nullable=False)
+    digest = Column(String(64), nullable=False)  # SHA-256 of the booster text: processes load each one once
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+    promoted_at = Column(DateTime)
+    promoted_by_id = Column(Integer, ForeignKey("ab_user.id"))
+    retired_at = Column(DateTime)
+
+    promoted_by = relationship("User", foreign_keys=[promoted_by_id])
+
+    def __repr__(self) -> str:
+        return f"v{self.version}"
+
+
+MODEL_STATES = Machine("risk_model", RiskModel, {
+    "shadow": {"active", "retired"},
+    "active": {"retired"},  # when another version is promoted
+    "retired": set(),
+}, initial=("shadow",), title="risk model (风控模型)")
+
+
+class RiskAgentAnomaly(db.Model):
+    """The latest unsupervised score of one agent (IsolationForest over its recruits, its downline's spend, refunds,
+    device and IP sharing), computed in batch; flagged ones wait for a look."""
+    __tablename__ = "risk_agent_anomaly"
+    id = Column(Integer, primary_key=True)
+    agent_id = Column(Integer, ForeignKey("agent.id"), nullable=False, unique=True)
+    score = Column(Float, nullable=False)  # higher = more unusual (negated score_samples)
+    flagged = Column(Boolean, nullable=False, default=False)
+    reasons = Column(Text, nullable=False)  # JSON list of reason codes
+    cluster = Column(String(64))  # the linked-accounts cluster it belongs to (shared device / IP), if any
+    features = Column(Text, nullable=False)  # JSON: the values scored
+    computed_at = Column(DateTime, nullable=False, default=utcnow)
+
+    agent = relationship("Agent")
+
+    __table_args__ = (Index("ix_risk_agent_anomaly_flagged", "flagged", "score"),)

@@ -17,6 +17,7 @@ from app.errors import Conflict, KamengError, NotFound, ValidationError
 from app.extensions import db
 from app.orders import service as orders
 from app.orders.models import Order
+from app.risk.learning import label_store
 
 EXPIRED_REASON = "审核超时，自动拒绝并退款 (review not decided in time)"
 
@@ -46,6 +47,7 @@ def approve(order_no: str, actor_id: int | None, note: str | None = None) -> Ord
                      reason=(note or "")[:255] or None, actor_id=actor_id)
         orders.transition(order.id, "paid", current="reviewing")
         order.risk_hold = False
+        label_store.label_order(order, label_store.LEGIT, "review_approve")  # what the model learns from
         payments.deliver_paid_order(order)
         db.session.commit()
     except Exception:
@@ -74,6 +76,8 @@ def reject(order_no: str, reason: str, actor_id: int | None, add_to_list: list[t
                      {"status": "refunded"}, reason=reason[:255], actor_id=actor_id)
         payments.refund_held_funds(order, f"风控拒绝：{reason}"[:255], actor_id)
         orders.transition(order.id, "refunded", current="reviewing")
+        if reason != EXPIRED_REASON:  # a hold nobody decided in time says nothing about fraud
+            label_store.label_order(order, label_store.FRAUD, "review_reject")
         db.session.commit()
     except Exception:
         db.session.rollback()
@@ -178,6 +182,32 @@ def reasons_of(order: Order, decisions: list | None = None) -> list[str]:
             if not hit.get("shadow") and hit.get("reason") and hit["reason"] not in reasons:
                 reasons.append(hit["reason"])
     return reasons
+
+
+@dataclass
+class ModelReason:
+    """What the fraud model said about a held order: its version, score, whether it was the active model (its score
+    was the `model_score` rules read) or a shadow, and the features that pushed the score up most."""
+    version: int
+    score: float
+    active: bool
+    top: list[dict]
+
+
+def model_reasons_of(order: Order, decisions: list | None = None) -> list[ModelReason]:
+    """The models' scores of the order's decisions (each version once, its highest score), active ones first."""
+    best: dict[tuple[int, bool], ModelReason] = {}
+    for decision in decisions if decisions is not None else decisions_of(order):
+        scored = json.loads(decision.model) if decision.model else None
+        if not scored:
+            continue
+        entries = ([(scored["active"], True)] if scored.get("active") else []) + \
+            [(entry, False) for entry in scored.get("shadow") or ()]
+        for entry, active in entries:
+            key = (entry["version"], active)
+            if key not in best or entry["score"] > best[key].score:
+                best[key] = ModelReason(entry["version"], entry["score"], active, entry.get("top") or [])
+    return sorted(best.values(), key=lambda r: (not r.active, -r.version))
 
 
 def buyer_identifiers(order: Order, decisions: list | None = None) -> dict[str, Identifier]:

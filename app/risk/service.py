@@ -76,6 +76,7 @@ class Decision:
     features: dict
     id: int | None = None
     limit: bool = False
+    model: dict | None = None  # the live models' scores and top contributing features (None: none scored)
 
     @property
     def reasons(self) -> str:
@@ -119,14 +120,18 @@ def evaluate(event: RiskInput, now: datetime | None = None) -> Decision:
             outcome, stage, limit_hit = "block", "limit", True
     versions: dict[str, int] = {}
     score = 0
+    model = None
     if outcome != "block":
         features.update(counters.read(COUNTERS, keys, now))
+        model = _model_scores(features)
+        if model is not None and model["active"] is not None:
+            features["model_score"] = model["active"]["score"]
         rule_hits, score, versions = _rule_hits(event.event, features)
         hits += rule_hits
         ruled = _rules_outcome(rule_hits, score)
         if _rank(ruled) > _rank(outcome):
             outcome, stage = ruled, "rule"
-    decision = Decision(outcome, stage, score, hits, features, limit=limit_hit)
+    decision = Decision(outcome, stage, score, hits, features, limit=limit_hit, model=model)
     decision.id = _store(event, decision, versions, int((time.perf_counter() - started) * 1e6))
     metrics.count_risk_decision(event.event, outcome)
     return decision
@@ -135,6 +140,13 @@ def evaluate(event: RiskInput, now: datetime | None = None) -> Decision:
 def record(metric: str, event: RiskInput, amount: int | None = None) -> None:
     """Count what happened (an order placed, a registration, a refund ...) for the velocity features."""
     counters.record(metric, keys_of(event), event.amount if amount is None else amount)
+
+
+def _model_scores(features: dict) -> dict | None:
+    """The live fraud models' scores (the active one becomes `model_score`; shadow ones are only recorded)."""
+    from app.risk.learning import model
+
+    return model.score(features)
 
 
 # --- lists -------------------------------------------------------------------------------------------------
@@ -386,7 +398,8 @@ def _store(event: RiskInput, decision: Decision, versions: dict, latency_us: int
            "hits": json.dumps(decision.hits, ensure_ascii=False), "features": json.dumps(decision.features),
            "subject": json.dumps(_subject(event), ensure_ascii=False), "rule_versions": json.dumps(versions),
            "order_no": event.order_no, "agent_id": event.agent_id, "amount": event.amount or None,
-           "latency_us": latency_us, "created_at": utcnow()}
+           "latency_us": latency_us, "created_at": utcnow(),
+           "model": json.dumps(decision.model, ensure_ascii=False) if decision.model else None}
     if db.session.get_bind().dialect.name == "postgresql":
         # Append-only and independent of the caller's fate: one autocommitted statement on the append-only
         # pool inserts the decision and its chain record together (hash-chained with it, never without): one
@@ -405,7 +418,7 @@ def _store(event: RiskInput, decision: Decision, versions: dict, latency_us: int
 
 
 _DECISION_COLUMNS = ("event", "outcome", "stage", "score", "hits", "features", "subject", "rule_versions", "order_no",
-                     "agent_id", "amount", "latency_us", "created_at")
+                     "agent_id", "amount", "latency_us", "created_at", "model")
 _STORE_WITH_CHAIN = text(
     "WITH d AS (INSERT INTO risk_decision (" + ", ".join(_DECISION_COLUMNS) + ") VALUES ("
     + ", ".join(f":{c}" for c in _DECISION_COLUMNS) + ") RETURNING id), "

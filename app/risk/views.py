@@ -292,7 +292,7 @@ def _held(order: Order, now) -> dict:
     decisions = reviews.decisions_of(order)
     age = reviews.age_minutes(order, now)
     return {"order": order, "age": age, "overdue": age > reviews.sla_minutes(), "decisions": decisions,
-            "reasons": reviews.reasons_of(order, decisions),
+            "reasons": reviews.reasons_of(order, decisions), "model": reviews.model_reasons_of(order, decisions),
             "identifiers": reviews.buyer_identifiers(order, decisions), "history": reviews.history(order)}
 
 
@@ -361,3 +361,6 @@ def register(appbuilder) -> None:
     from app.risk.feed_views import register as register_feed_views
 
     register_feed_views(appbuilder)  # 共享名单
+    from app.risk.learning.views import register as register_learning
+
+    register_learning(appbuilder)
