@@ -82,8 +82,8 @@ class PercentField(Field):
 
     def pre_validate(self, form):
         if self.data is not None and not (self.min_bp <= self.data <= self.max_bp):
-            raise ValidationError(_plain(gettext("必须在 %(low)s%% 到 %(high)s%% 之间", low=f"{self.min_bp / 100:.2f}",
-                                                 high=f"{self.max_bp / 100:.2f}")))
+            low, high = f"{self.min_bp / 100:.2f}", f"{self.max_bp / 100:.2f}"
+            raise ValidationError(_plain(gettext("必须在 %(low)s%% 到 %(high)s%% 之间", low=low, high=high)))
 
 
 def checkbox(label, default: bool = False) -> BooleanField:

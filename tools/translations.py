@@ -165,10 +165,14 @@ def scan_unwrapped(menu_names: set[str]) -> list[str]:
                 continue
             found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {text!r}")
     for path in sorted((ROOT / "app" / "templates").rglob("*.html")):
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if KEEP_LINE.search(line):
+        text = path.read_text(encoding="utf-8")
+        # comments out, line numbers kept (a comment may run over several lines)
+        text = re.sub(r"\{#.*?#\}", lambda m: "\n" * m.group(0).count("\n"), text, flags=re.S)
+        raw = path.read_text(encoding="utf-8").splitlines()
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if lineno <= len(raw) and KEEP_LINE.search(raw[lineno - 1]):
                 continue
-            bare = TEMPLATE_GETTEXT.sub("", re.sub(r"\{#.*?#\}", "", line))
+            bare = TEMPLATE_GETTEXT.sub("", line)
             for run in TEMPLATE_CJK_RUN.findall(bare):
                 found.append(f"{path.relative_to(ROOT)}:{lineno}: {run.strip()!r}")
     return found

@@ -134,8 +134,9 @@ def send(message: EmailMessage, settings: SmtpSettings | None = None) -> None:
                             temporary=not 500 <= exc.smtp_code < 600) from None
     except (TimeoutError, smtplib.SMTPException, OSError, ssl.SSLError) as exc:
         # connection refused, timeout, TLS failure, server gone: the server could not be reached
+        error = f"{type(exc).__name__}: {str(exc)[:120]}"
         raise DeliveryError(gettext("发信服务器不可用（SMTP %(host)s:%(port)s：%(error)s）", host=settings.host,
-                                    port=settings.port, error=f"{type(exc).__name__}: {str(exc)[:120]}")) from None
+                                    port=settings.port, error=error)) from None
 
 
 def _reply(code: int, text: bytes | str) -> str:

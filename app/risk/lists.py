@@ -16,7 +16,8 @@ from app.risk.identity import digest, mask, normalise
 from app.risk.models import LIST_ACTIONS, LIST_KINDS, PERSONAL_KINDS, RiskListEntry
 
 KIND_TEXT = {"ip": "IP", "cidr": lazy_gettext("网段"), "device": lazy_gettext("设备"),
-             "contact": lazy_gettext("联系方式"), "phone": lazy_gettext("手机号"), "id_number": lazy_gettext("身份证号"),
+             "contact": lazy_gettext("联系方式"), "phone": lazy_gettext("手机号"),
+             "id_number": lazy_gettext("身份证号"),
              "payment_account": lazy_gettext("支付账号"), "agent": lazy_gettext("代理登录名")}
 ACTION_TEXT = {"block": lazy_gettext("黑名单（拦截）"), "review": lazy_gettext("观察名单（人工审核）")}
 
