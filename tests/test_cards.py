@@ -218,7 +218,7 @@ def _case_missing(tmp_path, f):
 def _case_unknown_product(tmp_path, f):
     path = tmp_path / "cards.txt"
     path.write_text("AAAA-0001\n")
-    return ["--product", "999999", str(path)], "商品 999999 不存在"
+    return ["--product", "999999", str(path)], "商品不存在：999999"
 
 
 def _case_not_a_card_product(tmp_path, f):

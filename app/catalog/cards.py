@@ -107,7 +107,7 @@ def _existing_hashes(product_id: int, hashes: list[str]) -> set[str]:
 def _card_product(product_id: int) -> Product:
     product = db.session.get(Product, product_id)
     if product is None:
-        raise ProductUnavailable(_("商品 %(id)s 不存在", id=product_id))
+        raise ProductUnavailable(_("商品不存在：%(id)s", id=product_id))
     if product.kind != "card":
         raise ImportRejected(_("商品「%(name)s」不是卡密类商品", name=product.name))
     return product
@@ -152,7 +152,7 @@ def run_import(import_id: int, progress: Callable[[int, int], None] | None = Non
     """Insert the batch's new secrets in chunks, record the report. Idempotent: a finished batch is left alone."""
     batch = db.session.get(CardImport, import_id)
     if batch is None:
-        raise ImportRejected(_("导入批次 %(id)s 不存在", id=import_id))
+        raise ImportRejected(_("导入批次不存在：%(id)s", id=import_id))
     if batch.status == "done":
         return report_of(batch)
     batch.status = "running"

@@ -36,7 +36,7 @@ def held(limit: int = 200) -> list[Agent]:
 def _locked_held(agent_id: int) -> Agent:
     agent = db.session.scalar(select(Agent).where(Agent.id == agent_id).with_for_update())
     if agent is None:
-        raise NotFound(_("代理 %(id)s 不存在", id=agent_id))
+        raise NotFound(_("代理不存在：%(id)s", id=agent_id))
     if not agent.risk_hold or not agent.active:
         raise Conflict(_("代理「%(name)s」不在风控审核中", name=agent.name))
     return agent

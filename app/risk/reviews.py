@@ -31,7 +31,7 @@ def hold(order: Order) -> str:
 def _locked(order_no: str) -> Order:
     order = db.session.scalar(select(Order).where(Order.order_no == (order_no or "").strip()[:40]).with_for_update())
     if order is None:
-        raise NotFound(_("订单 %(order_no)s 不存在", order_no=repr(order_no)))
+        raise NotFound(_("订单不存在：%(order_no)s", order_no=repr(order_no)))
     if order.status != "reviewing":
         raise Conflict(_("订单 %(order_no)s 不在风控审核中（%(status)s）", order_no=order.order_no,
                          status=order.status_display()))
