@@ -3,6 +3,7 @@ delete, in the same transaction."""
 from __future__ import annotations
 
 from flask import g, request
+from flask_babel import gettext
 from sqlalchemy import inspect
 from sqlalchemy.exc import DataError, IntegrityError
 
@@ -16,10 +17,10 @@ def flush_or_refuse() -> None:
         db.session.flush()
     except IntegrityError:
         db.session.rollback()
-        raise ValueError("保存失败：与已有记录冲突（名称或绑定重复）") from None
+        raise ValueError(gettext("保存失败：与已有记录冲突（名称或绑定重复）")) from None
     except DataError:
         db.session.rollback()
-        raise ValueError("保存失败：数值超出允许范围") from None
+        raise ValueError(gettext("保存失败：数值超出允许范围")) from None
 
 
 def refuse_if_referenced(item) -> None:
@@ -30,7 +31,7 @@ def refuse_if_referenced(item) -> None:
             db.session.delete(item)
             db.session.flush()
     except IntegrityError:
-        raise ValueError("仍有其他记录引用它，不能删除（可以改为停用）") from None
+        raise ValueError(gettext("仍有其他记录引用它，不能删除（可以改为停用）")) from None
 
 
 class TransactionalViewMixin:

@@ -11,7 +11,7 @@ from flask.cli import AppGroup
 
 from app.errors import KamengError
 
-kameng_cli = AppGroup("kameng", help="卡盟 Kameng commands.")
+kameng_cli = AppGroup("kameng", help="卡盟 Kameng commands.")  # i18n-keep: English text
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -32,7 +32,7 @@ def ledger_check() -> None:
     click.echo("ledger ok: all invariants hold")
 
 
-card_cli = AppGroup("card", help="Card secret (卡密) stock.")
+card_cli = AppGroup("card", help="Card secret (卡密) stock.")  # i18n-keep: English text
 kameng_cli.add_command(card_cli)
 
 
@@ -137,14 +137,15 @@ def api_key_revoke(app_key: str) -> None:
     click.echo(f"revoked {app_key}")
 
 
-shop_cli = AppGroup("shop", help="Agent shops (分站).")
+shop_cli = AppGroup("shop", help="Agent shops (分站).")  # i18n-keep: English text
 kameng_cli.add_command(shop_cli)
 
 
 @shop_cli.command("create")
 @click.option("--agent", "username", required=True, help="The agent's login name.")
 @click.option("--markup-bp", type=int, default=None, help="Shop-wide markup over the agent's own price, in basis "
-              "points (default: the minimum allowed in 平台设置).")
+              "points (default: the minimum allowed in 平台设置).")  # i18n-keep: English text
+# i18n-keep: English text naming the screen
 @click.option("--name", default=None, help="The shop's name (default: the agent's name + 的小店).")
 def shop_create(username: str, markup_bp: int | None, name: str | None) -> None:
     """Open an agent's shop; prints {"code": ..., "url": ...} as one line of JSON."""
@@ -158,6 +159,7 @@ def shop_create(username: str, markup_bp: int | None, name: str | None) -> None:
     if agent is None:
         fail(f"no agent with login {username!r}")
     try:
+        # i18n-keep: a stored name
         shop = shops.open_shop(agent.id, name if name is not None else f"{agent.name}的小店", markup_bp)
     except KamengError as exc:
         fail(exc.message)
@@ -329,7 +331,7 @@ def demo(password: str | None, sandbox_key: str | None, orders: int, history_onc
             _demo_risk_history(risk_events)
         if supplier_url:
             supplier = connect_demo_supplier(supplier_url, supplier_key)
-            click.echo(f"Direct top-ups (直充) go to {supplier.name} at {supplier.endpoint}")
+            click.echo(f"Direct top-ups (直充) go to {supplier.name} at {supplier.endpoint}")  # i18n-keep: English text
         for channel, url in sims.items():
             _connect_channel_sim(channel, url)
     except KamengError as exc:
@@ -342,6 +344,7 @@ def demo(password: str | None, sandbox_key: str | None, orders: int, history_onc
 
     shops = demo_shops()
     if shops:
+        # i18n-keep: English text naming the screen
         click.echo("Agent shops (分站): " + ", ".join(f"{login} {path}" for login, path in shops))
     if orders and history_once and _has_history():
         click.echo("Demo history: already loaded (--history-once), not generated again")
@@ -397,7 +400,7 @@ def _demo_history(orders: int, seed: int | None, wait_for_fold: bool = True) -> 
     from app.money import format_fen
 
     click.echo(f"Generating a year of demo history: {orders:,} orders (agents, payments, commissions, rollups)")
-    with click.progressbar(length=orders, label="  历史订单 orders", show_pos=True, width=30) as bar:
+    with click.progressbar(length=orders, label="  orders", show_pos=True, width=30) as bar:
         def advance(done: int, _total: int) -> None:
             bar.update(done - bar.pos)
 
@@ -553,7 +556,7 @@ def supplier_sync(supplier_ids: tuple[int, ...]) -> None:
         sys.exit(1)
 
 
-rollups_cli = AppGroup("rollups", help="Analytics rollups (数据看板 daily tables).")
+rollups_cli = AppGroup("rollups", help="Analytics rollups (数据看板 daily tables).")  # i18n-keep: English text
 kameng_cli.add_command(rollups_cli)
 
 
@@ -620,13 +623,14 @@ def withdrawal_retry(withdrawal_no: str) -> None:
     click.echo(f"{w.withdrawal_no}: {w.status}")
 
 
+# i18n-keep: English text naming the screen
 risk_cli = AppGroup("risk", help="Risk control (风控): lists, review holds, rules, the risk log.")
 kameng_cli.add_command(risk_cli)
-risk_list_cli = AppGroup("list", help="黑名单 / 观察名单.")
+risk_list_cli = AppGroup("list", help="黑名单 / 观察名单.")  # i18n-keep: English text
 risk_cli.add_command(risk_list_cli)
-risk_review_cli = AppGroup("review", help="风控审核: held orders.")
+risk_review_cli = AppGroup("review", help="风控审核: held orders.")  # i18n-keep: English text
 risk_cli.add_command(risk_review_cli)
-risk_rules_cli = AppGroup("rules", help="风控规则.")
+risk_rules_cli = AppGroup("rules", help="风控规则.")  # i18n-keep: English text
 risk_cli.add_command(risk_rules_cli)
 from app.risk.learning.cli import anomaly_cli, model_cli  # noqa: E402  (the learning half's own commands)
 
@@ -814,7 +818,7 @@ def risk_agent_reject(login: str, reason: str) -> None:
     click.echo(json.dumps({"agent_id": agent.id, "risk_hold": agent.risk_hold, "active": agent.active}))
 
 
-audit_cli = AppGroup("audit", help="The audit log (审计日志).")
+audit_cli = AppGroup("audit", help="The audit log (审计日志).")  # i18n-keep: English text
 kameng_cli.add_command(audit_cli)
 
 
@@ -843,7 +847,7 @@ def audit_export(since: str, until: str, output: str | None) -> None:
         sys.stdout.flush()
 
 
-two_factor_cli = AppGroup("two-factor", help="Staff two-factor sign-in (两步验证).")
+two_factor_cli = AppGroup("two-factor", help="Staff two-factor sign-in (两步验证).")  # i18n-keep: English text
 kameng_cli.add_command(two_factor_cli)
 
 
@@ -930,6 +934,7 @@ def robot_sim(port: int) -> None:
     _run_simulator(sim, port)
 
 
+# i18n-keep: English text naming the screen
 alerts_cli = AppGroup("alerts", help="Alerts (告警): evaluate the rules, channels, test messages.")
 kameng_cli.add_command(alerts_cli)
 
@@ -956,7 +961,7 @@ def alerts_evaluate(rules: tuple[str, ...]) -> None:
 @click.option("--name", required=True)
 @click.option("--kind", required=True, type=click.Choice(["dingtalk", "wecom", "feishu", "email"]))
 @click.option("--webhook", default=None, help="The robot's webhook address (robots).")
-@click.option("--secret", default=None, help="DingTalk 加签 / Feishu 签名校验 secret.")
+@click.option("--secret", default=None, help="DingTalk 加签 / Feishu 签名校验 secret.")  # i18n-keep: English text
 @click.option("--recipients", default=None, help="Comma-separated addresses (email).")
 @click.option("--min-severity", default="warning", show_default=True,
               type=click.Choice(["info", "warning", "critical"]))
@@ -1011,7 +1016,7 @@ def alerts_demo_channels(url: str) -> None:
 
     if current_env() != "development":
         fail("the demo's alert channels are set up only with KAMENG_ENV=development")
-    for name, kind in (("演示钉钉群", "dingtalk"), ("演示飞书群", "feishu")):
+    for name, kind in (("演示钉钉群", "dingtalk"), ("演示飞书群", "feishu")):  # i18n-keep: demo data
         try:
             robot = outbound.post(url.rstrip("/") + "/_sim/robots", json={"kind": kind, "signed": True},
                                   timeout=5).json()

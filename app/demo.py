@@ -1,4 +1,5 @@
 """Demo data: staff logins, the agent tree 总代 → 区域代理 → 普通代理 → 会员, products and card stock."""
+# i18n-keep-file: demo data (names, notices, memos) stored in the database as an operator would type it
 from __future__ import annotations
 
 import secrets as pyrandom

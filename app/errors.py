@@ -1,4 +1,8 @@
-"""One root exception with a stable code, shown the same way by forms, the Open API and the CLI."""
+"""One root exception with a stable code, shown the same way by forms, the Open API and the CLI.
+
+The message is for people: services pass it through gettext (`_("分站不存在")`), so it reads in the language of
+the request that raised it (Chinese by default, and in the CLI and jobs, which have no request). The code is for
+programs and stays the same in every language."""
 from __future__ import annotations
 
 
@@ -7,6 +11,7 @@ class KamengError(Exception):
     status = 400
 
     def __init__(self, message: str, code: str | None = None, status: int | None = None):
+        message = str(message)  # renders a lazy_gettext message now, in the language of the raising request
         super().__init__(message)
         self.message = message
         if code:

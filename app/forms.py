@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+from flask_babel import gettext, lazy_gettext
 from wtforms import BooleanField, Field
 from wtforms.validators import NumberRange, ValidationError
 
@@ -38,15 +39,16 @@ class YuanField(Field):
             self.data = parse_yuan(valuelist[0])
         except ValueError:
             self.data = None
-            raise ValueError(_plain(f"金额格式不正确: {valuelist[0][:32]!r}（例如 12.50）")) from None
+            message = gettext("金额格式不正确: %(value)s（例如 12.50）", value=repr(valuelist[0][:32]))
+            raise ValueError(_plain(message)) from None
 
     def pre_validate(self, form):
         if self.data is None:
             return
         if self.min_fen is not None and self.data < self.min_fen:
-            raise ValidationError(f"金额不能小于 {format_fen(self.min_fen)}")
+            raise ValidationError(gettext("金额不能小于 %(amount)s", amount=format_fen(self.min_fen)))
         if self.max_fen is not None and self.data > self.max_fen:
-            raise ValidationError(f"金额不能大于 {format_fen(self.max_fen)}")
+            raise ValidationError(gettext("金额不能大于 %(amount)s", amount=format_fen(self.max_fen)))
 
 
 class PercentField(Field):
@@ -75,11 +77,13 @@ class PercentField(Field):
             self.data = int(whole) * 100 + int((frac or "0").ljust(2, "0"))
         except ValueError:
             self.data = None
-            raise ValueError(_plain(f"百分比格式不正确: {valuelist[0][:32]!r}（例如 95 或 95.5）")) from None
+            message = gettext("百分比格式不正确: %(value)s（例如 95 或 95.5）", value=repr(valuelist[0][:32]))
+            raise ValueError(_plain(message)) from None
 
     def pre_validate(self, form):
         if self.data is not None and not (self.min_bp <= self.data <= self.max_bp):
-            raise ValidationError(_plain(f"必须在 {self.min_bp / 100:.2f}% 到 {self.max_bp / 100:.2f}% 之间"))
+            low, high = f"{self.min_bp / 100:.2f}", f"{self.max_bp / 100:.2f}"
+            raise ValidationError(_plain(gettext("必须在 %(low)s%% 到 %(high)s%% 之间", low=low, high=high)))
 
 
 def checkbox(label, default: bool = False) -> BooleanField:
@@ -90,4 +94,4 @@ def checkbox(label, default: bool = False) -> BooleanField:
 
 def int_range(low: int, high: int) -> NumberRange:
     """Bounds for integer columns, so an out-of-range number is a form error rather than a database error."""
-    return NumberRange(min=low, max=high, message=f"必须在 {low} 到 {high} 之间")
+    return NumberRange(min=low, max=high, message=lazy_gettext("必须在 %(low)s 到 %(high)s 之间", low=low, high=high))

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import re
 
+from flask_babel import gettext
+
 BP_SCALE = 10_000
-_AMOUNT_RE = re.compile(r"^\s*(-)?\s*(?:¥|￥)?\s*(\d{1,12})(?:\.(\d{1,2}))?\s*(?:元)?\s*$")
+_AMOUNT_RE = re.compile(r"^\s*(-)?\s*(?:¥|￥)?\s*(\d{1,12})(?:\.(\d{1,2}))?\s*(?:元)?\s*$")  # i18n-keep: input
 
 
 def apply_rate(amount_fen: int, *rates_bp: int) -> int:
@@ -21,7 +23,7 @@ def parse_yuan(text: str) -> int:
     """'12.5' / '¥12.50' / '12元' -> 1250 fen. Raises ValueError with a readable message."""
     match = _AMOUNT_RE.match(str(text))
     if not match:
-        raise ValueError(f"金额格式不正确: {text!r}（例如 12.50）")
+        raise ValueError(gettext("金额格式不正确: %(value)s（例如 12.50）", value=repr(text)))
     sign, whole, frac = match.groups()
     fen = int(whole) * 100 + int((frac or "0").ljust(2, "0"))
     return -fen if sign else fen

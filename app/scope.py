@@ -6,6 +6,7 @@ Every portal screen (FAB base_filters), action, dropdown, API handler, dashboard
 from __future__ import annotations
 
 from flask import g, has_request_context, request
+from flask_babel import gettext
 from sqlalchemy import Select, select
 
 from app.agents.models import Agent
@@ -106,23 +107,23 @@ def dashboard_scope(branch_agent_id: int | None = None) -> int:
         try:
             branch_agent_id = int(branch_agent_id)
         except (TypeError, ValueError):
-            raise ValidationError("代理分支参数不正确") from None
+            raise ValidationError(gettext("代理分支参数不正确")) from None
         if not 0 < branch_agent_id < 2**31:  # agent.id is an INTEGER column
-            raise ValidationError("代理分支参数不正确")
+            raise ValidationError(gettext("代理分支参数不正确"))
     user = _user()
     if user is None:
-        raise Forbidden("请先登录")
+        raise Forbidden(gettext("请先登录"))
     if any(role.name in DASHBOARD_STAFF_ROLES for role in user.roles):
         if branch_agent_id is None:
             return PLATFORM_SCOPE
         if db.session.get(Agent, branch_agent_id) is None:
-            raise ValidationError("代理分支不存在")
+            raise ValidationError(gettext("代理分支不存在"))
         return branch_agent_id
     agent = current_agent()
     if agent is None:
-        raise Forbidden("无权查看数据看板")
+        raise Forbidden(gettext("无权查看数据看板"))
     if branch_agent_id is None or branch_agent_id == agent.id:
         return agent.id
     if not in_scope(branch_agent_id, agent):
-        raise Forbidden("只能查看自己团队的数据")
+        raise Forbidden(gettext("只能查看自己团队的数据"))
     return branch_agent_id

@@ -7,11 +7,12 @@ from flask import flash, has_request_context, request
 from flask_appbuilder.api import expose
 from flask_appbuilder.security.api import SecurityApi
 from flask_appbuilder.security.sqla.manager import SecurityManager
+from flask_babel import lazy_gettext
 
 from app.twofactor import sessions
 from app.twofactor.views import KamengAuthDBView
 
-LOGIN_REFUSED = "登录已被风控拦截，请稍后再试或联系客服 (login refused by risk control)"
+LOGIN_REFUSED = lazy_gettext("登录已被风控拦截，请稍后再试或联系客服")
 
 
 class RefusedSecurityApi(SecurityApi):
@@ -55,7 +56,7 @@ class KamengSecurityManager(SecurityManager):
             decision = risk.evaluate(event)
             if decision.outcome == "block":
                 if has_request_context():
-                    flash(LOGIN_REFUSED, "danger")
+                    flash(str(LOGIN_REFUSED), "danger")
                 return None
         user = super().auth_user_db(username, password)
         if user is None and event is not None:

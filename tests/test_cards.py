@@ -59,11 +59,11 @@ def test_txt_lines_blank_lines_duplicates_and_rejections_with_line_numbers():
     parsed = cards.parse_lines(TXT, "cards.txt")
     assert parsed.secrets == [(1, "AAAA-0001"), (3, "BBBB-0002"), (9, "DDDD"), (10, MAX)]
     assert [n for n, _ in parsed.duplicates] == [4]
-    assert "line 1" in parsed.duplicates[0][1]
+    assert "第 1 行" in parsed.duplicates[0][1]
     rejected = dict(parsed.rejected)
     assert sorted(rejected) == [5, 6, 7, 11]
-    assert "too short" in rejected[5] and "too long" in rejected[6]
-    assert "control" in rejected[7] and "control" in rejected[11]
+    assert "太短" in rejected[5] and "太长" in rejected[6]
+    assert "控制字符" in rejected[7] and "控制字符" in rejected[11]
     assert parsed.total_lines == 9  # non-blank lines only
 
 
@@ -92,8 +92,8 @@ def test_gbk_upload_is_decoded():
 
 
 @pytest.mark.parametrize("raw, message", [
-    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "not a text file"),
-    (b"\xff\xd8\xff\xe0JFIF", "unknown encoding"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "不是文本文件"),
+    (b"\xff\xd8\xff\xe0JFIF", "无法识别文件编码"),
 ])
 def test_binary_uploads_are_refused(raw, message):
     with pytest.raises(ImportRejected, match=message):
@@ -107,8 +107,7 @@ def test_preview_reports_duplicates_against_stock_and_writes_nothing(app, db, f)
     before = _nothing_written(db)
     report = cards.preview(p.id, "BBBB-0002\nCCCC-0003\nCCCC-0003\nxy\n")
     assert (report["total_lines"], report["added"], report["duplicates"], report["rejected"]) == (4, 1, 2, 1)
-    assert report["duplicate_lines"] == [(1, "库存中已存在 (already in stock)"),
-                                         (3, "与第 2 行重复 (duplicate of line 2)")]
+    assert report["duplicate_lines"] == [(1, "库存中已存在"), (3, "与第 2 行重复")]
     assert [n for n, _ in report["rejected_lines"]] == [4]
     assert report["sample"] == [{"line": 2, "masked": crypto.mask("CCCC-0003")}]
     assert _nothing_written(db) == before
@@ -219,37 +218,37 @@ def _case_missing(tmp_path, f):
 def _case_unknown_product(tmp_path, f):
     path = tmp_path / "cards.txt"
     path.write_text("AAAA-0001\n")
-    return ["--product", "999999", str(path)], "unknown product"
+    return ["--product", "999999", str(path)], "商品不存在：999999"
 
 
 def _case_not_a_card_product(tmp_path, f):
     path = tmp_path / "cards.txt"
     path.write_text("AAAA-0001\n")
-    return ["--product", str(f.product(kind="direct").id), str(path)], "not a card product"
+    return ["--product", str(f.product(kind="direct").id), str(path)], "不是卡密类商品"
 
 
 def _case_empty(tmp_path, f):
     path = tmp_path / "empty.txt"
     path.write_bytes(b"")
-    return ["--product", str(f.product().id), str(path)], "no lines to import"
+    return ["--product", str(f.product().id), str(path)], "没有可导入的卡密"
 
 
 def _case_only_blank_lines(tmp_path, f):
     path = tmp_path / "blank.txt"
     path.write_text("\n  \n\r\n")
-    return ["--product", str(f.product().id), str(path)], "no lines to import"
+    return ["--product", str(f.product().id), str(path)], "没有可导入的卡密"
 
 
 def _case_binary(tmp_path, f):
     path = tmp_path / "logo.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
-    return ["--product", str(f.product().id), str(path)], "not a text file"
+    return ["--product", str(f.product().id), str(path)], "不是文本文件"
 
 
 def _case_undecodable(tmp_path, f):
     path = tmp_path / "photo.jpg"
     path.write_bytes(b"\xff\xd8\xff\xe0JFIF\xff\xdb")
-    return ["--product", str(f.product().id), str(path)], "unknown encoding"
+    return ["--product", str(f.product().id), str(path)], "无法识别文件编码"
 
 
 def _case_directory(tmp_path, f):

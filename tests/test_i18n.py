@@ -172,3 +172,18 @@ def test_catalog_covers_every_menu_and_view_label(app):
             if getattr(label, "_args", None):  # plain str labels are shown as they are (not translatable)
                 need(label, f"{name}.label_columns[{column}]")
     assert not missing, f"not in the English catalog ({_HOW}): {sorted(missing)}"
+
+
+def test_service_errors_follow_the_language_and_keep_their_code(client):
+    """A service error's message goes through gettext where it is raised: Chinese by default (the CLI and jobs,
+    outside a request, too), English after /lang/en; its code, the API contract, is the same in both."""
+    body = {"order_no": "999999999999999999", "query_password": "pass-1234"}
+    fresh_request_state()
+    zh = client.post("/shop/api/lookup", json=body)
+    assert zh.status_code == 404
+    assert zh.get_json() == {"error": {"code": "not_found", "message": "订单不存在或密码错误"}}
+
+    switch(client, "en")
+    en = client.post("/shop/api/lookup", json=body)
+    assert en.status_code == 404
+    assert en.get_json() == {"error": {"code": "not_found", "message": "Order not found or wrong password"}}

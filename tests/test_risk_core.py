@@ -65,7 +65,7 @@ def test_watchlisted_device_is_held_after_payment_then_approved_or_rejected(app,
     assert h.channel_answers_refund(refund) == "succeeded"
     # not under review any more: the CLI says so and exits non-zero
     code, out = _cli(app, "review", "approve", held[1])
-    assert code != 0 and "not under review" in out
+    assert code != 0 and "不在风控审核中" in out
     assert _cli(app, "review", "reject", "999999", "--reason", "x")[0] != 0
 
 

@@ -290,7 +290,7 @@ def test_export_range_is_business_days_and_bad_arguments_are_clear_errors(app, f
     assert [r["决策编号"] for r in _csv_rows(target.read_text(encoding="utf-8"))] == [str(ids[2])]
 
     for args, words in ((["--since", "2026-13-01"], "--since"), (["--until", "yesterday"], "--until"),
-                        (["--since", "2026-03-05", "--until", "2026-03-01"], "since is after until")):
+                        (["--since", "2026-03-05", "--until", "2026-03-01"], "晚于结束日期")):
         result = _cli(app, "export", "--format", "csv", *args)
         assert result.exit_code != 0 and words in result.stderr and result.stdout == ""
     result = _cli(app, "export", "--format", "pdf")

@@ -247,7 +247,7 @@ def test_support_approves_one_hold_and_rejects_another_blacklisting_the_buyer(ap
     assert h.order_state(first) == "delivered"
     # deciding twice is a clear error, not a 500
     r = support.post(f"/risk-review/{first}/approve", data={})
-    assert r.status_code == 409 and "not under review" in alerts(r.text)
+    assert r.status_code == 409 and "不在风控审核中" in alerts(r.text)
 
     # a reason is required
     r = support.post(f"/risk-review/{second}/reject", data={"reason": "  ", "blacklist_device": "y"})

@@ -43,6 +43,8 @@ CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")  # Chinese ideographs
 GETTEXT = {"_", "gettext", "lazy_gettext", "ngettext", "lazy_ngettext", "pgettext", "npgettext"}
 TEMPLATE_GETTEXT = re.compile(r"""\b_\(\s*(?:"[^"]*"|'[^']*')""")
 TEMPLATE_CJK_RUN = re.compile(r"[^<>{}\"'|]*" + CJK.pattern + r"[^<>{}\"'|]*")
+KEEP_LINE = re.compile(r"i18n-keep:")  # this line's Chinese is on purpose (the reason follows)
+KEEP_FILE = re.compile(r"^# i18n-keep-file:", re.M)
 VIEW_TITLES = ("list_title", "show_title", "add_title", "edit_title", "form_title", "title")
 
 
@@ -128,10 +130,19 @@ def _is_docstring(node: ast.AST, parents: dict) -> bool:
 def scan_unwrapped(menu_names: set[str]) -> list[str]:
     """Chinese text in app/ source and templates that no gettext call wraps (these stay Chinese in English).
 
-    Menu and category names are left out: FAB renders them through _(), so their catalog entries translate them."""
+    Menu and category names are left out: FAB renders them through _(), so their catalog entries translate them.
+    So is text that is Chinese on purpose, marked where it stands: `# i18n-keep: <why>` at the end of its line or on
+    a comment line just above it (in templates `{# i18n-keep: <why> #}` on the line) for a stored memo, an outside
+    system's protocol text or a pattern that parses Chinese input, and `# i18n-keep-file: <why>` at the start of a
+    line of a file for a whole simulator of a Chinese service or a file of stored demo data.
+    """
     found: list[str] = []
     for path in sorted((ROOT / "app").rglob("*.py")):
-        tree = ast.parse(path.read_text(encoding="utf-8"))
+        source = path.read_text(encoding="utf-8")
+        if KEEP_FILE.search(source):
+            continue
+        lines = source.splitlines()
+        tree = ast.parse(source)
         parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
         wrapped: set[int] = set()
         for node in ast.walk(tree):
@@ -148,10 +159,20 @@ def scan_unwrapped(menu_names: set[str]) -> list[str]:
                 continue
             if id(node) in wrapped or not CJK.search(text) or text in menu_names:
                 continue
+            above = lines[node.lineno - 2] if node.lineno > 1 else ""
+            if any(KEEP_LINE.search(line) for line in lines[node.lineno - 1:node.end_lineno]) or (
+                    above.lstrip().startswith("#") and KEEP_LINE.search(above)):
+                continue
             found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {text!r}")
     for path in sorted((ROOT / "app" / "templates").rglob("*.html")):
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            bare = TEMPLATE_GETTEXT.sub("", re.sub(r"\{#.*?#\}", "", line))
+        text = path.read_text(encoding="utf-8")
+        # comments out, line numbers kept (a comment may run over several lines)
+        text = re.sub(r"\{#.*?#\}", lambda m: "\n" * m.group(0).count("\n"), text, flags=re.S)
+        raw = path.read_text(encoding="utf-8").splitlines()
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if lineno <= len(raw) and KEEP_LINE.search(raw[lineno - 1]):
+                continue
+            bare = TEMPLATE_GETTEXT.sub("", line)
             for run in TEMPLATE_CJK_RUN.findall(bare):
                 found.append(f"{path.relative_to(ROOT)}:{lineno}: {run.strip()!r}")
     return found

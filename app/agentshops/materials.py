@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import segno
+from flask_babel import get_locale
+from flask_babel import gettext as _
 from PIL import Image, ImageDraw, ImageFont
 from sqlalchemy import delete, select
 
@@ -150,12 +152,12 @@ def draw_poster(shop: AgentShop, product_name: str, category: str, price: int, l
     top, side = POSTER_QR
     drawn = _qr(image, link, top, side)
     bottom = top + drawn
-    _centered(draw, width, bottom + 24, "长按识别二维码，立即购买", load_font(32), text)
+    _centered(draw, width, bottom + 24, _("长按识别二维码，立即购买"), load_font(32), text)
     _centered(draw, width, bottom + 74, link, _fit(draw, link, 22, width - 60), GREY)
     if shop.contact:
-        contact = f"店主联系方式：{shop.contact}"
+        contact = _("店主联系方式：%(contact)s", contact=shop.contact)
         _centered(draw, width, height - 110, contact, _fit(draw, contact, 26, width - 60), text)
-    _centered(draw, width, height - 60, "平台自动发货 · 卡密即买即得", load_font(24), GREY)
+    _centered(draw, width, height - 60, _("平台自动发货 · 卡密即买即得"), load_font(24), GREY)
     return _png(image)
 
 
@@ -167,7 +169,7 @@ def draw_price_list(shop: AgentShop, rows: list[tuple[str, int]], link: str, day
     text = _text_colour(shop.theme)
     width, height = PRICE_LIST_SIZE
     image = Image.new("RGB", PRICE_LIST_SIZE, background)
-    _band(image, shop, 260, 72, f"今日价格表 · {day}")
+    _band(image, shop, 260, 72, _("今日价格表 · %(day)s", day=day))
     draw = ImageDraw.Draw(image)
     rows = rows[:PRICE_LIST_ROWS]
     top, bottom = 300, PRICE_LIST_QR_TOP - 40
@@ -186,11 +188,11 @@ def draw_price_list(shop: AgentShop, rows: list[tuple[str, int]], link: str, day
         draw.text((70, middle), name, font=name_font, fill=text, anchor="lm")
         draw.text((width - 70, middle), price_text, font=price_font, fill=accent, anchor="rm")
     if not rows:
-        _centered(draw, width, top + 40, "暂无商品", load_font(40), GREY)
+        _centered(draw, width, top + 40, _("暂无商品"), load_font(40), GREY)
     qr_top = PRICE_LIST_QR_TOP
     drawn = _qr(image, link, qr_top, PRICE_LIST_QR_SIDE)
-    _centered(draw, width, qr_top + drawn + 20, "扫码进店 · 下单自动发货", load_font(40), text)
-    footer = f"店主联系方式：{shop.contact}" if shop.contact else link
+    _centered(draw, width, qr_top + drawn + 20, _("扫码进店 · 下单自动发货"), load_font(40), text)
+    footer = _("店主联系方式：%(contact)s", contact=shop.contact) if shop.contact else link
     _centered(draw, width, height - 80, footer, _fit(draw, footer, 30, width - 80), GREY)
     return _png(image)
 
@@ -198,27 +200,30 @@ def draw_price_list(shop: AgentShop, rows: list[tuple[str, int]], link: str, day
 # --- copy text ----------------------------------------------------------------------------------------------------
 
 def product_copy(shop: AgentShop, product_name: str, price: int, link: str) -> str:
-    lines = [f"【{shop.name}】{product_name}", f"店铺价 {format_fen(price)}，付款后自动发货，卡密即买即得。",
-             f"下单链接：{link}"]
+    lines = [f"【{shop.name}】{product_name}",
+             _("店铺价 %(price)s，付款后自动发货，卡密即买即得。", price=format_fen(price)),
+             _("下单链接：%(link)s", link=link)]
     if shop.contact:
-        lines.append(f"联系店主：{shop.contact}")
+        lines.append(_("联系店主：%(contact)s", contact=shop.contact))
     return "\n".join(lines)
 
 
 def price_list_copy(shop: AgentShop, rows: list[tuple[str, int]], link: str) -> str:
-    lines = [f"【{shop.name}】今日价格表"]
+    lines = [_("【%(shop)s】今日价格表", shop=shop.name)]
     lines += [f"· {name} {format_fen(price)}" for name, price in rows[:PRICE_LIST_ROWS]]
-    lines.append(f"进店下单：{link}")
+    lines.append(_("进店下单：%(link)s", link=link))
     if shop.contact:
-        lines.append(f"联系店主：{shop.contact}")
+        lines.append(_("联系店主：%(contact)s", contact=shop.contact))
     return "\n".join(lines)
 
 
 # --- cache --------------------------------------------------------------------------------------------------------
 
 def fingerprint(kind: str, shop: AgentShop, inputs: list) -> str:
-    canonical = json.dumps([LAYOUT_VERSION, kind, shop.name, shop.theme, shop.contact, shop.logo_version, inputs],
-                           ensure_ascii=False, separators=(",", ":"))
+    # the words on an image are in the language of the agent who asked for it: one cached image per language
+    locale = str(get_locale() or "zh")
+    canonical = json.dumps([LAYOUT_VERSION, kind, shop.name, shop.theme, shop.contact, shop.logo_version, inputs,
+                            locale], ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -247,4 +252,4 @@ def cached_png(shop: AgentShop, kind: str, product_id: int | None, inputs: list,
 
 def today_label() -> str:
     local = to_local(utcnow())
-    return f"{local.month}月{local.day}日"
+    return _("%(month)s月%(day)s日", month=local.month, day=local.day)

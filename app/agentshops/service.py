@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from flask import current_app
+from flask_babel import gettext as _
 from sqlalchemy import func, select
 from sqlalchemy.orm import joinedload
 
@@ -75,11 +76,11 @@ COUNTED = ("delivered", "disputed")
 def by_code(code: object) -> AgentShop:
     """The shop of /s/<code>/, open or closed; ShopNotFound for anything else."""
     if not isinstance(code, str) or not CODE_PATTERN.match(code):
-        raise ShopNotFound("分站不存在 (no such shop)")
+        raise ShopNotFound(_("分站不存在"))
     shop = db.session.scalar(select(AgentShop).where(AgentShop.code == code)
                              .options(joinedload(AgentShop.agent).joinedload(Agent.tier)))
     if shop is None:
-        raise ShopNotFound("分站不存在 (no such shop)")
+        raise ShopNotFound(_("分站不存在"))
     return shop
 
 
@@ -91,13 +92,13 @@ def closed_reason(shop: AgentShop) -> str | None:
     """Why the shop does not sell now (shown to its agent; buyers only read "shop closed"), or None when it does."""
     agent = shop.agent
     if shop.status == "suspended":
-        return "分站已被平台暂停 (suspended by the platform)"
+        return _("分站已被平台暂停")
     if not agent.active:
-        return "代理账号已停用 (the agent is disabled)"
+        return _("代理账号已停用")
     if agent.risk_hold:
-        return "代理账号在风控审核中 (the agent is held by risk control)"
+        return _("代理账号在风控审核中")
     if not agent.tier.may_open_shop:
-        return f"当前等级「{agent.tier.name}」不能开设分站 (the agent's tier may not open a shop)"
+        return _("当前等级「%(name)s」不能开设分站", name=agent.tier.name)
     return None
 
 
@@ -105,7 +106,7 @@ def open_by_code(code: object) -> AgentShop:
     """The shop of /s/<code>/ if it sells now: ShopNotFound, or ShopClosed ("shop closed")."""
     shop = by_code(code)
     if closed_reason(shop) is not None:
-        raise ShopClosed("本店暂停营业 (shop closed)")
+        raise ShopClosed(_("本店暂停营业"))
     return shop
 
 
@@ -147,7 +148,7 @@ class ShopPricing:
     def price(self, product: Product) -> ShopPrice:
         """The shop's price of a product it sells; ProductUnavailable for one it hides."""
         if self.overrides.get(product.id, (None, False))[1]:
-            raise ProductUnavailable("商品不存在或已下架 (product not found or not on sale)")
+            raise ProductUnavailable(_("商品不存在或已下架"))
         base = price_for(self.tier, product)
         markup = self.markup_for(product.id)
         return ShopPrice(base + apply_rate(base, markup), base, markup)
@@ -156,7 +157,7 @@ class ShopPricing:
 def pricing(shop: AgentShop) -> ShopPricing:
     """The shop's pricing; ShopClosed when it does not sell now."""
     if closed_reason(shop) is not None:
-        raise ShopClosed("本店暂停营业 (shop closed)")
+        raise ShopClosed(_("本店暂停营业"))
     rows = db.session.execute(select(AgentShopProduct.product_id, AgentShopProduct.markup_bp,
                                      AgentShopProduct.hidden).where(AgentShopProduct.shop_id == shop.id)).all()
     return ShopPricing(shop.id, shop.agent_id, shop.agent.path, shop.agent.tier, shop.markup_bp, markup_bounds(),
@@ -246,8 +247,7 @@ def parse_markup(value: object) -> int | None:
         return None
     match = _PERCENT.match(text)
     if not match:
-        raise MarkupOutOfBounds(f"加价比例格式不正确：{str(value)[:16]!r}（例如 10 或 12.5）"
-                                " (markup must be a percentage such as 10 or 12.5)")
+        raise MarkupOutOfBounds(_("加价比例格式不正确：%(value)s（例如 10 或 12.5）", value=repr(str(value)[:16])))
     sign, whole, frac = match.groups()
     bp = int(whole) * 100 + int((frac or "0").ljust(2, "0"))
     return -bp if sign else bp
@@ -258,11 +258,10 @@ def check_markup(markup_bp: int, bounds: tuple[int, int] | None = None, what: st
     low, high = bounds or markup_bounds()
     prefix = f"{what}：" if what else ""
     if markup_bp < 0:
-        raise MarkupOutOfBounds(f"{prefix}分站售价不能低于您的拿货价（加价不能为负）"
-                                " (a shop price may not be below your own price)")
+        raise MarkupOutOfBounds(_("%(prefix)s分站售价不能低于您的拿货价（加价不能为负）", prefix=prefix))
     if not low <= markup_bp <= high:
-        raise MarkupOutOfBounds(f"{prefix}加价比例须在 {format_bp(low)} 到 {format_bp(high)} 之间"
-                                f" (markup must be between {format_bp(low)} and {format_bp(high)})")
+        raise MarkupOutOfBounds(_("%(prefix)s加价比例须在 %(low)s 到 %(high)s 之间", prefix=prefix,
+                                  low=format_bp(low), high=format_bp(high)))
     return markup_bp
 
 
@@ -270,23 +269,23 @@ def _text(value: object, what: str, max_len: int, required: bool = False) -> str
     if value is None:
         value = ""
     if not isinstance(value, str):
-        raise ValidationError(f"{what}格式不正确 ({what} must be text)")
+        raise ValidationError(_("%(what)s格式不正确", what=what))
     value = value.strip()
     if not value:
         if required:
-            raise ValidationError(f"请填写{what} ({what} is required)")
+            raise ValidationError(_("请填写%(what)s", what=what))
         return None
     if len(value) > max_len:
-        raise ValidationError(f"{what}最多 {max_len} 个字符 ({what}: at most {max_len} characters)")
+        raise ValidationError(_("%(what)s最多 %(max_len)s 个字符", what=what, max_len=max_len))
     if any(ord(c) < 32 and c not in "\r\n" for c in value):
-        raise ValidationError(f"{what}含有非法字符 ({what} contains control characters)")
+        raise ValidationError(_("%(what)s含有非法字符", what=what))
     return value
 
 
 def _theme(value: object) -> str:
     theme = value or "general"
     if not isinstance(theme, str) or theme not in THEMES:
-        raise ValidationError("请选择店铺风格：综合、游戏或校园 (theme must be general, game or campus)")
+        raise ValidationError(_("请选择店铺风格：综合、游戏或校园"))
     return theme
 
 
@@ -295,17 +294,17 @@ def _theme(value: object) -> str:
 def open_refusal(agent: Agent | None) -> str | None:
     """Why this agent may not open a shop now, or None when it may."""
     if agent is None:
-        return "只有代理可以开设分站 (only agents can open a shop)"
+        return _("只有代理可以开设分站")
     if not agent.active:
-        return "账号已停用，不能开设分站 (this agent is disabled)"
+        return _("账号已停用，不能开设分站")
     if not agent.tier.may_open_shop:
-        return f"当前等级「{agent.tier.name}」不能开设分站 (your tier may not open a shop)"
+        return _("当前等级「%(name)s」不能开设分站", name=agent.tier.name)
     return None
 
 
 def _new_code() -> str:
-    for _ in range(20):
-        code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
+    for _attempt in range(20):
+        code = "".join(secrets.choice(CODE_ALPHABET) for _letter in range(CODE_LENGTH))
         if db.session.scalar(select(AgentShop.id).where(AgentShop.code == code)) is None:
             return code
     raise RuntimeError("could not find a free shop code")
@@ -318,17 +317,17 @@ def open_shop(agent_id: int, name: object, markup_bp: int | None = None, theme: 
     try:
         agent = db.session.scalar(select(Agent).where(Agent.id == agent_id).with_for_update())
         if agent is None:
-            raise NotFound("代理不存在 (unknown agent)")
+            raise NotFound(_("代理不存在"))
         refusal = open_refusal(agent)
         if refusal:
             raise ShopNotAllowed(refusal)
         if shop_of(agent.id) is not None:
-            raise ShopExists("该代理已开设分站 (this agent already has a shop)")
+            raise ShopExists(_("该代理已开设分站"))
         bounds = markup_bounds()
         markup = check_markup(bounds[0] if markup_bp is None else markup_bp, bounds)
-        shop = AgentShop(agent_id=agent.id, code=_new_code(), name=_text(name, "店铺名称", 64, required=True),
-                         notice=_text(notice, "店铺公告", MAX_NOTICE), theme=_theme(theme),
-                         contact=_text(contact, "联系方式", 128), markup_bp=markup, status="active")
+        shop = AgentShop(agent_id=agent.id, code=_new_code(), name=_text(name, _("店铺名称"), 64, required=True),
+                         notice=_text(notice, _("店铺公告"), MAX_NOTICE), theme=_theme(theme),
+                         contact=_text(contact, _("联系方式"), 128), markup_bp=markup, status="active")
         db.session.add(shop)
         db.session.flush()
         audit.record("shop.open", "agent_shop", shop.id, None,
@@ -350,15 +349,15 @@ def update_settings(shop_id: int, agent_id: int, values: dict, actor_id: int | N
     try:
         shop = db.session.scalar(select(AgentShop).where(AgentShop.id == shop_id).with_for_update())
         if shop is None or shop.agent_id != agent_id:
-            raise NotFound("分站不存在 (no such shop)")
+            raise NotFound(_("分站不存在"))
         old = audit.snapshot(shop, list(SETTING_COLUMNS))
-        shop.name = _text(values.get("name"), "店铺名称", 64, required=True)
-        shop.notice = _text(values.get("notice"), "店铺公告", MAX_NOTICE)
+        shop.name = _text(values.get("name"), _("店铺名称"), 64, required=True)
+        shop.notice = _text(values.get("notice"), _("店铺公告"), MAX_NOTICE)
         shop.theme = _theme(values.get("theme"))
-        shop.contact = _text(values.get("contact"), "联系方式", 128)
+        shop.contact = _text(values.get("contact"), _("联系方式"), 128)
         markup = parse_markup(values.get("markup"))
         if markup is None:
-            raise MarkupOutOfBounds("请填写加价比例 (markup is required)")
+            raise MarkupOutOfBounds(_("请填写加价比例"))
         shop.markup_bp = check_markup(markup)
         shop.updated_at = utcnow()
         new = audit.snapshot(shop, list(SETTING_COLUMNS))
@@ -385,14 +384,14 @@ def set_products(shop_id: int, agent_id: int, rows: list[ProductSetting], actor_
     try:
         shop = db.session.scalar(select(AgentShop).where(AgentShop.id == shop_id).with_for_update())
         if shop is None or shop.agent_id != agent_id:
-            raise NotFound("分站不存在 (no such shop)")
+            raise NotFound(_("分站不存在"))
         names = dict(db.session.execute(select(Product.id, Product.name).where(
             Product.id.in_([r.product_id for r in rows]), Product.kind.in_(("card", "direct")))).all())
         bounds = markup_bounds()
         checked = []
         for row in rows:
             if row.product_id not in names:
-                raise ProductUnavailable("商品不存在 (unknown product)")
+                raise ProductUnavailable(_("商品不存在"))
             markup = parse_markup(row.markup)
             if markup is not None:
                 check_markup(markup, bounds, what=names[row.product_id])
@@ -426,26 +425,26 @@ def set_logo(shop_id: int, agent_id: int, data: bytes, actor_id: int | None = No
     from PIL import Image, UnidentifiedImageError
 
     if not data:
-        raise ValidationError("请选择图片文件 (no file)")
+        raise ValidationError(_("请选择图片文件"))
     if len(data) > MAX_LOGO_BYTES:
-        raise ValidationError("图片不能超过 1 MB (the logo is larger than 1 MB)")
+        raise ValidationError(_("图片不能超过 1 MB"))
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.format not in ("PNG", "JPEG", "GIF", "WEBP"):
-                raise ValidationError("只支持 PNG、JPEG、GIF 或 WebP 图片 (PNG, JPEG, GIF or WebP only)")
+                raise ValidationError(_("只支持 PNG、JPEG、GIF 或 WebP 图片"))
             if image.width * image.height > 4096 * 4096:
-                raise ValidationError("图片尺寸过大 (the image is too large)")
+                raise ValidationError(_("图片尺寸过大"))
             image.load()
             logo = image.convert("RGBA")
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError):
-        raise ValidationError("无法读取该图片 (not a readable image)") from None
+        raise ValidationError(_("无法读取该图片")) from None
     logo.thumbnail((LOGO_SIDE, LOGO_SIDE))
     out = io.BytesIO()
     logo.save(out, format="PNG", optimize=True)
     try:
         shop = db.session.scalar(select(AgentShop).where(AgentShop.id == shop_id).with_for_update())
         if shop is None or shop.agent_id != agent_id:
-            raise NotFound("分站不存在 (no such shop)")
+            raise NotFound(_("分站不存在"))
         shop.logo_png = out.getvalue()
         shop.logo_version = (shop.logo_version or 0) + 1
         shop.updated_at = utcnow()
@@ -490,26 +489,25 @@ def normalize_domain(value: object) -> str:
     import ipaddress
 
     if not isinstance(value, str) or not value.strip():
-        raise InvalidDomain("请填写域名 (domain is required)")
+        raise InvalidDomain(_("请填写域名"))
     text = value.strip().lower().rstrip(".")
     if "://" in text or "/" in text or ":" in text or "@" in text or " " in text:
-        raise InvalidDomain("只填写域名，例如 shop.example.com（不要 http://、路径或端口）"
-                            " (a host name only, such as shop.example.com)")
+        raise InvalidDomain(_("只填写域名，例如 shop.example.com（不要 http://、路径或端口）"))
     try:
         ipaddress.ip_address(text)
-        raise InvalidDomain("不能使用 IP 地址 (an IP address is not a domain)")
+        raise InvalidDomain(_("不能使用 IP 地址"))
     except ValueError:
         pass
     try:
         domain = text.encode("idna").decode("ascii")
     except UnicodeError:
-        raise InvalidDomain("域名格式不正确 (not a valid domain)") from None
+        raise InvalidDomain(_("域名格式不正确")) from None
     labels = domain.split(".")
     if len(domain) > 253 or len(labels) < 2 or not all(_LABEL.match(label) for label in labels) \
             or labels[-1].isdigit():
-        raise InvalidDomain("域名格式不正确 (not a valid domain)")
+        raise InvalidDomain(_("域名格式不正确"))
     if domain in platform_hosts() or any(domain.endswith("." + h) for h in platform_hosts()):
-        raise InvalidDomain("不能使用平台自己的域名 (the platform's own domain)")
+        raise InvalidDomain(_("不能使用平台自己的域名"))
     return domain
 
 
@@ -524,10 +522,10 @@ def request_domain(shop_id: int, agent_id: int, domain: object, actor_id: int | 
     try:
         shop = db.session.scalar(select(AgentShop).where(AgentShop.id == shop_id).with_for_update())
         if shop is None or shop.agent_id != agent_id:
-            raise NotFound("分站不存在 (no such shop)")
+            raise NotFound(_("分站不存在"))
         taken = db.session.scalar(select(AgentShopDomain.shop_id).where(AgentShopDomain.domain == name))
         if taken is not None and taken != shop.id:
-            raise DomainTaken("该域名已被其他分站使用或申请 (the domain belongs to another shop)")
+            raise DomainTaken(_("该域名已被其他分站使用或申请"))
         row = domain_of(shop.id)
         old = {"domain": row.domain, "status": row.status} if row else None
         if row is not None and row.domain == name and row.status in ("requested", "approved"):
@@ -556,7 +554,7 @@ def decide_domain(domain_id: int, approve: bool, actor_id: int | None, reason: s
     try:
         row = db.session.scalar(select(AgentShopDomain).where(AgentShopDomain.id == domain_id).with_for_update())
         if row is None:
-            raise NotFound("域名申请不存在 (no such domain request)")
+            raise NotFound(_("域名申请不存在"))
         target = "approved" if approve else "rejected"
         if row.status == target:
             db.session.rollback()
@@ -612,7 +610,7 @@ def set_status(shop_id: int, status: str, actor_id: int | None, reason: str | No
     try:
         shop = db.session.scalar(select(AgentShop).where(AgentShop.id == shop_id).with_for_update())
         if shop is None:
-            raise NotFound("分站不存在 (no such shop)")
+            raise NotFound(_("分站不存在"))
         if shop.status == status:
             db.session.rollback()
             return shop
@@ -632,7 +630,7 @@ def own_shop(agent: Agent, shop_id: int | None = None) -> AgentShop:
     """The agent's own shop (and, given, only if it is that one): for portal pages and actions."""
     shop = shop_of(agent.id)
     if shop is None or (shop_id is not None and shop.id != shop_id):
-        raise Forbidden("只能管理自己的分站 (only your own shop)")
+        raise Forbidden(_("只能管理自己的分站"))
     return shop
 
 
@@ -664,7 +662,7 @@ def accrue_on_delivery(order) -> int:
                                        delivered + timedelta(days=settle_days))
         ledger.post_journal(f"shopprofit:{order.order_no}", "shop_profit",
                             [Line(SHOP_EXPENSE, -profit), Line(pending, profit)],
-                            memo=f"分站利润 {order.order_no}", order_id=order.id, locked=locked)
+                            memo=f"分站利润 {order.order_no}", order_id=order.id, locked=locked)  # i18n-keep: memo
     return total + profit
 
 

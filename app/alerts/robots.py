@@ -36,6 +36,8 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from flask_babel import gettext as _
+
 from app import outbound
 
 DINGTALK_TEXT_BYTES = 4000  # the robot's own text limit is unconfirmed; messages stay far below it
@@ -150,14 +152,15 @@ def send_robot(kind: str, webhook: str, secret: str | None, message: Message) ->
         response = outbound.post(url, data=body, timeout=TIMEOUT,
                                  headers={"Content-Type": "application/json; charset=utf-8"})
     except outbound.FAILURES as exc:
-        raise SendError(f"{_name(kind)} 无法连接 (unreachable): {outbound.short_reason(exc)}") from None
+        raise SendError(_("%(robot)s 无法连接：%(reason)s", robot=_name(kind),
+                          reason=outbound.short_reason(exc))) from None
     code, text = _answer(kind, response)
     if code == 0:
         return
     if response.status_code == 429:
         raise SendError(f"{_name(kind)} HTTP 429", retry_after=timedelta(minutes=1))
     if code is None:
-        raise SendError(f"{_name(kind)} HTTP {response.status_code}: 无法识别的应答 (unreadable answer)")
+        raise SendError(_("%(robot)s HTTP %(status)s：无法识别的应答", robot=_name(kind), status=response.status_code))
     detail = f"{_name(kind)} {code}: {text[:160]}"
     if (kind, code) in THROTTLED:
         raise SendError(detail, retry_after=THROTTLED[(kind, code)])
@@ -183,7 +186,7 @@ def _answer(kind: str, response) -> tuple[int | None, str]:
 
 
 def _name(kind: str) -> str:
-    return {"dingtalk": "钉钉", "wecom": "企业微信", "feishu": "飞书"}.get(kind, kind)
+    return {"dingtalk": _("钉钉"), "wecom": _("企业微信"), "feishu": _("飞书")}.get(kind, kind)
 
 
 # --- e-mail --------------------------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flask import current_app
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -81,10 +83,10 @@ def rule_config(row: AlertRule) -> RuleConfig:
 def check_rule(row: AlertRule) -> None:
     """What the rule form may set: a known severity, positive numbers."""
     if row.severity not in SEVERITIES:
-        raise ValidationError("级别须为提示、警告或严重 (severity must be info, warning or critical)")
+        raise ValidationError(_("级别须为提示、警告或严重"))
     for value in (row.threshold, row.window_minutes):
         if value is not None and not 1 <= value <= 100_000:
-            raise ValidationError("阈值和时间窗口须为 1 到 100000 的整数，或留空使用默认值 (1-100000, blank = default)")
+            raise ValidationError(_("阈值和时间窗口须为 1 到 100000 的整数，或留空使用默认值"))
 
 
 # --- raise and resolve -------------------------------------------------------------------------------------------
@@ -261,7 +263,7 @@ def send(delivery_id: int) -> Outcome:
     webhook = ""
     try:
         if not channel.enabled:
-            raise robots.SendError("渠道已停用 (channel disabled)", temporary=False)
+            raise robots.SendError(_("渠道已停用"), temporary=False)
         message = messages.compose(alert, delivery.event, channel.locale)
         if channel.kind == "email":
             recipients = _recipients(channel)
@@ -269,7 +271,7 @@ def send(delivery_id: int) -> Outcome:
         else:
             webhook = crypto.decrypt(channel.webhook_enc) if channel.webhook_enc else ""
             if not webhook:
-                raise robots.SendError("未配置 Webhook 地址 (no webhook)", temporary=False)
+                raise robots.SendError(_("未配置 Webhook 地址"), temporary=False)
             secret = crypto.decrypt(channel.secret_enc) if channel.secret_enc else None
             robots.send_robot(channel.kind, webhook, secret, message)
     except robots.SendError as exc:
@@ -342,7 +344,7 @@ def _recipients(channel: AlertChannel) -> list[str]:
     raw = crypto.decrypt(channel.recipients_enc) if channel.recipients_enc else ""
     found = [a for a in raw.split(",") if a]
     if not found:
-        raise robots.SendError("未配置收件人 (no recipients)", temporary=False)
+        raise robots.SendError(_("未配置收件人"), temporary=False)
     return found
 
 
@@ -352,9 +354,9 @@ def send_test(channel_id: int, actor_id: int | None) -> Alert:
     """A test message to one channel (whatever its minimum severity), through the same job; audited. Commits."""
     channel = db.session.get(AlertChannel, channel_id)
     if channel is None:
-        raise NotFound("告警渠道不存在 (no such channel)")
+        raise NotFound(_("告警渠道不存在"))
     if not channel.enabled:
-        raise Conflict("渠道已停用，请先启用 (the channel is disabled)")
+        raise Conflict(_("渠道已停用，请先启用"))
     now = utcnow()
     facts = {"channel": channel.name}
     key = f"test:{channel.id}:{now.strftime('%Y%m%d%H%M%S%f')}"
@@ -374,10 +376,10 @@ def resend(delivery_id: int, actor_id: int | None) -> AlertDelivery:
     delivery = db.session.scalar(select(AlertDelivery).where(AlertDelivery.id == delivery_id).with_for_update())
     if delivery is None:
         db.session.rollback()
-        raise NotFound("发送记录不存在 (no such delivery)")
+        raise NotFound(_("发送记录不存在"))
     if delivery.status != "failed":
         db.session.rollback()
-        raise Conflict("只有发送失败的消息可以重发 (only failed deliveries)")
+        raise Conflict(_("只有发送失败的消息可以重发"))
     before = {"status": delivery.status, "attempts": delivery.attempts, "last_error": delivery.last_error}
     move_delivery(delivery, "queued", attempts=0, next_attempt_at=utcnow(), claimed_at=None)
     audit.record("alert_delivery.resend", "alert_delivery", delivery.id, before, {"status": "queued"},
@@ -389,9 +391,9 @@ def resend(delivery_id: int, actor_id: int | None) -> AlertDelivery:
 
 # --- channels ----------------------------------------------------------------------------------------------------
 
-ROBOT_URL_NEEDS = {"dingtalk": ("access_token", "钉钉 Webhook 须含 access_token"),
-                   "wecom": ("key", "企业微信 Webhook 须含 key"),
-                   "feishu": ("/bot/v2/hook/", "飞书 Webhook 须为 …/open-apis/bot/v2/hook/<token>")}
+ROBOT_URL_NEEDS = {"dingtalk": ("access_token", lazy_gettext("钉钉 Webhook 须含 access_token")),
+                   "wecom": ("key", lazy_gettext("企业微信 Webhook 须含 key")),
+                   "feishu": ("/bot/v2/hook/", lazy_gettext("飞书 Webhook 须为 …/open-apis/bot/v2/hook/<token>"))}
 
 
 def apply_channel(channel: AlertChannel, *, webhook: str | None = None, secret: str | None = None,
@@ -404,39 +406,39 @@ def apply_channel(channel: AlertChannel, *, webhook: str | None = None, secret: 
 
     channel.name = (channel.name or "").strip()
     if not channel.name or len(channel.name) > 64:
-        raise ValidationError("请填写名称（最多 64 个字符）(name: 1-64 characters)")
+        raise ValidationError(_("请填写名称（最多 64 个字符）"))
     if channel.kind not in CHANNEL_KINDS:
-        raise ValidationError("请选择渠道类型 (kind must be dingtalk, wecom, feishu or email)")
+        raise ValidationError(_("请选择渠道类型"))
     channel.min_severity = channel.min_severity or "warning"
     if channel.min_severity not in SEVERITIES:
-        raise ValidationError("最低级别须为提示、警告或严重 (min_severity must be info, warning or critical)")
+        raise ValidationError(_("最低级别须为提示、警告或严重"))
     channel.locale = channel.locale if channel.locale in ("zh", "en") else "zh"
     webhook, secret, recipients = (webhook or "").strip(), (secret or "").strip(), (recipients or "").strip()
     if channel.kind == "email":
         if webhook or secret:
-            raise ValidationError("邮件渠道不需要 Webhook 地址和密钥 (e-mail channels take recipients only)")
+            raise ValidationError(_("邮件渠道不需要 Webhook 地址和密钥"))
         if recipients:
             addresses = [a for a in re.split(r"[,;\s]+", recipients) if a]
             try:
                 cleaned = [clean_email(a) for a in addresses]
             except InvalidEmail:
-                raise ValidationError("收件人须为邮箱地址，多个用逗号分隔 (recipients: e-mail addresses)") from None
+                raise ValidationError(_("收件人须为邮箱地址，多个用逗号分隔")) from None
             if not 1 <= len(cleaned) <= 20:
-                raise ValidationError("收件人 1 到 20 个 (1-20 recipients)")
+                raise ValidationError(_("收件人 1 到 20 个"))
             channel.recipients_enc = crypto.encrypt(",".join(cleaned))
             channel.recipients_masked = ", ".join(crypto.mask(a) for a in cleaned)[:255]
         if not channel.recipients_enc:
-            raise ValidationError("请填写收件人邮箱 (recipients are required)")
+            raise ValidationError(_("请填写收件人邮箱"))
         channel.webhook_enc = channel.webhook_masked = channel.secret_enc = None
         return
     if webhook:
         parts = urlsplit(webhook)
         if parts.scheme not in ("https", "http") or not parts.hostname or any(c.isspace() for c in webhook):
-            raise ValidationError("Webhook 须为 http(s) 地址 (webhook must be an http(s) URL)")
+            raise ValidationError(_("Webhook 须为 http(s) 地址"))
         if parts.scheme != "https" and current_app.config.get("KAMENG_ENV") != "development":
-            raise ValidationError("Webhook 须为 https 地址 (webhook must be https)")
+            raise ValidationError(_("Webhook 须为 https 地址"))
         if len(webhook) > 1024:
-            raise ValidationError("Webhook 地址过长 (webhook too long)")
+            raise ValidationError(_("Webhook 地址过长"))
         needle, message = ROBOT_URL_NEEDS[channel.kind]
         present = needle in parts.path if needle.startswith("/") else bool(parse_qs(parts.query).get(needle))
         if not present:
@@ -446,16 +448,16 @@ def apply_channel(channel: AlertChannel, *, webhook: str | None = None, secret: 
         path = parts.path.rsplit("/", 1)[0] + "/" if channel.kind == "feishu" else parts.path
         channel.webhook_masked = f"{parts.scheme}://{parts.hostname}{path[:48]}…{webhook[-4:]}"[:96]
     if not channel.webhook_enc:
-        raise ValidationError("请填写 Webhook 地址 (webhook is required)")
+        raise ValidationError(_("请填写 Webhook 地址"))
     if channel.kind == "wecom":
         if secret:
-            raise ValidationError("企业微信群机器人不签名，不需要密钥 (WeCom robots are unsigned)")
+            raise ValidationError(_("企业微信群机器人不签名，不需要密钥"))
         channel.secret_enc = None
     elif clear_secret:
         channel.secret_enc = None
     elif secret:
         if len(secret) > 256 or any(c.isspace() for c in secret):
-            raise ValidationError("密钥须为不含空白的文本（最多 256 个字符）(secret: no spaces, at most 256)")
+            raise ValidationError(_("密钥须为不含空白的文本（最多 256 个字符）"))
         channel.secret_enc = crypto.encrypt(secret)
     channel.recipients_enc = channel.recipients_masked = None
     channel.updated_at = utcnow()
@@ -466,7 +468,7 @@ def create_channel(name: str, kind: str, *, webhook: str | None = None, secret: 
                    actor_id: int | None = None) -> AlertChannel:
     """A channel from a command or a test (the screen is 告警渠道); audited without its secrets. Commits."""
     if db.session.scalar(select(AlertChannel.id).where(AlertChannel.name == (name or "").strip())):
-        raise Conflict("已有同名渠道 (a channel with that name exists)")
+        raise Conflict(_("已有同名渠道"))
     channel = AlertChannel(name=name, kind=kind, enabled=True, min_severity=min_severity, locale=locale,
                            created_at=utcnow(), updated_at=utcnow())
     apply_channel(channel, webhook=webhook, secret=secret, recipients=recipients)
@@ -480,6 +482,7 @@ def create_channel(name: str, kind: str, *, webhook: str | None = None, secret: 
 
 def channel_snapshot(channel: AlertChannel) -> dict:
     """What the audit log keeps of a channel: masked values and whether a secret is set, never the secret."""
+    secret = "已设置" if channel.secret_enc else "未设置"  # i18n-keep: the audit log is kept in Chinese
     return {"name": channel.name, "kind": channel.kind, "enabled": channel.enabled,
-            "webhook": channel.webhook_masked, "secret": "已设置" if channel.secret_enc else "未设置",
+            "webhook": channel.webhook_masked, "secret": secret,
             "recipients": channel.recipients_masked, "min_severity": channel.min_severity, "locale": channel.locale}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from flask_babel import gettext
 from sqlalchemy import or_, select
 
 from app.announcements.models import AUDIENCES, Announcement
@@ -29,13 +30,13 @@ def check(item: Announcement) -> None:
     """Refuse an incomplete or inconsistent notice (the form shows the message)."""
     item.title = (item.title or "").strip()
     if not item.title:
-        raise ValueError("请填写标题")
+        raise ValueError(gettext("请填写标题"))
     if item.audience not in AUDIENCES:
-        raise ValueError("请选择公告对象")
+        raise ValueError(gettext("请选择公告对象"))
     if item.starts_at is None:
         item.starts_at = utcnow()
     if item.ends_at is not None and item.ends_at <= item.starts_at:
-        raise ValueError("结束时间必须晚于开始时间")
+        raise ValueError(gettext("结束时间必须晚于开始时间"))
     item.body = item.body or ""
     if len(item.body) > 2000:
-        raise ValueError("正文最多 2000 个字符")
+        raise ValueError(gettext("正文最多 2000 个字符"))

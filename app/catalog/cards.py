@@ -8,6 +8,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from flask_babel import gettext as _
 from sqlalchemy import case, event, func, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
@@ -32,7 +33,8 @@ MIN_SECRET_LEN = 4
 MAX_IMPORT_BYTES = 20 * 1024 * 1024
 CHUNK = 1000
 # A CSV's first row is a header only when every cell is a column name (a secret like "SPIN-001" is not).
-_HEADER_WORDS = {"卡号", "密码", "卡密", "账号", "序号", "card", "card_no", "cardno", "card no", "card number",
+_HEADER_WORDS = {"卡号", "密码", "卡密", "账号", "序号",  # i18n-keep: header words read from operators' files
+                 "card", "card_no", "cardno", "card no", "card number",
                  "secret", "password", "pwd", "pin", "no", "number"}
 
 
@@ -47,24 +49,24 @@ class ParsedLines:
 def decode_upload(raw: bytes) -> str:
     """Operators' files come as UTF-8 (with or without BOM) or GBK/GB18030."""
     if len(raw) > MAX_IMPORT_BYTES:
-        raise ImportRejected(f"文件过大，最大 {MAX_IMPORT_BYTES // 1024 // 1024} MB (file too large)")
+        raise ImportRejected(_("文件过大，最大 %(mb)s MB", mb=MAX_IMPORT_BYTES // 1024 // 1024))
     if b"\x00" in raw:
-        raise ImportRejected("不是文本文件 (not a text file)")
+        raise ImportRejected(_("不是文本文件"))
     for encoding in ("utf-8-sig", "gb18030"):
         try:
             return raw.decode(encoding)
         except UnicodeDecodeError:
             continue
-    raise ImportRejected("无法识别文件编码，请使用 UTF-8 或 GBK (unknown encoding)")
+    raise ImportRejected(_("无法识别文件编码，请使用 UTF-8 或 GBK"))
 
 
 def _check_secret(secret: str) -> str | None:
     if len(secret) < MIN_SECRET_LEN:
-        return f"太短，至少 {MIN_SECRET_LEN} 个字符 (too short)"
+        return _("太短，至少 %(count)s 个字符", count=MIN_SECRET_LEN)
     if len(secret) > MAX_SECRET_LEN:
-        return f"太长，最多 {MAX_SECRET_LEN} 个字符 (too long)"
+        return _("太长，最多 %(count)s 个字符", count=MAX_SECRET_LEN)
     if any(unicodedata.category(ch).startswith("C") for ch in secret):
-        return "包含控制字符 (contains control characters)"
+        return _("包含控制字符")
     return None
 
 
@@ -94,7 +96,7 @@ def parse_lines(text: str, filename: str | None = None) -> ParsedLines:
         if problem:
             parsed.rejected.append((lineno, problem))
         elif secret in seen:
-            parsed.duplicates.append((lineno, f"与第 {seen[secret]} 行重复 (duplicate of line {seen[secret]})"))
+            parsed.duplicates.append((lineno, _("与第 %(line)s 行重复", line=seen[secret])))
         else:
             seen[secret] = lineno
             parsed.secrets.append((lineno, secret))
@@ -113,9 +115,9 @@ def _existing_hashes(product_id: int, hashes: list[str]) -> set[str]:
 def _card_product(product_id: int) -> Product:
     product = db.session.get(Product, product_id)
     if product is None:
-        raise ProductUnavailable(f"商品不存在 (unknown product {product_id})")
+        raise ProductUnavailable(_("商品不存在：%(id)s", id=product_id))
     if product.kind != "card":
-        raise ImportRejected(f"商品「{product.name}」不是卡密类商品 (not a card product)")
+        raise ImportRejected(_("商品「%(name)s」不是卡密类商品", name=product.name))
     return product
 
 
@@ -126,7 +128,7 @@ def preview(product_id: int, text: str, filename: str | None = None, sample: int
     hashes = {secret: crypto.keyed_hash(product.id, secret) for _, secret in parsed.secrets}
     in_stock = _existing_hashes(product.id, list(hashes.values()))
     new = [(n, s) for n, s in parsed.secrets if hashes[s] not in in_stock]
-    duplicates = parsed.duplicates + [(n, "库存中已存在 (already in stock)") for n, s in parsed.secrets
+    duplicates = parsed.duplicates + [(n, _("库存中已存在")) for n, s in parsed.secrets
                                       if hashes[s] in in_stock]
     return {
         "product": product.name,
@@ -146,7 +148,7 @@ def create_import(product_id: int, text: str, filename: str | None, source: str,
     _card_product(product_id)
     parsed = parse_lines(text, filename)
     if parsed.total_lines == 0:
-        raise ImportRejected("没有可导入的卡密 (no lines to import)")
+        raise ImportRejected(_("没有可导入的卡密"))
     batch = CardImport(product_id=product_id, source=source, filename=filename, status="queued",
                        total_lines=parsed.total_lines, created_by_id=user_id, payload_enc=crypto.encrypt(text))
     db.session.add(batch)
@@ -158,7 +160,7 @@ def run_import(import_id: int, progress: Callable[[int, int], None] | None = Non
     """Insert the batch's new secrets in chunks, record the report. Idempotent: a finished batch is left alone."""
     batch = db.session.get(CardImport, import_id)
     if batch is None:
-        raise ImportRejected(f"导入批次不存在 (unknown import {import_id})")
+        raise ImportRejected(_("导入批次不存在：%(id)s", id=import_id))
     if batch.status == "done":
         return report_of(batch)
     if batch.status != "running":  # running: a run cut off, carried on here
@@ -251,7 +253,7 @@ def allocate(order_id: int, product_id: int, quantity: int) -> list[int]:
                                select(func.count()).select_from(picked).scalar_subquery() == quantity,
                                returning=("id", "secret_hash", "secret_enc"), order_id=order_id, sold_at=now)
         if len(sold) < quantity:
-            raise OutOfStock("库存不足 (out of stock)")
+            raise OutOfStock(_("库存不足"))
         sold.sort()
         ids = [row.id for row in sold]
         # The delivery's chain record hashes these (app.chain.append_delivery) and the answer to the buyer shows
@@ -261,10 +263,10 @@ def allocate(order_id: int, product_id: int, quantity: int) -> list[int]:
         return ids
     ids = list(db.session.scalars(pick))
     if len(ids) < quantity:
-        raise OutOfStock("库存不足 (out of stock)")
+        raise OutOfStock(_("库存不足"))
     if states.move_all(CARD_SECRET_STATES, "available", "sold", CardSecret.id.in_(ids), order_id=order_id,
                        sold_at=now) != quantity:
-        raise OutOfStock("库存不足 (out of stock)")
+        raise OutOfStock(_("库存不足"))
     return ids
 
 
@@ -317,7 +319,7 @@ def _allocate_uses(order_id: int, product_id: int, quantity: int) -> list[int]:
                 rows = db.session.execute(select(table.c.id, table.c.secret_hash).where(table.c.id.in_(ids))
                                           .order_by(table.c.id)).all()
     if len(rows) < quantity:
-        raise OutOfStock("库存不足 (out of stock)")
+        raise OutOfStock(_("库存不足"))
     db.session.info.setdefault("allocated_hashes", {})[order_id] = [h for _, h in rows]
     ids = [secret_id for secret_id, _ in rows]
     for secret_id in ids:  # a CardSecret object already loaded in this session rereads its new counter

@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext
 from sqlalchemy import func, literal, select, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -46,7 +48,8 @@ DELIVERED = ("delivered", "disputed")  # the statuses whose secrets the buyer se
 MAX_RANGE_DAYS = 92
 MAX_SECRETS = 100_000  # one file; a larger range is refused with a message to narrow it
 BATCH = 1000
-COLUMNS = ("订单号", "商品", "卡密", "到账时间")
+# the file's header row, in the language of the request that downloads it
+COLUMNS = (lazy_gettext("订单号"), lazy_gettext("商品"), lazy_gettext("卡密"), lazy_gettext("到账时间"))
 VIAS = ("portal", "openapi")
 ORDER_NO_MAX = 32
 
@@ -77,29 +80,29 @@ def parse_format(value: object, allowed: tuple[str, ...] = tuple(FORMATS)) -> st
     """txt, csv or xlsx (as `allowed` says), case-insensitive; anything else is an InvalidFormat naming them."""
     fmt = value.strip().lower() if isinstance(value, str) else None
     if fmt not in allowed:
-        raise InvalidFormat(f"format 须为 {' / '.join(allowed)} 之一 (format must be one of {', '.join(allowed)})")
+        raise InvalidFormat(_("format 须为 %(formats)s 之一", formats=" / ".join(allowed)))
     return fmt
 
 
 def parse_day(value: object, what: str) -> date:
     if not isinstance(value, str) or not value.strip():
-        raise ValidationError(f"请填写{what}（YYYY-MM-DD）({what} is required)")
+        raise ValidationError(_("请填写%(what)s（YYYY-MM-DD）", what=what))
     try:
         day = date.fromisoformat(value.strip())
     except ValueError:
-        raise ValidationError(f"{what}须为 YYYY-MM-DD 格式的日期 ({what} must be YYYY-MM-DD)") from None
+        raise ValidationError(_("%(what)s须为 YYYY-MM-DD 格式的日期", what=what)) from None
     if not 2000 <= day.year <= 9998:
-        raise ValidationError(f"{what}超出范围：{day} ({what} out of range)")
+        raise ValidationError(_("%(what)s超出范围：%(day)s", what=what, day=day))
     return day
 
 
 def parse_range(since: object, until: object) -> tuple[date, date]:
     """Two business days, both included, at most MAX_RANGE_DAYS apart."""
-    first, last = parse_day(since, "开始日期"), parse_day(until, "结束日期")
+    first, last = parse_day(since, _("开始日期")), parse_day(until, _("结束日期"))
     if first > last:
-        raise ValidationError(f"开始日期 {first} 晚于结束日期 {last} (since is after until)")
+        raise ValidationError(_("开始日期 %(first)s 晚于结束日期 %(last)s", first=first, last=last))
     if (last - first).days >= MAX_RANGE_DAYS:
-        raise ValidationError(f"日期范围最多 {MAX_RANGE_DAYS} 天 (at most {MAX_RANGE_DAYS} days)")
+        raise ValidationError(_("日期范围最多 %(days)s 天", days=MAX_RANGE_DAYS))
     return first, last
 
 
@@ -112,10 +115,10 @@ def own_order(agent_id: int, order_no: object) -> Order:
     answered exactly as a missing order."""
     if not isinstance(order_no, str) or not order_no.isalnum() or not order_no.isascii() \
             or len(order_no) > ORDER_NO_MAX:
-        raise NotFound("订单不存在 (order not found)")
+        raise NotFound(_("订单不存在"))
     order = db.session.scalar(select(Order).where(Order.order_no == order_no, Order.agent_id == agent_id))
     if order is None:
-        raise NotFound("订单不存在 (order not found)")
+        raise NotFound(_("订单不存在"))
     return order
 
 
@@ -123,7 +126,7 @@ def extract_order(agent_id: int, order_no: object, fmt: str, via: str, api_key: 
     """One of the agent's own orders, delivered (or disputed): its secrets as a file. Recorded and committed."""
     order = own_order(agent_id, order_no)
     if order.status not in DELIVERED:
-        raise OrderNotDelivered(f"订单尚未到账，没有可提取的卡密 (order {order.order_no} is not delivered)")
+        raise OrderNotDelivered(_("订单 %(order_no)s 尚未到账，没有可提取的卡密", order_no=order.order_no))
     return _extract(agent_id, [Order.id == order.id], fmt, via, f"{order.order_no}.{fmt}", order.order_no,
                     {"api_key": api_key} if api_key else {})
 
@@ -131,7 +134,7 @@ def extract_order(agent_id: int, order_no: object, fmt: str, via: str, api_key: 
 def extract_range(agent_id: int, since: date, until: date, fmt: str, via: str) -> Extraction:
     """Every delivered (or disputed) order the agent itself placed on business days since..until (inclusive)."""
     if (until - since).days >= MAX_RANGE_DAYS or since > until:
-        raise ValidationError(f"日期范围最多 {MAX_RANGE_DAYS} 天 (at most {MAX_RANGE_DAYS} days)")
+        raise ValidationError(_("日期范围最多 %(days)s 天", days=MAX_RANGE_DAYS))
     where = [Order.agent_id == agent_id, Order.status.in_(DELIVERED), Order.created_at >= _utc(since),
              Order.created_at < _utc(until + timedelta(days=1))]
     return _extract(agent_id, where, fmt, via, f"card-secrets-{since:%Y%m%d}-{until:%Y%m%d}.{fmt}",
@@ -148,10 +151,10 @@ def _extract(agent_id: int, where: list, fmt: str, via: str, filename: str, targ
                + db.session.scalar(select(func.count()).select_from(CardSecretUse).where(
                    CardSecretUse.order_id.in_(order_ids), CardSecretUse.returned_at.is_(None))))
     if not secrets:
-        raise NothingToExtract("所选订单没有可提取的卡密 (no card secrets in these orders)")
+        raise NothingToExtract(_("所选订单没有可提取的卡密"))
     if secrets > MAX_SECRETS:
-        raise ValidationError(f"卡密数量 {secrets} 超过单次提取上限 {MAX_SECRETS}，请缩小日期范围 "
-                              f"(more than {MAX_SECRETS} secrets: narrow the range)")
+        raise ValidationError(_("卡密数量 %(count)s 超过单次提取上限 %(limit)s，请缩小日期范围",
+                                count=secrets, limit=MAX_SECRETS))
     cards.record_reveal(lambda uses: uses.c.order_id.in_(order_ids))
     _count_download(order_ids)
     audit.record("card.extract", "order", target, None,
@@ -218,7 +221,7 @@ def _csv(rows: Iterator[tuple]) -> Iterator[bytes]:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     buffer.write("\ufeff")
-    writer.writerow(safe_row(COLUMNS))
+    writer.writerow(safe_row([str(c) for c in COLUMNS]))
     for n, row in enumerate(rows, start=1):
         writer.writerow(safe_row(row))
         if n % BATCH == 0:
@@ -238,8 +241,8 @@ def _xlsx(rows: Iterator[tuple]) -> Iterator[bytes]:
         path = os.path.join(folder, "secrets.xlsx")
         book = xlsxwriter.Workbook(path, {"constant_memory": True, "tmpdir": folder, "strings_to_formulas": False,
                                           "strings_to_numbers": False, "strings_to_urls": False})
-        sheet = book.add_worksheet("卡密")
-        write_xlsx_row(sheet, 0, COLUMNS, book.add_format({"bold": True}))
+        sheet = book.add_worksheet(str(lazy_gettext("卡密")))
+        write_xlsx_row(sheet, 0, [str(c) for c in COLUMNS], book.add_format({"bold": True}))
         for n, row in enumerate(rows, start=1):
             write_xlsx_row(sheet, n, row)
         book.close()

@@ -1,6 +1,7 @@
 """Catalog: categories, suppliers, products, tier prices, price rules, card stock and its imports."""
 from __future__ import annotations
 
+from flask_babel import lazy_gettext
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -21,7 +22,7 @@ from app.extensions import db
 from app.money import format_fen
 from app.states import Machine
 
-PRODUCT_KINDS = {"card": "卡密", "direct": "直充", "manual": "人工"}
+PRODUCT_KINDS = {"card": lazy_gettext("卡密"), "direct": lazy_gettext("直充"), "manual": lazy_gettext("人工")}
 MAX_USES_LIMIT = 100_000  # a reusable secret's uses: far above any shared account's, and a typo is refused
 
 
@@ -102,7 +103,7 @@ class Product(db.Model):
         return self.name
 
     def kind_display(self) -> str:
-        return PRODUCT_KINDS.get(self.kind, self.kind)
+        return str(PRODUCT_KINDS.get(self.kind, self.kind))
 
     def face_display(self) -> str:
         return format_fen(self.face_price)

@@ -5,6 +5,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
+from flask_babel import gettext as _
 from sqlalchemy import or_, select
 
 from app import cache
@@ -28,7 +29,7 @@ def create_supplier(name: str, service_fee_bp: int = 0, is_platform_own: bool = 
 def platform_supplier() -> Supplier:
     supplier = db.session.scalar(select(Supplier).where(Supplier.is_platform_own.is_(True)).order_by(Supplier.id))
     if supplier is None:
-        supplier = create_supplier("平台自营", 0, is_platform_own=True)
+        supplier = create_supplier("平台自营", 0, is_platform_own=True)  # i18n-keep: a stored name
     return supplier
 
 
@@ -47,7 +48,7 @@ class ProductFacts:
     reusable: bool = False  # 循环卡密: each secret sold up to its max_uses times (app.catalog.cards)
 
     def kind_display(self) -> str:
-        return PRODUCT_KINDS.get(self.kind, self.kind)
+        return str(PRODUCT_KINDS.get(self.kind, self.kind))
 
 
 def product_facts(product_id: int) -> ProductFacts | None:
@@ -74,18 +75,16 @@ def check_reuse_change(product: Product) -> None:
     if not product.reusable:
         product.max_uses = None
     elif product.kind != "card":
-        raise ValueError("只有卡密类商品可以设为循环卡密 (only card products can be reusable)")
+        raise ValueError(_("只有卡密类商品可以设为循环卡密"))
     elif product.max_uses is None or not 1 <= product.max_uses <= MAX_USES_LIMIT:
-        raise ValueError(f"循环卡密的每卡可售次数须在 1 到 {MAX_USES_LIMIT} 之间 (max uses per secret: 1 to "
-                         f"{MAX_USES_LIMIT})")
+        raise ValueError(_("循环卡密的每卡可售次数须在 1 到 %(limit)s 之间", limit=MAX_USES_LIMIT))
     if product.id is None:
         return
     with db.session.no_autoflush:
         was = db.session.execute(select(Product.reusable).where(Product.id == product.id)).scalar()
         if was is not None and bool(was) != bool(product.reusable) and db.session.scalar(
                 select(CardSecret.id).where(CardSecret.product_id == product.id).limit(1)) is not None:
-            raise ValueError("该商品已有卡密库存，不能切换循环卡密模式；请新建商品 (the product has stock: its "
-                             "reusable mode cannot change, create a new product)")
+            raise ValueError(_("该商品已有卡密库存，不能切换循环卡密模式；请新建商品"))
 
 
 def apply_max_uses(product_id: int, max_uses: int) -> int:

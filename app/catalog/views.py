@@ -74,7 +74,7 @@ def _supplier_fields() -> dict:
         "protocol": SelectField(SUPPLIER_LABELS["protocol"], choices=SUPPLIER_PROTOCOLS, default=""),
         "endpoint": StringField(SUPPLIER_LABELS["endpoint"], widget=BS3TextFieldWidget(),
                                 validators=[Optional(), Length(max=255),
-                                            URL(require_tld=False, message="接口地址必须是 http(s):// 开头的网址")],
+                                            URL(require_tld=False, message=_("接口地址必须是 http(s):// 开头的网址"))],
                                 description=_("上游接口的根地址，例如 https://api.example.com")),
         # Write-only: never rendered back (PasswordField shows no value); blank on edit keeps the stored one.
         "secret": PasswordField(SUPPLIER_LABELS["secret"], widget=BS3PasswordFieldWidget(),
@@ -151,7 +151,7 @@ class SupplierView(ReadableColumnsMixin, AuditedViewMixin, ModelView):
         if item.timeout_seconds is None:
             item.timeout_seconds = 10
         if item.protocol and not (item.endpoint and item.app_key and item.secret_enc):
-            raise ValueError("对接上游需要填写接口地址、接口账号和接口密钥")
+            raise ValueError(gettext("对接上游需要填写接口地址、接口账号和接口密钥"))
 
     def pre_add(self, item):
         self._apply_form(item)
@@ -205,9 +205,9 @@ def _product_fields() -> dict:
         # InputRequired, not DataRequired: a cost of "0" is an answer, an empty box is not
         "face_price": YuanField(PRODUCT_LABELS["face_price"], min_fen=1, validators=[InputRequired()]),
         "cost": YuanField(PRODUCT_LABELS["cost"], validators=[InputRequired()],
-                          description="每件应付供应商的成本，平台自营可填 0"),
-        "kind": SelectField(PRODUCT_LABELS["kind"], choices=[("card", "卡密"), ("direct", "直充"),
-                                                              ("manual", "人工")]),
+                          description=_("每件应付供应商的成本，平台自营可填 0")),
+        "kind": SelectField(PRODUCT_LABELS["kind"], choices=[("card", _("卡密")), ("direct", _("直充")),
+                                                              ("manual", _("人工"))]),
         "active": checkbox(PRODUCT_LABELS["active"], default=True),
         "reusable": checkbox(PRODUCT_LABELS["reusable"], default=False),
         "max_uses": IntegerField(PRODUCT_LABELS["max_uses"], widget=BS3TextFieldWidget(),
@@ -285,15 +285,15 @@ class ProductView(ReadableColumnsMixin, AuditedViewMixin, ModelView):
 
 def _check_product(item: Product) -> None:
     if item.face_price is None:
-        raise ValueError("请填写面值")
+        raise ValueError(gettext("请填写面值"))
     if item.cost is None:
-        raise ValueError("请填写成本（平台自营可填 0）")
+        raise ValueError(gettext("请填写成本（平台自营可填 0）"))
     if item.max_per_order is None or not 1 <= item.max_per_order <= 1000:
-        raise ValueError("单笔最多购买数量必须在 1 到 1000 之间")
+        raise ValueError(gettext("单笔最多购买数量必须在 1 到 1000 之间"))
     if item.low_stock_threshold is None or item.low_stock_threshold < 0:
-        raise ValueError("补货提醒阈值不能为负")
+        raise ValueError(gettext("补货提醒阈值不能为负"))
     if item.category is None or item.supplier is None:
-        raise ValueError("请选择分类和供应商")
+        raise ValueError(gettext("请选择分类和供应商"))
     catalog_service.check_reuse_change(item)
 
 
@@ -320,13 +320,13 @@ class TierPriceView(ReadableColumnsMixin, AuditedViewMixin, ModelView):
 
 def _check_tier_price(item: TierPrice) -> None:
     if item.product is None or item.tier is None or item.price is None:
-        raise ValueError("请选择商品、等级并填写价格")
+        raise ValueError(gettext("请选择商品、等级并填写价格"))
     with db.session.no_autoflush:  # an autoflush would hit the unique constraint before this check could answer
         clash = db.session.scalar(select(TierPrice.id).where(TierPrice.product_id == item.product.id,
                                                              TierPrice.tier_id == item.tier.id,
                                                              TierPrice.id != (item.id or 0)))
     if clash:
-        raise ValueError("该商品已有这个等级的价格，请直接编辑")
+        raise ValueError(gettext("该商品已有这个等级的价格，请直接编辑"))
 
 
 class PriceRuleView(ReadableColumnsMixin, AuditedViewMixin, ModelView):
@@ -358,9 +358,9 @@ class PriceRuleView(ReadableColumnsMixin, AuditedViewMixin, ModelView):
 
 def _check_rule(item: PriceRule) -> None:
     if item.product is None or item.rate_bp is None or item.starts_at is None or item.ends_at is None:
-        raise ValueError("请填写商品、比例、开始和结束时间")
+        raise ValueError(gettext("请填写商品、比例、开始和结束时间"))
     if item.ends_at <= item.starts_at:
-        raise ValueError("结束时间必须晚于开始时间")
+        raise ValueError(gettext("结束时间必须晚于开始时间"))
 
 
 CARD_STATUS_TEXT = {"available": _("可售"), "sold": _("已售"), "void": _("作废")}
@@ -388,9 +388,11 @@ def _report_html(report: str | None) -> Markup:
     if not report:
         return Markup("")
     details = json.loads(report)
-    lines = [f"第 {n} 行：{escape(reason)}" for n, reason in details.get("duplicate_lines", [])[:50]]
-    lines += [f"第 {n} 行（拒绝）：{escape(reason)}" for n, reason in details.get("rejected_lines", [])[:50]]
-    return Markup("<br>".join(lines))
+    lines = [gettext("第 %(line)s 行：%(reason)s", line=n, reason=reason)
+             for n, reason in details.get("duplicate_lines", [])[:50]]
+    lines += [gettext("第 %(line)s 行（拒绝）：%(reason)s", line=n, reason=reason)
+              for n, reason in details.get("rejected_lines", [])[:50]]
+    return Markup("<br>").join(escape(line) for line in lines)
 
 
 class CardImportView(ReadableColumnsMixin, ModelView):
@@ -449,9 +451,9 @@ class CardImportFormView(BaseView):
         try:
             product_id, text, filename, source = self._read_input()
             if product_id is None:
-                raise KamengError("请选择商品 (choose a product)")
+                raise KamengError(_("请选择商品"))
             if not text.strip():
-                raise KamengError("没有可导入的卡密：请粘贴卡密或上传文件 (nothing to import)")
+                raise KamengError(_("没有可导入的卡密：请粘贴卡密或上传文件"))
             if request.form.get("confirm") != "1":
                 report = cards.preview(product_id, text, filename)
                 return self._render(report=report, text=text, product_id=product_id, filename=filename)
@@ -464,11 +466,11 @@ class CardImportFormView(BaseView):
             batch.job_id = f"card-import-{batch.id}"
             db.session.commit()
             enqueue("import_cards", batch.id, job_id=batch.job_id, queue="low")
-            flash(f"已提交后台导入任务（{batch.total_lines} 行），可在批次页查看进度", "info")
+            flash(gettext("已提交后台导入任务（%(count)s 行），可在批次页查看进度", count=batch.total_lines), "info")
         else:
             report = cards.run_import(batch.id)
-            flash(f"导入完成：新增 {report['added']}，重复 {report['duplicates']}，拒绝 {report['rejected']}",
-                  "success")
+            flash(gettext("导入完成：新增 %(added)s，重复 %(duplicates)s，拒绝 %(rejected)s", added=report["added"],
+                          duplicates=report["duplicates"], rejected=report["rejected"]), "success")
         return redirect(url_for("CardImportView.show", pk=batch.id))
 
 

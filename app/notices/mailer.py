@@ -45,7 +45,7 @@ def smtp_settings() -> SmtpSettings:
     host = (settings.get("smtp_host") or "").strip()
     sender = (settings.get("smtp_from") or "").strip()
     if not host or not sender:
-        raise DeliveryError("未配置发信服务器（SMTP_HOST / SMTP_FROM）(SMTP is not configured)")
+        raise DeliveryError(gettext("未配置发信服务器（SMTP_HOST / SMTP_FROM）"))
     tls = settings.get("smtp_tls") or "starttls"
     port = int(settings.get("smtp_port") or 0) or DEFAULT_PORTS.get(tls, 587)
     return SmtpSettings(host=host, port=port, user=settings.get("smtp_user") or "",
@@ -116,7 +116,7 @@ def send(message: EmailMessage, settings: SmtpSettings | None = None) -> None:
             smtp.ehlo()
             if settings.tls == "starttls":
                 if not smtp.has_extn("starttls"):
-                    raise DeliveryError(f"{settings.host} 不支持 STARTTLS（SMTP_TLS=starttls）(no STARTTLS offered)")
+                    raise DeliveryError(gettext("%(host)s 不支持 STARTTLS（SMTP_TLS=starttls）", host=settings.host))
                 smtp.starttls(context=context)
                 smtp.ehlo()
             if settings.user:
@@ -125,17 +125,18 @@ def send(message: EmailMessage, settings: SmtpSettings | None = None) -> None:
     except smtplib.SMTPRecipientsRefused as exc:
         codes = [code for code, _ in exc.recipients.values()]
         detail = "; ".join(_reply(code, text) for code, text in exc.recipients.values())
-        raise DeliveryError(f"收件人被拒绝 (recipient refused): {detail}",
+        raise DeliveryError(gettext("收件人被拒绝：%(detail)s", detail=detail),
                             temporary=not codes or min(codes) < 500) from None
     except smtplib.SMTPAuthenticationError as exc:
-        raise DeliveryError(f"SMTP 登录失败 (authentication failed): {_reply(exc.smtp_code, exc.smtp_error)}") from None
+        raise DeliveryError(gettext("SMTP 登录失败：%(reply)s", reply=_reply(exc.smtp_code, exc.smtp_error))) from None
     except smtplib.SMTPResponseException as exc:  # sender refused, data refused, ...
         raise DeliveryError(f"SMTP {_reply(exc.smtp_code, exc.smtp_error)}",
                             temporary=not 500 <= exc.smtp_code < 600) from None
     except (TimeoutError, smtplib.SMTPException, OSError, ssl.SSLError) as exc:
         # connection refused, timeout, TLS failure, server gone: the server could not be reached
-        raise DeliveryError(f"发信服务器不可用 (SMTP {settings.host}:{settings.port} unreachable: "
-                            f"{type(exc).__name__}: {str(exc)[:120]})") from None
+        error = f"{type(exc).__name__}: {str(exc)[:120]}"
+        raise DeliveryError(gettext("发信服务器不可用（SMTP %(host)s:%(port)s：%(error)s）", host=settings.host,
+                                    port=settings.port, error=error)) from None
 
 
 def _reply(code: int, text: bytes | str) -> str:

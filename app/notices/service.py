@@ -25,6 +25,7 @@ from datetime import timedelta
 from email.utils import formataddr, parseaddr
 
 from flask import current_app
+from flask_babel import gettext as _
 from sqlalchemy import select
 
 from app import states
@@ -60,17 +61,17 @@ def clean_email(value: object) -> str | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if not isinstance(value, str) or len(value.strip()) > 254 or not _EMAIL.match(value.strip()):
-        raise InvalidEmail("邮箱地址格式不正确 (email must be a plain e-mail address)")
+        raise InvalidEmail(_("邮箱地址格式不正确"))
     return value.strip()
 
 
 def parse_sender(value: str) -> str:
     """SMTP_FROM as a header: "shop@example.com" or "卡盟 <shop@example.com>". ValidationError otherwise."""
     if not isinstance(value, str) or any(c in value for c in "\r\n"):
-        raise ValidationError("发件人须为邮箱地址或「名称 <邮箱地址>」(SMTP_FROM must be an address)")
+        raise ValidationError(_("发件人须为邮箱地址或「名称 <邮箱地址>」"))
     name, address = parseaddr(value)
     if not address or not _EMAIL.match(address):
-        raise ValidationError("发件人须为邮箱地址或「名称 <邮箱地址>」(SMTP_FROM must be an address)")
+        raise ValidationError(_("发件人须为邮箱地址或「名称 <邮箱地址>」"))
     return formataddr((name, address)) if name else address
 
 
@@ -168,7 +169,7 @@ def send(notice_id: int) -> Outcome:
     secrets: list[str] = []
     try:
         if order.status != "delivered":  # refunded or disputed since: its secrets are not sent any more
-            raise DeliveryError(f"订单状态为「{order.status_display()}」，未发送 (order is {order.status})",
+            raise DeliveryError(_("订单状态为「%(status)s」，未发送", status=order.status_display()),
                                 temporary=False)
         if notice.kind == "email":
             from app.catalog import cards
@@ -257,13 +258,13 @@ def resend(notice_id: int, actor_id: int | None) -> DeliveryNotice:
     notice = db.session.scalar(select(DeliveryNotice).where(DeliveryNotice.id == notice_id).with_for_update())
     if notice is None:
         db.session.rollback()
-        raise NotFound("通知不存在 (no such notice)")
+        raise NotFound(_("通知不存在"))
     if notice.status not in ("failed", "sent"):
         db.session.rollback()
-        raise Conflict("该通知正在发送或等待发货，无需重发 (the notice is queued or waiting)")
+        raise Conflict(_("该通知正在发送或等待发货，无需重发"))
     if notice.order.status != "delivered":
         db.session.rollback()
-        raise Conflict(f"订单状态为「{notice.order.status_display()}」，不能重发 (only delivered orders)")
+        raise Conflict(_("订单状态为「%(status)s」，不能重发", status=notice.order.status_display()))
     before = {"status": notice.status, "attempts": notice.attempts, "last_error": notice.last_error}
     notice.resends += 1
     move(notice, "queued", attempts=0, next_attempt_at=utcnow())

@@ -30,6 +30,8 @@ import uuid
 from datetime import UTC, datetime
 from urllib.parse import quote
 
+from flask_babel import gettext as _
+
 from app import outbound
 from app.notices.service import DeliveryError
 
@@ -70,7 +72,7 @@ def send(phone: str, order_no: str) -> str:
     """Send the delivery SMS; returns the provider's BizId. DeliveryError (temporary or final) otherwise."""
     s = settings()
     if not enabled():
-        raise DeliveryError("短信通知未启用或未配置 (SMS is off or not configured)", temporary=False)
+        raise DeliveryError(_("短信通知未启用或未配置"), temporary=False)
     params = {"AccessKeyId": s["access_key_id"], "Action": "SendSms", "Format": "JSON", "PhoneNumbers": phone,
               "RegionId": "cn-hangzhou", "SignName": s["sign_name"], "SignatureMethod": "HMAC-SHA1",
               "SignatureNonce": uuid.uuid4().hex, "SignatureVersion": "1.0", "TemplateCode": s["template_code"],
@@ -81,17 +83,18 @@ def send(phone: str, order_no: str) -> str:
     try:
         response = outbound.request("GET", f"{endpoint}?{query}", timeout=TIMEOUT_SECONDS, allow_redirects=False)
     except outbound.FAILURES as exc:
-        raise DeliveryError(f"短信服务不可用 (SMS provider unreachable: {type(exc).__name__})") from None
+        raise DeliveryError(_("短信服务不可用（%(error)s）", error=type(exc).__name__)) from None
     try:
         data = response.json()
     except ValueError:
         data = None
     if not isinstance(data, dict):
-        raise DeliveryError(f"短信服务应答无法识别 (HTTP {response.status_code}, not JSON)",
+        raise DeliveryError(_("短信服务应答无法识别（HTTP %(status)s，不是 JSON）", status=response.status_code),
                             temporary=response.status_code >= 500)
     code = str(data.get("Code") or "")
     if response.status_code == 200 and code == "OK":
         return str(data.get("BizId") or "")
     message = " ".join(str(data.get("Message") or "").split())[:120]
-    raise DeliveryError(f"短信发送失败 (SendSms {code or response.status_code}: {message})",
+    raise DeliveryError(_("短信发送失败（SendSms %(code)s：%(message)s）", code=code or response.status_code,
+                          message=message),
                         temporary=response.status_code >= 500 or code.startswith(RETRYABLE))

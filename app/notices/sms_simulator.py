@@ -20,6 +20,7 @@ Control API (JSON, unsigned; tests and demos only): `GET /_sim/keys` {"access_ke
 an error code (e.g. "isp.SYSTEM_ERROR", "isv.BUSINESS_LIMIT_CONTROL"), "fail_times": n (then OK again; 0 = for
 ever), "http_status": 200 | 500 | 503}; `POST /_sim/reset` forgets messages and behaviour.
 """
+# i18n-keep-file: a simulator of Aliyun SMS: its answers, sign name and templates are that service's own text
 from __future__ import annotations
 
 import json

@@ -3,6 +3,8 @@
 disabled. Both decisions are audited."""
 from __future__ import annotations
 
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext
 from sqlalchemy import select
 
 from app.agents.models import Agent
@@ -16,7 +18,7 @@ class AgentOnHold(KamengError):
     status = 403
 
 
-HELD_MESSAGE = "账号正在风控审核中，审核通过前不能采购或提现 (account held by risk control until reviewed)"
+HELD_MESSAGE = lazy_gettext("账号正在风控审核中，审核通过前不能采购或提现")
 
 
 def check_not_held(agent: Agent) -> None:
@@ -34,9 +36,9 @@ def held(limit: int = 200) -> list[Agent]:
 def _locked_held(agent_id: int) -> Agent:
     agent = db.session.scalar(select(Agent).where(Agent.id == agent_id).with_for_update())
     if agent is None:
-        raise NotFound(f"代理不存在 (no agent {agent_id})")
+        raise NotFound(_("代理不存在：%(id)s", id=agent_id))
     if not agent.risk_hold or not agent.active:
-        raise Conflict(f"代理「{agent.name}」不在风控审核中 (agent is not held)")
+        raise Conflict(_("代理「%(name)s」不在风控审核中", name=agent.name))
     return agent
 
 
@@ -58,7 +60,7 @@ def reject(agent_id: int, reason: str, actor_id: int | None) -> Agent:
     """Refuse a held agent: it is disabled (and stays marked as held). Commits."""
     reason = (reason or "").strip()
     if not reason:
-        raise ValidationError("请填写拒绝原因 (a reason is required)")
+        raise ValidationError(_("请填写拒绝原因"))
     try:
         agent = _locked_held(agent_id)
         agent.active = False

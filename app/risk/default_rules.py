@@ -1,6 +1,7 @@
 """The default rule set (默认规则), installed by `flask kameng risk rules install-defaults` and by the demo. Each
 is an expression over app/risk/features.py; `score` rules add points (RISK_REVIEW_SCORE holds for review,
 RISK_BLOCK_SCORE blocks), `review` and `block` rules decide alone. Admins edit them in 风控规则."""
+# i18n-keep-file: the default rules become rows an admin edits (reasons are stored data, shown as written)
 from __future__ import annotations
 
 from sqlalchemy import select

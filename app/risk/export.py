@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
 from typing import IO
 
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext
 from sqlalchemy import select
 
 from app.cells import safe_cell, safe_row, write_xlsx_row
@@ -33,11 +35,14 @@ SUBJECT_FIELDS = ("ip", "device", "contact", "phone", "id_number", "payment_acco
 
 # (key, header): the header names the business time zone and the units.
 COLUMNS = [
-    ("id", "决策编号"), ("time", "时间（业务时区）"), ("event", "事件"), ("event_label", "事件名称"),
-    ("outcome", "结果"), ("outcome_label", "结果名称"), ("stage", "决定环节"), ("score", "分数"),
-    ("rules", "命中规则"), ("reasons", "原因"), ("shadow_rules", "影子规则（仅记录）"),
-    *[(f"subject_{name}", f"对象 {name}（脱敏）") for name in SUBJECT_FIELDS],
-    ("order_no", "订单号"), ("agent_id", "代理编号"), ("amount_fen", "金额（分）"), ("latency_ms", "耗时（毫秒）"),
+    ("id", lazy_gettext("决策编号")), ("time", lazy_gettext("时间（业务时区）")), ("event", lazy_gettext("事件")),
+    ("event_label", lazy_gettext("事件名称")), ("outcome", lazy_gettext("结果")),
+    ("outcome_label", lazy_gettext("结果名称")), ("stage", lazy_gettext("决定环节")), ("score", lazy_gettext("分数")),
+    ("rules", lazy_gettext("命中规则")), ("reasons", lazy_gettext("原因")),
+    ("shadow_rules", lazy_gettext("影子规则（仅记录）")),
+    *[(f"subject_{name}", lazy_gettext("对象 %(name)s（脱敏）", name=name)) for name in SUBJECT_FIELDS],
+    ("order_no", lazy_gettext("订单号")), ("agent_id", lazy_gettext("代理编号")),
+    ("amount_fen", lazy_gettext("金额（分）")), ("latency_ms", lazy_gettext("耗时（毫秒）")),
 ]
 
 
@@ -48,7 +53,8 @@ def parse_day(value: str | None, what: str) -> date | None:
     try:
         return date.fromisoformat(str(value).strip())
     except ValueError:
-        raise ValidationError(f"{what} 须为 YYYY-MM-DD 格式的日期 (got {value!r})") from None
+        raise ValidationError(_("%(what)s 须为 YYYY-MM-DD 格式的日期（不是 %(value)s）", what=what,
+                                value=repr(value))) from None
 
 
 def _utc(day: date) -> datetime:
@@ -88,7 +94,7 @@ def rows(since: date | None = None, until: date | None = None) -> Iterator[list]
     """Every decision from business day `since` to `until` (both inclusive, either open), oldest first, as lists
     of formula-safe cells in COLUMNS order. A bad range is refused here, before anything is written."""
     if since and until and since > until:
-        raise ValidationError(f"开始日期 {since} 晚于结束日期 {until} (since is after until)")
+        raise ValidationError(_("开始日期 %(since)s 晚于结束日期 %(until)s", since=since, until=until))
     d = RiskDecision  # plain rows, not ORM objects: about twice as fast, and nothing held by the session
     query = (select(d.id, d.created_at, d.event, d.outcome, d.stage, d.score, d.hits, d.subject, d.order_no,
                     d.agent_id, d.amount, d.latency_us)
@@ -97,11 +103,11 @@ def rows(since: date | None = None, until: date | None = None) -> Iterator[list]
         query = query.where(RiskDecision.created_at >= _utc(since))
     if until:
         query = query.where(RiskDecision.created_at < _utc(until + timedelta(days=1)))
-    return ([safe_cell(row[key]) for key, _ in COLUMNS] for row in map(row_of, db.session.execute(query)))
+    return ([safe_cell(row[key]) for key, _label in COLUMNS] for row in map(row_of, db.session.execute(query)))
 
 
 def header() -> list[str]:
-    return [label for _, label in COLUMNS]
+    return [str(label) for _key, label in COLUMNS]
 
 
 def write_csv(out: IO[str], data: Iterator[list]) -> int:
@@ -127,7 +133,7 @@ def write_xlsx(out: IO[bytes], data: Iterator[list]) -> int:
         # Cells go through app.cells.write_xlsx_row (string cells, formula-safe); the options are a second guard.
         book = xlsxwriter.Workbook(path, {"constant_memory": True, "tmpdir": tmp, "strings_to_formulas": False,
                                           "strings_to_numbers": False, "strings_to_urls": False})
-        sheet = book.add_worksheet("风控日志")
+        sheet = book.add_worksheet(str(lazy_gettext("风控日志")))
         write_xlsx_row(sheet, 0, header(), book.add_format({"bold": True}))
         for n, row in enumerate(data, start=1):
             write_xlsx_row(sheet, n, row)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext
 from sqlalchemy import select
 
 from app.audit import service as audit
@@ -14,22 +16,25 @@ from app.risk import feed
 from app.risk.identity import digest, mask, normalise
 from app.risk.models import LIST_ACTIONS, LIST_KINDS, PERSONAL_KINDS, RiskListEntry
 
-KIND_TEXT = {"ip": "IP", "cidr": "网段", "device": "设备", "contact": "联系方式", "phone": "手机号",
-             "id_number": "身份证号", "payment_account": "支付账号", "agent": "代理登录名"}
-ACTION_TEXT = {"block": "黑名单（拦截）", "review": "观察名单（人工审核）"}
+KIND_TEXT = {"ip": "IP", "cidr": lazy_gettext("网段"), "device": lazy_gettext("设备"),
+             "contact": lazy_gettext("联系方式"), "phone": lazy_gettext("手机号"),
+             "id_number": lazy_gettext("身份证号"),
+             "payment_account": lazy_gettext("支付账号"), "agent": lazy_gettext("代理登录名")}
+ACTION_TEXT = {"block": lazy_gettext("黑名单（拦截）"), "review": lazy_gettext("观察名单（人工审核）")}
 
 
 def _clean(kind: str, value) -> str:
     if kind not in LIST_KINDS:
-        raise ValidationError(f"类型须为 {', '.join(LIST_KINDS)} 之一 (unknown kind {kind!r})")
+        raise ValidationError(_("类型须为 %(kinds)s 之一（不是 %(kind)s）", kinds=", ".join(LIST_KINDS),
+                                kind=repr(kind)))
     if not isinstance(value, str) or not value.strip() or len(value.strip()) > 128 or not value.isprintable():
-        raise ValidationError("请填写值（不超过 128 个字符）(value is required, at most 128 characters)")
+        raise ValidationError(_("请填写值（不超过 128 个字符）"))
     value = value.strip()
     try:
         if kind in ("ip", "cidr"):
             normalise(kind, value)
     except ValueError:
-        raise ValidationError(f"不是有效的{KIND_TEXT[kind]}：{value}") from None
+        raise ValidationError(_("不是有效的%(kind)s：%(value)s", kind=KIND_TEXT[kind], value=value)) from None
     if kind == "phone":
         import phonenumbers
 
@@ -38,7 +43,7 @@ def _clean(kind: str, value) -> str:
         except phonenumbers.NumberParseException:
             ok = False
         if not ok:
-            raise ValidationError(f"不是有效的手机号：{mask(value)}")
+            raise ValidationError(_("不是有效的手机号：%(value)s", value=mask(value)))
     return value
 
 
@@ -61,11 +66,12 @@ def add_hashed(kind: str, value_hash: str, masked: str, action: str, reason: str
     `share_value`: the normalised value where it is known, kept encrypted so the shared feed (app.risk.feed) can
     hash it under the partners' key; an entry without it is not shared."""
     if kind not in LIST_KINDS:
-        raise ValidationError(f"类型须为 {', '.join(LIST_KINDS)} 之一 (unknown kind {kind!r})")
+        raise ValidationError(_("类型须为 %(kinds)s 之一（不是 %(kind)s）", kinds=", ".join(LIST_KINDS),
+                                kind=repr(kind)))
     if action not in LIST_ACTIONS:
-        raise ValidationError("动作须为 block 或 review (action must be block or review)")
+        raise ValidationError(_("动作须为 block 或 review"))
     if days is not None and (not isinstance(days, int) or days <= 0 or days > 3650):
-        raise ValidationError("有效天数须为 1-3650 (days must be 1..3650)")
+        raise ValidationError(_("有效天数须为 1-3650"))
     entry = RiskListEntry(kind=kind, value=value, value_hash=value_hash, masked=masked[:64], action=action,
                           reason=(reason or "").strip()[:255] or None, created_by_id=actor_id,
                           expires_at=utcnow() + timedelta(days=days) if days else None)
@@ -84,7 +90,7 @@ def remove(entry_id: int, actor_id: int | None = None) -> RiskListEntry:
     entry = db.session.scalar(select(RiskListEntry).where(RiskListEntry.id == entry_id).with_for_update())
     if entry is None or entry.removed_at is not None:
         db.session.rollback()
-        raise NotFound(f"名单条目 {entry_id} 不存在或已移除 (no such entry)")
+        raise NotFound(_("名单条目 %(id)s 不存在或已移除", id=entry_id))
     entry.removed_at, entry.removed_by_id = utcnow(), actor_id
     audit.record("risk_list.remove", "risk_list_entry", entry.id, {"kind": entry.kind, "value": entry.masked,
                                                                    "action": entry.action}, None, actor_id=actor_id)
@@ -96,10 +102,10 @@ def remove(entry_id: int, actor_id: int | None = None) -> RiskListEntry:
 def expire(entry_id: int, days: int, actor_id: int | None = None) -> RiskListEntry:
     """Set (or move) when an entry stops applying."""
     if not isinstance(days, int) or days <= 0 or days > 3650:
-        raise ValidationError("有效天数须为 1-3650 (days must be 1..3650)")
+        raise ValidationError(_("有效天数须为 1-3650"))
     entry = db.session.get(RiskListEntry, entry_id)
     if entry is None or entry.removed_at is not None:
-        raise NotFound(f"名单条目 {entry_id} 不存在或已移除 (no such entry)")
+        raise NotFound(_("名单条目 %(id)s 不存在或已移除", id=entry_id))
     before = str(entry.expires_at or "")
     entry.expires_at = utcnow() + timedelta(days=days)
     audit.record("risk_list.expire", "risk_list_entry", entry.id, {"expires_at": before},

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from flask import current_app
+from flask_babel import gettext as _
 from sqlalchemy import func, or_, select
 
 from app.audit import service as audit
@@ -19,7 +20,7 @@ from app.orders import service as orders
 from app.orders.models import Order
 from app.risk.learning import label_store
 
-EXPIRED_REASON = "审核超时，自动拒绝并退款 (review not decided in time)"
+EXPIRED_REASON = "审核超时，自动拒绝并退款 (review not decided in time)"  # i18n-keep: a stored reason
 
 
 def hold(order: Order) -> str:
@@ -31,9 +32,10 @@ def hold(order: Order) -> str:
 def _locked(order_no: str) -> Order:
     order = db.session.scalar(select(Order).where(Order.order_no == (order_no or "").strip()[:40]).with_for_update())
     if order is None:
-        raise NotFound(f"订单不存在 (no order {order_no!r})")
+        raise NotFound(_("订单不存在：%(order_no)s", order_no=repr(order_no)))
     if order.status != "reviewing":
-        raise Conflict(f"订单 {order.order_no} 不在风控审核中（{order.status_display()}）(not under review)")
+        raise Conflict(_("订单 %(order_no)s 不在风控审核中（%(status)s）", order_no=order.order_no,
+                         status=order.status_display()))
     return order
 
 
@@ -66,15 +68,15 @@ def reject(order_no: str, reason: str, actor_id: int | None, add_to_list: list[t
 
     reason = (reason or "").strip()
     if not reason:
-        raise ValidationError("请填写拒绝原因 (a reason is required)")
+        raise ValidationError(_("请填写拒绝原因"))
     unknown = set(blacklist) - set(IDENTIFIER_NAMES)
     if unknown:
-        raise ValidationError(f"无法加入黑名单：{', '.join(sorted(unknown))} (unknown identifier)")
+        raise ValidationError(_("无法加入黑名单：%(values)s", values=", ".join(sorted(unknown))))
     try:
         order = _locked(order_no)
         audit.record("risk.review.reject", "order", order.order_no, {"status": "reviewing"},
                      {"status": "refunded"}, reason=reason[:255], actor_id=actor_id)
-        payments.refund_held_funds(order, f"风控拒绝：{reason}"[:255], actor_id)
+        payments.refund_held_funds(order, f"风控拒绝：{reason}"[:255], actor_id)  # i18n-keep: a stored memo
         orders.transition(order.id, "refunded", current="reviewing")
         if reason != EXPIRED_REASON:  # a hold nobody decided in time says nothing about fraud
             label_store.label_order(order, label_store.FRAUD, "review_reject")
@@ -84,7 +86,7 @@ def reject(order_no: str, reason: str, actor_id: int | None, add_to_list: list[t
         raise
     from app.risk import lists
 
-    list_reason = f"审核拒绝 {order.order_no}：{reason}"[:255]
+    list_reason = f"审核拒绝 {order.order_no}：{reason}"[:255]  # i18n-keep: a stored reason
     for kind, value in add_to_list or []:
         lists.add(kind, value, "block", reason=list_reason, actor_id=actor_id)
     found = buyer_identifiers(order)

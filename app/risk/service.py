@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from flask import current_app
+from flask_babel import gettext
 from sqlalchemy import func, insert, or_, select, text
 
 from app import cache
@@ -86,8 +87,8 @@ class Decision:
         if self.outcome != "block":
             return
         if self.limit:
-            raise RiskLimit(f"超出限额 (limit exceeded): {self.reasons}")
-        raise RiskBlocked(f"风控拦截 (refused by risk control): {self.reasons}")
+            raise RiskLimit(gettext("超出限额：%(reasons)s", reasons=self.reasons))
+        raise RiskBlocked(gettext("风控拦截：%(reasons)s", reasons=self.reasons))
 
 
 def keys_of(event: RiskInput) -> dict[str, str | None]:
@@ -182,9 +183,9 @@ def _list_hits(event: RiskInput) -> list[dict]:
         if entry.id in seen or (entry.expires_at is not None and entry.expires_at <= now):
             continue
         seen.add(entry.id)
+        fallback = f"{'黑名单' if entry.action == 'block' else '观察名单'} {entry.kind}"  # i18n-keep: stored in hits
         hits.append({"kind": "list", "name": f"{entry.kind}:{entry.masked}", "list_id": entry.id,
-                     "action": entry.action,
-                     "reason": entry.reason or f"{'黑名单' if entry.action == 'block' else '观察名单'} {entry.kind}"})
+                     "action": entry.action, "reason": entry.reason or fallback})
     return hits + feed.hits_for(event, now)  # partners' shared entries: review only, with their source
 
 
@@ -261,7 +262,7 @@ def _limit_hits(event: RiskInput, keys: dict, features: dict, now: datetime) -> 
     hits = []
     if event.amount > per_order:
         hits.append({"kind": "limit", "name": "order_limit", "action": "block",
-                     "reason": f"单笔金额超过限额 {per_order / 100:.2f} 元"})
+                     "reason": f"单笔金额超过限额 {per_order / 100:.2f} 元"})  # i18n-keep: stored
     if event.agent_id:
         columns = {"agent": Order.agent_id == event.agent_id}
     else:
@@ -279,8 +280,9 @@ def _limit_hits(event: RiskInput, keys: dict, features: dict, now: datetime) -> 
         for dimension, spent in zip(present, sums, strict=True):
             used = max(used, int(spent))
             if spent + event.amount > per_day:
-                hits.append({"kind": "limit", "name": f"daily_limit:{dimension}", "action": "block",
-                             "reason": f"今日累计金额将超过限额 {per_day / 100:.2f} 元 ({dimension})"})
+                # i18n-keep: the reason is stored in the decision's hits
+                reason = f"今日累计金额将超过限额 {per_day / 100:.2f} 元 ({dimension})"
+                hits.append({"kind": "limit", "name": f"daily_limit:{dimension}", "action": "block", "reason": reason})
     features["daily_used"] = used
     return hits
 

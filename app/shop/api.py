@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from flask import Blueprint, Flask, abort, current_app, jsonify, redirect, render_template, request
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext
 from werkzeug.exceptions import HTTPException
 
 from app.catalog.service import price_for
@@ -22,9 +24,11 @@ from app.payments.models import CHANNEL_NAMES
 from app.portal.service import public_offers
 
 shop = Blueprint("shop", __name__)
-STATUS_TEXT = {"pending_payment": "待支付", "paid": "已支付", "delivering": "发货中", "delivered": "已到账",
-               "refunded": "已退款", "closed": "已关闭", "failed": "发货失败，退款中", "disputed": "处理中",
-               "reviewing": "风控审核中"}
+STATUS_TEXT = {"pending_payment": lazy_gettext("待支付"), "paid": lazy_gettext("已支付"),
+               "delivering": lazy_gettext("发货中"), "delivered": lazy_gettext("已到账"),
+               "refunded": lazy_gettext("已退款"), "closed": lazy_gettext("已关闭"),
+               "failed": lazy_gettext("发货失败，退款中"), "disputed": lazy_gettext("处理中"),
+               "reviewing": lazy_gettext("风控审核中")}
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,8 @@ def _json() -> dict:
 def order_view(order: Order, with_secrets: bool) -> dict:
     from app.catalog import cards
 
-    data = {"order_no": order.order_no, "status": order.status, "status_text": STATUS_TEXT.get(order.status),
+    status_text = STATUS_TEXT.get(order.status)
+    data = {"order_no": order.order_no, "status": order.status, "status_text": status_text and str(status_text),
             "product_name": order.product.name, "quantity": order.quantity, "amount": order.amount,
             "created_at": order.created_at.replace(microsecond=0).isoformat() + "Z"}
     if with_secrets:
@@ -138,7 +143,7 @@ def api_create_dispute():
         data = _json()
         dispute = disputes.open_as_buyer(data.get("order_no"), data.get("query_password"), data.get("reason"))
     except KamengError as exc:
-        return _error(NotFound("订单不存在或密码错误 (order not found)") if exc.status == 404 else exc)
+        return _error(NotFound(_("订单不存在或密码错误")) if exc.status == 404 else exc)
     response = jsonify({"order_no": dispute.order.order_no, "order_status": dispute.order.status,
                         "dispute": disputes.public_view(dispute)})
     response.status_code = 201
@@ -151,7 +156,7 @@ def api_lookup():
         data = _json()
         order = payments.lookup(data.get("order_no"), data.get("query_password"))
     except KamengError as exc:
-        return _error(NotFound("订单不存在或密码错误 (order not found)") if exc.status == 404 else exc)
+        return _error(NotFound(_("订单不存在或密码错误")) if exc.status == 404 else exc)
     return _no_store(jsonify(order_view(order, with_secrets=True)))
 
 
@@ -317,11 +322,11 @@ def lookup_page(page: StorefrontPage):
         try:
             order = payments.lookup(request.form.get("order_no"), request.form.get("query_password"))
             if not page.owns(order):
-                raise NotFound("订单不存在或密码错误 (order not found)")
+                raise NotFound(_("订单不存在或密码错误"))
         except KamengError as exc:
             # The order number's budget spent: say so (and when); anything else reads as an unknown order.
             order = None
-            error, status = (exc.message, 429) if exc.status == 429 else ("订单不存在或密码错误", 404)
+            error, status = (exc.message, 429) if exc.status == 429 else (_("订单不存在或密码错误"), 404)
     return _no_store(render_template("kameng/shop/lookup.html", order=order and order_view(order, True), error=error,
                                      form=form, page=page), status)
 
@@ -335,18 +340,19 @@ def dispute_page(page: StorefrontPage):
     """The lookup page's dispute form: order number, query password again, and the reason."""
     from app.payments import disputes
 
-    order, error, notice, limited = None, None, None, False
+    order, error, notice, limited, unknown = None, None, None, False, False
     try:
         if page.shop is not None and not page.owns(payments.lookup(request.form.get("order_no"),
                                                                    request.form.get("query_password"))):
-            raise NotFound("订单不存在或密码错误 (order not found)")  # a shop files disputes on its own orders only
+            raise NotFound(_("订单不存在或密码错误"))  # a shop files disputes on its own orders only
         disputes.open_as_buyer(request.form.get("order_no"), request.form.get("query_password"),
                                request.form.get("reason"))
-        notice = "已提交维权，客服会尽快处理"
+        notice = _("已提交维权，客服会尽快处理")
     except KamengError as exc:
-        error = "订单不存在或密码错误" if exc.status == 404 else exc.message
+        unknown = exc.status == 404
+        error = _("订单不存在或密码错误") if unknown else exc.message
         limited = exc.status == 429  # the order number's lookup budget is spent (shared with the lookup)
-    if notice or (error and not limited and not error.startswith("订单不存在")):
+    if notice or (error and not limited and not unknown):
         try:
             order = payments.lookup(request.form.get("order_no"), request.form.get("query_password"))
         except KamengError:
@@ -394,7 +400,7 @@ shop.before_request(refuse_nul)
 
 
 def _nul_answer():
-    response = jsonify(ValidationError("请求含有非法字符 (NUL in the request)").to_dict())
+    response = jsonify(ValidationError(_("请求含有非法字符")).to_dict())
     response.status_code = 400
     return response
 

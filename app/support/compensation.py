@@ -20,6 +20,7 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
+from flask_babel import gettext as _
 from sqlalchemy import exists, or_, select
 from sqlalchemy.exc import IntegrityError
 
@@ -86,16 +87,16 @@ class Preview:
 def parse_criteria(form) -> Criteria:
     """The selection from the form: 开始/结束 as China local 'YYYY-MM-DDTHH:MM', optional product and supplier ids,
     the statuses ticked (at least one)."""
-    start, end = _local_time(form.get("start"), "开始时间"), _local_time(form.get("end"), "结束时间")
+    start, end = _local_time(form.get("start"), _("开始时间")), _local_time(form.get("end"), _("结束时间"))
     if end <= start:
-        raise ValidationError("结束时间必须晚于开始时间 (end must be after start)")
+        raise ValidationError(_("结束时间必须晚于开始时间"))
     if end - start > timedelta(days=MAX_WINDOW_DAYS):
-        raise ValidationError(f"时间范围最多 {MAX_WINDOW_DAYS} 天 (window too long)")
+        raise ValidationError(_("时间范围最多 %(days)s 天", days=MAX_WINDOW_DAYS))
     statuses = tuple(s for s in ORDER_STATUSES if s in set(form.getlist("status")))
     if not statuses:
-        raise ValidationError("请至少选择一种订单状态 (pick at least one status)")
-    product_id = _optional_id(form.get("product_id"), Product, "商品")
-    supplier_id = _optional_id(form.get("supplier_id"), Supplier, "供应商")
+        raise ValidationError(_("请至少选择一种订单状态"))
+    product_id = _optional_id(form.get("product_id"), Product, _("商品"))
+    supplier_id = _optional_id(form.get("supplier_id"), Supplier, _("供应商"))
     return Criteria(start, end, statuses, product_id, supplier_id)
 
 
@@ -106,18 +107,18 @@ def parse_issue(form) -> tuple[int, str, int]:
     try:
         amount = parse_yuan(form.get("amount") or "")
     except (ValueError, TypeError):
-        raise ValidationError("补偿金额格式不正确，例如 5 或 5.00 (amount in yuan)") from None
+        raise ValidationError(_("补偿金额格式不正确，例如 5 或 5.00")) from None
     if not 1 <= amount <= MAX_AMOUNT:
-        raise ValidationError(f"每张补偿券金额须在 0.01 至 {format_fen(MAX_AMOUNT)} 之间")
+        raise ValidationError(_("每张补偿券金额须在 0.01 至 %(max)s 之间", max=format_fen(MAX_AMOUNT)))
     reason = (form.get("reason") or "").strip()
     if not reason or len(reason) > 255 or any(ord(c) < 32 for c in reason):
-        raise ValidationError("请填写补偿原因（一行，最多 255 个字符） (a reason is required)")
+        raise ValidationError(_("请填写补偿原因（一行，最多 255 个字符）"))
     try:
         days = int(form.get("valid_days") or coupons.COMPENSATION_DAYS)
     except ValueError:
-        raise ValidationError("有效天数须为整数 (valid days must be a whole number)") from None
+        raise ValidationError(_("有效天数须为整数")) from None
     if not 1 <= days <= 365:
-        raise ValidationError("有效天数须在 1 至 365 之间")
+        raise ValidationError(_("有效天数须在 1 至 365 之间"))
     return amount, reason, days
 
 
@@ -126,9 +127,9 @@ def _local_time(value: object, what: str) -> datetime:
     try:
         local = datetime.fromisoformat(text.replace(" ", "T"))
     except ValueError:
-        raise ValidationError(f"{what}格式应为 YYYY-MM-DD HH:MM ({what} must be a date and time)") from None
+        raise ValidationError(_("%(what)s格式应为 YYYY-MM-DD HH:MM", what=what)) from None
     if local.tzinfo is not None:
-        raise ValidationError(f"{what}请填写北京时间，不带时区 ({what} without a time zone)")
+        raise ValidationError(_("%(what)s请填写北京时间，不带时区", what=what))
     from datetime import UTC
 
     return local.replace(tzinfo=business_tz()).astimezone(UTC).replace(tzinfo=None)
@@ -139,7 +140,7 @@ def _optional_id(value: object, model, what: str) -> int | None:
     if not text:
         return None
     if not text.isdigit() or not 0 < int(text) < 2 ** 31 or db.session.get(model, int(text)) is None:
-        raise ValidationError(f"{what}不存在 (unknown {model.__tablename__})")
+        raise ValidationError(_("%(what)s不存在", what=what))
     return int(text)
 
 
@@ -167,7 +168,7 @@ def preview(c: Criteria) -> Preview:
     """Who would get a coupon, without writing anything."""
     rows = db.session.execute(_selection(c).limit(MAX_ORDERS + 1)).all()
     if len(rows) > MAX_ORDERS:
-        raise ValidationError(f"选中的订单超过 {MAX_ORDERS} 笔，请缩小范围 (too many orders: narrow the selection)")
+        raise ValidationError(_("选中的订单超过 %(count)s 笔，请缩小范围", count=MAX_ORDERS))
     result = Preview(criteria=c, matched=len(rows), already=0, unidentified=0)
     buyers: dict[str, BuyerLine] = {}
     agent_names = _agent_names({r.agent_id for r in rows if r.agent_id})
@@ -204,17 +205,17 @@ def issue(c: Criteria, amount: int, reason: str, valid_days: int, key: str, expe
     """Issue the batch the preview showed (one coupon per buyer), audited. Commits. A key already used returns its
     batch (a double submit); a selection that changed since the preview is refused (Conflict)."""
     if not isinstance(key, str) or not 16 <= len(key) <= 64 or not key.isalnum():
-        raise ValidationError("预览已失效，请重新预览 (preview token missing)")
+        raise ValidationError(_("预览已失效，请重新预览"))
     done = db.session.scalar(select(CompensationBatch).where(CompensationBatch.key == key))
     if done is not None:
         return done
     try:
         plan = preview(c)
         if (plan.orders, len(plan.buyers)) != (expect_orders, expect_buyers):
-            raise Conflict(f"选中的订单已变化（现在 {plan.orders} 笔订单、{len(plan.buyers)} 位买家），请重新预览"
-                           " (the selection changed since the preview)")
+            raise Conflict(_("选中的订单已变化（现在 %(orders)s 笔订单、%(buyers)s 位买家），请重新预览",
+                             orders=plan.orders, buyers=len(plan.buyers)))
         if not plan.buyers:
-            raise ValidationError("没有可补偿的订单 (nothing to compensate)")
+            raise ValidationError(_("没有可补偿的订单"))
         now = utcnow()
         batch = CompensationBatch(key=key, reason=reason, amount=amount, valid_days=valid_days,
                                   criteria=c.to_json(), orders=plan.orders, buyers=len(plan.buyers),
@@ -223,7 +224,8 @@ def issue(c: Criteria, amount: int, reason: str, valid_days: int, key: str, expe
         db.session.flush()
         coupon_of: dict[str, int] = {}
         for line in plan.buyers:
-            coupon = coupons.create_coupon(None, f"批量补偿 #{batch.id}", "fixed", amount, starts_at=now,
+            name = f"批量补偿 #{batch.id}"  # i18n-keep: a stored coupon name, shown as it was written
+            coupon = coupons.create_coupon(None, name, "fixed", amount, starts_at=now,
                                            ends_at=now + timedelta(days=valid_days), per_user_limit=1, total_limit=1,
                                            owner=line.redeemer)
             coupon_of[line.redeemer] = coupon.id
@@ -246,7 +248,7 @@ def issue(c: Criteria, amount: int, reason: str, valid_days: int, key: str, expe
         done = db.session.scalar(select(CompensationBatch).where(CompensationBatch.key == key))
         if done is not None:  # the same preview submitted twice at once: the other request issued it
             return done
-        raise Conflict("部分订单刚被其他批次补偿，请重新预览 (orders compensated meanwhile: preview again)") from None
+        raise Conflict(_("部分订单刚被其他批次补偿，请重新预览")) from None
     except Exception:
         db.session.rollback()
         raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from flask_babel import gettext as _
 from flask_babel import lazy_gettext
 from sqlalchemy import select
 
@@ -54,10 +55,9 @@ class SearchResult:
 def clean_query(value: object) -> str:
     text = value.strip() if isinstance(value, str) else ""
     if not text:
-        raise ValidationError("请输入订单号、手机号、联系方式或充值账号"
-                              " (enter an order number, phone, contact or account)")
+        raise ValidationError(_("请输入订单号、手机号、联系方式或充值账号"))
     if len(text) > MAX_QUERY or any(ord(c) < 32 for c in text):
-        raise ValidationError(f"查询内容最多 {MAX_QUERY} 个字符 (at most {MAX_QUERY} characters, one line)")
+        raise ValidationError(_("查询内容最多 %(count)s 个字符", count=MAX_QUERY))
     return text
 
 

@@ -1,6 +1,7 @@
 """Two-factor tables: one row per staff user who started enrolment, and that user's one-time recovery codes."""
 from __future__ import annotations
 
+from flask_babel import gettext
 from sqlalchemy import BigInteger, Boolean, Column, DateTime, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import relationship
 
@@ -34,7 +35,7 @@ class StaffTwoFactor(db.Model):
         return sum(1 for c in self.recovery_codes if c.used_at is None)
 
     def __repr__(self) -> str:
-        return f"两步验证 #{self.user_id}"
+        return gettext("两步验证 #%(id)s", id=self.user_id)
 
 
 class StaffRecoveryCode(db.Model):

@@ -26,6 +26,7 @@ from datetime import timedelta
 import pyotp
 import segno
 from flask import current_app
+from flask_babel import gettext as _
 from pyotp.exceptions import OTPVerificationError
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -131,10 +132,10 @@ def start_enrolment(user) -> Enrolment:
     """The pending secret of a staff user not yet enrolled, with its provisioning URI and QR code. Made on first
     call (commits) and kept until activation, so reloading the page does not invalidate a scanned code."""
     if not is_staff(user):
-        raise Forbidden("仅员工账号可启用两步验证 (two-factor sign-in is for staff accounts)")
+        raise Forbidden(_("仅员工账号可启用两步验证"))
     row = db.session.get(StaffTwoFactor, user.id)
     if row is not None and row.enabled:
-        raise Conflict("两步验证已启用 (two-factor sign-in is already on)")
+        raise Conflict(_("两步验证已启用"))
     if row is None or not row.secret_enc:
         if row is None:
             row = StaffTwoFactor(user_id=user.id, enabled=False, challenge_failures=0)
@@ -151,7 +152,7 @@ def start_enrolment(user) -> Enrolment:
 
 
 def issuer() -> str:
-    return current_app.config.get("APP_NAME") or "卡盟 Kameng"
+    return current_app.config.get("APP_NAME") or "卡盟 Kameng"  # i18n-keep: the brand, both names
 
 
 def qr_svg(uri: str) -> str:
@@ -164,13 +165,13 @@ def activate(user, code: str) -> list[str]:
     row = _locked_row(user.id)
     if row is None or not row.secret_enc:
         db.session.rollback()
-        raise TwoFactorError("请先打开两步验证页面获取密钥 (open the two-factor page to get a secret first)")
+        raise TwoFactorError(_("请先打开两步验证页面获取密钥"))
     if row.enabled:
         db.session.rollback()
-        raise Conflict("两步验证已启用 (two-factor sign-in is already on)")
+        raise Conflict(_("两步验证已启用"))
     if not _accept_totp(row, code):
         db.session.rollback()
-        raise WrongCode("验证码不正确或已使用 (wrong or already used code)")
+        raise WrongCode(_("验证码不正确或已使用"))
     row.enabled, row.enabled_at, row.locked_until = True, utcnow(), None
     _clear_challenge(row)
     row.challenge_failures = 0
@@ -206,7 +207,7 @@ def reset(user_id: int, actor_id: int | None, reason: str | None = None) -> None
     row = _locked_row(user_id)
     if row is None or not (row.enabled or row.secret_enc):
         db.session.rollback()
-        raise ValidationError("该用户未启用两步验证 (that user has no two-factor sign-in)")
+        raise ValidationError(_("该用户未启用两步验证"))
     old = {"enabled": row.enabled, "recovery_codes_left": recovery_codes_left(user_id)}
     _turn_off(row)
     row.locked_until = None
@@ -231,7 +232,7 @@ def begin_challenge(user_id: int, ip: str | None = None) -> str | None:
                      {"locked_until": row.locked_until.isoformat(), "failures": row.challenge_failures,
                       "ip": ip})
         db.session.commit()
-        raise TwoFactorLocked("两步验证已锁定 (two-factor sign-in is locked)")
+        raise TwoFactorLocked(_("两步验证已锁定"))
     row.challenge_id = secrets.token_urlsafe(32)
     row.challenge_expires_at = now + timedelta(seconds=CHALLENGE_SECONDS)
     db.session.commit()
@@ -249,11 +250,11 @@ def answer_challenge(user_id: int, challenge_id: str | None, code: str | None, i
             or not hmac.compare_digest(row.challenge_id, str(challenge_id))
             or row.challenge_expires_at is None or row.challenge_expires_at <= now):
         db.session.rollback()
-        raise ChallengeOver("登录已过期，请重新输入密码 (the sign-in expired: enter your password again)")
+        raise ChallengeOver(_("登录已过期，请重新输入密码"))
     clean = normalize_code(code)
     if not clean:
         db.session.rollback()
-        raise TwoFactorError("请输入验证码或恢复码 (enter a code or a recovery code)")
+        raise TwoFactorError(_("请输入验证码或恢复码"))
     is_totp = bool(_TOTP_SHAPE.match(clean))
     accepted = _accept_totp(row, clean) if is_totp else _spend_recovery_code(user_id, clean)
     if not accepted:
@@ -268,12 +269,11 @@ def answer_challenge(user_id: int, challenge_id: str | None, code: str | None, i
             row.locked_until = now + timedelta(minutes=minutes)
         db.session.commit()
         if over:
-            exc = ChallengeOver(f"验证码错误次数过多，请 {minutes} 分钟后重新登录 "
-                                f"(too many wrong codes: sign in again in {minutes} minutes)")
+            exc = ChallengeOver(_("验证码错误次数过多，请 %(minutes)s 分钟后重新登录", minutes=minutes))
             exc.wrong_answer = True
             raise exc
         left = MAX_FAILURES - row.challenge_failures % MAX_FAILURES
-        raise WrongCode(f"验证码不正确或已使用，还可尝试 {left} 次 (wrong or already used code: {left} tries left)")
+        raise WrongCode(_("验证码不正确或已使用，还可尝试 %(left)s 次", left=left))
     _clear_challenge(row)
     row.challenge_failures, row.locked_until = 0, None
     left = recovery_codes_left(user_id)
@@ -304,10 +304,10 @@ def _enabled_row_with_code(user_id: int, code: str) -> StaffTwoFactor:
     row = _locked_row(user_id)
     if row is None or not row.enabled:
         db.session.rollback()
-        raise TwoFactorError("两步验证未启用 (two-factor sign-in is off)")
+        raise TwoFactorError(_("两步验证未启用"))
     if not _accept_totp(row, code):
         db.session.rollback()
-        raise WrongCode("验证码不正确或已使用 (wrong or already used code)")
+        raise WrongCode(_("验证码不正确或已使用"))
     return row
 
 
