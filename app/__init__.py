@@ -26,8 +26,8 @@ def create_app(overrides: dict | None = None) -> Flask:
                                             "adapters may reach loopback and private addresses (app/outbound.py)")
 
     from app import models  # noqa: F401  (every table registered before FAB and Alembic look)
-    from app.extensions import csrf, db, migrate
-    from app.ops.outage import engine_options, ping_idle_connections
+    from app.extensions import csrf, db, migrate, ping_idle_connections
+    from app.ops.outage import engine_options
 
     engine_options(app.config)  # recycle, connect timeout: the pool survives a database restart
     db.init_app(app)

@@ -12,8 +12,8 @@ A 503 is safe to retry: the Open API is idempotent per out_trade_no, notificatio
 after the outage either finds the order the first attempt committed or makes it once.
 
 Connections come back by themselves: the pool pings a connection that sat idle before handing it out and replaces
-a dead one (`ping_idle_connections`); a connection attempt gives up after `DATABASE_CONNECT_TIMEOUT` seconds
-instead of hanging a worker on an unreachable host.
+a dead one (`app.extensions.ping_idle_connections`); a connection attempt gives up after
+`DATABASE_CONNECT_TIMEOUT` seconds instead of hanging a worker on an unreachable host.
 """
 from __future__ import annotations
 
@@ -150,8 +150,8 @@ def _log_throttled(kind: str) -> None:
 
 def engine_options(config: dict) -> None:
     """Pool settings that survive a database restart, set before Flask-SQLAlchemy builds the engine: recycle idle
-    connections and bound a connection attempt (PostgreSQL; its pings are `ping_idle_connections`, installed once
-    the engine exists), ping before every use elsewhere (SQLite has no server: a ping costs nothing)."""
+    connections and bound a connection attempt (PostgreSQL; its pings are `app.extensions.ping_idle_connections`,
+    installed once the engine exists), ping before every use elsewhere (SQLite has no server: a ping costs nothing)."""
     uri = str(config.get("SQLALCHEMY_DATABASE_URI") or "")
     options = dict(config.get("SQLALCHEMY_ENGINE_OPTIONS") or {})
     if uri.startswith(("postgresql", "postgres")):
@@ -164,33 +164,6 @@ def engine_options(config: dict) -> None:
     else:
         options.setdefault("pool_pre_ping", True)
     config["SQLALCHEMY_ENGINE_OPTIONS"] = options
-
-
-def ping_idle_connections(engine, idle_seconds: float = 1.0) -> None:
-    """Ping a pooled connection before handing it out only when it has been idle for `idle_seconds`.
-
-    `pool_pre_ping` pings on every checkout: a round trip on every request (measured: one of 18 per Open API
-    purchase). A connection a database restart killed has been idle through the restart, so it is pinged and
-    replaced; one in use as the server went away fails its statement, which answers 503 and invalidates every
-    connection of the pool (SQLAlchemy's disconnect handling), so none of them is handed out afterwards."""
-    from sqlalchemy import event
-    from sqlalchemy.exc import DisconnectionError
-
-    @event.listens_for(engine, "checkin")
-    def _idle_from(_dbapi_connection, record) -> None:
-        record.info["kameng_idle_since"] = time.monotonic()
-
-    @event.listens_for(engine, "checkout")
-    def _ping_when_idle(dbapi_connection, record, _proxy) -> None:
-        since = record.info.get("kameng_idle_since")
-        if since is None or time.monotonic() - since < idle_seconds:
-            return  # new, or back in the pool a moment ago
-        try:
-            alive = engine.dialect.do_ping(dbapi_connection)
-        except Exception as exc:  # noqa: BLE001 - any failure: the pool replaces the connection (up to 3 tries)
-            raise DisconnectionError(str(exc)) from exc
-        if not alive:
-            raise DisconnectionError("ping failed")
 
 
 def init_app(app: Flask) -> None:
