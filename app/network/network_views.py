@@ -19,7 +19,8 @@ from app.orders.service import clean_device_id
 from app.scope import require_agent
 from app.views_common import ReadableColumnsMixin, text_of
 
-REVIEW_CATEGORY = "代理管理"
+REVIEW_CATEGORY = "资金"  # app.views.MONEY: withdrawals
+AGENTS_CATEGORY = "代理与佣金"  # app.views.AGENTS
 
 
 
@@ -192,7 +193,7 @@ def register(appbuilder, portal_category: str) -> None:
     appbuilder.add_view(WithdrawalView, "提现记录", icon="fa-history", category=REVIEW_CATEGORY)
     appbuilder.add_view(RealNameAdminView, "实名认证记录", icon="fa-id-card-o", category=REVIEW_CATEGORY)
     from app.network.team_bonus_views import register as register_team_bonus
-    register_team_bonus(appbuilder, REVIEW_CATEGORY)
+    register_team_bonus(appbuilder, AGENTS_CATEGORY)
 
 
 __all__ = ["register"]

@@ -98,7 +98,8 @@ def render_poster(platform_name: str, agent_name: str, link: str, code: str) -> 
     _centered(draw, 50, platform_name, _fit(draw, platform_name, 64, WIDTH - 80), WHITE)
     name_line = gettext("%(agent_name)s 邀请你加入", agent_name=agent_name)
     _centered(draw, 240, name_line, _fit(draw, name_line, 44, WIDTH - 80), DARK)
-    _centered(draw, 320, CALL_TO_ACTION, _fit(draw, CALL_TO_ACTION, 40, WIDTH - 80), RED)
+    call = str(CALL_TO_ACTION)  # Pillow draws str, not a lazy string
+    _centered(draw, 320, call, _fit(draw, call, 40, WIDTH - 80), RED)
     _centered(draw, 390, gettext("进货享折扣 · 团队共成长"), load_font(28), GREY)
 
     place = qr_placement(link)

@@ -20,7 +20,7 @@ from app.payments.models import Coupon, Dispute
 from app.scope import current_agent
 from app.views_common import ReadableColumnsMixin
 
-AFTER_SALES = "售后"
+AFTER_SALES = "订单与售后"  # app.views.ORDERS
 
 
 class DisputeQueueView(BaseView):

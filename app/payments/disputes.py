@@ -208,7 +208,7 @@ def public_view(dispute: Dispute | None) -> dict | None:
     if dispute is None:
         return None
     coupon: Coupon | None = dispute.compensation_coupon
-    return {"status": dispute.status, "status_text": STATUS_TEXT.get(dispute.status, dispute.status),
+    return {"status": dispute.status, "status_text": str(STATUS_TEXT.get(dispute.status, dispute.status)),
             "reason": dispute.reason, "resolution": dispute.resolution,
             "opened_at": dispute.opened_at.replace(microsecond=0).isoformat() + "Z",
             "compensation_coupon": None if coupon is None else {

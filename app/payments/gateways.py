@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from flask import current_app
-from flask_babel import gettext
+from flask_babel import force_locale, gettext
 from sqlalchemy import select
 
 from app import crypto
@@ -42,7 +42,9 @@ def channel_row(code: str) -> PaymentChannel:
     if row is None:
         if code not in CHANNEL_CODES:
             raise NotFound(f"unknown payment channel {code!r}")
-        row = PaymentChannel(code=code, name=CHANNEL_NAMES[code], enabled=False)
+        with force_locale("zh"):  # a stored name, in the operators' language whoever creates the row
+            name = str(CHANNEL_NAMES[code])
+        row = PaymentChannel(code=code, name=name, enabled=False)
         db.session.add(row)
         db.session.flush()
     return row

@@ -122,8 +122,8 @@ def sandbox_topup_cashier(topup_no: str):
 
 def register(appbuilder) -> None:
     appbuilder.add_view(ReconciliationView, "对账", href="/reconciliation/", icon="fa-balance-scale",
-                        category="支付")
-    appbuilder.add_view(WalletTopUpView, "充值记录", icon="fa-plus-circle", category="支付")
+                        category="资金")
+    appbuilder.add_view(WalletTopUpView, "充值记录", icon="fa-plus-circle", category="资金")
     from flask import current_app
 
     current_app.register_blueprint(cashier)

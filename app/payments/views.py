@@ -286,7 +286,7 @@ class PaymentAlertView(ReadableColumnsMixin, ModelView):
 
 
 def register(appbuilder) -> None:
-    category = "支付"
+    category = "资金"  # app.views.MONEY
     appbuilder.add_view(PaymentView, "收款记录", icon="fa-credit-card", category=category, category_icon="fa-money")
     appbuilder.add_view(PaymentNotificationView, "支付通知", icon="fa-bell", category=category)
     appbuilder.add_view(RefundView, "退款记录", icon="fa-undo", category=category)
