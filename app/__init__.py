@@ -75,6 +75,8 @@ def create_app(overrides: dict | None = None) -> Flask:
         register_template_helpers(app)
         from dashboards import init_dashboards
         init_dashboards(app, appbuilder)
+        from app.views import order_menu
+        order_menu(appbuilder)  # last: every screen is registered
 
     from app.alerts import service as alerts  # noqa: F401  (registers the alert delivery outbox handler)
     from app.analytics import service as rollups

@@ -63,14 +63,14 @@ SCREENS: dict[str, dict[str, tuple[str, ...]]] = {
     "工作台": {MENU: STAFF},
     "WorkbenchView": {INDEX: STAFF},
     # ------------------------------------------------------------------------------------- 订单 (app/orders)
-    "订单": {MENU: STAFF},
+    "订单与售后": {MENU: STAFF},  # menu category: orders, 售后 (disputes, coupons, support tools)
     "订单查询": {MENU: STAFF},
     "OrderView": read(M, F, S),
     # 发货通知 (app/notices): delivery e-mails and SMS; support resends a failed one (audited), Manager reads.
     "发货通知失败": {MENU: (M, S)},
     "DeliveryNoticeView": {**read(M, S), "resend": (S,)},
     # ------------------------------------------------------------------------------------- 代理管理 (app/agents)
-    "代理管理": {MENU: STAFF},
+    "代理与佣金": {MENU: STAFF},  # menu category: agents, tiers, shops, commissions, team bonus
     "代理列表": {MENU: (M, S)},
     "AgentView": {**read(M, S), ADD: NOBODY, EDIT: NOBODY},
     "代理等级": {MENU: (M,)},
@@ -101,7 +101,7 @@ SCREENS: dict[str, dict[str, tuple[str, ...]]] = {
     "团队业绩奖发放": {MENU: (M, F)},
     "TeamBonusAwardView": read(M, F),
     # ------------------------------------------------------------------------------------- 商品管理 (app/catalog)
-    "商品管理": {MENU: (M, S)},
+    "商品管理": {MENU: (M, S)},  # menu category: catalog, suppliers, card stock
     "商品分类": {MENU: (M,)},
     "CategoryView": crud(M),
     "商品": {MENU: (M, S)},
@@ -117,7 +117,6 @@ SCREENS: dict[str, dict[str, tuple[str, ...]]] = {
     "供应商余额提醒": {MENU: (M, S)},
     "SupplierAlertView": read(M, S),
     # ------------------------------------------------------------------------------------- 卡密库存
-    "卡密库存": {MENU: (M, S)},
     "卡密列表": {MENU: (M, S)},
     "CardSecretView": read(M, S),  # masked
     "导入卡密": {MENU: NOBODY},
@@ -127,7 +126,7 @@ SCREENS: dict[str, dict[str, tuple[str, ...]]] = {
     "补货提醒": {MENU: (M, S)},
     "StockAlertView": read(M, S),
     # ------------------------------------------------------------------------------------- 财务账本 (app/ledger)
-    "财务账本": {MENU: (M, F)},
+    "资金": {MENU: STAFF},  # menu category: ledger, payments, refunds, reconciliation, withdrawals
     "账户": {MENU: (M, F)},
     "AccountView": read(M, F),
     "凭证": {MENU: (M, F)},
@@ -135,7 +134,6 @@ SCREENS: dict[str, dict[str, tuple[str, ...]]] = {
     "分录": {MENU: (M, F)},
     "PostingView": read(M, F),
     # ------------------------------------------------------------------------------------- 支付 (app/payments)
-    "支付": {MENU: STAFF},
     "收款记录": {MENU: STAFF},
     "PaymentView": read(M, F, S),
     "支付通知": {MENU: STAFF},
@@ -155,7 +153,6 @@ SCREENS: dict[str, dict[str, tuple[str, ...]]] = {
     "充值记录": {MENU: (M, F)},
     "WalletTopUpView": read(M, F),
     # 售后 (app/payments/dispute_views.py)
-    "售后": {MENU: (M, S)},
     "维权队列": {MENU: (M, S)},
     "DisputeQueueView": {INDEX: (M, S), "can_resolve": (S,)},
     "维权记录": {MENU: (M, S)},

@@ -5,6 +5,7 @@ import re
 
 from flask import abort, current_app, request
 from flask_appbuilder import AppBuilder
+from flask_babel import gettext
 from sqlalchemy import BigInteger, Integer, SmallInteger
 
 from app.agents.views import AgentView, TierView, WalletAdjustView
@@ -26,14 +27,15 @@ from app.orders.views import OrderView
 from app.portal import views as portal
 from app.suppliers.views import SupplierAlertView, SupplierProductView
 
-# Menu categories
-AGENTS = "代理管理"
-CATALOG = "商品管理"
-STOCK = "卡密库存"
-ORDERS = "订单"
-LEDGER = "财务账本"
+# Menu categories, by the operator's job (one navbar row at 1366 px): each package's register() names the same ones
+ORDERS = "订单与售后"  # also app/notices, app/support, app/payments/dispute_views
+CATALOG = "商品管理"  # products, prices, suppliers and the card stock (卡密库存)
+AGENTS = "代理与佣金"  # also app/network (commissions, team bonus), app/agentshops
+MONEY = "资金"  # ledger, payments, reconciliation, wallet adjustments, withdrawals (app/payments, app/network)
 SYSTEM = "系统"
 PORTAL = "代理中心"
+# The navbar's order; categories registered by FAB (Security) or not listed keep their place after these.
+MENU_ORDER = ("工作台", ORDERS, CATALOG, AGENTS, MONEY, "风控", "数据看板", SYSTEM, PORTAL)
 
 
 def register_views(appbuilder: AppBuilder) -> None:
@@ -43,10 +45,6 @@ def register_views(appbuilder: AppBuilder) -> None:
     add = appbuilder.add_view
     add(OrderView, "订单查询", icon="fa-list-alt", category=ORDERS, category_icon="fa-shopping-cart")
 
-    add(AgentView, "代理列表", icon="fa-users", category=AGENTS, category_icon="fa-sitemap")
-    add(TierView, "代理等级", icon="fa-signal", category=AGENTS)
-    add(WalletAdjustView, "余额调整", href="/wallet-adjust/form", icon="fa-exchange", category=AGENTS)
-
     add(CategoryView, "商品分类", icon="fa-folder", category=CATALOG, category_icon="fa-cubes")
     add(ProductView, "商品", icon="fa-cube", category=CATALOG)
     add(TierPriceView, "等级价格", icon="fa-tags", category=CATALOG)
@@ -55,14 +53,18 @@ def register_views(appbuilder: AppBuilder) -> None:
     add(SupplierProductView, "货源映射", icon="fa-random", category=CATALOG)
     add(SupplierAlertView, "供应商余额提醒", icon="fa-bell-o", category=CATALOG)
 
-    add(CardSecretView, "卡密列表", icon="fa-key", category=STOCK, category_icon="fa-archive")
-    add(CardImportFormView, "导入卡密", href="/card-import/", icon="fa-upload", category=STOCK)
-    add(CardImportView, "导入批次", icon="fa-history", category=STOCK)
-    add(StockAlertView, "补货提醒", icon="fa-bell", category=STOCK)
+    add(CardSecretView, "卡密列表", icon="fa-key", category=CATALOG)
+    add(CardImportFormView, "导入卡密", href="/card-import/", icon="fa-upload", category=CATALOG)
+    add(CardImportView, "导入批次", icon="fa-history", category=CATALOG)
+    add(StockAlertView, "补货提醒", icon="fa-bell", category=CATALOG)
 
-    add(AccountView, "账户", icon="fa-book", category=LEDGER, category_icon="fa-money")
-    add(JournalView, "凭证", icon="fa-file-text-o", category=LEDGER)
-    add(PostingView, "分录", icon="fa-list", category=LEDGER)
+    add(AgentView, "代理列表", icon="fa-users", category=AGENTS, category_icon="fa-sitemap")
+    add(TierView, "代理等级", icon="fa-signal", category=AGENTS)
+
+    add(AccountView, "账户", icon="fa-book", category=MONEY, category_icon="fa-money")
+    add(JournalView, "凭证", icon="fa-file-text-o", category=MONEY)
+    add(PostingView, "分录", icon="fa-list", category=MONEY)
+    add(WalletAdjustView, "余额调整", href="/wallet-adjust/form", icon="fa-exchange", category=MONEY)
 
     add(AuditView, "审计日志", icon="fa-shield", category=SYSTEM, category_icon="fa-cog")
     from app.announcements.views import AnnouncementView
@@ -75,6 +77,29 @@ def register_views(appbuilder: AppBuilder) -> None:
 
     register_shop_views(appbuilder, admin_category=AGENTS, portal_category=PORTAL)
     install_request_guards(appbuilder)
+    current_app.jinja_env.finalize = yes_no
+
+
+def order_menu(appbuilder: AppBuilder) -> None:
+    """Put the navbar's top-level entries in MENU_ORDER (called once every package has registered its screens)."""
+    menu = appbuilder.menu
+    security, system = menu.find("Security"), menu.find(SYSTEM)
+    if security is not None and system is not None:  # FAB's users and roles screens go under 系统: one entry fewer
+        menu.add_separator(SYSTEM)
+        system.childs.extend(security.childs)
+        menu.menu.remove(security)
+    rank = {name: i for i, name in enumerate(MENU_ORDER)}
+    menu.menu.sort(key=lambda item: rank.get(item.name, len(rank)))  # stable: unlisted ones keep their order
+
+
+def yes_no(value):
+    """Every {{ value }} a template prints: a bool reads 是/否 (Yes/No in English) instead of True/False. FAB's own
+    list and show widgets print a boolean column as it is; this covers them and ours alike."""
+    if value is True:
+        return gettext("是")
+    if value is False:
+        return gettext("否")
+    return value
 
 
 # ------------------------------------------------------------------------------------------------ request guards

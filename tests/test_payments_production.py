@@ -71,7 +71,7 @@ def test_production_refuses_the_sandbox_checkout_cashier_and_notifications(app, 
     with production.app_context():
         with pytest.raises(ValidationError) as refused:
             payments.save_channel("sandbox", True, {"key": h.SANDBOX_KEY})
-        assert "production" in str(refused.value)
+        assert "生产环境" in str(refused.value)
 
 
 def test_a_switched_off_sandbox_refuses_late_notifications(app, f, client):

@@ -371,10 +371,10 @@ def test_get_adapter_refuses_suppliers_it_cannot_reach(app, f):
     with pytest.raises(SupplierNotConnected):
         get_adapter(own)
     own.protocol, own.secret_enc = "carrier-pigeon", "token"
-    with pytest.raises(SupplierNotConnected, match="unknown supplier protocol"):
+    with pytest.raises(SupplierNotConnected, match="对接协议未知"):
         connection_for(own)
     own.protocol = "simulator"
-    with pytest.raises(SupplierNotConnected, match="decrypt"):
+    with pytest.raises(SupplierNotConnected, match="密钥无法解密"):
         connection_for(own)
 
 

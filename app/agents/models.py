@@ -1,6 +1,7 @@
 """Tiers (等级) and agents (代理) in an upline tree with a materialized path."""
 from __future__ import annotations
 
+from flask_babel import gettext
 from sqlalchemy import BigInteger, Boolean, CheckConstraint, Column, DateTime, ForeignKey, Integer, String, event
 from sqlalchemy.orm import relationship
 
@@ -44,7 +45,7 @@ class Tier(db.Model):
         return format_bp(self.discount_bp)
 
     def daily_limit_display(self) -> str:
-        return format_fen(self.daily_limit) if self.daily_limit else "不限"
+        return format_fen(self.daily_limit) if self.daily_limit else gettext("不限")
 
 
 class Agent(db.Model):

@@ -5,6 +5,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from flask_babel import gettext
 from sqlalchemy import select
 
 from app import cache
@@ -77,14 +78,14 @@ def create_agent(name: str, tier_id: int, parent_id: int | None = None, user_id:
     """Create an agent under its parent with its ledger accounts. Flushes; the caller commits."""
     name = (name or "").strip()
     if not name:
-        raise ValidationError("代理名称不能为空 (name is required)")
+        raise ValidationError(gettext("代理名称不能为空"))
     if db.session.get(Tier, tier_id) is None:
-        raise ValidationError(f"等级不存在 (unknown tier {tier_id})")
+        raise ValidationError(gettext("等级不存在：%(tier_id)s", tier_id=tier_id))
     parent = None
     if parent_id is not None:
         parent = db.session.get(Agent, parent_id)
         if parent is None:
-            raise InvalidParent(f"上级代理不存在 (unknown parent {parent_id})")
+            raise InvalidParent(gettext("上级代理不存在：%(parent_id)s", parent_id=parent_id))
     agent = Agent(name=name, tier_id=tier_id, parent_id=parent_id, user_id=user_id, phone=phone,
                   path="/", depth=0 if parent is None else parent.depth + 1)
     db.session.add(agent)
@@ -103,9 +104,9 @@ def set_parent(agent: Agent, parent_id: int | None) -> None:
     if parent_id is not None:
         new_parent = db.session.get(Agent, parent_id)
         if new_parent is None:
-            raise InvalidParent(f"上级代理不存在 (unknown parent {parent_id})")
+            raise InvalidParent(gettext("上级代理不存在：%(parent_id)s", parent_id=parent_id))
         if new_parent.path.startswith(agent.path):
-            raise InvalidParent("不能把代理移到自己的下级之下 (cannot move an agent under its own downline)")
+            raise InvalidParent(gettext("不能把代理移到自己的下级之下"))
     old_path, old_depth = agent.path, agent.depth
     new_path = f"{new_parent.path if new_parent else '/'}{agent.id}/"
     new_depth = new_parent.depth + 1 if new_parent else 0
@@ -124,12 +125,12 @@ def adjust_wallet(agent_id: int, amount_fen: int, reason: str, actor_id: int | N
     """
     reason = (reason or "").strip()
     if not reason:
-        raise ValidationError("请填写调整原因 (a reason is required)")
+        raise ValidationError(gettext("请填写调整原因"))
     if amount_fen == 0:
-        raise ValidationError("调整金额不能为 0 (amount must not be zero)")
+        raise ValidationError(gettext("调整金额不能为 0"))
     agent = db.session.get(Agent, agent_id)
     if agent is None:
-        raise NotFound(f"代理不存在 (unknown agent {agent_id})")
+        raise NotFound(gettext("代理不存在：%(agent_id)s", agent_id=agent_id))
     wallet = agent_account_code(agent_id, "wallet")
     try:
         before = ledger.agent_balances(agent_id)["wallet"]
@@ -148,7 +149,8 @@ def adjust_wallet(agent_id: int, amount_fen: int, reason: str, actor_id: int | N
 
 
 def describe_adjustment(amount_fen: int) -> str:
-    return ("加款 " if amount_fen > 0 else "扣款 ") + format_fen(abs(amount_fen))
+    amount = format_fen(abs(amount_fen))
+    return gettext("加款 %(amount)s", amount=amount) if amount_fen > 0 else gettext("扣款 %(amount)s", amount=amount)
 
 
 def agent_for_user(user_id: int) -> Agent | None:

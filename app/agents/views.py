@@ -7,6 +7,7 @@ from flask_appbuilder.fields import QuerySelectField
 from flask_appbuilder.fieldwidgets import Select2Widget
 from flask_appbuilder.forms import DynamicForm
 from flask_appbuilder.models.sqla.interface import SQLAInterface
+from flask_babel import gettext
 from flask_babel import lazy_gettext as _
 from sqlalchemy import select
 from wtforms import StringField
@@ -37,7 +38,7 @@ TIER_LABELS = {
 def _tier_fields() -> dict:
     return {
         "discount_bp": PercentField(TIER_LABELS["discount_bp"], min_bp=1, max_bp=20000,
-                                    description="代理价 = 面值 × 折扣，例如 95 表示 95 折"),
+                                    description=_("代理价 = 面值 × 折扣，例如 95 表示 95 折")),
         "withdrawal_fee_bp": PercentField(TIER_LABELS["withdrawal_fee_bp"]),
         "direct_commission_bp": PercentField(TIER_LABELS["direct_commission_bp"], max_bp=5000),
         "indirect_commission_bp": PercentField(TIER_LABELS["indirect_commission_bp"], max_bp=5000),
@@ -91,9 +92,9 @@ def _check_tier(item: Tier) -> None:
                 "indirect_commission_bp": item.indirect_commission_bp}
     missing = [str(TIER_LABELS[k]) for k, v in required.items() if v is None]
     if missing:
-        raise ValueError("请填写：" + "、".join(missing))
+        raise ValueError(gettext("请填写：%(fields)s", fields=gettext("、").join(missing)))
     if item.settle_days is None or not 0 <= item.settle_days <= 90:
-        raise ValueError("结算天数必须在 0 到 90 之间")
+        raise ValueError(gettext("结算天数必须在 0 到 90 之间"))
     if item.rank is None:
         item.rank = 0
 
@@ -122,7 +123,7 @@ def _check_login_free(item: Agent) -> None:
         return
     taken = db.session.scalar(select(Agent.id).where(Agent.user_id == item.user.id, Agent.id != (item.id or 0)))
     if taken:
-        raise ValueError(f"登录账号 {item.user.username} 已绑定其他代理")
+        raise ValueError(gettext("登录账号 %(username)s 已绑定其他代理", username=item.user.username))
 
 
 class AgentView(ReadableColumnsMixin, AuditedViewMixin, ModelView):
@@ -154,7 +155,7 @@ class AgentView(ReadableColumnsMixin, AuditedViewMixin, ModelView):
         # Not AuditedViewMixin.pre_add: the path needs the id, and the entry records the path.
         with db.session.no_autoflush:
             if item.tier is None:
-                raise ValueError("请选择等级")
+                raise ValueError(gettext("请选择等级"))
             _check_login_free(item)
         parent = item.parent  # keep the relationship: setting it to None would null parent_id at the flush
         item.path = "/"
@@ -191,7 +192,7 @@ def _all_agents():
 
 def _nonzero(form, field):
     if field.data == 0:
-        raise ValidationError("调整金额不能为 0")
+        raise ValidationError(gettext("调整金额不能为 0"))
 
 
 class WalletAdjustForm(DynamicForm):
@@ -223,6 +224,13 @@ class WalletAdjustView(SimpleFormView):
             flash(exc.message, "danger")
             return redirect(request.url)
         balance = ledger.agent_balances(agent.id)["wallet"]
-        flash(f"{agent.name}：{service.describe_adjustment(form.amount.data)} 成功，当前余额 {format_fen(balance)}",
-              "success")
+        flash(
+            gettext(
+                "%(name)s：%(value)s 成功，当前余额 %(balance)s",
+                name=agent.name,
+                value=service.describe_adjustment(form.amount.data),
+                balance=format_fen(balance),
+            ),
+            "success",
+        )
         return redirect(request.url)

@@ -68,7 +68,7 @@ from app.payments.service import BUYER_FUNDS
 from app.suppliers.models import SupplierProduct
 
 DEFAULT_SEED = 20261111
-DIRECT_SUPPLIER = "星辰直充（演示上游）"  # the upstream the history's direct top-ups went through
+DIRECT_SUPPLIER = "星辰直充（演示上游）"  # the upstream the history's direct top-ups went through  # i18n-keep: data
 DIRECT_SUPPLIER_FEE_BP = 150
 QUERY_PASSWORD = "history-demo"  # storefront orders' order password (one hash shared by all of them)
 
@@ -85,15 +85,17 @@ REGIONS = (("440106", 126), ("370102", 101), ("410105", 99), ("320102", 85), ("5
            ("500103", 32), ("230102", 31), ("650102", 26), ("620102", 25), ("310104", 25), ("150102", 24),
            ("220102", 24), ("110105", 22), ("120101", 14), ("460106", 10), ("640104", 7), ("630102", 6),
            ("540102", 4))
+# i18n-keep: data
 SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈"
+# i18n-keep: data
 GIVEN = "伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀霞平刚桂英华玉兰萍鹏辉建晨宇轩浩然子涵欣怡梓睿雨佳琪博文思源"
-SHOP_WORDS = ("卡铺", "游戏充值", "数码", "小店", "话费", "点卡", "网络", "工作室", "商行", "优选")
+SHOP_WORDS = ("卡铺", "游戏充值", "数码", "小店", "话费", "点卡", "网络", "工作室", "商行", "优选")  # i18n-keep: data
 # Buying agents by tier: (share of new agents, buying activity, top-up sizes in fen)
 TIER_PLAN = {
-    "总代": (0.0, 1.6, (500_000, 1_000_000, 2_000_000)),
-    "区域代理": (0.08, 2.2, (200_000, 500_000, 1_000_000)),
-    "普通代理": (0.40, 3.0, (100_000, 200_000, 500_000)),
-    "会员": (0.52, 1.0, (10_000, 20_000, 50_000)),
+    "总代": (0.0, 1.6, (500_000, 1_000_000, 2_000_000)),  # i18n-keep: data
+    "区域代理": (0.08, 2.2, (200_000, 500_000, 1_000_000)),  # i18n-keep: data
+    "普通代理": (0.40, 3.0, (100_000, 200_000, 500_000)),  # i18n-keep: data
+    "会员": (0.52, 1.0, (10_000, 20_000, 50_000)),  # i18n-keep: data
 }
 
 
@@ -101,17 +103,18 @@ TIER_PLAN = {
 # asks for part of that money once it reaches its tier's minimum; review takes a day or two.
 WITHDRAW_EVERY_DAYS = 30
 WITHDRAW_REJECTED = 0.05  # share of reviewed requests turned down (the money goes back to the wallet)
-REJECT_REASONS = ("银行卡信息与实名认证不一致，请核对后重新申请", "账户近期存在异常退款，暂缓提现",
-                  "提现申请信息不完整，请重新提交")
+REJECT_REASONS = ("银行卡信息与实名认证不一致，请核对后重新申请", "账户近期存在异常退款，暂缓提现",  # i18n-keep: data
+                  "提现申请信息不完整，请重新提交")  # i18n-keep: data
 
 
 def _parents_for(tier: str, rng: random.Random) -> tuple[str, ...]:
     """Which tiers recruit a new agent of `tier` (through their invite codes), most likely first."""
-    if tier == "区域代理":
-        return ("总代",)
-    if tier == "普通代理":
-        return ("区域代理", "总代") if rng.random() < 0.7 else ("总代",)
+    if tier == "区域代理":  # i18n-keep: data
+        return ("总代",)  # i18n-keep: data
+    if tier == "普通代理":  # i18n-keep: data
+        return ("区域代理", "总代") if rng.random() < 0.7 else ("总代",)  # i18n-keep: data
     u = rng.random()
+    # i18n-keep: data
     return ("区域代理", "总代") if u < 0.45 else (("普通代理", "区域代理", "总代") if u < 0.85 else ("总代",))
 
 
@@ -345,11 +348,11 @@ class _HProduct:
 
 
 def _group(category_name: str) -> str:
-    if "话费" in category_name or "流量" in category_name:
+    if "话费" in category_name or "流量" in category_name:  # i18n-keep: data
         return "phone"
-    if "游戏" in category_name:
+    if "游戏" in category_name:  # i18n-keep: data
         return "game"
-    if "视频" in category_name or "会员" in category_name:
+    if "视频" in category_name or "会员" in category_name:  # i18n-keep: data
         return "video"
     return "other"
 
@@ -549,7 +552,7 @@ class HistoryBuilder:
         span = (self.end - start_utc).total_seconds()
         growth = 2.2
         times = [start_utc + timedelta(seconds=rng.uniform(0, 30 * 86400)) for _ in range(n_top)]
-        tiers = ["总代"] * n_top
+        tiers = ["总代"] * n_top  # i18n-keep: data
         shares = [(name, plan[0]) for name, plan in TIER_PLAN.items() if plan[0] > 0]
         for _ in range(n_new - n_top):
             u = rng.random()
@@ -564,14 +567,14 @@ class HistoryBuilder:
         for k, i in enumerate(order):
             tier, joined = tiers[i], times[i]
             parent = None
-            if tier != "总代":
+            if tier != "总代":  # i18n-keep: data
                 for parent_tier in _parents_for(tier, rng):
                     pool = urns.get(parent_tier)
                     if pool:
                         parent = self.agents[rng.choice(pool)]
                         break
                 if parent is None:  # nobody to recruit it yet: a 总代 did (one always exists after the start)
-                    pool = urns.get("总代") or [0]
+                    pool = urns.get("总代") or [0]  # i18n-keep: data
                     parent = self.agents[rng.choice(pool)]
             agent_id = ids[k]
             path = f"{parent.path if parent else '/'}{agent_id}/"
@@ -580,7 +583,7 @@ class HistoryBuilder:
             self.agents.append(a)
             self.new_agents.append(a)
             index = len(self.agents) - 1
-            if tier != "会员":  # recruiting pull: some agents recruit far more than others
+            if tier != "会员":  # recruiting pull: some agents recruit far more than others; i18n-keep: data
                 urns[tier].extend([index] * (1 + int(rng.paretovariate(1.6))))
             if parent is not None:
                 urns[parent.tier].extend([self._index[parent.id]] * 2)  # who recruits, recruits more
@@ -626,6 +629,7 @@ class HistoryBuilder:
         18-22-year-old 会员 and 普通代理. `founder`: an agent there before the history (the demo's), verified
         at its start, never a student (its buying is already drawn), 25 or older."""
         rng = rng or self.rng
+        # i18n-keep: data
         share = 1.0 if founder else {"总代": 1.0, "区域代理": 1.0, "普通代理": 0.8, "会员": 0.6}[a.tier]
         if rng.random() >= share:
             return
@@ -633,7 +637,7 @@ class HistoryBuilder:
         if verified > self.end:
             return
         today = self._local(verified).date()
-        student_share = 0.0 if founder else {"会员": 0.38, "普通代理": 0.12}.get(a.tier, 0.0)
+        student_share = 0.0 if founder else {"会员": 0.38, "普通代理": 0.12}.get(a.tier, 0.0)  # i18n-keep: data
         if rng.random() < student_share:
             age = rng.randint(18, 21)  # still 18-22 when next September comes
             a.student = True
@@ -817,7 +821,7 @@ class HistoryBuilder:
                 qty = 1 if rng.random() < 0.9 else 2
                 tier_id = None
             else:
-                qty = 1 if buyer.tier == "会员" else min(10, 1 + int(rng.expovariate(0.9)))
+                qty = 1 if buyer.tier == "会员" else min(10, 1 + int(rng.expovariate(0.9)))  # i18n-keep: data
                 tier_id = buyer.tier_id
             unit = product.prices[tier_id]
             amount = unit * qty
@@ -872,7 +876,7 @@ class HistoryBuilder:
                 if direct:
                     journals.append((f"order:{order_no}:hold", "hold", [(wallet_code, -amount),
                                                                         (self.p_buyer_funds, amount)],
-                                     f"{order_no} 直充冻结", order_id, paid))
+                                     f"{order_no} 直充冻结", order_id, paid))  # i18n-keep: data
             else:
                 trade_no = self._trade_no(channel, paid)
                 bulk.add("payment", (channel, trade_no, order_id, None, amount, "CNY",
@@ -881,16 +885,16 @@ class HistoryBuilder:
                 clearing = self.accounts[f"platform:clearing:{channel}"]
                 journals.append((f"pay:{channel}:{trade_no}", "payment", [(clearing, -amount),
                                                                           (self.p_buyer_funds, amount)],
-                                 f"{order_no} 收款", order_id, paid))
+                                 f"{order_no} 收款", order_id, paid))  # i18n-keep: data
 
             if status == "failed":
                 upstream = "failed"
                 back = wallet_code if buyer is not None else clearing
                 key = f"order:{order_no}:refund" if buyer is not None else f"refund:{channel}:{trade_no}"
                 journals.append((key, "refund", [(self.p_buyer_funds, -amount), (back, amount)],
-                                 "直充失败，自动退款 (upstream failed)", order_id, delivered))
+                                 "直充失败，自动退款 (upstream failed)", order_id, delivered))  # i18n-keep: data
                 bulk.add("refund", (order_id, amount, "wallet" if buyer is not None else channel,
-                                    "直充失败，自动退款 (upstream failed)", "succeeded", delivered))
+                                    "直充失败，自动退款 (upstream failed)", "succeeded", delivered))  # i18n-keep: data
                 bulk.add("recharge_attempt", (order_id, product.supplier_id, 1, product.upstream_code, cost_total,
                                               "failed", f"XC{order_id:012d}", 0, paid, delivered, delivered))
                 bulk.add("orders", (order_id, order_no, buyer.id if buyer else None, product.id,
@@ -920,12 +924,15 @@ class HistoryBuilder:
             if refund_at is not None:
                 self.gmv -= amount
                 reverse = [(acc, -amt) for acc, amt in lines]
+                # i18n-keep: data
                 journals.append((f"order:{order_no}:sale-reversal", "sale_reversal", reverse, f"退款 {order_no}",
                                  order_id, refund_at))
                 if buyer is None:
                     journals.append((f"refund:{channel}:{trade_no}", "refund",
+                                     # i18n-keep: data
                                      [(self.p_buyer_funds, -amount), (clearing, amount)], "买家申请退款",
                                      order_id, refund_at))
+                # i18n-keep: data
                 bulk.add("refund", (order_id, amount, "wallet" if buyer is not None else channel, "买家申请退款",
                                     "succeeded", refund_at))
             bulk.add("orders", (order_id, order_no, buyer.id if buyer else None, product.id, product.supplier_id,
@@ -975,7 +982,7 @@ class HistoryBuilder:
         self.bulk.add("payment", (channel, trade_no, None, topup_id, size, "CNY", "paid", paid))
         self._topup_journals.append((f"pay:{channel}:{trade_no}", "topup",
                                      [(self.accounts[f"platform:clearing:{channel}"], -size), (buyer.wallet, size)],
-                                     f"{topup_no} 钱包充值", None, paid))
+                                     f"{topup_no} 钱包充值", None, paid))  # i18n-keep: data
         buyer.spendable += size
 
     def _commissions(self, buyer: _HAgent, amount: int) -> list[tuple[int, _HAgent, int]]:
@@ -1018,8 +1025,9 @@ class HistoryBuilder:
             self.bulk.add("commission", (order_id, upline.id, level, rate, amount, amt, status, settle_after,
                                          run_id, delivered, settled_at, refund_at))
         journals.append((f"commission:{order_no}:accrue", "commission_accrual", [(self.p_expense, -total)] + lines,
-                         f"佣金 {order_no}", order_id, delivered))
+                         f"佣金 {order_no}", order_id, delivered))  # i18n-keep: data
         if reverse:
+            # i18n-keep: data
             journals.append((f"commission:{order_no}:reverse", "commission_reversal",
                              [(self.p_expense, total)] + reverse, f"佣金冲回 {order_no}", order_id, refund_at))
 
@@ -1203,14 +1211,15 @@ class HistoryBuilder:
         fees, payouts = self.p_fees, self.accounts["platform:payouts"]
         for a, no, created, amount, fee, status, decided, reviewed in sorted(requests, key=lambda q: q[2]):
             journals.append((f"withdrawal:{no}:freeze", "withdrawal_freeze", [(a.wallet, -amount), (a.frozen, amount)],
-                             f"提现申请 {no}", None, created))
+                             f"提现申请 {no}", None, created))  # i18n-keep: data
             reason = paid_at = payout_ref = None
             if status == "paid":
                 lines = [(a.frozen, -amount), (payouts, amount - fee), (fees, fee)]
                 journals.append((f"withdrawal:{no}:paid", "withdrawal_paid", [ln for ln in lines if ln[1]],
-                                 f"提现打款 {no}", None, decided))
+                                 f"提现打款 {no}", None, decided))  # i18n-keep: data
                 paid_at, payout_ref = decided, no
             elif status == "rejected":
+                # i18n-keep: data
                 journals.append((f"withdrawal:{no}:release", "withdrawal_release",
                                  [(a.frozen, -amount), (a.wallet, amount)], f"提现驳回 {no}", None, decided))
                 reason = REJECT_REASONS[int(no[-4:]) % len(REJECT_REASONS)]
@@ -1267,6 +1276,7 @@ class HistoryBuilder:
             for agent_id in sorted(per_agent):
                 a = self.agents_by_id[agent_id]
                 lines += [(a.pending, -per_agent[agent_id]), (a.wallet, per_agent[agent_id])]
+            # i18n-keep: data
             journals.append((f"settlement:{run_id}:1", "settlement", lines, f"佣金结算 #{run_id} 批次 1", None,
                              cutoff + timedelta(seconds=30)))
             run_updates.append({"rid": run_id, "n": self.run_counts[r], "amt": sum(per_agent.values())})

@@ -65,6 +65,7 @@ from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 
 from flask import current_app, g, has_app_context, has_request_context
+from flask_babel import gettext
 from sqlalchemy import Date, DateTime, bindparam, event, func, insert, literal, select
 from sqlalchemy import text as _text
 
@@ -885,9 +886,9 @@ def rebuild(start: date, end: date) -> dict:
     Returns the rows written per table and the seconds it took.
     """
     if end < start:
-        raise ValidationError("结束日期不能早于开始日期 (end is before start)")
+        raise ValidationError(gettext("结束日期不能早于开始日期"))
     if (end - start).days > MAX_REBUILD_DAYS:
-        raise ValidationError(f"一次最多重建 {MAX_REBUILD_DAYS} 天 (range too long)")
+        raise ValidationError(gettext("一次最多重建 %(max_rebuild_days)s 天", max_rebuild_days=MAX_REBUILD_DAYS))
     began = time.monotonic()
     db.session.commit()
     fold_orders_all()  # what is pending now is in the rebuilt rows' past; later rows are left out (COUNTED_FOLDED)
@@ -952,13 +953,15 @@ def schedule_rebuild(start: date, end: date) -> str | None:
                    job_id=f"rollups-rebuild-{start:%Y%m%d}-{end:%Y%m%d}", queue="low", timeout=3600)
 
 
-def parse_day(value: object, what: str = "日期") -> date:
+def parse_day(value: object, what: str | None = None) -> date:
+    what = what or gettext("日期")
     if not isinstance(value, str):
-        raise ValidationError(f"{what}格式应为 YYYY-MM-DD ({what} must be YYYY-MM-DD)")
+        raise ValidationError(gettext("%(what)s格式应为 YYYY-MM-DD", what=what))
     try:
         return date.fromisoformat(value.strip())
     except ValueError:
-        raise ValidationError(f"{what}格式应为 YYYY-MM-DD: {value[:16]!r}") from None
+        raise ValidationError(gettext("%(what)s格式应为 YYYY-MM-DD: %(value)s", what=what,
+                                      value=repr(value[:16]))) from None
 
 
 # --- compaction -------------------------------------------------------------------------------------------------
@@ -997,7 +1000,7 @@ def compact(table: str | None = None, full: bool = False) -> dict[str, int]:
     names = [table] if table else list(TABLES)
     for name in names:
         if name not in TABLES:
-            raise ValidationError(f"未知的汇总表 {name!r} (unknown rollup table; one of {', '.join(TABLES)})")
+            raise ValidationError(gettext("未知的汇总表 %(name)s：%(value)s", name=repr(name), value=', '.join(TABLES)))
     removed: dict[str, int] = {}
     for name in names:
         try:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
 
 from flask_appbuilder.security.sqla.models import User
+from flask_babel import gettext
 from sqlalchemy import select
 
 from app.audit import service as audit
@@ -27,34 +28,36 @@ BATCH = 2000
 MAX_DAYS = 3660  # ten years: a typo such as 0024-01-01 is refused rather than read as a range
 
 # (key, header): the header names the business time zone.
+# i18n-keep: data
 COLUMNS = [
     ("id", "编号"), ("time", "时间（业务时区）"), ("actor", "操作人"), ("actor_id", "操作人编号"), ("action", "操作"),
-    ("target_type", "对象类型"), ("target_id", "对象"), ("old_value", "原值"), ("new_value", "新值"),
-    ("reason", "原因"),
+    ("target_type", "对象类型"), ("target_id", "对象"), ("old_value", "原值"), ("new_value", "新值"),  # i18n-keep: data
+    ("reason", "原因"),  # i18n-keep: data
 ]
 
 
 def parse_day(value: str | None, what: str) -> date:
     """A business day given as YYYY-MM-DD; missing or anything else is a ValidationError naming `what`."""
     if value in (None, ""):
-        raise ValidationError(f"请填写{what}（YYYY-MM-DD）({what} is required)")
+        raise ValidationError(gettext("请填写%(what)s（YYYY-MM-DD）", what=what))
     try:
         day = date.fromisoformat(str(value).strip())
     except ValueError:
-        raise ValidationError(f"{what} 须为 YYYY-MM-DD 格式的日期 ({what} must be YYYY-MM-DD)") from None
+        raise ValidationError(gettext("%(what)s 须为 YYYY-MM-DD 格式的日期", what=what)) from None
     if not 2000 <= day.year <= 9998:  # also keeps the time zone arithmetic away from year 1 and 9999
-        raise ValidationError(f"{what} 超出范围：{day} ({what} out of range)")
+        raise ValidationError(gettext("%(what)s 超出范围：%(day)s", what=what, day=day))
     return day
 
 
-def parse_range(since: str | None, until: str | None, since_name: str = "开始日期",
-                until_name: str = "结束日期") -> tuple[date, date]:
+def parse_range(since: str | None, until: str | None, since_name: str | None = None,
+                until_name: str | None = None) -> tuple[date, date]:
     """Both days parsed and checked: since <= until, at most MAX_DAYS apart."""
-    first, last = parse_day(since, since_name), parse_day(until, until_name)
+    first = parse_day(since, since_name or gettext("开始日期"))
+    last = parse_day(until, until_name or gettext("结束日期"))
     if first > last:
-        raise ValidationError(f"开始日期 {first} 晚于结束日期 {last} (since is after until)")
+        raise ValidationError(gettext("开始日期 %(first)s 晚于结束日期 %(last)s", first=first, last=last))
     if (last - first).days > MAX_DAYS:
-        raise ValidationError(f"日期范围过长：最多 {MAX_DAYS} 天 (range too long)")
+        raise ValidationError(gettext("日期范围过长：最多 %(max_days)s 天", max_days=MAX_DAYS))
     return first, last
 
 

@@ -46,6 +46,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
+from flask_babel import gettext
 from sqlalchemy import String, cast, exists, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -373,7 +374,7 @@ def clean_hash(value: object) -> str:
     """A record or head hash as typed: 64 hexadecimal characters (ValidationError otherwise)."""
     text = value.strip().lower() if isinstance(value, str) else ""
     if not _HASH.fullmatch(text):
-        raise ValidationError("记录哈希须为 64 位十六进制字符 (a record hash is 64 hexadecimal characters)")
+        raise ValidationError(gettext("记录哈希须为 64 位十六进制字符"))
     return text
 
 
@@ -411,7 +412,7 @@ def parse_day(value: str | None) -> date | None:
     try:
         return date.fromisoformat(value.strip())
     except ValueError:
-        raise ValidationError(f"日期格式应为 YYYY-MM-DD (a day is YYYY-MM-DD): {value!r}") from None
+        raise ValidationError(gettext("日期格式应为 YYYY-MM-DD: %(value)s", value=repr(value))) from None
 
 
 def head_at(day: date | None = None) -> dict | None:

@@ -10,6 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+from flask_babel import gettext
 from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -145,7 +146,7 @@ def post_journal(key: str, kind: str, lines: list[Line], memo: str | None = None
             previous = _existing(key, content_hash)  # posted before, when the balance was there: the same answer
             if previous is not None:
                 return previous.id
-            raise InsufficientBalance("余额不足 (insufficient balance)")
+            raise InsufficientBalance(gettext("余额不足"))
 
     # The key is unique. ON CONFLICT DO NOTHING inserts nothing when it was posted before, or concurrently by a
     # transaction that committed first (PostgreSQL waits for it): then the same content returns that journal

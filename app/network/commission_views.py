@@ -20,7 +20,7 @@ from app.network.models import Commission, SettlementRun
 from app.scope import own_agent_ids
 from app.views_common import ReadableColumnsMixin
 
-ADMIN_CATEGORY = "代理管理"
+ADMIN_CATEGORY = "代理与佣金"  # app.views.AGENTS
 STATUS_TEXT = {"pending": _("待结算"), "frozen": _("维权冻结"), "settled": _("已结算"), "reversed": _("已冲回")}
 RUN_STATUS_TEXT = {"running": _("进行中"), "done": _("已完成"), "failed": _("失败")}
 TRIGGER_TEXT = {"scheduled": _("定时任务"), "manual": _("手动"), "cli": _("命令行")}

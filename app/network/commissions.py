@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from flask import current_app
+from flask_babel import lazy_gettext
 from sqlalchemy import func, insert, select
 
 from app import cache, states
@@ -44,7 +45,12 @@ from app.network.models import COMMISSION_STATES, Commission
 EXPENSE = "platform:commission_expense"
 SHOP_EXPENSE = "platform:shop_profit_expense"
 SHOP_PROFIT_LEVEL = 0  # the shop's own agent: its shop profit (app.agentshops), not an upline's commission
-STATUS_LABELS = {"pending": "待结算", "frozen": "维权冻结", "settled": "已结算", "reversed": "已冲回"}
+STATUS_LABELS = {
+    "pending": lazy_gettext("待结算"),
+    "frozen": lazy_gettext("维权冻结"),
+    "settled": lazy_gettext("已结算"),
+    "reversed": lazy_gettext("已冲回"),
+}
 
 
 @dataclass(frozen=True)
@@ -117,7 +123,7 @@ def accrue(order, plan: list[Beneficiary], locked: dict | None = None, delivered
     total = sum(amt for _, amt in amounts)
     lines = [Line(EXPENSE, -total)] + [Line(b.pending_code, amt) for b, amt in amounts]
     ledger.post_journal(f"commission:{order.order_no}:accrue", "commission_accrual", lines,
-                        memo=f"佣金 {order.order_no}", order_id=order.id, locked=locked)
+                        memo=f"佣金 {order.order_no}", order_id=order.id, locked=locked)  # i18n-keep: data
     return total
 
 
@@ -200,6 +206,7 @@ def reverse_for_order(order, extra_lock: list[str] | None = None, actor_id: int 
             codes.add(agent_account_code(c.agent_id, "receivable"))
     locked = ledger.lock_accounts(sorted(codes))
     # Commissions and a shop's profit go back in a journal each, under the one lock taken above.
+    # i18n-keep: data
     for group, expense, key, kind, memo in (
             (upline_rows, EXPENSE, f"commission:{order.order_no}:reverse", "commission_reversal", "佣金冲回"),
             (shop_rows, SHOP_EXPENSE, f"shopprofit:{order.order_no}:reverse", "shop_profit_reversal", "分站利润冲回")):
@@ -259,10 +266,10 @@ def _move_order_commissions(order, src: str, dst: str, key: str, memo: str, acto
 def freeze_for_dispute(order, actor_id: int | None = None) -> int:
     """A dispute was filed: the order's pending commissions move to frozen (status `frozen`)."""
     return _move_order_commissions(order, "pending", "frozen", f"dispute:{order.order_no}:commission-freeze",
-                                   f"维权冻结佣金 {order.order_no}", actor_id)
+                                   f"维权冻结佣金 {order.order_no}", actor_id)  # i18n-keep: data
 
 
 def release_after_dispute(order, actor_id: int | None = None) -> int:
     """A dispute was rejected: frozen commissions go back to pending (and settle when due)."""
     return _move_order_commissions(order, "frozen", "pending", f"dispute:{order.order_no}:commission-release",
-                                   f"维权解冻佣金 {order.order_no}", actor_id)
+                                   f"维权解冻佣金 {order.order_no}", actor_id)  # i18n-keep: data

@@ -17,6 +17,7 @@ from flask import (
     url_for,
 )
 from flask_appbuilder import BaseView, expose, has_access
+from flask_babel import gettext
 
 from app.clock import utcnow
 from app.errors import KamengError, ValidationError
@@ -56,7 +57,7 @@ class InviteView(BaseView):
         try:
             days = (request.form.get("expires_days") or "").strip()
             if days and not (days.isdigit() and 1 <= int(days) <= 3650):
-                raise ValidationError("有效天数须为 1-3650 的整数 (days: 1-3650)")
+                raise ValidationError(gettext("有效天数须为 1-3650 的整数"))
             expires_at = utcnow() + timedelta(days=int(days)) if days else None
             invite = invites.create_code(agent.id, request.form.get("tier_id"), request.form.get("max_uses"),
                                          expires_at)
@@ -64,7 +65,7 @@ class InviteView(BaseView):
             db.session.rollback()
             flash(exc.message, "danger")
             return redirect(url_for("InviteView.index"))
-        flash(f"已生成邀请码 {invite.code}", "success")
+        flash(gettext("已生成邀请码 %(code)s", code=invite.code), "success")
         return redirect(url_for("InviteView.index"))
 
     @expose("/<code>/deactivate", methods=["POST"])
@@ -75,7 +76,7 @@ class InviteView(BaseView):
             invite = invites.deactivate(agent, code)
         except KamengError:
             abort(404)
-        flash(f"已停用邀请码 {invite.code}", "info")
+        flash(gettext("已停用邀请码 %(code)s", code=invite.code), "info")
         return redirect(url_for("InviteView.index"))
 
     @expose("/<code>/poster.png", methods=["GET"])
@@ -86,7 +87,7 @@ class InviteView(BaseView):
             invite = invites.own_code(agent, code)
         except KamengError:
             abort(404)
-        png = poster.render_poster(current_app.config.get("APP_NAME", "卡盟 Kameng"), agent.name,
+        png = poster.render_poster(current_app.config.get("APP_NAME", "卡盟 Kameng"), agent.name,  # i18n-keep: data
                                    invite_link(invite.code), invite.code)
         return Response(png, mimetype="image/png", headers={
             "Content-Disposition": f'attachment; filename="invite-{invite.code}.png"',

@@ -12,6 +12,7 @@ from datetime import datetime
 
 import phonenumbers
 from flask import current_app
+from flask_babel import gettext, lazy_gettext
 from sqlalchemy import or_, select, update
 
 from app.agents import service as agents
@@ -28,7 +29,7 @@ CODE_PATTERN = re.compile(rf"^[{ALPHABET}]{{8,12}}$")
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{3,64}$")
 MIN_PASSWORD = 8
 MAX_USES_LIMIT = 100_000
-INVALID_CODE = "邀请链接无效或已失效 (invalid, expired, used up or deactivated invite code)"
+INVALID_CODE = lazy_gettext("邀请链接无效或已失效")
 
 
 class InvalidInvite(NotFound):
@@ -47,13 +48,13 @@ def normalize_code(code: str | None) -> str | None:
 def recruit_refusal(agent: Agent | None) -> str | None:
     """Why this agent may not create invite codes, or None when it may."""
     if agent is None:
-        return "只有代理可以邀请下级 (only agents can invite)"
+        return gettext("只有代理可以邀请下级")
     if not agent.active:
-        return "账号已停用，不能邀请下级 (this agent is disabled)"
+        return gettext("账号已停用，不能邀请下级")
     if not agent.tier.may_recruit:
-        return f"当前等级「{agent.tier.name}」不能发展下级代理 (your tier may not recruit)"
+        return gettext("当前等级「%(name)s」不能发展下级代理", name=agent.tier.name)
     if not assignable_tiers(agent):
-        return "没有比当前等级更低的等级可分配 (no lower tier to assign)"
+        return gettext("没有比当前等级更低的等级可分配")
     return None
 
 
@@ -67,30 +68,30 @@ def create_code(agent_id: int, tier_id, max_uses=None, expires_at: datetime | No
     """A new invite code for the agent. Commits."""
     agent = db.session.get(Agent, agent_id)
     if agent is None:
-        raise NotFound("代理不存在 (unknown agent)")
+        raise NotFound(gettext("代理不存在"))
     refusal = recruit_refusal(agent)
     if refusal:
         raise Forbidden(refusal)
     try:
         tier_id = int(tier_id)
     except (TypeError, ValueError):
-        raise ValidationError("请选择等级 (choose a tier)") from None
+        raise ValidationError(gettext("请选择等级")) from None
     tier = db.session.get(Tier, tier_id) if 0 < tier_id < 2**31 else None
     if tier is None:
-        raise ValidationError("等级不存在 (unknown tier)")
+        raise ValidationError(gettext("等级不存在"))
     if tier.rank >= agent.tier.rank:
-        raise Forbidden("只能邀请比自己等级低的代理 (the code's tier must rank below yours)")
+        raise Forbidden(gettext("只能邀请比自己等级低的代理"))
     if max_uses in ("", None):
         max_uses = None
     else:
         try:
             max_uses = int(max_uses)
         except (TypeError, ValueError):
-            raise ValidationError("使用次数必须是正整数 (max uses must be a positive integer)") from None
+            raise ValidationError(gettext("使用次数必须是正整数")) from None
         if not 1 <= max_uses <= MAX_USES_LIMIT:
-            raise ValidationError(f"使用次数须在 1 到 {MAX_USES_LIMIT} 之间 (max uses out of range)")
+            raise ValidationError(gettext("使用次数须在 1 到 %(max_uses_limit)s 之间", max_uses_limit=MAX_USES_LIMIT))
     if expires_at is not None and expires_at <= utcnow():
-        raise ValidationError("过期时间必须在未来 (expiry must be in the future)")
+        raise ValidationError(gettext("过期时间必须在未来"))
     for _ in range(5):
         code = new_code()
         if db.session.scalar(select(InviteCode.id).where(InviteCode.code == code)) is None:
@@ -112,7 +113,7 @@ def own_code(agent: Agent, code: str) -> InviteCode:
     normalized = normalize_code(code)
     invite = normalized and db.session.scalar(select(InviteCode).where(InviteCode.code == normalized))
     if not invite or invite.agent_id != agent.id:
-        raise NotFound("邀请码不存在 (invite code not found)")
+        raise NotFound(gettext("邀请码不存在"))
     return invite
 
 
@@ -124,15 +125,25 @@ def deactivate(agent: Agent, code: str) -> InviteCode:
     return invite
 
 
-def status_of(invite: InviteCode, now: datetime | None = None) -> str:
+STATE_TEXT = {"disabled": lazy_gettext("已停用"), "expired": lazy_gettext("已过期"), "used_up": lazy_gettext("已用完"),
+              "active": lazy_gettext("有效")}
+
+
+def state_of(invite: InviteCode, now: datetime | None = None) -> str:
+    """disabled, expired, used_up or active."""
     now = now or utcnow()
     if not invite.active:
-        return "已停用"
+        return "disabled"
     if invite.expires_at is not None and invite.expires_at <= now:
-        return "已过期"
+        return "expired"
     if invite.max_uses is not None and invite.uses >= invite.max_uses:
-        return "已用完"
-    return "有效"
+        return "used_up"
+    return "active"
+
+
+def status_of(invite: InviteCode, now: datetime | None = None) -> str:
+    """The invite's state as the screens say it."""
+    return str(STATE_TEXT[state_of(invite, now)])
 
 
 def usable_code(code: str | None) -> InviteCode:
@@ -140,35 +151,35 @@ def usable_code(code: str | None) -> InviteCode:
     reasons, so a link reveals nothing)."""
     normalized = normalize_code(code)
     invite = normalized and db.session.scalar(select(InviteCode).where(InviteCode.code == normalized))
-    if not invite or status_of(invite) != "有效":
-        raise InvalidInvite(INVALID_CODE)
+    if not invite or state_of(invite) != "active":
+        raise InvalidInvite(str(INVALID_CODE))
     inviter = invite.agent
     # the inviter's standing is re-checked at use: a code outlives a tier change or a disabled account
     if not inviter.active or not inviter.tier.may_recruit or invite.tier.rank >= inviter.tier.rank:
-        raise InvalidInvite(INVALID_CODE)
+        raise InvalidInvite(str(INVALID_CODE))
     return invite
 
 
 def _clean_registration(username, password, password2, display_name, phone) -> tuple[str, str, str, str]:
     username = (username or "").strip()
     if not USERNAME_PATTERN.match(username):
-        raise ValidationError("用户名须为 3-64 位字母、数字、_ . - (username: 3-64 letters, digits, _ . -)")
+        raise ValidationError(gettext("用户名须为 3-64 位字母、数字、_ . -"))
     password = password or ""
     if len(password) < MIN_PASSWORD:
-        raise ValidationError(f"密码至少 {MIN_PASSWORD} 位 (password must have at least {MIN_PASSWORD} characters)")
+        raise ValidationError(gettext("密码至少 %(min)s 位", min=MIN_PASSWORD))
     if len(password) > 128:
-        raise ValidationError("密码太长 (password too long)")
+        raise ValidationError(gettext("密码太长"))
     if password != (password2 or ""):
-        raise ValidationError("两次输入的密码不一致 (passwords do not match)")
+        raise ValidationError(gettext("两次输入的密码不一致"))
     display_name = (display_name or "").strip()
     if not display_name or len(display_name) > 64:
-        raise ValidationError("请填写 1-64 个字符的名称 (display name: 1-64 characters)")
+        raise ValidationError(gettext("请填写 1-64 个字符的名称"))
     try:
         number = phonenumbers.parse((phone or "").strip(), "CN")
     except phonenumbers.NumberParseException:
         number = None
     if number is None or not phonenumbers.is_valid_number(number):
-        raise ValidationError("手机号格式不正确 (invalid phone number)")
+        raise ValidationError(gettext("手机号格式不正确"))
     return username, password, display_name, phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
@@ -189,7 +200,7 @@ def register(code: str | None, username, password, password2, display_name, phon
     device = clean_device_id(device_id)
     sm = current_app.appbuilder.sm
     if sm.find_user(username=username) is not None:
-        raise ValidationError("用户名已被使用 (username taken)")
+        raise ValidationError(gettext("用户名已被使用"))
     event = risk.RiskInput(event="registration", ip=ip, device=device, phone=phone, agent_login=username,
                            enforce_limits=False)
     decision = risk.evaluate(event)
@@ -204,11 +215,11 @@ def register(code: str | None, username, password, password2, display_name, phon
             .values(uses=InviteCode.uses + 1)
             .execution_options(synchronize_session=False)).rowcount
         if counted != 1:
-            raise InvalidInvite(INVALID_CODE)
+            raise InvalidInvite(str(INVALID_CODE))
         user = sm.add_user(username, display_name, "-", f"{username.lower()}@agents.kameng.invalid",
                            sm.find_role("Agent"), password, commit=False)
         if not user:  # FAB logged the cause and rolled back (a concurrent registration took the username)
-            raise ValidationError("用户名已被使用 (username taken)")
+            raise ValidationError(gettext("用户名已被使用"))
         agent = agents.create_agent(display_name, invite.tier_id, invite.agent_id, user_id=user.id, phone=phone)
         agent.risk_hold = decision.outcome == "review"
         event.agent_id = agent.id

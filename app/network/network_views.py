@@ -6,6 +6,7 @@ from __future__ import annotations
 from flask import flash, g, redirect, request, url_for
 from flask_appbuilder import BaseView, ModelView, expose, has_access
 from flask_appbuilder.models.sqla.interface import SQLAInterface
+from flask_babel import gettext
 from flask_babel import lazy_gettext as _
 
 from app.errors import KamengError, ValidationError
@@ -18,7 +19,8 @@ from app.orders.service import clean_device_id
 from app.scope import require_agent
 from app.views_common import ReadableColumnsMixin, text_of
 
-REVIEW_CATEGORY = "代理管理"
+REVIEW_CATEGORY = "资金"  # app.views.MONEY: withdrawals
+AGENTS_CATEGORY = "代理与佣金"  # app.views.AGENTS
 
 
 
@@ -49,9 +51,9 @@ class MyRealNameView(BaseView):
                                         status_text=realname.STATUS_TEXT,
                                         form={"name": form.get("name", "")}), 429 if exc.status == 429 else 400
         if rec.status == "verified":
-            flash("实名认证成功", "success")
+            flash(gettext("实名认证成功"), "success")
         else:
-            flash(f"实名认证未通过：{rec.failure_reason}", "danger")
+            flash(gettext("实名认证未通过：%(failure_reason)s", failure_reason=rec.failure_reason), "danger")
         return redirect(url_for("MyRealNameView.index"))
 
 
@@ -82,8 +84,15 @@ class MyWithdrawalView(BaseView):
         except KamengError as exc:
             flash(exc.message, "danger")
         else:
-            flash(f"提现申请已提交：{w.withdrawal_no}，{format_fen(w.amount)}（手续费 {format_fen(w.fee)}）",
-                  "success")
+            flash(
+                gettext(
+                    "提现申请已提交：%(withdrawal_no)s，%(amount)s（手续费 %(fee)s）",
+                    withdrawal_no=w.withdrawal_no,
+                    amount=format_fen(w.amount),
+                    fee=format_fen(w.fee),
+                ),
+                "success",
+            )
         return redirect(url_for("MyWithdrawalView.index"))
 
 
@@ -109,7 +118,8 @@ class WithdrawalQueueView(BaseView):
             db.session.rollback()
             flash(exc.message, "danger")
         else:
-            flash(f"提现 {w.withdrawal_no}：{withdrawals.STATUS_TEXT.get(w.status, w.status)}", "success")
+            flash(gettext("提现 %(withdrawal_no)s：%(value)s", withdrawal_no=w.withdrawal_no,
+                          value=withdrawals.STATUS_TEXT.get(w.status, w.status)), "success")
         return redirect(url_for("WithdrawalQueueView.index"))
 
     @expose("/<int:withdrawal_id>/approve", methods=["POST"])
@@ -183,7 +193,7 @@ def register(appbuilder, portal_category: str) -> None:
     appbuilder.add_view(WithdrawalView, "提现记录", icon="fa-history", category=REVIEW_CATEGORY)
     appbuilder.add_view(RealNameAdminView, "实名认证记录", icon="fa-id-card-o", category=REVIEW_CATEGORY)
     from app.network.team_bonus_views import register as register_team_bonus
-    register_team_bonus(appbuilder, REVIEW_CATEGORY)
+    register_team_bonus(appbuilder, AGENTS_CATEGORY)
 
 
 __all__ = ["register"]

@@ -26,21 +26,23 @@ class PayoutResult:
 def transfer(out_no: str, amount: int, card: str, name: str) -> PayoutResult:
     url, key = current_app.config.get("PAYOUT_URL"), current_app.config.get("PAYOUT_KEY")
     if not url or not key:
-        return PayoutResult("unknown", reason="打款通道未配置 (PAYOUT_URL / PAYOUT_KEY not set)")
+        return PayoutResult("unknown", reason="打款通道未配置 (PAYOUT_URL / PAYOUT_KEY not set)")  # i18n-keep: data
     try:
         resp = signed_post(url.rstrip("/") + "/v1/transfers", key,
                            {"out_no": out_no, "amount": amount, "card": card, "name": name},
                            current_app.config.get("PAYOUT_TIMEOUT", 10))
     except (requests.Timeout, outbound.DeadlineExceeded):
+        # i18n-keep: data
         return PayoutResult("unknown", reason="打款请求超时，结果未知 (payout timed out; result unknown)")
     except outbound.FAILURES as exc:
-        return PayoutResult("unknown", reason=f"打款通道连接失败 (payout unreachable: "
+        return PayoutResult("unknown", reason=f"打款通道连接失败 (payout unreachable: "  # i18n-keep: data
                                                  f"{outbound.short_reason(exc)[:120]})")
     try:
         data = resp.json()
     except ValueError:
         data = None
     if resp.status_code != 200 or not isinstance(data, dict) or data.get("status") not in ("success", "failed"):
+        # i18n-keep: data
         return PayoutResult("unknown", reason=f"打款通道应答异常 (payout answered HTTP {resp.status_code})")
     return PayoutResult(data["status"], ref=str(data.get("ref") or "")[:64] or None,
                         reason=(data.get("reason") or None) and str(data["reason"])[:200])
@@ -50,20 +52,23 @@ def query(out_no: str) -> PayoutResult:
     """The status of a transfer we sent (signed POST /v1/transfers/query {"out_no"}); never sends money."""
     url, key = current_app.config.get("PAYOUT_URL"), current_app.config.get("PAYOUT_KEY")
     if not url or not key:
-        return PayoutResult("unknown", reason="打款通道未配置 (PAYOUT_URL / PAYOUT_KEY not set)")
+        return PayoutResult("unknown", reason="打款通道未配置 (PAYOUT_URL / PAYOUT_KEY not set)")  # i18n-keep: data
     try:
         resp = signed_post(url.rstrip("/") + "/v1/transfers/query", key, {"out_no": out_no},
                            current_app.config.get("PAYOUT_TIMEOUT", 10))
         data = resp.json()
     except outbound.FAILURES as exc:
+        # i18n-keep: data
         return PayoutResult("unknown", reason=f"打款查询失败 (payout query failed: {outbound.short_reason(exc)[:120]})")
     except ValueError:
         data = None
     if resp.status_code != 200 or not isinstance(data, dict):
+        # i18n-keep: data
         return PayoutResult("unknown", reason=f"打款查询应答异常 (payout query answered HTTP {resp.status_code})")
     if data.get("status") == "not_found":
         return PayoutResult("not_found", reason="银行未收到该笔打款 (the bank has no transfer with this number)")
     if data.get("status") not in ("success", "failed"):
+        # i18n-keep: data
         return PayoutResult("unknown", reason=f"打款结果未知：{str(data.get('status'))[:32]} (payout result unknown)")
     return PayoutResult(data["status"], ref=str(data.get("ref") or "")[:64] or None,
                         reason=(data.get("reason") or None) and str(data["reason"])[:200])

@@ -9,6 +9,7 @@ from functools import lru_cache
 
 import segno
 from flask import current_app, has_app_context
+from flask_babel import gettext, lazy_gettext
 from PIL import Image, ImageDraw, ImageFont
 
 DEFAULT_FONT = "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc"
@@ -16,7 +17,7 @@ FONT_FAMILY = "Noto Sans CJK SC"  # the .ttc holds JP, KR, SC, TC, HK faces: pic
 WIDTH, HEIGHT = 750, 1200
 QR_BORDER = 4  # quiet zone, in modules
 QR_MAX_SIDE = 480  # px, quiet zone included
-CALL_TO_ACTION = "扫码注册，成为我的下级代理"
+CALL_TO_ACTION = lazy_gettext("扫码注册，成为我的下级代理")
 RED, WHITE, DARK, GREY, BLACK = (227, 51, 51), (255, 255, 255), (34, 34, 34), (110, 110, 110), (0, 0, 0)
 
 
@@ -52,12 +53,12 @@ def _face_index(path: str) -> int:
 def load_font(size: int, path: str | None = None) -> ImageFont.FreeTypeFont:
     path = path or font_path()
     if not os.path.isfile(path):
-        raise PosterFontMissing(f"海报字体缺失：{path} 不存在。请安装 fonts-noto-cjk (apt-get install fonts-noto-cjk) "
-                                f"或设置 INVITE_POSTER_FONT (CJK font file not found: {path})")
+        raise PosterFontMissing(gettext("海报字体缺失：%(path)s 不存在。请安装 fonts-noto-cjk (apt-get install "
+                                        "fonts-noto-cjk) 或设置 INVITE_POSTER_FONT", path=path))
     try:
         return ImageFont.truetype(path, size, index=_face_index(path))
     except OSError as exc:
-        raise PosterFontMissing(f"海报字体无法加载：{path} ({exc})") from exc
+        raise PosterFontMissing(gettext("海报字体无法加载：%(path)s (%(exc)s)", path=path, exc=exc)) from exc
 
 
 def qr_placement(link: str) -> QrPlacement:
@@ -95,10 +96,11 @@ def render_poster(platform_name: str, agent_name: str, link: str, code: str) -> 
     draw = ImageDraw.Draw(image)
     draw.rectangle((0, 0, WIDTH, 190), fill=RED)
     _centered(draw, 50, platform_name, _fit(draw, platform_name, 64, WIDTH - 80), WHITE)
-    name_line = f"{agent_name} 邀请你加入"
+    name_line = gettext("%(agent_name)s 邀请你加入", agent_name=agent_name)
     _centered(draw, 240, name_line, _fit(draw, name_line, 44, WIDTH - 80), DARK)
-    _centered(draw, 320, CALL_TO_ACTION, _fit(draw, CALL_TO_ACTION, 40, WIDTH - 80), RED)
-    _centered(draw, 390, "进货享折扣 · 团队共成长", load_font(28), GREY)
+    call = str(CALL_TO_ACTION)  # Pillow draws str, not a lazy string
+    _centered(draw, 320, call, _fit(draw, call, 40, WIDTH - 80), RED)
+    _centered(draw, 390, gettext("进货享折扣 · 团队共成长"), load_font(28), GREY)
 
     place = qr_placement(link)
     for r, row in enumerate(qr_matrix(link)):
@@ -107,8 +109,8 @@ def render_poster(platform_name: str, agent_name: str, link: str, code: str) -> 
                 x, y = place.left + c * place.scale, place.top + r * place.scale
                 draw.rectangle((x, y, x + place.scale - 1, y + place.scale - 1), fill=BLACK)
     bottom = place.top + (place.size + QR_BORDER) * place.scale
-    _centered(draw, bottom + 20, f"邀请码：{code}", load_font(34), DARK)
-    _centered(draw, bottom + 75, "长按识别二维码或在浏览器中打开链接", load_font(24), GREY)
+    _centered(draw, bottom + 20, gettext("邀请码：%(code)s", code=code), load_font(34), DARK)
+    _centered(draw, bottom + 75, gettext("长按识别二维码或在浏览器中打开链接"), load_font(24), GREY)
     _centered(draw, bottom + 112, link, _fit(draw, link, 22, WIDTH - 60), GREY)
     out = io.BytesIO()
     image.save(out, format="PNG", optimize=True)

@@ -18,6 +18,7 @@ from datetime import date, datetime, timedelta
 import phonenumbers
 import requests
 from flask import current_app
+from flask_babel import gettext, lazy_gettext
 from sqlalchemy import func, select, text, update
 from stdnum import luhn
 from stdnum.cn import ric
@@ -31,7 +32,11 @@ from app.errors import Conflict, KamengError, TooManyAttempts, ValidationError
 from app.extensions import db
 from app.network.models import REALNAME_STATES, RealNameAttempt, RealNameVerification
 
-STATUS_TEXT = {"pending": "审核中", "verified": "已认证", "failed": "认证失败"}
+STATUS_TEXT = {
+    "pending": lazy_gettext("审核中"),
+    "verified": lazy_gettext("已认证"),
+    "failed": lazy_gettext("认证失败"),
+}
 
 
 class RealNameRequired(KamengError):
@@ -68,24 +73,24 @@ def check_id_number(raw: str) -> tuple[str, IdFacts]:
     """A resident ID number (居民身份证号): format, birth date, region, checksum, each refused with its own message."""
     number = ric.compact(raw or "").upper()
     if not re.fullmatch(r"\d{17}[\dX]", number):
-        raise ValidationError("身份证号格式不正确，应为 18 位 (ID number must be 17 digits and a digit or X)",
+        raise ValidationError(gettext("身份证号格式不正确，应为 18 位"),
                               code="id_format")
     try:
         birth = ric.get_birth_date(number)
     except StdnumError:
-        raise ValidationError(f"身份证号中的出生日期 {number[6:14]} 不存在 (impossible birth date in the ID number)",
+        raise ValidationError(gettext("身份证号中的出生日期 %(number)s 不存在", number=number[6:14]),
                               code="id_birth_date") from None
     today = business_today()
     if birth > today or birth.year < 1900:
-        raise ValidationError(f"身份证号中的出生日期 {number[6:14]} 不合理 (impossible birth date in the ID number)",
+        raise ValidationError(gettext("身份证号中的出生日期 %(number)s 不合理", number=number[6:14]),
                               code="id_birth_date")
     try:
         place = ric.get_birth_place(number)
     except StdnumError:
-        raise ValidationError(f"身份证号中的地区码 {number[:6]} 不存在 (unknown region code in the ID number)",
+        raise ValidationError(gettext("身份证号中的地区码 %(number)s 不存在", number=number[:6]),
                               code="id_region") from None
     if ric.calc_check_digit(number) != number[17]:  # stdnum wants the whole number (it drops the last digit)
-        raise ValidationError("身份证号校验位错误 (ID number checksum is invalid)", code="id_checksum")
+        raise ValidationError(gettext("身份证号校验位错误"), code="id_checksum")
     gender = "M" if int(number[16]) % 2 else "F"
     return number, IdFacts(birth_date=birth, gender=gender, province=place.get("province") or "")
 
@@ -93,9 +98,9 @@ def check_id_number(raw: str) -> tuple[str, IdFacts]:
 def check_bank_card(raw: str) -> str:
     card = re.sub(r"[\s-]", "", raw or "")
     if not card.isdigit() or not 12 <= len(card) <= 19:
-        raise ValidationError("银行卡号应为 12-19 位数字 (bank card number must be 12-19 digits)", code="card_format")
+        raise ValidationError(gettext("银行卡号应为 12-19 位数字"), code="card_format")
     if not luhn.is_valid(card):
-        raise ValidationError("银行卡号校验失败 (bank card number fails the Luhn check)", code="card_checksum")
+        raise ValidationError(gettext("银行卡号校验失败"), code="card_checksum")
     return card
 
 
@@ -108,14 +113,14 @@ def check_phone(raw: str) -> str:
           and phonenumbers.number_type(parsed) in (phonenumbers.PhoneNumberType.MOBILE,
                                                    phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE))
     if not ok:
-        raise ValidationError("手机号不是有效的中国大陆手机号 (not a valid mainland China mobile number)", code="phone")
+        raise ValidationError(gettext("手机号不是有效的中国大陆手机号"), code="phone")
     return str(parsed.national_number)
 
 
 def check_name(raw: str) -> str:
     name = (raw or "").strip()
     if not 2 <= len(name) <= 30 or any(ord(c) < 32 for c in name) or any(c.isdigit() for c in name):
-        raise ValidationError("请填写身份证上的姓名 (2-30 个字符) (name as on the ID card)", code="name")
+        raise ValidationError(gettext("请填写身份证上的姓名 (2-30 个字符)"), code="name")
     return name
 
 
@@ -145,7 +150,7 @@ def three_element_check(name: str, id_number: str, card: str) -> ProviderResult:
     """三要素: ask the provider whether name, ID number and bank card belong together."""
     url, key = current_app.config.get("IDV_PROVIDER_URL"), current_app.config.get("IDV_PROVIDER_KEY")
     if not url or not key:
-        raise ProviderUnavailable("实名认证服务未配置 (IDV_PROVIDER_URL / IDV_PROVIDER_KEY not set)")
+        raise ProviderUnavailable(gettext("实名认证服务未配置"))
     try:
         resp = signed_post(url.rstrip("/") + "/v1/three-elements", key,
                            {"name": name, "id_number": id_number, "bank_card": card},
@@ -154,7 +159,7 @@ def three_element_check(name: str, id_number: str, card: str) -> ProviderResult:
     except (*outbound.FAILURES, ValueError):
         data = None
     if not isinstance(data, dict) or data.get("result") not in ("match", "mismatch"):
-        raise ProviderUnavailable("实名认证服务暂不可用，请稍后再试 (verification provider unavailable)")
+        raise ProviderUnavailable(gettext("实名认证服务暂不可用，请稍后再试"))
     return ProviderResult(matched=data["result"] == "match", ref=str(data.get("ref", ""))[:64],
                           reason=data.get("reason"))
 
@@ -169,9 +174,11 @@ def is_verified(agent_id: int) -> bool:
         RealNameVerification.agent_id == agent_id, RealNameVerification.status == "verified")) is not None
 
 
-def require_verified(agent_id: int, purpose: str = "提现") -> None:
+def require_verified(agent_id: int, purpose: str = "withdrawal") -> None:
+    """purpose: withdrawal, or purchase (above the threshold of 平台设置)."""
     if not is_verified(agent_id):
-        raise RealNameRequired(f"请先完成实名认证再{purpose} (real-name verification required)")
+        raise RealNameRequired(gettext("请先完成实名认证再购买超过该金额的商品") if purpose == "purchase"
+                               else gettext("请先完成实名认证再提现"))
 
 
 def check_purchase(agent_id: int, amount: int) -> None:
@@ -181,14 +188,14 @@ def check_purchase(agent_id: int, amount: int) -> None:
 
     threshold = settings.get("realname_required_above") or 0  # 平台设置, else REALNAME_REQUIRED_ABOVE
     if threshold and amount > threshold:
-        require_verified(agent_id, "购买超过该金额的商品")
+        require_verified(agent_id, "purchase")
 
 
 def bank_card_of(agent_id: int) -> tuple[str, str]:
     """(name, bank card) in clear, for the payout adapter only."""
     rec = record_of(agent_id)
     if rec is None or rec.status != "verified":
-        raise RealNameRequired("收款人未完成实名认证 (payee is not verified)")
+        raise RealNameRequired(gettext("收款人未完成实名认证"))
     return decrypt(rec.name_enc), decrypt(rec.bank_card_enc)
 
 
@@ -209,7 +216,7 @@ def submit(agent_id: int, name: str, id_number: str, bank_card: str, phone: str)
     number, facts = values["id_number"]
     existing = record_of(agent_id)
     if existing is not None and existing.status == "verified":
-        raise Conflict("已完成实名认证，如需更换请联系客服 (already verified)", code="already_verified")
+        raise Conflict(gettext("已完成实名认证，如需更换请联系客服"), code="already_verified")
     id_hash = keyed_hash("realname-id", number)
     # The attempt is counted before the "ID taken" check: that answer tells whether an ID number is verified here,
     # so it spends the same budget as asking the provider.
@@ -243,7 +250,7 @@ def submit(agent_id: int, name: str, id_number: str, bank_card: str, phone: str)
     rec.province, rec.birth_year = facts.province[:16], facts.birth_year
     rec.provider_ref = result.ref or None
     rec.failure_reason = None if result.matched else (
-        "姓名、身份证号与银行卡不匹配 (name, ID and bank card do not match)")
+        "姓名、身份证号与银行卡不匹配 (name, ID and bank card do not match)")  # i18n-keep: data
     rec.verified_at = now if result.matched else None
     rec.updated_at = now
     db.session.add(rec)
@@ -252,7 +259,7 @@ def submit(agent_id: int, name: str, id_number: str, bank_card: str, phone: str)
         locked_until = _locked_until(agent_id)
         if locked_until is not None:
             audit.record("realname.locked", "agent", agent_id, None, {"until": locked_until.isoformat()},
-                         reason="实名认证连续失败，暂停提交 (too many failed verifications)")
+                         reason="实名认证连续失败，暂停提交 (too many failed verifications)")  # i18n-keep: data
     db.session.commit()
     return rec
 
@@ -276,21 +283,19 @@ def _reserve_attempt(agent_id: int, id_hash: str) -> int:
     locked_until = _locked_until(agent_id)
     if locked_until is not None:
         refusal = ("realname_locked", locked_until,
-                   f"实名认证失败次数过多，已暂停提交，请于 {_local_text(locked_until)} 后再试 "
-                   f"(too many failed verifications; try again after {_local_text(locked_until)})")
+                   gettext("实名认证失败次数过多，已暂停提交，请于 %(until)s 后再试",
+                           until=_local_text(locked_until)))
     elif db.session.scalar(select(func.count()).where(
             RealNameAttempt.agent_id == agent_id, RealNameAttempt.business_day == today, counted)) \
             >= int(cfg["REALNAME_DAILY_ATTEMPTS"]):
         refusal = ("realname_daily_limit", tomorrow,
-                   f"今日实名认证提交次数已达上限（{cfg['REALNAME_DAILY_ATTEMPTS']} 次），"
-                   f"请于 {_local_text(tomorrow)} 后再试 "
-                   f"(daily limit reached; try again after {_local_text(tomorrow)})")
+                   gettext("今日实名认证提交次数已达上限（%(limit)s 次），请于 %(until)s 后再试",
+                           limit=cfg["REALNAME_DAILY_ATTEMPTS"], until=_local_text(tomorrow)))
     elif db.session.scalar(select(func.count()).where(
             RealNameAttempt.id_number_hash == id_hash, RealNameAttempt.business_day == today, counted)) \
             >= int(cfg["REALNAME_ID_ATTEMPTS"]):
         refusal = ("realname_id_limit", tomorrow,
-                   f"该身份证号今日提交次数已达上限，请于 {_local_text(tomorrow)} 后再试 "
-                   f"(this ID number reached its daily limit; try again after {_local_text(tomorrow)})")
+                   gettext("该身份证号今日提交次数已达上限，请于 %(until)s 后再试", until=_local_text(tomorrow)))
     if refusal is not None:
         code, until, message = refusal
         db.session.rollback()
@@ -345,7 +350,7 @@ def _refuse_taken(agent_id: int, id_hash: str, attempt_id: int) -> None:
         db.session.rollback()
         _finish_attempt(attempt_id, "taken")
         audit.record("realname.id_taken", "agent", agent_id, None, None,
-                     reason="身份证号已被其他账号实名认证 (ID number verified for another account)")
+                     reason="身份证号已被其他账号实名认证 (ID number verified for another account)")  # i18n-keep: data
         db.session.commit()
-        raise Conflict("该身份证号已被其他账号实名认证 (this ID number is already verified for another account)",
+        raise Conflict(gettext("该身份证号已被其他账号实名认证"),
                        code="id_taken")

@@ -85,7 +85,7 @@ def _settle_batch(run_id: int, batch_no: int, cutoff: datetime, batch_size: int)
     amount = sum(per_agent.values())
     # The ledger posts it: balanced, once per key, cached balances updated set-based for the whole batch.
     ledger.post_journal(f"settlement:{run_id}:{batch_no}", "settlement", lines,
-                        memo=f"佣金结算 #{run_id} 批次 {batch_no}", locked=locked)
+                        memo=f"佣金结算 #{run_id} 批次 {batch_no}", locked=locked)  # i18n-keep: data
     return len(claimed), amount, recovered
 
 

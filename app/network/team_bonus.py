@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from flask_babel import gettext
 from sqlalchemy import func, select
 
 from app.agents.models import Agent
@@ -53,7 +54,7 @@ def parse_month(value: str | None) -> MonthRange:
     else:
         m = _MONTH.match(value.strip())
         if not m:
-            raise ValidationError(f"月份格式不正确: {value[:16]!r}（例如 2026-10）")
+            raise ValidationError(gettext("月份格式不正确: %(value)s（例如 2026-10）", value=repr(value[:16])))
         year, month = int(m.group(1)), int(m.group(2))
     tz = business_tz()
     start = datetime(year, month, 1, tzinfo=tz)
@@ -91,6 +92,7 @@ def _award(rule_id: int, agent_id: int, month: str, gmv: int, amount: int) -> bo
         wallet = agent_account_code(agent_id, "wallet")
         locked = ledger.lock_accounts([EXPENSE, wallet])
         ledger.post_journal(f"team-bonus:{rule_id}:{agent_id}:{month}", "team_bonus",
+                            # i18n-keep: data
                             [Line(EXPENSE, -amount), Line(wallet, amount)], memo=f"团队业绩奖 {month}",
                             locked=locked)
         db.session.commit()

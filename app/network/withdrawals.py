@@ -16,6 +16,7 @@ import secrets as pyrandom
 from datetime import timedelta
 
 from flask import current_app
+from flask_babel import gettext, lazy_gettext
 from sqlalchemy import func, select
 from sqlalchemy.orm import joinedload
 
@@ -37,8 +38,14 @@ from app.payments.models import WalletTopUp
 from app.risk import agents as risk_agents
 
 log = logging.getLogger(__name__)
-STATUS_TEXT = {"pending_review": "待审核", "rejected": "已驳回", "approved": "已批准，待打款", "paying": "打款中",
-               "paid": "已打款", "failed": "打款失败，已退回"}
+STATUS_TEXT = {
+    "pending_review": lazy_gettext("待审核"),
+    "rejected": lazy_gettext("已驳回"),
+    "approved": lazy_gettext("已批准，待打款"),
+    "paying": lazy_gettext("打款中"),
+    "paid": lazy_gettext("已打款"),
+    "failed": lazy_gettext("打款失败，已退回"),
+}
 # Requests that count toward the daily limit: everything not given back.
 COUNTED = ("pending_review", "approved", "paying", "paid")
 
@@ -58,7 +65,7 @@ def new_withdrawal_no() -> str:
 
 def _parse_amount(amount: object) -> int:
     if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
-        raise ValidationError("提现金额必须是正的整数分 (amount must be a positive integer of fen)")
+        raise ValidationError(gettext("提现金额必须是正的整数分"))
     return amount
 
 
@@ -82,22 +89,22 @@ def _request(agent_id: int, amount: object, ip: str | None, device: str | None) 
     amount = _parse_amount(amount)
     agent = db.session.get(Agent, agent_id, options=[joinedload(Agent.tier)])
     if agent is None or not agent.active:
-        raise AgentInactive("代理不存在或已停用 (agent not found or disabled)")
+        raise AgentInactive(gettext("代理不存在或已停用"))
     risk_agents.check_not_held(agent)
     tier = agent.tier
     if not tier.may_withdraw:
-        raise WithdrawalRefused(f"当前等级「{tier.name}」不可提现 (this tier may not withdraw)",
-                                code="tier_no_withdraw")
+        raise WithdrawalRefused(gettext("当前等级「%(name)s」不可提现", name=tier.name), code="tier_no_withdraw")
     rec = db.session.scalar(select(RealNameVerification).where(RealNameVerification.agent_id == agent.id))
     if rec is None or rec.status != "verified":
-        raise realname.RealNameRequired("请先完成实名认证再提现 (real-name verification required)")
+        raise realname.RealNameRequired(gettext("请先完成实名认证再提现"))
     if amount < tier.min_withdrawal:
-        raise WithdrawalRefused(f"最低提现金额为 {format_fen(tier.min_withdrawal)} (below the minimum withdrawal)",
+        raise WithdrawalRefused(gettext("最低提现金额为 %(min_withdrawal)s",
+                                        min_withdrawal=format_fen(tier.min_withdrawal)),
                                 code="below_minimum")
     fee = apply_rate(amount, tier.withdrawal_fee_bp)
     net = amount - fee
     if net <= 0:
-        raise WithdrawalRefused("扣除手续费后到账金额必须大于 0 (nothing left after the fee)", code="below_minimum")
+        raise WithdrawalRefused(gettext("扣除手续费后到账金额必须大于 0"), code="below_minimum")
 
     wallet, frozen = agent_account_code(agent.id, "wallet"), agent_account_code(agent.id, "frozen")
     # The wallet row lock serializes this agent's requests: the daily total and the balance are read under it.
@@ -108,18 +115,20 @@ def _request(agent_id: int, amount: object, ip: str | None, device: str | None) 
             Withdrawal.agent_id == agent.id, Withdrawal.status.in_(COUNTED),
             Withdrawal.created_at >= business_day_start()))
         if today + amount > limit:
-            raise WithdrawalRefused(f"超出每日提现限额 {format_fen(limit)}（今日已申请 {format_fen(today)}）"
-                                    " (daily withdrawal limit exceeded)", code="daily_limit")
+            raise WithdrawalRefused(gettext("超出每日提现限额 %(limit)s（今日已申请 %(today)s）",
+                                            limit=format_fen(limit),
+                                            today=format_fen(today)), code="daily_limit")
     balance = accounts[wallet][2]
     if balance < amount:
-        raise InsufficientBalance(f"余额不足：申请 {format_fen(amount)}，可用 {format_fen(balance)}"
-                                  " (insufficient balance)")
+        raise InsufficientBalance(gettext("余额不足：申请 %(amount)s，可用 %(balance)s", amount=format_fen(amount),
+                                          balance=format_fen(balance)))
     # Read under the wallet lock: top-up credits and purchases change it under that lock too.
     unspent = db.session.scalar(select(Agent.topup_unspent).where(Agent.id == agent.id)) or 0
     if amount > balance - unspent:
         raise WithdrawalRefused(
-            f"充值未消费的资金不可提现：钱包 {format_fen(balance)} 中 {format_fen(unspent)} 来自充值，"
-            f"最多可提现 {format_fen(max(balance - unspent, 0))} (only earnings are withdrawable, not top-ups)",
+            gettext("充值未消费的资金不可提现：钱包 %(balance)s 中 %(unspent)s 来自充值，最多可提现 %(value)s",
+                    balance=format_fen(balance),
+                    unspent=format_fen(unspent), value=format_fen(max(balance - unspent, 0))),
             code="topup_not_withdrawable")
     event, decision = _risk_check(agent, rec, amount, balance, unspent, ip, device)
     w = Withdrawal(withdrawal_no=new_withdrawal_no(), agent_id=agent.id, amount=amount, fee=fee, net_amount=net,
@@ -128,6 +137,7 @@ def _request(agent_id: int, amount: object, ip: str | None, device: str | None) 
     db.session.flush()
     _after_risk_check(w, event, decision)
     ledger.post_journal(f"withdrawal:{w.withdrawal_no}:freeze", "withdrawal_freeze",
+                        # i18n-keep: data
                         [Line(wallet, -amount), Line(frozen, amount)], memo=f"提现申请 {w.withdrawal_no}",
                         locked=accounts)
     return w
@@ -178,6 +188,7 @@ def risk_reasons(rows: list[Withdrawal]) -> dict[str, str]:
                                                                   RiskDecision.order_no.in_(numbers),
                                                                   RiskDecision.outcome == "review")):
         hits = json.loads(decision.hits)
+        # i18n-keep: data
         out[decision.order_no] = "；".join(h["reason"] for h in hits if not h.get("shadow")) or "风控审核"
     return out
 
@@ -186,7 +197,7 @@ def _locked(withdrawal_id: int) -> Withdrawal:
     w = db.session.scalar(select(Withdrawal).where(Withdrawal.id == withdrawal_id).with_for_update()
                           .execution_options(populate_existing=True))
     if w is None:
-        raise NotFound("提现申请不存在 (unknown withdrawal)")
+        raise NotFound(gettext("提现申请不存在"))
     return w
 
 
@@ -207,7 +218,8 @@ def approve(withdrawal_id: int, actor_id: int | None) -> Withdrawal:
     try:
         w = _locked(withdrawal_id)
         if w.status != "pending_review":
-            raise InvalidReview(f"该提现当前状态为「{STATUS_TEXT.get(w.status, w.status)}」，不能批准")
+            raise InvalidReview(gettext("该提现当前状态为「%(value)s」，不能批准",
+                                        value=STATUS_TEXT.get(w.status, w.status)))
         move(w, "approved", reviewed_by_id=actor_id, reviewed_at=utcnow())
         audit.record("withdrawal.approve", "withdrawal", w.id, {"status": "pending_review"},
                      {"status": "approved", "amount": w.amount}, actor_id=actor_id)
@@ -223,13 +235,14 @@ def reject(withdrawal_id: int, actor_id: int | None, reason: str | None) -> With
     """Reject with a reason: the frozen amount goes back to the wallet."""
     reason = (reason or "").strip()
     if not reason:
-        raise ValidationError("请填写驳回原因 (a reason is required)")
+        raise ValidationError(gettext("请填写驳回原因"))
     try:
         w = _locked(withdrawal_id)
         if w.status != "pending_review":
-            raise InvalidReview(f"该提现当前状态为「{STATUS_TEXT.get(w.status, w.status)}」，不能驳回")
+            raise InvalidReview(gettext("该提现当前状态为「%(value)s」，不能驳回",
+                                        value=STATUS_TEXT.get(w.status, w.status)))
         move(w, "rejected", reviewed_by_id=actor_id, reviewed_at=utcnow(), review_reason=reason[:255])
-        _release(w, f"提现驳回 {w.withdrawal_no}")
+        _release(w, f"提现驳回 {w.withdrawal_no}")  # i18n-keep: data
         audit.record("withdrawal.reject", "withdrawal", w.id, {"status": "pending_review"},
                      {"status": "rejected"}, reason=reason[:255], actor_id=actor_id)
         db.session.commit()
@@ -243,9 +256,10 @@ def retry(withdrawal_id: int, actor_id: int | None) -> Withdrawal:
     """Queue the payout again for one whose result is unknown (paying after a timeout) or never ran (approved)."""
     w = db.session.get(Withdrawal, withdrawal_id)
     if w is None:
-        raise NotFound("提现申请不存在 (unknown withdrawal)")
+        raise NotFound(gettext("提现申请不存在"))
     if w.status not in ("approved", "paying"):
-        raise InvalidReview(f"该提现当前状态为「{STATUS_TEXT.get(w.status, w.status)}」，无需重试")
+        raise InvalidReview(gettext("该提现当前状态为「%(value)s」，无需重试",
+                                    value=STATUS_TEXT.get(w.status, w.status)))
     audit.record("withdrawal.retry", "withdrawal", w.id, None, {"status": w.status}, actor_id=actor_id)
     db.session.commit()
     schedule_payout(w.id, w.withdrawal_no)
@@ -296,14 +310,15 @@ def _book(withdrawal_id: int, no: str, result: payout.PayoutResult) -> str:
         if result.status == "success":
             lines = [Line(agent_account_code(w.agent_id, "frozen"), -w.amount), Line("platform:payouts", w.net_amount),
                      Line("platform:fees", w.fee)]
+            # i18n-keep: data
             ledger.post_journal(f"withdrawal:{no}:paid", "withdrawal_paid", lines, memo=f"提现打款 {no}")
             move(w, "paid", paid_at=utcnow(), failure_reason=None)
             w.payout_ref = result.ref or w.payout_ref
         elif result.status == "failed":
-            _release(w, f"提现打款失败退回 {no}")
-            move(w, "failed", failure_reason=(result.reason or "打款失败 (payout failed)")[:255])
+            _release(w, f"提现打款失败退回 {no}")  # i18n-keep: data
+            move(w, "failed", failure_reason=(result.reason or "打款失败 (payout failed)")[:255])  # i18n-keep: data
         else:
-            w.failure_reason = (result.reason or "打款结果未知 (payout result unknown)")[:255]
+            w.failure_reason = (result.reason or "打款结果未知 (payout result unknown)")[:255]  # i18n-keep: data
         db.session.commit()
         return w.status
     except Exception:

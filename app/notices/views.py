@@ -49,4 +49,4 @@ class DeliveryNoticeView(ReadableColumnsMixin, ModelView):
 
 
 def register(appbuilder) -> None:
-    appbuilder.add_view(DeliveryNoticeView, "发货通知失败", href=FAILED_LIST, icon="fa-envelope", category="订单")
+    appbuilder.add_view(DeliveryNoticeView, "发货通知失败", href=FAILED_LIST, icon="fa-envelope", category="订单与售后")

@@ -13,6 +13,7 @@ from datetime import timedelta
 from urllib.parse import urlsplit
 
 from flask import current_app
+from flask_babel import gettext
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import IntegrityError
 
@@ -49,7 +50,7 @@ def parse_allowlist(text: str | None) -> str | None:
         try:
             normalized.append(str(ipaddress.ip_network(entry, strict=False)))
         except ValueError:
-            raise ValidationError(f"IP 白名单格式不正确: {entry!r} (invalid IP address or network)") from None
+            raise ValidationError(gettext("IP 白名单格式不正确: %(entry)s", entry=repr(entry))) from None
     return ",".join(normalized) or None
 
 
@@ -57,12 +58,14 @@ def create_key(agent_id: int, name: str = "", ip_allowlist: str | None = None) -
     """Create a key; returns it with its plain secret, which is never shown again. Commits."""
     agent = db.session.get(Agent, agent_id)
     if agent is None or not agent.active:
-        raise NotFound("代理不存在或已停用 (agent not found or disabled)")
+        raise NotFound(gettext("代理不存在或已停用"))
     name = (name or "").strip()[:64]
     allowlist = parse_allowlist(ip_allowlist)
     active = db.session.scalar(select(db.func.count()).where(ApiKey.agent_id == agent_id, ApiKey.active.is_(True)))
     if active >= MAX_KEYS_PER_AGENT:
-        raise ValidationError(f"最多 {MAX_KEYS_PER_AGENT} 个有效密钥，请先吊销不用的密钥")
+        raise ValidationError(
+            gettext("最多 %(max_keys_per_agent)s 个有效密钥，请先吊销不用的密钥", max_keys_per_agent=MAX_KEYS_PER_AGENT)
+        )
     secret = secrets.token_hex(32)
     key = ApiKey(agent_id=agent_id, name=name, app_key="ak" + secrets.token_hex(15),
                  secret_enc=crypto.encrypt(secret), secret_hint=secret[-4:], ip_allowlist=allowlist, active=True)
@@ -88,7 +91,7 @@ def revoke_key(key_id: int, agent_id: int | None = None) -> ApiKey:
     """Revoke a key. With agent_id, only that agent's own key (agents revoke their own; admins any). Commits."""
     key = db.session.get(ApiKey, key_id)
     if key is None or (agent_id is not None and key.agent_id != agent_id):
-        raise NotFound("密钥不存在 (key not found)")
+        raise NotFound(gettext("密钥不存在"))
     if key.active:
         key.active = False
         key.revoked_at = utcnow()

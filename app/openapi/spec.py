@@ -15,7 +15,7 @@ timestamp, a reused nonce, an unknown or revoked key, or an address outside the 
 headers, signed with the same secret (PATH is the notify_url's path), when an order becomes delivered, failed,
 refunded, closed or disputed; a 2xx answer stops the retries (after 15 s, 1 m, 5 m, 30 m, 2 h, 6 h)."""
 
-SECRETS_FILE = """One of the caller's own orders, delivered or disputed: its card secrets, streamed.
+SECRETS_FILE = """One of the caller's own orders, delivered or disputed: its card secrets, streamed.  # i18n-keep: data
 
 * `format=txt` (default): `text/plain; charset=utf-8`, one secret per line (CRLF), exactly as delivered.
 * `format=csv`: `text/csv; charset=utf-8` with a BOM, CRLF, a header row `订单号,商品,卡密,到账时间` (order number,
@@ -151,7 +151,7 @@ def build_spec() -> dict:
                 "responses": {"200": _ok("order", order_ref), "404": _error("not found"), **COMMON_ERRORS}}},
             "/open/v1/orders/{order_no}/secrets": {"get": {
                 "operationId": "downloadOrderSecrets",
-                "summary": "Bulk extraction (批量提卡): a delivered order's card secrets as a file",
+                "summary": "Bulk extraction (批量提卡): a delivered order's card secrets as a file",  # i18n-keep: data
                 "description": SECRETS_FILE,
                 "parameters": [
                     {"name": "order_no", "in": "path", "required": True, "schema": {"type": "string"}},

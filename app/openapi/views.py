@@ -6,6 +6,7 @@ from flask_appbuilder import BaseView, ModelView, expose, has_access
 from flask_appbuilder.actions import action
 from flask_appbuilder.models.sqla.filters import FilterInFunction
 from flask_appbuilder.models.sqla.interface import SQLAInterface
+from flask_babel import gettext
 from flask_babel import lazy_gettext as _
 from sqlalchemy import select
 
@@ -53,7 +54,7 @@ class MyApiKeysView(BaseView):
         except KamengError as exc:
             flash(exc.message, "danger")
             return redirect(url_for("MyApiKeysView.index"))
-        flash("密钥已创建。Secret 只显示这一次，请立即保存。", "warning")
+        flash(gettext("密钥已创建。Secret 只显示这一次，请立即保存。"), "warning")
         return self._render(agent, new_key=key, new_secret=secret)
 
     @expose("/revoke/<int:key_id>", methods=["POST"])
@@ -65,7 +66,7 @@ class MyApiKeysView(BaseView):
         except KamengError as exc:
             flash(exc.message, "danger")
         else:
-            flash(f"已吊销 {key.app_key}", "info")
+            flash(gettext("已吊销 %(app_key)s", app_key=key.app_key), "info")
         return redirect(url_for("MyApiKeysView.index"))
 
 
@@ -86,7 +87,7 @@ class ApiKeyAdminView(ReadableColumnsMixin, ModelView):
         items = [item for item in (items if isinstance(items, list) else [items]) if item is not None]
         for item in items:  # an unknown pk loads None
             service.revoke_key(item.id)
-        flash(f"已吊销 {len(items)} 个密钥", "info")
+        flash(gettext("已吊销 %(count)s 个密钥", count=len(items)), "info")
         return redirect(url_for("ApiKeyAdminView.list"))
 
 

@@ -5,6 +5,7 @@ import secrets as pyrandom
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from flask_babel import gettext
 from sqlalchemy import case, func, inspect, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
@@ -70,7 +71,7 @@ def transition(order_id: int, to_status: str, current: str | None = None) -> Non
     if current is None:
         current = db.session.scalar(select(Order.status).where(Order.id == order_id))
     if current is None:
-        raise NotFound(f"订单不存在 (unknown order {order_id})")
+        raise NotFound(gettext("订单不存在：%(order_id)s", order_id=order_id))
     from app.analytics import service as rollups
 
     now = utcnow()
@@ -132,27 +133,27 @@ def _validate_quantity(quantity: object, product: ProductFacts) -> int:
     elif isinstance(quantity, str) and quantity.strip().isdecimal():  # isdigit() admits '²', which int() refuses
         qty = int(quantity.strip())
     else:
-        raise InvalidQuantity("数量必须是正整数 (quantity must be a positive integer)")
+        raise InvalidQuantity(gettext("数量必须是正整数"))
     if qty < 1:
-        raise InvalidQuantity("数量至少为 1 (quantity must be at least 1)")
+        raise InvalidQuantity(gettext("数量至少为 1"))
     if qty > product.max_per_order:
-        raise InvalidQuantity(f"单笔最多购买 {product.max_per_order} 件 (at most {product.max_per_order} per order)")
+        raise InvalidQuantity(gettext("单笔最多购买 %(max)s 件", max=product.max_per_order))
     return qty
 
 
 def _load_product(product_id: object) -> ProductFacts:
     # Only an int or a digit string names a product: int(1.5) or int(True) would silently pick product 1.
     if isinstance(product_id, bool) or not isinstance(product_id, int | str):
-        raise ProductUnavailable("商品不存在 (unknown product)")
+        raise ProductUnavailable(gettext("商品不存在"))
     try:
         pid = int(product_id)
     except ValueError:
-        raise ProductUnavailable("商品不存在 (unknown product)") from None
+        raise ProductUnavailable(gettext("商品不存在")) from None
     if not 0 < pid < 2 ** 31:  # beyond the id column's range: SQLite overflows, PostgreSQL compares as numeric
-        raise ProductUnavailable("商品不存在 (unknown product)")
+        raise ProductUnavailable(gettext("商品不存在"))
     product = product_facts(pid)
     if product is None or not product.active:
-        raise ProductUnavailable("商品不存在或已下架 (product not found or not on sale)")
+        raise ProductUnavailable(gettext("商品不存在或已下架"))
     return product
 
 
@@ -160,19 +161,21 @@ def _check_daily_limit(agent: AgentFacts, amount: int) -> None:
     limit = agent.tier.daily_limit
     if not limit:
         return
-    spent = db.session.scalar(select(func.coalesce(func.sum(Order.amount), 0)).where(
-        Order.agent_id == agent.id, Order.status.in_(COUNTED_STATUSES),
-        Order.created_at >= business_day_start()))
+    spent = db.session.scalar(
+        select(func.coalesce(func.sum(Order.amount), 0)).where(
+            Order.agent_id == agent.id, Order.status.in_(COUNTED_STATUSES), Order.created_at >= business_day_start()
+        )
+    )
     if spent + amount > limit:
-        raise DailyLimitExceeded(f"超出今日采购限额 {format_fen(limit)}（今日已采购 {format_fen(spent)}）"
-                                 f" (daily purchase limit exceeded)")
+        raise DailyLimitExceeded(gettext("超出今日采购限额 %(limit)s（今日已采购 %(spent)s）", limit=format_fen(limit),
+                                         spent=format_fen(spent)))
 
 
 def _load_agent(agent_id: int) -> AgentFacts:
     """The buying agent's facts (tier, path, login), refused when it is disabled or held by risk control."""
     agent = agent_facts(agent_id)
     if agent is None or not agent.active:
-        raise AgentInactive("代理不存在或已停用 (agent not found or disabled)")
+        raise AgentInactive(gettext("代理不存在或已停用"))
     risk_agents.check_not_held(agent)
     return agent
 
@@ -223,8 +226,8 @@ def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, n
         return _place_direct_wallet_order(agent_id, product, quantity, out_trade_no, account, notify_url,
                                           request_hash, api_key_id, coupon_code, risk_ctx)
     if product.kind != "card":
-        raise UnsupportedProductKind(f"「{product.name}」为{product.kind_display()}商品，暂不支持钱包直接下单"
-                                     " (card and direct top-up products only)")
+        raise UnsupportedProductKind(gettext("「%(name)s」为%(kind)s商品，暂不支持钱包直接下单", name=product.name,
+                                             kind=product.kind_display()))
     qty = _validate_quantity(quantity, product)
     agent = _load_agent(agent_id)
     wallet = agent_account_code(agent.id, "wallet")
@@ -245,8 +248,8 @@ def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, n
     _check_daily_limit(agent, amount)
     check_realname_for_purchase(agent.id, amount)  # one lookup, only above REALNAME_REQUIRED_ABOVE
     if accounts[wallet][2] < amount:
-        raise InsufficientBalance(f"余额不足：需要 {format_fen(amount)}，可用 {format_fen(accounts[wallet][2])}"
-                                  " (insufficient balance)")
+        raise InsufficientBalance(gettext("余额不足：需要 %(amount)s，可用 %(balance)s", amount=format_fen(amount),
+                                          balance=format_fen(accounts[wallet][2])))
     order_no = new_order_no()  # named before the decision, which is stored with it (no update afterwards)
     event, decision = _risk_check(agent, amount, qty, bool(quote), risk_ctx, order_no)
 
@@ -270,7 +273,7 @@ def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, n
 
         # Paid into buyer_funds like a direct top-up; delivered from there once approved (reviews.approve).
         _hold_in_buyer_funds(order, wallet, {**accounts, **ledger.lock_accounts([BUYER_FUNDS])},
-                             f"{product.name} × {qty} 风控审核")
+                             f"{product.name} × {qty} 风控审核")  # i18n-keep: data
         return _hold_for_review(order)
     cards.allocate(order.id, product.id, qty)
     ledger.post_journal(f"order:{order.order_no}:sale", "sale", sale_lines(order, wallet),
@@ -366,8 +369,8 @@ def _place_direct_wallet_order(agent_id, product: ProductFacts, quantity, out_tr
     _check_daily_limit(agent, amount)
     check_realname_for_purchase(agent.id, amount)
     if accounts[wallet][2] < amount:
-        raise InsufficientBalance(f"余额不足：需要 {format_fen(amount)}，可用 {format_fen(accounts[wallet][2])}"
-                                  " (insufficient balance)")
+        raise InsufficientBalance(gettext("余额不足：需要 %(amount)s，可用 %(balance)s", amount=format_fen(amount),
+                                          balance=format_fen(accounts[wallet][2])))
     order_no = new_order_no()
     event, decision = _risk_check(agent, amount, qty, bool(quote), risk_ctx, order_no)
     # Supplier and cost are estimates until a supplier succeeds (recharge books the one that did).
@@ -386,7 +389,7 @@ def _place_direct_wallet_order(agent_id, product: ProductFacts, quantity, out_tr
     # Paid from the wallet in this same transaction: the order is born paid.
     _after_risk_check(order, agent, event, decision)
     # A journal memo is not encrypted: it names the account masked.
-    _hold_in_buyer_funds(order, wallet, accounts, f"{product.name} × {qty} 直充 {mask(account)}")
+    _hold_in_buyer_funds(order, wallet, accounts, f"{product.name} × {qty} 直充 {mask(account)}")  # i18n-keep: data
     if decision.outcome == "review":
         return _hold_for_review(order)  # no recharge until approved (reviews.approve starts it)
     recharge.start(order)
@@ -417,8 +420,8 @@ def place_guest_order(product_id: object, quantity: object, contact: object, cha
     """
     product = _load_product(product_id)
     if product.kind not in ("card", "direct"):
-        raise UnsupportedProductKind(f"「{product.name}」为{product.kind_display()}商品，暂不支持在线购买"
-                                     " (card and direct top-up products only)")
+        raise UnsupportedProductKind(gettext("「%(name)s」为%(kind)s商品，暂不支持在线购买", name=product.name,
+                                             kind=product.kind_display()))
     qty = _validate_quantity(quantity, product)
     if product.kind == "direct":
         from app.suppliers import recharge
@@ -429,7 +432,7 @@ def place_guest_order(product_id: object, quantity: object, contact: object, cha
     else:
         account = None
     if not isinstance(contact, str) or not 3 <= len(contact.strip()) <= 128 or any(ord(c) < 32 for c in contact):
-        raise InvalidContact("请填写联系方式（手机号、QQ 或邮箱，3-128 个字符）(contact is required)")
+        raise InvalidContact(gettext("请填写联系方式（手机号、QQ 或邮箱，3-128 个字符）"))
     device = clean_device_id(device_id)
     from app.payments import coupons
 
@@ -480,7 +483,7 @@ def clean_device_id(device_id: object) -> str | None:
     if device_id is None or device_id == "":
         return None
     if not isinstance(device_id, str) or len(device_id) > 128 or not device_id.isprintable():
-        raise ValidationError("device_id 须为不超过 128 个字符的字符串 (device_id must be a string of at most 128)")
+        raise ValidationError(gettext("device_id 须为不超过 128 个字符的字符串"))
     return device_id
 
 
@@ -505,5 +508,5 @@ def reverse_sale(order_id: int, refund_to: str) -> None:
     if sale:
         lines = [Line(ln.account_code, -ln.amount) for ln in sale_lines(order, refund_to)]
         ledger.post_journal(f"order:{order.order_no}:sale-reversal", "sale_reversal", lines,
-                            memo=f"退款 {order.order_no}", order_id=order.id)
+                            memo=f"退款 {order.order_no}", order_id=order.id)  # i18n-keep: data
     cards.void_order_secrets(order.id)

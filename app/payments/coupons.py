@@ -22,6 +22,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from flask_babel import gettext, lazy_gettext
 from sqlalchemy import delete, func, select, update
 
 from app.clock import utcnow
@@ -32,7 +33,7 @@ from app.money import BP_SCALE, apply_rate, format_fen
 from app.orders.models import Order
 from app.payments.models import Coupon, CouponRedemption, Dispute
 
-KINDS = {"fixed": "满减（固定金额）", "percent": "折扣（百分比）"}
+KINDS = {"fixed": lazy_gettext("满减（固定金额）"), "percent": lazy_gettext("折扣（百分比）")}
 COMPENSATION_DAYS = 30
 
 
@@ -89,7 +90,7 @@ def normalize_code(code: object) -> str | None:
     if code is None:
         return None
     if not isinstance(code, str):
-        raise CouponInvalid("优惠券无效 (coupon must be a string)")
+        raise CouponInvalid(gettext("优惠券无效"))
     code = code.strip().upper()
     return code or None
 
@@ -101,14 +102,14 @@ def discount_for(coupon: Coupon, gross: int) -> int:
     elif coupon.kind == "percent":
         discount = apply_rate(gross, int(coupon.value))
     else:
-        raise CouponInvalid("优惠券无效 (unknown coupon kind)")
+        raise CouponInvalid(gettext("优惠券无效"))
     return max(0, min(discount, gross - 1))
 
 
 def _load(code: str) -> Coupon:
     coupon = db.session.scalar(select(Coupon).where(Coupon.code == code[:32]))
     if coupon is None or not coupon.active:
-        raise CouponInvalid("优惠券不存在或已停用 (coupon not found or inactive)")
+        raise CouponInvalid(gettext("优惠券不存在或已停用"))
     return coupon
 
 
@@ -135,18 +136,20 @@ def quote(code: str, gross: int, redeemer: str, now: datetime | None = None, dev
     coupon = _load(normalize_code(code) or "")
     now = now or utcnow()
     if now < coupon.starts_at:
-        raise CouponInvalid(f"优惠券尚未生效 (coupon not valid before {coupon.starts_at:%Y-%m-%d %H:%M} UTC)")
+        raise CouponInvalid(
+            gettext("优惠券尚未生效：%(starts_at)s", starts_at=format(coupon.starts_at, "%Y-%m-%d %H:%M"))
+        )
     if now >= coupon.ends_at:
-        raise CouponExpired("优惠券已过期 (coupon expired)")
+        raise CouponExpired(gettext("优惠券已过期"))
     owner = _owner(coupon)
     if owner is not None and owner != redeemer:
-        raise CouponInvalid("该优惠券仅限指定用户使用 (coupon belongs to someone else)")
+        raise CouponInvalid(gettext("该优惠券仅限指定用户使用"))
     if gross < coupon.min_spend:
-        raise CouponMinSpend(f"未达到优惠券最低消费 {format_fen(coupon.min_spend)} (minimum spend not reached)")
+        raise CouponMinSpend(gettext("未达到优惠券最低消费 %(min_spend)s", min_spend=format_fen(coupon.min_spend)))
     if coupon.total_limit is not None and coupon.used_count >= coupon.total_limit:
-        raise CouponUsedUp("优惠券已被领完 (coupon used up)")
+        raise CouponUsedUp(gettext("优惠券已被领完"))
     if redemptions_by(coupon.id, redeemer, device) >= coupon.per_user_limit:
-        raise CouponUsedUp("您已用过该优惠券 (per-user limit reached)")
+        raise CouponUsedUp(gettext("您已用过该优惠券"))
     return Quote(coupon=coupon, gross=gross, discount=discount_for(coupon, gross))
 
 
@@ -163,9 +166,9 @@ def redeem(q: Quote, order: Order, redeemer: str, device: str | None = None) -> 
                             (table.c.total_limit.is_(None)) | (table.c.used_count < table.c.total_limit))
         .values(used_count=table.c.used_count + 1).returning(table.c.used_count)).first()
     if row is None:
-        raise CouponUsedUp("优惠券已被领完 (coupon used up)")
+        raise CouponUsedUp(gettext("优惠券已被领完"))
     if redemptions_by(q.coupon.id, redeemer, device) >= q.coupon.per_user_limit:
-        raise CouponUsedUp("您已用过该优惠券 (per-user limit reached)")
+        raise CouponUsedUp(gettext("您已用过该优惠券"))
     db.session.add(CouponRedemption(coupon_id=q.coupon.id, order_id=order.id, redeemer=redeemer, device=device,
                                     discount=q.discount))
     db.session.expire(q.coupon, ["used_count"])
@@ -189,26 +192,26 @@ def release_for_order(order_id: int) -> bool:
 def check_definition(c: Coupon) -> None:
     """Raise ValueError (form message) when a coupon's definition is incomplete or inconsistent."""
     if not c.code or not c.name:
-        raise ValueError("请填写券码和名称")
+        raise ValueError(gettext("请填写券码和名称"))
     c.code = c.code.strip().upper()
     if not c.code.isascii() or not c.code.replace("-", "").replace("_", "").isalnum() or len(c.code) > 32:
-        raise ValueError("券码只能包含字母、数字、- 和 _（最多 32 位）")
+        raise ValueError(gettext("券码只能包含字母、数字、- 和 _（最多 32 位）"))
     if c.kind not in KINDS:
-        raise ValueError("请选择优惠方式")
+        raise ValueError(gettext("请选择优惠方式"))
     if c.value is None:
-        raise ValueError("请填写优惠金额或折扣")
+        raise ValueError(gettext("请填写优惠金额或折扣"))
     if c.kind == "fixed" and not 1 <= c.value <= 10 ** 12:
-        raise ValueError("优惠金额必须大于 0")
+        raise ValueError(gettext("优惠金额必须大于 0"))
     if c.kind == "percent" and not 1 <= c.value < BP_SCALE:
-        raise ValueError("折扣比例必须在 0.01% 到 99.99% 之间")
+        raise ValueError(gettext("折扣比例必须在 0.01% 到 99.99% 之间"))
     if c.min_spend is None or c.min_spend < 0:
-        raise ValueError("最低消费不能为负")
+        raise ValueError(gettext("最低消费不能为负"))
     if c.starts_at is None or c.ends_at is None or c.ends_at <= c.starts_at:
-        raise ValueError("请填写有效期，结束时间必须晚于开始时间")
+        raise ValueError(gettext("请填写有效期，结束时间必须晚于开始时间"))
     if c.per_user_limit is None or c.per_user_limit < 1:
-        raise ValueError("每人限用次数至少为 1")
+        raise ValueError(gettext("每人限用次数至少为 1"))
     if c.total_limit is not None and c.total_limit < 1:
-        raise ValueError("总量至少为 1（留空为不限）")
+        raise ValueError(gettext("总量至少为 1（留空为不限）"))
 
 
 def create_coupon(code: str | None, name: str, kind: str, value: int, *, min_spend: int = 0,
@@ -235,5 +238,8 @@ def new_code(prefix: str = "BC") -> str:
 
 def describe(c: Coupon) -> str:
     off = format_fen(c.value) if c.kind == "fixed" else f"{c.value / 100:.2f}%"
-    spend = f"满 {format_fen(c.min_spend)} " if c.min_spend else ""
-    return f"{spend}减 {off}" if c.kind == "fixed" else f"{spend}优惠 {off}"
+    if c.kind == "fixed":
+        return (gettext("满 %(spend)s 减 %(off)s", spend=format_fen(c.min_spend), off=off) if c.min_spend
+                else gettext("减 %(off)s", off=off))
+    return (gettext("满 %(spend)s 优惠 %(off)s", spend=format_fen(c.min_spend), off=off) if c.min_spend
+            else gettext("优惠 %(off)s", off=off))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import abort, flash, g, redirect, request, url_for
 from flask_appbuilder import BaseView, ModelView, expose, has_access
 from flask_appbuilder.models.sqla.interface import SQLAInterface
+from flask_babel import gettext
 from flask_babel import lazy_gettext as _
 from wtforms import SelectField
 
@@ -19,7 +20,7 @@ from app.payments.models import Coupon, Dispute
 from app.scope import current_agent
 from app.views_common import ReadableColumnsMixin
 
-AFTER_SALES = "售后"
+AFTER_SALES = "订单与售后"  # app.views.ORDERS
 
 
 class DisputeQueueView(BaseView):
@@ -56,7 +57,7 @@ class DisputeQueueView(BaseView):
                 status = 400
                 dispute = db.session.get(Dispute, dispute_id)
             else:
-                flash(f"维权 #{dispute_id} 已处理", "success")
+                flash(gettext("维权 #%(dispute_id)s 已处理", dispute_id=dispute_id), "success")
                 return redirect(url_for("DisputeQueueView.index"))
         return self.render_template("kameng/dispute_resolve.html", d=dispute,
                                     age=disputes.age_minutes(dispute), overdue=disputes.is_overdue(dispute),
@@ -109,7 +110,7 @@ class MyDisputeView(BaseView):
                 flash(exc.message, "danger")
                 status = exc.status if 400 <= exc.status < 500 else 400
             else:
-                flash("已提交维权，客服会尽快处理", "success")
+                flash(gettext("已提交维权，客服会尽快处理"), "success")
                 return redirect(url_for("MyDisputeView.file", order_no=order.order_no))
         order = db.session.get(type(order), order.id)
         dispute = disputes.for_order(order.id)
@@ -180,7 +181,7 @@ class CouponView(ReadableColumnsMixin, AuditedViewMixin, ModelView):
 
     def pre_delete(self, item):
         if item.used_count:
-            raise ValueError("已使用过的优惠券不能删除（可以改为停用）")
+            raise ValueError(gettext("已使用过的优惠券不能删除（可以改为停用）"))
         super().pre_delete(item)
 
 

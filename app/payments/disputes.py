@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flask import current_app, has_app_context
+from flask_babel import gettext, lazy_gettext
 from sqlalchemy import select
 
 from app import states
@@ -36,7 +37,7 @@ from app.payments.models import DISPUTE_STATES, Coupon, Dispute
 
 HELD = "platform:disputes_held"
 DEFAULT_RESPONSE_MINUTES = 30
-STATUS_TEXT = {"open": "待处理", "refunded": "已退款", "rejected": "已驳回"}
+STATUS_TEXT = {"open": lazy_gettext("待处理"), "refunded": lazy_gettext("已退款"), "rejected": lazy_gettext("已驳回")}
 OUTCOMES = ("refund", "reject")
 
 
@@ -48,10 +49,10 @@ def response_target_minutes() -> int:
 
 def _clean_text(text: object, what: str, limit: int = 500) -> str:
     if not isinstance(text, str) or not text.strip():
-        raise ValidationError(f"请填写{what} ({what} is required)")
+        raise ValidationError(gettext("请填写%(what)s", what=what))
     text = text.strip()
     if len(text) > limit or any(ord(c) < 32 and c not in "\r\n\t" for c in text):
-        raise ValidationError(f"{what}不能超过 {limit} 个字符 ({what} too long or invalid)")
+        raise ValidationError(gettext("%(what)s不能超过 %(limit)s 个字符", what=what, limit=limit))
     return text
 
 
@@ -66,6 +67,7 @@ def _move_payable(order: Order, key_suffix: str, to_held: bool, actor_id: int | 
     sign = 1 if to_held else -1
     ledger.post_journal(f"dispute:{order.order_no}:{key_suffix}", f"dispute_{key_suffix}",
                         [Line(supplier_account_code(order.supplier_id), -sign * amount), Line(HELD, sign * amount)],
+                        # i18n-keep: data
                         memo=f"维权{'冻结' if to_held else '解冻'} {order.order_no}", order_id=order.id,
                         actor_id=actor_id)
     # Commissions accrued on this order are frozen on filing (_open: pending → frozen), released when the dispute
@@ -77,25 +79,25 @@ def _move_payable(order: Order, key_suffix: str, to_held: bool, actor_id: int | 
 def open_as_buyer(order_no: object, query_password: object, reason: object) -> Dispute:
     """A storefront buyer: order number + query password. A wrong password is a 404, like an unknown order, and
     spends from the same per-order-number budget as the lookup (payments.lookup): 429 once it is spent."""
-    reason = _clean_text(reason, "维权原因")
+    reason = _clean_text(reason, gettext("维权原因"))
     order = payments.lookup(order_no, query_password)
     return _open(order.id, reason, opened_by_id=None)
 
 
 def open_as_agent(agent: Agent, order_no: object, reason: object, user_id: int | None) -> Dispute:
     """An agent, for its own order only. Another branch's order is a 404 (never confirm it exists)."""
-    reason = _clean_text(reason, "维权原因")
+    reason = _clean_text(reason, gettext("维权原因"))
     if agent is None or not isinstance(order_no, str):
-        raise NotFound("订单不存在 (order not found)")
+        raise NotFound(gettext("订单不存在"))
     order = db.session.scalar(select(Order).where(Order.order_no == order_no.strip()[:40]))
     if order is None or order.agent_id is None:
-        raise NotFound("订单不存在 (order not found)")
+        raise NotFound(gettext("订单不存在"))
     from app.scope import in_scope
 
     if not in_scope(order.agent_id, agent):
-        raise NotFound("订单不存在 (order not found)")
+        raise NotFound(gettext("订单不存在"))
     if order.agent_id != agent.id:
-        raise Forbidden("只能为自己的订单发起维权 (only your own orders)")
+        raise Forbidden(gettext("只能为自己的订单发起维权"))
     return _open(order.id, reason, opened_by_id=user_id)
 
 
@@ -103,9 +105,9 @@ def _open(order_id: int, reason: str, opened_by_id: int | None) -> Dispute:
     try:
         order = db.session.scalar(select(Order).where(Order.id == order_id).with_for_update())
         if db.session.scalar(select(Dispute.id).where(Dispute.order_id == order.id)) is not None:
-            raise Conflict("该订单已有维权记录 (this order already has a dispute)", code="dispute_exists")
+            raise Conflict(gettext("该订单已有维权记录"), code="dispute_exists")
         if order.status != "delivered":
-            raise Conflict(f"订单状态为 {order.status_display()}，只有已到账的订单可以维权 (only delivered orders)",
+            raise Conflict(gettext("订单状态为 %(value)s，只有已到账的订单可以维权", value=order.status_display()),
                            code="not_disputable")
         orders.transition(order.id, "disputed", current="delivered")
         dispute = Dispute(order_id=order.id, opened_by_id=opened_by_id, contact=order.contact, reason=reason,
@@ -134,25 +136,26 @@ def resolve(dispute_id: int, outcome: str, resolution: object, actor_id: int | N
             compensation_fen: int | None = None) -> Dispute:
     """Support resolves an open dispute: `refund` or `reject`, with a reason; optionally a compensation coupon."""
     if outcome not in OUTCOMES:
-        raise ValidationError("请选择处理结果：退款或驳回 (outcome must be refund or reject)")
-    resolution = _clean_text(resolution, "处理说明")
+        raise ValidationError(gettext("请选择处理结果：退款或驳回"))
+    resolution = _clean_text(resolution, gettext("处理说明"))
     if compensation_fen is not None and (not isinstance(compensation_fen, int) or isinstance(compensation_fen, bool)
                                          or compensation_fen < 0):
-        raise ValidationError("补偿金额无效 (compensation must be a positive amount)")
+        raise ValidationError(gettext("补偿金额无效"))
     try:
         dispute = db.session.scalar(select(Dispute).where(Dispute.id == dispute_id).with_for_update())
         if dispute is None:
-            raise NotFound("维权记录不存在 (dispute not found)")
+            raise NotFound(gettext("维权记录不存在"))
         if dispute.status != "open":
-            raise Conflict("该维权已处理 (dispute already resolved)", code="dispute_resolved")
+            raise Conflict(gettext("该维权已处理"), code="dispute_resolved")
         order = db.session.scalar(select(Order).where(Order.id == dispute.order_id).with_for_update())
         if compensation_fen and compensation_fen > order.amount:
-            raise ValidationError(f"补偿金额不能超过订单金额 {format_fen(order.amount)}")
+            raise ValidationError(gettext("补偿金额不能超过订单金额 %(amount)s", amount=format_fen(order.amount)))
         _move_payable(order, "release", to_held=False, actor_id=actor_id)
         move(dispute.id, "open", "refunded" if outcome == "refund" else "rejected", resolution=resolution,
              resolved_by_id=actor_id, resolved_at=utcnow())
         coupon = None
         if compensation_fen:
+            # i18n-keep: data
             coupon = coupons.create_coupon(None, f"维权补偿 {order.order_no}", "fixed", compensation_fen,
                                            per_user_limit=1, total_limit=1)
             dispute.compensation_coupon_id = coupon.id
@@ -167,7 +170,7 @@ def resolve(dispute_id: int, outcome: str, resolution: object, actor_id: int | N
         else:
             # refund_order locks the order, reverses the sale, pays back, audits and commits this whole transaction
             # (the release journal and the dispute's resolution with it), or rolls it all back.
-            payments.refund_order(order.id, f"维权退款：{resolution}", actor_id)
+            payments.refund_order(order.id, f"维权退款：{resolution}", actor_id)  # i18n-keep: data
     except Exception:
         db.session.rollback()
         raise
@@ -211,7 +214,7 @@ def public_view(dispute: Dispute | None) -> dict | None:
     if dispute is None:
         return None
     coupon: Coupon | None = dispute.compensation_coupon
-    return {"status": dispute.status, "status_text": STATUS_TEXT.get(dispute.status, dispute.status),
+    return {"status": dispute.status, "status_text": str(STATUS_TEXT.get(dispute.status, dispute.status)),
             "reason": dispute.reason, "resolution": dispute.resolution,
             "opened_at": dispute.opened_at.replace(microsecond=0).isoformat() + "Z",
             "compensation_coupon": None if coupon is None else {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from flask import current_app
+from flask_babel import force_locale, gettext
 from sqlalchemy import select
 
 from app import crypto
@@ -41,7 +42,9 @@ def channel_row(code: str) -> PaymentChannel:
     if row is None:
         if code not in CHANNEL_CODES:
             raise NotFound(f"unknown payment channel {code!r}")
-        row = PaymentChannel(code=code, name=CHANNEL_NAMES[code], enabled=False)
+        with force_locale("zh"):  # a stored name, in the operators' language whoever creates the row
+            name = str(CHANNEL_NAMES[code])
+        row = PaymentChannel(code=code, name=name, enabled=False)
         db.session.add(row)
         db.session.flush()
     return row
@@ -55,7 +58,7 @@ def channel_settings(code: str) -> dict:
 def save_channel(code: str, enabled: bool, settings: dict, actor_id: int | None = None) -> PaymentChannel:
     """Store a channel's keys encrypted; the audit entry names which settings changed, never their values."""
     if code == "sandbox" and enabled and not sandbox_allowed():
-        raise ValidationError("生产环境不能启用沙箱支付 (the sandbox channel cannot be enabled in production)")
+        raise ValidationError(gettext("生产环境不能启用沙箱支付"))
     row = channel_row(code)
     before = channel_settings(code)
     changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))

@@ -2,6 +2,7 @@
 wallet top-ups (充值)."""
 from __future__ import annotations
 
+from flask_babel import lazy_gettext
 from sqlalchemy import BigInteger, Boolean, Column, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import relationship
 
@@ -11,8 +12,14 @@ from app.extensions import db
 from app.money import format_fen
 from app.states import Machine
 
-CHANNEL_NAMES = {"sandbox": "沙箱支付", "alipay": "支付宝", "wechatpay": "微信支付", "unionpay": "银联",
-                 "epay": "易支付", "wallet": "钱包余额"}
+CHANNEL_NAMES = {
+    "sandbox": lazy_gettext("沙箱支付"),
+    "alipay": lazy_gettext("支付宝"),
+    "wechatpay": lazy_gettext("微信支付"),
+    "unionpay": lazy_gettext("银联"),
+    "epay": lazy_gettext("易支付"),
+    "wallet": lazy_gettext("钱包余额"),
+}
 
 
 class PaymentChannel(db.Model):

@@ -8,6 +8,7 @@ import time
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 from flask_appbuilder import BaseView, ModelView, expose, has_access
 from flask_appbuilder.models.sqla.interface import SQLAInterface
+from flask_babel import gettext
 from flask_babel import lazy_gettext as _
 from sqlalchemy import select
 
@@ -18,10 +19,13 @@ from app.payments import reconciliation, topups
 from app.payments.models import CHANNEL_NAMES, ReconciliationDifference, StatementImport, WalletTopUp
 from app.views_common import CHANNEL_TEXT, ReadableColumnsMixin, text_of
 
-CHANNEL_CHOICES = [("sandbox", "沙箱支付 (CSV: trade_no,order_no,amount[,kind])"),
-                   ("alipay", "支付宝 (业务明细 CSV, GBK)"), ("wechatpay", "微信支付 (交易账单 CSV)"),
-                   ("unionpay", "银联 (INN…ZM 对账文件)"),
-                   ("epay", "易支付 (订单导出 CSV: trade_no,out_trade_no,money)")]
+CHANNEL_CHOICES = [
+    ("sandbox", _("沙箱支付 (CSV: trade_no,order_no,amount[,kind])")),
+    ("alipay", _("支付宝 (业务明细 CSV, GBK)")),
+    ("wechatpay", _("微信支付 (交易账单 CSV)")),
+    ("unionpay", _("银联 (INN…ZM 对账文件)")),
+    ("epay", _("易支付 (订单导出 CSV: trade_no,out_trade_no,money)")),
+]
 
 
 class ReconciliationView(BaseView):
@@ -49,7 +53,9 @@ class ReconciliationView(BaseView):
             db.session.rollback()
             flash(exc.message, "danger")
             return redirect(url_for("ReconciliationView.index"))
-        flash(f"已导入 {row.lines} 行：匹配 {row.matched}，差异 {row.differences}",
+        flash(gettext("已导入 %(lines)s 行：匹配 %(matched)s，差异 %(differences)s",
+                      lines=row.lines, matched=row.matched,
+                      differences=row.differences),
               "success" if row.differences == 0 else "warning")
         return redirect(url_for("ReconciliationView.show", import_id=row.id))
 
@@ -116,8 +122,8 @@ def sandbox_topup_cashier(topup_no: str):
 
 def register(appbuilder) -> None:
     appbuilder.add_view(ReconciliationView, "对账", href="/reconciliation/", icon="fa-balance-scale",
-                        category="支付")
-    appbuilder.add_view(WalletTopUpView, "充值记录", icon="fa-plus-circle", category="支付")
+                        category="资金")
+    appbuilder.add_view(WalletTopUpView, "充值记录", icon="fa-plus-circle", category="资金")
     from flask import current_app
 
     current_app.register_blueprint(cashier)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from datetime import date, datetime, time, timedelta
 
+from flask_babel import gettext, lazy_gettext
 from sqlalchemy import delete, select
 
 from app.clock import utcnow
@@ -40,12 +41,12 @@ from app.payments.models import Payment, PaymentNotification, ReconciliationDiff
 
 CHANNEL_UTC_OFFSET = timedelta(hours=8)  # statements are dated in China time
 KIND_NAMES = {
-    "missing_here": "我方缺失（渠道有，我方无）",
-    "missing_there": "渠道缺失（我方有，渠道无）",
-    "amount_differs": "金额不一致",
-    "refund_missing_here": "退款：我方缺失",
-    "refund_missing_there": "退款：渠道缺失",
-    "refund_amount_differs": "退款：金额不一致",
+    "missing_here": lazy_gettext("我方缺失（渠道有，我方无）"),
+    "missing_there": lazy_gettext("渠道缺失（我方有，渠道无）"),
+    "amount_differs": lazy_gettext("金额不一致"),
+    "refund_missing_here": lazy_gettext("退款：我方缺失"),
+    "refund_missing_there": lazy_gettext("退款：渠道缺失"),
+    "refund_amount_differs": lazy_gettext("退款：金额不一致"),
 }
 # Outcomes of a sandbox notification that was verified and said SUCCESS: the channel says it collected the money.
 SANDBOX_COLLECTED = ("accepted", "duplicate", "late_refunded", "double_paid_refunded", "out_of_stock_refunded",
@@ -69,7 +70,7 @@ def parse_day(text: str | None) -> date | None:
     try:
         return date.fromisoformat(text.strip())
     except ValueError:
-        raise ValidationError("日期格式应为 YYYY-MM-DD (day must be YYYY-MM-DD)") from None
+        raise ValidationError(gettext("日期格式应为 YYYY-MM-DD")) from None
 
 
 def import_statement(channel: str, content: bytes, filename: str | None = None, day: date | None = None,
@@ -81,14 +82,14 @@ def import_statement(channel: str, content: bytes, filename: str | None = None, 
     if channel not in service.CHANNEL_CODES:
         raise NotFound(f"unknown payment channel {channel!r}")
     if not content:
-        raise ValidationError("对账单为空 (the statement is empty)")
+        raise ValidationError(gettext("对账单为空"))
     if len(content) > MAX_STATEMENT_BYTES:
-        raise ValidationError("对账单过大 (statement larger than 20 MB)")
+        raise ValidationError(gettext("对账单过大"))
     gateway = service.get_channel(channel)
     try:
         lines = gateway.parse_statement(content)
     except (UnicodeDecodeError, ValueError) as exc:
-        raise ValidationError(f"无法解析对账单 (cannot parse the statement): {exc}"[:255]) from None
+        raise ValidationError(gettext("无法解析对账单：%(error)s", error=exc)[:255]) from None
     db.session.rollback()  # get_channel may have created the channel row: this import starts clean
     period = day_bounds(day) if day else None
     return reconcile(channel, lines, period=period, filename=filename, source="upload", actor_id=actor_id,

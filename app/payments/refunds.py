@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 from flask import current_app
+from flask_babel import gettext, lazy_gettext
 from sqlalchemy import select
 
 from app import states
@@ -59,7 +60,12 @@ MANUAL = "manual: "
 # Elsewhere an abnormal answer moved no money (Alipay: our balance there was too low) and may be asked again.
 HOLDS_ABNORMAL = ("wechatpay", "unionpay")
 OPEN_STATUSES = ("requested", "processing")
-STATUS_TEXT = {"requested": "已申请", "processing": "渠道处理中", "succeeded": "退款成功", "failed": "退款失败"}
+STATUS_TEXT = {
+    "requested": lazy_gettext("已申请"),
+    "processing": lazy_gettext("渠道处理中"),
+    "succeeded": lazy_gettext("退款成功"),
+    "failed": lazy_gettext("退款失败"),
+}
 BACKOFF_FIRST = timedelta(seconds=30)
 BACKOFF_MAX = timedelta(minutes=30)
 TOPIC = "refund_submit"
@@ -80,7 +86,7 @@ def backoff(attempts: int) -> timedelta:
 def request_channel_refund(payment: Payment, reason: str, actor_id: int | None = None) -> Refund:
     """Ask for a channel payment to be paid back in full. Does not commit; the channel is asked after commit."""
     if payment.status != "paid":
-        raise Conflict("该笔收款已退款或正在退款 (this payment is already refunded or being refunded)")
+        raise Conflict(gettext("该笔收款已退款或正在退款"))
     states.move(PAYMENT_STATES, payment.id, "paid", "refunding")
     refund = Refund(order_id=payment.order_id, payment_id=payment.id, amount=payment.amount,
                     destination=payment.channel, reason=reason[:255], status="requested",
@@ -131,17 +137,18 @@ def transition(refund: Refund, to_status: str, *, message: str | None = None, ch
     if meta:
         refund.meta = json.dumps({**_meta(refund), **meta})
     if to_status == "failed":
-        refund.last_error = (message or "渠道拒绝退款")[:255]
+        refund.last_error = (message or "渠道拒绝退款")[:255]  # i18n-keep: data
     if to_status == "succeeded":
         _book_success(refund)
         refund.finished_at, refund.next_attempt_at = now, None
     elif to_status == "failed":
         refund.finished_at, refund.next_attempt_at = now, None
         if is_manual(refund):
+            # i18n-keep: data
             _alert("refund_manual", refund, f"渠道不支持接口退款，请在渠道商户后台人工退款后确认：{message or ''}")
         else:
             _alert("refund_abnormal" if is_abnormal(refund) else "refund_failed", refund,
-                   f"退款失败，请人工处理：{message or ''}")
+                   f"退款失败，请人工处理：{message or ''}")  # i18n-keep: data
     elif to_status == "processing":
         refund.next_attempt_at = next_attempt_at or now + backoff(refund.attempts)
     elif to_status == "requested":  # staff retry after a failure: a new refund number, asked at once
@@ -194,7 +201,7 @@ def _changing(refund_id: int):
     try:
         refund = _locked(refund_id)
         if refund is None:
-            raise NotFound("退款不存在 (no such refund)")
+            raise NotFound(gettext("退款不存在"))
         yield refund
         db.session.commit()
     except Exception:
@@ -233,7 +240,7 @@ def submit(refund_id: int, now: datetime | None = None) -> str | None:
         raise
     try:
         if gateway is None:
-            raise KamengError(f"支付渠道 {channel} 不可用 (channel not available)")
+            raise KamengError(gettext("支付渠道 %(channel)s 不可用", channel=channel))
         result = gateway.refund(request) if asking == "requested" else gateway.query_refund(request)
     except ChannelUnavailable as exc:  # identifiers the retry must repeat (UnionPay's txnTime) come with it
         return _unknown(refund_id, exc.message, getattr(exc, "meta", None))
@@ -274,12 +281,12 @@ def book(refund_id: int, result: RefundResult) -> str:
                            next_attempt_at=utcnow() + BACKOFF_FIRST)
             _alert_if_stuck(refund)
         elif result.status == "abnormal":
-            transition(refund, "failed", message=f"{ABNORMAL}{result.message or '渠道退款异常'}",
+            transition(refund, "failed", message=f"{ABNORMAL}{result.message or '渠道退款异常'}",  # i18n-keep: data
                        channel_refund_no=result.channel_refund_no)
         elif result.status == "manual":
-            transition(refund, "failed", message=f"{MANUAL}{result.message or '渠道不支持接口退款'}")
+            transition(refund, "failed", message=f"{MANUAL}{result.message or '渠道不支持接口退款'}")  # i18n-keep: data
         else:
-            transition(refund, "failed", message=result.message or "渠道拒绝退款",
+            transition(refund, "failed", message=result.message or "渠道拒绝退款",  # i18n-keep: data
                        channel_refund_no=result.channel_refund_no)
         status = refund.status
     return status
@@ -289,7 +296,7 @@ def _unknown(refund_id: int, message: str, meta: dict | None = None) -> str:
     """No answer from the channel: nothing moves; the next attempt (already scheduled) asks again, repeating the
     identifiers this one used."""
     with _changing(refund_id) as refund:
-        refund.last_error = f"渠道无应答，稍后重试 (no answer: {message})"[:255]
+        refund.last_error = f"渠道无应答，稍后重试 (no answer: {message})"[:255]  # i18n-keep: data
         if meta:
             refund.meta = json.dumps({**_meta(refund), **meta})
         _alert_if_stuck(refund)
@@ -301,6 +308,7 @@ def _alert_if_stuck(refund: Refund) -> None:
     threshold = int(current_app.config.get("REFUND_ALERT_ATTEMPTS", 6))
     if refund.attempts != threshold:
         return
+    # i18n-keep: data
     _alert("refund_stuck", refund, f"渠道 {refund.attempts} 次未给出退款结果，系统继续查询 ({refund.last_error or ''})")
 
 
@@ -351,8 +359,11 @@ def is_manual(refund: Refund) -> bool:
 
 
 def _failed(refund: Refund, what: str) -> None:
+    """what: retry or confirm."""
     if refund.status != "failed":
-        raise Conflict(f"退款状态为「{STATUS_TEXT.get(refund.status, refund.status)}」，不能{what}")
+        status = STATUS_TEXT.get(refund.status, refund.status)
+        raise Conflict(gettext("退款状态为「%(status)s」，不能重试", status=status) if what == "retry"
+                       else gettext("退款状态为「%(status)s」，不能确认", status=status))
 
 
 def retry(refund_id: int, actor_id: int | None) -> Refund:
@@ -360,13 +371,11 @@ def retry(refund_id: int, actor_id: int | None) -> Refund:
     refund is not asked again (the channel already holds it): it is settled in the channel's merchant platform
     and then confirmed with `confirm_paid`."""
     with _changing(refund_id) as refund:
-        _failed(refund, "重试")
+        _failed(refund, "retry")
         if is_abnormal(refund):
-            raise Conflict("渠道退款异常：请在渠道商户平台处理（异常退款）后「确认已退款」(abnormal: settle it at the "
-                           "channel, then confirm)")
+            raise Conflict(gettext("渠道退款异常：请在渠道商户平台处理（异常退款）后「确认已退款」"))
         if is_manual(refund) and not _channel_refunds_now(refund):
-            raise Conflict("该渠道不支持接口退款：请在渠道商户后台人工退款后「确认已退款」(no refund API: refund it "
-                           "by hand at the channel, then confirm)")
+            raise Conflict(gettext("该渠道不支持接口退款：请在渠道商户后台人工退款后「确认已退款」"))
         audit.record("refund.retry", "refund", refund.id, {"status": "failed", "last_error": refund.last_error},
                      {"status": "requested"}, actor_id=actor_id)
         transition(refund, "requested")
@@ -387,9 +396,9 @@ def confirm_paid(refund_id: int, actor_id: int | None, note: str) -> Refund:
     in the merchant platform): the ledger then books it. Audited, with the note. Commits."""
     note = (note or "").strip()
     if not note:
-        raise ValidationError("请填写说明（渠道处理单号等）(a note is required)")
+        raise ValidationError(gettext("请填写说明（渠道处理单号等）"))
     with _changing(refund_id) as refund:
-        _failed(refund, "确认")
+        _failed(refund, "confirm")
         audit.record("refund.confirm", "refund", refund.id, {"status": "failed", "last_error": refund.last_error},
                      {"status": "succeeded"}, reason=note[:255], actor_id=actor_id)
         transition(refund, "succeeded")

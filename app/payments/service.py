@@ -12,6 +12,7 @@ import logging
 from datetime import datetime, timedelta
 
 from flask import current_app
+from flask_babel import gettext
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
@@ -76,9 +77,9 @@ def checkout(product_id, quantity, contact, query_password, channel: str, base_u
     from app.notices import service as notices
 
     if not isinstance(query_password, str) or not 6 <= len(query_password) <= 64:
-        raise ValidationError("查询密码须为 6-64 个字符 (query_password must be 6-64 characters)")
+        raise ValidationError(gettext("查询密码须为 6-64 个字符"))
     if not isinstance(channel, str) or channel not in enabled_channels():
-        raise ValidationError(f"支付方式不可用 (payment channel {channel!r} is not available)")
+        raise ValidationError(gettext("支付方式不可用：%(channel)s", channel=repr(channel)))
     email = notices.clean_email(email)
     gateway = get_channel(channel)
     try:
@@ -203,7 +204,7 @@ def apply_payment(code: str, note: Notification, remote_addr: str | None = None,
         return _log(code, note.order_no, note.trade_no, note.amount, "duplicate", detail, remote_addr)
     ledger.post_journal(f"pay:{code}:{note.trade_no}", "payment",
                         [Line(clearing_account(code), -note.amount), Line(BUYER_FUNDS, note.amount)],
-                        memo=f"{order.order_no} 收款", order_id=order.id, actor_id=confirmed_by)
+                        memo=f"{order.order_no} 收款", order_id=order.id, actor_id=confirmed_by)  # i18n-keep: data
     mark_channel_order_paid(code, order.order_no)
     outcome = _settle(order, payment, payment_account_of(code, note.raw))
     db.session.commit()
@@ -231,7 +232,7 @@ def record_payment(code: str, note: Notification, confirmed_by: int | None, *, o
     """Record a payment under its unique (channel, trade_no). None when this very payment was recorded before
     (a duplicate notification); Conflict when that trade_no belongs to something else."""
     if not note.trade_no or len(note.trade_no) > 64:
-        raise ValidationError("渠道交易号缺失或过长 (trade_no missing or longer than 64)")
+        raise ValidationError(gettext("渠道交易号缺失或过长"))
     existing = db.session.scalar(select(Payment).where(Payment.channel == code, Payment.trade_no == note.trade_no))
     if existing is not None:
         if (existing.order_id, existing.topup_id) != (order_id, topup_id):
@@ -251,6 +252,7 @@ def _settle(order: Order, payment: Payment, payer: str | None = None) -> str:
     """Deliver a freshly paid order; refund at once what cannot be delivered (closed, already paid, no stock); hold
     for review what risk control flagged at checkout or flags now, at payment (the paying account)."""
     if order.status != "pending_payment":
+        # i18n-keep: data
         refunds.request_channel_refund(payment, "订单已关闭或已支付，自动退款 (late or second payment)")
         if order.status == "closed":
             orders.transition(order.id, "refunded")
@@ -312,7 +314,7 @@ def deliver_paid_order(order: Order) -> str:
         with db.session.begin_nested():
             orders.deliver_paid(order.id, BUYER_FUNDS)
     except OutOfStock:
-        refund_held_funds(order, "库存不足，自动退款 (out of stock)")
+        refund_held_funds(order, "库存不足，自动退款 (out of stock)")  # i18n-keep: data
         orders.transition(order.id, "refunded")
         return "out_of_stock_refunded"
     return "accepted"
@@ -326,7 +328,7 @@ def refund_held_funds(order: Order, reason: str, actor_id: int | None = None) ->
         return refunds.record_wallet_refund(order.id, order.amount, reason, actor_id)
     payment = db.session.scalar(select(Payment).where(Payment.order_id == order.id, Payment.status == "paid"))
     if payment is None:
-        raise Conflict("找不到该订单的支付记录 (no payment to refund)")
+        raise Conflict(gettext("找不到该订单的支付记录"))
     return refunds.request_channel_refund(payment, reason, actor_id)
 
 
@@ -375,10 +377,10 @@ def confirm_manually(order_no: str, trade_no: str, actor_id: int) -> str:
     """An admin confirms a payment seen in the channel's back office: the same path as a notification, audited."""
     order = db.session.scalar(select(Order).where(Order.order_no == (order_no or "").strip()))
     if order is None or order.channel == "wallet":
-        raise NotFound("订单不存在或不是渠道支付订单 (no such channel order)")
+        raise NotFound(gettext("订单不存在或不是渠道支付订单"))
     trade_no = (trade_no or "").strip()
     if not trade_no or len(trade_no) > 64:
-        raise ValidationError("请填写渠道交易号 (trade_no is required, at most 64 characters)")
+        raise ValidationError(gettext("请填写渠道交易号"))
     audit.record("payment.confirm", "order", order.order_no, {"status": order.status},
                  {"trade_no": trade_no, "channel": order.channel}, actor_id=actor_id)
     note = Notification(order_no=order.order_no, trade_no=trade_no, amount=order.amount, currency="CNY",
@@ -393,12 +395,12 @@ def refund_order(order_id: int, reason: str, actor_id: int | None) -> Refund:
     back where it came from."""
     reason = (reason or "").strip()
     if not reason:
-        raise ValidationError("请填写退款原因 (a reason is required)")
+        raise ValidationError(gettext("请填写退款原因"))
     order = db.session.scalar(select(Order).where(Order.id == order_id).with_for_update())
     if order is None:
-        raise NotFound("订单不存在 (order not found)")
+        raise NotFound(gettext("订单不存在"))
     if order.status not in ("paid", "delivering", "delivered", "disputed", "failed"):
-        raise Conflict(f"订单状态为 {order.status_display()}，不能退款")
+        raise Conflict(gettext("订单状态为 %(value)s，不能退款", value=order.status_display()))
     try:
         # Commissions first: their rows, then the beneficiaries' accounts with the buyer's wallet in one lock.
         commissions.reverse_for_order(
@@ -416,7 +418,7 @@ def refund_order(order_id: int, reason: str, actor_id: int | None) -> Refund:
             payment = db.session.scalar(select(Payment).where(Payment.order_id == order.id,
                                                                Payment.status == "paid"))
             if payment is None:
-                raise Conflict("找不到该订单的支付记录 (no payment to refund)")
+                raise Conflict(gettext("找不到该订单的支付记录"))
             orders.reverse_sale(order.id, refund_to=BUYER_FUNDS)
             # The money waits in buyer_funds; the channel is asked after commit and the ledger follows its answer.
             refund = refunds.request_channel_refund(payment, reason, actor_id)
@@ -448,7 +450,7 @@ def _refuse_while_upstream_busy(order: Order) -> None:
         RechargeAttempt.order_id == order.id,
         RechargeAttempt.status.in_(("submitting", "submitted", "processing"))).limit(1))
     if busy is not None:
-        raise Conflict("上游正在处理该直充订单，请等待结果后再退款 (the supplier is still processing this top-up)")
+        raise Conflict(gettext("上游正在处理该直充订单，请等待结果后再退款"))
 
 
 # --- asking the channel: lost notifications and expiry ------------------------------------------------------
@@ -483,6 +485,7 @@ def ask_channel(co_id: int) -> str:
         _close_channel_order(co_id)
         from app.payments.models import PaymentAlert
 
+        # i18n-keep: data
         db.session.add(PaymentAlert(kind="paid_then_refunded", channel=channel, order_no=number[:40],
                                     message=f"渠道显示该单已支付又已退款（{status.trade_no}），未发货，请核实"[:500]))
         db.session.commit()
@@ -586,7 +589,7 @@ def lookup(order_no, query_password) -> Order:
     disputes); a right password gives its try back. Once the budget is spent the number answers 429, right
     password or not, known order or not, until the oldest try ages out."""
     if not isinstance(order_no, str) or not isinstance(query_password, str):
-        raise NotFound("订单不存在或密码错误 (order not found)")
+        raise NotFound(gettext("订单不存在或密码错误"))
     order_no = order_no.strip()[:40]
     attempt_id = _spend_lookup_try(order_no)
     row = db.session.execute(select(Order, OrderCheckout.query_password_hash)
@@ -595,7 +598,7 @@ def lookup(order_no, query_password) -> Order:
     # Hash even when the order is unknown, so timing does not tell the two apart.
     stored = row[1] if row else crypto.hash_order_password("not-a-real-password-for-timing")
     if not crypto.check_order_password(stored, query_password) or row is None:
-        raise NotFound("订单不存在或密码错误 (order not found)")
+        raise NotFound(gettext("订单不存在或密码错误"))
     _give_back_lookup_try(attempt_id)
     return row[0]
 
@@ -616,8 +619,8 @@ def _spend_lookup_try(order_no: str) -> int:
         if len(recent) >= limit:
             retry_at = recent[len(recent) - limit] + window
             minutes = max(1, -(-int((retry_at - now).total_seconds()) // 60))
-            raise TooManyAttempts(f"该订单号密码错误次数过多，请 {minutes} 分钟后再试 (too many wrong passwords for "
-                                  f"this order number; try again in {minutes} minutes)", code="lookup_limited")
+            raise TooManyAttempts(gettext("该订单号密码错误次数过多，请 %(minutes)s 分钟后再试", minutes=minutes),
+                                  code="lookup_limited")
         return conn.execute(insert(LookupAttempt).values(order_no=order_no, created_at=now)
                             .returning(LookupAttempt.id)).scalar_one()
 
@@ -651,10 +654,10 @@ def order_from_token(token: str) -> Order:
     try:
         order_no = _serializer().loads(token, max_age=max_age)
     except (BadSignature, SignatureExpired):
-        raise NotFound("链接无效或已过期 (link invalid or expired)") from None
+        raise NotFound(gettext("链接无效或已过期")) from None
     order = db.session.scalar(select(Order).where(Order.order_no == order_no))
     if order is None:
-        raise NotFound("链接无效或已过期 (link invalid or expired)")
+        raise NotFound(gettext("链接无效或已过期"))
     return order
 
 

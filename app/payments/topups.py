@@ -15,6 +15,7 @@ import secrets
 from datetime import timedelta
 
 from flask import current_app
+from flask_babel import gettext, lazy_gettext
 from sqlalchemy import select, update
 
 from app import states
@@ -32,7 +33,11 @@ from app.payments.models import TOPUP_STATES, WalletTopUp
 MIN_TOPUP = 100  # ¥1.00
 MAX_TOPUP = 5_000_000  # ¥50,000.00
 PREFIX = "T"
-STATUS_TEXT = {"pending_payment": "待支付", "paid": "已到账", "closed": "已关闭"}
+STATUS_TEXT = {
+    "pending_payment": lazy_gettext("待支付"),
+    "paid": lazy_gettext("已到账"),
+    "closed": lazy_gettext("已关闭"),
+}
 
 
 def is_topup_no(number) -> bool:
@@ -46,13 +51,15 @@ def new_topup_no() -> str:
 def parse_amount(text) -> int:
     """A form's amount in yuan ('100', '¥12.50', '12元') -> fen, within [¥1, ¥50,000]."""
     if not isinstance(text, str):
-        raise ValidationError("请填写充值金额 (amount is required)")
+        raise ValidationError(gettext("请填写充值金额"))
     try:
         fen = parse_yuan(text.strip())
     except ValueError as exc:
         raise ValidationError(str(exc)) from None
     if not MIN_TOPUP <= fen <= MAX_TOPUP:
-        raise ValidationError(f"充值金额须在 {format_fen(MIN_TOPUP)} 至 {format_fen(MAX_TOPUP)} 之间")
+        raise ValidationError(gettext("充值金额须在 %(min_topup)s 至 %(max_topup)s 之间",
+                                      min_topup=format_fen(MIN_TOPUP),
+                                      max_topup=format_fen(MAX_TOPUP)))
     return fen
 
 
@@ -65,7 +72,7 @@ def start_topup(agent_id: int, amount_text, channel, base_url: str, ip: str | No
 
     amount = parse_amount(amount_text)
     if channel not in service.enabled_channels():
-        raise ValidationError(f"支付方式不可用 (payment channel {channel!r} is not available)")
+        raise ValidationError(gettext("支付方式不可用：%(channel)s", channel=repr(channel)))
     _risk_check(agent_id, amount, ip, clean_device_id(device_id))
     gateway = service.get_channel(channel)
     topup = WalletTopUp(topup_no=new_topup_no(), agent_id=agent_id, amount=amount, channel=channel,
@@ -73,6 +80,7 @@ def start_topup(agent_id: int, amount_text, channel, base_url: str, ip: str | No
     db.session.add(topup)
     db.session.commit()
     expires_at = topup.created_at + timedelta(minutes=int(current_app.config["ORDER_EXPIRE_MINUTES"]))
+    # i18n-keep: data
     pay_url = service.start_payment(gateway, topup.topup_no, amount, f"钱包充值 {format_fen(amount)}", base_url,
                                     expires_at, return_path="/portal/topup", topup_id=topup.id)
     return topup, pay_url
@@ -93,7 +101,7 @@ def _risk_check(agent_id: int, amount: int, ip: str | None, device: str | None) 
 
     agent = db.session.get(Agent, agent_id)
     if agent is None or not agent.active:
-        raise AgentInactive("代理不存在或已停用 (agent not found or disabled)")
+        raise AgentInactive(gettext("代理不存在或已停用"))
     risk.evaluate(_risk_event(agent, amount, ip, device)).raise_if_blocked()
 
 
@@ -124,7 +132,8 @@ def apply_topup_payment(code: str, note: Notification, remote_addr: str | None =
         # A second payment for the same top-up: the wallet was credited once already; the money goes back.
         ledger.post_journal(f"pay:{code}:{note.trade_no}", "payment",
                             [Line(clearing_account(code), -note.amount), Line(BUYER_FUNDS, note.amount)],
-                            memo=f"{topup.topup_no} 重复支付", actor_id=confirmed_by)
+                            memo=f"{topup.topup_no} 重复支付", actor_id=confirmed_by)  # i18n-keep: data
+        # i18n-keep: data
         refunds.request_channel_refund(payment, "充值单已支付，自动退款 (second payment for a paid top-up)")
         db.session.commit()
         return log("double_paid_refunded")
@@ -132,7 +141,7 @@ def apply_topup_payment(code: str, note: Notification, remote_addr: str | None =
     wallet = ledger.agent_account_code(topup.agent_id, "wallet")
     ledger.post_journal(f"pay:{code}:{note.trade_no}", "topup",
                         [Line(clearing_account(code), -note.amount), Line(wallet, note.amount)],
-                        memo=f"{topup.topup_no} 钱包充值", actor_id=confirmed_by)
+                        memo=f"{topup.topup_no} 钱包充值", actor_id=confirmed_by)  # i18n-keep: data
     _count_unspent(topup.agent_id, note.amount)
     move(topup.id, topup.status, "paid", paid_at=utcnow())
     mark_channel_order_paid(code, topup.topup_no)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import abort, flash, g, redirect, request, url_for
 from flask_appbuilder import BaseView, ModelView, action, expose, has_access
 from flask_appbuilder.models.sqla.interface import SQLAInterface
+from flask_babel import gettext
 from flask_babel import lazy_gettext as _
 from sqlalchemy import select
 
@@ -18,28 +19,29 @@ from app.views_common import CHANNEL_TEXT, ReadableColumnsMixin, text_of
 
 # Per channel: (setting, label, secret?, multiline?)
 CHANNEL_FIELDS = {
-    "sandbox": [("key", "签名密钥 (HMAC key)", True, False)],
-    "alipay": [("app_id", "APPID", False, False), ("private_key", "应用私钥 (PEM)", True, True),
-               ("alipay_public_key", "支付宝公钥 (PEM)", False, True),
-               ("seller_id", "商户 PID（2088 开头，选填：校验通知的 seller_id）", False, False),
-               ("gateway", "网关地址（留空为正式环境）", False, False)],
-    "wechatpay": [("appid", "AppID", False, False), ("mchid", "商户号 mchid", False, False),
-                  ("serial_no", "商户证书序列号", False, False), ("private_key", "商户私钥 (PEM)", True, True),
-                  ("api_v3_key", "APIv3 密钥（32 位）", True, False),
-                  ("platform_keys", "平台公钥：每行 序列号=PEM 文件内容 的 JSON，如 {\"SERIAL\": \"-----BEGIN ...\"}",
-                   False, True),
-                  ("api_base", "接口地址（留空为正式环境）", False, False)],
-    "unionpay": [("mer_id", "商户号 merId", False, False), ("private_key", "签名私钥 (PEM)", True, True),
-                 ("sign_cert", "签名证书 (PEM，certId 取其序列号)", False, True),
-                 ("middle_cert", "银联中级证书 (PEM)", False, True), ("root_cert", "银联根证书 (PEM)", False, True),
-                 ("gateway", "网关地址（留空为正式环境）", False, False),
-                 ("file_gateway", "对账文件地址（留空为正式环境）", False, False)],
-    "epay": [("pid", "商户ID pid", False, False), ("key", "商户密钥 KEY", True, False),
-             ("gateway", "接口地址（易支付站点，如 https://pay.example.com/）", False, False),
-             ("pay_type", "支付方式 type：alipay / wxpay / qqpay（留空由收银台选择）", False, False),
-             ("mode", "下单方式：submit（页面跳转）或 mapi（服务端下单）", False, False),
-             ("refund_api", "接口退款：yes（支持 api.php?act=refund）或 no（在商户后台人工退款）", False, False),
-             ("sitename", "网站名称 sitename（选填）", False, False)],
+    "sandbox": [("key", _("签名密钥 (HMAC key)"), True, False)],
+    "alipay": [("app_id", "APPID", False, False), ("private_key", _("应用私钥 (PEM)"), True, True),
+               ("alipay_public_key", _("支付宝公钥 (PEM)"), False, True),
+               ("seller_id", _("商户 PID（2088 开头，选填：校验通知的 seller_id）"), False, False),
+               ("gateway", _("网关地址（留空为正式环境）"), False, False)],
+    "wechatpay": [("appid", "AppID", False, False), ("mchid", _("商户号 mchid"), False, False),
+                  ("serial_no", _("商户证书序列号"), False, False), ("private_key", _("商户私钥 (PEM)"), True, True),
+                  ("api_v3_key", _("APIv3 密钥（32 位）"), True, False),
+                  ("platform_keys",
+                   _("平台公钥：每行 序列号=PEM 文件内容 的 JSON，如 {\"SERIAL\": \"-----BEGIN ...\"}"), False, True),
+                  ("api_base", _("接口地址（留空为正式环境）"), False, False)],
+    "unionpay": [("mer_id", _("商户号 merId"), False, False), ("private_key", _("签名私钥 (PEM)"), True, True),
+                 ("sign_cert", _("签名证书 (PEM，certId 取其序列号)"), False, True),
+                 ("middle_cert", _("银联中级证书 (PEM)"), False, True),
+                 ("root_cert", _("银联根证书 (PEM)"), False, True),
+                 ("gateway", _("网关地址（留空为正式环境）"), False, False),
+                 ("file_gateway", _("对账文件地址（留空为正式环境）"), False, False)],
+    "epay": [("pid", _("商户ID pid"), False, False), ("key", _("商户密钥 KEY"), True, False),
+             ("gateway", _("接口地址（易支付站点，如 https://pay.example.com/）"), False, False),
+             ("pay_type", _("支付方式 type：alipay / wxpay / qqpay（留空由收银台选择）"), False, False),
+             ("mode", _("下单方式：submit（页面跳转）或 mapi（服务端下单）"), False, False),
+             ("refund_api", _("接口退款：yes（支持 api.php?act=refund）或 no（在商户后台人工退款）"), False, False),
+             ("sitename", _("网站名称 sitename（选填）"), False, False)],
 }
 
 
@@ -74,7 +76,7 @@ class PaymentChannelView(BaseView):
             except KamengError as exc:
                 flash(exc.message, "danger")
             else:
-                flash(f"{CHANNEL_NAMES[code]} 设置已保存", "success")
+                flash(gettext("%(channel_names)s 设置已保存", channel_names=CHANNEL_NAMES[code]), "success")
                 return redirect(url_for("PaymentChannelView.index"))
         row = service.channel_row(code)
         db.session.commit()
@@ -91,22 +93,22 @@ def _parse_setting(name: str, value: str):
         try:
             keys = json.loads(value or "{}")
         except ValueError:
-            raise ValidationError("平台公钥须为 JSON 对象：{\"序列号\": \"PEM\"}") from None
+            raise ValidationError(gettext("平台公钥须为 JSON 对象：{\"SERIAL\": \"PEM\"}")) from None
         if not isinstance(keys, dict) or not all(isinstance(v, str) for v in keys.values()):
-            raise ValidationError("平台公钥须为 JSON 对象：{\"序列号\": \"PEM\"}")
+            raise ValidationError(gettext("平台公钥须为 JSON 对象：{\"SERIAL\": \"PEM\"}"))
         return keys
     if name == "api_v3_key" and value and len(value) != 32:
-        raise ValidationError("APIv3 密钥必须是 32 个字符")
+        raise ValidationError(gettext("APIv3 密钥必须是 32 个字符"))
     if name == "key" and value and len(value) < 8:
-        raise ValidationError("签名密钥至少 8 个字符")
+        raise ValidationError(gettext("签名密钥至少 8 个字符"))
     if name == "pay_type" and value not in ("", "alipay", "wxpay", "qqpay"):
-        raise ValidationError("支付方式 type 须为 alipay、wxpay、qqpay 或留空")
+        raise ValidationError(gettext("支付方式 type 须为 alipay、wxpay、qqpay 或留空"))
     if name == "mode" and value not in ("", "submit", "mapi"):
-        raise ValidationError("下单方式须为 submit 或 mapi")
+        raise ValidationError(gettext("下单方式须为 submit 或 mapi"))
     if name == "refund_api" and value not in ("", "yes", "no"):
-        raise ValidationError("接口退款须为 yes 或 no")
+        raise ValidationError(gettext("接口退款须为 yes 或 no"))
     if name == "pid" and value and not value.isdigit():
-        raise ValidationError("商户ID pid 须为数字")
+        raise ValidationError(gettext("商户ID pid 须为数字"))
     return value
 
 
@@ -128,7 +130,8 @@ class RefundFormView(BaseView):
                 flash(exc.message, "danger")
             else:
                 where = CHANNEL_NAMES.get(refund.destination, refund.destination)
-                flash(f"已退款 {format_fen(refund.amount)} 至 {where}", "success")
+                flash(gettext("已退款 %(amount)s 至 %(where)s",
+                              amount=format_fen(refund.amount), where=where), "success")
                 return redirect(url_for("OrderView.show", pk=order.id))
         return self.render_template("kameng/order_refund.html", order=order)
 
@@ -149,7 +152,7 @@ class ManualConfirmView(BaseView):
                 flash(exc.message, "danger")
             else:
                 level = "success" if outcome == "accepted" else "warning"
-                flash(f"处理结果：{outcome}", level)
+                flash(gettext("处理结果：%(outcome)s", outcome=outcome), level)
         return self.render_template("kameng/payment_confirm.html", form=request.form)
 
 
@@ -229,18 +232,19 @@ class RefundView(ReadableColumnsMixin, ModelView):
             except KamengError as exc:
                 flash(f"{item.out_refund_no or item.id}: {exc.message}", "danger")
             else:
-                flash(f"{item.out_refund_no} 已重新发起", "success")
+                flash(gettext("%(out_refund_no)s 已重新发起", out_refund_no=item.out_refund_no), "success")
         return redirect(url_for("RefundView.list"))
 
     @action("confirm_paid", _("确认已退款"), _("确认渠道已通过其他方式（如异常退款处理）退回所选退款？将记账。"),
             "fa-check", multiple=False)
     def confirm_paid(self, item):
         try:
+            # i18n-keep: data
             refunds.confirm_paid(item.id, g.user.id, request.args.get("note") or "渠道商户平台已处理（后台确认）")
         except KamengError as exc:
             flash(exc.message, "danger")
         else:
-            flash(f"{item.out_refund_no} 已确认退款并记账", "success")
+            flash(gettext("%(out_refund_no)s 已确认退款并记账", out_refund_no=item.out_refund_no), "success")
         return redirect(url_for("RefundView.show", pk=item.id))
 
 
@@ -260,7 +264,7 @@ class PaymentAlertView(ReadableColumnsMixin, ModelView):
 
 
 def register(appbuilder) -> None:
-    category = "支付"
+    category = "资金"  # app.views.MONEY
     appbuilder.add_view(PaymentView, "收款记录", icon="fa-credit-card", category=category, category_icon="fa-money")
     appbuilder.add_view(PaymentNotificationView, "支付通知", icon="fa-bell", category=category)
     appbuilder.add_view(RefundView, "退款记录", icon="fa-undo", category=category)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
+from flask_babel import gettext
 from sqlalchemy import func, select
 
 from app.agents.models import Agent
@@ -66,10 +67,10 @@ def order_for_viewer(agent: Agent, order_no: str) -> tuple[Order, bool]:
     """An order in the viewer's scope, and whether the viewer owns it (only owners see card secrets)."""
     order = db.session.scalar(select(Order).where(Order.order_no == order_no))
     if order is None or order.agent_id is None:
-        raise NotFound("订单不存在 (order not found)")
+        raise NotFound(gettext("订单不存在"))
     target = db.session.get(Agent, order.agent_id)
     if not target.path.startswith(agent.path):
-        raise NotFound("订单不存在 (order not found)")  # never confirm that another branch's order exists
+        raise NotFound(gettext("订单不存在"))  # never confirm that another branch's order exists
     return order, order.agent_id == agent.id
 
 
@@ -80,7 +81,7 @@ def secrets_for_owner(agent: Agent, order: Order, page: int = 1) -> list[str]:
     """One page of an order's secrets, for its owner only. A reusable secret's reveal is recorded and committed
     before it is shown (a refund then keeps its use)."""
     if order.agent_id != agent.id:
-        raise Forbidden("只有下单人可以查看卡密")
+        raise Forbidden(gettext("只有下单人可以查看卡密"))
     if order.status not in ("delivered", "disputed"):
         return []
     shown = cards.reveal(order.id, offset=(max(page, 1) - 1) * SECRETS_PER_PAGE, limit=SECRETS_PER_PAGE)

@@ -12,6 +12,7 @@ from flask_appbuilder import BaseView, IndexView, ModelView, expose, has_access
 from flask_appbuilder.actions import action
 from flask_appbuilder.models.sqla.filters import FilterInFunction
 from flask_appbuilder.models.sqla.interface import SQLAInterface
+from flask_babel import gettext
 from flask_babel import lazy_gettext as _
 from sqlalchemy import inspect, select
 
@@ -81,12 +82,22 @@ class PortalView(BaseView):
             flash(exc.message, "danger")
             return redirect(url_for("PortalView.buy", product_id=request.form.get("product_id", type=int)))
         if order.status == "delivered":
-            flash(f"购买成功：订单 {order.order_no}，扣款 {format_fen(order.amount)}", "success")
+            flash(
+                gettext(
+                    "购买成功：订单 %(order_no)s，扣款 %(amount)s",
+                    order_no=order.order_no,
+                    amount=format_fen(order.amount),
+                ),
+                "success",
+            )
         elif order.status == "reviewing":
-            flash(f"下单成功：订单 {order.order_no}，扣款 {format_fen(order.amount)}，订单正在风控审核，"
-                  "审核通过后发货，未通过将退回钱包", "warning")
+            flash(gettext("下单成功：订单 %(order_no)s，扣款 %(amount)s，订单正在风控审核，"
+                          "审核通过后发货，未通过将退回钱包",
+                          order_no=order.order_no,
+                          amount=format_fen(order.amount)), "warning")
         else:  # a direct top-up: paid, submitted to the supplier after this request
-            flash(f"下单成功：订单 {order.order_no}，扣款 {format_fen(order.amount)}，正在充值", "success")
+            flash(gettext("下单成功：订单 %(order_no)s，扣款 %(amount)s，正在充值", order_no=order.order_no,
+                          amount=format_fen(order.amount)), "success")
         return redirect(url_for("PortalView.order", order_no=order.order_no))
 
     @expose("/orders/<order_no>")
@@ -258,7 +269,7 @@ class MyDownlineView(ReadableColumnsMixin, ModelView):
     def pre_update(self, item):
         # edit loads through base_filters already; this is the belt to those braces (FAB flashes what we raise)
         if not in_scope(item.id, require_agent()):
-            raise ValueError("只能修改自己团队中的代理")
+            raise ValueError(gettext("只能修改自己团队中的代理"))
         # A downline's phone sent back as the masked form the page showed is unchanged, not a new number.
         history = inspect(item).attrs.phone.history
         if history.added and history.deleted and history.deleted[0] and not _is_me(item.id) \
@@ -277,7 +288,7 @@ class MyDownlineView(ReadableColumnsMixin, ModelView):
             item.active = False
             changed += 1
         db.session.commit()
-        flash(f"已停用 {changed} 个下级代理", "info")
+        flash(gettext("已停用 %(changed)s 个下级代理", changed=changed), "info")
         return redirect(url_for("MyDownlineView.list"))
 
 

@@ -8,6 +8,7 @@ import json
 import time
 
 from flask import current_app
+from flask_babel import gettext
 
 from app import crypto
 from app.audit import service as audit
@@ -56,8 +57,7 @@ def get(key: str):
 
 def _check_markup_bound(value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SHOP_MARKUP_BP:
-        raise ValidationError(f"加价比例须在 0% 到 {MAX_SHOP_MARKUP_BP // 100}% 之间 "
-                              f"(markup must be 0-{MAX_SHOP_MARKUP_BP} basis points)")
+        raise ValidationError(gettext("加价比例须在 0%% 到 %(max)s%% 之间", max=MAX_SHOP_MARKUP_BP // 100))
 
 
 def shop_markup_bounds() -> tuple[int, int]:
@@ -70,7 +70,7 @@ def set_shop_markup_bounds(minimum: int, maximum: int, actor_id: int | None) -> 
     _check_markup_bound(minimum)
     _check_markup_bound(maximum)
     if minimum > maximum:
-        raise ValidationError("最低加价不能高于最高加价 (the minimum markup is above the maximum)")
+        raise ValidationError(gettext("最低加价不能高于最高加价"))
     current = shop_markup_bounds()
     if current[0] != minimum:
         set_value("shop_markup_min_bp", minimum, actor_id)
@@ -88,9 +88,9 @@ def set_value(key: str, value, actor_id: int | None) -> None:
     if key not in SETTINGS:
         raise ValidationError(f"unknown setting {key!r}")
     if key == "realname_required_above" and (not isinstance(value, int) or value < 0):
-        raise ValidationError("金额不能为负 (amount must not be negative)")
+        raise ValidationError(gettext("金额不能为负"))
     if key in ("staff_2fa_required", "sms_enabled") and not isinstance(value, bool):
-        raise ValidationError("必须为是或否 (must be yes or no)")
+        raise ValidationError(gettext("必须为是或否"))
     _check(key, value)
     if key in ("shop_markup_min_bp", "shop_markup_max_bp"):
         _check_markup_bound(value)
@@ -102,7 +102,7 @@ def set_value(key: str, value, actor_id: int | None) -> None:
     stored = crypto.encrypt(value) if key in SECRET_SETTINGS and value else value
     row.value, row.updated_at, row.updated_by_id = json.dumps(stored), utcnow(), actor_id
     if key in SECRET_SETTINGS:  # the audit log says that it changed, never what it is
-        old, value = ("已设置" if old else "未设置"), ("已设置" if value else "未设置")
+        old, value = ("已设置" if old else "未设置"), ("已设置" if value else "未设置")  # i18n-keep: data
     audit.record("setting.update", "setting", key, {key: old}, {key: value}, actor_id=actor_id)
     db.session.commit()
     _cache.pop((id(current_app._get_current_object()), key), None)
@@ -115,8 +115,9 @@ def clear(key: str, actor_id: int | None) -> bool:
     row = db.session.get(PlatformSetting, key)
     if row is None:
         return False
-    old = "已设置" if key in SECRET_SETTINGS else get(key)
+    old = "已设置" if key in SECRET_SETTINGS else get(key)  # i18n-keep: data
     db.session.delete(row)
+    # i18n-keep: data
     audit.record("setting.clear", "setting", key, {key: old}, {key: "(环境变量 / environment)"}, actor_id=actor_id)
     db.session.commit()
     _cache.pop((id(current_app._get_current_object()), key), None)
@@ -128,14 +129,14 @@ def _check(key: str, value) -> None:
     if key in _TEXT_SETTINGS:
         if value is not None and (not isinstance(value, str) or len(value) > 255
                                   or any(ord(c) < 32 or ord(c) == 127 for c in value)):
-            raise ValidationError("须为不超过 255 个字符的单行文本 (a single line of at most 255 characters)")
+            raise ValidationError(gettext("须为不超过 255 个字符的单行文本"))
     if key == "smtp_port" and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535):
-        raise ValidationError("端口须为 0-65535 的整数 (port must be 0-65535; 0 = the usual port)")
+        raise ValidationError(gettext("端口须为 0-65535 的整数"))
     if key == "smtp_tls" and value not in ("starttls", "ssl", "none"):
-        raise ValidationError("加密方式须为 starttls、ssl 或 none (smtp_tls must be starttls, ssl or none)")
+        raise ValidationError(gettext("加密方式须为 starttls、ssl 或 none"))
     if key == "smtp_from" and value:
         from app.notices.service import parse_sender
 
         parse_sender(value)  # ValidationError when it is not an address (or "Name <address>")
     if key == "sms_endpoint" and value and not value.startswith(("https://", "http://")):
-        raise ValidationError("短信接口地址须为 http(s) 地址 (sms_endpoint must be an http(s) URL)")
+        raise ValidationError(gettext("短信接口地址须为 http(s) 地址"))

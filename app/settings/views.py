@@ -78,7 +78,12 @@ class PlatformSettingsView(SimpleFormView):
         except KamengError as exc:
             flash(exc.message, "danger")
             return None
-        flash(f"已保存：购买超过 {format_fen(value)} 须实名认证" if value else "已保存：购买不要求实名认证", "success")
+        flash(
+            gettext("已保存：购买超过 %(value)s 须实名认证", value=format_fen(value))
+            if value
+            else gettext("已保存：购买不要求实名认证"),
+            "success",
+        )
         required = bool(form.staff_2fa_required.data)
         if required != bool(service.get("staff_2fa_required")):  # audited only when it changes
             service.set_value("staff_2fa_required", required, actor_id=g.user.id)

@@ -4,6 +4,7 @@ The supplier itself (connection, credentials, balance) is `app.catalog.models.Su
 """
 from __future__ import annotations
 
+from flask_babel import lazy_gettext
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -24,12 +25,12 @@ from app.money import format_fen
 from app.states import Machine
 
 UPSTREAM_STATUSES = {
-    "submitting": "提交中",
-    "submitted": "已提交运营商",
-    "processing": "处理中",
-    "success": "充值成功",
-    "failed": "充值失败",
-    "unknown": "结果未知",
+    "submitting": lazy_gettext("提交中"),
+    "submitted": lazy_gettext("已提交运营商"),
+    "processing": lazy_gettext("处理中"),
+    "success": lazy_gettext("充值成功"),
+    "failed": lazy_gettext("充值失败"),
+    "unknown": lazy_gettext("结果未知"),
 }
 FINAL_UPSTREAM_STATUSES = ("success", "failed")
 

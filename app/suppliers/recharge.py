@@ -24,6 +24,7 @@ import unicodedata
 from datetime import datetime, timedelta
 
 from flask import current_app
+from flask_babel import gettext
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -72,12 +73,12 @@ TOPIC = "recharge"
 def clean_account(account: object) -> str:
     """The top-up target (phone number, game account, ...): 1-64 printable characters, trimmed."""
     if not isinstance(account, str) or not account.strip():
-        raise InvalidAccount("请填写充值账号 (account is required for direct top-up products)")
+        raise InvalidAccount(gettext("请填写充值账号"))
     value = account.strip()
     if len(value) > MAX_ACCOUNT_LEN:
-        raise InvalidAccount(f"充值账号最多 {MAX_ACCOUNT_LEN} 个字符 (account is at most {MAX_ACCOUNT_LEN} characters)")
+        raise InvalidAccount(gettext("充值账号最多 %(max)s 个字符", max=MAX_ACCOUNT_LEN))
     if any(unicodedata.category(ch).startswith("C") for ch in value):
-        raise InvalidAccount("充值账号不能包含控制字符 (account contains control characters)")
+        raise InvalidAccount(gettext("充值账号不能包含控制字符"))
     return value
 
 
@@ -153,7 +154,7 @@ def _next_step(order_id: int) -> tuple[str, int | None, str] | None:
     tried = {a.supplier_id for a in attempts}
     options = candidates(order.product_id, order.quantity, tried)
     if not options:
-        detail = ("所有货源均充值失败，自动退款" if attempts else "无可用货源，自动退款")
+        detail = ("所有货源均充值失败，自动退款" if attempts else "无可用货源，自动退款")  # i18n-keep: data
         _fail_and_refund_locked(order, detail + " (no supplier left)")
         db.session.commit()
         return "stop", None, "refunded"
@@ -167,7 +168,9 @@ def _next_step(order_id: int) -> tuple[str, int | None, str] | None:
     db.session.add(attempt)
     db.session.flush()
     if attempts:
+        # i18n-keep: data
         _event(order.id, attempt, "failover", "submitting", f"改由第 {attempt.seq} 个货源「{supplier.name}」充值")
+    # i18n-keep: data
     _event(order.id, attempt, "submit", "submitting", f"提交到「{supplier.name}」({mapping.upstream_code})")
     if order.status == "paid":
         orders.transition(order.id, "delivering", current="paid")
@@ -185,6 +188,7 @@ def _submit(attempt_id: int, in_place: bool) -> str:
 
         adapter = get_adapter(attempt.supplier)
     except KamengError as exc:  # misconfigured: nothing was sent, so this supplier definitely did not credit
+        # i18n-keep: data
         return _apply(attempt_id, UpstreamResult(FAILED, message=f"货源配置错误: {exc.message}"), "submit",
                       in_place)
     try:
@@ -213,6 +217,7 @@ def poll(attempt_id: int, in_place: bool = False) -> str:
     if result.status == NOT_FOUND:
         # The upstream never received it (the submit was lost, or refused before being recorded): send it again.
         attempt.polls += 1
+        # i18n-keep: data
         _event(order.id, attempt, "poll", "submitting", "上游查无此单，重新提交 (not found upstream: submitting again)")
         db.session.commit()
         return _submit(attempt_id, in_place)
@@ -249,6 +254,7 @@ def _apply(attempt_id: int, result: UpstreamResult | None, source: str, in_place
         return "delivered"
     if status == FAILED:
         move(attempt, "failed", finished_at=now, next_poll_at=None, last_error=message[:255] or None)
+        # i18n-keep: data
         _event(order.id, attempt, source, "failed", _detail("充值失败", attempt, message), remote_addr)
         _set_upstream_status(order.id, "failed")
         if not in_place:
@@ -267,8 +273,8 @@ def _apply(attempt_id: int, result: UpstreamResult | None, source: str, in_place
     attempt.next_poll_at = now + backoff(attempt.polls)
     if status == "unknown":
         attempt.last_error = message[:255] or None
-    text = {"submitted": "已提交运营商", "processing": "处理中",
-            "unknown": "无法确认结果（超时或网络错误），稍后查询"}[status]
+    text = {"submitted": "已提交运营商", "processing": "处理中",  # i18n-keep: data
+            "unknown": "无法确认结果（超时或网络错误），稍后查询"}[status]  # i18n-keep: data
     _event(order.id, attempt, source, status, _detail(text, attempt, message), remote_addr)
     _set_upstream_status(order.id, status)
     _alert_if_unknown_too_long(order, attempt, now)
@@ -295,6 +301,7 @@ def _apply_success(order: Order, attempt: RechargeAttempt, result: UpstreamResul
     _ensure_supplier_account(supplier.id)
     from app.payments.service import BUYER_FUNDS
 
+    # i18n-keep: data
     ledger.post_journal(f"order:{order.order_no}:sale", "sale", orders.sale_lines(order, BUYER_FUNDS),
                         memo=f"{order.product.name} × {order.quantity} 直充 {supplier.name}", order_id=order.id)
     commissions.accrue_for_delivered(order)
@@ -304,7 +311,8 @@ def _apply_success(order: Order, attempt: RechargeAttempt, result: UpstreamResul
                            .values(balance=Supplier.balance - attempt.cost))
     _set_upstream_status(order.id, "success")
     orders.transition(order.id, "delivered", current=order.status)
-    extra = f"，卡密 {stored} 张" if stored else ""
+    extra = f"，卡密 {stored} 张" if stored else ""  # i18n-keep: data
+    # i18n-keep: data
     _event(order.id, attempt, source, "success", _detail(f"充值成功{extra}", attempt, result.message), remote_addr)
 
 
@@ -319,13 +327,16 @@ def _late(order: Order, attempt: RechargeAttempt, result: UpstreamResult | None,
     if attempt.status in OPEN_STATUSES and status in (SUCCESS, FAILED):
         now = utcnow()
         move(attempt, "success" if status == SUCCESS else "failed", finished_at=now, updated_at=now, next_poll_at=None)
+        # i18n-keep: data
         detail = ("订单已结束但上游回报充值成功，请人工核实 (upstream credited a closed order: check by hand)"
-                  if status == SUCCESS else "订单已结束，上游回报失败")
+                  if status == SUCCESS else "订单已结束，上游回报失败")  # i18n-keep: data
         _event(order.id, attempt, source, status, detail, remote_addr)
     elif attempt.status in OPEN_STATUSES:
         attempt.next_poll_at = utcnow() + backoff(attempt.polls)
+        # i18n-keep: data
         _event(order.id, attempt, source, status or "unknown", "订单已结束，上游仍未确认结果", remote_addr)
     else:
+        # i18n-keep: data
         _event(order.id, attempt, source, status, f"重复或迟到的结果，已忽略 (duplicate or late: attempt already "
                                                   f"{attempt.status}, order {order.status})", remote_addr)
     db.session.commit()
@@ -345,6 +356,7 @@ def _alert_if_unknown_too_long(order: Order, attempt: RechargeAttempt, now: date
     flagged = db.session.scalar(select(func.count()).select_from(RechargeEvent).where(
         RechargeEvent.attempt_id == attempt.id, RechargeEvent.source == "system", RechargeEvent.status == "unknown"))
     if not flagged:
+        # i18n-keep: data
         _event(order.id, attempt, "system", "unknown",
                f"结果未知已超过 {minutes} 分钟，请联系供应商核实；系统继续查询，不会自动退款 (needs support)")
 
@@ -360,7 +372,7 @@ def fail_and_refund(order_id: int, reason: str) -> bool:
     if db.session.scalar(select(RechargeAttempt.id).where(RechargeAttempt.order_id == order.id,
                                                          RechargeAttempt.status.in_(OPEN_STATUSES)).limit(1)):
         db.session.rollback()
-        raise InvalidTransition("上游仍在处理该订单，不能退款 (an upstream attempt is still open)")
+        raise InvalidTransition(gettext("上游仍在处理该订单，不能退款"))
     _fail_and_refund_locked(order, reason)
     db.session.commit()
     return True
@@ -373,8 +385,8 @@ def _fail_and_refund_locked(order: Order, reason: str) -> None:
     _set_upstream_status(order.id, "failed")
     refund = payments.refund_held_funds(order, reason)
     orders.transition(order.id, "refunded", current="failed")
-    where = "钱包" if refund.destination == "wallet" else f"支付渠道 {refund.destination}"
-    _event(order.id, None, "refund", "failed", f"{reason}；已退款至{where}")
+    where = "钱包" if refund.destination == "wallet" else f"支付渠道 {refund.destination}"  # i18n-keep: data
+    _event(order.id, None, "refund", "failed", f"{reason}；已退款至{where}")  # i18n-keep: data
 
 
 # --- callbacks ---------------------------------------------------------------------------------------------
@@ -391,6 +403,7 @@ def handle_callback(supplier_id: int, headers: dict, body: bytes, remote_addr: s
         callback = get_adapter(supplier).parse_callback(headers, body)
     except (InvalidCallback, KamengError) as exc:
         db.session.rollback()
+        # i18n-keep: data
         _event(None, None, "callback", None, f"回调校验失败，已拒绝: {exc}", remote_addr, supplier_id=supplier.id)
         db.session.commit()
         raise CallbackRejected("invalid callback") from None
@@ -398,12 +411,14 @@ def handle_callback(supplier_id: int, headers: dict, body: bytes, remote_addr: s
         select(RechargeAttempt.id).join(Order, Order.id == RechargeAttempt.order_id)
         .where(Order.order_no == callback.order_no[:32], RechargeAttempt.supplier_id == supplier.id))
     if attempt_id is None:  # a callback from supplier X never settles an attempt at Y
+        # i18n-keep: data
         _event(None, None, "callback", callback.status,
                f"回调的订单 {callback.order_no[:40]} 未提交给该货源，已拒绝", remote_addr, supplier_id=supplier.id)
         db.session.commit()
         raise AttemptNotFound("no such order at this supplier")
     if callback.status not in (SUBMITTED, PROCESSING, SUCCESS, FAILED):
         attempt = db.session.get(RechargeAttempt, attempt_id)
+        # i18n-keep: data
         _event(attempt.order_id, attempt, "callback", None, f"无法识别的回调状态 {callback.status[:32]!r}，已忽略",
                remote_addr)
         db.session.commit()
@@ -471,6 +486,7 @@ def _store_secrets(order: Order, secrets: tuple[str, ...] | list[str]) -> int:
                                           created_at=now, sold_at=now))
             stored += 1
         except IntegrityError:  # the upstream delivered a secret some order already has: never give it twice
+            # i18n-keep: data
             _event(order.id, None, "system", None, f"上游返回了重复卡密 {crypto.mask(value)}，未保存，请人工处理")
     return stored
 
@@ -484,9 +500,9 @@ def _event(order_id: int | None, attempt: RechargeAttempt | None, source: str, s
 
 
 def _detail(text: str, attempt: RechargeAttempt, message: str | None) -> str:
-    parts = [text, f"第 {attempt.seq} 个货源"]
+    parts = [text, f"第 {attempt.seq} 个货源"]  # i18n-keep: data
     if attempt.upstream_trade_no:
-        parts.append(f"上游单号 {attempt.upstream_trade_no}")
+        parts.append(f"上游单号 {attempt.upstream_trade_no}")  # i18n-keep: data
     if message:
         parts.append(message)
     return "；".join(parts)[:255]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from flask_babel import gettext
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import selectinload
 
@@ -46,7 +47,7 @@ def candidates(product_id: int, quantity: int, exclude_supplier_ids: Iterable[in
 def check_available(product_id: int, quantity: int) -> None:
     """Raise out_of_stock unless some supplier can take this direct order now."""
     if not candidates(product_id, quantity):
-        raise NoSupplierAvailable("暂无可用货源，请稍后再试 (out of stock: no supplier can take this top-up now)")
+        raise NoSupplierAvailable(gettext("暂无可用货源，请稍后再试"))
 
 
 def available_direct_products(product_ids: Iterable[int]) -> set[int]:

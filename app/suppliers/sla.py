@@ -119,6 +119,7 @@ def enforce(order_id: int, now: datetime | None = None) -> str:
         return "not_due"
     announce: list[Breach] = []
     if _mark_breach(order, now, rules):
+        # i18n-keep: data
         announce.append(_breach(order, None, now, "breached", _t("超过到账承诺 %(m)s 分钟仍未到账", m=rules.minutes)))
     attempts = list(db.session.scalars(select(RechargeAttempt).where(RechargeAttempt.order_id == order.id)
                                        .order_by(RechargeAttempt.seq)))
@@ -127,7 +128,7 @@ def enforce(order_id: int, now: datetime | None = None) -> str:
     if open_attempt is None:  # at no supplier (the recharge job was lost, or an attempt failed just now)
         tried = {a.supplier_id for a in attempts}
         if not rules.refund and not candidates(order.product_id, order.quantity, tried):
-            detail = _t("超过到账承诺：没有可用货源且已关闭超时自动退款，请客服处理")
+            detail = _t("超过到账承诺：没有可用货源且已关闭超时自动退款，请客服处理")  # i18n-keep: data
             _note_once(order, None, detail)
             db.session.commit()
             _send([*announce, _breach(order, None, now, "alert_only", detail)] if announce else [])
@@ -145,7 +146,9 @@ def enforce(order_id: int, now: datetime | None = None) -> str:
     has_next = bool(candidates(order.product_id, order.quantity, tried))
     supplier_name = open_attempt.supplier.name
     if not rules.failover or not (has_next or rules.refund):
+        # i18n-keep: data
         why = (_t("已关闭超时自动改派") if not rules.failover else _t("没有其他货源且已关闭超时自动退款"))
+        # i18n-keep: data
         detail = _t("超过到账承诺：%(why)s，继续等待「%(s)s」的结果，请客服跟进", why=why, s=supplier_name)
         recharge._event(order.id, open_attempt, SOURCE, None, detail)
         db.session.commit()
@@ -153,8 +156,8 @@ def enforce(order_id: int, now: datetime | None = None) -> str:
         return "alert_only"
 
     recharge._event(order.id, open_attempt, SOURCE, None,
-                    _t("超过到账承诺：请求「%(s)s」撤单，撤单成功后%(then)s", s=supplier_name,
-                      then=_t("改由下一个货源充值") if has_next else _t("自动退款")))
+                    _t("超过到账承诺：请求「%(s)s」撤单，撤单成功后%(then)s", s=supplier_name,  # i18n-keep: data
+                      then=_t("改由下一个货源充值") if has_next else _t("自动退款")))  # i18n-keep: data
     attempt_id, order_no = open_attempt.id, order.order_no
     db.session.commit()  # the row lock is released: the supplier is asked outside any transaction
     _send(announce)
@@ -170,19 +173,24 @@ def _withdraw(order_id: int, attempt_id: int, order_no: str, now: datetime, rule
     except (CancelNotSupported, KamengError) as exc:
         message = getattr(exc, "message", None) or str(exc)
         return _leave(order_id, attempt_id, now, "cannot_cancel",
+                      # i18n-keep: data
                       _t("该货源无法撤单（%(why)s）：继续等待上游结果，请客服跟进", why=message[:120]))
     except UpstreamUnreachable as exc:
         return _leave(order_id, attempt_id, now, "unknown",
+                      # i18n-keep: data
                       _t("撤单请求无应答（%(why)s）：上游结果未知，不改派、不退款，继续查询，请客服跟进",
                         why=str(exc)[:120]))
     if result.status == SUCCESS:
         outcome = recharge._apply(attempt_id, result, SOURCE, in_place=True)
         order = db.session.get(Order, order_id)
+        # i18n-keep: data
         _send([_breach(order, attempt, now, "delivered", _t("撤单时上游回报已充值成功，已到账（超时）"))])
         return "delivered" if outcome == "delivered" else outcome
     if result.status != FAILED:
+        # i18n-keep: data
         return _leave(order_id, attempt_id, now, "cannot_cancel",
                       _t("上游无法撤单（%(status)s）：继续等待上游结果，请客服跟进", status=result.status))
+    # i18n-keep: data
     withdrawn = UpstreamResult(FAILED, result.trade_no, _t("超时撤单成功：%(m)s", m=result.message)[:255])
     if recharge._apply(attempt_id, withdrawn, SOURCE, in_place=True) != "failed_over":
         return "done"  # another answer settled the attempt first: nothing more for the SLA to do
@@ -191,13 +199,14 @@ def _withdraw(order_id: int, attempt_id: int, order_no: str, now: datetime, rule
     if candidates(order.product_id, order.quantity, tried):
         outcome = recharge.run(order_id)  # the next supplier (or, when it fails at once and none is left, a refund)
         action = "refunded" if outcome == "refunded" else "failed_over"
-        detail = _t("已从「%(s)s」撤单，改由下一个货源充值", s=attempt.supplier.name)
+        detail = _t("已从「%(s)s」撤单，改由下一个货源充值", s=attempt.supplier.name)  # i18n-keep: data
     elif rules.refund:
+        # i18n-keep: data
         recharge.fail_and_refund(order_id, _t("超过到账承诺 %(m)s 分钟，上游已撤单且无其他货源，自动退款",
                                               m=rules.minutes))
-        action, detail = "refunded", _t("已撤单，没有其他货源，已自动退款")
+        action, detail = "refunded", _t("已撤单，没有其他货源，已自动退款")  # i18n-keep: data
     else:  # the last other supplier went away meanwhile and refunds are off: support decides
-        action, detail = "alert_only", _t("已撤单，但已没有其他货源且已关闭超时自动退款，请客服处理")
+        action, detail = "alert_only", _t("已撤单，但已没有其他货源且已关闭超时自动退款，请客服处理")  # i18n-keep: data
         recharge._event(order_id, attempt, SOURCE, None, detail)
         db.session.commit()
     _send([_breach(db.session.get(Order, order_id), attempt, now, action, detail)])
@@ -224,6 +233,7 @@ def _mark_breach(order: Order, now: datetime, rules: SlaSettings) -> bool:
     if seen is not None:
         return False
     minutes = int((now - order.paid_at).total_seconds() // 60)
+    # i18n-keep: data
     recharge._event(order.id, None, SOURCE, None,
                     _t("已超过到账承诺（%(m)s 分钟），支付后 %(n)s 分钟仍未到账", m=rules.minutes, n=minutes))
     return True

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+from flask_babel import gettext
 from sqlalchemy import select
 
 from app.catalog.models import Product, StockAlert, Supplier
@@ -56,7 +57,7 @@ def sync_supplier(supplier_id: int) -> dict:
     entry = {"supplier_id": supplier_id, "name": supplier.name if supplier else str(supplier_id), "balance": None,
              "mappings": 0, "out_of_stock": 0, "errors": [], "alert": None}
     if supplier is None:
-        entry["errors"].append("供应商不存在 (unknown supplier)")
+        entry["errors"].append(gettext("供应商不存在"))
         return entry
     try:
         adapter = get_adapter(supplier)
@@ -71,14 +72,14 @@ def sync_supplier(supplier_id: int) -> dict:
     try:
         balance = adapter.query_balance()
     except UpstreamUnreachable as exc:
-        entry["errors"].append(f"余额查询失败 (balance unavailable): {exc}")
+        entry["errors"].append(gettext("余额查询失败：%(error)s", error=exc))
     try:
         items = adapter.list_stock()
     except UpstreamUnreachable as exc:
-        entry["errors"].append(f"库存查询失败 (stock list unavailable): {exc}")
+        entry["errors"].append(gettext("库存查询失败：%(error)s", error=exc))
     except Exception as exc:  # an adapter bug must not stop the other suppliers' sync; it is reported and logged
         log.exception("stock sync of supplier %s failed", supplier_id)
-        entry["errors"].append(f"库存同步出错 (stock sync error): {type(exc).__name__}: {exc}"[:255])
+        entry["errors"].append(gettext("库存同步出错：%(error)s", error=type(exc).__name__ + ": " + str(exc))[:255])
 
     if items is not None:
         entry["mappings"], entry["out_of_stock"] = _store_stock(supplier_id, items)

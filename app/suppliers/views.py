@@ -77,14 +77,14 @@ class SupplierProductView(ReadableColumnsMixin, AuditedViewMixin, ModelView):
 
 def _check_mapping(item: SupplierProduct) -> None:
     if item.supplier is None or item.product is None:
-        raise ValueError("请选择供应商和商品")
+        raise ValueError(gettext("请选择供应商和商品"))
     if item.product.kind != "direct":  # the dropdown offers direct products only; a forged form is refused here
-        raise ValueError("只有直充商品需要货源映射")
+        raise ValueError(gettext("只有直充商品需要货源映射"))
     item.upstream_code = (item.upstream_code or "").strip()
     if not item.upstream_code or len(item.upstream_code) > 64:
-        raise ValueError("请填写上游商品编码（最多 64 个字符）")
+        raise ValueError(gettext("请填写上游商品编码（最多 64 个字符）"))
     if item.cost is None or item.cost < 0:
-        raise ValueError("请填写成本")
+        raise ValueError(gettext("请填写成本"))
     if item.priority is None:
         item.priority = 100
     with db.session.no_autoflush:  # answer the duplicate before the unique constraint would
@@ -92,7 +92,7 @@ def _check_mapping(item: SupplierProduct) -> None:
             SupplierProduct.supplier_id == item.supplier.id, SupplierProduct.product_id == item.product.id,
             SupplierProduct.id != (item.id or 0)))
     if clash:
-        raise ValueError("该供应商已有这个商品的映射，请直接编辑")
+        raise ValueError(gettext("该供应商已有这个商品的映射，请直接编辑"))
 
 
 class SupplierAlertView(ReadableColumnsMixin, ModelView):

@@ -22,7 +22,7 @@ from app.support import compensation, search
 from app.support.models import CompensationBatch, CompensationOrder
 from app.views_common import ReadableColumnsMixin
 
-AFTER_SALES = "售后"
+AFTER_SALES = "订单与售后"  # app.views.ORDERS
 
 
 class SupportSearchView(BaseView):

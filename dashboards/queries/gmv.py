@@ -165,7 +165,7 @@ def overview(scope_id: int, start: date, end: date, granularity: str = "day", ca
 
 def _labels(by: str, keys: list) -> dict:
     if by == "channel":
-        return {k: CHANNEL_NAMES.get(k, k) for k in keys}
+        return {k: str(CHANNEL_NAMES.get(k, k)) for k in keys}  # lazy labels: JSON needs str
     model = {"category": Category, "product": Product, "tier": Tier, "supplier": Supplier}[by]
     ids = [k for k in keys if k is not None]
     if not ids:

@@ -84,7 +84,7 @@ CHINA = timezone(timedelta(hours=8), "Asia/Shanghai")  # Alipay's clock: GMT+8, 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 SUCCESS = "10000"
 CLOSE_STATUS_ERRORS = {"ACQ.TRADE_STATUS_ERROR", "ACQ.REASON_ILLEGAL_STATUS", "ACQ.REASON_TRADE_STATUS_INVALID"}
-DETAIL_SUFFIX = "业务明细.csv"
+DETAIL_SUFFIX = "业务明细.csv"  # i18n-keep: data
 MAX_BILL_BYTES = 64 * 1024 * 1024
 _UTF8_NAME_FLAG = 0x800
 
@@ -429,18 +429,19 @@ class AlipayChannel:
             return []
         header = [h.strip() for h in rows[0]]
         try:
-            i_trade, i_order = header.index("支付宝交易号"), header.index("商户订单号")
-            i_amount = header.index("订单金额（元）")
+            i_trade, i_order = header.index("支付宝交易号"), header.index("商户订单号")  # i18n-keep: data
+            i_amount = header.index("订单金额（元）")  # i18n-keep: data
         except ValueError:
+            # i18n-keep: data
             raise ChannelError("not an Alipay trade bill: missing 支付宝交易号/商户订单号/订单金额（元）") from None
-        i_kind = header.index("业务类型") if "业务类型" in header else None
-        i_received = header.index("商家实收（元）") if "商家实收（元）" in header else None
+        i_kind = header.index("业务类型") if "业务类型" in header else None  # i18n-keep: data
+        i_received = header.index("商家实收（元）") if "商家实收（元）" in header else None  # i18n-keep: data
         lines = []
         for row in rows[1:]:
             cells = [c.strip().strip("\t").strip() for c in row]
             if len(cells) <= max(i_trade, i_order, i_amount) or not cells[i_trade]:
                 continue
-            kind = "refund" if i_kind is not None and "退款" in cells[i_kind] else "payment"
+            kind = "refund" if i_kind is not None and "退款" in cells[i_kind] else "payment"  # i18n-keep: data
             amount_cell = cells[i_amount]
             if kind == "refund" and i_received is not None and len(cells) > i_received and cells[i_received]:
                 amount_cell = cells[i_received]

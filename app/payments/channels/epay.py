@@ -51,6 +51,8 @@ import io
 import json
 from urllib.parse import urlencode
 
+from flask_babel import gettext
+
 from app import outbound
 from app.money import format_fen, parse_yuan
 from app.payments.channels.base import (
@@ -135,7 +137,7 @@ class EpayChannel:
 
     def _require(self) -> None:
         if not self._configured():
-            raise ChannelError("易支付未配置商户号、密钥或接口地址 (epay channel is not configured)")
+            raise ChannelError(gettext("易支付未配置商户号、密钥或接口地址"))
 
     def _signed(self, params: dict) -> dict:
         params = {k: str(v) for k, v in params.items() if v not in (None, "")}
@@ -155,13 +157,13 @@ class EpayChannel:
         params.update(clientip=request.client_ip or "", device="pc")
         data = self._post("mapi.php", self._signed(params))
         if str(data.get("code")) != "1":
-            raise ChannelError(f"易支付下单失败 (mapi.php refused: {str(data.get('msg') or '')[:120]})")
+            raise ChannelError(gettext("易支付下单失败：%(value)s", value=str(data.get('msg') or '')[:120]))
         if isinstance(data.get("payurl"), str) and data["payurl"].startswith(("http://", "https://")):
             return PaymentStart(pay_url=data["payurl"], meta={"trade_no": str(data.get("trade_no") or "")})
         if isinstance(data.get("qrcode"), str) and data["qrcode"]:
             return PaymentStart(pay_url=f"/pay/epay/qr/{request.order_no}", code_url=data["qrcode"],
                                 meta={"trade_no": str(data.get("trade_no") or "")})
-        raise ChannelError("易支付下单未返回支付地址 (mapi.php answered no payurl or qrcode)")
+        raise ChannelError(gettext("易支付下单未返回支付地址"))
 
     def verify_notification(self, headers, form: dict, body: bytes) -> Notification:
         if not self._configured():
@@ -195,9 +197,9 @@ class EpayChannel:
         self._require()
         data = self._api("order", {"out_trade_no": out_trade_no})
         if str(data.get("code")) != "1":
-            if "不存在" in str(data.get("msg") or ""):
+            if "不存在" in str(data.get("msg") or ""):  # i18n-keep: data
                 return TradeStatus("not_found", raw=_public(data))
-            raise ChannelUnavailable(f"易支付查询失败 (act=order: {str(data.get('msg') or '')[:120]})")
+            raise ChannelUnavailable(gettext("易支付查询失败：%(value)s", value=str(data.get('msg') or '')[:120]))
         if str(data.get("out_trade_no") or out_trade_no) != out_trade_no:
             raise ChannelUnavailable("epay act=order answered for another out_trade_no")
         try:
@@ -224,12 +226,14 @@ class EpayChannel:
         if request.amount <= 0:
             raise ChannelError("refund amount must be positive")
         if not self.refund_api:
+            # i18n-keep: data
             return RefundResult("manual", message="该易支付商户不支持接口退款：请在易支付商户后台原路退款，然后在退款"
                                                   "记录中「确认已退款」(no refund API: refund it in the provider's "
                                                   "back office, then confirm)")
         # No refund number in V1: ask first, so an earlier call whose answer was lost is never repeated.
         before = self.query_payment(request.out_trade_no, request.meta)  # ChannelUnavailable: ask again later
         if before.state == "refunded":
+            # i18n-keep: data
             return RefundResult("succeeded", channel_refund_no=before.trade_no, message="status 2 (已退款)")
         if before.state != "paid":
             return RefundResult("failed", message=f"the provider shows this order as {before.state}")
@@ -245,13 +249,14 @@ class EpayChannel:
                                 message=str(data.get("msg") or "")[:200])
         after = self.query_payment(request.out_trade_no, request.meta)
         if after.state == "refunded":
+            # i18n-keep: data
             return RefundResult("succeeded", channel_refund_no=after.trade_no, message="status 2 (已退款)")
         return RefundResult("failed", message=f"act=refund refused: {str(data.get('msg') or '')[:200]}")
 
     def query_refund(self, request: RefundRequest) -> RefundResult:
         state = self.query_payment(request.out_trade_no, request.meta).state
         if state == "refunded":
-            return RefundResult("succeeded", message="status 2 (已退款)")
+            return RefundResult("succeeded", message="status 2 (已退款)")  # i18n-keep: data
         return RefundResult("processing", message=f"the provider shows the order as {state}")
 
     def verify_refund_notification(self, headers, form: dict, body: bytes) -> RefundNotice:
@@ -260,8 +265,7 @@ class EpayChannel:
     # --- statements ------------------------------------------------------------------------------------------
 
     def download_statement(self, day) -> list[StatementLine]:
-        raise ChannelError("易支付没有对账单下载接口：请导出 CSV（trade_no,out_trade_no,money）后手工导入 "
-                           "(epay V1 has no bill download: import an export by hand)")
+        raise ChannelError(gettext("易支付没有对账单下载接口：请导出 CSV（trade_no,out_trade_no,money）后手工导入"))
 
     def parse_statement(self, content: bytes) -> list[StatementLine]:
         """A provider's order export as CSV with a header naming trade_no, out_trade_no and money (yuan)."""

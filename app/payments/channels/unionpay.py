@@ -95,7 +95,7 @@ FILE_PATH = "/"
 VERSION = "5.1.0"
 SIGN_METHOD = "01"
 CURRENCY = "156"  # CNY
-UNIONPAY_CN = "中国银联股份有限公司"
+UNIONPAY_CN = "中国银联股份有限公司"  # i18n-keep: data
 BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
 TXN_TIME_FORMAT = "%Y%m%d%H%M%S"
 DEFAULT_PAY_MINUTES = 15
@@ -488,6 +488,7 @@ class UnionPayChannel:
             return RefundResult("processing", channel_refund_no=answer.get("queryId"),
                                 message="accepted; the result comes by query or notification", meta=meta)
         if code == DUPLICATE:
+            # i18n-keep: data
             return RefundResult("processing", message="UnionPay already has this refund (重复交易): query it",
                                 meta=meta)
         if code in UNKNOWN_CODES:
@@ -507,6 +508,7 @@ class UnionPayChannel:
         if code == NOT_FOUND:
             # Only refunds UnionPay accepted are queried: not finding one is an anomaly (a lost txnTime, a lag),
             # never proof that nothing was refunded. Keep asking; the refund's age raises the alarm.
+            # i18n-keep: data
             return RefundResult("processing", message="UnionPay does not find this refund (查无此交易)", meta=meta)
         if code != "00":
             raise ChannelUnavailable(f"unionpay refund query failed: {self._message(answer)}")
@@ -583,7 +585,7 @@ def _parse_zm(content: bytes) -> list[StatementLine]:
         if text_amount[:1].isalpha():
             text_amount = text_amount[1:]
         if not text_amount.isdigit():
-            raise ChannelError(f"statement line {number}: 交易金额 {text_amount!r} is not fen")
+            raise ChannelError(f"statement line {number}: 交易金额 {text_amount!r} is not fen")  # i18n-keep: data
         amount = int(text_amount)
         if field(ZM_TXN_TYPE) in REFUND_TXN_TYPES:
             trade_no = field(ZM_ORIG_QUERY_ID) or field(ZM_QUERY_ID)

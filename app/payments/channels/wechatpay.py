@@ -301,6 +301,7 @@ class WechatPayChannel:
                                  "transaction": tx})
 
     def success_answer(self) -> NotificationAnswer:
+        # i18n-keep: data
         return NotificationAnswer(json.dumps({"code": "SUCCESS", "message": "成功"}), 200, "application/json")
 
     def failure_answer(self, message: str) -> NotificationAnswer:
@@ -443,17 +444,19 @@ class WechatPayChannel:
             return []
         header = [h.strip().lstrip("`") for h in rows[0]]
         try:
+            # i18n-keep: data
             i_trade, i_order, i_state = header.index("微信订单号"), header.index("商户订单号"), header.index("交易状态")
-            i_amount = header.index("应结订单金额")
+            i_amount = header.index("应结订单金额")  # i18n-keep: data
         except ValueError:
-            raise ChannelError("not a WeChat Pay trade bill: missing 微信订单号/商户订单号/交易状态/应结订单金额") \
-                from None
-        i_refund = header.index("退款金额") if "退款金额" in header else None
+            # i18n-keep: data
+            raise ChannelError(
+                "not a WeChat Pay trade bill: missing 微信订单号/商户订单号/交易状态/应结订单金额") from None
+        i_refund = header.index("退款金额") if "退款金额" in header else None  # i18n-keep: data
         lines = []
         for n, row in enumerate(rows[1:], start=2):
             cells = [c.strip().lstrip("`").strip() for c in row]
-            if not cells or cells[0] == "总交易单数" or len(cells) <= max(i_trade, i_order, i_amount, i_state) \
-                    or not cells[i_trade]:
+            if not cells or cells[0] == "总交易单数" \
+                    or len(cells) <= max(i_trade, i_order, i_amount, i_state) or not cells[i_trade]:  # i18n-keep: data
                 break  # the summary block (总交易单数, ...) follows the detail lines
             try:
                 if cells[i_state] == "REFUND" and i_refund is not None:

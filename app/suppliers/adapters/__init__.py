@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from flask import current_app, has_request_context, request
+from flask_babel import gettext
 
 from app import crypto
 from app.catalog.models import Supplier
@@ -37,14 +38,17 @@ def notify_url_for(supplier_id: int, base_url: str | None = None) -> str | None:
 
 def connection_for(supplier: Supplier, base_url: str | None = None) -> Connection:
     if supplier.protocol not in ADAPTERS:
-        raise SupplierNotConnected(f"供应商 {supplier.name} 的对接协议未知: {supplier.protocol!r} "
-                                   "(unknown supplier protocol)")
+        raise SupplierNotConnected(
+            gettext(
+                "供应商 %(name)s 的对接协议未知: %(protocol)s", name=supplier.name, protocol=repr(supplier.protocol)
+            )
+        )
     if not supplier.endpoint or not supplier.app_key or not supplier.secret_enc:
-        raise SupplierNotConnected(f"供应商 {supplier.name} 缺少接口地址或密钥 (endpoint or credentials missing)")
+        raise SupplierNotConnected(gettext("供应商 %(name)s 缺少接口地址或密钥", name=supplier.name))
     try:
         secret = crypto.decrypt(supplier.secret_enc)
     except ValueError:
-        raise SupplierNotConnected(f"供应商 {supplier.name} 的密钥无法解密 (cannot decrypt the secret)") from None
+        raise SupplierNotConnected(gettext("供应商 %(name)s 的密钥无法解密", name=supplier.name)) from None
     return Connection(supplier_id=supplier.id, protocol=supplier.protocol, endpoint=supplier.endpoint.rstrip("/"),
                       app_key=supplier.app_key, secret=secret, timeout=float(supplier.timeout_seconds or 10),
                       notify_url=notify_url_for(supplier.id, base_url))

@@ -77,7 +77,7 @@ class KamengAdapter(SupplierAdapter):
                 return UpstreamResult(status=PROCESSING, trade_no=str(data["order_no"]),
                                       message="delivered upstream; card secrets not received")
         return UpstreamResult(status=status, trade_no=str(data["order_no"])[:64],
-                              message=f"上游订单状态 {data.get('status')}",
+                              message=f"上游订单状态 {data.get('status')}",  # i18n-keep: data
                               card_secrets=tuple(str(s) for s in secrets) if status == SUCCESS else ())
 
     def submit(self, order_no: str, code: str, account: str, quantity: int) -> UpstreamResult:
@@ -133,7 +133,7 @@ class KamengAdapter(SupplierAdapter):
                 fetched = UpstreamResult(status=PROCESSING, trade_no=trade_no)
             status, card_secrets = fetched.status, fetched.card_secrets
         return CallbackResult(order_no=order_no, status=status, trade_no=trade_no,
-                              message=f"上游订单状态 {upstream_status}", card_secrets=card_secrets,
+                              message=f"上游订单状态 {upstream_status}", card_secrets=card_secrets,  # i18n-keep: data
                               answer="success")
 
     def query_balance(self) -> int:
