@@ -16,6 +16,7 @@ import secrets as pyrandom
 from datetime import timedelta
 
 from flask import current_app
+from flask_babel import gettext as _
 from sqlalchemy import func, select
 from sqlalchemy.orm import joinedload
 
@@ -353,8 +354,7 @@ def poll_one(withdrawal_id: int, now=None) -> str | None:
         raise
     result = payout.query(no)
     if result.status == "not_found" and asked_before:
-        resend = payout.PayoutResult("unknown", reason="银行未收到该笔打款，已按原单号重新发送 "
-                                                       "(never reached the bank; sent again under the same number)")
+        resend = payout.PayoutResult("unknown", reason=_("银行未收到该笔打款，已按原单号重新发送"))
         status = _book(withdrawal_id, no, resend)
         if status != "paying":
             return status
