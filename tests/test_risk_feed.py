@@ -168,12 +168,12 @@ def test_tampered_unknown_foreign_expired_and_unknown_key_feeds_are_refused(app,
         tampered = tmp_path / "tampered.json"
         tampered.write_bytes(raw[:at] + (b"0" if raw[at:at + 1] != b"0" else b"1") + raw[at + 1:])
         code, out = _cli(app_b, "feed", "import", str(tampered))
-        assert code != 0 and "bad signature" in out
+        assert code != 0 and "签名无效" in out
         # one byte changed anywhere structural: not a feed at all
         broken = tmp_path / "broken.json"
         broken.write_bytes(raw[:1] + b"[" + raw[2:])
         code, out = _cli(app_b, "feed", "import", str(broken))
-        assert code != 0 and "not a feed" in out
+        assert code != 0 and "不是有效的共享名单文件" in out
         code, out = _cli(app_b, "feed", "import", str(tmp_path / "missing.json"))
         assert code != 0 and "file not found" in out
         assert db.session.scalars(select(RiskFeedEntry)).all() == []
@@ -192,9 +192,9 @@ def test_tampered_unknown_foreign_expired_and_unknown_key_feeds_are_refused(app,
     _ok(app, "feed", "export", str(foreign_key))
     with app_b.app_context():
         code, out = _cli(app_b, "feed", "import", str(stranger))
-        assert code != 0 and "unknown publisher" in out
+        assert code != 0 and "未知或已停用的发布方" in out
         code, out = _cli(app_b, "feed", "import", str(forged))
-        assert code != 0 and "public key differs" in out
+        assert code != 0 and "公钥与登记的不同" in out
     # B learns A's new public key; the feed under shared-2 is then refused for its key id
     a_key = feed.publisher().public_key
     with app_b.app_context():
@@ -203,37 +203,37 @@ def test_tampered_unknown_foreign_expired_and_unknown_key_feeds_are_refused(app,
         db.session.execute(RiskFeedPartner.__table__.update().values(public_key=a_key))
         db.session.commit()
         code, out = _cli(app_b, "feed", "import", str(foreign_key))
-        assert code != 0 and "unknown key id" in out
+        assert code != 0 and "未知的共享密钥编号" in out
     # an old feed (generated 8 days ago), signed properly: expired
     document, _ = feed.build(now=utcnow() - timedelta(days=8))
     old = tmp_path / "old.json"
     old.write_bytes(document)
     with app_b.app_context():
         code, out = _cli(app_b, "feed", "import", str(old))
-        assert code != 0 and "expired" in out
+        assert code != 0 and "已过期" in out
         assert db.session.scalars(select(RiskFeedEntry)).all() == []
 
 
 def test_export_waits_for_a_legal_basis_an_identity_and_a_key(app, tmp_path):
     path = tmp_path / "feed.json"
     code, out = _cli(app, "feed", "export", str(path))
-    assert code != 0 and "legal basis" in out and not path.exists()
+    assert code != 0 and "法律依据" in out and not path.exists()
     code, out = _cli(app, "feed", "legal-basis", "--basis", "consent", "--text", "short")
-    assert code != 0 and "10 to 20000" in out
+    assert code != 0 and "10-20000" in out
     _ok(app, "feed", "legal-basis", "--basis", "consent", "--text", CONSENT)
     code, out = _cli(app, "feed", "export", str(path))
-    assert code != 0 and "publisher identity" in out
+    assert code != 0 and "发布方身份" in out
     _ok(app, "feed", "identity", "--publisher-id", "kameng-a")
     code, out = _cli(app, "feed", "identity", "--publisher-id", "kameng-a")
-    assert code != 0 and "replace it explicitly" in out
+    assert code != 0 and "更换须确认" in out
     code, out = _cli(app, "feed", "export", str(path))
-    assert code != 0 and "sharing key" in out
+    assert code != 0 and "共享密钥" in out
     code, out = _cli(app, "feed", "key", "add", "--key-id", "bad id!", "--secret", "00" * 32)
-    assert code != 0 and "key id" in out
+    assert code != 0 and "密钥编号" in out
     code, out = _cli(app, "feed", "key", "add", "--key-id", "k1", "--secret", "not-hex")
-    assert code != 0 and "hex" in out
+    assert code != 0 and "十六进制" in out
     code, out = _cli(app, "feed", "partner", "add", "--publisher-id", "p", "--public-key", "AAAA", "--key-ids", "k1")
-    assert code != 0 and "32 raw bytes" in out
+    assert code != 0 and "32 字节" in out
     _ok(app, "feed", "key", "add", "--key-id", "k1", "--secret", "ab" * 32)
     assert _ok(app, "feed", "export", str(path))["entries"] == 0
     # the legal basis is versioned
@@ -297,7 +297,7 @@ def test_feed_screens_record_the_legal_basis_and_show_the_log(app, f, client, tm
     page = client.get("/risk-feed/")
     assert page.status_code == 200 and "尚未登记共享的法律依据" in page.get_data(as_text=True)
     r = client.post("/risk-feed/export")
-    assert r.status_code == 409 and "no legal basis" in r.get_data(as_text=True)
+    assert r.status_code == 409 and "尚未登记共享的法律依据，不能导出" in r.get_data(as_text=True)
     r = client.post("/risk-feed/legal-basis", data={"basis": "consent", "text": CONSENT})
     assert r.status_code == 302
     assert client.post("/risk-feed/identity", data={"publisher_id": "kameng-a"}).status_code == 302
@@ -308,7 +308,9 @@ def test_feed_screens_record_the_legal_basis_and_show_the_log(app, f, client, tm
     assert r.status_code == 200 and json.loads(r.data)["feed"]["publisher"] == "kameng-a"
     text = client.get("/risk-feed/").get_data(as_text=True)
     assert CONSENT in text and "feed-admin" in text and "kameng-a" in text
+    # the service's refusal reads in the staff member's language
+    assert client.get("/lang/en").status_code == 302
     r = client.post("/risk-feed/import", data={"file": (tmp_path.joinpath("x").open("wb+"), "x.json")},
                     content_type="multipart/form-data")
-    assert r.status_code == 400 and "empty feed" in r.get_data(as_text=True)
+    assert r.status_code == 400 and "The file is empty" in r.get_data(as_text=True)
     assert client.get("/risk-feed-entries/list/").status_code == 200

@@ -91,15 +91,15 @@ def test_a_model_that_does_not_beat_the_rules_is_refused_and_stays_a_shadow(app)
     assert code == 0 and "does not beat" in out, out
     code, out = _cli(app, "promote", "1")
     assert code != 0
-    assert "does not beat the active rules" in out and "recall@1%" in out
+    assert "未优于生效规则" in out and "1% 审核率的召回率" in out
     assert h.db.session.scalar(select(RiskModel.status).where(RiskModel.version == 1)) == "shadow"
     code, out = _cli(app, "promote", "9")
-    assert code != 0 and "no model version 9" in out
+    assert code != 0 and "模型版本不存在：9" in out
 
 
 def test_too_little_history_is_a_message_not_a_traceback(app):
     code, out = _cli(app, "train")
-    assert code == 2 and "not enough labelled history" in out
+    assert code == 2 and "标注数据不足" in out
 
 
 def test_shadow_scores_are_recorded_and_decide_nothing(app):

@@ -2164,4 +2164,60 @@ EN: dict[str, str] = {
     "请填写上游商品编码（最多 64 个字符）": "Enter the supplier's product code (at most 64 characters)",
     "请填写成本": "Enter the cost",
     "该供应商已有这个商品的映射，请直接编辑": "This supplier already maps this product: edit that mapping",
+    # i18nc: service errors of the shared risk feed (app/risk/feed.py), the fraud model (app/risk/learning/model.py)
+    # and the payout poll's two failure reasons (app/network/payout.py, withdrawals.py)
+    "%(what)s 须为 ISO 时间或 Unix 秒：%(value)s": "%(what)s must be an ISO time or unix seconds: %(value)s",
+    "密钥编号须为 1-32 个字母、数字或 _ . -": "A key id is 1-32 of A-Z a-z 0-9 _ . -",
+    "共享密钥须为 64-128 位十六进制": "A sharing secret is 64-128 hex characters",
+    "密钥编号已存在：%(key_id)s": "Key id %(key_id)s exists",
+    "共享密钥 %(key_id)s 不存在或已停用": "No active sharing key %(key_id)s",
+    "发布方编号须为 1-64 个字母、数字或 _ . -": "A publisher id is 1-64 of A-Z a-z 0-9 _ . -",
+    "已有发布方身份 %(publisher_id)s；更换须确认":
+        "A publisher identity exists (%(publisher_id)s): replace it explicitly",
+    "公钥须为 Ed25519 公钥（32 字节）的 Base64":
+        "The public key must be an Ed25519 public key (32 raw bytes) in base64",
+    "请填写对方使用的共享密钥编号": "Enter the sharing key ids the partner uses",
+    "不能把本平台登记为合作方（%(publisher_id)s 是本平台的发布方编号）":
+        "This platform cannot be its own partner (%(publisher_id)s is this platform's publisher id)",
+    "合作方已登记：%(publisher_id)s": "Partner %(publisher_id)s is already registered",
+    "合作方 %(id)s 不存在": "No partner %(id)s",
+    "合作方 %(id)s 不存在或已停用": "No active partner %(id)s",
+    "法律依据须为 %(bases)s 之一": "The legal basis must be one of %(bases)s",
+    "请填写授权 / 告知文本（10-20000 个字符）": "Enter the consent / notice text (10 to 20000 characters)",
+    "尚未登记共享的法律依据，不能导出": "No legal basis for sharing is recorded: nothing can be exported",
+    "尚未生成发布方身份，请先生成": "No publisher identity: generate one first",
+    "没有当前共享密钥，请先新增或轮换一个": "No current sharing key: add or rotate one first",
+    "合作方已停用": "The partner is suspended",
+    "文件为空": "The file is empty",
+    "文件过大": "The file is too large",
+    "不是有效的共享名单文件：JSON 无法解析": "Not a shared-list feed: the JSON does not parse",
+    "不是有效的共享名单文件：须为只含 feed 与 signature 两项的对象":
+        "Not a shared-list feed: it must be an object holding feed and signature only",
+    "不支持的格式：%(format)s": "Unsupported format: %(format)s",
+    "未知或已停用的发布方：%(publisher)s": "Unknown or suspended publisher: %(publisher)s",
+    "发布方 %(publisher)s 的公钥与登记的不同":
+        "The public key of publisher %(publisher)s differs from the registered one",
+    "签名无效：内容被改动或非 %(publisher)s 签发":
+        "Bad signature: the feed was tampered with or not signed by %(publisher)s",
+    "条目格式不正确：不是对象": "Malformed entry: not an object",
+    "未知的共享密钥编号：%(key_id)s（须为本平台有效、且为该合作方登记的密钥）":
+        "Unknown key id %(key_id)s: it must be an active key of ours registered for this partner",
+    "条目格式不正确：类型或值有误": "Malformed entry: its kind or value is wrong",
+    "网段条目缺少前缀长度": "A network (cidr) entry needs its prefix length",
+    "共享名单已过期（%(expires_at)s）": "The feed expired (%(expires_at)s)",
+    "生成时间在未来（%(generated_at)s）": "The feed was generated in the future (%(generated_at)s)",
+    "条目列表缺失": "The feed has no list of entries",
+    "标注数据不足，无法训练：%(decisions)s 个决策，其中欺诈 %(fraud)s 个；需要至少 "
+    "%(need)s 个，且前段既有欺诈也有正常、后段有欺诈":
+        "Not enough labelled history to train: %(decisions)s decisions, %(fraud)s fraud; need %(need)s+ with fraud "
+        "and legitimate in the earlier part and fraud in the later part",
+    "模型版本不存在：%(version)s": "No model version %(version)s",
+    "模型 v%(version)s 已是生效版本": "Model v%(version)s is already active",
+    "模型 v%(version)s 未优于生效规则，保持影子状态：留出集上 1%% 审核率的召回率 %(recall)s（规则 %(rules_recall)s），"
+    "PR-AUC %(pr_auc)s（规则 %(rules_pr_auc)s）；晋升须召回率更高且 PR-AUC 不更低":
+        "Model v%(version)s does not beat the active rules on its holdout and stays a shadow: recall at the 1%% "
+        "review rate %(recall)s (rules %(rules_recall)s), PR-AUC %(pr_auc)s (rules %(rules_pr_auc)s); promotion "
+        "needs a higher recall and a PR-AUC not lower",
+    "银行未收到该笔打款": "The bank has no transfer with this number",
+    "银行未收到该笔打款，已按原单号重新发送": "The transfer never reached the bank: sent again under the same number",
 }

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import requests
 from flask import current_app
+from flask_babel import gettext as _
 
 from app import outbound
 from app.network.realname import signed_post
@@ -66,7 +67,7 @@ def query(out_no: str) -> PayoutResult:
         # i18n-keep: data
         return PayoutResult("unknown", reason=f"打款查询应答异常 (payout query answered HTTP {resp.status_code})")
     if data.get("status") == "not_found":
-        return PayoutResult("not_found", reason="银行未收到该笔打款 (the bank has no transfer with this number)")
+        return PayoutResult("not_found", reason=_("银行未收到该笔打款"))
     if data.get("status") not in ("success", "failed"):
         # i18n-keep: data
         return PayoutResult("unknown", reason=f"打款结果未知：{str(data.get('status'))[:32]} (payout result unknown)")

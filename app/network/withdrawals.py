@@ -368,8 +368,7 @@ def poll_one(withdrawal_id: int, now=None) -> str | None:
         raise
     result = payout.query(no)
     if result.status == "not_found" and asked_before:
-        resend = payout.PayoutResult("unknown", reason="银行未收到该笔打款，已按原单号重新发送 "
-                                                       "(never reached the bank; sent again under the same number)")
+        resend = payout.PayoutResult("unknown", reason=gettext("银行未收到该笔打款，已按原单号重新发送"))
         status = _book(withdrawal_id, no, resend)
         if status != "paying":
             return status

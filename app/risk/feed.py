@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from flask_babel import gettext as _
 from sqlalchemy import func, select, update
 
 from app import cache
@@ -54,6 +55,7 @@ PUBLISHER_ID = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 HEX64 = re.compile(r"[0-9a-f]{64}")
 LEGAL_BASES = ("consent", "contract", "legal_obligation", "legitimate_interest")
 REASON_OF_ACTION = {"block": ("fraud_confirmed", "confirmed"), "review": ("fraud_suspected", "suspected")}
+# i18n-keep: the words go into the decision's stored hit reason (hits_for); the screens have their own (feed_views)
 REASON_TEXT = {"fraud_confirmed": "已确认欺诈", "fraud_suspected": "疑似欺诈"}
 
 
@@ -100,8 +102,8 @@ def parse_time(raw, what: str = "time") -> datetime:
             return datetime.fromtimestamp(int(text), tz=UTC).replace(tzinfo=None)
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except (ValueError, OverflowError):
-        raise ValidationError(f"{what} 须为 ISO 时间或 Unix 秒 (must be an ISO time or unix seconds): "
-                              f"{text[:40]!r}") from None
+        raise ValidationError(_("%(what)s 须为 ISO 时间或 Unix 秒：%(value)s", what=what,
+                                value=repr(text[:40]))) from None
     if moment.tzinfo is not None:
         moment = moment.astimezone(UTC).replace(tzinfo=None)
     return moment
@@ -112,7 +114,7 @@ def parse_time(raw, what: str = "time") -> datetime:
 def _clean_key_id(key_id) -> str:
     key_id = (key_id or "").strip() if isinstance(key_id, str) else ""
     if not KEY_ID.fullmatch(key_id):
-        raise ValidationError("密钥编号须为 1-32 个字母、数字或 _ . - (key id: 1-32 of A-Z a-z 0-9 _ . -)")
+        raise ValidationError(_("密钥编号须为 1-32 个字母、数字或 _ . -"))
     return key_id
 
 
@@ -125,9 +127,9 @@ def add_key(key_id: str, secret: str | None = None, current: bool = False,
         secret = secrets.token_hex(32)
     secret = (secret or "").strip().lower()
     if not re.fullmatch(r"[0-9a-f]{64,128}", secret):
-        raise ValidationError("共享密钥须为 64-128 位十六进制 (secret: 64-128 hex characters)")
+        raise ValidationError(_("共享密钥须为 64-128 位十六进制"))
     if db.session.scalar(select(RiskSharingKey.id).where(RiskSharingKey.key_id == key_id)):
-        raise Conflict(f"密钥编号已存在：{key_id} (key id exists)")
+        raise Conflict(_("密钥编号已存在：%(key_id)s", key_id=key_id))
     has_current = db.session.scalar(select(RiskSharingKey.id).where(RiskSharingKey.current.is_(True)))
     if current and has_current:
         db.session.execute(update(RiskSharingKey).where(RiskSharingKey.current.is_(True)).values(current=False))
@@ -151,7 +153,7 @@ def retire_key(key_id: str, actor_id: int | None = None) -> RiskSharingKey:
     """Stop using a key (no export, no matching). Commits."""
     key = db.session.scalar(select(RiskSharingKey).where(RiskSharingKey.key_id == key_id))
     if key is None or not key.active:
-        raise NotFound(f"共享密钥 {key_id} 不存在或已停用 (no such active key)")
+        raise NotFound(_("共享密钥 %(key_id)s 不存在或已停用", key_id=key_id))
     key.active, key.current, key.retired_at = False, False, utcnow()
     audit.record("risk_feed.key_retire", "risk_sharing_key", key.key_id, {"active": True}, {"active": False},
                  actor_id=actor_id)
@@ -183,11 +185,10 @@ def create_identity(publisher_id: str, actor_id: int | None = None, replace: boo
     Refused when one exists unless `replace`: partners must then register the new public key. Commits."""
     publisher_id = (publisher_id or "").strip()
     if not PUBLISHER_ID.fullmatch(publisher_id):
-        raise ValidationError("发布方编号须为 1-64 个字母、数字或 _ . - (publisher id: 1-64 of A-Z a-z 0-9 _ . -)")
+        raise ValidationError(_("发布方编号须为 1-64 个字母、数字或 _ . -"))
     existing = publisher()
     if existing is not None and not replace:
-        raise Conflict(f"已有发布方身份 {existing.publisher_id}；更换须确认 "
-                       "(an identity exists: replace it explicitly)")
+        raise Conflict(_("已有发布方身份 %(publisher_id)s；更换须确认", publisher_id=existing.publisher_id))
     private = Ed25519PrivateKey.generate()
     from cryptography.hazmat.primitives import serialization
 
@@ -214,8 +215,7 @@ def _public_key(text: str) -> Ed25519PublicKey:
         raw = base64.b64decode((text or "").strip(), validate=True)
         return Ed25519PublicKey.from_public_bytes(raw)
     except ValueError:
-        raise ValidationError("公钥须为 Ed25519 公钥（32 字节）的 Base64 "
-                              "(public key: base64 of 32 raw bytes)") from None
+        raise ValidationError(_("公钥须为 Ed25519 公钥（32 字节）的 Base64")) from None
 
 
 # --- partners ----------------------------------------------------------------------------------------------
@@ -223,7 +223,7 @@ def _public_key(text: str) -> Ed25519PublicKey:
 def _clean_key_ids(raw) -> str:
     ids = [part.strip() for part in re.split(r"[,\s]+", raw or "") if part.strip()]
     if not ids:
-        raise ValidationError("请填写对方使用的共享密钥编号 (the partner's sharing key ids are required)")
+        raise ValidationError(_("请填写对方使用的共享密钥编号"))
     return ",".join(dict.fromkeys(_clean_key_id(k) for k in ids))[:255]
 
 
@@ -233,16 +233,17 @@ def register_partner(publisher_id: str, name: str, public_key: str, key_ids: str
     it hashes under. Commits."""
     publisher_id = (publisher_id or "").strip()
     if not PUBLISHER_ID.fullmatch(publisher_id):
-        raise ValidationError("发布方编号须为 1-64 个字母、数字或 _ . - (publisher id: 1-64 of A-Z a-z 0-9 _ . -)")
+        raise ValidationError(_("发布方编号须为 1-64 个字母、数字或 _ . -"))
     name = (name or "").strip()[:64] or publisher_id
     public_key = (public_key or "").strip()
     _public_key(public_key)
     ids = _clean_key_ids(key_ids)
     own = publisher()
     if own is not None and own.publisher_id == publisher_id:
-        raise ValidationError("不能把本平台登记为合作方 (this platform's own publisher id)")
+        raise ValidationError(_("不能把本平台登记为合作方（%(publisher_id)s 是本平台的发布方编号）",
+                                publisher_id=publisher_id))
     if db.session.scalar(select(RiskFeedPartner.id).where(RiskFeedPartner.publisher_id == publisher_id)):
-        raise Conflict(f"合作方已登记：{publisher_id} (partner exists)")
+        raise Conflict(_("合作方已登记：%(publisher_id)s", publisher_id=publisher_id))
     partner = RiskFeedPartner(publisher_id=publisher_id, name=name, public_key=public_key, key_ids=ids, active=True,
                               created_by_id=actor_id)
     db.session.add(partner)
@@ -258,7 +259,7 @@ def set_partner_active(partner_id: int, active: bool, actor_id: int | None = Non
     """Suspend (its imported entries stop matching, its keys stop pulling) or resume a partner. Commits."""
     partner = db.session.get(RiskFeedPartner, partner_id)
     if partner is None:
-        raise NotFound(f"合作方 {partner_id} 不存在 (no such partner)")
+        raise NotFound(_("合作方 %(id)s 不存在", id=partner_id))
     if partner.active != active:
         audit.record("risk_feed.partner_active", "risk_feed_partner", partner.id, {"active": partner.active},
                      {"active": active}, actor_id=actor_id)
@@ -274,7 +275,7 @@ def create_partner_key(partner_id: int, name: str = "", ip_allowlist: str | None
 
     partner = db.session.get(RiskFeedPartner, partner_id)
     if partner is None or not partner.active:
-        raise NotFound(f"合作方 {partner_id} 不存在或已停用 (no such active partner)")
+        raise NotFound(_("合作方 %(id)s 不存在或已停用", id=partner_id))
     key, secret = openapi.create_partner_key(partner.id, name or f"feed:{partner.publisher_id}", ip_allowlist)
     audit.record("risk_feed.partner_key", "api_key", key.app_key, None,
                  {"partner": partner.publisher_id, "app_key": key.app_key}, actor_id=actor_id)
@@ -287,10 +288,10 @@ def create_partner_key(partner_id: int, name: str = "", ip_allowlist: str | None
 def record_legal_basis(basis: str, text: str, actor_id: int | None = None) -> RiskLegalBasis:
     """A new version of the legal basis for sharing (the newest is in force). Commits."""
     if basis not in LEGAL_BASES:
-        raise ValidationError(f"法律依据须为 {', '.join(LEGAL_BASES)} 之一 (unknown legal basis)")
+        raise ValidationError(_("法律依据须为 %(bases)s 之一", bases=", ".join(LEGAL_BASES)))
     text = (text or "").strip()
     if len(text) < 10 or len(text) > 20000:
-        raise ValidationError("请填写授权 / 告知文本（10-20000 个字符）(consent text: 10 to 20000 characters)")
+        raise ValidationError(_("请填写授权 / 告知文本（10-20000 个字符）"))
     version = (db.session.scalar(select(func.max(RiskLegalBasis.version))) or 0) + 1
     row = RiskLegalBasis(version=version, basis=basis, text=text, created_by_id=actor_id)
     db.session.add(row)
@@ -338,11 +339,11 @@ def build(since: datetime | None = None, now: datetime | None = None) -> tuple[b
     now = now or utcnow()
     identity, key, basis = publisher(), current_key(), legal_basis()
     if basis is None:
-        raise FeedUnavailable("尚未登记共享的法律依据，不能导出 (no legal basis for sharing is recorded)")
+        raise FeedUnavailable(_("尚未登记共享的法律依据，不能导出"))
     if identity is None:
-        raise FeedUnavailable("尚未生成发布方身份 (no publisher identity: generate one first)")
+        raise FeedUnavailable(_("尚未生成发布方身份，请先生成"))
     if key is None:
-        raise FeedUnavailable("没有当前共享密钥 (no current sharing key: add or rotate one first)")
+        raise FeedUnavailable(_("没有当前共享密钥，请先新增或轮换一个"))
     secret = bytes.fromhex(key.secret)
     rows = db.session.execute(
         select(RiskListEntry.id, RiskListEntry.kind, RiskListEntry.value, RiskListEntry.action,
@@ -398,7 +399,7 @@ def serve(partner_id: int, app_key: str, since_raw: str | None) -> bytes:
     since = parse_time(since_raw, "since") if since_raw not in (None, "") else None
     partner = db.session.get(RiskFeedPartner, partner_id)
     if partner is None or not partner.active:
-        raise FeedUnavailable("合作方已停用 (partner suspended)", status=403, code="partner_suspended")
+        raise FeedUnavailable(_("合作方已停用"), status=403, code="partner_suspended")
     document, facts = build(since)
     _record_export(facts, f"partner:{partner.publisher_id} key {app_key}", since, None)
     return document
@@ -409,51 +410,49 @@ def serve(partner_id: int, app_key: str, since_raw: str | None) -> bytes:
 def _verified(raw: bytes) -> tuple[RiskFeedPartner, dict]:
     """The partner and the feed, once the document is well formed and its signature verifies."""
     if not isinstance(raw, bytes | bytearray) or not raw.strip():
-        raise FeedError("文件为空 (empty feed)")
+        raise FeedError(_("文件为空"))
     if len(raw) > MAX_FEED_BYTES:
-        raise FeedError("文件过大 (feed too large)")
+        raise FeedError(_("文件过大"))
     try:
         document = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise FeedError("不是有效的共享名单文件：JSON 无法解析 (not a feed: invalid JSON)") from None
+        raise FeedError(_("不是有效的共享名单文件：JSON 无法解析")) from None
     if not isinstance(document, dict) or set(document) != {"feed", "signature"} \
             or not isinstance(document["feed"], dict) or not isinstance(document["signature"], str):
-        raise FeedError("不是有效的共享名单文件 (not a feed document: {feed, signature})")
+        raise FeedError(_("不是有效的共享名单文件：须为只含 feed 与 signature 两项的对象"))
     feed = document["feed"]
     if feed.get("format") != FORMAT:
-        raise FeedError(f"不支持的格式 (unsupported format {str(feed.get('format'))[:40]!r})")
+        raise FeedError(_("不支持的格式：%(format)s", format=repr(str(feed.get("format"))[:40])))
     publisher_id = feed.get("publisher")
     partner = None
     if isinstance(publisher_id, str) and PUBLISHER_ID.fullmatch(publisher_id):
         partner = db.session.scalar(select(RiskFeedPartner).where(RiskFeedPartner.publisher_id == publisher_id))
     if partner is None or not partner.active:
-        raise UnknownPublisher(f"未知或已停用的发布方：{str(publisher_id)[:64]!r} (unknown publisher)")
+        raise UnknownPublisher(_("未知或已停用的发布方：%(publisher)s", publisher=repr(str(publisher_id)[:64])))
     if feed.get("public_key") != partner.public_key:
-        raise BadSignature(f"发布方 {partner.publisher_id} 的公钥与登记的不同 "
-                           "(public key differs from the registered one)")
+        raise BadSignature(_("发布方 %(publisher)s 的公钥与登记的不同", publisher=partner.publisher_id))
     try:
         signature = base64.b64decode(document["signature"], validate=True)
         _public_key(partner.public_key).verify(signature, canonical(feed))
     except (ValueError, InvalidSignature):
-        raise BadSignature(f"签名无效：内容被改动或非 {partner.publisher_id} 签发 (bad signature: tampered or not "
-                           "signed by the publisher)") from None
+        raise BadSignature(_("签名无效：内容被改动或非 %(publisher)s 签发", publisher=partner.publisher_id)) from None
     return partner, feed
 
 
 def _entry_of(item, partner_keys: set[str], our_keys: set[str]) -> dict:
     if not isinstance(item, dict):
-        raise FeedError("条目格式不正确 (an entry is not an object)")
+        raise FeedError(_("条目格式不正确：不是对象"))
     key_id, kind, value = item.get("key_id"), item.get("kind"), item.get("value")
     if not isinstance(key_id, str) or key_id not in partner_keys or key_id not in our_keys:
-        raise UnknownKeyId(f"未知的共享密钥编号：{str(key_id)[:32]!r}（须为双方都登记且有效的密钥）"
-                           "(unknown key id: not an active key of ours registered for this partner)")
+        raise UnknownKeyId(_("未知的共享密钥编号：%(key_id)s（须为本平台有效、且为该合作方登记的密钥）",
+                             key_id=repr(str(key_id)[:32])))
     if kind not in LIST_KINDS or not isinstance(value, str) or not HEX64.fullmatch(value):
-        raise FeedError("条目格式不正确 (an entry's kind or value is malformed)")
+        raise FeedError(_("条目格式不正确：类型或值有误"))
     reason = item.get("reason") if item.get("reason") in REASON_TEXT else "fraud_suspected"
     evidence = item.get("evidence") if item.get("evidence") in ("suspected", "confirmed") else "suspected"
     prefix = item.get("prefix")
     if kind == "cidr" and (isinstance(prefix, bool) or not isinstance(prefix, int) or not 0 <= prefix <= 128):
-        raise FeedError("网段条目缺少前缀长度 (a cidr entry needs its prefix length)")
+        raise FeedError(_("网段条目缺少前缀长度"))
     return {"key_id": key_id, "kind": kind, "value_hash": value, "reason": reason, "evidence": evidence,
             "prefix": prefix if kind == "cidr" else None,
             "first_seen": parse_time(item.get("first_seen"), "first_seen"),
@@ -474,12 +473,12 @@ def import_feed(raw: bytes, source: str, actor_id: int | None = None, now: datet
     except ValidationError as exc:
         raise FeedError(exc.message) from None
     if expires <= now:
-        raise ExpiredFeed(f"共享名单已过期（{_iso(expires)}）(feed expired)")
+        raise ExpiredFeed(_("共享名单已过期（%(expires_at)s）", expires_at=_iso(expires)))
     if generated > now + MAX_CLOCK_AHEAD:
-        raise FeedError(f"生成时间在未来（{_iso(generated)}）(feed generated in the future)")
+        raise FeedError(_("生成时间在未来（%(generated_at)s）", generated_at=_iso(generated)))
     items = feed.get("entries")
     if not isinstance(items, list):
-        raise FeedError("条目列表缺失 (entries missing)")
+        raise FeedError(_("条目列表缺失"))
     partner_keys, our_keys = set(partner.key_ids.split(",")), _active_key_ids()
     try:
         parsed = [_entry_of(item, partner_keys, our_keys) for item in items]
@@ -618,5 +617,6 @@ def hits_for(event, now: datetime | None = None) -> list[dict]:
                 reason = REASON_TEXT.get(entry.reason, entry.reason)
                 hits.append({"kind": "list", "name": f"feed:{entry.publisher}:{entry.kind}",
                              "feed_entry_id": entry.id, "source": entry.publisher, "action": "review",
+                             # i18n-keep: the reason is stored in the decision's hits
                              "reason": f"共享名单（来源 {entry.publisher}，{reason}）{entry.kind}"})
     return hits

@@ -187,7 +187,7 @@ MODEL_STATES = Machine("risk_model", RiskModel, {
     "shadow": {"active", "retired"},
     "active": {"retired"},  # when another version is promoted
     "retired": set(),
-}, initial=("shadow",), title="risk model (风控模型)")
+}, initial=("shadow",), title="risk model")
 
 
 class RiskAgentAnomaly(db.Model):

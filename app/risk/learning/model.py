@@ -27,6 +27,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime
 
+from flask_babel import gettext as _
 from sqlalchemy import func, select
 
 from app import cache, states
@@ -190,7 +191,7 @@ def rules_scores(items: list[Example]) -> list[float]:
         outcome = service._strongest(kept)
         points = 0
         if rules:
-            hits, points, _ = service._rule_hits(ex.event, {**RULE_FEATURES, **ex.features}, rules)
+            hits, points, _versions = service._rule_hits(ex.event, {**RULE_FEATURES, **ex.features}, rules)
             ruled = service._rules_outcome(hits, points)
             outcome = ruled if rank[ruled] > rank[outcome] else outcome
         out.append(rank[outcome] + max(0, min(points, 999)) / 1000)
@@ -257,9 +258,9 @@ def train(seed: int = 7, rounds: int = ROUNDS, collect: bool = True) -> RiskMode
     learn, hold = items[:cut], items[cut:]
     y_learn, y_hold = [e.label for e in learn], [e.label for e in hold]
     if len(items) < MIN_EXAMPLES or len(set(y_learn)) < 2 or sum(y_hold) == 0:
-        raise ValidationError(f"标注数据不足，无法训练 (not enough labelled history: {len(items)} decisions, "
-                              f"{sum(e.label for e in items)} fraud; need {MIN_EXAMPLES}+ with fraud and legitimate "
-                              "in the earlier part and fraud in the later part)")
+        raise ValidationError(_("标注数据不足，无法训练：%(decisions)s 个决策，其中欺诈 %(fraud)s 个；需要至少 "
+                                "%(need)s 个，且前段既有欺诈也有正常、后段有欺诈", decisions=len(items),
+                                fraud=sum(e.label for e in items), need=MIN_EXAMPLES))
     params = params_for(seed)
     x_learn = np.asarray([vector(e.features) for e in learn], dtype=np.float64)
     data = lightgbm.Dataset(x_learn, np.asarray(y_learn), feature_name=list(MODEL_FEATURES),
@@ -296,7 +297,7 @@ def recheck(row: RiskModel) -> dict:
     pairs = json.loads(row.holdout)
     labels = dict((int(d), int(y)) for d, y in pairs)
     items = {e.decision_id: e for e in examples(list(labels))}
-    hold = [items[d] for d, _ in pairs if d in items]
+    hold = [items[d] for d, _label in pairs if d in items]
     for e in hold:
         e.label = labels[e.decision_id]
     return _rules_figures(hold, [e.label for e in hold])
@@ -308,16 +309,17 @@ def promote(version: int, actor_id: int | None = None) -> RiskModel:
     try:
         row = db.session.scalar(select(RiskModel).where(RiskModel.version == version).with_for_update())
         if row is None:
-            raise NotFound(f"模型版本不存在 (no model version {version})")
+            raise NotFound(_("模型版本不存在：%(version)s", version=version))
         if row.status == "active":
-            raise Conflict(f"模型 v{version} 已是生效版本 (already active)")
+            raise Conflict(_("模型 v%(version)s 已是生效版本", version=version))
         model, rules = json.loads(row.metrics), recheck(row)
         if not beats(model, rules):
-            raise ModelNotBetter(
-                f"模型 v{version} 未优于生效规则，保持影子状态 (does not beat the active rules on its holdout: "
-                f"recall@1% {model['recall_at_1pct']:.4f} vs {rules['recall_at_1pct']:.4f}, "
-                f"PR-AUC {model['pr_auc']:.4f} vs {rules['pr_auc']:.4f}; promotion needs a higher recall at the 1% "
-                "review rate and a PR-AUC not lower)")
+            raise ModelNotBetter(_(
+                "模型 v%(version)s 未优于生效规则，保持影子状态：留出集上 1%% 审核率的召回率 %(recall)s（规则 "
+                "%(rules_recall)s），PR-AUC %(pr_auc)s（规则 %(rules_pr_auc)s）；晋升须召回率更高且 PR-AUC 不更低",
+                version=version, recall=format(model["recall_at_1pct"], ".4f"),
+                rules_recall=format(rules["recall_at_1pct"], ".4f"), pr_auc=format(model["pr_auc"], ".4f"),
+                rules_pr_auc=format(rules["pr_auc"], ".4f")))
         now = utcnow()
         states.move_all(MODEL_STATES, "active", "retired", retired_at=now)
         old = row.status

@@ -14,6 +14,7 @@ Orders are written as rows only (status pending_payment / paid / reviewing / ref
 the limits need only what is counted). A storefront order is one event: its checkout decision, and, when it is paid,
 the payment decision on the paying account (anything but allow holds it, as app/payments/service.py does).
 """
+# i18n-keep-file: synthetic data (tiers, products, rules, list reasons) stored as an operator would type it
 from __future__ import annotations
 
 import heapq
