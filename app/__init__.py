@@ -84,6 +84,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     from app.openapi import api as openapi_api
     from app.openapi import callbacks  # noqa: F401  (registers the outbox handler)
     from app.outbox import service as outbox
+    from app.payments import topups  # noqa: F401  (registers the top-ups' payments with app.payments.service)
 
     # Teardowns run in reverse order: the outbox first (with jobs inline it runs the request's jobs, a top-up
     # delivered or failed among them), then the fold of every delivery and failure the request and its jobs wrote.

@@ -9,14 +9,12 @@ from pathlib import Path
 import click
 from flask.cli import AppGroup
 
+from app.cli_common import fail
 from app.errors import KamengError
+from app.risk.feed_cli import feed_cli
+from app.risk.learning.cli import anomaly_cli, model_cli
 
 kameng_cli = AppGroup("kameng", help="卡盟 Kameng commands.")  # i18n-keep: English text
-
-
-def fail(message: str, code: int = 2) -> None:
-    click.echo(f"Error: {message}", err=True)
-    sys.exit(code)
 
 
 @kameng_cli.command("ledger-check")
@@ -632,19 +630,9 @@ risk_review_cli = AppGroup("review", help="风控审核: held orders.")  # i18n-
 risk_cli.add_command(risk_review_cli)
 risk_rules_cli = AppGroup("rules", help="风控规则.")  # i18n-keep: English text
 risk_cli.add_command(risk_rules_cli)
-from app.risk.learning.cli import anomaly_cli, model_cli  # noqa: E402  (the learning half's own commands)
-
-risk_cli.add_command(model_cli)
+risk_cli.add_command(model_cli)  # the learning half's own commands
 risk_cli.add_command(anomaly_cli)
-
-
-def _feed_cli() -> AppGroup:
-    from app.risk.feed_cli import feed_cli  # it uses fail(), above
-
-    return feed_cli
-
-
-risk_cli.add_command(_feed_cli())
+risk_cli.add_command(feed_cli)  # the shared feed's own commands
 
 
 @risk_list_cli.command("add")

@@ -3,12 +3,13 @@ second sign-in step for users with two-factor sign-in on (app/twofactor), sessio
 own password change (app/twofactor/sessions.py), and FAB's REST login switched off."""
 from __future__ import annotations
 
-from flask import flash, has_request_context, request
+from flask import flash, has_request_context
 from flask_appbuilder.api import expose
 from flask_appbuilder.security.api import SecurityApi
 from flask_appbuilder.security.sqla.manager import SecurityManager
 from flask_babel import lazy_gettext
 
+from app.risk import logins
 from app.twofactor import sessions
 from app.twofactor.views import KamengAuthDBView
 
@@ -49,7 +50,7 @@ class KamengSecurityManager(SecurityManager):
         right password; each wrong password is counted (login_failed) for the guessing rule."""
         if not username:
             return super().auth_user_db(username, password)
-        event = _login_event(username)
+        event = logins.login_event(username)
         if event is not None:
             from app.risk import service as risk
 
@@ -60,41 +61,5 @@ class KamengSecurityManager(SecurityManager):
                 return None
         user = super().auth_user_db(username, password)
         if user is None and event is not None:
-            _count_failure(event)
+            logins.count_failure(event)
         return user
-
-
-def _login_event(username: str):
-    """The login's risk input: the caller's address, the login page's device id (ignored when malformed, a login
-    is never refused for it) and the login name. None outside a request (nothing to judge)."""
-    if not has_request_context():
-        return None
-    from app.errors import ValidationError
-    from app.orders.service import clean_device_id
-    from app.risk import service as risk
-
-    try:
-        device = clean_device_id(request.form.get("device_id"))
-    except ValidationError:
-        device = None
-    return risk.RiskInput(event="login", ip=request.remote_addr, device=device, agent_login=str(username)[:128],
-                          enforce_limits=False)
-
-
-def count_login_failure(username: str) -> None:
-    """Count a failed sign-in step for risk control's password-guessing rule (the second step's wrong codes)."""
-    event = _login_event(username)
-    if event is not None:
-        _count_failure(event)
-
-
-def _count_failure(event) -> None:
-    from app.extensions import db
-    from app.risk import service as risk
-
-    try:
-        risk.record("login_failed", event)
-        db.session.commit()
-    except Exception:
-        db.session.rollback()
-        raise

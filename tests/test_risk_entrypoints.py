@@ -47,11 +47,11 @@ BUYER_FUNDS = "platform:buyer_funds"
 @pytest.fixture(autouse=True)
 def _fresh_rules():
     """Compiled rules are kept per process: neither this test's rules nor another's may outlive the test."""
-    from app.risk import service
+    from app.risk import rules
 
-    service._COMPILED.clear()
+    rules._COMPILED.clear()
     yield
-    service._COMPILED.clear()
+    rules._COMPILED.clear()
 
 
 def _rule(name: str, events: str, expression: str, action: str = "review") -> None:

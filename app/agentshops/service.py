@@ -10,8 +10,8 @@
   disabled, held by risk control or on a tier that may no longer open a shop). The storefront's own checkout
   (app.payments.service.checkout -> app.orders.service.place_guest_order) prices the order with it and snapshots
   the shop, the agent's price and the profit: same order service, same risk decision, same payment.
-- Money: when a shop order is delivered (any delivery path: app.network.commissions.accrue_for_delivered calls
-  `accrue_on_delivery`), the agent earns shop price - its price as shop profit: a level-0 commission row (settled
+- Money: when a shop order is delivered (any delivery path: app.network.commissions.accrue_for_delivered), the
+  agent earns shop price - its price as shop profit: a level-0 commission row (settled
   T+N, frozen by a dispute and reversed on refund exactly like a commission, receivable rule included) and the
   journal `shopprofit:<order_no>` (platform:shop_profit_expense -> agent:<id>:pending). Its uplines earn their
   commissions on the agent's price, as on any purchase by it.
@@ -25,7 +25,6 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 from flask import current_app
 from flask_babel import gettext as _
@@ -51,14 +50,11 @@ from app.catalog.service import price_for, stock_levels
 from app.clock import utcnow
 from app.errors import Forbidden, NotFound, ValidationError
 from app.extensions import db
-from app.ledger import service as ledger
-from app.ledger.service import Line, agent_account_code
 from app.money import apply_rate, format_bp
 from app.network import commissions
 from app.network.models import Commission
 from app.settings import service as settings
 
-SHOP_EXPENSE = commissions.SHOP_EXPENSE
 CODE_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i: codes are read off posters
 CODE_LENGTH = 6
 CODE_PATTERN = re.compile(r"^[a-z0-9]{4,16}$")
@@ -634,37 +630,7 @@ def own_shop(agent: Agent, shop_id: int | None = None) -> AgentShop:
     return shop
 
 
-# --- money -----------------------------------------------------------------------------------------------------
-
-def accrue_on_delivery(order) -> int:
-    """A shop order delivered (in the delivering transaction): the agent's shop profit (pending, T+N of its tier)
-    and its uplines' commissions on its own price, under one ascending-id lock of every account touched. Runs once
-    per order (nothing when the order already has commission rows). Returns the total accrued."""
-    if db.session.scalar(select(Commission.id).where(Commission.order_id == order.id).limit(1)) is not None:
-        return 0
-    agent_id, settle_days = db.session.execute(
-        select(AgentShop.agent_id, Tier.settle_days).join(Agent, Agent.id == AgentShop.agent_id)
-        .join(Tier, Tier.id == Agent.tier_id).where(AgentShop.id == order.shop_id)).one()
-    plan = commissions.beneficiaries(order.upline_path)
-    pending = agent_account_code(agent_id, "pending")
-    profit = order.shop_profit or 0
-    codes = {pending, SHOP_EXPENSE} if profit > 0 else set()
-    if plan:
-        codes |= {commissions.EXPENSE, *(b.pending_code for b in plan)}
-    if not codes:
-        return 0
-    locked = ledger.lock_accounts(sorted(codes))
-    total = commissions.accrue(order, plan, locked=locked, base=order.shop_base_amount) if plan else 0
-    if profit > 0:
-        delivered = order.delivered_at or utcnow()
-        rate = profit * 10_000 // order.shop_base_amount if order.shop_base_amount else 0
-        commissions.record_shop_profit(order, agent_id, profit, rate, order.shop_base_amount,
-                                       delivered + timedelta(days=settle_days))
-        ledger.post_journal(f"shopprofit:{order.order_no}", "shop_profit",
-                            [Line(SHOP_EXPENSE, -profit), Line(pending, profit)],
-                            memo=f"分站利润 {order.order_no}", order_id=order.id, locked=locked)  # i18n-keep: memo
-    return total + profit
-
+# --- shop orders -----------------------------------------------------------------------------------------------
 
 def lookup_path_of(order_no: str) -> str | None:
     """Where the buyer of a shop order reads it after paying: its shop's lookup (None: not a shop order)."""

@@ -195,7 +195,7 @@ def send_email(recipients: list[str], message: Message, site: str) -> None:
     """Through the platform's SMTP server (app/notices/mailer.py: SMTP_* or 平台设置), one message to every
     recipient; SendError (temporary unless the server refused for good)."""
     from app.notices import mailer
-    from app.notices.service import DeliveryError
+    from app.notices.errors import DeliveryError
 
     try:
         settings = mailer.smtp_settings()

@@ -402,7 +402,8 @@ def apply_channel(channel: AlertChannel, *, webhook: str | None = None, secret: 
     recipients keep the stored ones. ValidationError with the reason."""
     from urllib.parse import parse_qs, urlsplit
 
-    from app.notices.service import InvalidEmail, clean_email
+    from app.notices.addresses import clean_email
+    from app.notices.errors import InvalidEmail
 
     channel.name = (channel.name or "").strip()
     if not channel.name or len(channel.name) > 64:

@@ -16,6 +16,7 @@ from sqlalchemy.orm.util import identity_key
 
 from app import crypto, states
 from app.catalog.errors import ImportRejected, OutOfStock, ProductUnavailable
+from app.catalog.facts import product_facts
 from app.catalog.models import (
     CARD_SECRET_STATES,
     IMPORT_STATES,
@@ -271,8 +272,6 @@ def allocate(order_id: int, product_id: int, quantity: int) -> list[int]:
 
 
 def _reusable_product(product_id: int) -> bool:
-    from app.catalog.service import product_facts
-
     facts = product_facts(product_id)  # the purchase path has it cached already: no statement
     return facts is not None and facts.reusable
 

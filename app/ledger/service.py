@@ -25,6 +25,7 @@ from app.ledger.models import Account, Journal, Posting
 
 # Accounts that agents own; created with the agent. Only these keep a cached, non-negative balance.
 AGENT_CACHED_KINDS = ("wallet", "pending", "frozen")
+BUYER_FUNDS = "platform:buyer_funds"  # money received for an order and not yet earned or refunded
 PLATFORM_ACCOUNTS = {
     "platform:revenue": "revenue",
     "platform:fees": "fees",
@@ -32,7 +33,7 @@ PLATFORM_ACCOUNTS = {
     "platform:shop_profit_expense": "shop_profit_expense",  # agent shops' profit (app.agentshops)
     "platform:payouts": "payouts",
     "platform:adjustments": "adjustments",
-    "platform:buyer_funds": "buyer_funds",  # paid for an order, not yet earned or refunded
+    BUYER_FUNDS: "buyer_funds",
     "platform:disputes_held": "disputes_held",  # supplier payables frozen while an order's dispute is open
     "platform:clearing:sandbox": "clearing",
     "platform:clearing:alipay": "clearing",

@@ -34,6 +34,7 @@ from sqlalchemy import func, insert, select
 
 from app import cache, states
 from app.agents.models import Agent, Tier
+from app.agentshops.models import AgentShop
 from app.clock import utcnow
 from app.extensions import db
 from app.ledger import service as ledger
@@ -129,7 +130,7 @@ def accrue(order, plan: list[Beneficiary], locked: dict | None = None, delivered
 
 def record_shop_profit(order, agent_id: int, amount: int, rate_bp: int, base: int, settle_after) -> None:
     """The shop profit's row (level 0) of a shop order delivered, in the caller's transaction; the caller
-    (app.agentshops.service.accrue_on_delivery) posts its journal under the same lock."""
+    (_accrue_shop_order) posts its journal under the same lock."""
     db.session.connection().execute(insert(Commission.__table__), [
         {"order_id": order.id, "agent_id": agent_id, "level": SHOP_PROFIT_LEVEL, "rate_bp": rate_bp,
          "base_amount": base, "amount": amount, "status": "pending", "settle_after": settle_after,
@@ -139,9 +140,7 @@ def record_shop_profit(order, agent_id: int, amount: int, rate_bp: int, base: in
 def accrue_for_delivered(order) -> int:
     """Accrual for an order delivered outside the wallet purchase (a channel payment): locks on its own."""
     if order.shop_id is not None:  # sold in an agent's shop: its shop profit, and its uplines on its own price
-        from app.agentshops import service as shops
-
-        return shops.accrue_on_delivery(order)
+        return _accrue_shop_order(order)
     if order.agent_id is None or not order.upline_path:
         return 0
     if db.session.scalar(select(Commission.id).where(Commission.order_id == order.id).limit(1)) is not None:
@@ -151,6 +150,36 @@ def accrue_for_delivered(order) -> int:
         return 0
     locked = ledger.lock_accounts([EXPENSE] + [b.pending_code for b in plan])
     return accrue(order, plan, locked=locked)
+
+
+def _accrue_shop_order(order) -> int:
+    """A shop order delivered (in the delivering transaction): the agent's shop profit (pending, T+N of its tier)
+    and its uplines' commissions on its own price, under one ascending-id lock of every account touched. Runs once
+    per order (nothing when the order already has commission rows). Returns the total accrued."""
+    if db.session.scalar(select(Commission.id).where(Commission.order_id == order.id).limit(1)) is not None:
+        return 0
+    agent_id, settle_days = db.session.execute(
+        select(AgentShop.agent_id, Tier.settle_days).join(Agent, Agent.id == AgentShop.agent_id)
+        .join(Tier, Tier.id == Agent.tier_id).where(AgentShop.id == order.shop_id)).one()
+    plan = beneficiaries(order.upline_path)
+    pending = agent_account_code(agent_id, "pending")
+    profit = order.shop_profit or 0
+    codes = {pending, SHOP_EXPENSE} if profit > 0 else set()
+    if plan:
+        codes |= {EXPENSE, *(b.pending_code for b in plan)}
+    if not codes:
+        return 0
+    locked = ledger.lock_accounts(sorted(codes))
+    total = accrue(order, plan, locked=locked, base=order.shop_base_amount) if plan else 0
+    if profit > 0:
+        delivered = order.delivered_at or utcnow()
+        rate = profit * 10_000 // order.shop_base_amount if order.shop_base_amount else 0
+        record_shop_profit(order, agent_id, profit, rate, order.shop_base_amount,
+                           delivered + timedelta(days=settle_days))
+        ledger.post_journal(f"shopprofit:{order.order_no}", "shop_profit",
+                            [Line(SHOP_EXPENSE, -profit), Line(pending, profit)],
+                            memo=f"分站利润 {order.order_no}", order_id=order.id, locked=locked)  # i18n-keep: memo
+    return total + profit
 
 
 def _lock_order_commissions(order_id: int, statuses: tuple[str, ...]) -> list[Commission]:

@@ -22,7 +22,8 @@ from flask import current_app
 from flask_babel import force_locale, gettext
 
 from app.money import format_fen
-from app.notices.service import DeliveryError, parse_sender
+from app.notices.addresses import parse_sender
+from app.notices.errors import DeliveryError
 
 DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
 

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass
 from datetime import timedelta
-from email.utils import formataddr, parseaddr
 
 from flask import current_app
 from flask_babel import gettext as _
@@ -32,8 +30,10 @@ from app import states
 from app.audit import service as audit
 from app.clock import utcnow
 from app.crypto import mask
-from app.errors import Conflict, NotFound, ValidationError
+from app.errors import Conflict, NotFound
 from app.extensions import db
+from app.notices.addresses import mobile_number
+from app.notices.errors import DeliveryError
 from app.notices.models import NOTICE_STATES, DeliveryNotice
 from app.outbox import service as outbox
 
@@ -42,57 +42,6 @@ TOPIC = "delivery_notice"
 # A job that took a notice and has not finished after this long is taken to have died: the notice is taken again
 # (an e-mail may then leave twice, which beats never).
 STALE_CLAIM = timedelta(minutes=10)
-_EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@(?=.{4,253}$)"
-                    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
-
-
-_PHONE_SPELLING = re.compile(r"^\+?[\d\s()-]{7,24}$")
-
-
-class InvalidEmail(ValidationError):
-    code = "invalid_email"
-
-
-# --- addresses -------------------------------------------------------------------------------------------------
-
-def clean_email(value: object) -> str | None:
-    """The buyer's optional e-mail: None when absent, else one plain address (no display name, no spaces, no line
-    breaks: it goes into a header) of at most 254 characters. InvalidEmail otherwise."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    if not isinstance(value, str) or len(value.strip()) > 254 or not _EMAIL.match(value.strip()):
-        raise InvalidEmail(_("邮箱地址格式不正确"))
-    return value.strip()
-
-
-def parse_sender(value: str) -> str:
-    """SMTP_FROM as a header: "shop@example.com" or "卡盟 <shop@example.com>". ValidationError otherwise."""
-    if not isinstance(value, str) or any(c in value for c in "\r\n"):
-        raise ValidationError(_("发件人须为邮箱地址或「名称 <邮箱地址>」"))
-    name, address = parseaddr(value)
-    if not address or not _EMAIL.match(address):
-        raise ValidationError(_("发件人须为邮箱地址或「名称 <邮箱地址>」"))
-    return formataddr((name, address)) if name else address
-
-
-def mobile_number(contact: object) -> str | None:
-    """A mainland China mobile number as the SMS provider takes it (11 digits), or None for anything else."""
-    import phonenumbers
-
-    if not isinstance(contact, str) or not _PHONE_SPELLING.match(contact.strip()):
-        return None  # "QQ 13800138000" is a QQ number, not a phone, whatever digits it holds
-    try:
-        number = phonenumbers.parse(contact.strip(), "CN")
-    except phonenumbers.NumberParseException:
-        return None
-    if number.country_code != 86 or not phonenumbers.is_valid_number(number):
-        return None
-    if phonenumbers.number_type(number) not in (phonenumbers.PhoneNumberType.MOBILE,
-                                                phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE):
-        return None
-    return str(number.national_number)
-
-
 # --- checkout and delivery (in the callers' transactions) ------------------------------------------------------
 
 def register(order_id: int, email: str | None, contact: str | None, locale: str, link_base: str) -> None:
@@ -131,15 +80,6 @@ class Outcome:
     #              holds it: ask again after delay), skipped (nothing left to do: sent, failed, waiting, gone)
     delay: timedelta | None = None
     error: str | None = None
-
-
-class DeliveryError(Exception):
-    """A notice that did not leave. `temporary`: worth another try (server down, timeout, 4xx); otherwise the
-    refusal is final (a 5xx refusal of the address, a number the provider calls illegal)."""
-
-    def __init__(self, message: str, temporary: bool = True):
-        super().__init__(message)
-        self.message, self.temporary = message, temporary
 
 
 @outbox.handler(TOPIC, job_id=lambda payload: f"notice-{payload['notice_id']}-{payload.get('round', 0)}")

@@ -33,7 +33,7 @@ from urllib.parse import quote
 from flask_babel import gettext as _
 
 from app import outbound
-from app.notices.service import DeliveryError
+from app.notices.errors import DeliveryError
 
 VERSION = "2017-05-25"
 RETRYABLE = ("isp.", "isv.BUSINESS_LIMIT_CONTROL", "Throttling", "ServiceUnavailable", "InternalError")

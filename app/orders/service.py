@@ -16,7 +16,8 @@ from app.agents.models import Agent
 from app.agents.service import AgentFacts, agent_facts
 from app.catalog import cards
 from app.catalog.errors import ProductUnavailable
-from app.catalog.service import ProductFacts, price_for, product_facts
+from app.catalog.facts import ProductFacts, product_facts
+from app.catalog.service import price_for
 from app.chain import service as chain
 from app.clock import business_day_start, utcnow
 from app.crypto import mask
@@ -25,7 +26,7 @@ from app.extensions import db
 from app.ledger import service as ledger
 from app.ledger.errors import InsufficientBalance
 from app.ledger.models import Journal
-from app.ledger.service import Line, agent_account_code, supplier_account_code
+from app.ledger.service import BUYER_FUNDS, Line, agent_account_code, supplier_account_code
 from app.money import apply_rate, format_fen
 from app.network import commissions
 from app.orders.errors import (
@@ -269,8 +270,6 @@ def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, n
     # Paid from the wallet in this same transaction: the order is born paid (nothing follows pending → paid).
     _after_risk_check(order, agent, event, decision)
     if decision.outcome == "review":
-        from app.payments.service import BUYER_FUNDS
-
         # Paid into buyer_funds like a direct top-up; delivered from there once approved (reviews.approve).
         _hold_in_buyer_funds(order, wallet, {**accounts, **ledger.lock_accounts([BUYER_FUNDS])},
                              f"{product.name} × {qty} 风控审核")  # i18n-keep: data
@@ -327,8 +326,6 @@ def spend_topup(agent_id: int, amount: int) -> None:
 
 
 def _hold_in_buyer_funds(order: Order, wallet: str, accounts: dict, memo: str) -> None:
-    from app.payments.service import BUYER_FUNDS
-
     if order.amount:  # a coupon may have made it free
         ledger.post_journal(f"order:{order.order_no}:hold", "hold",
                             [Line(wallet, -order.amount), Line(BUYER_FUNDS, order.amount)],
@@ -336,11 +333,16 @@ def _hold_in_buyer_funds(order: Order, wallet: str, accounts: dict, memo: str) -
 
 
 def _hold_for_review(order: Order) -> Order:
-    from app.risk import reviews
-
     order.risk_hold = True
-    reviews.hold(order)
+    hold_for_review(order)
     return order
+
+
+def hold_for_review(order: Order) -> str:
+    """A paid order flagged at checkout or at payment goes to risk review (风控审核, app.risk.reviews) instead of
+    delivery (caller's transaction)."""
+    transition(order.id, "reviewing", current="paid")
+    return "held_for_review"
 
 
 def _place_direct_wallet_order(agent_id, product: ProductFacts, quantity, out_trade_no, account, notify_url,
@@ -350,11 +352,9 @@ def _place_direct_wallet_order(agent_id, product: ProductFacts, quantity, out_tr
     one of them has credited the account; every supplier failing refunds the hold."""
     from app.network.realname import check_purchase as check_realname_for_purchase
     from app.payments import coupons
-    from app.payments.service import BUYER_FUNDS
-    from app.suppliers import recharge
     from app.suppliers import service as suppliers
 
-    account = recharge.clean_account(account)
+    account = suppliers.clean_account(account)
     qty = _validate_quantity(quantity, product)
     agent = _load_agent(agent_id)
     suppliers.check_available(product.id, qty)
@@ -392,7 +392,7 @@ def _place_direct_wallet_order(agent_id, product: ProductFacts, quantity, out_tr
     _hold_in_buyer_funds(order, wallet, accounts, f"{product.name} × {qty} 直充 {mask(account)}")  # i18n-keep: data
     if decision.outcome == "review":
         return _hold_for_review(order)  # no recharge until approved (reviews.approve starts it)
-    recharge.start(order)
+    suppliers.start_recharge(order)
     return order
 
 
@@ -424,10 +424,9 @@ def place_guest_order(product_id: object, quantity: object, contact: object, cha
                                              kind=product.kind_display()))
     qty = _validate_quantity(quantity, product)
     if product.kind == "direct":
-        from app.suppliers import recharge
         from app.suppliers import service as suppliers
 
-        account = recharge.clean_account(account)
+        account = suppliers.clean_account(account)
         suppliers.check_available(product.id, qty)
     else:
         account = None

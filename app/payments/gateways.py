@@ -13,11 +13,11 @@ from app.audit import service as audit
 from app.clock import utcnow
 from app.errors import NotFound, ValidationError
 from app.extensions import db
+from app.ledger.service import BUYER_FUNDS  # noqa: F401  (the payment side reads it here too)
 from app.payments.models import CHANNEL_NAMES, PaymentChannel
 
 CHANNEL_CODES = ("sandbox", "alipay", "wechatpay", "unionpay", "epay")
 REMOTE_CHANNELS = ("alipay", "wechatpay", "unionpay", "epay")  # gateways we ask (query, close, refund, bill)
-BUYER_FUNDS = "platform:buyer_funds"  # money received for an order and not yet earned or refunded
 
 
 def clearing_account(channel: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from flask import current_app
@@ -63,6 +64,17 @@ from app.payments.models import (
 
 log = logging.getLogger(__name__)
 LOOKUP_SALT = "kameng-order-lookup"
+# What else is paid through the channels, by its number's first letter ("T": a wallet top-up): (apply a verified
+# payment, what its waiting page shows). Registered by its module (app.payments.topups, which builds on this one).
+OTHER_PAYMENTS: dict[str, tuple[Callable[..., str], Callable[[str], dict | None]]] = {}
+
+
+def register_other_payment(prefix: str, apply: Callable[..., str], state: Callable[[str], dict | None]) -> None:
+    OTHER_PAYMENTS[prefix] = (apply, state)
+
+
+def _other_payment(number: object) -> tuple | None:
+    return OTHER_PAYMENTS.get(number[:1]) if isinstance(number, str) else None
 
 
 # --- checkout ----------------------------------------------------------------------------------------------
@@ -75,12 +87,13 @@ def checkout(product_id, quantity, contact, query_password, channel: str, base_u
     `email`: the card secrets are also e-mailed (in `locale`) once the order is delivered (app.notices).
     `shop`: an agent's shop (app.agentshops.service.ShopPricing): its price, snapshotted with the shop."""
     from app.notices import service as notices
+    from app.notices.addresses import clean_email
 
     if not isinstance(query_password, str) or not 6 <= len(query_password) <= 64:
         raise ValidationError(gettext("查询密码须为 6-64 个字符"))
     if not isinstance(channel, str) or channel not in enabled_channels():
         raise ValidationError(gettext("支付方式不可用：%(channel)s", channel=repr(channel)))
-    email = notices.clean_email(email)
+    email = clean_email(email)
     gateway = get_channel(channel)
     try:
         order = orders.place_guest_order(product_id, quantity, contact, channel, coupon=coupon, account=account,
@@ -126,13 +139,9 @@ def channel_order(number: str) -> ChannelOrder | None:
 
 def payment_state(number: str) -> dict | None:
     """What a waiting payment page shows: paid yet or not, and where the buyer goes next (no secrets)."""
-    from app.payments import topups
-
-    if topups.is_topup_no(number):
-        topup = topups.get_topup(number)
-        if topup is None:
-            return None
-        return {"paid": topup.status == "paid", "closed": topup.status == "closed", "next": "/portal/topup"}
+    other = _other_payment(number)
+    if other is not None:
+        return other[1](number)
     order = db.session.scalar(select(Order).where(Order.order_no == (number or "")[:40], Order.channel != "wallet"))
     if order is None:
         return None
@@ -183,11 +192,10 @@ def handle_refund_notification(code: str, headers, form: dict, body: bytes,
 def apply_payment(code: str, note: Notification, remote_addr: str | None = None,
                   confirmed_by: int | None = None) -> str:
     """Record a verified payment and move its order; commits. Returns the outcome written to the log."""
-    from app.payments import topups
-
     detail = "found by query" if note.raw.get("source") == "query" else None
-    if topups.is_topup_no(note.order_no):  # "T…": a wallet top-up, never an order number
-        return topups.apply_topup_payment(code, note, remote_addr, confirmed_by)
+    other = _other_payment(note.order_no)
+    if other is not None:  # "T…": a wallet top-up, never an order number
+        return other[0](code, note, remote_addr, confirmed_by)
     if not note.succeeded:
         _count_failed_payment(note.order_no)
         return _log(code, note.order_no, note.trade_no, note.amount, "not_paid", "status is not success", remote_addr)
@@ -261,10 +269,8 @@ def _settle(order: Order, payment: Payment, payer: str | None = None) -> str:
     orders.transition(order.id, "paid")
     held_now = _risk_at_payment(order, payer)
     if order.risk_hold or held_now:
-        from app.risk import reviews
-
         order.risk_hold = True
-        return reviews.hold(order)
+        return orders.hold_for_review(order)
     return deliver_paid_order(order)
 
 
@@ -306,9 +312,9 @@ def deliver_paid_order(order: Order) -> str:
     """A paid order delivered (card) or its top-up started (direct); with no stock left it is refunded where it
     was paid from. In the caller's transaction."""
     if order.product.kind == "direct":
-        from app.suppliers import recharge
+        from app.suppliers import service as suppliers
 
-        recharge.start(order)  # the money stays in buyer_funds until the upstream's outcome
+        suppliers.start_recharge(order)  # the money stays in buyer_funds until the upstream's outcome
         return "accepted"
     try:
         with db.session.begin_nested():

@@ -2,7 +2,7 @@
 
 A top-up number is "T" + yymmdd + 12 random digits; order numbers are digits only, so the two never collide and
 `/pay/notify/<channel>` (same endpoint, same verification) routes a notification by its number's first letter
-(app.payments.service.apply_payment calls apply_topup_payment here).
+(app.payments.service.apply_payment calls apply_topup_payment here, registered below).
 
 The credit is the journal `pay:<channel>:<trade_no>` (platform:clearing:<channel> −A, agent:<id>:wallet +A)
 with a Payment row (topup_id) under the unique (channel, trade_no): a duplicate notification changes nothing.
@@ -27,6 +27,7 @@ from app.extensions import db
 from app.ledger import service as ledger
 from app.ledger.service import Line
 from app.money import format_fen, parse_yuan
+from app.payments import service as payments
 from app.payments.channels.base import Notification
 from app.payments.models import TOPUP_STATES, WalletTopUp
 
@@ -68,21 +69,19 @@ def start_topup(agent_id: int, amount_text, channel, base_url: str, ip: str | No
     """Create the top-up (unpaid) and start its payment; returns it and where the agent pays. Risk control
     (event wallet_topup) decides first: a block refuses and writes nothing."""
     from app.orders.service import clean_device_id
-    from app.payments import service
-
     amount = parse_amount(amount_text)
-    if channel not in service.enabled_channels():
+    if channel not in payments.enabled_channels():
         raise ValidationError(gettext("支付方式不可用：%(channel)s", channel=repr(channel)))
     _risk_check(agent_id, amount, ip, clean_device_id(device_id))
-    gateway = service.get_channel(channel)
+    gateway = payments.get_channel(channel)
     topup = WalletTopUp(topup_no=new_topup_no(), agent_id=agent_id, amount=amount, channel=channel,
                         status="pending_payment")
     db.session.add(topup)
     db.session.commit()
     expires_at = topup.created_at + timedelta(minutes=int(current_app.config["ORDER_EXPIRE_MINUTES"]))
     # i18n-keep: data
-    pay_url = service.start_payment(gateway, topup.topup_no, amount, f"钱包充值 {format_fen(amount)}", base_url,
-                                    expires_at, return_path="/portal/topup", topup_id=topup.id)
+    pay_url = payments.start_payment(gateway, topup.topup_no, amount, f"钱包充值 {format_fen(amount)}", base_url,
+                                     expires_at, return_path="/portal/topup", topup_id=topup.id)
     return topup, pay_url
 
 
@@ -165,15 +164,13 @@ def _count_unspent(agent_id: int, amount: int) -> None:
 def expire_unpaid(limit: int = 1000) -> int:
     """Scheduled: close top-ups unpaid after ORDER_EXPIRE_MINUTES, after closing their payment at the channel (a
     guarded update: a paid one stays paid)."""
-    from app.payments import service
-
     cutoff = utcnow() - timedelta(minutes=int(current_app.config["ORDER_EXPIRE_MINUTES"]))
     rows = db.session.execute(select(WalletTopUp.id, WalletTopUp.topup_no).where(
         WalletTopUp.status == "pending_payment", WalletTopUp.created_at < cutoff).limit(limit)).all()
     db.session.rollback()
     closed = 0
     for topup_id, topup_no in rows:
-        if not service.close_at_channel(topup_no):
+        if not payments.close_at_channel(topup_no):
             continue
         try:
             move(topup_id, "pending_payment", "closed")
@@ -199,3 +196,14 @@ def get_topup(topup_no: str) -> WalletTopUp | None:
     if not is_topup_no(topup_no):
         return None
     return db.session.scalar(select(WalletTopUp).where(WalletTopUp.topup_no == topup_no[:32]))
+
+
+def payment_state(topup_no: str) -> dict | None:
+    """What a top-up's waiting payment page shows (app.payments.service.payment_state)."""
+    topup = get_topup(topup_no)
+    if topup is None:
+        return None
+    return {"paid": topup.status == "paid", "closed": topup.status == "closed", "next": "/portal/topup"}
+
+
+payments.register_other_payment(PREFIX, apply_topup_payment, payment_state)

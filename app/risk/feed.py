@@ -271,7 +271,7 @@ def set_partner_active(partner_id: int, active: bool, actor_id: int | None = Non
 def create_partner_key(partner_id: int, name: str = "", ip_allowlist: str | None = None,
                        actor_id: int | None = None):
     """An Open API key for a partner to pull our feed (scope risk_feed); the secret is shown once. Commits."""
-    from app.openapi import service as openapi
+    from app.openapi import keys as openapi
 
     partner = db.session.get(RiskFeedPartner, partner_id)
     if partner is None or not partner.active:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from flask.cli import AppGroup
 
-from app.cli import fail
+from app.cli_common import fail
 from app.errors import KamengError
 
 feed_cli = AppGroup("feed", help="The shared risk feed: signed list entries exchanged with partner platforms.")

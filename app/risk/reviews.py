@@ -23,12 +23,6 @@ from app.risk.learning import label_store
 EXPIRED_REASON = "审核超时，自动拒绝并退款 (review not decided in time)"  # i18n-keep: a stored reason
 
 
-def hold(order: Order) -> str:
-    """A paid order flagged at checkout or at payment goes to review instead of delivery (caller's transaction)."""
-    orders.transition(order.id, "reviewing", current="paid")
-    return "held_for_review"
-
-
 def _locked(order_no: str) -> Order:
     order = db.session.scalar(select(Order).where(Order.order_no == (order_no or "").strip()[:40]).with_for_update())
     if order is None:

@@ -34,7 +34,8 @@ from app.ops import metrics
 from app.risk import counters, feed
 from app.risk.features import COUNTERS, EVENT_DEFAULTS, RULE_FEATURES
 from app.risk.identity import digest, mask
-from app.risk.models import RiskDecision, RiskListEntry, RiskRule, RiskRuleVersion
+from app.risk.models import RiskDecision, RiskListEntry, RiskRuleVersion
+from app.risk.rules import fired_rules, rank, rules_outcome, strongest
 
 UNCOUNTED_STATUSES = ("closed", "failed", "refunded")
 
@@ -110,7 +111,7 @@ def evaluate(event: RiskInput, now: datetime | None = None) -> Decision:
     now = now or utcnow()
     keys = keys_of(event)
     hits = _list_hits(event)
-    outcome, stage, limit_hit = _strongest(hits), "list" if hits else "none", False
+    outcome, stage, limit_hit = strongest(hits), "list" if hits else "none", False
     features = dict(RULE_FEATURES)
     features.update({k: v for k, v in event.values.items() if k in EVENT_DEFAULTS})
     features.update(event=event.event, amount=int(event.amount or 0), hour_local=to_local(now).hour)
@@ -127,10 +128,10 @@ def evaluate(event: RiskInput, now: datetime | None = None) -> Decision:
         model = _model_scores(features)
         if model is not None and model["active"] is not None:
             features["model_score"] = model["active"]["score"]
-        rule_hits, score, versions = _rule_hits(event.event, features)
+        rule_hits, score, versions = fired_rules(event.event, features)
         hits += rule_hits
-        ruled = _rules_outcome(rule_hits, score)
-        if _rank(ruled) > _rank(outcome):
+        ruled = rules_outcome(rule_hits, score)
+        if rank(ruled) > rank(outcome):
             outcome, stage = ruled, "rule"
     decision = Decision(outcome, stage, score, hits, features, limit=limit_hit, model=model)
     decision.id = _store(event, decision, versions, int((time.perf_counter() - started) * 1e6))
@@ -287,96 +288,6 @@ def _limit_hits(event: RiskInput, keys: dict, features: dict, now: datetime) -> 
     return hits
 
 
-# --- rules -------------------------------------------------------------------------------------------------
-
-_COMPILED: dict[str, object] = {}  # expression text -> compiled rule (ids restart; texts say what they do)
-
-
-def compile_rule(expression: str):
-    """A rule-engine Rule over the features; raises rule_engine.EngineError (show `.message`) when it is wrong."""
-    import rule_engine
-
-    types = {}
-    for name, default in RULE_FEATURES.items():
-        if isinstance(default, bool):
-            types[name] = rule_engine.DataType.BOOLEAN
-        elif isinstance(default, str):
-            types[name] = rule_engine.DataType.STRING
-        else:
-            types[name] = rule_engine.DataType.FLOAT
-    context = rule_engine.Context(type_resolver=rule_engine.type_resolver_from_dict(types))
-    return rule_engine.Rule(expression, context=context)
-
-
-def _compiled(expression: str):
-    if expression not in _COMPILED:
-        if len(_COMPILED) > 5000:  # edited rules leave old texts behind: start over rather than grow
-            _COMPILED.clear()
-        _COMPILED[expression] = compile_rule(expression)
-    return _COMPILED[expression]
-
-
-def _live_rules() -> tuple[tuple, ...]:
-    """(id, version, name, events, expression, action, score, reason, status) of active and shadow rules (cached
-    until a rule changes)."""
-    return cache.fetch("risk_rules", None, lambda: tuple(tuple(r) for r in db.session.execute(
-        select(RiskRule.id, RiskRule.version, RiskRule.name, RiskRule.events, RiskRule.expression,
-               RiskRule.action, RiskRule.score, RiskRule.reason, RiskRule.status)
-        .where(RiskRule.status.in_(("active", "shadow"))).order_by(RiskRule.id))))
-
-
-def _applies(events: str, event: str) -> bool:
-    return events.strip() in ("", "*") or event in {e.strip() for e in events.split(",")}
-
-
-def _rule_hits(event: str, features: dict, rules: list[tuple] | None = None) -> tuple[list[dict], int, dict]:
-    import rule_engine
-
-    hits, score, versions = [], 0, {}
-    for rule_id, version, name, events, expression, action, points, reason, status in (rules or _live_rules()):
-        if not _applies(events, event):
-            continue
-        versions[str(rule_id)] = version
-        try:
-            fired = _compiled(expression).matches(features)
-        except rule_engine.EngineError:
-            continue  # a rule that cannot run on these values does not fire
-        if not fired:
-            continue
-        shadow = status == "shadow"
-        hits.append({"kind": "rule", "name": name, "rule_id": rule_id, "version": version, "action": action,
-                     "score": points, "reason": reason, "shadow": shadow})
-        if not shadow and action == "score":
-            score += points
-    return hits, score, versions
-
-
-def _rules_outcome(hits: list[dict], score: int) -> str:
-    cfg = current_app.config
-    live = [h for h in hits if not h.get("shadow")]
-    outcome = "allow"
-    for h in live:
-        if h["action"] in ("review", "block") and _rank(h["action"]) > _rank(outcome):
-            outcome = h["action"]
-    if score >= int(cfg["RISK_BLOCK_SCORE"]):
-        outcome = "block"
-    elif score >= int(cfg["RISK_REVIEW_SCORE"]) and outcome == "allow":
-        outcome = "review"
-    return outcome
-
-
-def _rank(outcome: str) -> int:
-    return {"allow": 0, "review": 1, "block": 2}[outcome]
-
-
-def _strongest(hits: list[dict]) -> str:
-    outcome = "allow"
-    for h in hits:
-        if _rank(h["action"]) > _rank(outcome):
-            outcome = h["action"]
-    return outcome
-
-
 # --- the record --------------------------------------------------------------------------------------------
 
 def _subject(event: RiskInput) -> dict:
@@ -445,7 +356,7 @@ def replay(decision_id: int) -> str:
     row = db.session.get(RiskDecision, decision_id)
     hits = json.loads(row.hits)
     kept = [h for h in hits if h["kind"] in ("list", "limit")]
-    outcome = _strongest(kept)
+    outcome = strongest(kept)
     if outcome == "block":
         return outcome
     rules = []
@@ -455,6 +366,6 @@ def replay(decision_id: int) -> str:
         if v is not None:
             rules.append((v.rule_id, v.version, v.name, v.events, v.expression, v.action, v.score, v.reason,
                           v.status))
-    rule_hits, score, _ = _rule_hits(row.event, json.loads(row.features), rules)
-    ruled = _rules_outcome(rule_hits, score)
-    return ruled if _rank(ruled) > _rank(outcome) else outcome
+    rule_hits, score, _ = fired_rules(row.event, json.loads(row.features), rules)
+    ruled = rules_outcome(rule_hits, score)
+    return ruled if rank(ruled) > rank(outcome) else outcome

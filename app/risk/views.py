@@ -25,6 +25,7 @@ from app.risk import lists, reviews, service
 from app.risk.default_rules import version_of
 from app.risk.labels import EVENT_TEXT, OUTCOME_TEXT, RULE_ACTION_TEXT, STAGE_TEXT
 from app.risk.models import EVENTS, LIST_KINDS, RiskDecision, RiskListEntry, RiskRule, RiskRuleVersion
+from app.risk.rules import compile_rule
 from app.views_common import CHANNEL_TEXT, ReadableColumnsMixin, text_of
 
 RISK = "风控"
@@ -122,7 +123,7 @@ class RuleExpression:
         if not text:
             raise FieldError(gettext("请填写表达式"))
         try:
-            service.compile_rule(text)
+            compile_rule(text)
         except rule_engine.EngineError as exc:
             hint = getattr(exc, "suggestion", None)
             message = exc.message + (f" (did you mean {hint}?)" if hint else "")

@@ -135,7 +135,7 @@ def _check(key: str, value) -> None:
     if key == "smtp_tls" and value not in ("starttls", "ssl", "none"):
         raise ValidationError(gettext("加密方式须为 starttls、ssl 或 none"))
     if key == "smtp_from" and value:
-        from app.notices.service import parse_sender
+        from app.notices.addresses import parse_sender
 
         parse_sender(value)  # ValidationError when it is not an address (or "Name <address>")
     if key == "sms_endpoint" and value and not value.startswith(("https://", "http://")):

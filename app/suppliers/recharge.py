@@ -2,8 +2,9 @@
 next supplier, or (when none is left) fails and refunds it.
 
 The rules, in one place:
-- A paid direct order's money sits in platform:buyer_funds until the outcome. `start()` writes the outbox message
-  in the paying transaction; its job (`recharge-<order_no>`, queue high) calls `run()`.
+- A paid direct order's money sits in platform:buyer_funds until the outcome. `start_recharge()`
+  (app.suppliers.service) writes the outbox message in the paying transaction; its job (`recharge-<order_no>`,
+  queue high) calls `run()`.
 - `run()` is idempotent and safe to run twice, concurrently, or racing a poll or a callback: every decision is taken
   under the order's row lock, and the row lock is never held across HTTP (the attempt is committed first).
 - An order has at most one open attempt. While one is open (submitting / submitted / processing / unknown) no other
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import unicodedata
 from datetime import datetime, timedelta
 
 from flask import current_app
@@ -35,6 +35,7 @@ from app.errors import KamengError
 from app.extensions import db
 from app.ledger import service as ledger
 from app.ledger.models import Account
+from app.ledger.service import BUYER_FUNDS
 from app.money import apply_rate
 from app.network import commissions
 from app.orders import service as orders
@@ -52,9 +53,9 @@ from app.suppliers.adapters.base import (
     UpstreamResult,
     UpstreamUnreachable,
 )
-from app.suppliers.errors import AttemptNotFound, CallbackRejected, InvalidAccount, SupplierNotFound
+from app.suppliers.errors import AttemptNotFound, CallbackRejected, SupplierNotFound
 from app.suppliers.models import ATTEMPT_STATES, RechargeAttempt, RechargeEvent
-from app.suppliers.service import candidates, supplier_or_none
+from app.suppliers.service import RECHARGE_TOPIC, candidates, supplier_or_none
 
 log = logging.getLogger(__name__)
 
@@ -64,38 +65,17 @@ BACKOFF_FIRST = 5  # seconds; then 10, 20, 40 ... up to BACKOFF_MAX
 BACKOFF_MAX = 300
 # A poll handed to a worker owns its attempt this long; if the job is lost (Redis down) the attempt is due again.
 POLL_LEASE = timedelta(minutes=2)
-MAX_ACCOUNT_LEN = 64
-TOPIC = "recharge"
 
 
-# --- input -------------------------------------------------------------------------------------------------
-
-def clean_account(account: object) -> str:
-    """The top-up target (phone number, game account, ...): 1-64 printable characters, trimmed."""
-    if not isinstance(account, str) or not account.strip():
-        raise InvalidAccount(gettext("请填写充值账号"))
-    value = account.strip()
-    if len(value) > MAX_ACCOUNT_LEN:
-        raise InvalidAccount(gettext("充值账号最多 %(max)s 个字符", max=MAX_ACCOUNT_LEN))
-    if any(unicodedata.category(ch).startswith("C") for ch in value):
-        raise InvalidAccount(gettext("充值账号不能包含控制字符"))
-    return value
-
-
-# --- entry: the paying transaction writes the job ----------------------------------------------------------
-
-def start(order: Order) -> None:
-    """In the transaction that marked the order paid: the outbox message that will submit it after commit."""
-    outbox.write(TOPIC, f"recharge:{order.order_no}", {"order_id": order.id, "order_no": order.order_no})
-
+# --- entry: the paying transaction wrote the job (app.suppliers.service.start_recharge) --------------------
 
 def _again(order: Order, after_attempt_id: int) -> None:
     """A poll or a callback found the attempt failed: the next supplier is tried by the recharge job."""
-    outbox.write(TOPIC, f"recharge:{order.order_no}:after:{after_attempt_id}",
+    outbox.write(RECHARGE_TOPIC, f"recharge:{order.order_no}:after:{after_attempt_id}",
                  {"order_id": order.id, "order_no": order.order_no})
 
 
-@outbox.handler(TOPIC, job_id=lambda payload: f"recharge-{payload['order_no']}")
+@outbox.handler(RECHARGE_TOPIC, job_id=lambda payload: f"recharge-{payload['order_no']}")
 def _run_message(message: OutboxMessage) -> None:
     message_id = message.id
     order_id = json.loads(message.payload)["order_id"]
@@ -299,8 +279,6 @@ def _apply_success(order: Order, attempt: RechargeAttempt, result: UpstreamResul
     order.service_fee = apply_rate(attempt.cost, supplier.service_fee_bp)
     db.session.flush()
     _ensure_supplier_account(supplier.id)
-    from app.payments.service import BUYER_FUNDS
-
     # i18n-keep: data
     ledger.post_journal(f"order:{order.order_no}:sale", "sale", orders.sale_lines(order, BUYER_FUNDS),
                         memo=f"{order.product.name} × {order.quantity} 直充 {supplier.name}", order_id=order.id)

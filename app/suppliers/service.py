@@ -6,6 +6,7 @@ unknown (NULL) or positive, and, where we know our balance there, enough of it f
 """
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -16,8 +17,12 @@ from sqlalchemy.orm import selectinload
 from app.catalog.models import Supplier
 from app.extensions import db
 from app.orders.models import Order
-from app.suppliers.errors import NoSupplierAvailable
+from app.outbox import service as outbox
+from app.suppliers.errors import InvalidAccount, NoSupplierAvailable
 from app.suppliers.models import UPSTREAM_STATUSES, RechargeAttempt, RechargeEvent, SupplierProduct
+
+MAX_ACCOUNT_LEN = 64
+RECHARGE_TOPIC = "recharge"  # its handler, the recharge job, is app.suppliers.recharge
 
 
 def _usable():
@@ -86,3 +91,23 @@ def timeline(order_id: int) -> Timeline:
     events = list(db.session.scalars(select(RechargeEvent).where(RechargeEvent.order_id == order_id)
                                      .options(selectinload(RechargeEvent.supplier)).order_by(RechargeEvent.id)))
     return Timeline(status, UPSTREAM_STATUSES.get(status or "", status or "-"), attempts, events)
+
+
+# --- a direct order: its account, and its recharge asked for ------------------------------------------------
+
+def clean_account(account: object) -> str:
+    """The top-up target (phone number, game account, ...): 1-64 printable characters, trimmed."""
+    if not isinstance(account, str) or not account.strip():
+        raise InvalidAccount(gettext("请填写充值账号"))
+    value = account.strip()
+    if len(value) > MAX_ACCOUNT_LEN:
+        raise InvalidAccount(gettext("充值账号最多 %(max)s 个字符", max=MAX_ACCOUNT_LEN))
+    if any(unicodedata.category(ch).startswith("C") for ch in value):
+        raise InvalidAccount(gettext("充值账号不能包含控制字符"))
+    return value
+
+
+def start_recharge(order: Order) -> None:
+    """In the transaction that marked the order paid: the outbox message that will submit it after commit (the
+    recharge job, app.suppliers.recharge.run)."""
+    outbox.write(RECHARGE_TOPIC, f"recharge:{order.order_no}", {"order_id": order.id, "order_no": order.order_no})

@@ -99,7 +99,7 @@ class KamengAuthDBView(AuthDBView):
 
 def _count_risk_failure(user_id: int) -> None:
     """A wrong second step counts as a failed login for risk control's password-guessing rule (per address)."""
-    from app.security import count_login_failure
+    from app.risk.logins import count_login_failure
 
     user = current_app.appbuilder.sm.get_user_by_id(user_id)
     if user is not None:

@@ -86,7 +86,7 @@ from werkzeug.wrappers import Request, Response
 from app import outbound
 from app.payments.channels import rsa
 from app.payments.channels.alipay import CHINA, TIME_FORMAT, content_to_sign, yuan
-from app.payments.simulators import behaviour_update
+from app.payments.simulators.behaviour import behaviour_update
 
 AMOUNT_RE = re.compile(r"^\d+(\.\d{1,2})?$")
 MAX_AMOUNT = 100_000_000_00  # fen: 100000000.00 yuan

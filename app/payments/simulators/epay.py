@@ -50,7 +50,7 @@ from werkzeug.wrappers import Request, Response
 
 from app import outbound
 from app.payments.channels.epay import sign, yuan
-from app.payments.simulators import behaviour_update
+from app.payments.simulators.behaviour import behaviour_update
 
 AMOUNT_RE = re.compile(r"^\d+(\.\d{1,2})?$")
 ORDER_NO_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

@@ -6,16 +6,11 @@ import json
 import click
 from flask.cli import AppGroup
 
+from app.cli_common import fail
 from app.errors import KamengError
 
 model_cli = AppGroup("model", help="Fraud model versions: train, list, promote.")
 anomaly_cli = AppGroup("anomaly", help="Agent-tree anomalies: unsupervised scores per agent.")
-
-
-def _fail(message: str, code: int = 2) -> None:
-    from app.cli import fail  # the CLI's one way of refusing (app.cli imports this module after defining it)
-
-    fail(message, code)
 
 
 @model_cli.command("train")
@@ -29,7 +24,7 @@ def model_train(seed: int) -> None:
     try:
         row = model.train(seed=seed)
     except KamengError as exc:
-        _fail(exc.message)
+        fail(exc.message)
     m, r = json.loads(row.metrics), json.loads(row.rules_metrics)
     click.echo(f"model v{row.version} (shadow, seed {seed}): trained on {m['train_n']} labelled decisions "
                f"({m['train_positives']} fraud), holdout {m['n']} ({m['positives']} fraud) from {m['holdout_from']}")
@@ -51,7 +46,7 @@ def model_promote(version: int) -> None:
     try:
         row = model.promote(version)
     except KamengError as exc:
-        _fail(exc.message, 1)
+        fail(exc.message, 1)
     click.echo(json.dumps(model.summary(row), ensure_ascii=False))
 
 

@@ -38,6 +38,7 @@ from app.extensions import db
 from app.risk.features import RULE_FEATURES
 from app.risk.learning import label_store
 from app.risk.models import EVENTS, MODEL_STATES, RiskDecision, RiskLabel, RiskModel, RiskRule
+from app.risk.rules import fired_rules, rules_outcome, strongest
 
 MISSING_SCORE = 0.0
 REVIEW_RATE = 0.01
@@ -181,18 +182,16 @@ def _active_rules() -> list[tuple]:
 
 def rules_scores(items: list[Example]) -> list[float]:
     """What the active rules make of each stored decision now: block 2, review 1, allow 0, plus points / 1000."""
-    from app.risk import service
-
     rules = _active_rules()
     rank = {"allow": 0, "review": 1, "block": 2}
     out = []
     for ex in items:
         kept = [h for h in ex.hits if h.get("kind") in ("list", "limit")]
-        outcome = service._strongest(kept)
+        outcome = strongest(kept)
         points = 0
         if rules:
-            hits, points, _versions = service._rule_hits(ex.event, {**RULE_FEATURES, **ex.features}, rules)
-            ruled = service._rules_outcome(hits, points)
+            hits, points, _versions = fired_rules(ex.event, {**RULE_FEATURES, **ex.features}, rules)
+            ruled = rules_outcome(hits, points)
             outcome = ruled if rank[ruled] > rank[outcome] else outcome
         out.append(rank[outcome] + max(0, min(points, 999)) / 1000)
     return out
