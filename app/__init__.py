@@ -53,6 +53,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     with app.app_context():
         appbuilder = AppBuilder(update_perms=_may_update_perms(app))
         appbuilder.init_app(app, db.session)
+        _machines_choose_their_language(app)
         from app.views import register_views
         register_views(appbuilder)
         from app.openapi.views import register as register_openapi_views
@@ -133,3 +134,21 @@ def _may_update_perms(app: Flask) -> bool:
     from app.extensions import db
 
     return inspect(db.engine).has_table("ab_permission_view")
+
+
+def _machines_choose_their_language(app: Flask) -> None:
+    """The Open API is signed, not signed in: its callers' Accept-Language picks the language of its messages
+    (Chinese by default; `en` for English), never a session. Everyone else keeps FAB's choice (the session's, set
+    by /lang/<code>)."""
+    from flask import has_request_context, request
+
+    babel = app.extensions["babel"]
+    fab_selector = babel.locale_selector
+
+    def select_locale():
+        if has_request_context() and request.path.startswith("/open/"):
+            return (request.accept_languages.best_match(list(app.config["LANGUAGES"]))
+                    or app.config["BABEL_DEFAULT_LOCALE"])
+        return fab_selector()
+
+    babel.locale_selector = select_locale

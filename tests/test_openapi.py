@@ -743,3 +743,20 @@ def test_admin_revokes_any_key(app, f, client, world):
     assert_error(r, 401, "unauthorized")
     assert_nothing_moved(f, world)
     assert db.session.scalar(select(func.count()).select_from(Order)) == 0
+
+
+def test_error_messages_follow_accept_language(app, f, world):
+    """No session to choose a language in: Accept-Language does; Chinese by default, the code the same."""
+    from flask_babel import refresh
+
+    client = app.test_client()
+    body = order_body(world, product_id=987654)
+    r = signed_call(client, world.key, world.secret, "POST", ORDERS, body)
+    assert 400 <= r.status_code < 500
+    assert r.get_json()["error"] == {"code": "product_unavailable", "message": "商品不存在或已下架"}
+    body["out_trade_no"] = "lang-en"
+    refresh()  # the test's app context (and its g, where Flask-Babel keeps the locale) spans both requests
+    r = signed_call(client, world.key, world.secret, "POST", ORDERS, body,
+                    headers={"Accept-Language": "en-US,en;q=0.9"})
+    assert r.get_json()["error"] == {"code": "product_unavailable", "message": "Product not found or not on sale"}
+    assert_nothing_moved(f, world)
