@@ -30,6 +30,7 @@ from app.chain import service as chain
 from app.clock import business_day_start, to_local, utcnow
 from app.errors import KamengError
 from app.extensions import append_engine, db
+from app.money import format_fen
 from app.ops import metrics
 from app.risk import counters, feed
 from app.risk.features import COUNTERS, EVENT_DEFAULTS, RULE_FEATURES
@@ -263,7 +264,7 @@ def _limit_hits(event: RiskInput, keys: dict, features: dict, now: datetime) -> 
     hits = []
     if event.amount > per_order:
         hits.append({"kind": "limit", "name": "order_limit", "action": "block",
-                     "reason": f"单笔金额超过限额 {per_order / 100:.2f} 元"})  # i18n-keep: stored
+                     "reason": f"单笔金额超过限额 {format_fen(per_order, symbol=False)} 元"})  # i18n-keep: stored
     if event.agent_id:
         columns = {"agent": Order.agent_id == event.agent_id}
     else:
@@ -282,7 +283,7 @@ def _limit_hits(event: RiskInput, keys: dict, features: dict, now: datetime) -> 
             used = max(used, int(spent))
             if spent + event.amount > per_day:
                 # i18n-keep: the reason is stored in the decision's hits
-                reason = f"今日累计金额将超过限额 {per_day / 100:.2f} 元 ({dimension})"
+                reason = f"今日累计金额将超过限额 {format_fen(per_day, symbol=False)} 元 ({dimension})"
                 hits.append({"kind": "limit", "name": f"daily_limit:{dimension}", "action": "block", "reason": reason})
     features["daily_used"] = used
     return hits
