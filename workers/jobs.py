@@ -95,6 +95,13 @@ def purge_nonces() -> int:
     return purge()
 
 
+def purge_risk_day_usage() -> int:
+    """Scheduled (daily): drop the daily-limit totals of days no limit reads any more."""
+    from app.risk.usage import purge
+
+    return purge()
+
+
 def purge_lookup_attempts() -> int:
     """Scheduled: forget storefront lookup tries older than the per-order-number budget's window."""
     from app.payments.service import purge_lookup_attempts as purge

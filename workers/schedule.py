@@ -24,6 +24,7 @@ PERIODIC = [
     Periodic("outbox-sweep", jobs.sweep_outbox, "high", "OUTBOX_SWEEP_SECONDS"),
     Periodic("nonce-purge", jobs.purge_nonces, "low", "NONCE_PURGE_SECONDS"),
     Periodic("lookup-attempt-purge", jobs.purge_lookup_attempts, "low", cron="7 * * * *"),
+    Periodic("risk-day-usage-purge", jobs.purge_risk_day_usage, "low", cron="17 3 * * *"),
     Periodic("order-expiry", jobs.expire_unpaid_orders, "default", "ORDER_EXPIRY_SCAN_SECONDS"),
     Periodic("topup-expiry", jobs.expire_unpaid_topups, "default", "ORDER_EXPIRY_SCAN_SECONDS"),
     Periodic("risk-review-expiry", jobs.expire_review_holds, "default", cron="*/5 * * * *"),

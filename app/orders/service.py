@@ -4,6 +4,7 @@ from __future__ import annotations
 import secrets as pyrandom
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from flask_babel import gettext
 from sqlalchemy import case, func, inspect, select, update
@@ -39,6 +40,7 @@ from app.orders.errors import (
 from app.orders.models import Order
 from app.outbox import service as outbox
 from app.risk import agents as risk_agents
+from app.risk import usage
 from app.states import Machine
 
 # The only allowed moves. An order is created pending_payment (storefront: a channel pays it later) or paid (wallet:
@@ -94,8 +96,16 @@ def transition(order_id: int, to_status: str, current: str | None = None) -> Non
     def follow(moved):
         return [rollups.note_moved(moved, sign)] + ([chain.delivery_moved(moved, loaded, now)] if chained else [])
 
+    # Closed, failed or refunded: the amount stops counting toward the buyer's daily limits (app.risk.usage).
+    releasing = to_status in usage.UNCOUNTED_STATUSES and current not in usage.UNCOUNTED_STATUSES
+    returning = ("id", "order_no", "notify_url", "amount", "product_id", "agent_id", "delivered_at")
+    if releasing:
+        returning += ("buyer_key", "device_key", "payment_account_key", "created_at", "paid_at")
     row = states.move(ORDER_STATES, order_id, current, to_status, **values, follow=follow if noted else None,
-                      returning=("id", "order_no", "notify_url", "amount", "product_id", "agent_id", "delivered_at"))
+                      returning=returning)
+    if releasing:
+        usage.release(order_id, row.amount, usage.order_identifiers(
+            row.agent_id, row.buyer_key, row.device_key, row.payment_account_key, row.created_at, row.paid_at))
     if loaded is not None and "delivered_at" in values:  # the time the database kept (the first delivery's)
         set_committed_value(loaded, "delivered_at", row.delivered_at)
     if sign is not None and not noted:
@@ -252,7 +262,8 @@ def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, n
         raise InsufficientBalance(gettext("余额不足：需要 %(amount)s，可用 %(balance)s", amount=format_fen(amount),
                                           balance=format_fen(accounts[wallet][2])))
     order_no = new_order_no()  # named before the decision, which is stored with it (no update afterwards)
-    event, decision = _risk_check(agent, amount, qty, bool(quote), risk_ctx, order_no)
+    now = utcnow()  # the decision's time is the order's: its limit is reserved on that business day
+    event, decision = _risk_check(agent, amount, qty, bool(quote), risk_ctx, order_no, now)
 
     cost_total = product.cost * qty
     fee = apply_rate(cost_total, product.service_fee_bp)
@@ -260,7 +271,8 @@ def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, n
                   supplier_id=product.supplier_id,
                   tier_id=agent.tier_id, quantity=qty, face_price=product.face_price, unit_price=unit_price,
                   amount=amount, cost_total=cost_total, service_fee=fee, upline_path=agent.path,
-                  status="paid", paid_at=utcnow(), channel="wallet", out_trade_no=out_trade_no, account=account,
+                  status="paid", created_at=now, paid_at=now, channel="wallet", out_trade_no=out_trade_no,
+                  account=account,
                   notify_url=notify_url, request_hash=request_hash, api_key_id=api_key_id,
                   discount=quote.discount if quote else 0, coupon_id=quote.coupon.id if quote else None)
     db.session.add(order)
@@ -284,7 +296,7 @@ def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, n
 
 
 def _risk_check(agent: AgentFacts, amount: int, qty: int, has_coupon: bool, ctx: RiskContext,
-                order_no: str | None = None):
+                order_no: str | None = None, now: datetime | None = None):
     """Risk control for a wallet purchase, under the wallet's lock and before the order is written: lists (the
     agent's login, address, device), the tier's limits (locked until commit), rules. A block raises."""
     from app.risk import service as risk
@@ -293,7 +305,7 @@ def _risk_check(agent: AgentFacts, amount: int, qty: int, has_coupon: bool, ctx:
     event = risk.RiskInput(event=ctx.event, amount=amount, ip=ctx.ip, device=ctx.device, agent_id=agent.id,
                            agent_login=agent.login, tier_id=agent.tier_id, order_no=order_no,
                            values={"account_age_hours": age_hours, "quantity": qty, "has_coupon": has_coupon})
-    decision = risk.evaluate(event)
+    decision = risk.evaluate(event, now=now)
     decision.raise_if_blocked()
     return event, decision
 
@@ -372,14 +384,16 @@ def _place_direct_wallet_order(agent_id, product: ProductFacts, quantity, out_tr
         raise InsufficientBalance(gettext("余额不足：需要 %(amount)s，可用 %(balance)s", amount=format_fen(amount),
                                           balance=format_fen(accounts[wallet][2])))
     order_no = new_order_no()
-    event, decision = _risk_check(agent, amount, qty, bool(quote), risk_ctx, order_no)
+    now = utcnow()
+    event, decision = _risk_check(agent, amount, qty, bool(quote), risk_ctx, order_no, now)
     # Supplier and cost are estimates until a supplier succeeds (recharge books the one that did).
     cost_total = product.cost * qty
     order = Order(order_no=order_no, risk_decision_id=decision.id, agent_id=agent.id, product_id=product.id,
                   supplier_id=product.supplier_id,
                   tier_id=agent.tier_id, quantity=qty, face_price=product.face_price, unit_price=unit_price,
                   amount=amount, cost_total=cost_total, service_fee=apply_rate(cost_total, product.service_fee_bp),
-                  upline_path=agent.path, status="paid", paid_at=utcnow(), channel="wallet", out_trade_no=out_trade_no,
+                  upline_path=agent.path, status="paid", created_at=now, paid_at=now, channel="wallet",
+                  out_trade_no=out_trade_no,
                   account=account, notify_url=notify_url, request_hash=request_hash, api_key_id=api_key_id,
                   discount=quote.discount if quote else 0, coupon_id=quote.coupon.id if quote else None)
     db.session.add(order)
@@ -449,9 +463,10 @@ def place_guest_order(product_id: object, quantity: object, contact: object, cha
 
     # Risk control before anything is written: lists, the buyer's limits (locked until the caller commits), rules.
     order_no = new_order_no()  # named before the decision, which is stored with it
+    now = utcnow()  # the decision's time is the order's: its limit is reserved on that business day
     event = risk.RiskInput(event=risk_event, amount=amount, ip=ip, device=device, contact=contact.strip(),
                            order_no=order_no, values={"has_coupon": bool(quote), "is_guest": True, "quantity": qty})
-    decision = risk.evaluate(event)
+    decision = risk.evaluate(event, now=now)
     decision.raise_if_blocked()
     keys = risk.keys_of(event)
     order = Order(order_no=order_no, agent_id=None, product_id=product.id, supplier_id=product.supplier_id,
@@ -459,7 +474,7 @@ def place_guest_order(product_id: object, quantity: object, contact: object, cha
                   amount=quote.amount if quote else unit_price * qty,
                   discount=quote.discount if quote else 0, coupon_id=quote.coupon.id if quote else None,
                   cost_total=cost_total, service_fee=apply_rate(cost_total, product.service_fee_bp),
-                  status="pending_payment", channel=channel, contact=contact.strip(), account=account,
+                  status="pending_payment", created_at=now, channel=channel, contact=contact.strip(), account=account,
                   buyer_key=keys["contact"], device_key=keys["device"], risk_decision_id=decision.id,
                   risk_hold=decision.outcome == "review")
     if shop_price is not None:  # agent shops: what the delivery credits the agent and its uplines earn on

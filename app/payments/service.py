@@ -282,8 +282,8 @@ def _risk_at_payment(order: Order, account: str | None) -> bool:
     if not account:
         return False
     event = risk.RiskInput(event="payment", amount=order.amount, payment_account=account, order_no=order.order_no,
-                           values={"is_guest": order.agent_id is None})
-    decision = risk.evaluate(event)
+                           values={"is_guest": order.agent_id is None}, counts_when_blocked=True)
+    decision = risk.evaluate(event, now=order.paid_at)  # the paying account's limit is reserved on the paid day
     keys = risk.keys_of(event)
     order.payment_account_key = keys["payment_account"]
     from app.risk import counters

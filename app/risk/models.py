@@ -6,6 +6,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -134,6 +135,33 @@ class RiskEvent(db.Model):
 
     __table_args__ = tuple(Index(f"ix_risk_event_{d}", d, "metric", "at")
                            for d in ("ip", "device", "contact", "payment_account", "agent"))
+
+
+class RiskDayUsage(db.Model):
+    """What one buyer identifier (an agent, a contact, a device, a paying account; as its keyed hash) has reserved
+    against the daily limit on one business day: each order's amount is added when risk control lets it through
+    (app.risk.usage.reserve). The row is the limit's lock: checkouts of one buyer on one day queue on it."""
+    __tablename__ = "risk_day_usage"
+    dimension = Column(String(16), primary_key=True)  # agent, contact, device, payment_account
+    key = Column(String(64), primary_key=True)
+    day = Column(Date, primary_key=True)  # the business day (BUSINESS_TIMEZONE)
+    amount = Column(BigInteger, nullable=False, default=0)
+
+
+class RiskDayRelease(db.Model):
+    """An order that stopped counting (closed, failed, refunded) gives its amount back to the day it was reserved
+    on. Append-only, so a refund never waits on (or deadlocks with) a purchase holding the usage row."""
+    __tablename__ = "risk_day_release"
+    id = Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    dimension = Column(String(16), nullable=False)
+    key = Column(String(64), nullable=False)
+    day = Column(Date, nullable=False)
+    amount = Column(BigInteger, nullable=False)
+    order_id = Column(Integer, nullable=False)
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+
+    __table_args__ = (Index("ix_risk_day_release_key", "dimension", "key", "day"),
+                      UniqueConstraint("order_id", "dimension", name="uq_risk_day_release_order_dimension"))
 
 
 LABEL_SOURCES = ("review_approve", "review_reject", "refund_fraud", "dispute_lost", "list_block", "synthetic")

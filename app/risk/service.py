@@ -7,38 +7,36 @@ reason and the feature values it saw, and stores that decision append-only (its 
 refused request still leaves its decision) with the rule versions and its latency, so `replay(decision_id)` gives
 the same outcome and anyone can ask "why was this held?".
 
-Limits are enforced under concurrency: the caller's transaction takes a transaction-level advisory lock per
-identifier (contact, device, payment account, agent) before the day's sum is read, and keeps it until it commits
-the order, so 50 concurrent checkouts of one buyer never overshoot. An order counts from checkout until it is
-closed, failed or refunded, on the business day (BUSINESS_TIMEZONE) it was created.
+Limits are enforced under concurrency: the check adds the amount to each identifier's running total for the business
+day (contact, device, payment account, agent; app.risk.usage) and reads it in one statement, whose row locks the
+caller's transaction keeps until it commits the order, so 50 concurrent checkouts of one buyer never overshoot. An
+order counts from checkout until it is closed, failed or refunded, on the business day (BUSINESS_TIMEZONE) it was
+created (a paying account: the day it paid).
 """
 from __future__ import annotations
 
 import ipaddress
 import json
 import time
-import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from flask import current_app
 from flask_babel import gettext
-from sqlalchemy import func, insert, or_, select, text
+from sqlalchemy import insert, select, text
 
 from app import cache
 from app.chain import service as chain
-from app.clock import business_day_start, to_local, utcnow
+from app.clock import to_local, utcnow
 from app.errors import KamengError
 from app.extensions import append_engine, db
 from app.money import format_fen
 from app.ops import metrics
-from app.risk import counters, feed
+from app.risk import counters, feed, usage
 from app.risk.features import COUNTERS, EVENT_DEFAULTS, RULE_FEATURES
 from app.risk.identity import digest, mask
 from app.risk.models import RiskDecision, RiskListEntry, RiskRuleVersion
 from app.risk.rules import fired_rules, rank, rules_outcome, strongest
-
-UNCOUNTED_STATUSES = ("closed", "failed", "refunded")
 
 
 class RiskBlocked(KamengError):
@@ -68,6 +66,8 @@ class RiskInput:
     order_no: str | None = None
     values: dict = field(default_factory=dict)  # event features (features.EVENT_DEFAULTS)
     enforce_limits: bool = True
+    # A payment: the money came in, so a block holds the order (it counts) rather than refusing it.
+    counts_when_blocked: bool = False
 
 
 @dataclass
@@ -116,9 +116,11 @@ def evaluate(event: RiskInput, now: datetime | None = None) -> Decision:
     features = dict(RULE_FEATURES)
     features.update({k: v for k, v in event.values.items() if k in EVENT_DEFAULTS})
     features.update(event=event.event, amount=int(event.amount or 0), hour_local=to_local(now).hour)
-    if outcome != "block" and event.enforce_limits and event.amount:
-        limit_hits = _limit_hits(event, keys, features, now)
-        if limit_hits:
+    reserved: list[tuple[str, str]] = []
+    if event.enforce_limits and event.amount:
+        # Reserved even behind a list block: a payment keeps what it evaluated (the order is held and counts).
+        limit_hits, reserved = _limit_hits(event, keys, features, now)
+        if limit_hits and outcome != "block":
             hits += limit_hits
             outcome, stage, limit_hit = "block", "limit", True
     versions: dict[str, int] = {}
@@ -135,6 +137,9 @@ def evaluate(event: RiskInput, now: datetime | None = None) -> Decision:
         if rank(ruled) > rank(outcome):
             outcome, stage = ruled, "rule"
     decision = Decision(outcome, stage, score, hits, features, limit=limit_hit, model=model)
+    if outcome == "block" and reserved and not event.counts_when_blocked:
+        if db.session.get_bind().dialect.name != "postgresql":  # SQLite commits the session with the decision
+            usage.unreserve(reserved, now, event.amount)
     decision.id = _store(event, decision, versions, int((time.perf_counter() - started) * 1e6))
     metrics.count_risk_decision(event.event, outcome)
     return decision
@@ -247,46 +252,29 @@ def limits_for(event: RiskInput) -> tuple[int, int]:
     return per_order, per_day
 
 
-def _lock_all(identifiers: list[tuple[str, str]]) -> None:
-    """Transaction-level advisory locks, one per identifier, in the given order and in one statement (PostgreSQL),
-    held until the caller commits its order."""
-    if not identifiers or db.session.get_bind().dialect.name != "postgresql":
-        return
-    ids = [zlib.crc32(f"risk:{dimension}:{key}".encode()) - 2 ** 31 for dimension, key in identifiers]
-    db.session.execute(select(*(func.pg_advisory_xact_lock(7301, lock_id) for lock_id in ids)))
-
-
-def _limit_hits(event: RiskInput, keys: dict, features: dict, now: datetime) -> list[dict]:
-    from app.orders.models import Order
-
+def _limit_hits(event: RiskInput, keys: dict, features: dict, now: datetime) -> tuple[list[dict], list]:
+    """The per-order and per-day limits; the amount is reserved against each identifier's day (rolled back with
+    the caller's transaction when it writes nothing). Returns the hits and the identifiers reserved."""
     per_order, per_day = limits_for(event)
     features.update(order_limit=per_order, daily_limit=per_day)
     hits = []
     if event.amount > per_order:
         hits.append({"kind": "limit", "name": "order_limit", "action": "block",
                      "reason": f"单笔金额超过限额 {format_fen(per_order, symbol=False)} 元"})  # i18n-keep: stored
-    if event.agent_id:
-        columns = {"agent": Order.agent_id == event.agent_id}
-    else:
-        columns = {"contact": Order.buyer_key == keys["contact"], "device": Order.device_key == keys["device"],
-                   "payment_account": Order.payment_account_key == keys["payment_account"]}
-    day_start = business_day_start(now)
-    present = sorted(d for d in columns if keys.get(d))  # one lock order everywhere: no deadlock between two
-    _lock_all([(d, keys[d]) for d in present])           # checkouts of one buyer
+    dimensions = ("agent",) if event.agent_id else ("contact", "device", "payment_account")
+    # One order everywhere (sorted): two checkouts sharing identifiers lock their rows alike, never a deadlock.
+    identifiers = [(d, keys[d]) for d in sorted(dimensions) if keys.get(d)]
+    counted = usage.reserve(identifiers, now, event.amount)
     used = 0
-    if present:
-        sums = db.session.execute(select(*(func.coalesce(func.sum(Order.amount).filter(columns[d]), 0)
-                                           for d in present))
-                                  .where(or_(*(columns[d] for d in present)), Order.created_at >= day_start,
-                                         Order.status.not_in(UNCOUNTED_STATUSES))).one()
-        for dimension, spent in zip(present, sums, strict=True):
-            used = max(used, int(spent))
-            if spent + event.amount > per_day:
-                # i18n-keep: the reason is stored in the decision's hits
-                reason = f"今日累计金额将超过限额 {format_fen(per_day, symbol=False)} 元 ({dimension})"
-                hits.append({"kind": "limit", "name": f"daily_limit:{dimension}", "action": "block", "reason": reason})
+    for dimension, _ in identifiers:
+        spent = counted[dimension]
+        used = max(used, spent)
+        if spent + event.amount > per_day:
+            # i18n-keep: the reason is stored in the decision's hits
+            reason = f"今日累计金额将超过限额 {format_fen(per_day, symbol=False)} 元 ({dimension})"
+            hits.append({"kind": "limit", "name": f"daily_limit:{dimension}", "action": "block", "reason": reason})
     features["daily_used"] = used
-    return hits
+    return hits, identifiers
 
 
 # --- the record --------------------------------------------------------------------------------------------

@@ -487,7 +487,7 @@ def run(day: Day, data: dict, day_start: datetime | None = None, on_decision=Non
     from app.extensions import db
     from app.orders.models import Order
     from app.orders.service import ORDER_STATES
-    from app.risk import counters
+    from app.risk import counters, usage
     from app.risk import service as risk
 
     day_start = day_start or business_day_start(utcnow()) - timedelta(days=1)
@@ -525,7 +525,7 @@ def run(day: Day, data: dict, day_start: datetime | None = None, on_decision=Non
         if what == "pay":
             result, order_id, order_key, order_no = ref
             event = risk.RiskInput(event="payment", amount=ev.amount, payment_account=ev.payment_account,
-                                   order_no=order_no, values={"is_guest": True})
+                                   order_no=order_no, values={"is_guest": True}, counts_when_blocked=True)
             decision = decide(event, now, result)
             keys = risk.keys_of(event)
             held = decision.outcome != "allow" or result.outcome != "allow"
@@ -545,7 +545,9 @@ def run(day: Day, data: dict, day_start: datetime | None = None, on_decision=Non
             continue
         if what == "refund":
             order_id, order_key = ref
-            states.move(ORDER_STATES, order_id, "paid", "refunded")
+            row = states.move(ORDER_STATES, order_id, "paid", "refunded", returning=(
+                "amount", "agent_id", "buyer_key", "device_key", "payment_account_key", "created_at", "paid_at"))
+            usage.release(order_id, row.amount, usage.order_identifiers(*row[1:]))  # as orders.transition does
             counters.record("dispute" if ev.dispute else "refund", order_key, ev.amount, at=now)
             db.session.commit()
             continue
@@ -566,7 +568,7 @@ def run(day: Day, data: dict, day_start: datetime | None = None, on_decision=Non
         result.outcome = decision.outcome
         result.hits = tuple(h["name"] for h in decision.hits if not h.get("shadow") and h.get("action") != "score")
         if decision.outcome == "block":
-            db.session.rollback()  # nothing is created (the advisory locks go with it)
+            db.session.rollback()  # nothing is created (the limit's reservation goes with it)
             continue
         keys = risk.keys_of(event)
         if ev.kind in ("shop_checkout", "portal_purchase", "openapi_order"):
