@@ -169,3 +169,35 @@ def test_a_refused_checkout_reserves_nothing(app, f):
         assert usage.mismatches(business_day_start()) == []
     finally:
         app.config["RISK_DAILY_LIMIT_FEN"] = 2_000_000
+
+
+def test_the_migrations_backfill_rebuilds_the_running_totals_from_the_orders(app, f, client, monkeypatch):
+    """Deployed on a live database, the migration fills the totals from the orders that count (what the sums over
+    orders gave before), so no limit restarts from zero mid-day."""
+    import importlib.util
+    import types
+    from pathlib import Path
+
+    agent, key, secret = _agent_with_limit(f, per_day=10 ** 9)
+    product = f.product(face_price=PRICE, cost=8_000, secrets=10)
+    for i in range(3):
+        assert _buy(client, key, secret, f"b-{i}", product.id).status_code == 201
+    h.setup_sandbox()
+    h.guest_order(product, "sandbox")
+    expected = {(d, k, day): amount for d, k, day, amount in _db.session.execute(
+        select(RiskDayUsage.dimension, RiskDayUsage.key, RiskDayUsage.day, RiskDayUsage.amount))}
+    assert len(expected) == 2  # the agent; the guest's contact (no device id given)
+    _db.session.execute(RiskDayUsage.__table__.delete())
+    _db.session.commit()
+
+    path = next((Path(__file__).parent.parent / "migrations" / "versions").glob("c20u00000001_*.py"))
+    spec = importlib.util.spec_from_file_location("usage_migration", path)
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    monkeypatch.setattr(migration, "op", types.SimpleNamespace(get_bind=lambda: _db.session.connection()))
+    migration._backfill()
+    _db.session.commit()
+    rebuilt = {(d, k, day): amount for d, k, day, amount in _db.session.execute(
+        select(RiskDayUsage.dimension, RiskDayUsage.key, RiskDayUsage.day, RiskDayUsage.amount))}
+    assert rebuilt == expected
+    assert usage.mismatches(business_day_start()) == []

@@ -34,10 +34,12 @@ def record(metric: str, keys: dict[str, str | None], amount: int = 0, at: dateti
     row = {d: keys.get(d) for d in DIMENSIONS}
     if not any(row.values()):
         return
-    # Core on the session's connection: a plain INSERT needs none of the ORM's statement handling
-    db.session.connection().execute(insert(RiskEvent.__table__).values(metric=metric, amount=int(amount or 0), at=at,
-                                                                       **row))
+    # Core on the session's connection, one statement built once: a plain INSERT needs none of the ORM's handling
+    db.session.connection().execute(_INSERT_EVENT, {"metric": metric, "amount": int(amount or 0), "at": at, **row})
     _redis_record(metric, row, int(amount or 0), at)
+
+
+_INSERT_EVENT = insert(RiskEvent.__table__)
 
 
 def read(queries: dict[str, Query], keys: dict[str, str | None], now: datetime | None = None) -> dict[str, int]:

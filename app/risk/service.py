@@ -68,6 +68,8 @@ class RiskInput:
     enforce_limits: bool = True
     # A payment: the money came in, so a block holds the order (it counts) rather than refusing it.
     counts_when_blocked: bool = False
+    # keys_of's answer, computed once per event (a purchase asks for it three times); identifiers are set first
+    keys: dict | None = field(default=None, init=False, repr=False, compare=False)
 
 
 @dataclass
@@ -95,6 +97,12 @@ class Decision:
 
 def keys_of(event: RiskInput) -> dict[str, str | None]:
     """The event's identifiers as keyed hashes, per counter dimension."""
+    if event.keys is None:
+        event.keys = _keys_of(event)
+    return event.keys
+
+
+def _keys_of(event: RiskInput) -> dict[str, str | None]:
     contact = event.contact or event.phone
     return {
         "ip": digest("ip", event.ip) if _valid_ip(event.ip) else None,

@@ -53,7 +53,10 @@ def _backfill():
     rows = conn.execute(sa.text(
         "SELECT agent_id, buyer_key, device_key, payment_account_key, created_at, paid_at, amount FROM orders "
         "WHERE created_at >= :since AND amount > 0 AND status NOT IN :uncounted")
-        .bindparams(sa.bindparam("uncounted", expanding=True)),
+        .bindparams(sa.bindparam("uncounted", expanding=True))
+        .columns(sa.column("agent_id"), sa.column("buyer_key"), sa.column("device_key"),
+                 sa.column("payment_account_key"), sa.column("created_at", sa.DateTime),
+                 sa.column("paid_at", sa.DateTime), sa.column("amount")),
         {"since": since - timedelta(days=1), "uncounted": list(UNCOUNTED_STATUSES)})
     for agent_id, buyer, device, account, created_at, paid_at, amount in rows:
         for ident in order_identifiers(agent_id, buyer, device, account, created_at, paid_at):
