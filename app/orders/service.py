@@ -315,7 +315,8 @@ def _after_risk_check(order: Order, agent: AgentFacts, event, decision) -> None:
     (what is left of it is not withdrawable: app.network.withdrawals)."""
     from app.risk import service as risk
 
-    order.risk_decision_id = decision.id
+    if order.risk_decision_id != decision.id:  # set at creation: assigning it again would cost a second flush
+        order.risk_decision_id = decision.id
     if event.order_no != order.order_no:  # a decision taken before the order was numbered
         event.order_no = order.order_no
         risk.attach_order(decision.id, order.order_no)
