@@ -117,16 +117,17 @@ def counted(dimension: str, key: str, day: date) -> int:
     return int(used) - int(given_back)
 
 
-def totals_from_orders(since: datetime) -> dict[tuple[str, str, date], int]:
+def totals_from_orders(since: datetime, connection=None) -> dict[tuple[str, str, date], int]:
     """Each identifier's counted amount per day, recomputed from the orders created (or paid) since `since`: the
-    rebuild the running totals must equal (and the migration's backfill)."""
+    rebuild the running totals must equal (and the migration's backfill, on its own `connection`)."""
     from app.orders.models import Order
 
     out: dict[tuple[str, str, date], int] = {}
-    rows = db.session.execute(select(Order.agent_id, Order.buyer_key, Order.device_key, Order.payment_account_key,
-                                     Order.created_at, Order.paid_at, Order.amount)
-                              .where(Order.created_at >= since - timedelta(days=1),
-                                     Order.status.not_in(UNCOUNTED_STATUSES), Order.amount > 0))
+    query = (select(Order.agent_id, Order.buyer_key, Order.device_key, Order.payment_account_key, Order.created_at,
+                    Order.paid_at, Order.amount)
+             .where(Order.created_at >= since - timedelta(days=1), Order.status.not_in(UNCOUNTED_STATUSES),
+                    Order.amount > 0))
+    rows = (connection or db.session).execute(query)
     for agent_id, buyer, device, account, created_at, paid_at, amount in rows:
         for ident in order_identifiers(agent_id, buyer, device, account, created_at, paid_at):
             if ident[2] >= business_day(since):

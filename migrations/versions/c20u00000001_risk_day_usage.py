@@ -45,23 +45,10 @@ def upgrade():
 def _backfill():
     """The days a limit can still read, from the orders that count (what the sums over orders used to give)."""
     from app.clock import business_day_start, utcnow
-    from app.risk.usage import KEEP_DAYS, UNCOUNTED_STATUSES, business_day, order_identifiers
+    from app.risk.usage import KEEP_DAYS, totals_from_orders
 
     conn = op.get_bind()
-    since = business_day_start(utcnow()) - timedelta(days=KEEP_DAYS)
-    totals = {}
-    rows = conn.execute(sa.text(
-        "SELECT agent_id, buyer_key, device_key, payment_account_key, created_at, paid_at, amount FROM orders "
-        "WHERE created_at >= :since AND amount > 0 AND status NOT IN :uncounted")
-        .bindparams(sa.bindparam("uncounted", expanding=True))
-        .columns(sa.column("agent_id"), sa.column("buyer_key"), sa.column("device_key"),
-                 sa.column("payment_account_key"), sa.column("created_at", sa.DateTime),
-                 sa.column("paid_at", sa.DateTime), sa.column("amount")),
-        {"since": since - timedelta(days=1), "uncounted": list(UNCOUNTED_STATUSES)})
-    for agent_id, buyer, device, account, created_at, paid_at, amount in rows:
-        for ident in order_identifiers(agent_id, buyer, device, account, created_at, paid_at):
-            if ident[2] >= business_day(since):
-                totals[ident] = totals.get(ident, 0) + int(amount)
+    totals = totals_from_orders(business_day_start(utcnow()) - timedelta(days=KEEP_DAYS), conn)
     if totals:
         conn.execute(sa.text("INSERT INTO risk_day_usage (dimension, key, day, amount) VALUES (:d, :k, :day, :a)"),
                      [{"d": d, "k": k, "day": day, "a": a} for (d, k, day), a in totals.items()])
