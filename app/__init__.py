@@ -14,6 +14,9 @@ def create_app(overrides: dict | None = None) -> Flask:
     if overrides:
         app.config.update(overrides)
     settle_environment(app.config)
+    from app.machines import SessionInterface
+
+    app.session_interface = SessionInterface()  # no session on signed machine endpoints (app/machines.py)
     from app.ops.logs import configure_from
 
     configure_from(app.config)  # JSON lines outside development (LOG_FORMAT), each with its request id

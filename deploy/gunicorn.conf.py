@@ -1,7 +1,8 @@
 """gunicorn settings of a Kameng web process: `gunicorn -c deploy/gunicorn.conf.py --bind HOST:PORT run:app`
 (deploy/systemd/kameng-web@.service; `make deploy-check` starts two of these on one machine).
 
-- 4 sync workers by default (WEB_WORKERS): measured best on 2 cores (README, bench/openapi.py).
+- 4 sync workers by default (WEB_WORKERS): measured best on 2 cores (README, bench/openapi.py); 3 or 6 sync
+  workers and gthread (2 x 4 threads) did no better, gthread had the worst p99 (GIL contention).
 - Prometheus in multi-process mode: PROMETHEUS_MULTIPROC_DIR (one folder per gunicorn, in the environment before
   anything imports prometheus_client) is emptied when gunicorn starts; a worker that exits is marked dead, so
   live gauges (the pool's connections in use) stop counting it.

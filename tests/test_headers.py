@@ -117,3 +117,16 @@ def test_signed_in_pages_are_not_cached_but_static_files_are(app, client, f):
     _assert_no_store(listing)
     css = staff.get("/static/appbuilder/css/ab.css")
     assert css.status_code == 200 and "no-store" not in css.headers.get("Cache-Control", "")
+
+
+def test_a_views_own_security_headers_are_kept_and_the_rest_added(app):
+    from flask import Response
+
+    from app.headers import secure_headers
+
+    with app.test_request_context("/orders/list/"):
+        own = Response("x", headers={"x-frame-options": "SAMEORIGIN", "Content-Security-Policy": "default-src 'none'"})
+        r = secure_headers(own)
+    assert r.headers.getlist("X-Frame-Options") == ["SAMEORIGIN"]
+    assert r.headers.getlist("Content-Security-Policy") == ["default-src 'none'"]
+    assert r.headers["X-Content-Type-Options"] == "nosniff" and r.headers["Referrer-Policy"] == "same-origin"

@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from app.crypto import keyed_hash
 from app.extensions import db
+from app.machines import userless
 from app.twofactor.models import StaffTwoFactor
 
 SESSION_KEY = "kameng_fp"
@@ -61,7 +62,7 @@ def install(app: Flask, appbuilder) -> None:
 
     @app.before_request
     def _check_session_fingerprint():
-        if request.endpoint in _SKIP_ENDPOINTS or not current_user.is_authenticated:
+        if request.endpoint in _SKIP_ENDPOINTS or userless(request.path) or not current_user.is_authenticated:
             return None
         if hmac.compare_digest(str(session.get(SESSION_KEY) or ""), fingerprint(current_user)):
             return None

@@ -17,6 +17,7 @@ from flask_login import login_user
 
 from app.errors import KamengError
 from app.extensions import db
+from app.machines import userless
 from app.twofactor import service, sessions
 from app.twofactor.models import StaffTwoFactor
 from app.views_common import ReadableColumnsMixin
@@ -219,6 +220,8 @@ def install_enrolment_guard(app, appbuilder) -> None:
     def _staff_must_enrol():
         endpoint = request.endpoint or ""
         if endpoint in _ENROLMENT_ALLOWED or endpoint.startswith(("TwoFactorView.", f"{auth_endpoint}.")):
+            return None
+        if userless(request.path):  # a machine endpoint acts as nobody: nothing to enrol for
             return None
         user = getattr(g, "user", None)
         if user is None or not getattr(user, "is_authenticated", False) or not service.must_enrol(user):
