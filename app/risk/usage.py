@@ -117,20 +117,26 @@ def counted(dimension: str, key: str, day: date) -> int:
     return int(used) - int(given_back)
 
 
-def totals_from_orders(since: datetime, connection=None) -> dict[tuple[str, str, date], int]:
+def totals_from_orders(since: datetime) -> dict[tuple[str, str, date], int]:
     """Each identifier's counted amount per day, recomputed from the orders created (or paid) since `since`: the
-    rebuild the running totals must equal (and the migration's backfill, on its own `connection`)."""
+    rebuild the running totals must equal."""
     from app.orders.models import Order
 
+    rows = db.session.execute(select(Order.agent_id, Order.buyer_key, Order.device_key, Order.payment_account_key,
+                                     Order.created_at, Order.paid_at, Order.amount)
+                              .where(Order.created_at >= since - timedelta(days=1),
+                                     Order.status.not_in(UNCOUNTED_STATUSES), Order.amount > 0))
+    return totals_from_rows(rows, since)
+
+
+def totals_from_rows(rows, since: datetime) -> dict[tuple[str, str, date], int]:
+    """The per-day totals of counted orders given as (agent_id, buyer_key, device_key, payment_account_key,
+    created_at, paid_at, amount), from the business day of `since` on (the migration's backfill reads its own)."""
     out: dict[tuple[str, str, date], int] = {}
-    query = (select(Order.agent_id, Order.buyer_key, Order.device_key, Order.payment_account_key, Order.created_at,
-                    Order.paid_at, Order.amount)
-             .where(Order.created_at >= since - timedelta(days=1), Order.status.not_in(UNCOUNTED_STATUSES),
-                    Order.amount > 0))
-    rows = (connection or db.session).execute(query)
+    first_day = business_day(since)
     for agent_id, buyer, device, account, created_at, paid_at, amount in rows:
         for ident in order_identifiers(agent_id, buyer, device, account, created_at, paid_at):
-            if ident[2] >= business_day(since):
+            if ident[2] >= first_day:
                 out[ident] = out.get(ident, 0) + int(amount)
     return out
 

@@ -43,12 +43,20 @@ def upgrade():
 
 
 def _backfill():
-    """The days a limit can still read, from the orders that count (what the sums over orders used to give)."""
+    """The days a limit can still read, from the orders that count (what the sums over orders used to give). The
+    orders are read by this revision's column names, not through the model, which later revisions may change."""
     from app.clock import business_day_start, utcnow
-    from app.risk.usage import KEEP_DAYS, totals_from_orders
+    from app.risk.usage import KEEP_DAYS, UNCOUNTED_STATUSES, totals_from_rows
 
     conn = op.get_bind()
-    totals = totals_from_orders(business_day_start(utcnow()) - timedelta(days=KEEP_DAYS), conn)
+    since = business_day_start(utcnow()) - timedelta(days=KEEP_DAYS)
+    rows = conn.execute(sa.text(
+        "SELECT agent_id, buyer_key, device_key, payment_account_key, created_at, paid_at, amount FROM orders "
+        "WHERE created_at >= :since AND amount > 0 AND status NOT IN :uncounted")
+        .bindparams(sa.bindparam("uncounted", expanding=True))
+        .columns(created_at=sa.DateTime, paid_at=sa.DateTime),  # typed: SQLite hands back text otherwise
+        {"since": since - timedelta(days=1), "uncounted": list(UNCOUNTED_STATUSES)})
+    totals = totals_from_rows(rows, since)
     if totals:
         conn.execute(sa.text("INSERT INTO risk_day_usage (dimension, key, day, amount) VALUES (:d, :k, :day, :a)"),
                      [{"d": d, "k": k, "day": day, "a": a} for (d, k, day), a in totals.items()])
