@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from flask_babel import gettext
-from sqlalchemy import CTE, ColumnElement, select, update
+from sqlalchemy import CTE, ColumnElement, Executable, bindparam, func, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
@@ -64,6 +64,52 @@ class Machine:
 MACHINES: dict[str, Machine] = {}
 
 
+@dataclass(frozen=True)
+class IfUnset:
+    """A value move() writes only where the column is still NULL (`coalesce(column, value)`): a first time kept."""
+    value: object
+
+
+@dataclass(frozen=True)
+class Follow:
+    """What follows a move, written by the statement that moves the row (PostgreSQL; see move()).
+
+    `build(moved)` returns the data-modifying CTEs over `moved`, with `bindparam()`s for every value: it runs once
+    per `key` (the CTEs' shape), and `params` gives the bound values of each call.
+    """
+    key: tuple
+    build: Callable[[CTE], list[CTE]]
+    params: dict
+
+
+def follow_all(*follows: Follow) -> Follow:
+    """Several follows as one (their CTEs side by side, their values together)."""
+    builds = [f.build for f in follows]
+    return Follow(tuple(f.key for f in follows), lambda moved: [cte for build in builds for cte in build(moved)],
+                  {name: value for f in follows for name, value in f.params.items()})
+
+
+# Statements built once per shape (machine, statuses, the names written and returned, what follows), with the
+# values bound at execution: building and hashing a statement costs more CPU than sending it.
+_SHAPES: dict[tuple, Executable] = {}
+
+
+def _set_clause(table, values: dict[str, object]) -> dict[str, object]:
+    """The SET clause of a cached shape: `:set_<name>` for each value (IfUnset: coalesce(column, :set_<name>))."""
+    return {name: func.coalesce(table.c[name], bindparam(f"set_{name}", type_=table.c[name].type))
+            if isinstance(value, IfUnset) else bindparam(f"set_{name}", type_=table.c[name].type)
+            for name, value in values.items()}
+
+
+def _bound(values: dict[str, object]) -> dict[str, object]:
+    return {f"set_{name}": value.value if isinstance(value, IfUnset) else value for name, value in values.items()}
+
+
+def _cacheable(values: dict[str, object]) -> bool:
+    """Plain values and IfUnset are bound; any other SQL expression is built into the statement each time."""
+    return not any(isinstance(value, ColumnElement) for value in values.values())
+
+
 def _illegal(machine: Machine, current: str, new: str, row: object) -> str:
     return gettext("状态不能从 %(current)s 变为 %(new)s (%(entity)s %(row)s)", current=current, new=new,
                    entity=machine.name, row=row if row is not None else "")
@@ -75,11 +121,12 @@ def _lost(machine: Machine, current: str, row: object) -> str:
 
 
 def move(machine: Machine, row_id: int, current: str, new: str, *, returning: Iterable[str] = (),
-         follow: Callable[[CTE], list[CTE]] | None = None, **values: object):
+         follow: Follow | None = None, **values: object):
     """Move one row from `current` to `new` (and write `values` with it), guarded on `current`. Does not commit.
 
     Raises machine.illegal when the table has no such move, machine.lost when the row is no longer in `current`.
     A loaded ORM object of the row is updated in place (no reload). Returns the RETURNING row, if asked for.
+    `values`: plain values, `IfUnset(value)`, or SQL expressions (which make the statement be built anew).
     `follow` (PostgreSQL): given the move as a CTE returning `returning`, the data-modifying CTEs (INSERT ... SELECT
     from it) that record what follows the move; the statement that moves the row writes them (one round trip),
     and only if it moved the row.
@@ -87,45 +134,79 @@ def move(machine: Machine, row_id: int, current: str, new: str, *, returning: It
     if not machine.allows(current, new):
         raise machine.illegal(_illegal(machine, current, new, row_id))
     db.session.flush()  # the caller's pending changes first, as the ORM would (a Core statement does not autoflush)
-    table = machine.model.__table__
-    statement = (update(table).where(table.c.id == row_id, table.c.status == current)
-                 .values(status=new, **values))
     names = tuple(returning)
-    if names:
-        statement = statement.returning(*(table.c[name] for name in names))
+    if follow is not None and not names:
+        raise ValueError("follow needs the move to return something")
+    params = {"move_id": row_id}
+    if _cacheable(values):
+        key = ("move", machine.name, current, new, tuple((n, isinstance(v, IfUnset)) for n, v in values.items()),
+               names, follow.key if follow is not None else None)
+        statement = _SHAPES.get(key)
+        if statement is None:
+            statement = _SHAPES[key] = _move_statement(machine, current, new, _set_clause(
+                machine.model.__table__, values), names, follow)
+        params.update(_bound(values))
+    else:
+        statement = _move_statement(machine, current, new, {
+            name: func.coalesce(machine.model.__table__.c[name], value.value) if isinstance(value, IfUnset)
+            else value for name, value in values.items()}, names, follow)
     if follow is not None:
-        if not names:
-            raise ValueError("follow needs the move to return something")
-        moved = statement.cte("moved")
-        statement = select(moved).add_cte(*follow(moved))
-    result = db.session.connection().execute(statement)
+        params.update(follow.params)
+    result = db.session.connection().execute(statement, params)
     row = result.first() if names else None
     if (row is None) if names else result.rowcount != 1:
         raise machine.lost(_lost(machine, current, row_id))
     loaded = db.session.identity_map.get(identity_key(machine.model, row_id))
     if loaded is not None:  # an object already loaded holds what was written
         for name, value in {"status": new, **values}.items():
-            if isinstance(value, ColumnElement):  # computed by the database: read on next access
+            if isinstance(value, ColumnElement | IfUnset):  # computed by the database: read on next access
                 db.session.expire(loaded, [name])
             else:
                 set_committed_value(loaded, name, value)
     return row
 
 
+def _move_statement(machine: Machine, current: str, new: str, set_clause: dict[str, object], names: tuple[str, ...],
+                    follow: Follow | None) -> Executable:
+    table = machine.model.__table__
+    statement = (update(table).where(table.c.id == bindparam("move_id"), table.c.status == current)
+                 .values(status=new, **set_clause))
+    if names:
+        statement = statement.returning(*(table.c[name] for name in names))
+    if follow is not None:
+        moved = statement.cte("moved")
+        statement = select(moved).add_cte(*follow.build(moved))
+    return statement
+
+
 def move_all(machine: Machine, current: str, new: str, *where: ColumnElement[bool], returning: Iterable[str] = (),
-             expect: int | None = None, **values: object):
+             expect: int | None = None, shape: str | None = None, params: dict | None = None, **values: object):
     """Move every row in `current` matching `where` to `new` in one statement (a batch claim: settlement, a
     reversal of an order's commissions). With `expect`, anything but that many rows raises machine.lost. Returns the
-    RETURNING rows if asked for, else the count. Loaded objects of the model reread what it wrote when next used."""
+    RETURNING rows if asked for, else the count. Loaded objects of the model reread what it wrote when next used.
+
+    `shape`: a name for `where` when it holds no values of its own, only `bindparam()`s given by `params` (a hot
+    path's claim): the statement is then built once per shape and reused.
+    """
     if not machine.allows(current, new):
         raise machine.illegal(_illegal(machine, current, new, None))
     db.session.flush()
     table = machine.model.__table__
-    statement = update(table).where(table.c.status == current, *where).values(status=new, **values)
     names = tuple(returning)
-    if names:
-        statement = statement.returning(*(table.c[name] for name in names))
-    result = db.session.connection().execute(statement)
+    bound = dict(params or {})
+    if shape is not None and _cacheable(values):
+        key = ("move_all", machine.name, current, new, shape,
+               tuple((n, isinstance(v, IfUnset)) for n, v in values.items()), names)
+        statement = _SHAPES.get(key)
+        if statement is None:
+            statement = _SHAPES[key] = _move_all_statement(table, current, new, where, _set_clause(table, values),
+                                                           names)
+        bound.update(_bound(values))
+    else:
+        statement = _move_all_statement(table, current, new, where, {
+            name: func.coalesce(table.c[name], value.value) if isinstance(value, IfUnset) else value
+            for name, value in values.items()}, names)
+    result = db.session.connection().execute(statement, bound)
     rows = result.all() if names else None
     count = len(rows) if names else result.rowcount
     if expect is not None and count != expect:
@@ -135,3 +216,11 @@ def move_all(machine: Machine, current: str, new: str, *where: ColumnElement[boo
         for loaded in [o for o in db.session.identity_map.values() if isinstance(o, machine.model)]:
             db.session.expire(loaded, written)
     return rows if names else count
+
+
+def _move_all_statement(table, current: str, new: str, where, set_clause: dict[str, object],
+                        names: tuple[str, ...]) -> Executable:
+    statement = update(table).where(table.c.status == current, *where).values(status=new, **set_clause)
+    if names:
+        statement = statement.returning(*(table.c[name] for name in names))
+    return statement

@@ -281,6 +281,8 @@ def test_every_job_name_a_service_enqueues_is_registered():
 
 # The one function that writes `status` (app/states.py); every entity's move goes through it.
 STATUS_WRITERS = {("app/states.py", "move"), ("app/states.py", "move_all"),
+                  # the statements of move / move_all, built once per shape
+                  ("app/states.py", "_move_statement"), ("app/states.py", "_move_all_statement"),
                   # A reusable card secret's status is computed per row (CASE uses < max_uses) in the statement that
                   # counts its uses: its moves of CARD_SECRET_STATES (available <-> sold) happen in these three.
                   ("app/catalog/cards.py", "_allocate_uses"), ("app/catalog/cards.py", "_give_back_unrevealed_uses"),

@@ -66,9 +66,10 @@ from datetime import time as dtime
 
 from flask import current_app, g, has_app_context, has_request_context
 from flask_babel import gettext
-from sqlalchemy import Date, DateTime, bindparam, event, func, insert, literal, select
+from sqlalchemy import Date, DateTime, Integer, bindparam, event, func, insert, select
 from sqlalchemy import text as _text
 
+from app import states
 from app.analytics.models import (
     PLATFORM_SCOPE,
     RollupPending,
@@ -216,13 +217,17 @@ def pending_sign(from_status: str, to_status: str) -> int | None:
     return None
 
 
-def note_moved(moved, sign: int):
-    """`_note` as a data-modifying CTE over `moved` (a CTE returning the order's id): the pending row is written by
-    the statement that moves the order (app.orders.service.transition on PostgreSQL), no round trip of its own."""
+def note_moved(sign: int) -> states.Follow:
+    """`_note` as a data-modifying CTE over the order's move (app.orders.service.transition on PostgreSQL): the
+    pending row is written by the statement that moves the order, no round trip of its own."""
     db.session.info[_FOLD_DUE] = True
-    return (insert(_PENDING).from_select(["order_id", "sign", "created_at"],
-                                         select(moved.c.id, literal(sign), literal(utcnow())))
-            .cte("rollup_noted"))
+    return states.Follow(("rollup_noted",), _note_moved_cte, {"rollup_sign": sign, "rollup_at": utcnow()})
+
+
+def _note_moved_cte(moved) -> list:
+    return [insert(_PENDING).from_select(["order_id", "sign", "created_at"], select(
+        moved.c.id, bindparam("rollup_sign", type_=Integer), bindparam("rollup_at", type_=DateTime)))
+        .cte("rollup_noted")]
 
 
 _PENDING = RollupPending.__table__

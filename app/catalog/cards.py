@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import unicodedata
@@ -9,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from flask_babel import gettext as _
-from sqlalchemy import case, event, func, insert, literal, select, update
+from sqlalchemy import Integer, bindparam, case, event, func, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.util import identity_key
@@ -242,16 +243,12 @@ def allocate(order_id: int, product_id: int, quantity: int) -> list[int]:
     if _reusable_product(product_id):
         return _allocate_uses(order_id, product_id, quantity)
     now = utcnow()
-    pick = (select(CardSecret.id).where(CardSecret.product_id == product_id, CardSecret.status == "available")
-            .order_by(CardSecret.id).limit(quantity))
     if db.engine.dialect.name == "postgresql":
         db.session.flush()  # the order row and anything pending first, as the ORM's autoflush would
         # One round trip, all or nothing: the CTE locks up to `quantity` free secrets (skipping rows other buyers
         # hold); the UPDATE sells them only if it got them all, else changes nothing and returns no row.
-        picked = pick.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
-        table = CardSecret.__table__
-        sold = states.move_all(CARD_SECRET_STATES, "available", "sold", table.c.id.in_(select(picked.c.id)),
-                               select(func.count()).select_from(picked).scalar_subquery() == quantity,
+        sold = states.move_all(CARD_SECRET_STATES, "available", "sold", *_skip_locked_pick(), shape="allocate",
+                               params={"pick_product": product_id, "pick_quantity": quantity},
                                returning=("id", "secret_hash", "secret_enc"), order_id=order_id, sold_at=now)
         if len(sold) < quantity:
             raise OutOfStock(_("库存不足"))
@@ -262,6 +259,8 @@ def allocate(order_id: int, product_id: int, quantity: int) -> list[int]:
         db.session.info.setdefault("allocated_hashes", {})[order_id] = [row.secret_hash for row in sold]
         db.session.info.setdefault("allocated_secrets", {})[order_id] = [row.secret_enc for row in sold]
         return ids
+    pick = (select(CardSecret.id).where(CardSecret.product_id == product_id, CardSecret.status == "available")
+            .order_by(CardSecret.id).limit(quantity))
     ids = list(db.session.scalars(pick))
     if len(ids) < quantity:
         raise OutOfStock(_("库存不足"))
@@ -269,6 +268,19 @@ def allocate(order_id: int, product_id: int, quantity: int) -> list[int]:
                        sold_at=now) != quantity:
         raise OutOfStock(_("库存不足"))
     return ids
+
+
+@functools.cache
+def _skip_locked_pick() -> tuple:
+    """allocate's claim on PostgreSQL, built once: the ids of up to :pick_quantity free secrets of :pick_product,
+    locked skipping rows other buyers hold, and the condition that all of them were had."""
+    table = CardSecret.__table__
+    picked = (select(table.c.id).where(table.c.product_id == bindparam("pick_product", type_=Integer),
+                                       table.c.status == "available")
+              .order_by(table.c.id).limit(bindparam("pick_quantity", type_=Integer))
+              .with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED"))
+    return (table.c.id.in_(select(picked.c.id)),
+            select(func.count()).select_from(picked).scalar_subquery() == bindparam("pick_quantity", type_=Integer))
 
 
 def _reusable_product(product_id: int) -> bool:

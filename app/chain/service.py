@@ -47,10 +47,10 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 from flask_babel import gettext
-from sqlalchemy import String, cast, exists, func, insert, literal, or_, select, update
+from sqlalchemy import DateTime, String, bindparam, cast, exists, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from app import crypto
+from app import crypto, states
 from app.audit.models import AuditEntry
 from app.catalog.models import CardSecret, CardSecretUse
 from app.chain.models import ChainHead, ChainRecord
@@ -147,18 +147,23 @@ def append_delivery(order_id: int, order_no: str, amount: int, product_id: int, 
                                                  delivered_at))
 
 
-def delivery_moved(moved, order: Order, delivered_at: datetime):
-    """`append_delivery` of a loaded `order` as a data-modifying CTE over `moved` (its transition's UPDATE,
-    returning order_no and delivered_at): the record is written by the statement that delivers the order
+def delivery_moved(order: Order, delivered_at: datetime) -> states.Follow:
+    """`append_delivery` of a loaded `order` as a data-modifying CTE over its transition's UPDATE (returning
+    order_no and delivered_at): the record is written by the statement that delivers the order
     (app.orders.service.transition on PostgreSQL), and only if that move is its first delivery (its delivered_at
     is this move's time)."""
     digest = _delivery_digest(order.id, order.order_no, order.amount, order.product_id, order.agent_id,
                               order.contact if order.agent_id is None else None, delivered_at)
-    return (insert(ChainRecord.__table__)
-            .from_select(["kind", "source_key", "content_digest", "created_at"],
-                         select(literal(DELIVERY), moved.c.order_no, literal(digest), literal(utcnow()))
-                         .where(moved.c.delivered_at == delivered_at))
-            .cte("chain_appended"))
+    return states.Follow(("chain_appended",), _delivery_moved_cte, {
+        "chain_digest": digest, "chain_at": utcnow(), "chain_delivered_at": delivered_at})
+
+
+def _delivery_moved_cte(moved) -> list:
+    return [insert(ChainRecord.__table__).from_select(
+        ["kind", "source_key", "content_digest", "created_at"],
+        select(literal(DELIVERY), moved.c.order_no, bindparam("chain_digest", type_=String),
+               bindparam("chain_at", type_=DateTime))
+        .where(moved.c.delivered_at == bindparam("chain_delivered_at", type_=DateTime))).cte("chain_appended")]
 
 
 def _delivery_digest(order_id: int, order_no: str, amount: int, product_id: int, agent_id: int | None,

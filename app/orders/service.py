@@ -84,7 +84,7 @@ def transition(order_id: int, to_status: str, current: str | None = None) -> Non
     elif to_status == "delivered":
         # A dispute rejected returns the order to delivered: it was delivered when it first was (settlement
         # counts from then), so keep the first time.
-        values["delivered_at"] = func.coalesce(Order.delivered_at, now)
+        values["delivered_at"] = states.IfUnset(now)
     loaded = db.session.identity_map.get(identity_key(Order, order_id))
     # Analytics: one pending row in this transaction, folded into the rollups by a job; a first delivery is chained
     # with it. On PostgreSQL both are written by the move's own statement (data-modifying CTEs): one round trip.
@@ -93,15 +93,18 @@ def transition(order_id: int, to_status: str, current: str | None = None) -> Non
     noted = db.engine.dialect.name == "postgresql" and sign is not None
     chained = noted and first_delivery and _values_at_hand(loaded)  # what the delivery record's digest covers
 
-    def follow(moved):
-        return [rollups.note_moved(moved, sign)] + ([chain.delivery_moved(moved, loaded, now)] if chained else [])
+    follow = None
+    if noted:
+        follow = rollups.note_moved(sign)
+        if chained:
+            follow = states.follow_all(follow, chain.delivery_moved(loaded, now))
 
     # Closed, failed or refunded: the amount stops counting toward the buyer's daily limits (app.risk.usage).
     releasing = to_status in usage.UNCOUNTED_STATUSES and current not in usage.UNCOUNTED_STATUSES
     returning = ("id", "order_no", "notify_url", "amount", "product_id", "agent_id", "delivered_at")
     if releasing:
         returning += ("buyer_key", "device_key", "payment_account_key", "created_at", "paid_at")
-    row = states.move(ORDER_STATES, order_id, current, to_status, **values, follow=follow if noted else None,
+    row = states.move(ORDER_STATES, order_id, current, to_status, **values, follow=follow,
                       returning=returning)
     if releasing:
         usage.release(order_id, row.amount, usage.order_identifiers(
