@@ -189,3 +189,57 @@ class Gunicorn:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class CpuMeter:
+    """CPU seconds spent by each side of a bench between start() and stop(), read from /proc (Linux): the
+    gunicorn workers (children of `server_pid`), every postgres and redis-server process, and this process (the
+    client). Divided by the work done, it says where a request's CPU goes on this machine."""
+
+    def __init__(self, server_pid: int | None = None):
+        self.server_pid = server_pid
+        self.start_times: dict[str, float] = {}
+        self.spent: dict[str, float] = {}
+
+    @staticmethod
+    def _cpu_seconds(pid: int) -> tuple[str, int, float] | None:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                raw = f.read()
+        except OSError:
+            return None
+        name = raw[raw.index("(") + 1:raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2:].split()
+        return name, int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def _snapshot(self) -> dict[str, float]:
+        sides = {"gunicorn workers": 0.0, "postgres": 0.0, "redis": 0.0, "client": 0.0}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            found = self._cpu_seconds(int(entry))
+            if found is None:
+                continue
+            name, parent, seconds = found
+            if int(entry) == os.getpid():
+                sides["client"] += seconds
+            elif self.server_pid is not None and parent == self.server_pid:
+                sides["gunicorn workers"] += seconds
+            elif name.startswith("postgres"):
+                sides["postgres"] += seconds
+            elif name.startswith("redis-server"):
+                sides["redis"] += seconds
+        return sides
+
+    def start(self) -> None:
+        self.start_times = self._snapshot()
+
+    def stop(self) -> None:
+        end = self._snapshot()
+        self.spent = {side: end[side] - self.start_times.get(side, 0.0) for side in end}
+
+    def per_unit(self, units: int, unit: str = "order") -> str:
+        if not units or not self.spent:
+            return "cpu: nothing measured"
+        parts = ", ".join(f"{side} {1000 * s / units:.2f}" for side, s in self.spent.items())
+        return f"cpu ms per {unit}: {parts} (total {1000 * sum(self.spent.values()) / units:.2f})"

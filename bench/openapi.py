@@ -40,6 +40,7 @@ from pathlib import Path
 os.environ.setdefault("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/kameng_bench_openapi")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    CpuMeter,
     Gunicorn,
     database_url,
     ensure_stock,
@@ -171,7 +172,7 @@ def run_pgbench(url: str, clients: int, seconds: float, scale: int) -> float:
 # Load: each thread is one reseller with its own key and session; shared start; runs for a duration.
 
 
-def drive(base_url: str, resellers: list[Reseller], duration: float) -> Result:
+def drive(base_url: str, resellers: list[Reseller], duration: float, meter: CpuMeter | None = None) -> Result:
     import requests
 
     from app.openapi.client import OpenApiClient
@@ -246,12 +247,16 @@ def drive(base_url: str, resellers: list[Reseller], duration: float) -> Result:
         for t in threads:
             t.join()
         raise SystemExit(f"c={concurrency}: a client failed during warm-up: {dict(result.errors)}") from None
+    if meter is not None:
+        meter.start()
     t0 = time.perf_counter()
     state["deadline"] = t0 + duration
     go.set()
     for t in threads:
         t.join()
     result.elapsed = state["last"] - t0
+    if meter is not None:
+        meter.stop()
     return result
 
 
@@ -310,9 +315,11 @@ def main(argv: list[str] | None = None) -> int:
                 ensure_stock(product_ids, need)
                 db.session.remove()
                 stock_s = time.perf_counter() - t
-            res = drive(server.base_url, resellers[:c], args.duration)
+            meter = CpuMeter(server.proc.pid)
+            res = drive(server.base_url, resellers[:c], args.duration, meter)
             results.append(res)
             print(res.line() + (f"   [stock top-up {stock_s:.1f} s]" if stock_s > 0.5 else ""), flush=True)
+            print(f"  c={c} {meter.per_unit(res.ok + sum(res.errors.values()))}", flush=True)
 
     with app.app_context():
         from sqlalchemy import func, select
