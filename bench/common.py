@@ -137,7 +137,9 @@ class Gunicorn:
         child_env.update({"FAB_CREATE_DB": "False", "FAB_UPDATE_PERMS": "False", "PYTHONUNBUFFERED": "1"})
         child_env.update(env or {})
         self.log = open(log_path, "w")  # noqa: SIM115 (closed in stop())
-        command = [str(Path(sys.executable).parent / "gunicorn"), "--workers", str(workers),
+        # The deployed settings (deploy/gunicorn.conf.py: hooks such as the workers' warm-up), then the bench's own.
+        command = [str(Path(sys.executable).parent / "gunicorn"), "-c", str(ROOT / "deploy" / "gunicorn.conf.py"),
+                   "--workers", str(workers),
                    "--worker-class", worker_class, "--bind", f"127.0.0.1:{self.port}", "--log-level", "warning",
                    "--timeout", "60", "--backlog", "2048"]
         if threads > 1:

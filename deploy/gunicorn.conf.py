@@ -8,6 +8,8 @@
   live gauges (the pool's connections in use) stop counting it.
 - Logs: errors on stderr as JSON lines (LOG_FORMAT, like the app's); no access log here, nginx writes it with the
   request id.
+- Each worker loads what risk control's first decision needs (rule parser, rules, models) before it takes a
+  request (post_worker_init); a failure there is logged and the worker serves anyway (it loads them on demand).
 - No control socket: several gunicorns run as one user (gunicorn 27 would put them all in ~/.gunicorn/).
 """
 import os
@@ -55,3 +57,14 @@ def child_exit(server, worker):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker):
+    try:
+        from app.risk.service import warm_up
+
+        with worker.wsgi.app_context():
+            loaded = warm_up()
+        worker.log.debug("risk control warmed up: %s", loaded)
+    except Exception:  # the worker still serves: what was not loaded loads with its first decision
+        worker.log.exception("risk control warm-up failed")

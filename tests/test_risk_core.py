@@ -194,3 +194,24 @@ def test_redis_amount_windows_equal_the_record_at_every_edge_without_reading_eve
     monkeypatch.setattr(conn, "pipeline", counting_pipeline)
     counters._redis_read(conn, queries, keys, now)
     assert max(seen) < 60  # one 5-minute bucket's events at most (400 events over 26 h: ~1-2 per bucket)
+
+
+def test_a_fresh_worker_compiles_the_live_rules_before_its_first_decision(app, f):
+    """gunicorn's post_worker_init calls warm_up: the active and shadow rules are compiled before any buyer waits on
+    them, a draft is not, and a rule that does not compile is passed over (as fired_rules does) without failing."""
+    from app.risk import rules
+    from app.risk.service import warm_up
+
+    for status, name, expression in (("active", "warm_active", "amount >= 12345"),
+                                     ("shadow", "warm_shadow", "quantity > 7"),
+                                     ("draft", "warm_draft", "amount >= 54321"),
+                                     ("active", "warm_broken", "amount >= ")):
+        h.db.session.add(RiskRule(name=name, events="checkout", expression=expression, action="review",
+                                  reason=name, status=status, version=1))
+    h.db.session.commit()
+    rules._COMPILED.clear()
+    with app.app_context():
+        answer = warm_up()
+    assert "amount >= 12345" in rules._COMPILED and "quantity > 7" in rules._COMPILED
+    assert "amount >= 54321" not in rules._COMPILED and "amount >= " not in rules._COMPILED
+    assert answer.endswith("0 models")

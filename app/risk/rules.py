@@ -46,6 +46,20 @@ def _live_rules() -> tuple[tuple, ...]:
         .where(RiskRule.status.in_(("active", "shadow"))).order_by(RiskRule.id))))
 
 
+def compile_live_rules() -> int:
+    """Compile the active and shadow rules now (a fresh worker, before its first decision); returns how many."""
+    import rule_engine
+
+    count = 0
+    for rule in _live_rules():
+        try:
+            _compiled(rule[4])
+            count += 1
+        except rule_engine.EngineError:
+            pass  # fired_rules passes it over too
+    return count
+
+
 def _applies(events: str, event: str) -> bool:
     return events.strip() in ("", "*") or event in {e.strip() for e in events.split(",")}
 

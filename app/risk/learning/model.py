@@ -101,6 +101,13 @@ def _live_models() -> tuple[_Live, ...]:
                                       .where(RiskModel.status.in_(("active", "shadow"))).order_by(RiskModel.version))))
 
 
+def load_live_boosters() -> int:
+    """Load the live models' boosters now (a fresh worker, before its first decision); returns how many."""
+    for live in _live_models():
+        _booster(live)
+    return len(_live_models())
+
+
 def _booster(live: _Live):
     booster = _BOOSTERS.get(live.digest)
     if booster is None:
