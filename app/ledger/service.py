@@ -105,6 +105,12 @@ def _existing(key: str, content_hash: str):
     return journal
 
 
+# Every purchase locks its accounts: the statement is built once (the id list is expanded per call).
+_LOCK_ACCOUNTS = (select(Account.__table__.c.id, Account.__table__.c.balance)
+                  .where(Account.__table__.c.id.in_(bindparam("ids", expanding=True)))
+                  .order_by(Account.__table__.c.id).with_for_update())
+
+
 def lock_accounts(codes: list[str]) -> dict[str, tuple[int, bool, int]]:
     """Look up accounts by code; lock the cached ones in ascending id order. Returns code -> (id, cached, balance)."""
     db.session.flush()  # accounts added in this session but not yet flushed must be found (Core skips autoflush)
@@ -119,10 +125,7 @@ def lock_accounts(codes: list[str]) -> dict[str, tuple[int, bool, int]]:
     cached_ids = sorted(acc_id for acc_id, cached in found.values() if cached)
     balances: dict[int, int] = {}
     if cached_ids:
-        locked = conn.execute(
-            select(Account.id, Account.balance).where(Account.id.in_(cached_ids)).order_by(Account.id)
-            .with_for_update()
-        ).all()
+        locked = conn.execute(_LOCK_ACCOUNTS, {"ids": cached_ids}).all()
         balances = {row.id: row.balance for row in locked}
     return {code: (acc_id, cached, balances.get(acc_id, 0)) for code, (acc_id, cached) in found.items()}
 

@@ -13,7 +13,7 @@ from datetime import timedelta
 from urllib.parse import urlsplit
 
 from flask import current_app
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import bindparam, delete, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from app import cache, crypto
@@ -257,12 +257,14 @@ def create_order(key: CallerKey, payload, ip: str | None = None) -> tuple[dict, 
     return rendered[0], True
 
 
+_EXISTING = (select(Order.__table__.c.id, Order.__table__.c.request_hash)
+             .where(Order.__table__.c.agent_id == bindparam("agent_id"),
+                    Order.__table__.c.out_trade_no == bindparam("out_trade_no")))
+
+
 def _existing(agent_id: int, out_trade_no: str, digest: str) -> Order | None:
     """The order already placed under this out_trade_no, if any (a plain row probe first: usually there is none)."""
-    orders_table = Order.__table__
-    found = db.session.connection().execute(
-        select(orders_table.c.id, orders_table.c.request_hash)
-        .where(orders_table.c.agent_id == agent_id, orders_table.c.out_trade_no == out_trade_no)).first()
+    found = db.session.connection().execute(_EXISTING, {"agent_id": agent_id, "out_trade_no": out_trade_no}).first()
     if found is None:
         return None
     if found.request_hash != digest:
