@@ -1,5 +1,6 @@
 """Read-mostly facts kept in each process's memory: products, suppliers' fees, tiers and their prices, price rules,
-agents, API keys, risk lists and rules. The purchase path reads them on every order; they change a few times a day.
+agents, API keys, risk lists and rules, payment channels' settings. The purchase and payment paths read them on
+every order; they change a few times a day.
 
 Invalidation is exact, not timed. On PostgreSQL a deferred trigger on every source table moves the one row of
 `cache_version` to a new number from a sequence when the transaction that changed rows commits (once per

@@ -124,3 +124,25 @@ def test_a_change_flushed_in_this_transaction_is_read_back_by_the_same_unit(app,
     product_id = product.id
     db.session.execute(update(Product).where(Product.id == product_id).values(face_price=20_000))
     assert orders.place_wallet_order(agent.id, product_id, 1).amount == 12_000
+
+
+def test_a_payment_channel_is_read_from_memory_and_switched_off_elsewhere_at_once(app, f, client):
+    """Notifications read the channel's keys from memory; a channel switched off (or re-keyed) by another process
+    is refused from the next notification on (the payment_channel trigger, migration c21p00000001)."""
+    from tests import payments_helpers as h
+
+    h.setup_sandbox()
+    product = f.product(secrets=3)
+    first, second, third = (h.guest_order(product, "sandbox", contact=f"1380000000{n}") for n in range(3))
+    assert h.accepted("sandbox", h.notify(client, "sandbox", first, h.trade_no()))  # fills the cache
+    statements = _Statements()
+    event.listen(db.engine, "before_cursor_execute", statements)
+    try:
+        r = h.notify(client, "sandbox", second, h.trade_no())
+    finally:
+        event.remove(db.engine, "before_cursor_execute", statements)
+    assert h.accepted("sandbox", r) and h.order_state(second.order_no) == "delivered"
+    assert statements.reading("payment_channel") == []
+    _elsewhere("UPDATE payment_channel SET enabled = false WHERE code = 'sandbox'")
+    refused = h.notify(client, "sandbox", third, h.trade_no())
+    assert not h.accepted("sandbox", refused) and h.order_state(third.order_no) == "pending_payment"

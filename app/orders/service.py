@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from flask_babel import gettext
-from sqlalchemy import case, event, func, insert, inspect, select, update
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy import case, func, inspect, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
@@ -42,6 +41,7 @@ from app.orders.models import Order
 from app.outbox import service as outbox
 from app.risk import agents as risk_agents
 from app.risk import usage
+from app.rows import insert_loaded
 from app.states import Machine
 
 # The only allowed moves. An order is created pending_payment (storefront: a channel pays it later) or paid (wallet:
@@ -135,50 +135,6 @@ def _values_at_hand(order: Order | None) -> bool:
     if unloaded & {"order_no", "amount", "product_id", "agent_id"}:
         return False
     return order.agent_id is not None or "contact" not in unloaded  # a storefront buyer is recorded by contact
-
-
-# INSERT ... RETURNING per set of columns given (the few shapes the placing functions use): built once each.
-_ORDER_INSERTS: dict[tuple[str, ...], object] = {}
-
-
-def _insert_order(order: Order) -> Order:
-    """Write a new order (built by its constructor, not yet in the session) with one prebuilt INSERT, no unit of
-    work, and put it in the session as a loaded row: its id and the columns' defaults come back with RETURNING,
-    every other column it did not set is NULL. Returns the order."""
-    table = Order.__table__
-    values = {column.key: order.__dict__[column.key] for column in table.c if column.key in order.__dict__}
-    shape = tuple(values)
-    statement = _ORDER_INSERTS.get(shape)
-    if statement is None:
-        defaulted = [c for c in table.c if c.key not in values and (c.default is not None or c.server_default
-                                                                      is not None or c.primary_key)]
-        statement = _ORDER_INSERTS[shape] = insert(table).returning(*defaulted)
-    db.session.flush()  # rows the caller added before (a coupon's use refers to the order after this)
-    row = db.session.connection().execute(statement, values).one()
-    for column in table.c:
-        if column.key not in values:
-            setattr(order, column.key, row._mapping.get(column.key))
-    make_transient_to_detached(order)  # as if loaded: no history, nothing to flush
-    db.session.add(order)
-    db.session.info.setdefault(_INSERTED, []).append(order)
-    return order
-
-
-_INSERTED = "kameng_orders_inserted"
-
-
-@event.listens_for(Session, "after_rollback")
-def _forget_rolled_back_orders(session: Session) -> None:
-    """The ORM forgets the rows a rollback undid only for objects it inserted itself: do the same for
-    _insert_order's (SQLite may hand the same id to the next order)."""
-    for order in session.info.pop(_INSERTED, ()):
-        if order in session:
-            session.expunge(order)
-
-
-@event.listens_for(Session, "after_commit")
-def _keep_committed_orders(session: Session) -> None:
-    session.info.pop(_INSERTED, None)
 
 
 def new_order_no() -> str:
@@ -323,7 +279,7 @@ def _place_wallet_order(agent_id, product_id, quantity, out_trade_no, account, n
                   account=account,
                   notify_url=notify_url, request_hash=request_hash, api_key_id=api_key_id,
                   discount=quote.discount if quote else 0, coupon_id=quote.coupon.id if quote else None)
-    _insert_order(order)
+    insert_loaded(order)
     if quote:
         coupons.redeem(quote, order, coupons.redeemer_for_agent(agent.id))
     # Paid from the wallet in this same transaction: the order is born paid (nothing follows pending → paid).
@@ -444,7 +400,7 @@ def _place_direct_wallet_order(agent_id, product: ProductFacts, quantity, out_tr
                   out_trade_no=out_trade_no,
                   account=account, notify_url=notify_url, request_hash=request_hash, api_key_id=api_key_id,
                   discount=quote.discount if quote else 0, coupon_id=quote.coupon.id if quote else None)
-    _insert_order(order)
+    insert_loaded(order)
     if quote:
         coupons.redeem(quote, order, coupons.redeemer_for_agent(agent.id))
     # Paid from the wallet in this same transaction: the order is born paid.
@@ -528,7 +484,7 @@ def place_guest_order(product_id: object, quantity: object, contact: object, cha
         order.shop_id, order.upline_path = shop.shop_id, shop.agent_path
         order.shop_base_amount = shop_price.base_unit_price * qty
         order.shop_profit = (shop_price.unit_price - shop_price.base_unit_price) * qty
-    _insert_order(order)
+    insert_loaded(order)
     if quote:
         coupons.redeem(quote, order, redeemer, device=device)
     risk.record("order", event)
@@ -555,9 +511,9 @@ def deliver_paid(order_id: int, funding_account: str) -> None:
     order = db.session.get(Order, order_id)
     cards.allocate(order.id, order.product_id, order.quantity)
     ledger.post_journal(f"order:{order.order_no}:sale", "sale", sale_lines(order, funding_account),
-                        memo=f"{order.product.name} × {order.quantity}", order_id=order.id)
+                        memo=f"{product_facts(order.product_id).name} × {order.quantity}", order_id=order.id)
     commissions.accrue_for_delivered(order)
-    transition(order.id, "delivered")
+    transition(order.id, "delivered", current=order.status)  # the status this transaction loaded or moved it to
 
 
 def reverse_sale(order_id: int, refund_to: str) -> None:

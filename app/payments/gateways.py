@@ -8,7 +8,7 @@ from flask import current_app
 from flask_babel import force_locale, gettext
 from sqlalchemy import select
 
-from app import crypto
+from app import cache, crypto
 from app.audit import service as audit
 from app.clock import utcnow
 from app.errors import NotFound, ValidationError
@@ -51,8 +51,22 @@ def channel_row(code: str) -> PaymentChannel:
 
 
 def channel_settings(code: str) -> dict:
-    row = channel_row(code)
-    return json.loads(crypto.decrypt(row.settings_enc)) if row.settings_enc else {}
+    """A channel's settings (its keys), decrypted; {} for a channel never configured."""
+    settings = _channel_facts(code)[1]
+    return json.loads(settings) if settings else {}
+
+
+def _channel_facts(code: str) -> tuple[bool, str | None]:
+    """(enabled, settings as JSON text) of a channel, kept in memory until a channel row changes (app.cache: every
+    notification and checkout reads them)."""
+    def load() -> tuple[bool, str | None]:
+        row = db.session.execute(select(PaymentChannel.enabled, PaymentChannel.settings_enc)
+                                 .where(PaymentChannel.code == code)).first()
+        if row is None:
+            return False, None
+        return bool(row.enabled), crypto.decrypt(row.settings_enc) if row.settings_enc else None
+
+    return cache.fetch("payment_channel", code, load)
 
 
 def save_channel(code: str, enabled: bool, settings: dict, actor_id: int | None = None) -> PaymentChannel:
@@ -96,5 +110,4 @@ def enabled_channels() -> list[str]:
 
 
 def is_enabled(code: str) -> bool:
-    return channel_exists(code) and bool(db.session.scalar(
-        select(PaymentChannel.enabled).where(PaymentChannel.code == code)))
+    return channel_exists(code) and _channel_facts(code)[0]

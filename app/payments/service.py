@@ -16,11 +16,11 @@ from flask import current_app
 from flask_babel import gettext
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from sqlalchemy import delete, insert, select, text, update
-from sqlalchemy.exc import IntegrityError
 
 from app import crypto, states
 from app.audit import service as audit
 from app.catalog.errors import OutOfStock
+from app.catalog.facts import product_facts
 from app.clock import utcnow
 from app.errors import Conflict, KamengError, NotFound, TooManyAttempts, ValidationError
 from app.extensions import db
@@ -61,6 +61,7 @@ from app.payments.models import (
     PaymentNotification,
     Refund,
 )
+from app.rows import insert_loaded
 
 log = logging.getLogger(__name__)
 LOOKUP_SALT = "kameng-order-lookup"
@@ -106,8 +107,8 @@ def checkout(product_id, quantity, contact, query_password, channel: str, base_u
                                  expires_at=expires_at))
     notices.register(order.id, email, order.contact, locale, base_url)  # sent once delivered, never before
     db.session.commit()
-    pay_url = start_payment(gateway, order.order_no, order.amount, order.product.name, base_url, expires_at,
-                            return_path=f"/shop/paid/{order.order_no}", order_id=order.id, client_ip=ip)
+    pay_url = start_payment(gateway, order.order_no, order.amount, product_facts(order.product_id).name, base_url,
+                            expires_at, return_path=f"/shop/paid/{order.order_no}", order_id=order.id, client_ip=ip)
     return order, pay_url
 
 
@@ -215,7 +216,7 @@ def apply_payment(code: str, note: Notification, remote_addr: str | None = None,
                         memo=f"{order.order_no} 收款", order_id=order.id, actor_id=confirmed_by)  # i18n-keep: data
     mark_channel_order_paid(code, order.order_no)
     outcome = _settle(order, payment, payment_account_of(code, note.raw))
-    db.session.commit()
+    # The log row commits with the payment: one transaction, and nothing is answered before it commits.
     return _log(code, note.order_no, note.trade_no, note.amount, outcome, detail, remote_addr)
 
 
@@ -230,9 +231,11 @@ def _count_failed_payment(order_no: str) -> None:
 
 
 def mark_channel_order_paid(code: str, number: str) -> None:
+    # Usually open; a closed one (paid after it expired) is looked for only when no open one moved.
     for current in ("open", "closed"):
-        states.move_all(CHANNEL_ORDER_STATES, current, "paid", ChannelOrder.channel == code,
-                        ChannelOrder.out_trade_no == number)
+        if states.move_all(CHANNEL_ORDER_STATES, current, "paid", ChannelOrder.channel == code,
+                           ChannelOrder.out_trade_no == number):
+            return
 
 
 def record_payment(code: str, note: Notification, confirmed_by: int | None, *, order_id: int | None = None,
@@ -241,19 +244,18 @@ def record_payment(code: str, note: Notification, confirmed_by: int | None, *, o
     (a duplicate notification); Conflict when that trade_no belongs to something else."""
     if not note.trade_no or len(note.trade_no) > 64:
         raise ValidationError(gettext("渠道交易号缺失或过长"))
-    existing = db.session.scalar(select(Payment).where(Payment.channel == code, Payment.trade_no == note.trade_no))
-    if existing is not None:
-        if (existing.order_id, existing.topup_id) != (order_id, topup_id):
-            raise Conflict("trade_no already belongs to another payment")
-        return None
-    try:
-        with db.session.begin_nested():
-            payment = Payment(channel=code, trade_no=note.trade_no, order_id=order_id, topup_id=topup_id,
-                              amount=note.amount, currency=note.currency, status="paid", confirmed_by_id=confirmed_by)
-            db.session.add(payment)
-    except IntegrityError:  # the same notification, recorded concurrently
-        return None
-    return payment
+    # One statement: the unique (channel, trade_no) decides; a row already there (committed before, or by a
+    # concurrent notification that PostgreSQL waits for) writes nothing, and is then read to tell which it is.
+    payment = insert_loaded(Payment(channel=code, trade_no=note.trade_no, order_id=order_id, topup_id=topup_id,
+                                    amount=note.amount, currency=note.currency, status="paid",
+                                    confirmed_by_id=confirmed_by), on_conflict=("channel", "trade_no"))
+    if payment is not None:
+        return payment
+    existing = db.session.execute(select(Payment.order_id, Payment.topup_id).where(
+        Payment.channel == code, Payment.trade_no == note.trade_no)).first()
+    if existing is not None and (existing.order_id, existing.topup_id) != (order_id, topup_id):
+        raise Conflict("trade_no already belongs to another payment")
+    return None
 
 
 def _settle(order: Order, payment: Payment, payer: str | None = None) -> str:
@@ -266,7 +268,7 @@ def _settle(order: Order, payment: Payment, payer: str | None = None) -> str:
             orders.transition(order.id, "refunded")
             return "late_refunded"
         return "double_paid_refunded"
-    orders.transition(order.id, "paid")
+    orders.transition(order.id, "paid", current="pending_payment")  # the row is locked (apply_payment)
     held_now = _risk_at_payment(order, payer)
     if order.risk_hold or held_now:
         order.risk_hold = True
@@ -311,7 +313,7 @@ def payment_account_of(channel: str, raw: dict) -> str | None:
 def deliver_paid_order(order: Order) -> str:
     """A paid order delivered (card) or its top-up started (direct); with no stock left it is refunded where it
     was paid from. In the caller's transaction."""
-    if order.product.kind == "direct":
+    if product_facts(order.product_id).kind == "direct":
         from app.suppliers import service as suppliers
 
         suppliers.start_recharge(order)  # the money stays in buyer_funds until the upstream's outcome
