@@ -97,3 +97,32 @@ def test_right_passwords_do_not_spend_the_budget(app, db, f, client, budget):
         r = _api_lookup(client, order.order_no, h.PASSWORD, "203.0.113.5")
         assert r.status_code == 200 and r.get_json()["card_secrets"]
     assert db.session.scalar(select(func.count()).select_from(LookupAttempt)) == 0
+
+
+def test_parallel_guesses_cannot_slip_past_the_budget(app, db, f, client, budget):
+    """Twelve wrong guesses at once, each in its own thread and connection (PostgreSQL): the order number's lock
+    lets exactly LIMIT of them be judged and recorded, the rest answer 429, and so does the right password then."""
+    import threading
+
+    order = _delivered(client, f, "SBX-BUDGET-4")
+    order_no = order.order_no
+    answers: list[int] = []
+    lock = threading.Lock()
+    start = threading.Barrier(12)
+
+    def guess(n: int) -> None:
+        own = app.test_client()
+        start.wait()
+        code = _api_lookup(own, order_no, f"wrong-pass-{n}", f"198.51.100.{n + 10}").status_code
+        with lock:
+            answers.append(code)
+
+    threads = [threading.Thread(target=guess, args=(n,)) for n in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(answers) == [404] * LIMIT + [429] * (12 - LIMIT)
+    assert db.session.scalar(select(func.count()).select_from(LookupAttempt)
+                             .where(LookupAttempt.order_no == order_no)) == LIMIT
+    assert _api_lookup(client, order_no, h.PASSWORD, "203.0.113.9").status_code == 429

@@ -592,50 +592,48 @@ def expire_unpaid(limit: int = 1000) -> int:
 def lookup(order_no, query_password) -> Order:
     """Order number + order password. A wrong password is answered exactly like an unknown order (404).
 
-    Every try spends from the order number's budget (SHOP_LOOKUP_ORDER_FAILURES per
+    Every wrong try spends from the order number's budget (SHOP_LOOKUP_ORDER_FAILURES per
     SHOP_LOOKUP_ORDER_WINDOW_SECONDS), shared by every address and entry point (the lookup API and page, buyer
-    disputes); a right password gives its try back. Once the budget is spent the number answers 429, right
-    password or not, known order or not, until the oldest try ages out."""
+    disputes). Once the budget is spent the number answers 429, right password or not, known order or not, until
+    the oldest wrong try ages out."""
     if not isinstance(order_no, str) or not isinstance(query_password, str):
         raise NotFound(gettext("订单不存在或密码错误"))
     order_no = order_no.strip()[:40]
-    attempt_id = _spend_lookup_try(order_no)
-    row = db.session.execute(select(Order, OrderCheckout.query_password_hash)
-                             .join(OrderCheckout, OrderCheckout.order_id == Order.id)
-                             .where(Order.order_no == order_no)).first()
-    # Hash even when the order is unknown, so timing does not tell the two apart.
-    stored = row[1] if row else crypto.hash_order_password("not-a-real-password-for-timing")
-    if not crypto.check_order_password(stored, query_password) or row is None:
+    # The budget is read, the password checked and a wrong try recorded under one lock per order number, on a
+    # connection of its own (the record stays whatever the caller's transaction does): parallel guesses wait for
+    # each other and cannot all slip under the limit; a right password writes nothing.
+    with db.engine.begin() as conn:
+        now = _check_lookup_budget(conn, order_no)
+        row = db.session.execute(select(Order, OrderCheckout.query_password_hash)
+                                 .join(OrderCheckout, OrderCheckout.order_id == Order.id)
+                                 .where(Order.order_no == order_no)).first()
+        # Hash even when the order is unknown, so timing does not tell the two apart.
+        stored = row[1] if row else crypto.hash_order_password("not-a-real-password-for-timing")
+        right = crypto.check_order_password(stored, query_password) and row is not None
+        if not right:
+            conn.execute(insert(LookupAttempt).values(order_no=order_no, created_at=now))
+    if not right:
         raise NotFound(gettext("订单不存在或密码错误"))
-    _give_back_lookup_try(attempt_id)
     return row[0]
 
 
-def _spend_lookup_try(order_no: str) -> int:
-    """Count the order number's tries inside the window and record this one, on a connection of its own (the
-    record stays whatever the caller's transaction does). Serialized per number on PostgreSQL, so parallel
-    guesses cannot all slip under the limit. Raises TooManyAttempts once the budget is spent."""
+def _check_lookup_budget(conn, order_no: str):
+    """Lock the order number (PostgreSQL: until `conn` commits) and count its wrong tries inside the window.
+    Raises TooManyAttempts once the budget is spent; returns the time the tries are counted at."""
     limit = int(current_app.config["SHOP_LOOKUP_ORDER_FAILURES"])
     window = timedelta(seconds=int(current_app.config["SHOP_LOOKUP_ORDER_WINDOW_SECONDS"]))
     now = utcnow()
-    with db.engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "lookup:" + order_no})
-        recent = conn.execute(select(LookupAttempt.created_at).where(
-            LookupAttempt.order_no == order_no, LookupAttempt.created_at > now - window)
-            .order_by(LookupAttempt.created_at)).scalars().all()
-        if len(recent) >= limit:
-            retry_at = recent[len(recent) - limit] + window
-            minutes = max(1, -(-int((retry_at - now).total_seconds()) // 60))
-            raise TooManyAttempts(gettext("该订单号密码错误次数过多，请 %(minutes)s 分钟后再试", minutes=minutes),
-                                  code="lookup_limited")
-        return conn.execute(insert(LookupAttempt).values(order_no=order_no, created_at=now)
-                            .returning(LookupAttempt.id)).scalar_one()
-
-
-def _give_back_lookup_try(attempt_id: int) -> None:
-    with db.engine.begin() as conn:
-        conn.execute(delete(LookupAttempt).where(LookupAttempt.id == attempt_id))
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "lookup:" + order_no})
+    recent = conn.execute(select(LookupAttempt.created_at).where(
+        LookupAttempt.order_no == order_no, LookupAttempt.created_at > now - window)
+        .order_by(LookupAttempt.created_at)).scalars().all()
+    if len(recent) >= limit:
+        retry_at = recent[len(recent) - limit] + window
+        minutes = max(1, -(-int((retry_at - now).total_seconds()) // 60))
+        raise TooManyAttempts(gettext("该订单号密码错误次数过多，请 %(minutes)s 分钟后再试", minutes=minutes),
+                              code="lookup_limited")
+    return now
 
 
 def purge_lookup_attempts() -> int:

@@ -13,6 +13,7 @@ from flask_babel import gettext as _
 from flask_babel import lazy_gettext
 from werkzeug.exceptions import HTTPException
 
+from app.catalog.facts import product_facts
 from app.catalog.service import price_for
 from app.errors import KamengError, NotFound, ValidationError
 from app.extensions import csrf, db
@@ -84,8 +85,8 @@ def order_view(order: Order, with_secrets: bool) -> dict:
 
     status_text = STATUS_TEXT.get(order.status)
     data = {"order_no": order.order_no, "status": order.status, "status_text": status_text and str(status_text),
-            "product_name": order.product.name, "quantity": order.quantity, "amount": order.amount,
-            "created_at": order.created_at.replace(microsecond=0).isoformat() + "Z"}
+            "product_name": product_facts(order.product_id).name, "quantity": order.quantity,
+            "amount": order.amount, "created_at": order.created_at.replace(microsecond=0).isoformat() + "Z"}
     if with_secrets:
         from app.chain import service as chain
         from app.payments import disputes
