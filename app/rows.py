@@ -1,6 +1,7 @@
 """Writing one new row of a hot path without the unit of work: `insert_loaded(obj)` sends one INSERT ... RETURNING
 built once per shape and puts the object in the session as a loaded row (the ORM's flush of a single object costs
-several times the statement). Objects written so are forgotten by a rollback, as the ORM's own inserts are."""
+several times the statement). Objects written so are forgotten by a rollback, as the ORM's own inserts are.
+`commit_keeping(obj)` commits without expiring what the caller just wrote (no read back on its next use)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -9,6 +10,7 @@ from typing import TypeVar
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 
 from app.extensions import db
 
@@ -51,6 +53,16 @@ def _statement(table, values: dict, on_conflict: Sequence[str] | None):
     defaulted = [c for c in table.c if c.key not in values
                  and (c.default is not None or c.server_default is not None or c.primary_key)]
     return statement.returning(*defaulted)
+
+
+def commit_keeping(*objs: object) -> None:
+    """Commit, and keep what `objs` hold loaded instead of expiring it: the caller wrote them in this transaction,
+    so the committed row holds those values (the ORM would read each one back on its next use)."""
+    kept = [(obj, {k: v for k, v in obj.__dict__.items() if not k.startswith("_")}) for obj in objs]
+    db.session.commit()
+    for obj, values in kept:
+        for name, value in values.items():
+            set_committed_value(obj, name, value)
 
 
 @event.listens_for(Session, "after_rollback")

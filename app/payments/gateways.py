@@ -104,8 +104,8 @@ def get_channel(code: str):
 
 
 def enabled_channels() -> list[str]:
-    codes = db.session.scalars(select(PaymentChannel.code).where(PaymentChannel.enabled.is_(True))
-                               .order_by(PaymentChannel.id))
+    codes = cache.fetch("payment_channels_enabled", None, lambda: tuple(db.session.scalars(
+        select(PaymentChannel.code).where(PaymentChannel.enabled.is_(True)).order_by(PaymentChannel.id))))
     return [c for c in codes if channel_exists(c)]
 
 

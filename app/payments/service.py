@@ -61,7 +61,7 @@ from app.payments.models import (
     PaymentNotification,
     Refund,
 )
-from app.rows import insert_loaded
+from app.rows import commit_keeping, insert_loaded
 
 log = logging.getLogger(__name__)
 LOOKUP_SALT = "kameng-order-lookup"
@@ -106,17 +106,19 @@ def checkout(product_id, quantity, contact, query_password, channel: str, base_u
     db.session.add(OrderCheckout(order_id=order.id, query_password_hash=crypto.hash_order_password(query_password),
                                  expires_at=expires_at))
     notices.register(order.id, email, order.contact, locale, base_url)  # sent once delivered, never before
-    db.session.commit()
-    pay_url = start_payment(gateway, order.order_no, order.amount, product_facts(order.product_id).name, base_url,
-                            expires_at, return_path=f"/shop/paid/{order.order_no}", order_id=order.id, client_ip=ip)
+    subject = product_facts(order.product_id).name  # read in this unit (a read after the commit starts another)
+    commit_keeping(order)
+    pay_url = start_payment(gateway, order.order_no, order.amount, subject, base_url, expires_at,
+                            return_path=f"/shop/paid/{order.order_no}", order_id=order.id, client_ip=ip, keep=order)
     return order, pay_url
 
 
 def start_payment(gateway, number: str, amount: int, subject: str, base_url: str, expires_at: datetime,
                   return_path: str, order_id: int | None = None, topup_id: int | None = None,
-                  client_ip: str | None = None) -> str:
+                  client_ip: str | None = None, keep: object = None) -> str:
     """Create the payment at the channel and remember it (what the buyer is sent to, what a later query, close
-    or refund needs). Returns the absolute URL the buyer opens. Commits."""
+    or refund needs). Returns the absolute URL the buyer opens. Commits (keeping `keep`, the order or top-up the
+    caller holds, loaded: app.rows.commit_keeping)."""
     start = gateway.create_payment(PaymentRequest(
         order_no=number, amount=amount, subject=subject, notify_url=f"{base_url}/pay/notify/{gateway.code}",
         return_url=f"{base_url}{return_path}", expires_at=expires_at, client_ip=client_ip))
@@ -127,7 +129,7 @@ def start_payment(gateway, number: str, amount: int, subject: str, base_url: str
                                 amount=amount, status="open", pay_url=start.pay_url, code_url=start.code_url,
                                 form=json.dumps(start.form) if start.form is not None else None,
                                 meta=json.dumps(start.meta) if start.meta else None, expires_at=expires_at))
-    db.session.commit()
+    commit_keeping(*([keep] if keep is not None else []))
     return pay_url if "://" in pay_url else base_url + pay_url
 
 
