@@ -146,3 +146,37 @@ def test_a_payment_channel_is_read_from_memory_and_switched_off_elsewhere_at_onc
     _elsewhere("UPDATE payment_channel SET enabled = false WHERE code = 'sandbox'")
     refused = h.notify(client, "sandbox", third, h.trade_no())
     assert not h.accepted("sandbox", refused) and h.order_state(third.order_no) == "pending_payment"
+
+
+def test_spending_topped_up_money_keeps_the_cache_and_the_unspent_amount_exact(app, f, client):
+    """A purchase that spends top-up money (agent.topup_unspent, which withdrawals read) leaves every process's
+    cache in place (migration c21p00000001: that decrease alone does not move the version), yet the amount left
+    unspent is exact, and a new top-up is spent by the next purchase."""
+    from sqlalchemy import select
+
+    from app.agents.models import Agent
+
+    agent = f.agent(balance=100_000)
+    product = f.product(face_price=10_000, secrets=5)
+    key, secret = new_key(agent)
+    agent_id, product_id, key = agent.id, product.id, SimpleNamespace(app_key=key.app_key)
+    _elsewhere("UPDATE agent SET topup_unspent = 25000 WHERE id = :id", id=agent_id)  # as a top-up leaves it
+    first = _buy(client, key, secret, product_id)  # fills the cache and spends its amount of the 25,000
+    assert first.status_code == 201
+    price = first.get_json()["amount"]
+    statements = _Statements()
+    event.listen(db.engine, "before_cursor_execute", statements)
+    try:
+        assert _buy(client, key, secret, product_id).status_code == 201
+    finally:
+        event.remove(db.engine, "before_cursor_execute", statements)
+    assert statements.reading("agent") == [] and statements.reading("product") == []
+    unspent = 25_000 - 2 * price
+    assert 0 < unspent < price
+    assert db.session.scalar(select(Agent.topup_unspent).where(Agent.id == agent_id)) == unspent
+    for _ in range(2):  # spent down to nothing, then nothing more to spend
+        assert _buy(client, key, secret, product_id).status_code == 201
+        assert db.session.scalar(select(Agent.topup_unspent).where(Agent.id == agent_id)) == 0
+    _elsewhere("UPDATE agent SET topup_unspent = 1000 WHERE id = :id", id=agent_id)  # a new top-up: spent next
+    assert _buy(client, key, secret, product_id).status_code == 201
+    assert db.session.scalar(select(Agent.topup_unspent).where(Agent.id == agent_id)) == 0

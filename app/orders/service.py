@@ -11,7 +11,7 @@ from sqlalchemy import case, func, inspect, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
-from app import states
+from app import cache, states
 from app.agents.errors import AgentInactive
 from app.agents.models import Agent
 from app.agents.service import AgentFacts, agent_facts
@@ -334,11 +334,12 @@ def _after_risk_check(order: Order, agent: AgentFacts, event, decision) -> None:
 
 def spend_topup(agent_id: int, amount: int) -> None:
     """A wallet purchase spends unspent top-up money first: topup_unspent decreases by min(topup_unspent, amount).
-    Under the wallet's lock (every change to topup_unspent takes it)."""
+    Under the wallet's lock (every change to topup_unspent takes it). Computed from the row, never from the cached
+    agent facts, which keep the figure they had (this decrease leaves every process's cache alone: app.cache)."""
     db.session.execute(update(Agent).where(Agent.id == agent_id, Agent.topup_unspent > 0)
                        .values(topup_unspent=case((Agent.topup_unspent > amount, Agent.topup_unspent - amount),
                                                   else_=0))
-                       .execution_options(synchronize_session=False))
+                       .execution_options(synchronize_session=False, **cache.UNAFFECTED))
 
 
 def _hold_in_buyer_funds(order: Order, wallet: str, accounts: dict, memo: str) -> None:
