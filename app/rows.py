@@ -28,10 +28,11 @@ def insert_loaded(obj: T, on_conflict: Sequence[str] | None = None) -> T | None:
     """
     table = type(obj).__table__
     values = {column.key: obj.__dict__[column.key] for column in table.c if column.key in obj.__dict__}
-    shape = (table.name, tuple(values), tuple(on_conflict or ()))
+    dialect = db.engine.dialect.name  # ON CONFLICT is each dialect's own construct
+    shape = (dialect, table.name, tuple(values), tuple(on_conflict or ()))
     statement = _STATEMENTS.get(shape)
     if statement is None:
-        statement = _STATEMENTS[shape] = _statement(table, values, on_conflict)
+        statement = _STATEMENTS[shape] = _statement(dialect, table, values, on_conflict)
     db.session.flush()  # what the caller added before (a row this one refers to) goes first
     row = db.session.connection().execute(statement, values).first()
     if row is None:
@@ -45,8 +46,8 @@ def insert_loaded(obj: T, on_conflict: Sequence[str] | None = None) -> T | None:
     return obj
 
 
-def _statement(table, values: dict, on_conflict: Sequence[str] | None):
-    dialect_insert = postgresql.insert if db.engine.dialect.name == "postgresql" else sqlite.insert
+def _statement(dialect: str, table, values: dict, on_conflict: Sequence[str] | None):
+    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     statement = dialect_insert(table)
     if on_conflict:
         statement = statement.on_conflict_do_nothing(index_elements=list(on_conflict))
