@@ -42,7 +42,7 @@ def insert_loaded(obj: T, on_conflict: Sequence[str] | None = None) -> T | None:
             setattr(obj, column.key, row._mapping.get(column.key))
     make_transient_to_detached(obj)  # as if loaded: no history, nothing to flush
     db.session.add(obj)
-    db.session.info.setdefault(_INSERTED, []).append(obj)
+    _remember(db.session(), obj)
     return obj
 
 
@@ -66,15 +66,42 @@ def commit_keeping(*objs: object) -> None:
             set_committed_value(obj, name, value)
 
 
-@event.listens_for(Session, "after_rollback")
-def _forget_rolled_back(session: Session) -> None:
-    """The ORM forgets the rows a rollback undid only for objects it inserted itself: do the same for these
-    (SQLite may hand the same id to the next row)."""
-    for obj in session.info.pop(_INSERTED, ()):
-        if obj in session:
-            session.expunge(obj)
+def _remember(session: Session, obj: object) -> None:
+    """Note the (sub)transaction `obj` was written in; what earlier, finished transactions wrote is dropped."""
+    here = session.get_nested_transaction() or session.get_transaction()
+    root = _root(here)
+    written = [(tx, o) for tx, o in session.info.get(_INSERTED, ()) if _root(tx) is root]
+    written.append((here, obj))
+    session.info[_INSERTED] = written
 
 
-@event.listens_for(Session, "after_commit")
-def _keep_committed(session: Session) -> None:
-    session.info.pop(_INSERTED, None)
+def _root(transaction):
+    while transaction is not None and transaction.parent is not None:
+        transaction = transaction.parent
+    return transaction
+
+
+def _within(transaction, outer) -> bool:
+    while transaction is not None:
+        if transaction is outer:
+            return True
+        transaction = transaction.parent
+    return False
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_rolled_back(session: Session, rolled_back) -> None:
+    """The ORM forgets the rows a rollback undid only for objects it inserted itself: do the same for these,
+    those written inside the transaction (or savepoint) that rolled back (SQLite may hand the same id to the
+    next row)."""
+    written = session.info.get(_INSERTED)
+    if not written:
+        return
+    kept = []
+    for tx, obj in written:
+        if _within(tx, rolled_back):
+            if obj in session:
+                session.expunge(obj)
+        else:
+            kept.append((tx, obj))
+    session.info[_INSERTED] = kept
