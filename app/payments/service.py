@@ -601,17 +601,17 @@ def lookup(order_no, query_password) -> Order:
     if not isinstance(order_no, str) or not isinstance(query_password, str):
         raise NotFound(gettext("订单不存在或密码错误"))
     order_no = order_no.strip()[:40]
-    # The budget is read, the password checked and a wrong try recorded under one lock per order number, on a
-    # connection of its own (the record stays whatever the caller's transaction does): parallel guesses wait for
-    # each other and cannot all slip under the limit; a right password writes nothing.
+    row = db.session.execute(select(Order, OrderCheckout.query_password_hash)
+                             .join(OrderCheckout, OrderCheckout.order_id == Order.id)
+                             .where(Order.order_no == order_no)).first()
+    # Hash even when the order is unknown, so timing does not tell the two apart.
+    stored = row[1] if row else crypto.hash_order_password("not-a-real-password-for-timing")
+    right = crypto.check_order_password(stored, query_password) and row is not None
+    # The budget is read and a wrong try recorded under one lock per order number, on a connection of its own (the
+    # record stays whatever the caller's transaction does), taken after the session's (never the other way round):
+    # parallel guesses wait for each other and cannot all slip under the limit; a right password writes nothing.
     with db.engine.begin() as conn:
         now = _check_lookup_budget(conn, order_no)
-        row = db.session.execute(select(Order, OrderCheckout.query_password_hash)
-                                 .join(OrderCheckout, OrderCheckout.order_id == Order.id)
-                                 .where(Order.order_no == order_no)).first()
-        # Hash even when the order is unknown, so timing does not tell the two apart.
-        stored = row[1] if row else crypto.hash_order_password("not-a-real-password-for-timing")
-        right = crypto.check_order_password(stored, query_password) and row is not None
         if not right:
             conn.execute(insert(LookupAttempt).values(order_no=order_no, created_at=now))
     if not right:
