@@ -84,7 +84,8 @@ class Config:
 
     SQLALCHEMY_DATABASE_URI = database_url()
     SQLALCHEMY_TRACK_MODIFICATIONS = False
-    SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+    # Pool settings per database: app.ops.outage.engine_options (PostgreSQL pings only a connection that sat idle).
+    SQLALCHEMY_ENGINE_OPTIONS: dict = {}
     REDIS_URL = env_str("REDIS_URL")
     # The module mapping the job names services enqueue (app.queueing) to job functions: the worker side's.
     JOB_REGISTRY = "workers.jobs"

@@ -287,3 +287,24 @@ def test_a_worker_registers_again_after_redis_lost_it(app, redis_url):
     finally:
         app.config["REDIS_URL"] = None
 
+
+
+# --- pings ------------------------------------------------------------------------------------------------------
+
+def test_a_pooled_connection_is_pinged_only_after_sitting_idle(app, monkeypatch):
+    """A connection used a moment ago is handed out without a ping (a ping on every checkout is a round trip on
+    every request); one idle for a second is pinged first, so one a database restart killed is replaced."""
+    from app.extensions import db
+
+    pings = []
+    real_ping = db.engine.dialect.do_ping
+    monkeypatch.setattr(db.engine.dialect, "do_ping", lambda conn: pings.append(1) or real_ping(conn))
+    for _ in range(3):
+        with db.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    assert len(pings) <= 1  # at most the first checkout, if the pooled connection had sat idle before this test
+    pings.clear()
+    time.sleep(1.1)
+    with db.engine.connect() as conn:
+        conn.exec_driver_sql("SELECT 1")
+    assert pings == [1]
