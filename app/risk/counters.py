@@ -126,28 +126,23 @@ def _redis_record(metric: str, row: dict, amount: int, at: datetime) -> None:
     if conn is None:
         return
     ts = at.timestamp()
-    member = f"{uuid.uuid4().hex}:{amount}"
+    bucket = int(ts // AMOUNT_BUCKET_SECONDS)
+    keys: list[str] = []
+    args: list[object] = [repr(ts), f"{uuid.uuid4().hex}:{amount}", repr(ts - KEEP_SECONDS), KEEP_SECONDS, amount,
+                          bucket, bucket - AMOUNT_BUCKETS_KEPT, AMOUNT_WINDOW_MAX]
+    for dim, key in row.items():
+        if not key:
+            continue
+        keys.append(_zkey(metric, dim, key))
+        if amount:  # the amount windows read these buckets, not every event (see _redis_read)
+            keys.append(_zkey(metric, dim, key, ":amount"))
+        others = [(other_dim, other) for other_dim, other in row.items() if other and other_dim != dim]
+        args.append(len(others))
+        for other_dim, other in others:
+            keys.append(_zkey(metric, dim, key, f":{other_dim}"))
+            args.append(other)
     try:
-        pipe = conn.pipeline(transaction=False)
-        for dim, key in row.items():
-            if not key:
-                continue
-            events = _zkey(metric, dim, key)
-            pipe.zadd(events, {member: ts})
-            pipe.zremrangebyscore(events, "-inf", ts - KEEP_SECONDS)
-            pipe.expire(events, KEEP_SECONDS)
-            if amount:  # the amount windows read these buckets, not every event (see _redis_amount)
-                buckets = _zkey(metric, dim, key, ":amount")
-                bucket = int(ts // AMOUNT_BUCKET_SECONDS)
-                pipe.hincrby(buckets, str(bucket), amount)
-                pipe.hdel(buckets, str(bucket - AMOUNT_BUCKETS_KEPT))  # the one that just aged out, if any
-                pipe.expire(buckets, AMOUNT_WINDOW_MAX)
-            for other_dim, other in row.items():
-                if other and other_dim != dim:
-                    others = _zkey(metric, dim, key, f":{other_dim}")
-                    pipe.zadd(others, {other: ts})  # the latest time this pair was seen
-                    pipe.expire(others, KEEP_SECONDS)
-        pipe.execute()
+        _script("record", conn)(keys, args, client=conn)
     except Exception:  # the record is in PostgreSQL; a Redis outage only costs speed
         pass
 
@@ -163,31 +158,84 @@ AMOUNT_BUCKETS_KEPT = AMOUNT_WINDOW_MAX // AMOUNT_BUCKET_SECONDS + 2
 
 def _redis_read(conn, wanted: dict[str, Query], keys: dict, now: datetime) -> dict[str, int]:
     ts = now.timestamp()
-    pipe = conn.pipeline(transaction=False)
-    order = []
+    zkeys: list[str] = []
+    args: list[object] = []
     for name, q in wanted.items():
-        since = f"({ts - q.window}"
-        if q.kind == "distinct":
-            pipe.zcount(_zkey(q.metric, q.dimension, keys[q.dimension], f":{q.other}"), since, "+inf")
-        elif q.kind == "amount":
+        since = f"({ts - q.window!r}"
+        if q.kind == "amount":
             if q.window > AMOUNT_WINDOW_MAX:
                 raise ValueError(f"amount windows are at most {AMOUNT_WINDOW_MAX} s: {name}")
             first_whole = int((ts - q.window) // AMOUNT_BUCKET_SECONDS) + 1
-            edge_end = first_whole * AMOUNT_BUCKET_SECONDS
-            pipe.zrangebyscore(_zkey(q.metric, q.dimension, keys[q.dimension]), since, f"({edge_end}")
-            pipe.hgetall(_zkey(q.metric, q.dimension, keys[q.dimension], ":amount"))
-            order.append((name, q, first_whole))
-            continue
+            zkeys += [_zkey(q.metric, q.dimension, keys[q.dimension]),
+                      _zkey(q.metric, q.dimension, keys[q.dimension], ":amount")]
+            args += ["amount", since, f"({first_whole * AMOUNT_BUCKET_SECONDS}", first_whole]
         else:
-            pipe.zcount(_zkey(q.metric, q.dimension, keys[q.dimension]), since, "+inf")
-        order.append((name, q, None))
-    answers = iter(pipe.execute())
-    out = {}
-    for name, q, first_whole in order:
-        if q.kind == "amount":
-            edge, buckets = next(answers), next(answers)
-            out[name] = (sum(int(m.rsplit(b":", 1)[1]) for m in edge)
-                         + sum(int(total) for bucket, total in buckets.items() if int(bucket) >= first_whole))
-        else:
-            out[name] = int(next(answers))
-    return out
+            suffix = f":{q.other}" if q.kind == "distinct" else ""
+            zkeys.append(_zkey(q.metric, q.dimension, keys[q.dimension], suffix))
+            args += ["count", since]
+    return dict(zip(wanted, (int(v) for v in _script("read", conn)(zkeys, args, client=conn)), strict=True))
+
+
+# One script call per decision and per recorded event (each was a pipeline of up to ~20 commands: their packing and
+# parsing in Python cost more than the work in Redis). KEYS name every key a script touches.
+_LUA = {
+    # KEYS per identifier: its events, its amount buckets (when the amount is not 0), its pair with each other
+    # identifier. ARGV: ts, member, cutoff, keep seconds, amount, bucket, the bucket that just aged out, buckets'
+    # ttl, then per identifier the number of others followed by their values.
+    "record": """
+local ts, member, cutoff, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local amount, bucket, aged, buckets_ttl = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local k, a = 1, 9
+while a <= #ARGV do
+  local others = tonumber(ARGV[a]); a = a + 1
+  redis.call('ZADD', KEYS[k], ts, member)
+  redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', cutoff)
+  redis.call('EXPIRE', KEYS[k], keep)
+  k = k + 1
+  if amount ~= '0' then
+    redis.call('HINCRBY', KEYS[k], bucket, amount)
+    redis.call('HDEL', KEYS[k], aged)
+    redis.call('EXPIRE', KEYS[k], buckets_ttl)
+    k = k + 1
+  end
+  for _ = 1, others do
+    redis.call('ZADD', KEYS[k], 'GT', ts, ARGV[a])  -- the latest time this pair was seen (GT: Redis 6.2)
+    redis.call('EXPIRE', KEYS[k], keep)
+    k = k + 1; a = a + 1
+  end
+end
+return k - 1
+""",
+    # Per query, ARGV: 'count' and its window's start (KEYS: the sorted set), or 'amount', the start, the end of
+    # the bucket it starts in and the first whole bucket (KEYS: the events, the buckets). Answers one integer each.
+    "read": """
+local out, k, a = {}, 1, 1
+while a <= #ARGV do
+  if ARGV[a] == 'count' then
+    out[#out + 1] = redis.call('ZCOUNT', KEYS[k], ARGV[a + 1], '+inf')
+    k = k + 1; a = a + 2
+  else
+    local total, first_whole = 0, tonumber(ARGV[a + 3])
+    for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[k], ARGV[a + 1], ARGV[a + 2])) do
+      total = total + tonumber(string.match(m, ':(%-?%d+)$'))
+    end
+    local buckets = redis.call('HGETALL', KEYS[k + 1])
+    for i = 1, #buckets, 2 do
+      if tonumber(buckets[i]) >= first_whole then total = total + tonumber(buckets[i + 1]) end
+    end
+    out[#out + 1] = total
+    k = k + 2; a = a + 4
+  end
+end
+return out
+""",
+}
+_SCRIPTS: dict = {}
+
+
+def _script(name: str, conn):
+    """The named script as redis-py's Script: EVALSHA, loaded again by itself into a Redis that lost it (a restart).
+    Called with each caller's connection; the one it was made with only encodes its text."""
+    if name not in _SCRIPTS:
+        _SCRIPTS[name] = conn.register_script(_LUA[name])
+    return _SCRIPTS[name]
