@@ -45,7 +45,9 @@ from pathlib import Path
 os.environ.setdefault("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/kameng_bench_checkout")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    CpuMeter,
     Gunicorn,
+    Http,
     database_url,
     ensure_stock,
     make_app,
@@ -103,15 +105,14 @@ def build_data(app, orders: int) -> tuple[int, str]:
     return product_id, key
 
 
-def run_threads(concurrency: int, work) -> float:
-    """`concurrency` threads start together and run work(session) until it returns; the wall time of the lot."""
-    import requests
-
+def run_threads(base_url: str, concurrency: int, work) -> float:
+    """`concurrency` threads start together and run work(session) until it returns, each with its own connection
+    (bench/common.Http); the wall time of the lot."""
     start = threading.Barrier(concurrency + 1)
     crashes: list[str] = []
 
     def worker() -> None:
-        session = requests.Session()
+        session = Http(base_url)
         try:
             start.wait()
             work(session)
@@ -147,9 +148,9 @@ def create_orders(base_url: str, product_id: int, count: int, concurrency: int) 
             except queue.Empty:
                 return
             password = PASSWORD_PREFIX + pysecrets.token_hex(4)
-            r = session.post(base_url + "/shop/api/orders", json={
+            r = session.post_json("/shop/api/orders", {
                 "product_id": product_id, "quantity": 1, "contact": f"139{n:08d}", "query_password": password,
-                "channel": "sandbox"}, timeout=60)
+                "channel": "sandbox"})
             with lock:
                 if r.status_code == 201:
                     body = r.json()
@@ -157,7 +158,7 @@ def create_orders(base_url: str, product_id: int, count: int, concurrency: int) 
                 else:
                     failures[f"http {r.status_code} {r.text[:80]}"] += 1
 
-    elapsed = run_threads(concurrency, work)
+    elapsed = run_threads(base_url, concurrency, work)
     if failures:
         raise SystemExit(f"checkout failed for {sum(failures.values())} orders: {dict(failures.most_common(3))}")
     print(f"orders: {len(created)} storefront orders through POST /shop/api/orders in {elapsed:.1f} s "
@@ -179,7 +180,7 @@ def pay_all(base_url: str, key: str, orders: list[ShopOrder], concurrency: int) 
                   "currency": "CNY", "status": "SUCCESS", "ts": str(int(time.time())), "nonce": pysecrets.token_hex(8)}
         fields["sign"] = sandbox.sign(key, fields)
         t0 = time.perf_counter()
-        r = session.post(base_url + "/pay/notify/sandbox", data=fields, timeout=60)
+        r = session.post_form("/pay/notify/sandbox", fields)
         t_answer = time.perf_counter()
         if r.status_code != 200 or r.text != "success":
             with lock:
@@ -188,8 +189,8 @@ def pay_all(base_url: str, key: str, orders: list[ShopOrder], concurrency: int) 
         lookups = 0
         while True:
             t_lookup = time.perf_counter()
-            lr = session.post(base_url + "/shop/api/lookup", json={"order_no": order.order_no,
-                                                                   "query_password": order.password}, timeout=60)
+            lr = session.post_json("/shop/api/lookup", {"order_no": order.order_no,
+                                                        "query_password": order.password})
             t_end = time.perf_counter()
             lookups += 1
             body = lr.json() if lr.status_code == 200 else {}
@@ -215,7 +216,7 @@ def pay_all(base_url: str, key: str, orders: list[ShopOrder], concurrency: int) 
                 return
             pay(session, order)
 
-    return timings, run_threads(concurrency, work)
+    return timings, run_threads(base_url, concurrency, work)
 
 
 def database_checks(product_id: int, orders: list[ShopOrder], timings: Timings) -> list[str]:
@@ -282,7 +283,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gunicorn: {server.description} on {server.base_url} (log {log_path}); "
               f"{args.concurrency} client threads", flush=True)
         orders = create_orders(server.base_url, product_id, args.orders, args.concurrency)
+        meter = CpuMeter(server.proc.pid)
+        meter.start()
         timings, elapsed = pay_all(server.base_url, key, orders, args.concurrency)
+        meter.stop()
 
     with app.app_context():
         problems = database_checks(product_id, orders, timings)
@@ -292,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"paid: {done} of {len(orders)} orders delivered in {elapsed:.2f} s = {rate:.1f} notifications/s "
           f"(C={args.concurrency}; {timings.lookups / max(done, 1):.2f} lookups per order; errors: {errors})",
           flush=True)
+    print(f"  {meter.per_unit(max(done, 1), 'paid order (notification + lookups)')}", flush=True)
     for name, values in (("notification answer      ", timings.notify),
                          ("notification -> delivered", timings.delivered),
                          ("notification -> in hand  ", timings.in_hand)):

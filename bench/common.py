@@ -5,11 +5,14 @@ so the defaults below must be in the environment first.
 """
 from __future__ import annotations
 
+import http.client
+import json
 import math
 import os
 import socket
 import sys
 from pathlib import Path
+from urllib.parse import urlencode, urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -78,6 +81,49 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class Answer:
+    """What the load generators read of an answer (the names requests uses)."""
+
+    def __init__(self, status_code: int, content: bytes) -> None:
+        self.status_code, self.content = status_code, content
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self):
+        return json.loads(self.content)
+
+
+class Http:
+    """One load-generating client's connection: HTTP/1.1 on http.client, kept open while the server keeps it and
+    opened again by itself when the server closed it (gunicorn's sync workers close after each answer). The load
+    generators share the server's two cores; requests cost them about three times the CPU per call. Network
+    failures raise OSError or http.client.HTTPException."""
+
+    def __init__(self, base_url: str, timeout: float = 60) -> None:
+        parts = urlsplit(base_url)
+        self.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+
+    def post(self, path: str, body: bytes, headers: dict[str, str]) -> Answer:
+        try:
+            self.connection.request("POST", path, body=body, headers=headers)
+            response = self.connection.getresponse()
+            return Answer(response.status, response.read())
+        except BaseException:
+            self.connection.close()  # the next call starts on a new connection
+            raise
+
+    def post_json(self, path: str, data: object) -> Answer:
+        return self.post(path, json.dumps(data).encode(), {"Content-Type": "application/json"})
+
+    def post_form(self, path: str, fields: dict[str, str]) -> Answer:
+        return self.post(path, urlencode(fields).encode(), {"Content-Type": "application/x-www-form-urlencoded"})
+
+    def close(self) -> None:
+        self.connection.close()
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

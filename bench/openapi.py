@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import os
 import subprocess
 import sys
@@ -43,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     CpuMeter,
     Gunicorn,
+    Http,
     database_url,
     ensure_stock,
     find_pgbench,
@@ -174,44 +176,35 @@ def run_pgbench(url: str, clients: int, seconds: float, scale: int) -> float:
 
 
 class LightClient:
-    """One reseller's signed POST /open/v1/orders over http.client: the load generator shares the server's two cores,
-    and requests (app/openapi/client.py's session) cost it 0.9 ms of CPU per order against 0.3 here. Signs with
-    app.openapi.signing like every client; reconnects by itself when the server closed the connection (gunicorn's
-    sync workers close after each answer)."""
+    """One reseller's signed POST /open/v1/orders (bench/common.Http: requests cost the load generator 0.9 ms of CPU
+    per order on the server's cores, this 0.3), signed with app.openapi.signing like every client."""
 
     def __init__(self, base_url: str, reseller: Reseller) -> None:
-        import json
-        from urllib.parse import urlsplit
-
         from app.openapi.signing import signed_headers
 
-        parts = urlsplit(base_url)
-        self.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+        self.http = Http(base_url)
         self.reseller = reseller
-        self._dumps, self._loads, self._sign = json.dumps, json.loads, signed_headers
+        self._sign = signed_headers
 
     def create_order(self, out_trade_no: str) -> bool | str:
-        body = self._dumps({"out_trade_no": out_trade_no, "product_id": self.reseller.product_id,
-                            "quantity": 1}).encode()
+        body = json.dumps({"out_trade_no": out_trade_no, "product_id": self.reseller.product_id,
+                           "quantity": 1}).encode()
         headers = self._sign(self.reseller.app_key, self.reseller.secret, "POST", "/open/v1/orders", body)
         headers["Content-Type"] = "application/json"
         try:
-            self.connection.request("POST", "/open/v1/orders", body=body, headers=headers)
-            response = self.connection.getresponse()
-            answer = response.read()
+            answer = self.http.post("/open/v1/orders", body, headers)
         except (OSError, http.client.HTTPException) as exc:
-            self.connection.close()
             return f"net:{type(exc).__name__}"
-        if response.status == 201:
+        if answer.status_code == 201:
             return True
         try:
-            code = self._loads(answer)["error"]["code"]
+            code = answer.json()["error"]["code"]
         except (ValueError, KeyError, TypeError):
             code = "?"
-        return f"http {response.status} {code}"
+        return f"http {answer.status_code} {code}"
 
     def close(self) -> None:
-        self.connection.close()
+        self.http.close()
 
 
 def drive(base_url: str, resellers: list[Reseller], duration: float, meter: CpuMeter | None = None) -> Result:
