@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import Session, make_transient, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
 from app.extensions import db
@@ -89,19 +89,22 @@ def _within(transaction, outer) -> bool:
     return False
 
 
-@event.listens_for(Session, "after_soft_rollback")
-def _forget_rolled_back(session: Session, rolled_back) -> None:
+@event.listens_for(Session, "after_rollback")
+def _forget_rolled_back(session: Session) -> None:
     """The ORM forgets the rows a rollback undid only for objects it inserted itself: do the same for these,
-    those written inside the transaction (or savepoint) that rolled back (SQLite may hand the same id to the
-    next row)."""
+    those written inside the transaction (or savepoint) rolling back (SQLite may hand the same id to the next row).
+    Like the ORM's own, they become transient with the values they hold (added again, they are inserted again):
+    this runs after the database's rollback and before the session expires what it still holds."""
     written = session.info.get(_INSERTED)
     if not written:
         return
+    rolling_back = session.get_nested_transaction() or session.get_transaction()
     kept = []
     for tx, obj in written:
-        if _within(tx, rolled_back):
+        if _within(tx, rolling_back):
             if obj in session:
                 session.expunge(obj)
+            make_transient(obj)
         else:
             kept.append((tx, obj))
     session.info[_INSERTED] = kept

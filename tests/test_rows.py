@@ -46,3 +46,13 @@ def test_a_rollback_forgets_rows_of_savepoints_released_inside_it(app):
     again = _category()  # SQLite may give the same id again: no clash with a forgotten object
     db.session.commit()
     assert again in db.session and _stored(again.name) == 1
+
+
+@pytest.mark.parametrize("app", ["postgresql", "sqlite"], indirect=True)
+def test_a_rolled_back_row_added_again_is_inserted_again(app):
+    """As the ORM does with its own inserts: the object a rollback undid is transient, so adding it again writes it."""
+    category = _category()
+    db.session.rollback()
+    db.session.add(category)
+    db.session.commit()
+    assert category.id and _stored(category.name) == 1 and db.session.get(Category, category.id) is category
