@@ -3,6 +3,8 @@ identifier had in the last N seconds. PostgreSQL's risk_event is the record; wit
 sorted sets kept beside it (one pipeline per decision), else computed from the table (the embedded default)."""
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -13,6 +15,7 @@ from app.clock import utcnow
 from app.extensions import db
 from app.risk.models import RiskEvent
 
+log = logging.getLogger(__name__)
 DIMENSIONS = ("ip", "device", "contact", "payment_account", "agent")
 KEEP_SECONDS = 31 * 24 * 3600  # the longest window any feature reads
 
@@ -117,6 +120,18 @@ def _redis():
     return redis_connection()
 
 
+_warned_at = [0.0]
+
+
+def _warn_unrecorded(exc: Exception) -> None:
+    """Reads trust Redis while it answers: an event it failed to take is said in the log (once a minute)."""
+    now = time.monotonic()
+    if now - _warned_at[0] >= 60:
+        _warned_at[0] = now
+        log.warning("risk counters: an event was not recorded in Redis (%s: %s); its windows read low until "
+                    "Redis holds it", type(exc).__name__, exc)
+
+
 def _zkey(metric: str, dimension: str, key: str, suffix: str = "") -> str:
     return f"kameng:risk:{metric}:{dimension}:{key}{suffix}"
 
@@ -143,8 +158,8 @@ def _redis_record(metric: str, row: dict, amount: int, at: datetime) -> None:
             args.append(other)
     try:
         _script("record", conn)(keys, args, client=conn)
-    except Exception:  # the record is in PostgreSQL; a Redis outage only costs speed
-        pass
+    except Exception as exc:  # noqa: BLE001 - the record is in PostgreSQL; a Redis outage only costs speed
+        _warn_unrecorded(exc)
 
 
 # Amounts over a window are summed from per-bucket totals (a hash per identifier) for the buckets wholly inside the
@@ -199,7 +214,8 @@ while a <= #ARGV do
     k = k + 1
   end
   for _ = 1, others do
-    redis.call('ZADD', KEYS[k], 'GT', ts, ARGV[a])  -- the latest time this pair was seen (GT: Redis 6.2)
+    local seen = redis.call('ZSCORE', KEYS[k], ARGV[a])  -- keep the latest time this pair was seen
+    if not seen or tonumber(seen) < tonumber(ts) then redis.call('ZADD', KEYS[k], ts, ARGV[a]) end
     redis.call('EXPIRE', KEYS[k], keep)
     k = k + 1; a = a + 1
   end
