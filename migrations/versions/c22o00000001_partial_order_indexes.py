@@ -39,7 +39,7 @@ def _rebuild(partial: bool) -> None:
         with op.get_context().autocommit_block():
             op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}_new")  # left by an interrupted earlier run
             op.execute(f"CREATE INDEX CONCURRENTLY {name}_new ON orders ({', '.join(columns)}){where}")
-            op.execute(f"DROP INDEX CONCURRENTLY {name}")
+            op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")  # gone if an earlier run stopped here
             op.execute(f"ALTER INDEX {name}_new RENAME TO {name}")
 
 
