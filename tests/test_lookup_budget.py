@@ -126,3 +126,18 @@ def test_parallel_guesses_cannot_slip_past_the_budget(app, db, f, client, budget
     assert db.session.scalar(select(func.count()).select_from(LookupAttempt)
                              .where(LookupAttempt.order_no == order_no)) == LIMIT
     assert _api_lookup(client, order_no, h.PASSWORD, "203.0.113.9").status_code == 429
+
+
+def test_a_spent_budget_answers_before_any_password_is_checked(app, db, f, client, budget, monkeypatch):
+    """Once spent, the number answers 429 without hashing the typed password (an older order's scrypt hash would
+    otherwise cost tens of ms of CPU per try, outside the budget)."""
+    from app import crypto
+
+    order = _delivered(client, f, "SBX-BUDGET-5")
+    assert _wrong_tries(client, order.order_no) == [404] * LIMIT
+    checked = []
+    real_check = crypto.check_order_password
+    monkeypatch.setattr(crypto, "check_order_password", lambda *a: checked.append(1) or real_check(*a))
+    r = _api_lookup(client, order.order_no, h.PASSWORD, "192.0.2.80")
+    assert r.status_code == 429 and r.get_json()["error"]["code"] == "lookup_limited"
+    assert checked == []

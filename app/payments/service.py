@@ -602,21 +602,21 @@ def lookup(order_no, query_password) -> Order:
         raise NotFound(gettext("订单不存在或密码错误"))
     order_no = order_no.strip()[:40]
     limit, window = _lookup_budget()
-    # The order and, in the same statement, its wrong tries inside the window (what a right password is judged by).
+    # The order and, in the same statement, its wrong tries inside the window.
     recent_wrong = (select(func.count()).select_from(LookupAttempt)
                     .where(LookupAttempt.order_no == order_no, LookupAttempt.created_at > utcnow() - window)
                     .scalar_subquery())
     row = db.session.execute(select(Order, OrderCheckout.query_password_hash, recent_wrong)
                              .join(OrderCheckout, OrderCheckout.order_id == Order.id)
                              .where(Order.order_no == order_no)).first()
+    if row is not None and row[2] >= limit:
+        # Spent: 429 before any password is checked, the way a wrong try of an unknown number finds it (below).
+        with db.engine.begin() as conn:
+            _check_lookup_budget(conn, order_no)
     # Hash even when the order is unknown, so timing does not tell the two apart.
     stored = row[1] if row else crypto.hash_order_password("not-a-real-password-for-timing")
-    right = crypto.check_order_password(stored, query_password) and row is not None
-    if right:
-        # A right password writes nothing, so it takes no lock: it is refused while the budget is spent.
-        if row[2] >= limit:
-            _check_lookup_budget(db.session.connection(), order_no, lock=False)  # the 429 names the wait
-        return row[0]
+    if row is not None and crypto.check_order_password(stored, query_password):
+        return row[0]  # a right password writes nothing, so it takes no lock (the budget was judged above)
     # A wrong try is counted and recorded under one lock per order number, on a connection of its own (the record
     # stays whatever the caller's transaction does), taken after the session's (never the other way round):
     # parallel guesses wait for each other and cannot all slip under the limit.
@@ -632,13 +632,12 @@ def _lookup_budget() -> tuple[int, timedelta]:
             timedelta(seconds=int(current_app.config["SHOP_LOOKUP_ORDER_WINDOW_SECONDS"])))
 
 
-def _check_lookup_budget(conn, order_no: str, lock: bool = True) -> datetime:
-    """Count the order number's wrong tries inside the window, first locking the number (PostgreSQL: until `conn`
-    commits) unless `lock` is False. Raises TooManyAttempts once the budget is spent; returns the time the tries
-    are counted at."""
+def _check_lookup_budget(conn, order_no: str) -> datetime:
+    """Lock the order number (PostgreSQL: until `conn` commits) and count its wrong tries inside the window.
+    Raises TooManyAttempts once the budget is spent; returns the time the tries are counted at."""
     limit, window = _lookup_budget()
     now = utcnow()
-    if lock and conn.dialect.name == "postgresql":
+    if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "lookup:" + order_no})
     recent = conn.execute(select(LookupAttempt.created_at).where(
         LookupAttempt.order_no == order_no, LookupAttempt.created_at > now - window)
