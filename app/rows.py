@@ -46,9 +46,14 @@ def insert_loaded(obj: T, on_conflict: Sequence[str] | None = None) -> T | None:
     return obj
 
 
+def dialect_insert(table, dialect: str | None = None):
+    """INSERT for this database's dialect (PostgreSQL or SQLite), the one with ON CONFLICT."""
+    dialect = dialect or db.session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
 def _statement(dialect: str, table, values: dict, on_conflict: Sequence[str] | None):
-    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = dialect_insert(table)
+    statement = dialect_insert(table, dialect)
     if on_conflict:
         statement = statement.on_conflict_do_nothing(index_elements=list(on_conflict))
     defaulted = [c for c in table.c if c.key not in values

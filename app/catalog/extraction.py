@@ -29,7 +29,6 @@ from datetime import UTC, date, datetime, time, timedelta
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext
 from sqlalchemy import func, literal, select, union_all
-from sqlalchemy.dialects import postgresql, sqlite
 
 from app import crypto
 from app.audit import service as audit
@@ -40,6 +39,7 @@ from app.clock import business_tz, to_local, utcnow
 from app.errors import Conflict, NotFound, ValidationError
 from app.extensions import db
 from app.orders.models import Order
+from app.rows import dialect_insert
 
 XLSX_MIMETYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 FORMATS = {"txt": "text/plain", "csv": "text/csv", "xlsx": XLSX_MIMETYPE}
@@ -166,9 +166,8 @@ def _extract(agent_id: int, where: list, fmt: str, via: str, filename: str, targ
 def _count_download(order_ids) -> None:
     """One more download on each order, one statement (an upsert per order)."""
     now = utcnow()
-    insert_fn = postgresql.insert if db.engine.dialect.name == "postgresql" else sqlite.insert
     table = SecretDownload.__table__
-    statement = insert_fn(table).from_select(
+    statement = dialect_insert(table).from_select(
         ["order_id", "downloads", "last_downloaded_at"],
         select(Order.id, literal(1), literal(now)).where(Order.id.in_(order_ids)))
     db.session.execute(statement.on_conflict_do_update(

@@ -49,6 +49,7 @@ from datetime import date, datetime, timedelta
 from flask_babel import gettext
 from sqlalchemy import DateTime, String, bindparam, cast, exists, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import aliased
 
 from app import crypto, states
 from app.audit.models import AuditEntry
@@ -59,6 +60,7 @@ from app.errors import ValidationError
 from app.extensions import db
 from app.orders.models import Order
 from app.risk.models import RiskDecision
+from app.rows import dialect_insert
 
 DELIVERY, AUDIT, RISK_DECISION = "delivery", "audit", "risk_decision"
 GENESIS = "0" * 64
@@ -301,19 +303,19 @@ def _lock(wait: bool) -> bool:
     return True if wait else bool(got)
 
 
-def _last_sealed() -> tuple[int, str]:
-    last = select(func.max(ChainRecord.seq)).where(ChainRecord.seq.is_not(None)).scalar_subquery()
-    row = db.session.execute(select(ChainRecord.seq, ChainRecord.hash).where(ChainRecord.seq == last)).first()
-    return (row.seq, row.hash) if row else (0, GENESIS)
-
-
 def _seal_batch(limit: int) -> int:
+    # The records waiting for a place and, in the same statement, the last sealed one's seq and hash.
+    sealed = aliased(ChainRecord)
+    last_seq = select(func.max(sealed.seq)).where(sealed.seq.is_not(None)).scalar_subquery()
+    last = aliased(ChainRecord)
+    last_hash = select(last.hash).where(last.seq == last_seq).scalar_subquery()
     rows = db.session.execute(select(ChainRecord.id, ChainRecord.kind, ChainRecord.source_key,
-                                     ChainRecord.content_digest)
+                                     ChainRecord.content_digest, last_seq.label("last_seq"),
+                                     last_hash.label("last_hash"))
                               .where(ChainRecord.seq.is_(None)).order_by(ChainRecord.id).limit(limit)).all()
     if not rows:
         return 0
-    seq, prev = _last_sealed()
+    seq, prev = (rows[0].last_seq, rows[0].last_hash) if rows[0].last_seq is not None else (0, GENESIS)
     now = utcnow()
     changes = []
     for row in rows:
@@ -321,12 +323,12 @@ def _seal_batch(limit: int) -> int:
         prev = link_hash(prev, row.content_digest, row.kind, row.source_key, seq)
         changes.append({"id": row.id, "seq": seq, "hash": prev, "sealed_at": now})
     db.session.execute(update(ChainRecord), changes)  # by primary key, one executemany
-    day = to_local(now).date()
-    head = db.session.get(ChainHead, day)
-    if head is None:
-        db.session.add(ChainHead(day=day, last_seq=seq, head_hash=prev, records=len(rows), updated_at=now))
-    else:
-        head.last_seq, head.head_hash, head.records, head.updated_at = seq, prev, head.records + len(rows), now
+    head = ChainHead.__table__
+    upsert = dialect_insert(head).values(day=to_local(now).date(), last_seq=seq, head_hash=prev, records=len(rows),
+                                         updated_at=now)
+    db.session.execute(upsert.on_conflict_do_update(index_elements=[head.c.day], set_={
+        "last_seq": upsert.excluded.last_seq, "head_hash": upsert.excluded.head_hash,
+        "records": head.c.records + upsert.excluded.records, "updated_at": upsert.excluded.updated_at}))
     return len(rows)
 
 

@@ -16,24 +16,16 @@ from sqlalchemy import func, or_, select
 from app.clock import utcnow
 from app.extensions import db
 from app.risk.models import RiskDecision, RiskLabel
+from app.rows import dialect_insert
 
 FRAUD, LEGIT = 1, 0
 FRAUD_WORDS = ("欺诈", "fraud")  # i18n-keep: words matched in refund reasons staff typed
 
 
-def _insert():
-    if db.session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert
-
-
 def record(subject: str, label: int, source: str, at: datetime, decision_id: int | None = None,
            order_no: str | None = None, decided_at: datetime | None = None) -> None:
     """Upsert one label in the caller's transaction (fraud wins over legitimate; a repeat is a no-op)."""
-    insert = _insert()
-    statement = insert(RiskLabel.__table__).values(
+    statement = dialect_insert(RiskLabel.__table__).values(
         subject=subject[:80], label=int(label), source=source, at=at, decision_id=decision_id, order_no=order_no,
         decided_at=decided_at, created_at=utcnow())
     table = RiskLabel.__table__
