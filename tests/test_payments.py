@@ -423,6 +423,22 @@ def test_paid_order_without_stock_is_refunded_at_once(app, f, client):
     assert h.sale_journals(b) == 0 and h.secrets_of(b) == []
 
 
+def test_paid_order_short_of_stock_sells_none_of_what_is_left(app, f, client):
+    # given an unpaid order for two secrets, and only one left when its payment arrives
+    h.setup_sandbox()
+    product = f.product(secrets=2)
+    pair, single = h.guest_order(product, "sandbox", quantity=2), h.guest_order(product, "sandbox")
+    pay(client, single, "SBX-SINGLE")
+    # when the pair's payment arrives, it is refunded at once and the last secret stays on sale
+    pay(client, pair, "SBX-PAIR")
+    assert h.order_state(pair.order_no) == "refunded" and h.secrets_of(pair) == []
+    assert h.sale_journals(pair) == 0 and set(order_postings(pair).values()) == {0}
+    assert h.count(CardSecret, CardSecret.status == "available") == 1
+    last = h.guest_order(product, "sandbox")
+    pay(client, last, "SBX-LAST")
+    assert h.order_state(last.order_no) == "delivered" and len(h.secrets_of(last)) == 1
+
+
 def test_second_trade_no_for_a_paid_order_is_refunded(app, f, client):
     h.setup_sandbox()
     product = f.product(secrets=3)

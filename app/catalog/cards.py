@@ -237,7 +237,8 @@ def allocate(order_id: int, product_id: int, quantity: int) -> list[int]:
 
     PostgreSQL: SELECT ... FOR UPDATE SKIP LOCKED, so concurrent buyers never wait on each other's rows.
     Elsewhere: a guarded UPDATE ... WHERE status='available' with a row-count check.
-    Raises OutOfStock (the caller rolls back) when there are not enough.
+    All or nothing: raises OutOfStock having written nothing when there are not enough (a paid order's delivery
+    refunds it in the same transaction).
     A reusable product (循环卡密) takes its own branch, _allocate_uses; this one is unchanged for every other.
     """
     if _reusable_product(product_id):
@@ -264,9 +265,10 @@ def allocate(order_id: int, product_id: int, quantity: int) -> list[int]:
     ids = list(db.session.scalars(pick))
     if len(ids) < quantity:
         raise OutOfStock(_("库存不足"))
-    if states.move_all(CARD_SECRET_STATES, "available", "sold", CardSecret.id.in_(ids), order_id=order_id,
-                       sold_at=now) != quantity:
-        raise OutOfStock(_("库存不足"))
+    with db.session.begin_nested():  # a guarded UPDATE that sold only some of them is undone with the raise
+        if states.move_all(CARD_SECRET_STATES, "available", "sold", CardSecret.id.in_(ids), order_id=order_id,
+                           sold_at=now) != quantity:
+            raise OutOfStock(_("库存不足"))
     return ids
 
 
@@ -320,15 +322,16 @@ def _allocate_uses(order_id: int, product_id: int, quantity: int) -> list[int]:
             select(sold.c.id, sold.c.secret_hash).add_cte(used).order_by(sold.c.id)).all()
     else:  # SQLite: one writer at a time; the guarded UPDATE's row count is the check
         ids = list(db.session.scalars(pick))
-        rows = []
-        if len(ids) == quantity:
+        if len(ids) < quantity:
+            raise OutOfStock(_("库存不足"))
+        with db.session.begin_nested():  # a guarded UPDATE that counted only some of them is undone with the raise
             result = db.session.execute(update(table).where(table.c.id.in_(ids), table.c.uses < table.c.max_uses)
                                         .values(**bump))
-            if result.rowcount == quantity:
-                db.session.execute(insert(uses), [{"secret_id": i, "order_id": order_id, "sold_at": now}
-                                                  for i in ids])
-                rows = db.session.execute(select(table.c.id, table.c.secret_hash).where(table.c.id.in_(ids))
-                                          .order_by(table.c.id)).all()
+            if result.rowcount != quantity:
+                raise OutOfStock(_("库存不足"))
+            db.session.execute(insert(uses), [{"secret_id": i, "order_id": order_id, "sold_at": now} for i in ids])
+            rows = db.session.execute(select(table.c.id, table.c.secret_hash).where(table.c.id.in_(ids))
+                                      .order_by(table.c.id)).all()
     if len(rows) < quantity:
         raise OutOfStock(_("库存不足"))
     db.session.info.setdefault("allocated_hashes", {})[order_id] = [h for _, h in rows]

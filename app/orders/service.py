@@ -507,7 +507,8 @@ def clean_device_id(device_id: object) -> str | None:
 def deliver_paid(order_id: int, funding_account: str) -> None:
     """Deliver a paid card order inside the caller's transaction: allocate secrets, book the sale, mark delivered.
 
-    Raises OutOfStock (the caller refunds) when the stock ran out between checkout and payment.
+    Raises OutOfStock having written nothing (cards.allocate is its first write; the caller refunds) when the stock
+    ran out between checkout and payment.
     """
     order = db.session.get(Order, order_id)
     cards.allocate(order.id, order.product_id, order.quantity)

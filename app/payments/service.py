@@ -321,8 +321,7 @@ def deliver_paid_order(order: Order) -> str:
         suppliers.start_recharge(order)  # the money stays in buyer_funds until the upstream's outcome
         return "accepted"
     try:
-        with db.session.begin_nested():
-            orders.deliver_paid(order.id, BUYER_FUNDS)
+        orders.deliver_paid(order.id, BUYER_FUNDS)  # allocating, its first write, writes nothing when it raises
     except OutOfStock:
         refund_held_funds(order, "库存不足，自动退款 (out of stock)")  # i18n-keep: data
         orders.transition(order.id, "refunded")
