@@ -1,6 +1,6 @@
 """Velocity counters over sliding windows: how many events (and how much money, and how many distinct others) one
 identifier had in the last N seconds. PostgreSQL's risk_event is the record; with Redis the windows are read from
-sorted sets kept beside it (one pipeline per decision), else computed from the table (the embedded default)."""
+sorted sets kept beside it (one script call per decision), else computed from the table (the embedded default)."""
 from __future__ import annotations
 
 import logging
