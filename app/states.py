@@ -18,6 +18,7 @@ from sqlalchemy.orm.util import identity_key
 
 from app.errors import Conflict
 from app.extensions import db
+from app.rows import run
 
 
 class IllegalMove(Conflict):
@@ -138,7 +139,8 @@ def move(machine: Machine, row_id: int, current: str, new: str, *, returning: It
     if follow is not None and not names:
         raise ValueError("follow needs the move to return something")
     params = {"move_id": row_id}
-    if _cacheable(values):
+    cached = _cacheable(values)
+    if cached:
         key = ("move", machine.name, current, new, tuple((n, isinstance(v, IfUnset)) for n, v in values.items()),
                names, follow.key if follow is not None else None)
         statement = _SHAPES.get(key)
@@ -152,7 +154,7 @@ def move(machine: Machine, row_id: int, current: str, new: str, *, returning: It
             else value for name, value in values.items()}, names, follow)
     if follow is not None:
         params.update(follow.params)
-    result = db.session.connection().execute(statement, params)
+    result = run(statement, params) if cached else db.session.connection().execute(statement, params)
     row = result.first() if names else None
     if (row is None) if names else result.rowcount != 1:
         raise machine.lost(_lost(machine, current, row_id))
@@ -194,7 +196,8 @@ def move_all(machine: Machine, current: str, new: str, *where: ColumnElement[boo
     table = machine.model.__table__
     names = tuple(returning)
     bound = dict(params or {})
-    if shape is not None and _cacheable(values):
+    cached = shape is not None and _cacheable(values)
+    if cached:
         key = ("move_all", machine.name, current, new, shape,
                tuple((n, isinstance(v, IfUnset)) for n, v in values.items()), names)
         statement = _SHAPES.get(key)
@@ -206,7 +209,7 @@ def move_all(machine: Machine, current: str, new: str, *where: ColumnElement[boo
         statement = _move_all_statement(table, current, new, where, {
             name: func.coalesce(table.c[name], value.value) if isinstance(value, IfUnset) else value
             for name, value in values.items()}, names)
-    result = db.session.connection().execute(statement, bound)
+    result = run(statement, bound) if cached else db.session.connection().execute(statement, bound)
     rows = result.all() if names else None
     count = len(rows) if names else result.rowcount
     if expect is not None and count != expect:

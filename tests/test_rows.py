@@ -1,15 +1,16 @@
 """app/rows.py: a row written by insert_loaded is in the session as if loaded, and a rollback forgets exactly the
-rows it undid, savepoints included, as the ORM does for its own inserts."""
+rows it undid, savepoints included, as the ORM does for its own inserts; run() answers as SQLAlchemy does."""
 from __future__ import annotations
 
 import uuid
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, event, func, select, update
+from sqlalchemy.exc import IntegrityError, NoResultFound
 
 from app.catalog.models import Category
 from app.extensions import db
-from app.rows import commit_keeping, insert_loaded
+from app.rows import _plan, commit_keeping, dialect_insert, insert_loaded, run
 
 
 def _category() -> Category:
@@ -56,3 +57,65 @@ def test_a_rolled_back_row_added_again_is_inserted_again(app):
     db.session.add(category)
     db.session.commit()
     assert category.id and _stored(category.name) == 1 and db.session.get(Category, category.id) is category
+
+
+# --- run(): a hot path's statement through the driver ------------------------------------------------------------
+
+_BY_NAME = select(Category.__table__.c.id, Category.__table__.c.name).where(
+    Category.__table__.c.name == bindparam("name"))
+_RENAME = update(Category.__table__).where(Category.__table__.c.name.like(bindparam("prefix") + "%")).values(
+    name=Category.__table__.c.name + "!")
+_IN_LIST = select(Category.__table__.c.id).where(Category.__table__.c.id.in_(bindparam("ids", expanding=True)))
+
+
+@pytest.mark.parametrize("app", ["postgresql", "sqlite"], indirect=True)
+def test_run_answers_as_sqlalchemy_does(app):
+    first, second = _category(), _category()
+    assert (first.sort_order, first.active) == (0, True)  # Python-side defaults, computed by insert_loaded
+    row = run(_BY_NAME, {"name": first.name}).first()
+    assert (row.id, row.name) == (first.id, first.name) and run(_BY_NAME, {"name": first.name}).all() == [row]
+    assert run(_BY_NAME, {"name": first.name}).scalar_one() == first.id
+    assert run(_BY_NAME, {"name": "nobody"}).first() is None and run(_BY_NAME, {"name": "nobody"}).scalar() is None
+    with pytest.raises(NoResultFound):
+        run(_BY_NAME, {"name": "nobody"}).one()
+    prefix = first.name[:5]  # "rows-": both rows, and any left by other tests
+    assert run(_RENAME, {"prefix": prefix}).rowcount >= 2
+    assert sorted(r.id for r in run(_IN_LIST, {"ids": [first.id, second.id]})) == sorted([first.id, second.id])
+    db.session.rollback()
+
+
+@pytest.mark.parametrize("app", ["postgresql"], indirect=True)
+def test_run_sends_a_built_statement_through_the_driver_on_postgresql(app):
+    """The fast path is the one taken (a plan is compiled); what needs SQLAlchemy at execution is not sent so."""
+    conn = db.session.connection()
+    assert _plan(_BY_NAME, conn) is not None and _plan(_RENAME, conn) is not None
+    assert _plan(_IN_LIST, conn) is None  # an expanding IN list is rendered per call
+    db.session.rollback()
+
+
+@pytest.mark.parametrize("app", ["postgresql", "sqlite"], indirect=True)
+def test_run_raises_sqlalchemy_errors_and_the_session_goes_on(app):
+    category = _category()
+    db.session.commit()
+    clash = dialect_insert(Category.__table__).values(name=bindparam("name"))
+    with pytest.raises(IntegrityError):
+        run(clash, {"name": category.name})
+    db.session.rollback()
+    assert run(_BY_NAME, {"name": category.name}).scalar_one() == category.id
+
+
+@pytest.mark.parametrize("app", ["postgresql"], indirect=True)
+def test_run_statements_are_seen_by_execution_listeners(app):
+    """A listener on the engine (statement counters in tests, instrumentation) sees them: run() takes SQLAlchemy's way."""
+    seen = []
+
+    def record(conn, cursor, statement, *args):
+        seen.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        run(_BY_NAME, {"name": "nobody"})
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
+    assert any("FROM category" in s for s in seen)
+    db.session.rollback()

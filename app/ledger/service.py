@@ -22,6 +22,7 @@ from app.clock import utcnow
 from app.extensions import db
 from app.ledger.errors import IdempotencyConflict, InsufficientBalance, LedgerError, UnbalancedJournal
 from app.ledger.models import Account, Journal, Posting
+from app.rows import run
 
 # Accounts that agents own; created with the agent. Only these keep a cached, non-negative balance.
 AGENT_CACHED_KINDS = ("wallet", "pending", "frozen")
@@ -105,10 +106,13 @@ def _existing(key: str, content_hash: str):
     return journal
 
 
-# Every purchase locks its accounts: the statement is built once (the id list is expanded per call).
+# Every purchase locks its accounts: the statements are built once (the id list is expanded per call; a purchase's
+# one account, the buyer's wallet, has a statement of its own that app.rows.run sends as it is).
 _LOCK_ACCOUNTS = (select(Account.__table__.c.id, Account.__table__.c.balance)
                   .where(Account.__table__.c.id.in_(bindparam("ids", expanding=True)))
                   .order_by(Account.__table__.c.id).with_for_update())
+_LOCK_ACCOUNT = (select(Account.__table__.c.id, Account.__table__.c.balance)
+                 .where(Account.__table__.c.id == bindparam("id", type_=Integer)).with_for_update())
 
 
 def lock_accounts(codes: list[str]) -> dict[str, tuple[int, bool, int]]:
@@ -125,7 +129,8 @@ def lock_accounts(codes: list[str]) -> dict[str, tuple[int, bool, int]]:
     cached_ids = sorted(acc_id for acc_id, cached in found.values() if cached)
     balances: dict[int, int] = {}
     if cached_ids:
-        locked = conn.execute(_LOCK_ACCOUNTS, {"ids": cached_ids}).all()
+        locked = (run(_LOCK_ACCOUNT, {"id": cached_ids[0]}, conn) if len(cached_ids) == 1
+                  else conn.execute(_LOCK_ACCOUNTS, {"ids": cached_ids})).all()
         balances = {row.id: row.balance for row in locked}
     return {code: (acc_id, cached, balances.get(acc_id, 0)) for code, (acc_id, cached) in found.items()}
 
@@ -204,11 +209,11 @@ _POST_JOURNAL = text(
 
 def _post_in_one_statement(conn, key, kind, content_hash, memo, order_id, actor_id, lines, accounts) -> int | None:
     cached = [(accounts[ln.account_code][0], ln.amount) for ln in lines if accounts[ln.account_code][1]]
-    return conn.execute(_POST_JOURNAL, {
+    return run(_POST_JOURNAL, {
         "key": key, "kind": kind, "content_hash": content_hash, "memo": memo, "order_id": order_id,
         "actor_id": actor_id, "now": utcnow(),
         "account_ids": [accounts[ln.account_code][0] for ln in lines], "amounts": [ln.amount for ln in lines],
-        "cached_ids": [c[0] for c in cached], "cached_deltas": [c[1] for c in cached]}).scalar()
+        "cached_ids": [c[0] for c in cached], "cached_deltas": [c[1] for c in cached]}, conn).scalar()
 
 
 def _expire_loaded_balances(account_ids: list[int]) -> None:

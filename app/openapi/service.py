@@ -30,6 +30,7 @@ from app.openapi.keys import create_key, key_secret, revoke_key  # noqa: F401  (
 from app.openapi.models import ApiKey, ApiNonce
 from app.orders import service as orders
 from app.orders.models import Order
+from app.rows import run
 
 OUT_TRADE_NO = re.compile(r"[A-Za-z0-9_\-.:]{1,64}")  # always fullmatch: "$" would admit a trailing newline
 NONCE = re.compile(r"[\x21-\x7e]{16,64}")  # printable ASCII, no spaces
@@ -136,8 +137,7 @@ def _remember_nonce(app_key: str, nonce: str) -> bool:
         from app.extensions import append_engine
 
         with append_engine().connect() as conn:
-            fresh, version = conn.execute(_REMEMBER_NONCE, {"app_key": app_key, "nonce": nonce,
-                                                            "now": utcnow()}).one()
+            fresh, version = run(_REMEMBER_NONCE, {"app_key": app_key, "nonce": nonce, "now": utcnow()}, conn).one()
         cache.observe(version)
         return bool(fresh)
     try:
@@ -264,7 +264,7 @@ _EXISTING = (select(Order.__table__.c.id, Order.__table__.c.request_hash)
 
 def _existing(agent_id: int, out_trade_no: str, digest: str) -> Order | None:
     """The order already placed under this out_trade_no, if any (a plain row probe first: usually there is none)."""
-    found = db.session.connection().execute(_EXISTING, {"agent_id": agent_id, "out_trade_no": out_trade_no}).first()
+    found = run(_EXISTING, {"agent_id": agent_id, "out_trade_no": out_trade_no}).first()
     if found is None:
         return None
     if found.request_hash != digest:

@@ -9,11 +9,12 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import insert, text
+from sqlalchemy import bindparam, insert, text
 
 from app.clock import utcnow
 from app.extensions import db
 from app.risk.models import RiskEvent
+from app.rows import run
 
 log = logging.getLogger(__name__)
 DIMENSIONS = ("ip", "device", "contact", "payment_account", "agent")
@@ -38,11 +39,12 @@ def record(metric: str, keys: dict[str, str | None], amount: int = 0, at: dateti
     if not any(row.values()):
         return
     # Core on the session's connection, one statement built once: a plain INSERT needs none of the ORM's handling
-    db.session.connection().execute(_INSERT_EVENT, {"metric": metric, "amount": int(amount or 0), "at": at, **row})
+    run(_INSERT_EVENT, {"metric": metric, "amount": int(amount or 0), "at": at, **row})
     _redis_record(metric, row, int(amount or 0), at)
 
 
-_INSERT_EVENT = insert(RiskEvent.__table__)
+_INSERT_EVENT = insert(RiskEvent.__table__).values(
+    {name: bindparam(name, type_=RiskEvent.__table__.c[name].type) for name in ("metric", "amount", "at", *DIMENSIONS)})
 
 
 def read(queries: dict[str, Query], keys: dict[str, str | None], now: datetime | None = None) -> dict[str, int]:

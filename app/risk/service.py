@@ -37,6 +37,7 @@ from app.risk.features import COUNTERS, EVENT_DEFAULTS, RULE_FEATURES
 from app.risk.identity import digest, mask
 from app.risk.models import RiskDecision, RiskListEntry, RiskRuleVersion
 from app.risk.rules import fired_rules, rank, rules_outcome, strongest
+from app.rows import run
 
 
 class RiskBlocked(KamengError):
@@ -330,9 +331,9 @@ def _store(event: RiskInput, decision: Decision, versions: dict, latency_us: int
         # pool inserts the decision and its chain record together (hash-chained with it, never without): one
         # round trip.
         with append_engine().connect() as conn:
-            return conn.execute(_STORE_WITH_CHAIN, {
+            return run(_STORE_WITH_CHAIN, {
                 **row, "chain_kind": chain.RISK_DECISION, "chain_digest": chain.content_digest(chain.risk_content(row)),
-                "chain_at": utcnow()}).scalar_one()
+                "chain_at": utcnow()}, conn).scalar_one()
     # SQLite (one writer): in the caller's session; a block is committed now (the caller writes nothing and
     # rolls back), so the refused request still leaves its decision.
     decision_id = db.session.execute(insert(RiskDecision).values(**row).returning(RiskDecision.id)).scalar()

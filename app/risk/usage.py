@@ -23,6 +23,7 @@ from app.clock import to_local, utcnow
 from app.extensions import db
 from app.risk.identity import digest
 from app.risk.models import RiskDayRelease, RiskDayUsage
+from app.rows import run
 
 UNCOUNTED_STATUSES = ("closed", "failed", "refunded")
 KEEP_DAYS = 3  # a limit reads today only; a refund of an older order has nothing left to give back
@@ -33,9 +34,9 @@ def business_day(at: datetime) -> date:
 
 
 @cache
-def _reserve_sql(rows: int) -> str:
+def _reserve_statement(rows: int):
     values = ", ".join(f"(:d{i}, :k{i}, :day, :amount)" for i in range(rows))
-    return ("INSERT INTO risk_day_usage (dimension, key, day, amount) VALUES " + values
+    return text("INSERT INTO risk_day_usage (dimension, key, day, amount) VALUES " + values
             + " ON CONFLICT (dimension, key, day) DO UPDATE SET amount = risk_day_usage.amount + EXCLUDED.amount"
             " RETURNING dimension, amount - coalesce((SELECT sum(r.amount) FROM risk_day_release r"
             " WHERE r.dimension = risk_day_usage.dimension AND r.key = risk_day_usage.key"
@@ -51,7 +52,7 @@ def reserve(identifiers: list[tuple[str, str]], at: datetime, amount: int) -> di
     params: dict[str, object] = {"day": business_day(at), "amount": int(amount)}
     for i, (dimension, key) in enumerate(identifiers):
         params[f"d{i}"], params[f"k{i}"] = dimension, key
-    rows = db.session.execute(text(_reserve_sql(len(identifiers))), params).all()
+    rows = run(_reserve_statement(len(identifiers)), params).all()
     return {dimension: int(total) - int(amount) for dimension, total in rows}
 
 
