@@ -29,7 +29,7 @@ def create_app(overrides: dict | None = None) -> Flask:
                                             "adapters may reach loopback and private addresses (app/outbound.py)")
 
     from app import models  # noqa: F401  (every table registered before FAB and Alembic look)
-    from app.extensions import csrf, db, migrate, ping_idle_connections
+    from app.extensions import csrf, db, keep_prepared_statements, migrate, ping_idle_connections
     from app.ops.outage import engine_options
 
     engine_options(app.config)  # recycle, connect timeout: the pool survives a database restart
@@ -37,6 +37,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     with app.app_context():
         if db.engine.dialect.name == "postgresql":
             ping_idle_connections(db.engine)
+            keep_prepared_statements(db.engine)
     csrf.init_app(app)
     migrate.init_app(app, db, directory=str(app.root_path + "/../migrations"))
 

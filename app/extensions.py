@@ -32,6 +32,7 @@ def append_engine():
         engine = create_engine(url, pool_size=2, max_overflow=20, pool_recycle=300, isolation_level="AUTOCOMMIT",
                                connect_args={"connect_timeout": 5})
         ping_idle_connections(engine)
+        keep_prepared_statements(engine)
 
         @event.listens_for(engine, "connect")
         def _asynchronous_commit(dbapi_connection, _record) -> None:
@@ -40,6 +41,34 @@ def append_engine():
 
         engines[url] = engine
     return engines[url]
+
+
+def keep_prepared_statements(engine) -> None:
+    """Roll back without making psycopg forget the statements it prepared on that connection (PostgreSQL).
+
+    psycopg prepares a statement on a connection after 5 runs (the server parses and plans it once), but its
+    `rollback()` drops every prepared statement of the connection and sends DEALLOCATE ALL, in case the rollback
+    undid a table a statement refers to. Every request that ends without a commit (a read: a lookup, a balance, an
+    order query) rolls back, so on a worker serving reads and writes in turn no statement stayed prepared: each was
+    parsed and planned again, and a DEALLOCATE ALL round trip came on top. The app changes no schema inside a
+    request's transaction (migrations run in their own process), so the rollback here sends the same ROLLBACK and
+    keeps the cache; anything unusual (a pipeline, psycopg's own transaction blocks) takes psycopg's rollback."""
+    import psycopg
+    from psycopg.pq import TransactionStatus
+
+    plain = engine.dialect.do_rollback
+    open_states = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
+
+    def do_rollback(dbapi_connection) -> None:
+        conn = getattr(dbapi_connection, "driver_connection", dbapi_connection)
+        if (not isinstance(conn, psycopg.Connection) or conn.info.transaction_status not in open_states
+                or conn._pipeline or conn._num_transactions or conn._tpc):
+            plain(dbapi_connection)
+            return
+        with conn.lock:
+            conn.wait(conn._exec_command(b"ROLLBACK"))
+
+    engine.dialect.do_rollback = do_rollback
 
 
 def ping_idle_connections(engine, idle_seconds: float = 1.0) -> None:

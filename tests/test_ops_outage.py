@@ -291,6 +291,34 @@ def test_a_worker_registers_again_after_redis_lost_it(app, redis_url):
 
 # --- pings ------------------------------------------------------------------------------------------------------
 
+def test_a_rollback_keeps_the_statements_the_connection_prepared(app):
+    """Requests that only read end in a rollback. psycopg's own rollback drops every statement it prepared on the
+    connection (DEALLOCATE ALL), so on a worker serving reads and writes in turn nothing stayed prepared; the app's
+    rollback keeps them. It still undoes what the transaction wrote, and ends an aborted transaction."""
+    from sqlalchemy.exc import DBAPIError
+
+    from app.extensions import db
+
+    name = f"prep-{uuid.uuid4().hex[:12]}"
+    count = "SELECT count(*) FROM category WHERE name = %(name)s"
+    prepared = "SELECT count(*) FROM pg_prepared_statements"
+    with db.engine.connect() as conn:
+        for _ in range(6):  # psycopg prepares a statement on its sixth run
+            conn.exec_driver_sql(count, {"name": name})
+        conn.exec_driver_sql("INSERT INTO category (name, sort_order, active) VALUES (%(name)s, 0, true)",
+                             {"name": name})
+        before = conn.exec_driver_sql(prepared).scalar()
+        assert before >= 1
+        conn.rollback()
+        assert conn.exec_driver_sql(count, {"name": name}).scalar() == 0  # the insert is undone
+        assert conn.exec_driver_sql(prepared).scalar() >= before  # and the server still holds the statements
+        with pytest.raises(DBAPIError):
+            conn.exec_driver_sql("SELECT 1 / 0")
+        conn.rollback()
+        assert conn.exec_driver_sql("SELECT 1").scalar() == 1
+        conn.rollback()
+
+
 def test_a_pooled_connection_is_pinged_only_after_sitting_idle(app, monkeypatch):
     """A connection used a moment ago is handed out without a ping (a ping on every checkout is a round trip on
     every request); one idle for a second is pinged first, so one a database restart killed is replaced."""

@@ -106,7 +106,7 @@ def test_run_raises_sqlalchemy_errors_and_the_session_goes_on(app):
 
 @pytest.mark.parametrize("app", ["postgresql"], indirect=True)
 def test_run_statements_are_seen_by_execution_listeners(app):
-    """A listener on the engine (statement counters in tests, instrumentation) sees them: run() takes SQLAlchemy's way."""
+    """A listener on the engine sees them: run() goes SQLAlchemy's way."""
     seen = []
 
     def record(conn, cursor, statement, *args):
