@@ -24,7 +24,7 @@ from datetime import timedelta
 
 from flask import current_app
 from flask_babel import gettext as _
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from app import states
 from app.audit import service as audit
@@ -60,12 +60,15 @@ def register(order_id: int, email: str | None, contact: str | None, locale: str,
 
 def queue_for_delivery(order_id: int) -> None:
     """The order is being delivered (the caller's transaction): its waiting notices leave after the commit."""
-    table = DeliveryNotice.__table__
     now = utcnow()
-    rows = states.move_all(NOTICE_STATES, "waiting", "queued", table.c.order_id == order_id, returning=("id",),
-                           next_attempt_at=now, updated_at=now)
+    rows = states.move_all(NOTICE_STATES, "waiting", "queued", _NOTICES_OF_ORDER, shape="notices_of_order",
+                           params={"notice_order": order_id}, returning=("id",), next_attempt_at=now, updated_at=now)
     for (notice_id,) in rows:
         _schedule(notice_id, 0)
+
+
+# Every storefront delivery asks (a built statement: states.move_all's shape)
+_NOTICES_OF_ORDER = DeliveryNotice.__table__.c.order_id == bindparam("notice_order")
 
 
 def _schedule(notice_id: int, round_no: int) -> None:

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from flask import current_app
 from flask_babel import gettext
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import bindparam, delete, func, insert, select, text, update
 
 from app import crypto, states
 from app.audit import service as audit
@@ -235,9 +235,14 @@ def _count_failed_payment(order_no: str) -> None:
 def mark_channel_order_paid(code: str, number: str) -> None:
     # Usually open; a closed one (paid after it expired) is looked for only when no open one moved.
     for current in ("open", "closed"):
-        if states.move_all(CHANNEL_ORDER_STATES, current, "paid", ChannelOrder.channel == code,
-                           ChannelOrder.out_trade_no == number):
+        if states.move_all(CHANNEL_ORDER_STATES, current, "paid", *_CHANNEL_ORDER_IS, shape="channel_order",
+                           params={"co_channel": code, "co_number": number}):
             return
+
+
+# Every notification's move of its channel order: the statement is built once (states.move_all's shape)
+_CHANNEL_ORDER_IS = (ChannelOrder.channel == bindparam("co_channel"),
+                     ChannelOrder.out_trade_no == bindparam("co_number"))
 
 
 def record_payment(code: str, note: Notification, confirmed_by: int | None, *, order_id: int | None = None,
@@ -353,9 +358,9 @@ def _log(code, order_no, trade_no, amount, outcome, detail, remote_addr) -> str:
     if amount is not None and not -2 ** 63 <= amount < 2 ** 63:  # a signed but absurd amount: not storable
         amount = None
     order_no, trade_no, detail = (_printable(v) for v in (order_no, trade_no, detail))
-    db.session.add(PaymentNotification(channel=code, order_no=(order_no or "")[:40] or None,
-                                       trade_no=(trade_no or "")[:64] or None, amount=amount, outcome=outcome,
-                                       detail=(detail or None) and detail[:255], remote_addr=remote_addr))
+    insert_loaded(PaymentNotification(channel=code, order_no=(order_no or "")[:40] or None,
+                                      trade_no=(trade_no or "")[:64] or None, amount=amount, outcome=outcome,
+                                      detail=(detail or None) and detail[:255], remote_addr=remote_addr))
     db.session.commit()
     return outcome
 
