@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from sqlalchemy import bindparam, event, func, select, update
+from sqlalchemy import bindparam, create_engine, event, func, select, update
 from sqlalchemy.exc import IntegrityError, NoResultFound
 
 from app.catalog.models import Category
@@ -86,11 +86,16 @@ def test_run_answers_as_sqlalchemy_does(app):
 
 @pytest.mark.parametrize("app", ["postgresql"], indirect=True)
 def test_run_sends_a_built_statement_through_the_driver_on_postgresql(app):
-    """The fast path is the one taken (a plan is compiled); what needs SQLAlchemy at execution is not sent so."""
-    conn = db.session.connection()
-    assert _plan(_BY_NAME, conn) is not None and _plan(_RENAME, conn) is not None
-    assert _plan(_IN_LIST, conn) is None  # an expanding IN list is rendered per call
-    db.session.rollback()
+    """The fast path is the one taken (a plan is compiled); what needs SQLAlchemy at execution is not sent so.
+    An engine of its own: SQLAlchemy keeps an engine marked as listened to once any test listened to it."""
+    engine = create_engine(db.engine.url)
+    try:
+        with engine.connect() as conn:
+            assert _plan(_BY_NAME, conn) is not None and _plan(_RENAME, conn) is not None
+            assert _plan(_IN_LIST, conn) is None  # an expanding IN list is rendered per call
+            assert run(_BY_NAME, {"name": "nobody"}, conn).first() is None
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.parametrize("app", ["postgresql", "sqlite"], indirect=True)

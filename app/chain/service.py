@@ -60,7 +60,7 @@ from app.errors import ValidationError
 from app.extensions import db
 from app.orders.models import Order
 from app.risk.models import RiskDecision
-from app.rows import dialect_insert
+from app.rows import dialect_insert, run
 
 DELIVERY, AUDIT, RISK_DECISION = "delivery", "audit", "risk_decision"
 GENESIS = "0" * 64
@@ -368,13 +368,17 @@ def seal(wait: bool = True, batch: int = SEAL_BATCH) -> int:
 
 def delivery_hash(order_no: str) -> str | None:
     """The record hash of an order's delivery (sealing first when it is still waiting; that commits), or None."""
-    query = select(ChainRecord.seq, ChainRecord.hash).where(ChainRecord.kind == DELIVERY,
-                                                            ChainRecord.source_key == order_no)
-    row = db.session.execute(query).first()
+    row = run(_DELIVERY_RECORD, {"order_no": order_no}).first()
     if row is not None and row.seq is None:
         seal()
-        row = db.session.execute(query).first()
+        row = run(_DELIVERY_RECORD, {"order_no": order_no}).first()
     return row.hash if row is not None else None
+
+
+# Every storefront lookup of a delivered order asks: built once (app.rows.run)
+_DELIVERY_RECORD = (select(ChainRecord.__table__.c.seq, ChainRecord.__table__.c.hash)
+                    .where(ChainRecord.__table__.c.kind == DELIVERY,
+                           ChainRecord.__table__.c.source_key == bindparam("order_no")))
 
 
 def clean_hash(value: object) -> str:
