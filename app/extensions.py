@@ -48,7 +48,7 @@ def keep_prepared_statements(engine) -> None:
 
     psycopg prepares a statement on a connection after 5 runs (the server parses and plans it once), but its
     `rollback()` drops every prepared statement of the connection and sends DEALLOCATE ALL, in case the rollback
-    undid a table a statement refers to. Every request that ends without a commit (a read: a lookup, a balance, an
+    undid a table a statement refers to. Every request that ends without a commit (a read: a balance, a product list, an
     order query) rolls back, so on a worker serving reads and writes in turn no statement stayed prepared: each was
     parsed and planned again, and a DEALLOCATE ALL round trip came on top. The app changes no schema inside a
     request's transaction (migrations run in their own process), so the rollback here sends the same ROLLBACK and
