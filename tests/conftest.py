@@ -19,6 +19,22 @@ from sqlalchemy import text
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("KAMENG_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/kameng_test")
 REDIS_URL = os.environ.get("KAMENG_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def _per_worker(pg_url: str, redis_url: str, worker: str | None) -> tuple[str, str]:
+    """Under pytest-xdist (`-n N`, worker "gwK") each worker has a database and a Redis database of its own: the
+    database's name gets "_gwK", the Redis database number goes down by K (15, 14, ...). Alone, both as given."""
+    if not worker:
+        return pg_url, redis_url
+    k = int(worker.removeprefix("gw"))
+    base, _, query = pg_url.partition("?")
+    redis_base, _, number = redis_url.rpartition("/")
+    if not number.isdigit() or int(number) < k:
+        raise RuntimeError(f"KAMENG_TEST_REDIS_URL must end in a database number of at least {k}: {redis_url}")
+    return f"{base}_{worker}" + (f"?{query}" if query else ""), f"{redis_base}/{int(number) - k}"
+
+
+PG_URL, REDIS_URL = _per_worker(PG_URL, REDIS_URL, os.environ.get("PYTEST_XDIST_WORKER"))
 # Simulators and receivers listen on 127.0.0.1, also for outbound calls made outside an app context (config.py reads
 # this at import); tests/test_outbound.py turns it off in the app's config to test the fence.
 os.environ.setdefault("OUTBOUND_ALLOW_PRIVATE", "true")

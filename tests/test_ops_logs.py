@@ -97,7 +97,7 @@ def test_the_callback_quotes_the_request_id(app, client, f):
         receiver.stop()
 
 
-def test_log_format_is_json_outside_development_and_checked():
+def test_log_format_is_json_outside_development_and_checked(app):  # an app has installed the handler
     from app.ops.logs import configure_from
 
     root = logging.getLogger()
