@@ -25,22 +25,25 @@ def append_engine():
     from sqlalchemy import create_engine, event
 
     engines = current_app.extensions.setdefault("kameng_append_engines", {})
-    url = db.engine.url
-    if url not in engines:
-        # Pinged only after sitting idle, as the request pool (app.ops.outage.ping_idle_connections): no round
-        # trip per purchase, and a connection a restart killed is replaced before use.
-        engine = create_engine(url, pool_size=2, max_overflow=20, pool_recycle=300, isolation_level="AUTOCOMMIT",
-                               connect_args={"connect_timeout": 5})
-        ping_idle_connections(engine)
-        keep_prepared_statements(engine)
+    request_engine = db.engine
+    found = engines.get(request_engine)  # keyed by the engine itself: hashing its URL costs more than the lookup
+    if found is not None:
+        return found
+    url = request_engine.url
+    # Pinged only after sitting idle, as the request pool (app.ops.outage.ping_idle_connections): no round
+    # trip per purchase, and a connection a restart killed is replaced before use.
+    engine = create_engine(url, pool_size=2, max_overflow=20, pool_recycle=300, isolation_level="AUTOCOMMIT",
+                           connect_args={"connect_timeout": 5})
+    ping_idle_connections(engine)
+    keep_prepared_statements(engine)
 
-        @event.listens_for(engine, "connect")
-        def _asynchronous_commit(dbapi_connection, _record) -> None:
-            with dbapi_connection.cursor() as cursor:
-                cursor.execute("SET synchronous_commit TO OFF")
+    @event.listens_for(engine, "connect")
+    def _asynchronous_commit(dbapi_connection, _record) -> None:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SET synchronous_commit TO OFF")
 
-        engines[url] = engine
-    return engines[url]
+    engines[request_engine] = engine
+    return engine
 
 
 def keep_prepared_statements(engine) -> None:
