@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 
 from flask import current_app, has_app_context
 from flask_babel import gettext, lazy_gettext
-from sqlalchemy import select
+from sqlalchemy import bindparam, func, select
 
 from app import states
 from app.agents.models import Agent
@@ -34,6 +34,7 @@ from app.orders.models import Order
 from app.payments import coupons
 from app.payments import service as payments
 from app.payments.models import DISPUTE_STATES, Coupon, Dispute
+from app.rows import run
 
 HELD = "platform:disputes_held"
 DEFAULT_RESPONSE_MINUTES = 30
@@ -206,7 +207,15 @@ def open_queue(now: datetime | None = None, limit: int = 500) -> list[QueueRow]:
 
 
 def for_order(order_id: int) -> Dispute | None:
-    return db.session.scalar(select(Dispute).where(Dispute.order_id == order_id).order_by(Dispute.id.desc()))
+    """The order's latest dispute, or None. Every storefront lookup asks and nearly every order has none: a plain
+    probe by the driver (app.rows.run) first, the entity only when there is one."""
+    db.session.flush()  # a dispute pending in this session is found, as the ORM's autoflush would find it
+    dispute_id = run(_LATEST_DISPUTE, {"order_id": order_id}).scalar()
+    return db.session.get(Dispute, dispute_id) if dispute_id is not None else None
+
+
+_LATEST_DISPUTE = (select(func.max(Dispute.__table__.c.id))
+                   .where(Dispute.__table__.c.order_id == bindparam("order_id")))
 
 
 def public_view(dispute: Dispute | None) -> dict | None:

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
 from flask_babel import gettext as _
-from sqlalchemy import exists, or_, select
+from sqlalchemy import bindparam, exists, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from app.audit import service as audit
@@ -34,6 +34,7 @@ from app.money import format_fen
 from app.orders.models import ORDER_STATUSES, Order
 from app.payments import coupons
 from app.payments.models import Coupon
+from app.rows import run
 from app.suppliers.models import RechargeAttempt
 from app.support.models import CompensationBatch, CompensationOrder
 
@@ -258,9 +259,15 @@ def issue(c: Criteria, amount: int, reason: str, valid_days: int, key: str, expe
 
 def coupons_for_order(order_id: int) -> list[dict]:
     """The compensation coupon an order's buyer got for it (the storefront lookup shows it after the password)."""
-    rows = db.session.scalars(select(Coupon).join(CompensationOrder, CompensationOrder.coupon_id == Coupon.id)
-                              .where(CompensationOrder.order_id == order_id))
-    return [_public(c) for c in rows]
+    # Every storefront lookup asks and nearly every order has none: a plain probe by the driver first (an order is
+    # compensated at most once: compensation_order.order_id is unique), the coupon only when there is one.
+    db.session.flush()  # a compensation pending in this session is found, as the ORM's autoflush would find it
+    coupon_id = run(_COMPENSATION_COUPON, {"order_id": order_id}).scalar()
+    return [_public(db.session.get(Coupon, coupon_id))] if coupon_id is not None else []
+
+
+_COMPENSATION_COUPON = (select(CompensationOrder.__table__.c.coupon_id)
+                        .where(CompensationOrder.__table__.c.order_id == bindparam("order_id")))
 
 
 def open_coupons_for_agent(agent_id: int, now: datetime | None = None) -> list[dict]:
