@@ -2,7 +2,9 @@
 built once per shape and puts the object in the session as a loaded row (the ORM's flush of a single object costs
 several times the statement). Objects written so are forgotten by a rollback, as the ORM's own inserts are.
 `commit_keeping(obj)` commits without expiring what the caller just wrote (no read back on its next use).
-`run(statement, params)` executes one of a hot path's long-lived statements through the driver (see there)."""
+`run(statement, params)` executes one of a hot path's long-lived statements through the driver (see there);
+`entity_columns(Model)` and `attach_loaded(Model, row)` read a whole entity that way and attach it as the ORM's query
+would."""
 from __future__ import annotations
 
 from collections import namedtuple
@@ -11,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, event
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, make_transient, make_transient_to_detached
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.attributes import instance_dict, set_committed_value
 
 from app.extensions import db
 
@@ -85,6 +88,39 @@ def commit_keeping(*objs: object) -> None:
             set_committed_value(obj, name, value)
 
 
+def entity_columns(model) -> list:
+    """Every column of `model`'s table, in the order attach_loaded() reads them: put them first in a statement whose
+    rows attach_loaded() turns into entities. (The table's, not the mapper's: a module builds its statements at
+    import, before every mapper can be configured.)"""
+    return list(model.__table__.columns)
+
+
+_ATTRIBUTE_KEYS: dict[type, list[str]] = {}
+
+
+def attach_loaded(model: type[T], row: Sequence) -> T:
+    """The entity of `row` (a run() row whose first values are entity_columns(model)), in the session as a loaded
+    row, as the ORM's query would put it there: the one the session already holds for that key when there is one
+    (the ORM keeps that one too, and does not overwrite what it holds). Built without its constructor, so no
+    attribute event fires (the row is what the database holds, blind indexes included)."""
+    mapper = sa_inspect(model)
+    keys = _ATTRIBUTE_KEYS.get(model)
+    if keys is None:
+        keys = _ATTRIBUTE_KEYS[model] = [mapper.get_property_by_column(c).key for c in entity_columns(model)]
+    values = dict(zip(keys, row, strict=False))
+    session = db.session()
+    identity = mapper.identity_key_from_primary_key([values[mapper.get_property_by_column(c).key]
+                                                     for c in mapper.primary_key])
+    held = session.identity_map.get(identity)
+    if held is not None:
+        return held
+    obj = mapper.class_manager.new_instance()
+    instance_dict(obj).update(values)
+    make_transient_to_detached(obj)  # its key from the values, every one of them committed: nothing to flush
+    session.add(obj)
+    return obj
+
+
 def _remember(session: Session, obj: object) -> None:
     """Note the (sub)transaction `obj` was written in; what earlier, finished transactions wrote is dropped."""
     here = session.get_nested_transaction() or session.get_transaction()
@@ -139,9 +175,10 @@ def run(statement, params: dict[str, Any], connection=None):
     On PostgreSQL the statement is compiled once and its SQL sent through the driver's cursor: SQLAlchemy's cache key,
     execution context and result object cost about 0.15 ms of CPU per statement here, as much again as the
     driver's own work, on ten statements a purchase. Errors come back as SQLAlchemy's exceptions (a lost connection
-    invalidates it, as any statement's would). A statement whose compiled form needs SQLAlchemy at execution
-    (Python-side column defaults, expanding IN lists, result type processing), any other database, or an engine with
-    execution listeners (they see every statement) runs the ordinary way."""
+    invalidates it, as any statement's would); result columns whose type processes values (an encrypted column) are
+    processed as SQLAlchemy's result would. A statement whose compiled form needs SQLAlchemy at execution
+    (Python-side column defaults, expanding IN lists), any other database, or an engine with execution listeners
+    (they see every statement) runs the ordinary way."""
     conn = connection if connection is not None else db.session.connection()
     plan = _plan(statement, conn)
     if plan is None:
@@ -154,6 +191,7 @@ class _Plan:
     sql: str
     fixed: dict[str, Any]  # the statement's own bound values (literals compiled as parameters)
     processors: dict[str, Any]  # the dialect's bind processors (arrays), by parameter name
+    results: tuple | None = None  # per result column, its type's result processor or None (None: no column has one)
     row_class: Any = field(default=None)  # a named tuple of the result's columns, made on the first answer
 
     def run(self, conn, params: dict[str, Any]):
@@ -170,7 +208,11 @@ class _Plan:
             if self.row_class is None:
                 self.row_class = namedtuple("Row", [c.name for c in cursor.description], rename=True)
             make = self.row_class._make
-            return _Answer([make(r) for r in cursor.fetchall()], cursor.rowcount)
+            if self.results is None:
+                return _Answer([make(r) for r in cursor.fetchall()], cursor.rowcount)
+            steps = self.results  # decrypting an encrypted column, as SQLAlchemy's result would
+            return _Answer([make([v if f is None or v is None else f(v) for f, v in zip(steps, r, strict=True)])
+                            for r in cursor.fetchall()], cursor.rowcount)
         except Exception as exc:  # noqa: BLE001 - wrapped (and the connection invalidated if lost) as SQLAlchemy does
             conn._handle_dbapi_exception(exc, self.sql, values, cursor, None)
         finally:
@@ -195,15 +237,15 @@ def _compile(statement, dialect) -> _Plan | None:
     compiled = statement.compile(dialect=dialect)
     if (getattr(compiled, "insert_prefetch", None) or getattr(compiled, "update_prefetch", None)
             or "POSTCOMPILE" in compiled.string or any(
-                bind.callable is not None or bind.expanding for bind in compiled.bind_names)
-            or any(column[3]._cached_result_processor(dialect, None) is not None
-                   for column in compiled._result_columns)):
+                bind.callable is not None or bind.expanding for bind in compiled.bind_names)):
         return None
+    results = tuple(column[3]._cached_result_processor(dialect, None) for column in compiled._result_columns)
     names = compiled.escaped_bind_names
     fixed = {names.get(name, name): bind.value for bind, name in compiled.bind_names.items() if not bind.required}
     if any(names.get(n, n) != n for n in compiled.bind_names.values()):
         return None  # parameter names the driver sees differ from the caller's: keep SQLAlchemy's mapping
-    return _Plan(compiled.string, fixed, dict(compiled._bind_processors))
+    return _Plan(compiled.string, fixed, dict(compiled._bind_processors),
+                 results if any(f is not None for f in results) else None)
 
 
 class _Answer:

@@ -10,7 +10,9 @@ from sqlalchemy.exc import IntegrityError, NoResultFound
 
 from app.catalog.models import Category
 from app.extensions import db
-from app.rows import _plan, commit_keeping, dialect_insert, insert_loaded, run
+from app.orders.models import Order
+from app.rows import _plan, attach_loaded, commit_keeping, dialect_insert, entity_columns, insert_loaded, run
+from tests import payments_helpers as ph
 
 
 def _category() -> Category:
@@ -124,3 +126,31 @@ def test_run_statements_are_seen_by_execution_listeners(app):
         event.remove(db.engine, "before_cursor_execute", record)
     assert any("FROM category" in s for s in seen)
     db.session.rollback()
+
+
+# --- attach_loaded(): a whole entity read through run() -----------------------------------------------------------
+
+_ORDER_BY_NO = select(*entity_columns(Order)).where(Order.__table__.c.order_no == bindparam("order_no"))
+
+
+@pytest.mark.parametrize("app", ["postgresql", "sqlite"], indirect=True)
+def test_an_entity_read_through_run_is_the_one_the_orm_would_load(app, f):
+    """Every attribute as the ORM loads it (the encrypted contact decrypted, as SQLAlchemy's result does), nothing
+    to flush, the entity the session already holds when it holds one, and expired by a commit like any other."""
+    ph.setup_sandbox()
+    order = ph.guest_order(f.product(), "sandbox", contact="138 0013 8000")
+    db.session.commit()
+    order_no = order.order_no
+    db.session.expunge_all()
+    by_orm = db.session.scalar(select(Order).where(Order.order_no == order_no))
+    expected = {c.key: getattr(by_orm, c.key) for c in Order.__table__.columns}
+    assert attach_loaded(Order, run(_ORDER_BY_NO, {"order_no": order_no}).first()) is by_orm  # the session's own
+    db.session.expunge_all()
+    attached = attach_loaded(Order, run(_ORDER_BY_NO, {"order_no": order_no}).first())
+    assert {c.key: getattr(attached, c.key) for c in Order.__table__.columns} == expected
+    assert attached.contact == "138 0013 8000" and attached.contact_hash == expected["contact_hash"]
+    assert attached in db.session and not db.session.new and not db.session.dirty
+    assert db.session.get(Order, attached.id) is attached
+    db.session.commit()
+    assert "status" not in attached.__dict__  # expired by the commit: its next use reads the row again
+    assert attached.status == expected["status"] and attached.product.id == expected["product_id"]  # relationships load

@@ -61,7 +61,7 @@ from app.payments.models import (
     PaymentNotification,
     Refund,
 )
-from app.rows import commit_keeping, insert_loaded, run
+from app.rows import attach_loaded, commit_keeping, entity_columns, insert_loaded, run
 
 log = logging.getLogger(__name__)
 LOOKUP_SALT = "kameng-order-lookup"
@@ -202,7 +202,9 @@ def apply_payment(code: str, note: Notification, remote_addr: str | None = None,
     if not note.succeeded:
         _count_failed_payment(note.order_no)
         return _log(code, note.order_no, note.trade_no, note.amount, "not_paid", "status is not success", remote_addr)
-    order = db.session.scalar(select(Order).where(Order.order_no == note.order_no).with_for_update())
+    db.session.flush()  # what the ORM's query would autoflush (run() does not)
+    row = run(_ORDER_TO_PAY, {"order_no": note.order_no}).first()
+    order = attach_loaded(Order, row) if row is not None else None
     if order is None:
         return _log(code, note.order_no, note.trade_no, note.amount, "unknown_order", detail, remote_addr)
     if order.channel != code or note.currency != "CNY" or note.amount != order.amount:
@@ -220,6 +222,11 @@ def apply_payment(code: str, note: Notification, remote_addr: str | None = None,
     outcome = _settle(order, payment, payment_account_of(code, note.raw))
     # The log row commits with the payment: one transaction, and nothing is answered before it commits.
     return _log(code, note.order_no, note.trade_no, note.amount, outcome, detail, remote_addr)
+
+
+# Every payment notification locks its order: the whole entity through the driver (app.rows.attach_loaded)
+_ORDER_TO_PAY = (select(*entity_columns(Order)).where(Order.__table__.c.order_no == bindparam("order_no"))
+                 .with_for_update())
 
 
 def _count_failed_payment(order_no: str) -> None:
@@ -612,21 +619,17 @@ def lookup(order_no, query_password) -> Order:
         raise NotFound(gettext("订单不存在或密码错误"))
     order_no = order_no.strip()[:40]
     limit, window = _lookup_budget()
-    # The order and, in the same statement, its wrong tries inside the window.
-    recent_wrong = (select(func.count()).select_from(LookupAttempt)
-                    .where(LookupAttempt.order_no == order_no, LookupAttempt.created_at > utcnow() - window)
-                    .scalar_subquery())
-    row = db.session.execute(select(Order, OrderCheckout.query_password_hash, recent_wrong)
-                             .join(OrderCheckout, OrderCheckout.order_id == Order.id)
-                             .where(Order.order_no == order_no)).first()
-    if row is not None and row[2] >= limit:
+    db.session.flush()  # what the ORM's query would autoflush (run() does not)
+    row = run(_LOOKUP, {"order_no": order_no, "since": utcnow() - window}).first()
+    if row is not None and row.recent_wrong >= limit:
         # Spent: 429 before any password is checked, the way a wrong try of an unknown number finds it (below).
         with db.engine.begin() as conn:
             _check_lookup_budget(conn, order_no)
     # Hash even when the order is unknown, so timing does not tell the two apart.
-    stored = row[1] if row else crypto.hash_order_password("not-a-real-password-for-timing")
+    stored = row.query_password_hash if row else crypto.hash_order_password("not-a-real-password-for-timing")
     if row is not None and crypto.check_order_password(stored, query_password):
-        return row[0]  # a right password writes nothing, so it takes no lock (the budget was judged above)
+        # A right password writes nothing, so it takes no lock (the budget was judged above).
+        return attach_loaded(Order, row)
     # A wrong try is counted and recorded under one lock per order number, on a connection of its own (the record
     # stays whatever the caller's transaction does), taken after the session's (never the other way round):
     # parallel guesses wait for each other and cannot all slip under the limit.
@@ -634,6 +637,16 @@ def lookup(order_no, query_password) -> Order:
         now = _check_lookup_budget(conn, order_no)
         conn.execute(insert(LookupAttempt).values(order_no=order_no, created_at=now))
     raise NotFound(gettext("订单不存在或密码错误"))
+
+
+# Every storefront lookup: the order (a whole entity, app.rows.attach_loaded), its password's hash and, in the same
+# statement, its wrong tries inside the window. Built once (app.rows.run).
+_LOOKUP = (select(*entity_columns(Order), OrderCheckout.query_password_hash,
+                  select(func.count()).select_from(LookupAttempt)
+                  .where(LookupAttempt.order_no == bindparam("order_no"), LookupAttempt.created_at > bindparam("since"))
+                  .scalar_subquery().label("recent_wrong"))
+           .join(OrderCheckout, OrderCheckout.order_id == Order.id)
+           .where(Order.order_no == bindparam("order_no")))
 
 
 def _lookup_budget() -> tuple[int, timedelta]:
