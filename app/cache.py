@@ -28,6 +28,7 @@ from sqlalchemy import BigInteger, Column, Integer, event, text
 from sqlalchemy.orm import Session
 
 from app.extensions import db
+from app.rows import run
 
 T = TypeVar("T")
 MAX_ENTRIES = 50_000  # far above a catalogue's products × tiers; past it, start over rather than grow
@@ -87,7 +88,7 @@ def observe(version: int | None) -> None:
 def _unit_version(store: _Store) -> int | None:
     version = g.get("kameng_cache_version", MISSING)
     if version is MISSING:
-        version = db.session.connection().execute(_VERSION_SQL).scalar()
+        version = run(_VERSION_SQL, {}).scalar()  # through the driver (app.rows.run): every request's first read
         store.observe(version)
         g.kameng_cache_version = version
     return version
