@@ -22,6 +22,8 @@ import time
 from flask import Flask, Response, current_app, request
 from flask_login import current_user
 
+from app.machines import sessionless
+
 # The public pages that show an order's card secrets to whoever holds the order password or a signed link.
 PUBLIC_SECRET_PATHS = ("/shop/lookup", "/shop/dispute", "/shop/order/", "/shop/api/", "/open/", "/pay/status/")
 DOWNLOAD_TYPES = {"text/csv", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
@@ -68,7 +70,7 @@ def needs_no_store(response: Response) -> bool:
         return True
     if request.path.startswith(PUBLIC_SECRET_PATHS):
         return True
-    if mimetype.startswith(STATIC_TYPES):
+    if mimetype.startswith(STATIC_TYPES) or sessionless(request.path):  # a program's plain answer ("success")
         return False
     return bool(current_user and current_user.is_authenticated)
 
