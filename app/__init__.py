@@ -143,8 +143,10 @@ def _may_update_perms(app: Flask) -> bool:
 def _machines_choose_their_language(app: Flask) -> None:
     """The Open API is signed, not signed in: its callers' Accept-Language picks the language of its messages
     (Chinese by default; `en` for English), never a session. Everyone else keeps FAB's choice (the session's, set
-    by /lang/<code>)."""
-    from flask import has_request_context, request
+    by /lang/<code>); a storefront API call that has none gets the default without a session being started."""
+    from flask import has_request_context, request, session
+
+    from app.machines import userless
 
     babel = app.extensions["babel"]
     fab_selector = babel.locale_selector
@@ -153,6 +155,10 @@ def _machines_choose_their_language(app: Flask) -> None:
         if has_request_context() and request.path.startswith("/open/"):
             return (request.accept_languages.best_match(list(app.config["LANGUAGES"]))
                     or app.config["BABEL_DEFAULT_LOCALE"])
+        if has_request_context() and "locale" not in session and userless(request.path):
+            # A storefront API call without a chosen language (a mini-program, a first call): the default, without
+            # FAB writing it into a new session (a signed cookie on every cookieless call).
+            return app.config["BABEL_DEFAULT_LOCALE"]
         return fab_selector()
 
     babel.locale_selector = select_locale

@@ -63,3 +63,19 @@ def test_the_storefront_api_skips_the_staff_sign_in_checks_but_not_the_pages(app
     assert client.get("/shop/api/products").status_code == 200
     r = client.get("/orders/list/")
     assert r.status_code == 302 and "/login/" in r.headers["Location"]  # signed out at the first page
+
+
+def test_a_storefront_api_call_without_a_language_starts_no_session_and_a_chosen_one_is_kept(app, f):
+    """A mini-program (no cookies) gets Chinese and no session cookie per call; a buyer who chose English on the
+    storefront keeps it on the JSON API."""
+    f.product()
+    cookieless = app.test_client(use_cookies=False)
+    r = cookieless.post("/shop/api/lookup", json={"order_no": "nope", "query_password": "wrong-password"})
+    assert r.status_code == 404 and "Set-Cookie" not in r.headers, r.headers.getlist("Set-Cookie")
+    assert r.get_json()["error"]["message"] == "订单不存在或密码错误"
+    assert "Set-Cookie" not in cookieless.get("/shop/api/products").headers
+
+    browser = app.test_client()
+    browser.get("/lang/en")
+    r = browser.post("/shop/api/lookup", json={"order_no": "nope", "query_password": "wrong-password"})
+    assert r.status_code == 404 and "订单" not in r.get_json()["error"]["message"], r.get_json()
