@@ -155,9 +155,10 @@ def _machines_choose_their_language(app: Flask) -> None:
         if has_request_context() and request.path.startswith("/open/"):
             return (request.accept_languages.best_match(list(app.config["LANGUAGES"]))
                     or app.config["BABEL_DEFAULT_LOCALE"])
-        if has_request_context() and "locale" not in session and userless(request.path):
-            # A storefront API call without a chosen language (a mini-program, a first call): the default, without
-            # FAB writing it into a new session (a signed cookie on every cookieless call).
+        if (has_request_context() and "locale" not in session and "_l_" not in request.args
+                and userless(request.path)):
+            # A storefront API call without a chosen language (a mini-program, a first call; FAB's ?_l_= still
+            # chooses): the default, without FAB writing it into a new session (a signed cookie per cookieless call).
             return app.config["BABEL_DEFAULT_LOCALE"]
         return fab_selector()
 

@@ -3,6 +3,8 @@ none written), the storefront's JSON API keeps its session (the buyer's language
 checks; security headers, request ids and error shapes are those of every other answer."""
 from __future__ import annotations
 
+from flask import g
+
 from app.settings import service as settings
 from app.twofactor.sessions import SESSION_KEY
 from tests.openapi_helpers import new_key, signed_call
@@ -74,6 +76,9 @@ def test_a_storefront_api_call_without_a_language_starts_no_session_and_a_chosen
     assert r.status_code == 404 and "Set-Cookie" not in r.headers, r.headers.getlist("Set-Cookie")
     assert r.get_json()["error"]["message"] == "订单不存在或密码错误"
     assert "Set-Cookie" not in cookieless.get("/shop/api/products").headers
+    g.pop("_flask_babel", None)  # the test's one app context keeps the language chosen above (production: per request)
+    r = cookieless.post("/shop/api/lookup?_l_=en", json={"order_no": "nope", "query_password": "wrong-password"})
+    assert r.status_code == 404 and "订单" not in r.get_json()["error"]["message"], r.get_json()  # FAB's ?_l_=
 
     browser = app.test_client()
     browser.get("/lang/en")
