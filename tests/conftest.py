@@ -23,15 +23,17 @@ REDIS_URL = os.environ.get("KAMENG_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 def _per_worker(pg_url: str, redis_url: str, worker: str | None) -> tuple[str, str]:
     """Under pytest-xdist (`-n N`, worker "gwK") each worker has a database and a Redis database of its own: the
-    database's name gets "_gwK", the Redis database number goes down by K (15, 14, ...). Alone, both as given."""
+    database's name gets "_gwK", the Redis database number goes down by 7·K (15, 8, 1: clear of the benches' 11-14,
+    which a bench run beside the suite flushes). Alone, both as given."""
     if not worker:
         return pg_url, redis_url
     k = int(worker.removeprefix("gw"))
     base, _, query = pg_url.partition("?")
     redis_base, _, number = redis_url.rpartition("/")
-    if not number.isdigit() or int(number) < k:
-        raise RuntimeError(f"KAMENG_TEST_REDIS_URL must end in a database number of at least {k}: {redis_url}")
-    return f"{base}_{worker}" + (f"?{query}" if query else ""), f"{redis_base}/{int(number) - k}"
+    if not number.isdigit() or int(number) < 7 * k:
+        raise RuntimeError(f"KAMENG_TEST_REDIS_URL must end in a database number of at least {7 * k} for worker "
+                           f"{worker}: {redis_url}")
+    return f"{base}_{worker}" + (f"?{query}" if query else ""), f"{redis_base}/{int(number) - 7 * k}"
 
 
 PG_URL, REDIS_URL = _per_worker(PG_URL, REDIS_URL, os.environ.get("PYTEST_XDIST_WORKER"))
