@@ -375,7 +375,8 @@ def _log(code, order_no, trade_no, amount, outcome, detail, remote_addr) -> str:
 
 
 _LOG_NOTIFICATION = insert(PaymentNotification.__table__).values(
-    {c.key: bindparam(c.key, type_=c.type) for c in PaymentNotification.__table__.c if not c.primary_key})
+    {c.key: bindparam(c.key, type_=c.type) for c in PaymentNotification.__table__.c if not c.primary_key}
+).inline()  # no RETURNING of the new id: nobody reads it
 
 
 def _printable(value):
