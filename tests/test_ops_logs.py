@@ -97,9 +97,12 @@ def test_the_callback_quotes_the_request_id(app, client, f):
         receiver.stop()
 
 
-def test_log_format_is_json_outside_development_and_checked(app):  # an app has installed the handler
+def test_log_format_is_json_outside_development_and_checked():
     from app.ops.logs import configure_from
 
+    # The handler every app installs; installed here as well: an earlier test in this process may have replaced the
+    # root logger's handlers (Alembic's fileConfig does, in the migration tests).
+    configure_from({"KAMENG_ENV": "development"})
     root = logging.getLogger()
     handler = next(h for h in root.handlers if getattr(h, "kameng", False))
     try:
