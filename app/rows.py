@@ -101,7 +101,8 @@ _ATTRIBUTE_KEYS: dict[type, list[str]] = {}
 def attach_loaded(model: type[T], row: Sequence) -> T:
     """The entity of `row` (a run() row whose first values are entity_columns(model)), in the session as a loaded
     row, as the ORM's query would put it there: the one the session already holds for that key when there is one
-    (the ORM keeps that one too, and does not overwrite what it holds). Built without its constructor, so no
+    (the ORM keeps that one too and does not overwrite what it holds; attributes it expired are read again on their
+    next use, where the ORM would fill them from this row). Built without its constructor, so no
     attribute event fires (the row is what the database holds, blind indexes included)."""
     mapper = sa_inspect(model)
     keys = _ATTRIBUTE_KEYS.get(model)
@@ -175,11 +176,17 @@ def run(statement, params: dict[str, Any], connection=None):
     On PostgreSQL the statement is compiled once and its SQL sent through the driver's cursor: SQLAlchemy's cache key,
     execution context and result object cost about 0.15 ms of CPU per statement here, as much again as the
     driver's own work, on ten statements a purchase. Errors come back as SQLAlchemy's exceptions (a lost connection
-    invalidates it, as any statement's would); result columns whose type processes values (an encrypted column) are
+    invalidates it, as any statement's would). On the session's connection the session autoflushes first, as
+    before an ORM query; result columns whose type processes values (an encrypted column) are
     processed as SQLAlchemy's result would. A statement whose compiled form needs SQLAlchemy at execution
     (Python-side column defaults, expanding IN lists), any other database, or an engine with execution listeners
     (they see every statement) runs the ordinary way."""
-    conn = connection if connection is not None else db.session.connection()
+    if connection is None:
+        session = db.session()
+        session._autoflush()  # what an ORM query would flush first (not under no_autoflush, not while flushing)
+        conn = session.connection()
+    else:
+        conn = connection
     plan = _plan(statement, conn)
     if plan is None:
         return conn.execute(statement, params)

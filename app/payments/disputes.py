@@ -209,7 +209,6 @@ def open_queue(now: datetime | None = None, limit: int = 500) -> list[QueueRow]:
 def for_order(order_id: int) -> Dispute | None:
     """The order's latest dispute, or None. Every storefront lookup asks and nearly every order has none: a plain
     probe by the driver (app.rows.run) first, the entity only when there is one."""
-    db.session.flush()  # a dispute pending in this session is found, as the ORM's autoflush would find it
     dispute_id = run(_LATEST_DISPUTE, {"order_id": order_id}).scalar()
     return db.session.get(Dispute, dispute_id) if dispute_id is not None else None
 

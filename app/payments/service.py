@@ -202,7 +202,6 @@ def apply_payment(code: str, note: Notification, remote_addr: str | None = None,
     if not note.succeeded:
         _count_failed_payment(note.order_no)
         return _log(code, note.order_no, note.trade_no, note.amount, "not_paid", "status is not success", remote_addr)
-    db.session.flush()  # what the ORM's query would autoflush (run() does not)
     row = run(_ORDER_TO_PAY, {"order_no": note.order_no}).first()
     order = attach_loaded(Order, row) if row is not None else None
     if order is None:
@@ -620,7 +619,6 @@ def lookup(order_no, query_password) -> Order:
         raise NotFound(gettext("订单不存在或密码错误"))
     order_no = order_no.strip()[:40]
     limit, window = _lookup_budget()
-    db.session.flush()  # what the ORM's query would autoflush (run() does not)
     row = run(_LOOKUP, {"order_no": order_no, "since": utcnow() - window}).first()
     if row is not None and row.recent_wrong >= limit:
         # Spent: 429 before any password is checked, the way a wrong try of an unknown number finds it (below).

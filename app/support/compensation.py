@@ -261,7 +261,6 @@ def coupons_for_order(order_id: int) -> list[dict]:
     """The compensation coupon an order's buyer got for it (the storefront lookup shows it after the password)."""
     # Every storefront lookup asks and nearly every order has none: a plain probe by the driver first (an order is
     # compensated at most once: compensation_order.order_id is unique), the coupon only when there is one.
-    db.session.flush()  # a compensation pending in this session is found, as the ORM's autoflush would find it
     coupon_id = run(_COMPENSATION_COUPON, {"order_id": order_id}).scalar()
     return [_public(db.session.get(Coupon, coupon_id))] if coupon_id is not None else []
 
