@@ -10,12 +10,14 @@ import pytest
 from redis import Redis
 from rq import Queue
 from rq.job import Job
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 
 from app import crypto
 from app.catalog import cards
 from app.catalog.errors import ImportRejected
 from app.catalog.models import CardImport, CardSecret, StockAlert
+from app.extensions import db
+from app.ledger.invariants import check_ledger
 from app.orders import service as orders
 
 BOTH = pytest.mark.parametrize("app", ["postgresql", "sqlite"], indirect=True)
@@ -475,3 +477,68 @@ def test_csv_first_row_is_a_header_only_when_every_cell_is_a_column_name(app):
     assert [s for _, s in data_first.secrets] == ["SPIN-0001 CARD-PW-1", "SPIN-0002 CARD-PW-2"]
     with_header = cards.parse_lines("卡号,密码\nSPIN-0001,CARD-PW-1\n", "cards.csv")
     assert [s for _, s in with_header.secrets] == ["SPIN-0001 CARD-PW-1"]
+
+
+def _bulk_stock(product_id: int, count: int, unavailable: int) -> None:
+    """`count` secrets of one product in one statement (the import path would take minutes at this size), the first
+    `unavailable` of them voided."""
+    db.session.execute(text(
+        "INSERT INTO card_secret (product_id, secret_enc, secret_hash, masked, status, created_at, uses) "
+        "SELECT :p, :enc, md5(:p || '-' || n), '****', CASE WHEN n <= :gone THEN 'void' ELSE 'available' END, "
+        "now(), 0 FROM generate_series(1, :count) AS n"),
+        {"p": product_id, "enc": crypto.encrypt(f"BULK-{product_id}"), "gone": unavailable, "count": count})
+    db.session.commit()
+
+
+@PG_ONLY
+def test_a_purchase_reads_only_its_products_free_secrets_whatever_the_statistics_say(app, db, f):
+    # given two products whose stock is mostly available, the second's secrets all after the first's, and fresh
+    # statistics (on which the planner would rather walk the primary key in id order than use the product's index)
+    first, second = f.product(), f.product()
+    _bulk_stock(first.id, 4000, unavailable=400)
+    _bulk_stock(second.id, 4000, unavailable=400)
+    db.session.execute(text("ANALYZE card_secret"))
+    db.session.commit()
+    buyer = f.agent(balance=1_000_000, with_user=False)
+    lowest_free = db.session.scalar(select(func.min(CardSecret.id)).where(
+        CardSecret.product_id == second.id, CardSecret.status == "available"))
+
+    # when an order of the second product takes two secrets (the claim's statement captured as it is sent)
+    sent = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        if "SKIP LOCKED" in statement:
+            sent.append((statement, parameters))
+
+    event.listen(db.engine, "before_cursor_execute", capture)
+    try:
+        order = orders.place_wallet_order(buyer.id, second.id, 2)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", capture)
+
+    # then it got the product's two lowest free secrets
+    taken = db.session.scalars(select(CardSecret.id).where(CardSecret.order_id == order.id).order_by(CardSecret.id))
+    assert list(taken) == [lowest_free, lowest_free + 1]
+    # and the claim, run again as sent, reads them through the (product_id, status, id) index and no other row
+    [(statement, parameters)] = sent
+    connection = db.session.connection().connection.driver_connection
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement, parameters)
+        plan = cursor.fetchone()[0][0]["Plan"]
+    db.session.rollback()
+    scans = [node for node in _plan_nodes(plan)
+             if node.get("Relation Name") == "card_secret" and node["Node Type"].endswith("Scan")]
+    assert scans and all(node.get("Index Name") in ("ix_card_secret_product_status", "card_secret_pkey")
+                         for node in scans), scans
+    pick = [node for node in scans if node["Index Name"] == "ix_card_secret_product_status"]
+    assert pick and all(node.get("Rows Removed by Filter", 0) == 0 for node in scans)
+    # the primary key only fetches the picked rows by id; it is never walked for them
+    assert all(node["Actual Rows"] * node["Actual Loops"] <= 2 for node in scans if node["Index Name"] ==
+               "card_secret_pkey")
+    assert check_ledger() == []
+
+
+def _plan_nodes(node: dict):
+    yield node
+    for child in node.get("Plans", ()):
+        yield from _plan_nodes(child)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from flask_babel import gettext as _
-from sqlalchemy import Integer, bindparam, case, event, func, insert, literal, select, update
+from sqlalchemy import Integer, and_, bindparam, case, event, func, insert, literal, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.util import identity_key
@@ -261,8 +261,8 @@ def allocate(order_id: int, product_id: int, quantity: int) -> list[int]:
         db.session.info.setdefault("allocated_hashes", {})[order_id] = [row.secret_hash for row in sold]
         db.session.info.setdefault("allocated_secrets", {})[order_id] = [row.secret_enc for row in sold]
         return ids
-    pick = (select(CardSecret.id).where(CardSecret.product_id == product_id, CardSecret.status == "available")
-            .order_by(CardSecret.id).limit(quantity))
+    pick = select(CardSecret.id).where(_free_secrets(CardSecret.__table__, product_id)).order_by(
+        *_free_secrets_order(CardSecret.__table__)).limit(quantity)
     ids = list(db.session.scalars(pick))
     if len(ids) < quantity:
         raise OutOfStock(_("库存不足"))
@@ -278,12 +278,26 @@ def _skip_locked_pick() -> tuple:
     """allocate's claim on PostgreSQL, built once: the ids of up to :pick_quantity free secrets of :pick_product,
     locked skipping rows other buyers hold, and the condition that all of them were had."""
     table = CardSecret.__table__
-    picked = (select(table.c.id).where(table.c.product_id == bindparam("pick_product", type_=Integer),
-                                       table.c.status == "available")
-              .order_by(table.c.id).limit(bindparam("pick_quantity", type_=Integer))
+    picked = (select(table.c.id).where(_free_secrets(table, bindparam("pick_product", type_=Integer)))
+              .order_by(*_free_secrets_order(table)).limit(bindparam("pick_quantity", type_=Integer))
               .with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED"))
     return (table.c.id.in_(select(picked.c.id)),
             select(func.count()).select_from(picked).scalar_subquery() == bindparam("pick_quantity", type_=Integer))
+
+
+def _free_secrets(table, product_id):
+    """A product's available secrets, written so that only the (product_id, status, id) index can hand them out
+    lowest id first (with _free_secrets_order). As `product_id = :p AND status = 'available' ORDER BY id`, the
+    planner takes both columns for constants, and once the table's statistics say most secrets are available it
+    may walk the primary key in id order instead, reading every other product's secrets and every sold one below
+    the first free one (seen here: 15,428 rows read by one pick, 2.5 ms, and more with every secret imported).
+    As row comparisons the bounds are that index's range: exactly product_id = :p, status = 'available', id > 0."""
+    return and_(tuple_(table.c.product_id, table.c.status, table.c.id) > tuple_(product_id, "available", 0),
+                tuple_(table.c.product_id, table.c.status) <= tuple_(product_id, "available"))
+
+
+def _free_secrets_order(table) -> tuple:
+    return table.c.product_id, table.c.status, table.c.id
 
 
 def _reusable_product(product_id: int) -> bool:
@@ -305,9 +319,8 @@ def _allocate_uses(order_id: int, product_id: int, quantity: int) -> list[int]:
     """
     now = utcnow()
     table, uses = CardSecret.__table__, CardSecretUse.__table__
-    pick = (select(table.c.id).where(table.c.product_id == product_id, table.c.status == "available",
-                                     table.c.uses < table.c.max_uses)
-            .order_by(table.c.id).limit(quantity))
+    pick = (select(table.c.id).where(_free_secrets(table, product_id), table.c.uses < table.c.max_uses)
+            .order_by(*_free_secrets_order(table)).limit(quantity))
     bump = {"uses": table.c.uses + 1, "sold_at": now,
             "status": case((table.c.uses + 1 >= table.c.max_uses, "sold"), else_="available")}
     if db.engine.dialect.name == "postgresql":
