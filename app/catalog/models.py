@@ -218,7 +218,9 @@ class CardSecret(db.Model):
     batch = relationship("CardImport")
 
     __table_args__ = (
-        UniqueConstraint("product_id", "secret_hash", name="uq_card_secret_product_hash"),
+        # The hash first: the (product_id, status, id) index below is then the only one that reads a product's
+        # secrets in order, which the claim of free secrets relies on (app.catalog.cards._free_secrets).
+        UniqueConstraint("secret_hash", "product_id", name="uq_card_secret_product_hash"),
         CheckConstraint("status IN ('available', 'sold', 'void')", name="ck_card_secret_status"),
         # The guarded counter's backstop: a reusable secret never passes max_uses, never belongs to one order, and
         # is available exactly while it has uses left; a normal secret has no counter.
