@@ -26,7 +26,10 @@ its own contact (a phone number of its own) and no device id. The lookup's per-o
 
 Prints notifications/s (orders paid and confirmed delivered per second of the timed phase), notification answer,
 notification -> delivered and -> in hand p50/p95/p99 in ms, the database check (every order delivered with one
-secret, one payment each) and the ledger check; LAST the headline line:
+secret, one payment each) and the ledger check. Then (skipped with --no-floor) the floor: the same notifications and
+lookups sent to bench/bare_app.py under the same gunicorn worker model and count, with its CPU per paid order; and the
+ceiling it implies: the notifications/s the cores busy in the timed phase would allow if the web workers spent no more
+per paid order than the bare app, PostgreSQL, Redis and the load generator what they spent. LAST the headline line:
 "headline: checkout notification->delivered p99 X ms at Y notifications/s (C=N)". Exit status 1 on any failure.
 """
 from __future__ import annotations
@@ -48,6 +51,7 @@ from common import (  # noqa: E402
     CpuMeter,
     Gunicorn,
     Http,
+    ceiling,
     database_url,
     ensure_stock,
     make_app,
@@ -258,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4, help="gunicorn workers (default 4)")
     parser.add_argument("--worker-class", default="sync", help="gunicorn worker class (default sync)")
     parser.add_argument("--threads", type=int, default=1, help="gunicorn --threads per worker (default 1)")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip the HTTP floor (bench/bare_app.py under the same gunicorn) and the ceiling line")
     args = parser.parse_args(argv)
     if args.orders < 1 or args.concurrency < 1 or args.workers < 1 or args.threads < 1:
         parser.error("--orders, --concurrency, --workers and --threads must be positive")
@@ -288,6 +294,17 @@ def main(argv: list[str] | None = None) -> int:
         timings, elapsed = pay_all(server.base_url, key, orders, args.concurrency)
         meter.stop()
 
+    floor = None
+    if not args.no_floor:  # the same notifications and lookups answered by bench/bare_app.py
+        bare = Gunicorn(args.workers, log_path.with_name(log_path.stem + "-bare.log"), worker_class=args.worker_class,
+                        threads=args.threads, ready_path="/shop/api/products", app_spec="bare_app:app", deployed=False)
+        with bare:
+            bare_meter = CpuMeter(bare.proc.pid)
+            bare_meter.start()
+            bare_timings, bare_elapsed = pay_all(bare.base_url, key, orders, args.concurrency)
+            bare_meter.stop()
+        floor = (bare_timings, bare_elapsed, bare_meter)
+
     with app.app_context():
         problems = database_checks(product_id, orders, timings)
     done = len(timings.delivered)
@@ -302,6 +319,18 @@ def main(argv: list[str] | None = None) -> int:
                          ("notification -> in hand  ", timings.in_hand)):
         print(f"  {name}  p50 {ms(values, 50):7.1f} ms   p95 {ms(values, 95):7.1f} ms   p99 {ms(values, 99):7.1f} ms",
               flush=True)
+    if floor is not None:
+        bare_timings, bare_elapsed, bare_meter = floor
+        bare_done = len(bare_timings.delivered)
+        print(f"floor: bench/bare_app.py under {server.description}, C={args.concurrency}: "
+              f"{bare_done / bare_elapsed:.0f} paid orders/s (errors: {sum(bare_timings.errors.values())}), "
+              f"notification -> delivered p99 {ms(bare_timings.delivered, 99):.1f} ms; "
+              f"{bare_meter.per_unit(max(bare_done, 1), 'paid order')}", flush=True)
+        most, how = ceiling(meter, max(done, 1), elapsed, bare_meter, bare_done)
+        print(f"ceiling (C={args.concurrency}, per paid order): {how} notifications; measured {rate:.0f} = "
+              f"{rate / most if most else 0:.2f} of that", flush=True)
+        if bare_timings.errors or bare_done != len(orders):
+            problems.append(f"the bare app answered {dict(bare_timings.errors)}")
     if problems:
         print("database and ledger check: FAILED", flush=True)
         for line in problems[:10]:

@@ -172,7 +172,8 @@ class Gunicorn:
     ours (rate limits raised so they are not what a bench measures). Stopped through its master (SIGTERM)."""
 
     def __init__(self, workers: int, log_path: Path, env: dict[str, str] | None = None,
-                 worker_class: str = "sync", threads: int = 1, ready_path: str = "/open/v1/openapi.json"):
+                 worker_class: str = "sync", threads: int = 1, ready_path: str = "/open/v1/openapi.json",
+                 app_spec: str = "run:app", deployed: bool = True):
         import subprocess
 
         self.port = free_port()
@@ -183,14 +184,19 @@ class Gunicorn:
         child_env.update({"FAB_CREATE_DB": "False", "FAB_UPDATE_PERMS": "False", "PYTHONUNBUFFERED": "1"})
         child_env.update(env or {})
         self.log = open(log_path, "w")  # noqa: SIM115 (closed in stop())
-        # The deployed settings (deploy/gunicorn.conf.py: hooks such as the workers' warm-up), then the bench's own.
-        command = [str(Path(sys.executable).parent / "gunicorn"), "-c", str(ROOT / "deploy" / "gunicorn.conf.py"),
-                   "--workers", str(workers),
+        # The deployed settings (deploy/gunicorn.conf.py: hooks such as the workers' warm-up), then the bench's own;
+        # another app (app_spec, e.g. bench/openapi.py's bare yardstick) is served without the deployed hooks.
+        command = [str(Path(sys.executable).parent / "gunicorn")]
+        if deployed:
+            command += ["-c", str(ROOT / "deploy" / "gunicorn.conf.py")]
+        else:
+            command += ["--pythonpath", str(ROOT / "bench"), "--no-control-socket"]
+        command += ["--workers", str(workers),
                    "--worker-class", worker_class, "--bind", f"127.0.0.1:{self.port}", "--log-level", "warning",
                    "--timeout", "60", "--backlog", "2048"]
         if threads > 1:
             command += ["--threads", str(threads)]
-        self.proc = subprocess.Popen(command + ["run:app"], cwd=ROOT, env=child_env, stdout=self.log,
+        self.proc = subprocess.Popen(command + [app_spec], cwd=ROOT, env=child_env, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
     @property
@@ -239,10 +245,27 @@ class Gunicorn:
         self.stop()
 
 
+def ceiling(meter: CpuMeter, units: int, elapsed: float, floor: CpuMeter, floor_units: int) -> tuple[float, str]:
+    """The most units/s the cores busy in a measured run allow if the web workers spent per unit no more than they
+    spent per unit serving bench/bare_app.py (`floor`), while PostgreSQL, Redis and the load generator spent what they
+    did per unit in the run. Returns that rate and a line saying how it was reached."""
+    if not units or not floor_units or not elapsed:
+        return 0.0, "nothing measured"
+    per = {side: seconds / units for side, seconds in meter.spent.items()}
+    cores = sum(meter.spent.values()) / elapsed
+    web_floor = floor.spent["gunicorn workers"] / floor_units
+    most = cores / (per["postgres"] + per["redis"] + per["client"] + web_floor)
+    return most, (f"{cores:.2f} cores busy; per unit PostgreSQL {per['postgres'] * 1000:.2f} + Redis "
+                  f"{per['redis'] * 1000:.2f} + load generator {per['client'] * 1000:.2f} ms, web workers "
+                  f"{per['gunicorn workers'] * 1000:.2f} ms (the bare app {web_floor * 1000:.2f}): with the web "
+                  f"workers at the bare app's CPU, at most {most:.0f}/s")
+
+
 class CpuMeter:
     """CPU seconds spent by each side of a bench between start() and stop(), read from /proc (Linux): the
-    gunicorn workers (children of `server_pid`), every postgres and redis-server process, and this process (the
-    client). Divided by the work done, it says where a request's CPU goes on this machine."""
+    gunicorn workers (children of `server_pid`), every postgres and redis-server process (with the backends that
+    exited meanwhile), and this process with its exited children (the client: its own threads, or pgbench). Divided
+    by the work done, it says where a request's CPU goes on this machine."""
 
     def __init__(self, server_pid: int | None = None):
         self.server_pid = server_pid
@@ -250,7 +273,8 @@ class CpuMeter:
         self.spent: dict[str, float] = {}
 
     @staticmethod
-    def _cpu_seconds(pid: int) -> tuple[str, int, float] | None:
+    def _cpu_seconds(pid: int) -> tuple[str, int, float, float] | None:
+        """(name, parent pid, own CPU seconds, CPU seconds of its children that exited and were waited for)."""
         try:
             with open(f"/proc/{pid}/stat") as f:
                 raw = f.read()
@@ -258,7 +282,9 @@ class CpuMeter:
             return None
         name = raw[raw.index("(") + 1:raw.rindex(")")]
         fields = raw[raw.rindex(")") + 2:].split()
-        return name, int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        tick = os.sysconf("SC_CLK_TCK")
+        return (name, int(fields[1]), (int(fields[11]) + int(fields[12])) / tick,
+                (int(fields[13]) + int(fields[14])) / tick)
 
     def _snapshot(self) -> dict[str, float]:
         sides = {"gunicorn workers": 0.0, "postgres": 0.0, "redis": 0.0, "client": 0.0}
@@ -268,13 +294,15 @@ class CpuMeter:
             found = self._cpu_seconds(int(entry))
             if found is None:
                 continue
-            name, parent, seconds = found
+            name, parent, seconds, exited = found
+            # Exited children count too: a load generator run as a child (pgbench) and, for PostgreSQL, backends
+            # whose connection closed (the postmaster waits for them).
             if int(entry) == os.getpid():
-                sides["client"] += seconds
+                sides["client"] += seconds + exited
             elif self.server_pid is not None and parent == self.server_pid:
                 sides["gunicorn workers"] += seconds
             elif name.startswith("postgres"):
-                sides["postgres"] += seconds
+                sides["postgres"] += seconds + exited
             elif name.startswith("redis-server"):
                 sides["redis"] += seconds
         return sides

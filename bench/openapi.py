@@ -20,7 +20,13 @@ the api_nonce table. The per-key rate limit is raised so it is not what we measu
 Each client thread is one reseller (LightClient: http.client, signed with app.openapi.signing), sending
 POST /open/v1/orders (a fresh out_trade_no each time). A 201 is a success; anything else is counted by
 status and error code. For each concurrency it prints orders/s and p50/p99 latency in ms; then the ledger
-check, both figures, and LAST the headline line:
+check and both figures.
+
+Then the floor (skipped with --no-floor): the same clients at the headline's concurrency against bench/bare_app.py
+(a bare Flask endpoint that parses the JSON body and answers 201) under the same gunicorn worker model and count, with
+its CPU per request; and the ceiling it implies: the orders/s the cores busy in the purchase run would allow if the
+web workers spent no more per purchase than the bare endpoint per request, while PostgreSQL, Redis and the load
+generator spent what they spent per purchase in this run, as a multiple of pgbench. LAST the headline line:
 "headline: openapi c=16 X orders/s = R × pgbench tpcb-like c=16 (Y tps); p99 Z ms".
 """
 from __future__ import annotations
@@ -45,6 +51,7 @@ from common import (  # noqa: E402
     CpuMeter,
     Gunicorn,
     Http,
+    ceiling,
     database_url,
     ensure_stock,
     find_pgbench,
@@ -157,8 +164,11 @@ def run_pgbench(url: str, clients: int, seconds: float, scale: int) -> float:
         raise SystemExit(f"pgbench -i failed ({init.returncode}):\n{init.stderr[-2000:]}")
     print(f"pgbench: {binary}, -i -s {scale} into {pg_url.rsplit('/', 1)[-1]} ({time.perf_counter() - t:.1f} s)",
           flush=True)
+    meter = CpuMeter()
+    meter.start()
     run = subprocess.run([binary, "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(max(1, round(seconds))),
                           pg_url], capture_output=True, text=True)
+    meter.stop()
     match = re.search(r"^tps = ([0-9.]+)", run.stdout, re.MULTILINE)
     if run.returncode or not match:
         raise SystemExit(f"pgbench run failed ({run.returncode}):\n{run.stdout[-2000:]}\n{run.stderr[-2000:]}")
@@ -166,6 +176,11 @@ def run_pgbench(url: str, clients: int, seconds: float, scale: int) -> float:
     tps = float(match.group(1))
     print(f"pgbench tpcb-like c={clients} -j {min(clients, 2)} -T {max(1, round(seconds))}: {tps:.0f} tps"
           + (f" (latency average {latency.group(1)} ms)" if latency else ""), flush=True)
+    transactions = re.search(r"^number of transactions actually processed: ([0-9]+)", run.stdout, re.MULTILINE)
+    if transactions:
+        per = {side: 1000 * spent / int(transactions.group(1)) for side, spent in meter.spent.items()}
+        print(f"  cpu ms per pgbench transaction: postgres {per['postgres']:.2f}, pgbench {per['client']:.2f}",
+              flush=True)
     with psycopg.connect(base + "/postgres", autocommit=True) as conn:  # ~250 MB we need no more
         conn.execute(f'DROP DATABASE IF EXISTS "{pg_url.rsplit("/", 1)[-1]}" WITH (FORCE)')
     return tps
@@ -281,6 +296,26 @@ def drive(base_url: str, resellers: list[Reseller], duration: float, meter: CpuM
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The floor under the purchases: what the HTTP layer alone costs, and what that leaves possible.
+
+
+def measure_floor(args, resellers: list[Reseller]) -> tuple[Result, CpuMeter]:
+    """The same load generator against bench/bare_app.py (parse the JSON body, answer 201) under the same gunicorn
+    worker model and count, at the headline's concurrency: the least a request can cost here."""
+    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"kameng-bench-openapi-bare-{os.getpid()}.log"
+    bare = Gunicorn(args.workers, log_path, worker_class=args.worker_class, threads=args.threads,
+                    app_spec="bare_app:app", deployed=False)
+    with bare:
+        meter = CpuMeter(bare.proc.pid)
+        res = drive(bare.base_url, resellers, args.duration, meter)
+    units = res.ok + sum(res.errors.values())
+    lat = sorted(res.latencies)
+    print(f"floor: bench/bare_app.py under {bare.description}, c={res.concurrency}: {res.rate:.0f} requests/s, "
+          f"p50 {percentile(lat, 50) * 1000:.2f} ms, p99 {percentile(lat, 99) * 1000:.2f} ms; "
+          f"{meter.per_unit(units, 'request')}", flush=True)
+    if res.errors:
+        raise SystemExit(f"the bare endpoint answered errors: {dict(res.errors)}")
+    return res, meter
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -295,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pgbench-clients", type=int, default=16, help="pgbench tpcb-like clients (default 16)")
     parser.add_argument("--pgbench-seconds", type=float, default=None, help="pgbench -T (default: --duration)")
     parser.add_argument("--pgbench-scale", type=int, default=16, help="pgbench -i -s (default 16)")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip the HTTP floor (bench/bare_app.py under the same gunicorn) and the ceiling line")
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
     if not levels or any(c < 1 for c in levels) or args.duration <= 0 or args.workers < 1 or args.threads < 1:
@@ -326,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     server = Gunicorn(args.workers, log_path, env={"OPENAPI_RATE_LIMIT": "100000000 per minute"},
                       worker_class=args.worker_class, threads=args.threads)
     results: list[Result] = []
+    meters: dict[int, CpuMeter] = {}
     with server:
         print(f"gunicorn: {server.description} on {server.base_url} (log {log_path})", flush=True)
         for c in levels:
@@ -338,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
             meter = CpuMeter(server.proc.pid)
             res = drive(server.base_url, resellers[:c], args.duration, meter)
             results.append(res)
+            meters[c] = meter
             print(res.line() + (f"   [stock top-up {stock_s:.1f} s]" if stock_s > 0.5 else ""), flush=True)
             print(f"  c={c} {meter.per_unit(res.ok + sum(res.errors.values()))}", flush=True)
 
@@ -368,6 +407,12 @@ def main(argv: list[str] | None = None) -> int:
     best = min(results, key=lambda r: (abs(r.concurrency - args.pgbench_clients), -r.rate))
     lat = sorted(best.latencies)
     ratio = best.rate / pg_tps if pg_tps else float("nan")
+    if not args.no_floor:
+        bare, bare_meter = measure_floor(args, resellers[:best.concurrency])
+        most, how = ceiling(meters[best.concurrency], best.ok + sum(best.errors.values()), best.elapsed, bare_meter,
+                            bare.ok + sum(bare.errors.values()))
+        print(f"ceiling (c={best.concurrency}, per order): {how} = {most / pg_tps:.3f} × pgbench; measured "
+              f"{best.rate:.0f} = {best.rate / most:.2f} of that", flush=True)
     print(f"gunicorn {server.description}; pgbench tpcb-like c={args.pgbench_clients} {pg_tps:.0f} tps; "
           f"openapi c={best.concurrency} {best.rate:.1f} orders/s, p50 {percentile(lat, 50) * 1000:.1f} ms, "
           f"p99 {percentile(lat, 99) * 1000:.1f} ms", flush=True)
