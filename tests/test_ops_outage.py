@@ -336,3 +336,53 @@ def test_a_pooled_connection_is_pinged_only_after_sitting_idle(app, monkeypatch)
     with db.engine.connect() as conn:
         conn.exec_driver_sql("SELECT 1")
     assert pings == [1]
+
+
+@pytest.mark.parametrize("app", ["postgresql"], indirect=True)
+def test_after_an_outage_the_sweep_reads_only_the_waiting_messages(app):
+    """A backlog after a Redis outage: the sweep's statement, run as sent, reads the waiting messages through the
+    (status, next_attempt_at) index and none of the finished ones before them."""
+    from sqlalchemy import event, text
+
+    from app.extensions import db
+    from workers import jobs
+
+    # given 100,000 finished messages and, after them, 3,000 waiting since the outage, with fresh statistics
+    db.session.execute(text(
+        "INSERT INTO outbox_message (topic, key, payload, status, attempts, next_attempt_at, created_at) "
+        "SELECT 'backlog', 'backlog-' || n, '{}', CASE WHEN n <= 100000 THEN 'done' ELSE 'pending' END, 0, "
+        "now() AT TIME ZONE 'UTC' - interval '1 hour', now() AT TIME ZONE 'UTC' - interval '1 hour' "
+        "FROM generate_series(1, 103000) AS n"))
+    db.session.commit()
+    db.session.execute(text("ANALYZE outbox_message"))
+    db.session.commit()
+
+    # when the sweep runs (its SELECT captured as sent)
+    sent = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().startswith("SELECT outbox_message.id") and "LIMIT" in statement:
+            sent.append((statement, parameters))
+
+    event.listen(db.engine, "before_cursor_execute", capture)
+    try:
+        assert jobs.sweep_outbox() == 500
+    finally:
+        event.remove(db.engine, "before_cursor_execute", capture)
+
+    # then it handed over a batch of 500, and its statement reads only waiting messages
+    [(statement, parameters)] = sent
+    connection = db.session.connection().connection.driver_connection
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, parameters)
+        plan = cursor.fetchone()[0][0]["Plan"]
+    db.session.rollback()
+    nodes, stack = [], [plan]
+    while stack:
+        node = stack.pop()
+        nodes.append(node)
+        stack.extend(node.get("Plans", ()))
+    indexes = {n["Index Name"] for n in nodes if "Index Name" in n}
+    assert indexes == {"ix_outbox_status_next"}, nodes
+    heap = [n for n in nodes if n.get("Relation Name") == "outbox_message"]
+    assert heap and all(n["Actual Rows"] + n.get("Rows Removed by Filter", 0) <= 3000 for n in heap), heap

@@ -106,13 +106,17 @@ def retry_later(message: OutboxMessage, delay: timedelta, error: str) -> None:
 
 
 def sweep(limit: int = 500) -> int:
-    """Dispatch pending messages that are due and were never dispatched, or were dispatched long ago."""
+    """Dispatch pending messages that are due and were never dispatched, or were dispatched long ago, longest due
+    first. In the order of (status, next_attempt_at) so that only that index reads them: ordered by id, once the
+    statistics saw a backlog (after a Redis outage) the planner walked the primary key through every finished
+    message below the first waiting one (200,000 rows and 30 ms a batch on a table of 260,000), on a table that
+    only grows."""
     now = utcnow()
     ids = list(db.session.scalars(
         select(OutboxMessage.id).where(
             OutboxMessage.status == "pending", OutboxMessage.next_attempt_at <= now,
             or_(OutboxMessage.dispatched_at.is_(None), OutboxMessage.dispatched_at < now - REDISPATCH_AFTER))
-        .order_by(OutboxMessage.id).limit(limit)))
+        .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id).limit(limit)))
     if ids:
         dispatch(ids)
     return len(ids)
