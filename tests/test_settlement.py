@@ -160,3 +160,47 @@ def test_a_batch_claims_no_more_than_its_size_whatever_the_plan(app, f):
 
     assert db.session.scalar(select(func.count()).select_from(Journal).where(Journal.kind == "settlement")) == 3
     assert check_ledger() == []
+
+
+def test_a_batch_reads_only_due_commissions_whatever_the_statistics_say(app, f):
+    """Many commissions settled, then a backlog due, with statistics taken then: the claim's statement reads the due
+    ones through the (status, settle_after) index, never the settled ones by walking the primary key. Measured on a
+    temporary table of the same shape that shadows `commission` for this connection (the planner's choice depends on
+    the rows and statistics, which only a table of this size shows)."""
+    from sqlalchemy import event, text
+
+    conn = db.session.connection()
+    conn.exec_driver_sql("CREATE TEMPORARY TABLE commission (LIKE public.commission INCLUDING ALL) ON COMMIT DROP")
+    conn.exec_driver_sql(
+        "INSERT INTO commission (order_id, agent_id, level, rate_bp, base_amount, amount, status, settle_after, "
+        "created_at) SELECT n, 1, 1, 100, 1000, 10, CASE WHEN n <= 100000 THEN 'settled' ELSE 'pending' END, "
+        "now() AT TIME ZONE 'UTC' - interval '1 day', now() AT TIME ZONE 'UTC' - interval '8 days' "
+        "FROM generate_series(1, 103000) AS n")
+    conn.exec_driver_sql("ANALYZE commission")
+    sent = []
+
+    def capture(connection, cursor, statement, parameters, context, executemany):
+        if "SKIP LOCKED" in statement:
+            sent.append((statement, parameters))
+
+    event.listen(db.engine, "before_cursor_execute", capture)
+    try:
+        claimed = settlement._claim(conn, 1, utcnow(), 500, utcnow())
+    finally:
+        event.remove(db.engine, "before_cursor_execute", capture)
+    assert len(claimed) == 500
+    [(statement, parameters)] = sent
+    cursor = conn.connection.driver_connection.cursor()
+    cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, parameters)
+    plan = cursor.fetchone()[0][0]["Plan"]
+    db.session.rollback()  # the temporary table goes with it
+    nodes, stack = [], [plan]
+    while stack:
+        node = stack.pop()
+        nodes.append(node)
+        stack.extend(node.get("Plans", ()))
+    # the due ones found through (status, settle_after); the primary key, if used, only fetches claimed rows by id
+    assert any(n.get("Index Name", "").endswith("status_settle_after_idx") for n in nodes), nodes
+    reads = [n for n in nodes if n.get("Relation Name") == "commission" and n["Node Type"] != "ModifyTable"]
+    assert all(n["Actual Rows"] + n.get("Rows Removed by Filter", 0) <= 3000 for n in reads), reads
+    assert db.session.execute(text("SELECT to_regclass('pg_temp.commission')")).scalar() is None
