@@ -10,7 +10,7 @@ import pytest
 from redis import Redis
 from rq import Queue
 from rq.job import Job
-from sqlalchemy import event, func, select, text
+from sqlalchemy import func, select, text
 
 from app import crypto
 from app.catalog import cards
@@ -19,6 +19,7 @@ from app.catalog.models import CardImport, CardSecret, StockAlert
 from app.extensions import db
 from app.ledger.invariants import check_ledger
 from app.orders import service as orders
+from tests.plan_helpers import plan_nodes, statements_sent
 
 BOTH = pytest.mark.parametrize("app", ["postgresql", "sqlite"], indirect=True)
 PG_ONLY = pytest.mark.parametrize("app", ["postgresql"], indirect=True)
@@ -512,29 +513,15 @@ def test_a_purchase_reads_only_its_products_free_secrets_whatever_the_statistics
         CardSecret.product_id == second.id, CardSecret.status == "available"))
 
     # when an order of the second product takes two secrets (the claim's statement captured as it is sent)
-    sent = []
-
-    def capture(conn, cursor, statement, parameters, context, executemany):
-        if "SKIP LOCKED" in statement:
-            sent.append((statement, parameters))
-
-    event.listen(db.engine, "before_cursor_execute", capture)
-    try:
+    with statements_sent("SKIP LOCKED") as sent:
         order = orders.place_wallet_order(buyer.id, second.id, 2)
-    finally:
-        event.remove(db.engine, "before_cursor_execute", capture)
 
     # then it got the product's two lowest free secrets
     taken = db.session.scalars(select(CardSecret.id).where(CardSecret.order_id == order.id).order_by(CardSecret.id))
     assert list(taken) == [lowest_free, lowest_free + 1]
     # and the claim, run again as sent, reads them through the (product_id, status, id) index and no other row
     [(statement, parameters)] = sent
-    connection = db.session.connection().connection.driver_connection
-    with connection.cursor() as cursor:
-        cursor.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement, parameters)
-        plan = cursor.fetchone()[0][0]["Plan"]
-    db.session.rollback()
-    scans = [node for node in _plan_nodes(plan)
+    scans = [node for node in plan_nodes(statement, parameters)
              if node.get("Relation Name") == "card_secret" and node["Node Type"].endswith("Scan")]
     assert scans and all(node.get("Index Name") in ("ix_card_secret_product_status", "card_secret_pkey")
                          for node in scans), scans
@@ -545,8 +532,3 @@ def test_a_purchase_reads_only_its_products_free_secrets_whatever_the_statistics
                "card_secret_pkey")
     assert check_ledger() == []
 
-
-def _plan_nodes(node: dict):
-    yield node
-    for child in node.get("Plans", ()):
-        yield from _plan_nodes(child)

@@ -342,9 +342,10 @@ def test_a_pooled_connection_is_pinged_only_after_sitting_idle(app, monkeypatch)
 def test_after_an_outage_the_sweep_reads_only_the_waiting_messages(app):
     """A backlog after a Redis outage: the sweep's statement, run as sent, reads the waiting messages through the
     (status, next_attempt_at) index and none of the finished ones before them."""
-    from sqlalchemy import event, text
+    from sqlalchemy import text
 
     from app.extensions import db
+    from tests.plan_helpers import plan_nodes, statements_sent
     from workers import jobs
 
     # given 100,000 finished messages and, after them, 3,000 waiting since the outage, with fresh statistics
@@ -358,30 +359,13 @@ def test_after_an_outage_the_sweep_reads_only_the_waiting_messages(app):
     db.session.commit()
 
     # when the sweep runs (its SELECT captured as sent)
-    sent = []
-
-    def capture(conn, cursor, statement, parameters, context, executemany):
-        if statement.lstrip().startswith("SELECT outbox_message.id") and "LIMIT" in statement:
-            sent.append((statement, parameters))
-
-    event.listen(db.engine, "before_cursor_execute", capture)
-    try:
+    with statements_sent("FROM outbox_message") as sent:
         assert jobs.sweep_outbox() == 500
-    finally:
-        event.remove(db.engine, "before_cursor_execute", capture)
 
     # then it handed over a batch of 500, and its statement reads only waiting messages
-    [(statement, parameters)] = sent
-    connection = db.session.connection().connection.driver_connection
-    with connection.cursor() as cursor:
-        cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, parameters)
-        plan = cursor.fetchone()[0][0]["Plan"]
-    db.session.rollback()
-    nodes, stack = [], [plan]
-    while stack:
-        node = stack.pop()
-        nodes.append(node)
-        stack.extend(node.get("Plans", ()))
+    [(statement, parameters)] = [(s, p) for s, p in sent if s.lstrip().startswith("SELECT outbox_message.id")
+                                 and "LIMIT" in s]
+    nodes = plan_nodes(statement, parameters)
     indexes = {n["Index Name"] for n in nodes if "Index Name" in n}
     assert indexes == {"ix_outbox_status_next"}, nodes
     heap = [n for n in nodes if n.get("Relation Name") == "outbox_message"]

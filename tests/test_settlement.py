@@ -167,7 +167,9 @@ def test_a_batch_reads_only_due_commissions_whatever_the_statistics_say(app, f):
     ones through the (status, settle_after) index, never the settled ones by walking the primary key. Measured on a
     temporary table of the same shape that shadows `commission` for this connection (the planner's choice depends on
     the rows and statistics, which only a table of this size shows)."""
-    from sqlalchemy import event, text
+    from sqlalchemy import text
+
+    from tests.plan_helpers import plan_nodes, statements_sent
 
     conn = db.session.connection()
     conn.exec_driver_sql("CREATE TEMPORARY TABLE commission (LIKE public.commission INCLUDING ALL) ON COMMIT DROP")
@@ -177,28 +179,11 @@ def test_a_batch_reads_only_due_commissions_whatever_the_statistics_say(app, f):
         "now() AT TIME ZONE 'UTC' - interval '1 day', now() AT TIME ZONE 'UTC' - interval '8 days' "
         "FROM generate_series(1, 103000) AS n")
     conn.exec_driver_sql("ANALYZE commission")
-    sent = []
-
-    def capture(connection, cursor, statement, parameters, context, executemany):
-        if "SKIP LOCKED" in statement:
-            sent.append((statement, parameters))
-
-    event.listen(db.engine, "before_cursor_execute", capture)
-    try:
+    with statements_sent("SKIP LOCKED") as sent:
         claimed = settlement._claim(conn, 1, utcnow(), 500, utcnow())
-    finally:
-        event.remove(db.engine, "before_cursor_execute", capture)
     assert len(claimed) == 500
     [(statement, parameters)] = sent
-    cursor = conn.connection.driver_connection.cursor()
-    cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, parameters)
-    plan = cursor.fetchone()[0][0]["Plan"]
-    db.session.rollback()  # the temporary table goes with it
-    nodes, stack = [], [plan]
-    while stack:
-        node = stack.pop()
-        nodes.append(node)
-        stack.extend(node.get("Plans", ()))
+    nodes = plan_nodes(statement, parameters)  # the rollback takes the temporary table with it
     # the due ones found through (status, settle_after); the primary key, if used, only fetches claimed rows by id
     assert any(n.get("Index Name", "").endswith("status_settle_after_idx") for n in nodes), nodes
     reads = [n for n in nodes if n.get("Relation Name") == "commission" and n["Node Type"] != "ModifyTable"]
