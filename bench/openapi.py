@@ -411,8 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         bare, bare_meter = measure_floor(args, resellers[:best.concurrency])
         most, how = ceiling(meters[best.concurrency], best.ok + sum(best.errors.values()), best.elapsed, bare_meter,
                             bare.ok + sum(bare.errors.values()))
-        print(f"ceiling (c={best.concurrency}, per order): {how} = {most / pg_tps:.3f} × pgbench; measured "
-              f"{best.rate:.0f} = {best.rate / most:.2f} of that", flush=True)
+        print(f"ceiling (c={best.concurrency}, per order): {how} = {most / pg_tps if pg_tps else 0:.3f} × pgbench; "
+              f"measured {best.rate:.0f} = {best.rate / most if most else 0:.2f} of that", flush=True)
     print(f"gunicorn {server.description}; pgbench tpcb-like c={args.pgbench_clients} {pg_tps:.0f} tps; "
           f"openapi c={best.concurrency} {best.rate:.1f} orders/s, p50 {percentile(lat, 50) * 1000:.1f} ms, "
           f"p99 {percentile(lat, 99) * 1000:.1f} ms", flush=True)
